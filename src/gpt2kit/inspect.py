@@ -1,0 +1,36 @@
+"""What a model is and what it costs: config, exact parameter count, weight and KV-cache memory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gpt2kit.config import HUB_IDS, PRESETS, GPTConfig
+
+
+def model_config(name_or_path: str) -> tuple[GPTConfig, str]:
+    """The config of a preset (no download), a local folder, or a hub model (config.json only)."""
+    if name_or_path in PRESETS and not Path(name_or_path).is_dir():
+        return PRESETS[name_or_path], f"preset {name_or_path} (weights: hf.co/{HUB_IDS[name_or_path]})"
+    from gpt2kit.pretrained import resolve_model_folder
+
+    folder = resolve_model_folder(name_or_path)
+    return GPTConfig.from_json_file(folder / "config.json"), str(folder)
+
+
+def model_report(name_or_path: str) -> dict:
+    config, source = model_config(name_or_path)
+    n = config.num_params()
+    kv_per_token = 2 * config.n_layer * config.n_embd  # one k and one v vector of width C per layer
+    return {
+        "model": name_or_path,
+        "source": source,
+        "config": config.to_dict(),
+        "parameters": f"{n:,} ({n / 1e6:.1f}M, head tied to wte)",
+        "weights fp32": _gib(4 * n),
+        "weights bf16/fp16": _gib(2 * n),
+        "kv cache fp32": f"{_gib(4 * kv_per_token)} per token; {_gib(4 * kv_per_token * config.n_positions)} per full {config.n_positions}-token row",
+    }
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**20:,.1f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GiB"

@@ -1,0 +1,204 @@
+"""GPT-2, exactly: pre-LN decoder blocks, learned positions, tanh-GELU, head tied to the token embedding.
+
+Parameter names are GPT-2's own (`transformer.wte`, `transformer.h.{i}.attn.c_attn`, `transformer.ln_f`,
+`lm_head`), so official weights copy by name; the only difference from the Hugging Face checkpoint is
+that we use `nn.Linear` ([out, in]) where it uses the TF-era `Conv1D` ([in, out]), and `convert.py`
+transposes those four weights once at load/save time.
+
+Shapes: B batch, T new tokens, K attended key columns, C = n_embd, nh heads, hs = C // nh, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2kit.config import IGNORE_INDEX, GPTConfig
+from gpt2kit.errors import InputError
+from gpt2kit.model.kv_cache import KVCache, StepPlan
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None
+    ) -> torch.Tensor:
+        # x: (B, T, C) -> (B, T, C)
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        dropout_p = self.dropout if self.training else 0.0
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
+            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=plan.attn_mask, dropout_p=dropout_p)
+        elif plan is not None:  # padded batch, no cache: causal & key-padding mask
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.attn_mask, dropout_p=dropout_p)
+        else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_dim)
+        self.c_proj = nn.Linear(config.mlp_dim, config.n_embd)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, T, C) -> (B, T, 4C) -> (B, T, C). GPT-2's GELU is the tanh approximation ("gelu_new"),
+        # not the exact erf form: using the exact one shifts logits by ~1e-3 against the real weights.
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+
+
+class Block(nn.Module):
+    """Pre-LN: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.mlp = MLP(config)
+
+    def forward(self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), layer, kv_cache, plan)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head.weight = self.transformer.wte.weight  # tied: one (V, C) matrix embeds and unembeds
+        self.apply(self._init_weights)
+        # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 L):
+        # each block adds two of them, and the stream's variance should not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+    def num_params(self) -> int:
+        """Parameters, the tied head counted once."""
+        return sum(p.numel() for p in self.parameters())
+
+    # ---- forward ---------------------------------------------------------------------------------
+    def hidden_states(
+        self,
+        idx: torch.Tensor,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> final hidden states after ln_f (B, T, C).
+
+        kv_cache: continue from (and append to) the cached keys/values; positions continue per row.
+        attention_mask: (B, T) with 1 for real tokens and 0 for left padding: padded tokens are
+            neither attended to nor counted in positions, so each row computes what it would alone.
+        """
+        self._check_input(idx, kv_cache)
+        B, T = idx.shape
+        plan = None
+        if kv_cache is not None:
+            plan = kv_cache.plan(T, attention_mask)
+            position_ids = plan.position_ids  # (B, T)
+        elif attention_mask is not None:
+            plan = _padding_plan(attention_mask.to(idx.device))
+            position_ids = plan.position_ids  # (B, T)
+        else:
+            position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
+        x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
+        x = self.transformer.drop(x)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, layer, kv_cache, plan)
+        return self.transformer.ln_f(x)  # (B, T, C)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        kv_cache: KVCache | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) -> logits (B, T, V), and the mean cross-entropy if targets (B, T) are given.
+
+        Targets are already shifted by the data layer (targets[b, t] is the token after idx[b, t]);
+        positions whose target is IGNORE_INDEX (-100) add no loss.
+        """
+        logits = self.lm_head(self.hidden_states(idx, kv_cache, attention_mask))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
+        return logits, loss
+
+    def _check_input(self, idx: torch.Tensor, kv_cache: KVCache | None) -> None:
+        if idx.dim() != 2:
+            raise InputError(f"token ids must be a (B, T) tensor, got shape {tuple(idx.shape)}.")
+        if idx.dtype not in (torch.long, torch.int32, torch.int64):
+            raise InputError(f"token ids must be integers, got dtype {idx.dtype}.")
+        T = idx.shape[1]
+        if T == 0:
+            raise InputError("token ids are empty: give at least one token (e.g. <|endoftext|>, id 50256).")
+        past = kv_cache.seq_len if kv_cache is not None else 0
+        if past + T > self.config.n_positions:
+            raise InputError(
+                f"sequence of {past + T} tokens is longer than the model's context of {self.config.n_positions} "
+                "(n_positions). Truncate the input, evaluate it in windows, or generate with the sliding window."
+            )
+        # A range check costs a device->host sync on a GPU, so it runs only where it is free (CPU);
+        # the generation engine and the data loaders validate ids at their own boundaries.
+        if idx.device.type == "cpu" and not torch.compiler.is_compiling():
+            lo, hi = int(idx.min()), int(idx.max())
+            if lo < 0 or hi >= self.config.vocab_size:
+                bad = hi if hi >= self.config.vocab_size else lo
+                raise InputError(
+                    f"token id {bad} is outside the vocabulary [0, {self.config.vocab_size}). Token ids must come "
+                    "from the GPT-2 tokenizer (or a tokenizer with the model's vocab_size)."
+                )
+
+
+def _padding_plan(attention_mask: torch.Tensor) -> StepPlan:
+    """Masks for a left-padded batch without a cache: causal, padded keys hidden, positions from the mask."""
+    real = attention_mask.bool()  # (B, T)
+    T = real.shape[1]
+    position_ids = (real.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+    ar = torch.arange(T, device=real.device)
+    causal = ar[None, :] <= ar[:, None]  # (T, T)
+    attn_mask = (causal[None] & real[:, None, :]) | torch.eye(T, dtype=torch.bool, device=real.device)[None]
+    cols = ar[None].expand_as(position_ids)
+    return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=T)

@@ -1,0 +1,148 @@
+"""KVCache: preallocated keys and values for incremental decoding.
+
+Layout: k, v are (L, B, nh, T_max, hs). Heads come before time (not `(L, B, T_max, nh, hs)`) because
+then one layer's slice `k[l]` is already `(B, nh, T_max, hs)`, the layout scaled_dot_product_attention
+reads, and a decode step needs no transpose or copy of the cache.
+
+Every row b has its own write column `lengths[b]` and its own next position id `pos[b]`, so rows can
+hold prompts of different lengths (left padding: padded columns are marked invalid and don't advance
+the position), and a server can reset and refill one row while the others keep decoding
+(`row(b)` gives a view of one row that writes into the same storage).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gpt2kit.config import GPTConfig
+from gpt2kit.errors import InputError
+
+
+@dataclass
+class StepPlan:
+    """What one forward pass needs to read and write the cache (computed once, used by every layer)."""
+
+    cols: torch.Tensor  # (B, T) long: cache column each new token is written to
+    position_ids: torch.Tensor  # (B, T) long: position embedding index of each new token
+    attn_mask: torch.Tensor  # (B, 1, T, K) bool: True where a query may attend a key column
+    n_keys: int  # K: how many leading cache columns attention reads
+
+
+class _HostLengths:
+    """Host-side copy of every row's written-column count, shared by a cache and its row views, so
+    that sizing a step never reads a device tensor (no host sync per token)."""
+
+    __slots__ = ("values",)
+
+    def __init__(self, batch_size: int) -> None:
+        self.values = [0] * batch_size
+
+
+class KVCache:
+    """Keys/values of every layer for B rows of up to T_max tokens each.
+
+    k, v:     (L, B, nh, T_max, hs)
+    valid:    (B, T_max) bool, column holds a real (not padding, already written) token
+    lengths:  (B,) long, columns written so far per row (the next write column)
+    pos:      (B,) long, position id of the next real token per row
+    """
+
+    def __init__(
+        self,
+        config: GPTConfig,
+        batch_size: int,
+        max_len: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        *,
+        _views: tuple | None = None,
+    ) -> None:
+        self.config = config
+        if _views is not None:  # a view of rows of another cache (see `row`)
+            self.k, self.v, self.valid, self.lengths, self.pos, self._host, self._rows, self.max_len = _views
+            return
+        T_max = max_len if max_len is not None else config.n_positions
+        if not (0 < T_max <= config.n_positions):
+            raise InputError(f"KV cache length must be in 1..{config.n_positions} (n_positions), got {T_max}.")
+        L, nh, hs = config.n_layer, config.n_head, config.head_dim
+        self.max_len = T_max
+        self.k = torch.zeros(L, batch_size, nh, T_max, hs, device=device, dtype=dtype)
+        self.v = torch.zeros(L, batch_size, nh, T_max, hs, device=device, dtype=dtype)
+        self.valid = torch.zeros(batch_size, T_max, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self._host = _HostLengths(batch_size)
+        self._rows = range(batch_size)  # which entries of the shared host lengths are this cache's rows
+
+    @property
+    def batch_size(self) -> int:
+        return self.k.shape[1]
+
+    @property
+    def seq_len(self) -> int:
+        """Upper bound on the columns written in any row (exact when rows were filled together)."""
+        return max(self._host.values[r] for r in self._rows)
+
+    def reset(self) -> None:
+        self.valid.zero_()
+        self.lengths.zero_()
+        self.pos.zero_()
+        for r in self._rows:
+            self._host.values[r] = 0
+
+    def row(self, b: int) -> KVCache:
+        """A one-row view (B=1) that reads and writes row b of this cache in place."""
+        views = (self.k[:, b : b + 1], self.v[:, b : b + 1], self.valid[b : b + 1], self.lengths[b : b + 1],
+                 self.pos[b : b + 1], self._host, range(self._rows[b], self._rows[b] + 1), self.max_len)
+        return KVCache(self.config, 1, _views=views)
+
+    def reset_row(self, b: int) -> None:
+        """Empty row b (e.g. a finished request's slot) without touching the other rows."""
+        self.valid[b] = False
+        self.lengths[b] = 0
+        self.pos[b] = 0
+        self._host.values[self._rows[b]] = 0
+
+    def plan(self, T: int, attention_mask: torch.Tensor | None = None) -> StepPlan:
+        """Reserve T columns in every row for the next forward pass and advance the counters.
+
+        attention_mask: (B, T), 1 for real tokens, 0 for (left) padding; None means all real.
+        """
+        if self.seq_len + T > self.max_len:
+            raise InputError(
+                f"KV cache overflow: {self.seq_len} cached + {T} new tokens > capacity {self.max_len}. "
+                "Generate fewer tokens, shorten the prompt, or use the sliding-window mode."
+            )
+        B, device = self.lengths.shape[0], self.lengths.device
+        ar = torch.arange(T, device=device)
+        cols = self.lengths[:, None] + ar  # (B, T)
+        if attention_mask is None:
+            real = torch.ones(B, T, dtype=torch.bool, device=device)
+            position_ids = self.pos[:, None] + ar
+        else:
+            real = attention_mask.to(device=device, dtype=torch.bool)
+            position_ids = self.pos[:, None] + real.long().cumsum(1) - 1
+            position_ids = position_ids.clamp(min=0)  # padding gets position 0; its output is never used
+        self.valid.scatter_(1, cols, real)
+        self.lengths += T
+        self.pos += real.sum(1)
+        for r in self._rows:
+            self._host.values[r] += T
+
+        K = self.seq_len
+        keys = torch.arange(K, device=device)  # (K,)
+        causal = keys[None, None, :] <= cols[:, :, None]  # (B, T, K)
+        diagonal = keys[None, None, :] == cols[:, :, None]  # a padded query still sees itself: no empty rows
+        attn_mask = (causal & self.valid[:, None, :K]) | diagonal  # (B, T, K)
+        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=K)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this step's k, v (B, nh, T, hs) for `layer`; return the keys/values to attend (B, nh, K, hs)."""
+        B, nh, T, hs = k.shape
+        index = plan.cols[:, None, :, None].expand(B, nh, T, hs)
+        k_l, v_l = self.k[layer], self.v[layer]  # (B, nh, T_max, hs)
+        k_l.scatter_(2, index, k.to(k_l.dtype))
+        v_l.scatter_(2, index, v.to(v_l.dtype))
+        return k_l[:, :, : plan.n_keys], v_l[:, :, : plan.n_keys]
