@@ -1,0 +1,39 @@
+"""The command line: help, `info`, and one-line errors instead of tracebacks."""
+
+import json
+import os
+import subprocess
+import sys
+
+
+def gpt2kit(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "gpt2kit", *args], capture_output=True, text=True,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=120)  # fmt: skip
+
+
+def test_help_lists_commands():
+    r = gpt2kit("--help")
+    assert r.returncode == 0
+    assert "info" in r.stdout
+
+
+def test_info_preset_reports_exact_parameters():
+    r = gpt2kit("info", "gpt2-medium", "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["parameters"].startswith("354,823,168")
+    assert report["config"]["n_layer"] == 24
+
+
+def test_info_local_folder(tiny_hf_dir):
+    r = gpt2kit("info", str(tiny_hf_dir))
+    assert r.returncode == 0, r.stderr
+    assert "n_embd" in r.stdout and str(tiny_hf_dir) in r.stdout
+
+
+def test_errors_are_one_clean_line():
+    r = gpt2kit("info", "org/no-such-model")
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().count("\n") == 0
+    assert "org/no-such-model" in r.stderr and "local folder" in r.stderr

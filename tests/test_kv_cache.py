@@ -1,0 +1,78 @@
+"""Cached decoding must give the same logits as one full forward pass (fp32, ~1e-5)."""
+
+import pytest
+import torch
+
+from gpt2kit import GPT, GPTConfig, KVCache
+from gpt2kit.errors import InputError
+
+CFG = GPTConfig(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=500)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return GPT(CFG).eval()
+
+
+def test_prefill_then_decode_equals_full_forward(model):
+    idx = torch.randint(0, 500, (2, 20))
+    cache = KVCache(CFG, batch_size=2, max_len=32)
+    with torch.no_grad():
+        full, _ = model(idx)
+        parts = [model(idx[:, :11], kv_cache=cache)[0]]
+        for t in range(11, 20):  # one token at a time
+            parts.append(model(idx[:, t : t + 1], kv_cache=cache)[0])
+    assert (torch.cat(parts, 1) - full).abs().max().item() < 1e-5
+    assert cache.seq_len == 20
+
+
+def test_left_padded_cache_matches_rows_alone(model):
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.randint(0, 500, (1, 5), generator=g), torch.randint(0, 500, (1, 9), generator=g)
+    nxt = torch.randint(0, 500, (2, 4), generator=g)
+    idx = torch.cat([torch.cat([torch.zeros(1, 4, dtype=torch.long), a], 1), b])
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[0, :4] = 0
+    cache = KVCache(CFG, 2, 32)
+    with torch.no_grad():
+        first, _ = model(idx, kv_cache=cache, attention_mask=mask)
+        steps = [model(nxt[:, t : t + 1], kv_cache=cache)[0] for t in range(4)]
+        alone_a, _ = model(torch.cat([a, nxt[:1]], 1))
+        alone_b, _ = model(torch.cat([b, nxt[1:]], 1))
+    got_a = torch.cat([first[:1, 4:]] + [s[:1] for s in steps], 1)
+    got_b = torch.cat([first[1:]] + [s[1:] for s in steps], 1)
+    assert (got_a - alone_a).abs().max().item() < 1e-5
+    assert (got_b - alone_b).abs().max().item() < 1e-5
+
+
+def test_row_view_refills_one_row_while_others_keep_their_cache(model):
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, 500, (2, 6), generator=g)
+    cache = KVCache(CFG, 2, 40)
+    with torch.no_grad():
+        model(idx, kv_cache=cache)
+        cache.reset_row(0)  # row 0's request finished; a new one takes the slot
+        new = torch.randint(0, 500, (1, 3), generator=g)
+        model(new, kv_cache=cache.row(0))
+        # rows now hold different lengths (3 and 6); decode both together
+        step = torch.randint(0, 500, (2, 1), generator=g)
+        out, _ = model(step, kv_cache=cache)
+        alone0, _ = model(torch.cat([new, step[:1]], 1))
+        alone1, _ = model(torch.cat([idx[1:], step[1:]], 1))
+    assert (out[0, -1] - alone0[0, -1]).abs().max().item() < 1e-5
+    assert (out[1, -1] - alone1[0, -1]).abs().max().item() < 1e-5
+
+
+def test_overflow_and_too_long_inputs_are_clear_errors(model):
+    cache = KVCache(CFG, 1, 8)
+    with torch.no_grad():
+        model(torch.zeros(1, 6, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(InputError, match="KV cache overflow"):
+            model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
+        with pytest.raises(InputError, match="longer than the model's context of 64"):
+            model(torch.zeros(1, 65, dtype=torch.long))
+        with pytest.raises(InputError, match="outside the vocabulary"):
+            model(torch.tensor([[1, 2, 500]]))
+        with pytest.raises(InputError, match="empty"):
+            model(torch.zeros(1, 0, dtype=torch.long))
