@@ -16,6 +16,7 @@ from gpt2kit.errors import Gpt2kitError
 
 COMMANDS: dict[str, str] = {
     "info": "gpt2kit.cli.info",
+    "eval": "gpt2kit.cli.eval",
 }
 
 

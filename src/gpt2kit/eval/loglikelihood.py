@@ -1,0 +1,161 @@
+"""Log-likelihood of continuations: the one scoring primitive every evaluation task is built on.
+
+A request is a pair of token lists (context, continuation). Its score is the summed log-probability
+of the continuation tokens given everything before them, and whether greedy decoding would have
+produced exactly the continuation (`is_greedy`). This is lm-evaluation-harness's `loglikelihood`
+contract, computed the same way its HFLM does:
+
+  - the model reads (context + continuation)[-(n_positions + 1):][:-1], i.e. the context is cut from
+    the left when the pair is longer than the model's window, and the last token is never an input;
+  - the logits at the last len(continuation) positions predict the continuation tokens.
+
+What we do differently is only how fast: requests are sorted by length and batched with right padding
+(a causal model's real positions never see padding to their right, so no attention mask is needed);
+the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs only on the positions that are
+scored; the log-softmax runs in float32 in chunks so a batch never materialises (B, T, V) logits; and
+results stay on the device until the end (no host sync per batch).
+
+Text -> token pairs (`encode_pair`) follows lm-eval's TemplateLM: trailing whitespace of the context
+moves to the continuation, the pair is encoded as one string, and the continuation is whatever follows
+the context's own tokens; an empty context becomes <|endoftext|>.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from gpt2kit.config import GPT2_EOT_ID
+from gpt2kit.errors import InputError
+
+LOGIT_CHUNK = 2048  # rows of (rows, V) float32 logits computed at once: 2048 x 50257 x 4 B = 412 MB
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Per-request results, in request order. logprob: (N,) float64 summed log-probabilities;
+    is_greedy: (N,) bool; n_tokens: (N,) int continuation lengths."""
+
+    logprob: torch.Tensor
+    is_greedy: torch.Tensor
+    n_tokens: torch.Tensor
+
+
+def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context, continuation) text -> token ids, exactly as lm-eval's TemplateLM does for causal models."""
+    if context == "":
+        cont = tokenizer.encode_ordinary(continuation)
+        if not cont:
+            raise InputError("empty continuation: there is nothing to score.")
+        # lm-eval: the prefix token (<|endoftext|>) is the context, unless the continuation starts with it.
+        return ([GPT2_EOT_ID], cont) if cont[0] != GPT2_EOT_ID else (cont[:1], cont[1:])
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces > 0:  # "The cat" + " sat", never "The cat " + "sat": the space belongs to the next word's token
+        continuation = context[-n_spaces:] + continuation
+        context = context[:-n_spaces]
+    whole = tokenizer.encode_ordinary(context + continuation)
+    ctx = tokenizer.encode_ordinary(context)
+    return ctx, whole[len(ctx):]
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Run in eval mode and inference mode, then restore the model's train/eval flag (for in-training use)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def score_tokens(
+    model,
+    requests: Sequence[tuple[Sequence[int], Sequence[int]]],
+    batch_size: int = 8,
+    progress: bool = False,
+    desc: str = "scoring",
+) -> Scores:
+    """Score (context_ids, continuation_ids) pairs; see the module docstring for the exact protocol."""
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}.")
+    max_len = model.config.n_positions
+    device = model.lm_head.weight.device
+    inputs, n_conts = [], []
+    for i, (ctx, cont) in enumerate(requests):
+        if len(cont) == 0:
+            raise InputError(f"request {i}: the continuation is empty; there is nothing to score.")
+        if len(ctx) == 0:
+            raise InputError(f"request {i}: the context is empty; start it with <|endoftext|> ({GPT2_EOT_ID}).")
+        if len(cont) > max_len:
+            raise InputError(f"request {i}: continuation of {len(cont)} tokens is longer than the model's context {max_len}.")
+        whole = list(ctx) + list(cont)
+        inputs.append(whole[-(max_len + 1):])  # inputs are [:-1], targets [1:]
+        n_conts.append(len(cont))
+    n = len(inputs)
+    # Longest first (as lm-eval): similar lengths share a batch, and an out-of-memory shows up at once.
+    order = sorted(range(n), key=lambda i: -len(inputs[i]))
+    logprob = torch.empty(n, dtype=torch.float64, device=device)
+    wrong = torch.empty(n, dtype=torch.float32, device=device)
+    bar = _progress(n, desc, progress)
+    with eval_mode(model):
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size]
+            lp, wr = _score_batch(model, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
+            where = torch.tensor(idx, device=device)
+            logprob[where] = lp
+            wrong[where] = wr
+            bar.update(len(idx))
+    bar.close()
+    return Scores(logprob=logprob.cpu(), is_greedy=(wrong == 0).cpu(), n_tokens=torch.tensor(n_conts))
+
+
+def _score_batch(model, seqs: list[list[int]], n_conts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+    """One right-padded batch: (summed log-prob (B,), number of non-greedy tokens (B,))."""
+    B, T = len(seqs), max(len(s) for s in seqs) - 1
+    x = torch.zeros(B, T, dtype=torch.long)  # padding id 0: causal attention keeps it out of real positions
+    rows, cols, targets, owner = [], [], [], []
+    for b, (s, k) in enumerate(zip(seqs, n_conts)):
+        L = len(s) - 1
+        x[b, :L] = torch.tensor(s[:-1])
+        rows += [b] * k
+        cols += range(L - k, L)  # the logits at these positions predict the continuation
+        targets += s[L + 1 - k :]
+        owner += [b] * k
+    x = x.to(device, non_blocking=True)
+    h = model.hidden_states(x)  # (B, T, C)
+    h = h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (M, C): scored positions only
+    tok_lp, tok_ok = token_logprobs(model, h, torch.tensor(targets, device=device))  # (M,), (M,)
+    owner_t = torch.tensor(owner, device=device)
+    lp = torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, owner_t, tok_lp.double())
+    wrong = torch.zeros(B, dtype=torch.float32, device=device).index_add_(0, owner_t, (~tok_ok).float())
+    return lp, wrong
+
+
+def token_logprobs(model, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states (M, C) and next tokens (M,) -> (log p(target) (M,) float32, target is argmax (M,) bool).
+
+    The (M, V) logits are made LOGIT_CHUNK rows at a time, in float32, and dropped after use.
+    """
+    lps, oks = [], []
+    for s in range(0, h.shape[0], LOGIT_CHUNK):
+        logits = model.lm_head(h[s : s + LOGIT_CHUNK]).float()  # (m, V)
+        t = targets[s : s + LOGIT_CHUNK]
+        lps.append(logits.gather(1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
+        oks.append(logits.argmax(dim=-1) == t)
+    if not lps:
+        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+    return torch.cat(lps), torch.cat(oks)
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="req", disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+__all__ = ["Scores", "encode_pair", "eval_mode", "score_tokens", "token_logprobs"]

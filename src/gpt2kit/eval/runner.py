@@ -1,0 +1,109 @@
+"""`gpt2kit eval TASK`: one typed config, one call: load the model, run the task, print and save results."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.eval.results import EvalResult, format_table, write_json
+
+TASKS = ("perplexity", "lambada", "hellaswag", "wikitext")
+
+
+@dataclass
+class EvalConfig:
+    """What `gpt2kit eval` runs. Field help doubles as the CLI help."""
+
+    task: str = field(metadata={"help": f"one of {TASKS}"})
+    model: str = field(default="gpt2", metadata={"help": "preset, hub id or local folder"})
+    data: list[str] = field(default_factory=list, metadata={"help": "data file(s); a folder means its *.txt files (perplexity)"})
+    limit: int | None = field(default=None, metadata={"help": "first N examples (articles for wikitext, tokens for perplexity)"})
+    batch_size: int = field(default=8, metadata={"help": "windows / requests per forward pass"})
+    stride: int | None = field(default=None, metadata={"help": "sliding-window stride in tokens (default n_positions = no overlap; 512 = transformers guide)"})
+    bos: bool = field(default=True, metadata={"help": "prefix <|endoftext|> so the first token is scored too (perplexity)"})
+    protocols: tuple[str, ...] = field(default=("lm-eval", "paper-last-token"), metadata={"help": "LAMBADA protocols"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
+    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ConfigError(f"unknown eval task {self.task!r}; choose one of {TASKS}.")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1, got {self.limit}.")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}.")
+        if self.stride is not None and self.stride < 1:
+            raise ConfigError(f"--stride must be >= 1, got {self.stride}.")
+        if not self.data:
+            raise ConfigError(
+                f"`eval {self.task}` needs --data FILE: no benchmark data is downloaded. "
+                "docs/evaluation.md says where to get lambada_test.jsonl, hellaswag_val.jsonl and wiki.test.raw."
+            )
+        if self.task != "perplexity" and len(self.data) != 1:
+            raise ConfigError(f"`eval {self.task}` reads one --data file, got {len(self.data)}.")
+
+
+def text_files(paths: list[str]) -> list[Path]:
+    """Files as given; a directory stands for its *.txt files, sorted."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.glob("*.txt"))
+            if not found:
+                raise DataError(f"{p}: the folder holds no *.txt files to evaluate.")
+            out += found
+        else:
+            out.append(p)
+    return out
+
+
+def evaluate(cfg: EvalConfig, model, tokenizer) -> list[EvalResult]:
+    """Run cfg.task on an already loaded model; returns the result rows."""
+    name = cfg.model
+    if cfg.task == "perplexity":
+        from gpt2kit.eval.perplexity import files_perplexity
+
+        files = text_files(cfg.data)
+        r = files_perplexity(model, tokenizer, files, cfg.stride, cfg.bos, cfg.limit, cfg.batch_size, cfg.progress)
+        stride = cfg.stride or model.config.n_positions
+        protocol = f"sliding-window-stride{stride}" + ("" if cfg.bos else "-nobos")
+        return [
+            EvalResult("perplexity", protocol, "token_perplexity", r.token_perplexity, name, r.n_tokens),
+            EvalResult("perplexity", protocol, "bits_per_byte", r.bits_per_byte, name, r.n_tokens),
+            EvalResult("perplexity", protocol, "word_perplexity", r.word_perplexity, name, r.n_tokens),
+        ]
+    if cfg.task == "lambada":
+        from gpt2kit.eval.lambada import evaluate_lambada, load_lambada
+
+        texts = load_lambada(cfg.data[0], cfg.limit)
+        return evaluate_lambada(model, tokenizer, texts, tuple(cfg.protocols), cfg.batch_size, cfg.progress, name)
+    if cfg.task == "hellaswag":
+        from gpt2kit.eval.hellaswag import evaluate_hellaswag, load_hellaswag
+
+        examples = load_hellaswag(cfg.data[0], cfg.limit)
+        return evaluate_hellaswag(model, tokenizer, examples, cfg.batch_size, cfg.progress, name)
+    from gpt2kit.eval.wikitext import evaluate_wikitext, load_wikitext
+
+    pages = load_wikitext(cfg.data[0], cfg.limit)
+    return evaluate_wikitext(model, tokenizer, pages, cfg.stride, cfg.batch_size, cfg.progress, name)
+
+
+def run_eval(cfg: EvalConfig, out=sys.stdout) -> list[EvalResult]:
+    """Load cfg.model, evaluate, print the table to `out`, write cfg.output (JSON) if set."""
+    from gpt2kit.pretrained import from_pretrained
+    from gpt2kit.tokenizer import Tokenizer
+
+    for path in cfg.data:  # fail on a wrong path before spending time on loading the model
+        if not os.path.exists(path):
+            raise DataError(f"{path}: no such file or folder (--data). See docs/evaluation.md for where to get it.")
+    model = from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype)
+    results = evaluate(cfg, model, Tokenizer())
+    print(format_table(results), file=out)
+    if cfg.output:
+        write_json(cfg.output, results)
+    return results
