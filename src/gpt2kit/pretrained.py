@@ -1,6 +1,7 @@
 """Load and save GPT-2 weights in the Hugging Face format: our checkpoints *are* Hugging Face checkpoints.
 
 `from_pretrained(name_or_path)` accepts
+  - "builtin": the small GPT-2 that ships inside the package (see builtin.py),
   - a local folder with `config.json` and `model.safetensors` (or sharded safetensors with an index,
     or `pytorch_model.bin`, read with `weights_only=True`),
   - a preset name (`gpt2`, `gpt2-medium`, `gpt2-large`, `gpt2-xl`, `distilgpt2`) or any Hugging Face
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gpt2kit.atomic import atomic_path, write_text
+from gpt2kit.builtin import builtin_folder, is_builtin
 from gpt2kit.config import HUB_IDS, GPTConfig
 from gpt2kit.device import resolve_device, resolve_dtype
 from gpt2kit.errors import CheckpointError, ModelNotFoundError
@@ -49,6 +51,8 @@ def from_pretrained(
 def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
     """A local folder holding config.json and weights: the path itself, or a hub download/cache."""
     text = str(name_or_path)
+    if is_builtin(text):
+        return builtin_folder()
     path = Path(text).expanduser()
     if path.is_dir():
         _check_folder(path)
