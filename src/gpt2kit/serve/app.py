@@ -1,0 +1,277 @@
+"""The router: HTTP only. FastAPI routes -> protocol (validate, plan) -> worker (generate) -> JSON or SSE.
+
+    POST /v1/completions        OpenAI completions (JSON, or SSE with stream=true)
+    POST /v1/chat/completions   OpenAI chat, through the plain-text chat template (chat_template.py)
+    GET  /v1/models             the one model served
+    GET  /health                200 {"status": "ok"} while the engine worker runs, else 503
+    GET  /metrics               Prometheus text (metrics.py)
+    GET  /                      the playground page (static/index.html)
+
+Every error is OpenAI's JSON shape {"error": {"message", "type", "param", "code"}} with a 4xx status for a
+bad request (400 invalid, 401 auth, 404 unknown model/route, 408 timeout, 413 too large, 503 busy with
+Retry-After). Streams are Server-Sent Events exactly as OpenAI sends them: `data: {json}\\n\\n` chunks,
+then `data: [DONE]\\n\\n`; an error after the stream started is sent as a `data: {"error": …}` event.
+A client that disconnects cancels its request, which frees its batch slots before the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from importlib import resources
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpt2kit.serve import protocol as P
+from gpt2kit.serve.config import ServeConfig
+from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
+from gpt2kit.serve.protocol import GenerationPlan, ProtocolError
+from gpt2kit.serve.worker import Job, QueueFull, RequestTimeout, Worker, WorkerError
+from gpt2kit.tokenizer import Tokenizer
+
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
+    """The FastAPI app over a started (or soon started) worker. The worker's lifetime is the caller's."""
+    tok = tokenizer or Tokenizer()
+    metrics = Metrics()
+    created = P.now()
+    app = FastAPI(title="gpt2kit", version="1", docs_url="/docs", redoc_url=None)
+    app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
+
+    # ---- errors -> OpenAI's shape -------------------------------------------------------------------
+    @app.exception_handler(ProtocolError)
+    async def _protocol_error(_: Request, e: ProtocolError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
+        return JSONResponse(P.error_body(e.message, e.type, e.param, e.code), status_code=e.status, headers=headers)
+
+    @app.exception_handler(QueueFull)
+    async def _queue_full(_: Request, e: QueueFull) -> JSONResponse:
+        return JSONResponse(P.error_body(str(e), "server_overloaded"), status_code=503, headers={"Retry-After": str(e.retry_after)})
+
+    @app.exception_handler(RequestTimeout)
+    async def _timeout(_: Request, e: RequestTimeout) -> JSONResponse:
+        return JSONResponse(P.error_body(str(e), "timeout"), status_code=408)
+
+    @app.exception_handler(WorkerError)
+    async def _worker_error(_: Request, e: WorkerError) -> JSONResponse:
+        return JSONResponse(P.error_body(str(e), "server_error"), status_code=500)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path} does not exist on this server." if e.status_code in (404, 405) else str(e.detail)
+        return JSONResponse(P.error_body(message, "invalid_request_error"), status_code=e.status_code, headers=e.headers)
+
+    # ---- edge checks --------------------------------------------------------------------------------
+    def authorize(request: Request) -> None:
+        if config.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        if scheme.lower() != "bearer" or not given.strip():
+            raise ProtocolError("missing API key: send it as the header `Authorization: Bearer YOUR_KEY`.",
+                                status=401, code="invalid_api_key")  # fmt: skip
+        if not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):  # constant time
+            raise ProtocolError("incorrect API key provided.", status=401, code="invalid_api_key")
+
+    async def read_body(request: Request) -> bytes:
+        limit = config.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            raise ProtocolError(f"the request body is larger than {limit} bytes; send a smaller request.", status=413)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ProtocolError(f"the request body is larger than {limit} bytes; send a smaller request.", status=413)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def check_model(name: str | None) -> None:
+        if name is not None and name != config.model_name:
+            raise ProtocolError(f"the model `{name[:100]}` does not exist; this server serves `{config.model_name}` (see /v1/models).",
+                                "model", status=404, code="model_not_found")  # fmt: skip
+
+    # ---- routes -------------------------------------------------------------------------------------
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground() -> HTMLResponse:
+        page = resources.files("gpt2kit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
+        return HTMLResponse(page.replace("{{MODEL}}", config.model_name))
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not worker.alive:
+            return JSONResponse({"status": "error", "detail": "the engine worker is not running"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def get_metrics() -> PlainTextResponse:
+        return PlainTextResponse(metrics.render(worker.stats), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        authorize(request)
+        return JSONResponse(P.model_list(config.model_name, created))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        t0 = time.perf_counter()
+        authorize(request)
+        req = P.CompletionRequest.parse(await read_body(request))
+        check_model(req.model)
+        plan = P.plan_completion(req, tok, config, worker.context_len)
+        job = worker.submit(plan.prompts, plan.params)
+        rid, model = P.new_id("cmpl"), config.model_name
+        if plan.stream:
+            return StreamingResponse(_stream(job, plan, rid, model, chat=False, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
+        texts, reasons, completion_tokens = await _collect(job, request, plan)
+        if texts is None:
+            return Response(status_code=499)  # the client went away; nobody reads this
+        metrics.observe_ttft("completions", (job.first_token_at or time.monotonic()) - _mono(t0))
+        choices = [P.completion_choice(i, texts[i], reasons[i]) for i in range(len(texts))]
+        return JSONResponse(P.completion_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        t0 = time.perf_counter()
+        authorize(request)
+        req = P.ChatCompletionRequest.parse(await read_body(request))
+        check_model(req.model)
+        plan = P.plan_chat(req, tok, config, worker.context_len)
+        job = worker.submit(plan.prompts, plan.params)
+        rid, model = P.new_id("chatcmpl"), config.model_name
+        if plan.stream:
+            return StreamingResponse(_stream(job, plan, rid, model, chat=True, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
+        texts, reasons, completion_tokens = await _collect(job, request, plan, chat=True)
+        if texts is None:
+            return Response(status_code=499)
+        metrics.observe_ttft("chat", (job.first_token_at or time.monotonic()) - _mono(t0))
+        choices = [P.chat_choice(i, texts[i], reasons[i]) for i in range(len(texts))]
+        return JSONResponse(P.chat_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
+
+    # ---- generation -> responses --------------------------------------------------------------------
+    async def _stream(job: Job, plan: GenerationPlan, rid: str, model: str, *, chat: bool, t0: float) -> AsyncIterator[str]:
+        created, n_choices, completion_tokens = P.now(), job.n_choices, 0
+        lead = _LeadingSpace(n_choices) if chat else None
+        first = True
+        try:
+            if chat:
+                for i in range(n_choices):
+                    yield _sse(P.chat_body(rid, created, model, [P.chat_delta(i, {"role": "assistant", "content": ""}, None)], None, chunk=True))
+            elif any(plan.echo):
+                for i in range(n_choices):
+                    if plan.echo[i // plan.params.n]:
+                        yield _sse(P.completion_body(rid, created, model, [P.completion_choice(i, plan.echo[i // plan.params.n], None)], None))
+            async for d in job.deltas():
+                if d.token is not None:
+                    completion_tokens += 1
+                    if first:
+                        first = False
+                        metrics.observe_ttft("chat" if chat else "completions", time.perf_counter() - t0)
+                reason = _openai_reason(d.finish_reason)
+                if chat:
+                    text = lead.strip(d.index, d.text)
+                    if text:
+                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {"content": text}, None)], None, chunk=True))
+                    if reason is not None:
+                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {}, reason)], None, chunk=True))
+                elif d.text or reason is not None:
+                    yield _sse(P.completion_body(rid, created, model, [P.completion_choice(d.index, d.text, reason)], None))
+            if plan.include_usage:
+                usage = P.usage(plan.prompt_tokens, completion_tokens)
+                body = P.chat_body(rid, created, model, [], usage, chunk=True) if chat else P.completion_body(rid, created, model, [], usage)
+                yield _sse(body)
+        except (ProtocolError, RequestTimeout, WorkerError) as e:
+            yield _sse(P.error_body(str(e), "timeout" if isinstance(e, RequestTimeout) else "server_error"))
+        finally:
+            if not job.done:
+                job.cancel()  # client disconnected (the generator was closed) or an error: free the slots now
+        yield "data: [DONE]\n\n"
+
+    async def _collect(job: Job, request: Request, plan: GenerationPlan, chat: bool = False):
+        """Gather a non-streaming response, cancelling the job if the client disconnects meanwhile."""
+        n = job.n_choices
+        texts, reasons, count = [plan.echo[i // plan.params.n] for i in range(n)], [None] * n, [0]
+
+        async def gather() -> None:
+            async for d in job.deltas():
+                texts[d.index] += d.text
+                count[0] += d.token is not None
+                if d.finish_reason is not None:
+                    reasons[d.index] = _openai_reason(d.finish_reason)
+
+        task = asyncio.ensure_future(gather())
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.25)
+                if done:
+                    task.result()  # re-raises RequestTimeout / WorkerError
+                    break
+                if await request.is_disconnected():
+                    return None, None, 0
+        finally:
+            if not task.done():
+                task.cancel()
+            if not job.done:
+                job.cancel()
+        if chat:
+            texts = [t.strip() for t in texts]
+        return texts, reasons, count[0]
+
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+class _LeadingSpace:
+    """Chat replies follow "Assistant:", so the model starts them with a space: drop leading whitespace."""
+
+    def __init__(self, n: int) -> None:
+        self.started = [False] * n
+
+    def strip(self, index: int, text: str) -> str:
+        if not self.started[index]:
+            text = text.lstrip()
+            self.started[index] = bool(text)
+        return text
+
+
+def _openai_reason(reason: str | None) -> str | None:
+    return None if reason is None else ("stop" if reason == "cancelled" else reason)
+
+
+def _sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False, separators=(',', ':'))}\n\n"
+
+
+def _mono(perf_t0: float) -> float:
+    """A perf_counter timestamp on the monotonic clock (the worker stamps first tokens with monotonic)."""
+    return time.monotonic() - (time.perf_counter() - perf_t0)
+
+
+def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_level: str = "info") -> None:
+    """Serve `model` until interrupted: an engine worker thread that owns the model, and uvicorn (one
+    process) running the app on config.host:config.port."""
+    import uvicorn
+
+    from gpt2kit.serve.worker import build_worker
+
+    tok = tokenizer or Tokenizer()
+    worker = build_worker(model, token_bytes_table(tok), max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
+                          max_queue=config.max_queue, request_timeout=config.request_timeout)  # fmt: skip
+    app = create_app(worker, config, tok)
+    worker.start()
+    try:
+        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+    finally:
+        worker.close()
+
+
+def token_bytes_table(tok: Tokenizer) -> list[bytes]:
+    """token id -> its bytes, for the engine's detokenizer, stop strings and content filter."""
+    return [tok.token_bytes(i) for i in range(tok.n_vocab)]
