@@ -93,7 +93,7 @@ def evaluate(cfg: EvalConfig, model, tokenizer) -> list[EvalResult]:
     return evaluate_wikitext(model, tokenizer, pages, cfg.stride, cfg.batch_size, cfg.progress, name)
 
 
-def run_eval(cfg: EvalConfig, out=sys.stdout) -> list[EvalResult]:
+def run_eval(cfg: EvalConfig, out=None) -> list[EvalResult]:
     """Load cfg.model, evaluate, print the table to `out`, write cfg.output (JSON) if set."""
     from gpt2kit.pretrained import from_pretrained
     from gpt2kit.tokenizer import Tokenizer
@@ -103,7 +103,7 @@ def run_eval(cfg: EvalConfig, out=sys.stdout) -> list[EvalResult]:
             raise DataError(f"{path}: no such file or folder (--data). See docs/evaluation.md for where to get it.")
     model = from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype)
     results = evaluate(cfg, model, Tokenizer())
-    print(format_table(results), file=out)
+    print(format_table(results), file=out or sys.stdout)
     if cfg.output:
         write_json(cfg.output, results)
     return results

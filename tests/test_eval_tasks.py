@@ -1,0 +1,206 @@
+"""Task protocols on hand-made cases, malformed data files, results output, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import gpt2kit
+from gpt2kit.config import GPT2_EOT_ID
+from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.eval.hellaswag import load_hellaswag
+from gpt2kit.eval.lambada import last_token_request, lm_eval_request, load_lambada
+from gpt2kit.eval.loglikelihood import encode_pair, score_tokens
+from gpt2kit.eval.results import EvalResult, format_table, read_json, write_json
+from gpt2kit.eval.wikitext import load_wikitext
+
+FIXTURES = Path(__file__).parent / "fixtures" / "eval"
+TOK = gpt2kit.Tokenizer()
+
+
+# ---- tokenisation boundaries ------------------------------------------------------------------------
+def test_lm_eval_target_keeps_its_leading_space():
+    ctx, cont = lm_eval_request(TOK, "He handed her the letter")
+    assert cont == TOK.encode_ordinary(" letter") and len(cont) == 1  # " letter", not "letter"
+    assert ctx + cont == TOK.encode_ordinary("He handed her the letter")
+
+
+def test_multi_token_word_is_scored_whole_in_lm_eval_and_last_piece_in_paper():
+    text = "the family gave the harpsichord"
+    ctx, cont = lm_eval_request(TOK, text)
+    assert TOK.decode(cont) == " harpsichord" and len(cont) == 4
+    p_ctx, p_cont = last_token_request(TOK, text)
+    assert len(p_cont) == 1 and p_ctx + p_cont == TOK.encode_ordinary(text)
+    assert p_cont == cont[-1:] and p_ctx[-3:] == cont[:-1]  # its first pieces are context
+
+
+def test_trailing_space_of_context_moves_to_the_continuation():
+    assert encode_pair(TOK, "The cat sat on the ", "mat") == encode_pair(TOK, "The cat sat on the", " mat")
+    assert encode_pair(TOK, "The cat sat on the", " mat")[1] == TOK.encode_ordinary(" mat")
+
+
+def test_continuation_is_what_follows_the_contexts_tokens_when_bpe_merges_across():
+    ctx, cont = encode_pair(TOK, "I like New Yor", "k pizza")  # "Yor" + "k" merge into " York"
+    assert ctx == TOK.encode_ordinary("I like New Yor")
+    assert TOK.encode_ordinary("I like New York pizza")[len(ctx):] == cont
+
+
+def test_empty_context_becomes_endoftext():
+    assert encode_pair(TOK, "", " hello") == ([GPT2_EOT_ID], TOK.encode_ordinary(" hello"))
+
+
+def test_lambada_paper_protocol_strips_trailing_whitespace():
+    assert last_token_request(TOK, "he touched the key\n") == last_token_request(TOK, "he touched the key")
+
+
+def test_greedy_match_needs_every_token():
+    """A model that always predicts token 5: a continuation [5, 5] is greedy, [5, 6] is not."""
+
+    class Always5(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.config = gpt2kit.GPTConfig(vocab_size=10, n_positions=16, n_embd=4, n_layer=1, n_head=1)
+            self.lm_head = torch.nn.Linear(4, 10, bias=False)
+            with torch.no_grad():
+                self.lm_head.weight.zero_()
+                self.lm_head.weight[5, 0] = 1.0
+
+        def hidden_states(self, idx, kv_cache=None, attention_mask=None):
+            h = torch.zeros(*idx.shape, 4)
+            h[..., 0] = 3.0
+            return h
+
+    s = score_tokens(Always5(), [([1, 2], [5, 5]), ([1], [5, 6]), ([3, 3, 3], [6])])
+    assert s.is_greedy.tolist() == [True, False, False]
+    assert s.n_tokens.tolist() == [2, 2, 1]
+    lp5 = 3.0 - torch.logsumexp(torch.tensor([3.0] + [0.0] * 9), 0).item()
+    assert s.logprob[0].item() == pytest.approx(2 * lp5)
+    assert s.logprob[1].item() == pytest.approx(lp5 + (lp5 - 3.0))  # log p(6) = log p(5) - 3
+
+
+# ---- malformed data files ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ('{"text": "fine"}\n{"text": "broken\n', r"lambada\.jsonl:2: not valid JSON"),
+        ('{"text": "fine"}\n\n{"txt": "wrong field"}\n', r"lambada\.jsonl:3: missing field 'text'"),
+        ('{"text": 42}\n', r"lambada\.jsonl:1: field 'text' should be string"),
+        ('["a list"]\n', r"lambada\.jsonl:1: expected a JSON object"),
+        ("", r"lambada\.jsonl: the file is empty"),
+        ("\n  \n", r"lambada\.jsonl: the file is empty"),
+    ],
+)
+def test_bad_lambada_files(tmp_path, content, match):
+    path = tmp_path / "lambada.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        load_lambada(path)
+
+
+def test_bad_hellaswag_files(tmp_path):
+    good = json.loads((FIXTURES / "hellaswag_val.jsonl").read_text().splitlines()[0])
+    path = tmp_path / "hs.jsonl"
+    for change, match in [
+        ({"endings": "not a list"}, r"hs\.jsonl:2: field 'endings' should be list"),
+        ({"label": 7}, r"hs\.jsonl:2: 'label' 7 is not an index"),
+        ({"label": "x"}, r"hs\.jsonl:2: 'label' must be the index"),
+        ({"ctx_a": None}, r"hs\.jsonl:2: field 'ctx_a' should be string"),
+    ]:
+        path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
+        with pytest.raises(DataError, match=match):
+            load_hellaswag(path)
+    del good["activity_label"]
+    path.write_text(json.dumps(good) + "\n")
+    with pytest.raises(DataError, match=r"hs\.jsonl:1: missing field 'activity_label'"):
+        load_hellaswag(path)
+
+
+def test_bad_wikitext_and_missing_files(tmp_path):
+    (tmp_path / "empty.raw").write_text("")
+    with pytest.raises(DataError, match="empty"):
+        load_wikitext(tmp_path / "empty.raw")
+    (tmp_path / "plain.raw").write_text("just some text\nwithout headings\n")
+    with pytest.raises(DataError, match="does not look like WikiText"):
+        load_wikitext(tmp_path / "plain.raw")
+    (tmp_path / "latin1.raw").write_bytes(b" = A = \nok\ncaf\xe9\n")
+    with pytest.raises(DataError, match=r"latin1\.raw:3: not valid UTF-8"):
+        load_wikitext(tmp_path / "latin1.raw")
+    with pytest.raises(DataError, match="no such file"):
+        load_lambada(tmp_path / "nope.jsonl")
+
+
+def test_limit_reads_only_the_first_records():
+    assert len(load_lambada(FIXTURES / "lambada_test.jsonl", limit=2)) == 2
+    assert len(load_hellaswag(FIXTURES / "hellaswag_val.jsonl", limit=3)) == 3
+    assert len(load_wikitext(FIXTURES / "wiki.test.raw", limit=1)) == 1
+
+
+# ---- results -----------------------------------------------------------------------------------------
+def test_results_table_and_json_roundtrip(tmp_path):
+    rows = [EvalResult("lambada", "lm-eval", "acc", 0.25, "m", 4), EvalResult("lambada", "paper-last-token", "ppl", 12.5, "m", 4)]
+    table = format_table(rows)
+    assert "paper-last-token" in table and "12.5000" in table and table.splitlines()[0].split()[:3] == ["task", "protocol", "metric"]
+    write_json(tmp_path / "r.json", rows)
+    assert read_json(tmp_path / "r.json") == rows
+    assert set(json.loads((tmp_path / "r.json").read_text())[0]) == {"task", "protocol", "metric", "value", "model", "n", "date"}
+
+
+def test_config_errors():
+    from gpt2kit.eval.runner import EvalConfig
+
+    with pytest.raises(ConfigError, match="needs --data"):
+        EvalConfig(task="lambada")
+    with pytest.raises(ConfigError, match="unknown eval task"):
+        EvalConfig(task="mmlu", data=["x"])
+    with pytest.raises(ConfigError, match="--limit"):
+        EvalConfig(task="perplexity", data=["x"], limit=0)
+
+
+# ---- CLI end to end ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    return gpt2kit.save_pretrained(gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)),
+                                   tmp_path_factory.mktemp("cli_tiny"))  # fmt: skip
+
+
+def test_cli_perplexity_on_shared_corpora(tiny_folder, corpora_dir, tmp_path, capsys):
+    from gpt2kit.cli.__main__ import main
+
+    out = tmp_path / "ppl.json"
+    rc = main(["eval", "perplexity", "--model", str(tiny_folder), "--data", str(corpora_dir), "--limit", "3000",
+               "--stride", "64", "--batch-size", "8", "--device", "cpu", "-o", str(out)])  # fmt: skip
+    captured = capsys.readouterr()
+    assert rc == 0
+    assert "perplexity windows" in captured.err and "100%" in captured.err  # the progress bar
+    rows = json.loads(out.read_text())
+    assert {r["metric"] for r in rows} == {"token_perplexity", "bits_per_byte", "word_perplexity"}
+    assert all(r["n"] == 3000 and r["protocol"] == "sliding-window-stride64" for r in rows)
+    assert "token_perplexity" in captured.out
+    ppl = next(r["value"] for r in rows if r["metric"] == "token_perplexity")
+    assert 1000 < ppl < 10 * 50257  # a random model is near-uniform over the 50,257 tokens
+
+
+@pytest.mark.parametrize("task, data", [("lambada", "lambada_test.jsonl"), ("hellaswag", "hellaswag_val.jsonl"), ("wikitext", "wiki.test.raw")])
+def test_cli_tasks(tiny_folder, tmp_path, capsys, task, data):
+    from gpt2kit.cli.__main__ import main
+
+    out = tmp_path / "r.json"
+    assert main(["eval", task, "--model", str(tiny_folder), "--data", str(FIXTURES / data), "--no-progress", "-o", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert {r["task"] for r in rows} == {task} and all(r["n"] > 0 for r in rows)
+    if task == "lambada":
+        assert {r["protocol"] for r in rows} == {"lm-eval", "paper-last-token"}
+
+
+def test_cli_bad_data_is_one_line_error(tiny_folder, tmp_path, capsys):
+    from gpt2kit.cli.__main__ import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok"}\nnot json\n')
+    assert main(["eval", "lambada", "--model", str(tiny_folder), "--data", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpt2kit eval: error:") and "bad.jsonl:2: not valid JSON" in err and "Traceback" not in err
