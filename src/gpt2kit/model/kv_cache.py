@@ -94,9 +94,18 @@ class KVCache:
 
     def row(self, b: int) -> KVCache:
         """A one-row view (B=1) that reads and writes row b of this cache in place."""
-        views = (self.k[:, b : b + 1], self.v[:, b : b + 1], self.valid[b : b + 1], self.lengths[b : b + 1],
-                 self.pos[b : b + 1], self._host, range(self._rows[b], self._rows[b] + 1), self.max_len)
-        return KVCache(self.config, 1, _views=views)
+        return self.rows(b, b + 1)
+
+    def rows(self, start: int, stop: int) -> KVCache:
+        """A view of rows start..stop-1 (B=stop-start) that reads and writes this cache in place."""
+        assert 0 <= start < stop <= self.batch_size, (start, stop, self.batch_size)
+        views = (self.k[:, start:stop], self.v[:, start:stop], self.valid[start:stop], self.lengths[start:stop],
+                 self.pos[start:stop], self._host, self._rows[start:stop], self.max_len)
+        return KVCache(self.config, stop - start, _views=views)
+
+    def row_length(self, b: int) -> int:
+        """Columns written in row b so far (a host-side count: reading it never syncs with the device)."""
+        return self._host.values[self._rows[b]]
 
     def reset_row(self, b: int) -> None:
         """Empty row b (e.g. a finished request's slot) without touching the other rows."""

@@ -1,0 +1,510 @@
+"""The generation engine: a batch of sequence slots over one preallocated KV cache, advanced one token at a time.
+
+The engine knows nothing about text encoding: it takes prompts as token ids and produces token ids. If it is
+given the tokenizer's token-bytes table (`token_bytes[id] -> bytes`) it also streams UTF-8-safe text and
+supports stop strings and the banned-phrase filter; it never imports the tokenizer itself.
+
+Step API (what a continuous-batching server drives; requests join and leave between steps):
+
+    engine = Engine(model, max_batch=8, token_bytes=table)     # one KVCache (L, B, nh, T_max, hs)
+    slot = engine.add(prompt_ids, SamplingParams(...), request_id="a")   # prefill now -> slot index
+    slots = engine.add_many([ids1, ids2], [p1, p2])            # one left-padded prefill for several
+    events = engine.step()     # one token per active slot: [TokenEvent(slot, request_id, token, text,
+                               #   finished, finish_reason, completion)]; finished slots are freed
+    engine.cancel(slot)        # finishes it at the next step with finish_reason "cancelled"
+    engine.remove(slot)        # free it now, no event
+    engine.free_slots, engine.active_slots, engine.has_capacity
+
+Each `step()` first draws one token for every active slot from the logits the previous step (or the
+prefill) left, applies the stopping rules, then runs ONE batched decode forward for the slots that go on
+(only the contiguous row range that holds them, so a half-empty batch costs less). There is one
+device->host transfer per step (the new token ids, needed for stopping and streaming), never one per row.
+
+High-level API on the same machinery:
+
+    engine.generate(prompts, params) -> list[Completion]      # all prompts, n samples each, queued when
+    engine.stream(prompts, params, cancel=event) -> Iterator[TokenEvent]    # more than max_batch
+    generate(model, prompts, params, token_bytes=table)        # builds an Engine sized to the job
+
+Semantics:
+  - Positions are per row and derived from the attention mask, so each row of a left-padded batch, or a
+    request that joins a running batch, computes exactly what it would alone.
+  - <|endoftext|> (unless ignore_eos) and stop_token_ids end a sequence and are not part of the output;
+    a stop string ends it and the text stops right before it (the tokens keep the one that completed it).
+  - Context: without `sliding_window`, prompt + max_new_tokens - 1 must fit in the cache (n_positions);
+    with it, a row that fills the cache is re-prefilled with its last `window_keep` tokens (positions
+    restart at 0, as GPT-2's learned positions require) and generation goes on. Longer prompts keep their
+    last `window_keep` tokens.
+  - Each request has its own torch.Generator (seed, or random); sample i of n uses seed + i.
+  - Logits are sliced to the real vocabulary (`n_vocab`, 50257), so padded rows of a 50304-wide head are
+    never sampled.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt2kit.errors import ConfigError, InputError
+from gpt2kit.generate.content_filter import BannedPhraseFilter, VocabIndex
+from gpt2kit.generate.decode import DecodeRunner
+from gpt2kit.generate.detok import IncrementalDetokenizer
+from gpt2kit.generate.sampling import SamplingParams, draw, process_logits
+from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
+from gpt2kit.model.gpt import GPT
+from gpt2kit.model.kv_cache import KVCache
+
+GPT2_EOT_ID = 50256
+
+
+@dataclass
+class Completion:
+    """One finished sequence."""
+
+    request_id: object
+    prompt_ids: list[int]
+    token_ids: list[int]  # generated tokens (without a final <|endoftext|> / stop token)
+    text: str | None  # the generated text (None when the engine has no token_bytes table)
+    finish_reason: FinishReason
+    stop_reason: str | int | None = None  # the stop string or stop token id that ended it
+    index: int = 0  # which of the n samples of its prompt
+    prompt_index: int = 0  # which prompt (in generate/stream)
+
+
+@dataclass
+class TokenEvent:
+    """What one step produced for one slot. `token` is None when the slot ended without a new token
+    (end-of-text, a stop token, a cancel); `completion` is set on the last event of a sequence."""
+
+    slot: int
+    request_id: object
+    token: int | None
+    text: str  # new text this step ("" while a character or a possible stop string is held back)
+    finished: bool = False
+    finish_reason: FinishReason | None = None
+    completion: Completion | None = None
+
+
+@dataclass
+class _Sequence:
+    """Engine-internal state of one slot."""
+
+    request_id: object
+    params: SamplingParams
+    prompt: list[int]
+    generator: torch.Generator | None
+    context: list[int]  # tokens fed to the model so far in this row (for the sliding window)
+    index: int = 0
+    prompt_index: int = 0
+    output: list[int] = field(default_factory=list)
+    text_parts: list[str] = field(default_factory=list)
+    pending: int | None = None  # token drawn last step, fed at this step's forward
+    cancelled: bool = False
+    stop: StopStringMatcher | None = None
+    detok: IncrementalDetokenizer | None = None
+    phrase_filter: BannedPhraseFilter | None = None
+    context_counts: torch.Tensor | None = None  # (V,) float: prompt + output token counts
+    output_counts: torch.Tensor | None = None  # (V,) float: output token counts
+    banned: torch.Tensor | None = None  # (n,) long: banned ids from the params
+
+    @property
+    def plain_greedy(self) -> bool:
+        p = self.params
+        return p.greedy and not p.uses_counts and not p.logit_bias and self.banned is None and self.phrase_filter is None
+
+
+class Engine:
+    """Token-level batched generation over one preallocated KVCache (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: GPT,
+        *,
+        max_batch: int = 8,
+        max_len: int | None = None,
+        token_bytes: Sequence[bytes] | None = None,
+        eot_id: int = GPT2_EOT_ID,
+        window_keep: int | None = None,
+        weights: str = "auto",
+    ) -> None:
+        cfg = model.config
+        if not (isinstance(max_batch, int) and max_batch >= 1):
+            raise ConfigError(f"Engine max_batch must be an integer >= 1, got {max_batch!r}.")
+        self.max_len = min(max_len or cfg.n_positions, cfg.n_positions)
+        if self.max_len < 2:
+            raise ConfigError(f"Engine max_len must be >= 2, got {max_len!r}.")
+        self.window_keep = window_keep if window_keep is not None else self.max_len // 2
+        if not (1 <= self.window_keep < self.max_len):
+            raise ConfigError(f"Engine window_keep must be in [1, max_len={self.max_len}), got {window_keep!r}.")
+        self.model = model.eval()
+        self.config = cfg
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.token_bytes = token_bytes
+        # Sample only real tokens: a head padded to 50304 rows has 47 that no tokenizer id maps to.
+        self.n_vocab = min(cfg.vocab_size, len(token_bytes)) if token_bytes is not None else cfg.vocab_size
+        self.eot_id = eot_id
+        self.max_batch = max_batch
+        self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.dtype)
+        self.runner = DecodeRunner(model, weights)
+        self._logits = torch.zeros(max_batch, self.n_vocab, device=self.device, dtype=torch.float32)  # (B, V)
+        self._slots: list[_Sequence | None] = [None] * max_batch
+        self._vocab_index: VocabIndex | None = None
+        self._lock = threading.Lock()  # add/step/cancel may come from different threads in a server
+
+    # ---- slots ------------------------------------------------------------------------------------
+    @property
+    def active_slots(self) -> list[int]:
+        return [b for b, s in enumerate(self._slots) if s is not None]
+
+    @property
+    def free_slots(self) -> list[int]:
+        return [b for b, s in enumerate(self._slots) if s is None]
+
+    @property
+    def has_capacity(self) -> bool:
+        return any(s is None for s in self._slots)
+
+    def add(self, prompt: Sequence[int], params: SamplingParams | None = None, request_id: object = None, *,
+            bos: bool = False, index: int = 0) -> int:  # fmt: skip
+        """Prefill one request into a free slot; its first token is drawn by the next `step()`."""
+        return self.add_many([prompt], [params or SamplingParams()], [request_id], bos=bos, indices=[index])[0]
+
+    def add_many(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: Sequence[SamplingParams],
+        request_ids: Sequence[object] | None = None,
+        *,
+        bos: bool = False,
+        indices: Sequence[int] | None = None,
+        prompt_indices: Sequence[int] | None = None,
+    ) -> list[int]:
+        """Prefill several requests; into one contiguous block of free rows with ONE left-padded forward
+        when there is one, else row by row. Returns their slots. `bos` prepends <|endoftext|>."""
+        n = len(prompts)
+        if len(params) != n:
+            raise ConfigError(f"got {n} prompts but {len(params)} SamplingParams; give one per prompt.")
+        request_ids = list(request_ids) if request_ids is not None else [None] * n
+        indices = list(indices) if indices is not None else [0] * n
+        prompt_indices = list(prompt_indices) if prompt_indices is not None else list(range(n))
+        seqs = [self._new_sequence(p, sp, rid, bos, i, pi)
+                for p, sp, rid, i, pi in zip(prompts, params, request_ids, indices, prompt_indices)]  # fmt: skip
+        with self._lock:
+            free = self.free_slots
+            if len(free) < n:
+                raise InputError(f"the engine has {len(free)} free slots, {n} requests were added; wait for a step to free some.")
+            block = _contiguous_block(free, n)
+            slots = list(range(block, block + n)) if block is not None else free[:n]
+            if block is not None:
+                self._prefill(block, [s.context for s in seqs])
+            else:
+                for b, s in zip(slots, seqs):
+                    self._prefill(b, [s.context])
+            for b, s in zip(slots, seqs):
+                self._slots[b] = s
+        return slots
+
+    def cancel(self, slot: int) -> None:
+        """End the sequence in `slot` at the next step (finish_reason 'cancelled', text so far kept)."""
+        s = self._slots[slot]
+        if s is not None:
+            s.cancelled = True
+
+    def remove(self, slot: int) -> None:
+        """Free `slot` now, without a final event."""
+        with self._lock:
+            self._free(slot)
+
+    # ---- one decode step --------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self) -> list[TokenEvent]:
+        """Draw one token per active slot, apply stopping, then run one decode forward for the survivors."""
+        with self._lock:
+            active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
+            if not active:
+                return []
+            drawn = self._draw(active)  # one host transfer for the whole batch
+            events = []
+            for (b, s), tok in zip(active, drawn):
+                ev = self._advance(b, s, tok)
+                events.append(ev)
+                if ev.finished:
+                    self._free(b)
+            go_on = [(b, s) for b, s in active if self._slots[b] is s]
+            if go_on:
+                self._decode(go_on)
+            return events
+
+    def _draw(self, active: list[tuple[int, _Sequence]]) -> list[int]:
+        # (B, V) logits -> one token per active row. Plain greedy rows share one argmax.
+        argmax = None
+        toks: list[torch.Tensor] = []
+        for b, s in active:
+            if s.plain_greedy:
+                if argmax is None:
+                    argmax = self._logits.argmax(-1)  # (B,)
+                toks.append(argmax[b])
+                continue
+            banned = s.banned
+            if s.phrase_filter is not None:
+                extra = s.phrase_filter.banned_ids(self.device)
+                banned = extra if banned is None else torch.cat([banned, extra])
+            logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
+            toks.append(draw(logits, s.params, s.generator))
+        return torch.stack(toks).tolist()
+
+    def _advance(self, b: int, s: _Sequence, tok: int) -> TokenEvent:
+        """Apply one drawn token to a sequence: stopping rules, text, counters."""
+        p = s.params
+        if s.cancelled:
+            return self._finish(b, s, FinishReason.CANCELLED, None, token=None)
+        if len(s.output) >= p.max_new_tokens:  # max_new_tokens == 0
+            return self._finish(b, s, FinishReason.LENGTH, None, token=None)
+        if (tok == self.eot_id and not p.ignore_eos) or tok in p.stop_token_ids:
+            return self._finish(b, s, FinishReason.STOP, tok, token=None)
+        s.output.append(tok)
+        s.pending = tok
+        if s.context_counts is not None:
+            s.context_counts[tok] += 1
+            s.output_counts[tok] += 1
+        text = ""
+        if self.token_bytes is not None:
+            data = self.token_bytes[tok]
+            if s.phrase_filter is not None:
+                s.phrase_filter.feed(data)
+            emit, hit = s.stop.feed(data)
+            text = s.detok.add_bytes(emit)
+            if hit is not None:
+                return self._finish(b, s, FinishReason.STOP, hit, token=tok, text=text)
+        if len(s.output) >= p.max_new_tokens:
+            return self._finish(b, s, FinishReason.LENGTH, None, token=tok, text=text)
+        s.text_parts.append(text)
+        return TokenEvent(b, s.request_id, tok, text)
+
+    def _finish(self, b: int, s: _Sequence, reason: FinishReason, stop_reason, *, token: int | None, text: str = "") -> TokenEvent:
+        if s.detok is not None:
+            if reason is not FinishReason.STOP or not isinstance(stop_reason, str):
+                text += s.detok.add_bytes(s.stop.flush())  # release bytes held for a stop string that never came
+            text += s.detok.flush()
+        s.text_parts.append(text)
+        completion = Completion(
+            request_id=s.request_id, prompt_ids=s.prompt, token_ids=list(s.output),
+            text="".join(s.text_parts) if s.detok is not None else None,
+            finish_reason=reason, stop_reason=stop_reason, index=s.index, prompt_index=s.prompt_index,
+        )  # fmt: skip
+        return TokenEvent(b, s.request_id, token, text, True, reason, completion)
+
+    def _free(self, b: int) -> None:
+        if self._slots[b] is not None:
+            self._slots[b] = None
+            self.cache.reset_row(b)
+
+    # ---- forward passes ---------------------------------------------------------------------------
+    def _prefill(self, start: int, contexts: list[list[int]]) -> None:
+        """Left-padded prefill of rows start..start+n-1 from scratch; their next-token logits -> self._logits."""
+        n = len(contexts)
+        for b in range(start, start + n):
+            self.cache.reset_row(b)
+        T = max(len(c) for c in contexts)
+        idx = torch.zeros(n, T, dtype=torch.long)
+        mask = torch.zeros(n, T, dtype=torch.long)
+        for i, c in enumerate(contexts):
+            idx[i, T - len(c) :] = torch.tensor(c, dtype=torch.long)
+            mask[i, T - len(c) :] = 1
+        padded = bool((mask == 0).any())
+        view = self.cache.rows(start, start + n)
+        with torch.inference_mode():
+            logits = self.runner.prefill(idx.to(self.device), view, mask.to(self.device) if padded else None)  # (n, V')
+            self._logits[start : start + n] = logits[:, : self.n_vocab]
+
+    def _decode(self, go_on: list[tuple[int, _Sequence]]) -> None:
+        """Feed each surviving row its pending token: one forward over the row range [lo, hi]."""
+        for b, s in go_on:  # sliding window: a full row is re-read from its last window_keep tokens
+            if self.cache.row_length(b) + 1 > self.max_len:
+                keep = s.context[-self.window_keep :]
+                s.context = keep
+                self.cache.reset_row(b)
+                self.runner.prefill(torch.tensor([keep], device=self.device), self.cache.row(b), None, logits=False)
+        lo, hi = go_on[0][0], go_on[-1][0] + 1
+        tokens = torch.zeros(hi - lo, 1, dtype=torch.long)
+        for b, s in go_on:
+            tokens[b - lo, 0] = s.pending
+            s.context.append(s.pending)
+        mask = None
+        if len(go_on) < hi - lo:  # idle rows inside the range: fed a masked dummy token
+            mask = torch.zeros(hi - lo, 1, dtype=torch.long)
+            for b, _ in go_on:
+                mask[b - lo, 0] = 1
+            mask = mask.to(self.device)
+        logits = self.runner.decode(tokens.to(self.device), self.cache.rows(lo, hi), mask)  # (hi-lo, V')
+        self._logits[lo:hi] = logits[:, : self.n_vocab]
+        if mask is not None:  # the dummy writes used a column of each idle row: give it back
+            for b in range(lo, hi):
+                if self._slots[b] is None:
+                    self.cache.reset_row(b)
+
+    # ---- request setup ----------------------------------------------------------------------------
+    def _new_sequence(self, prompt: Sequence[int], p: SamplingParams, request_id: object, bos: bool, index: int,
+                      prompt_index: int) -> _Sequence:  # fmt: skip
+        if not isinstance(p, SamplingParams):
+            raise ConfigError(f"expected SamplingParams, got {type(p).__name__}.")
+        ids = [int(t) for t in prompt]
+        if bos:
+            ids = [self.eot_id] + ids
+        if not ids:
+            raise InputError(
+                "the prompt is empty: give at least one token, or use bos=True (CLI: --bos) to start from "
+                f"<|endoftext|> (id {self.eot_id}) for unconditional samples, as GPT-2 did."
+            )
+        V = self.config.vocab_size
+        bad = [t for t in ids if not 0 <= t < V]
+        if bad:
+            raise InputError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {V}).")
+        context = ids
+        if p.sliding_window:
+            if len(ids) > self.max_len:
+                context = ids[-self.window_keep :]
+        else:
+            if len(ids) > self.max_len:
+                raise InputError(
+                    f"the prompt has {len(ids)} tokens, more than the context of {self.max_len}. Shorten it, or set "
+                    "sliding_window=True (CLI: --sliding-window) to keep only its last part."
+                )
+            if len(ids) + p.max_new_tokens - 1 > self.max_len:
+                raise InputError(
+                    f"prompt ({len(ids)} tokens) + max_new_tokens ({p.max_new_tokens}) does not fit the context of "
+                    f"{self.max_len} tokens (the last token is never fed back, so up to {self.max_len - len(ids) + 1} "
+                    "new tokens fit). Lower max_new_tokens, shorten the prompt, or set sliding_window=True "
+                    "(CLI: --sliding-window) to keep generating past the context."
+                )
+        needs_text = p.stop or p.banned_phrases
+        if needs_text and self.token_bytes is None:
+            raise ConfigError("stop strings and banned phrases need the token-bytes table: create the Engine with token_bytes=...")
+        seed = p.seed + index if p.seed is not None else random.getrandbits(63)
+        gen = None
+        if not p.greedy:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(seed)
+        s = _Sequence(request_id=request_id, params=p, prompt=ids, generator=gen, context=list(context), index=index,
+                      prompt_index=prompt_index)  # fmt: skip
+        if self.token_bytes is not None:
+            s.stop = StopStringMatcher(p.stop)
+            s.detok = IncrementalDetokenizer(self.token_bytes)
+            if p.banned_phrases:
+                if self._vocab_index is None:
+                    self._vocab_index = VocabIndex(self.token_bytes[: self.n_vocab])
+                tail = b"".join(self.token_bytes[t] for t in ids[-64:] if t < self.n_vocab)
+                s.phrase_filter = BannedPhraseFilter(p.banned_phrases, self._vocab_index, tail)
+        if p.uses_counts:
+            s.context_counts = torch.zeros(self.n_vocab, device=self.device)
+            ctx = torch.tensor([t for t in ids if t < self.n_vocab], dtype=torch.long, device=self.device)
+            s.context_counts.index_add_(0, ctx, torch.ones(len(ctx), device=self.device))
+            s.output_counts = torch.zeros(self.n_vocab, device=self.device)
+        banned = [t for t in p.banned_token_ids if t < self.n_vocab]
+        if banned:
+            s.banned = torch.tensor(banned, dtype=torch.long, device=self.device)
+        return s
+
+    # ---- high level -------------------------------------------------------------------------------
+    def stream(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        bos: bool = False,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ) -> Iterator[TokenEvent]:
+        """Generate for every prompt (params.n samples each), yielding TokenEvents as tokens are made.
+
+        Requests beyond the free slots wait in a queue and join as slots free up (continuous batching).
+        `cancel` (an Event or a callable) ends everything at the next step; breaking out of the iterator
+        frees the slots. Use it while nothing else drives this engine's steps."""
+        params_list = _per_prompt(params, len(prompts))
+        queue = deque((pi, i, list(pr), sp) for pi, (pr, sp) in enumerate(zip(prompts, params_list)) for i in range(sp.n))
+        mine: set[int] = set()
+        is_cancelled = (cancel.is_set if isinstance(cancel, threading.Event) else cancel) if cancel is not None else None
+        try:
+            while queue or mine:
+                free = self.free_slots
+                if queue and free:
+                    batch = [queue.popleft() for _ in range(min(len(free), len(queue)))]
+                    slots = self.add_many([x[2] for x in batch], [x[3] for x in batch], bos=bos,
+                                          indices=[x[1] for x in batch], prompt_indices=[x[0] for x in batch])  # fmt: skip
+                    mine.update(slots)
+                if is_cancelled is not None and is_cancelled():
+                    queue.clear()
+                    for b in mine:
+                        self.cancel(b)
+                for ev in self.step():
+                    if ev.slot in mine:
+                        if ev.finished:
+                            mine.discard(ev.slot)
+                        yield ev
+        finally:
+            for b in mine:
+                self.remove(b)
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        params: SamplingParams | Sequence[SamplingParams] | None = None,
+        *,
+        bos: bool = False,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ) -> list[Completion]:
+        """All completions, ordered by prompt, then sample index."""
+        done = [ev.completion for ev in self.stream(prompts, params, bos=bos, cancel=cancel) if ev.finished]
+        return sorted(done, key=lambda c: (c.prompt_index, c.index))  # type: ignore[union-attr]
+
+
+def generate(
+    model: GPT,
+    prompts: Sequence[Sequence[int]],
+    params: SamplingParams | Sequence[SamplingParams] | None = None,
+    *,
+    token_bytes: Sequence[bytes] | None = None,
+    max_batch: int = 8,
+    bos: bool = False,
+    weights: str = "auto",
+) -> list[Completion]:
+    """One-shot: an Engine sized to this job (batch, cache length), then `Engine.generate`."""
+    params_list = _per_prompt(params, len(prompts))
+    batch = max(1, min(max_batch, sum(p.n for p in params_list)))
+    need = max((len(p) + int(bos) + sp.max_new_tokens for p, sp in zip(prompts, params_list)), default=1)
+    slide = any(sp.sliding_window for sp in params_list)
+    max_len = model.config.n_positions if slide else min(model.config.n_positions, max(need, 2))
+    engine = Engine(model, max_batch=batch, max_len=max_len, token_bytes=token_bytes, weights=weights)
+    return engine.generate(prompts, params_list, bos=bos)
+
+
+def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
+    if params is None:
+        return [SamplingParams()] * n
+    if isinstance(params, SamplingParams):
+        return [params] * n
+    params = list(params)
+    if len(params) != n:
+        raise ConfigError(f"got {n} prompts but {len(params)} SamplingParams; give one, or one per prompt.")
+    return params
+
+
+def _contiguous_block(free: list[int], n: int) -> int | None:
+    """The first row of n consecutive free rows, or None."""
+    if n == 1:
+        return free[0] if free else None
+    run_start, run_len, prev = None, 0, None
+    for b in free:
+        if prev is not None and b == prev + 1:
+            run_len += 1
+        else:
+            run_start, run_len = b, 1
+        if run_len == n:
+            return run_start
+        prev = b
+    return None

@@ -1,0 +1,208 @@
+"""SamplingParams and the pure `logits -> logits` steps that turn a model's next-token logits into a token.
+
+Order, applied to one row of float32 logits (V,) per request (HF / vLLM order):
+
+    repetition / presence / frequency penalty -> logit bias & banned ids -> temperature
+    -> top-k -> top-p -> min-p -> sample (multinomial with the request's torch.Generator), or argmax
+
+Every step is a small pure function `(V,) -> (V,)` that keeps at least one token, so each one can be tested
+on hand-made logits. Parameters are validated once, in `SamplingParams.__post_init__`, with messages that
+say what is wrong and what is allowed. Temperature 0 means greedy (argmax of the penalised, biased logits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from gpt2kit.errors import ConfigError
+
+
+@dataclass
+class SamplingParams:
+    """How one request is decoded: sampling controls and stopping rules. Validated on construction."""
+
+    max_new_tokens: int = field(default=64, metadata={"help": "tokens to generate at most (0 allowed: prompt only)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy (argmax)"})
+    top_k: int | None = field(default=None, metadata={"help": "keep only the k most likely tokens (None = off)"})
+    top_p: float = field(default=1.0, metadata={"help": "nucleus: keep the smallest set of tokens with total probability >= top_p; 1 = off"})
+    min_p: float = field(default=0.0, metadata={"help": "keep tokens with probability >= min_p * p(most likely); 0 = off"})
+    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL-style penalty on tokens already in the prompt or output; 1 = off"})
+    presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style: subtract this from the logit of every token already generated"})
+    frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style: subtract this times the count of each generated token"})
+    logit_bias: dict[int, float] = field(default_factory=dict, metadata={"help": "token id -> value added to its logit"})
+    banned_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "token ids that are never generated"})
+    banned_phrases: tuple[str, ...] = field(default=(), metadata={"help": "content filter: text that is never completed (case-insensitive)"})
+    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings, matched on the text across token boundaries; not emitted"})
+    stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "token ids that end the output (not emitted)"})
+    ignore_eos: bool = field(default=False, metadata={"help": "keep going after <|endoftext|> instead of stopping"})
+    seed: int | None = field(default=None, metadata={"help": "seed of this request's torch.Generator (None = random)"})
+    n: int = field(default=1, metadata={"help": "independent samples per prompt (sample i uses seed + i)"})
+    sliding_window: bool = field(default=False, metadata={"help": "keep generating past the context by re-reading its last part"})
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"SamplingParams.{name}={getattr(self, name)!r} is invalid: {rule}.")
+
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 0:
+            raise bad("max_new_tokens", "it must be an integer >= 0")
+        if not _is_real(self.temperature) or self.temperature < 0:
+            raise bad("temperature", "it must be a number >= 0 (0 means greedy decoding)")
+        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
+            raise bad("top_k", "it must be an integer >= 1, or None to disable top-k (0 is not 'off' here)")
+        if not _is_real(self.top_p) or not (0.0 < self.top_p <= 1.0):
+            raise bad("top_p", "it must be in (0, 1]; 1 disables nucleus sampling")
+        if not _is_real(self.min_p) or not (0.0 <= self.min_p <= 1.0):
+            raise bad("min_p", "it must be in [0, 1]; 0 disables it")
+        if not _is_real(self.repetition_penalty) or self.repetition_penalty <= 0:
+            raise bad("repetition_penalty", "it must be > 0 (1 = off, > 1 discourages repeats)")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not _is_real(getattr(self, name)) or not (-2.0 <= getattr(self, name) <= 2.0):
+                raise bad(name, "it must be a number in [-2, 2] (OpenAI's range); 0 = off")
+        if not _is_int(self.n) or self.n < 1:
+            raise bad("n", "it must be an integer >= 1")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            raise bad("seed", "it must be a non-negative integer or None")
+        if not isinstance(self.logit_bias, dict):
+            raise bad("logit_bias", "it must be a dict {token_id: bias}")
+        self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}
+        for k, v in self.logit_bias.items():
+            if k < 0 or not math.isfinite(v) and v != -math.inf:
+                raise ConfigError(f"SamplingParams.logit_bias[{k}]={v}: ids must be >= 0 and biases finite (or -inf to ban).")
+        self.banned_token_ids = _int_tuple(self.banned_token_ids, "banned_token_ids")
+        self.stop_token_ids = _int_tuple(self.stop_token_ids, "stop_token_ids")
+        self.stop = _str_tuple(self.stop, "stop")
+        self.banned_phrases = _str_tuple(self.banned_phrases, "banned_phrases")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def uses_counts(self) -> bool:
+        """Whether the penalties need per-token counts of the context."""
+        return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _int_tuple(values: object, name: str) -> tuple[int, ...]:
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"SamplingParams.{name} must be a list of token ids, got {values!r}.")
+    out = tuple(values)
+    if not all(_is_int(v) and v >= 0 for v in out):
+        raise ConfigError(f"SamplingParams.{name} must hold non-negative integer token ids, got {list(out)!r}.")
+    return out
+
+
+def _str_tuple(values: object, name: str) -> tuple[str, ...]:
+    if isinstance(values, str):
+        values = (values,)
+    out = tuple(values)  # type: ignore[arg-type]
+    if not all(isinstance(s, str) and s for s in out):
+        raise ConfigError(f"SamplingParams.{name} must be a list of non-empty strings, got {list(out)!r}.")
+    return out
+
+
+# ---- the pure steps: (V,) float32 -> (V,) float32 ---------------------------------------------------
+
+
+def apply_penalties(
+    logits: torch.Tensor, context_counts: torch.Tensor | None, output_counts: torch.Tensor | None, p: SamplingParams
+) -> torch.Tensor:
+    """Repetition penalty over the prompt + output (CTRL / HF: positive logits divided, negative
+    multiplied), then OpenAI presence/frequency penalties over the output only. counts: (V,) float."""
+    if p.repetition_penalty != 1.0 and context_counts is not None:
+        seen = context_counts > 0
+        penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
+        logits = torch.where(seen, penalised, logits)
+    if output_counts is not None and (p.presence_penalty or p.frequency_penalty):
+        logits = logits - p.presence_penalty * (output_counts > 0).to(logits.dtype) - p.frequency_penalty * output_counts
+    return logits
+
+
+def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tensor | None) -> torch.Tensor:
+    """Add logit_bias; set banned ids (a (n,) long tensor) to -inf."""
+    if bias:
+        ids = torch.tensor(list(bias), device=logits.device)
+        ids_ok = ids < logits.shape[-1]
+        vals = torch.tensor(list(bias.values()), device=logits.device, dtype=logits.dtype)
+        logits = logits.index_add(0, ids[ids_ok], vals[ids_ok])
+    if banned is not None and banned.numel():
+        logits = logits.index_fill(0, banned, -math.inf)
+    return logits
+
+
+def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def apply_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
+    """Keep exactly the k largest logits (torch.topk + scatter, so ties beyond k never leak in)."""
+    if k is None or k >= logits.shape[-1]:
+        return logits
+    values, indices = torch.topk(logits, k)  # (k,), (k,)
+    return torch.full_like(logits, -math.inf).scatter(0, indices, values)
+
+
+def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest prefix of tokens (by descending probability) whose total probability >= top_p."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True)  # (V,), (V,)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
+    drop_sorted = before >= top_p  # the first token always has before == 0 < top_p: never dropped
+    drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
+    return logits.masked_fill(drop, -math.inf)
+
+
+def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
+    """Keep tokens whose probability is at least min_p times the most likely token's."""
+    if min_p <= 0.0:
+        return logits
+    probs = torch.softmax(logits, dim=-1)
+    return logits.masked_fill(probs < min_p * probs.max(), -math.inf)
+
+
+def process_logits(
+    logits: torch.Tensor,
+    p: SamplingParams,
+    context_counts: torch.Tensor | None = None,
+    output_counts: torch.Tensor | None = None,
+    banned: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """All steps but the draw: (V,) raw logits -> (V,) float32 logits whose -inf entries may never be drawn."""
+    logits = logits.float()
+    logits = apply_penalties(logits, context_counts, output_counts, p)
+    logits = apply_bias(logits, p.logit_bias, banned)
+    if p.greedy:
+        return logits
+    logits = apply_temperature(logits, p.temperature)
+    logits = apply_top_k(logits, p.top_k)
+    logits = apply_top_p(logits, p.top_p)
+    return apply_min_p(logits, p.min_p)
+
+
+def draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
+    """(V,) processed logits -> () long token id: argmax if greedy, else a multinomial draw."""
+    if p.greedy:
+        return torch.argmax(logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator)[0]
+
+
+def allowed_tokens(logits: torch.Tensor, p: SamplingParams, **kw) -> set[int]:
+    """The set of token ids a request could draw from these logits (for tests and debugging)."""
+    processed = process_logits(logits, p, **kw)
+    if p.greedy:
+        return {int(torch.argmax(processed))}
+    return set(torch.nonzero(torch.isfinite(processed)).flatten().tolist())
