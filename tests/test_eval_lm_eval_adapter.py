@@ -1,0 +1,65 @@
+"""The lm-eval adapter: lm-eval drives our model and gets HFLM's numbers on the same weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import gpt2kit
+
+pytest.importorskip("lm_eval")
+pytest.importorskip("accelerate")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    torch.manual_seed(2)
+    return gpt2kit.save_pretrained(gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=64)),
+                                   tmp_path_factory.mktemp("adapter_tiny"))  # fmt: skip
+
+
+def _instances(kind, args_list):
+    from lm_eval.api.instance import Instance
+
+    return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args_list)]
+
+
+def test_registered_and_matches_hflm(folder, corpora_dir):
+    from lm_eval.api.registry import get_model
+    from lm_eval.models.huggingface import HFLM
+
+    from gpt2kit.eval.lm_eval_adapter import register
+
+    cls = register()
+    assert get_model("gpt2kit") is cls
+    ours = cls.create_from_arg_string(f"pretrained={folder}", {"batch_size": 3, "device": "cpu"})
+    ref = HFLM(pretrained=str(folder), tokenizer=str(folder), device="cpu", batch_size=3)
+    pairs = [("The keeper touched the", " key"), ("Tom handed her the ", "letter"), ("", "Hello world"), ("A b", " harpsichord")]
+    got = ours.loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
+    want = ref.loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
+    assert [g for _, g in got] == [g for _, g in want]
+    assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in want], rel=1e-4, abs=1e-4)
+    text = (corpora_dir / "milton.txt").read_text(encoding="utf-8")[:1500]  # several 64-token windows
+    docs = [(text,), (text[:100],)]
+    got_r = ours.loglikelihood_rolling(_instances("loglikelihood_rolling", docs), disable_tqdm=True)
+    want_r = ref.loglikelihood_rolling(_instances("loglikelihood_rolling", docs), disable_tqdm=True)
+    assert got_r == pytest.approx(want_r, rel=1e-4)
+
+
+def test_generate_until_is_greedy_and_stops(folder):
+    from gpt2kit.eval.lm_eval_adapter import register
+
+    lm = register()(pretrained=str(folder), device="cpu")
+    ref = transformers.GPT2LMHeadModel.from_pretrained(folder).eval()
+    tok = gpt2kit.Tokenizer()
+    prompt = "Once upon a time"
+    ids = torch.tensor([tok.encode_ordinary(prompt)])
+    want_ids = ref.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, ids.shape[1]:].tolist()
+    out = lm.generate_until(_instances("generate_until", [(prompt, {"until": ["\u2603"], "max_gen_toks": 12})]), disable_tqdm=True)
+    assert out == [tok.decode(want_ids)]
+    stop = tok.decode(want_ids[3:4])
+    cut = lm.generate_until(_instances("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 12})]), disable_tqdm=True)[0]
+    assert stop not in cut and tok.decode(want_ids).startswith(cut)
