@@ -1,0 +1,378 @@
+"""The server end to end: the official `openai` client against a live server on 127.0.0.1, concurrency with
+continuous batching, a fuzz of malformed requests, disconnects, queue overflow and timeouts.
+
+A tiny random-weight GPT-2 (2 layers, 64 wide, 128 context): its text is gibberish, but greedy decoding
+is deterministic, so outputs can be compared with an independent reference (an uncached forward + argmax)
+and between single and concurrent requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import httpx
+import pytest
+import torch
+
+from gpt2kit import GPT, GPTConfig, Tokenizer
+from gpt2kit.serve.background import BackgroundServer
+from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTurn
+from gpt2kit.serve.config import ServeConfig
+
+openai = pytest.importorskip("openai")
+
+KEY = "sk-test-0123456789"
+MODEL = "tiny-gpt2"
+
+
+def tiny_model(seed: int = 0) -> GPT:
+    torch.manual_seed(seed)
+    return GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)).eval()
+
+
+@pytest.fixture(scope="module")
+def tok() -> Tokenizer:
+    return Tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    return tiny_model()
+
+
+@pytest.fixture(scope="module")
+def server(model, tok):
+    cfg = ServeConfig(port=0, api_key=KEY, model_name=MODEL, max_batch_size=32, max_n=8, max_body_bytes=64 * 1024,
+                      max_tokens_limit=100)  # fmt: skip
+    with BackgroundServer(model, cfg, tok) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60)
+
+
+def metric(server, name: str) -> float:
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    assert m, f"{name} missing from /metrics"
+    return float(m.group(1))
+
+
+@torch.no_grad()
+def greedy_reference(model: GPT, tok: Tokenizer, prompt: str, max_tokens: int) -> str:
+    """Independent of the engine: full uncached forward each step, argmax, stop at <|endoftext|>."""
+    ids = tok.encode_ordinary(prompt)
+    out = []
+    for _ in range(max_tokens):
+        logits, _ = model(torch.tensor([ids + out]))
+        nxt = int(logits[0, -1, : tok.n_vocab].argmax())
+        if nxt == tok.eot_token:
+            break
+        out.append(nxt)
+    return tok.decode(out)
+
+
+# ---- the official client, unchanged ----------------------------------------------------------------
+
+
+def test_models_health_and_auth(server, client):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(server.url + "/health").json() == {"status": "ok"}  # no key needed for health
+    bad = openai.OpenAI(base_url=server.url + "/v1", api_key="wrong", max_retries=0)
+    with pytest.raises(openai.AuthenticationError) as e:
+        bad.completions.create(model=MODEL, prompt="hi", max_tokens=2)
+    assert e.value.status_code == 401
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "hi"})
+    assert r.status_code == 401 and "Authorization: Bearer" in r.json()["error"]["message"]
+    assert r.headers["www-authenticate"] == "Bearer"
+
+
+def test_completion_greedy_equals_reference(client, model, tok):
+    prompt = "The quick brown fox"
+    r = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0)
+    assert r.object == "text_completion" and r.model == MODEL and len(r.choices) == 1
+    assert r.choices[0].text == greedy_reference(model, tok, prompt, 12)
+    assert r.usage.prompt_tokens == len(tok.encode_ordinary(prompt))
+    assert r.usage.completion_tokens == len(tok.encode_ordinary(r.choices[0].text)) or r.choices[0].finish_reason == "stop"
+    echo = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, echo=True)
+    assert echo.choices[0].text == prompt + r.choices[0].text
+    many = client.completions.create(model=MODEL, prompt=[prompt, "Hello"], max_tokens=6, temperature=0)
+    assert [c.index for c in many.choices] == [0, 1]
+    assert many.choices[1].text == greedy_reference(model, tok, "Hello", 6)
+
+
+def test_chat_uses_the_documented_template(client):
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hi."}]
+    chat = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=10, temperature=0)
+    choice = chat.choices[0]
+    assert chat.object == "chat.completion" and choice.message.role == "assistant"
+    prompt = DEFAULT_TEMPLATE.render([ChatTurn(m["role"], m["content"]) for m in messages])
+    assert prompt == "You are terse.\n\nUser: Say hi.\nAssistant:"
+    ref = client.completions.create(model=MODEL, prompt=prompt, max_tokens=10, temperature=0, stop=list(DEFAULT_TEMPLATE.stop))
+    assert choice.message.content == ref.choices[0].text.strip()
+    assert choice.finish_reason == ref.choices[0].finish_reason
+
+
+def test_streaming_equals_non_streaming(server, client):
+    kw = dict(model=MODEL, prompt="Streaming works", max_tokens=15, temperature=0)
+    full = client.completions.create(**kw).choices[0]
+    chunks = list(client.completions.create(stream=True, stream_options={"include_usage": True}, **kw))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == full.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == full.finish_reason
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    msgs = [{"role": "user", "content": "Tell me a story."}]
+    chat_full = client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0).choices[0]
+    chat_chunks = list(client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=12, temperature=0, stream=True))
+    assert chat_chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chat_chunks) == chat_full.message.content
+    assert chat_chunks[-1].choices[0].finish_reason == chat_full.finish_reason
+    # the raw wire format: `data: {json}` events separated by blank lines, ending with `data: [DONE]`
+    raw = httpx.post(server.url + "/v1/completions", headers={"Authorization": f"Bearer {KEY}"},
+                     json={"prompt": "x", "max_tokens": 3, "stream": True}, timeout=30)  # fmt: skip
+    assert raw.headers["content-type"].startswith("text/event-stream")
+    events = raw.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""] and all(e.startswith("data: {") for e in events[:-2])
+    assert all(json.loads(e[6:])["object"] == "text_completion" for e in events[:-2])
+
+
+def test_utf8_safe_streaming(client):
+    """Emoji and CJK are split across tokens; the stream must never carry a broken character."""
+    bias = {str(t): 100 for t in Tokenizer().encode_ordinary("🙂")}  # forces the emoji's byte tokens
+    kw = dict(model=MODEL, prompt="Smile:", max_tokens=8, temperature=0, logit_bias=bias)
+    pieces = [c.choices[0].text for c in client.completions.create(stream=True, **kw)]
+    assert "\ufffd" not in "".join(pieces) or "\ufffd" in client.completions.create(**kw).choices[0].text
+    assert "".join(pieces) == client.completions.create(**kw).choices[0].text
+
+
+def test_n_and_seed_reproducibility(client):
+    kw = dict(model=MODEL, prompt="Once upon a time", max_tokens=10, temperature=1.0, n=3)
+    a = client.completions.create(seed=7, **kw)
+    b = client.completions.create(seed=7, **kw)
+    c = client.completions.create(seed=8, **kw)
+    assert [ch.index for ch in a.choices] == [0, 1, 2]
+    assert [ch.text for ch in a.choices] == [ch.text for ch in b.choices]  # same seed, same samples
+    assert [ch.text for ch in a.choices] != [ch.text for ch in c.choices]
+    assert len({ch.text for ch in a.choices}) > 1  # the n samples are independent (seed + i)
+    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=2, max_tokens=5, seed=3)
+    assert [ch.index for ch in chat.choices] == [0, 1]
+
+
+def test_stop_strings(client):
+    full = client.completions.create(model=MODEL, prompt="Stop here", max_tokens=20, temperature=0).choices[0].text
+    stop = full[6:9]
+    assert stop.strip(), f"need a visible stop string, got {full!r}"
+    cut = client.completions.create(model=MODEL, prompt="Stop here", max_tokens=20, temperature=0, stop=[stop]).choices[0]
+    assert cut.text == full[: full.find(stop)] and cut.finish_reason == "stop"
+    streamed = client.completions.create(model=MODEL, prompt="Stop here", max_tokens=20, temperature=0, stop=stop, stream=True)
+    assert "".join(c.choices[0].text for c in streamed) == cut.text
+
+
+def test_bad_parameters_get_clear_400s(client):
+    cases = [
+        (dict(temperature=5), "temperature"),
+        (dict(max_tokens=10**6), "max_tokens"),
+        (dict(n=50), "n"),
+        (dict(top_p=0), "top_p"),
+        (dict(stop=["a", "b", "c", "d", "e"]), "stop"),
+        (dict(logit_bias={"abc": 1}), "logit_bias"),
+        (dict(extra_body={"max_tokenz": 3}), "max_tokenz"),
+        (dict(prompt="word " * 200), "prompt"),
+        (dict(prompt="word " * 100, max_tokens=60), "context length"),
+    ]
+    for kw, needle in cases:
+        args = {"model": MODEL, "prompt": "hi", "max_tokens": 2, **kw}
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(**args)
+        assert e.value.status_code == 400
+        assert needle in e.value.body["message"], (kw, e.value.body)
+    with pytest.raises(openai.NotFoundError):
+        client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=[{"role": "tool", "content": "x"}])
+
+
+# ---- concurrency ---------------------------------------------------------------------------------
+
+
+def test_32_concurrent_streams_are_batched_and_independent(server, client):
+    prompts = [f"Client number {i} says" for i in range(32)]
+    single = [client.completions.create(model=MODEL, prompt=p, max_tokens=16, temperature=0).choices[0].text for p in prompts]
+    steps0, tokens0 = metric(server, "gpt2kit_engine_steps_total"), metric(server, "gpt2kit_generation_tokens_total")
+
+    async def one(ac, p: str) -> str:
+        stream = await ac.completions.create(model=MODEL, prompt=p, max_tokens=16, temperature=0, stream=True)
+        return "".join([c.choices[0].text async for c in stream])
+
+    async def all_at_once() -> list[str]:
+        async with openai.AsyncOpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=60) as ac:
+            return await asyncio.gather(*(one(ac, p) for p in prompts))
+
+    concurrent = asyncio.run(all_at_once())
+    assert concurrent == single  # greedy: batched rows compute exactly what each would alone
+    steps = metric(server, "gpt2kit_engine_steps_total") - steps0
+    tokens = metric(server, "gpt2kit_generation_tokens_total") - tokens0
+    assert tokens >= 32 and steps < tokens / 4, f"{steps} decode steps for {tokens} tokens: requests were not batched"
+
+
+# ---- robustness ----------------------------------------------------------------------------------
+
+MALFORMED: list[tuple[str, bytes | str]] = [
+    ("/v1/completions", b""),
+    ("/v1/completions", b"{"),
+    ("/v1/completions", b"null"),
+    ("/v1/completions", b"[1, 2, 3]"),
+    ("/v1/completions", b'"just a string"'),
+    ("/v1/completions", b"\xff\xfe\x00garbage"),
+    ("/v1/completions", b"{}"),
+    ("/v1/completions", b'{"prompt": null}'),
+    ("/v1/completions", b'{"prompt": 12}'),
+    ("/v1/completions", b'{"prompt": [[]]}'),
+    ("/v1/completions", b'{"prompt": []}'),
+    ("/v1/completions", b'{"prompt": [99999999]}'),
+    ("/v1/completions", b'{"prompt": [-1]}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": "5"}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 1e309}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": 123456789012345678901234567890}'),
+    ("/v1/completions", b'{"prompt": "x", "max_tokens": -1}'),
+    ("/v1/completions", b'{"prompt": "x", "temperature": "hot"}'),
+    ("/v1/completions", b'{"prompt": "x", "temperature": NaN}'),
+    ("/v1/completions", b'{"prompt": "x", "temperature": Infinity}'),
+    ("/v1/completions", b'{"prompt": "x", "n": 0}'),
+    ("/v1/completions", b'{"prompt": "x", "n": true}'),
+    ("/v1/completions", b'{"prompt": "x", "seed": -5}'),
+    ("/v1/completions", b'{"prompt": "x", "seed": 99999999999999999999999}'),
+    ("/v1/completions", b'{"prompt": "x", "stop": [""]}'),
+    ("/v1/completions", b'{"prompt": "x", "stop": 5}'),
+    ("/v1/completions", b'{"prompt": "x", "stream": "yes"}'),
+    ("/v1/completions", b'{"prompt": "x", "logit_bias": {"1": 1000}}'),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": 3}'),
+    ("/v1/completions", b'{"prompt": "x", "suffix": "y"}'),
+    ("/v1/completions", b'{"prompt": "x", "stream_options": {"include_usage": 1}}'),
+    ("/v1/completions", '{"prompt": "\ud800\udfff\u0000\u202e\U0010ffff", "max_tokens": 1}'.encode("utf-8", "surrogatepass")),
+    ("/v1/completions", b'{"prompt": "x", "prompt": 5}'),
+    ("/v1/chat/completions", b'{"messages": []}'),
+    ("/v1/chat/completions", b'{"messages": "hi"}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user"}], "max_tokens": 1000}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "wizard", "content": "x"}]}'),
+    ("/v1/chat/completions", b'{"messages": [{"content": "x"}]}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "tools": []}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}'),
+    ("/v1/completions", b'{"prompt": "' + b"a" * 70_000 + b'"}'),  # over the 64 KiB body limit
+    ("/v1/nonexistent", b"{}"),
+]
+
+
+def test_fuzz_malformed_requests_get_4xx_and_the_server_survives(server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    headers = {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as http:
+        for path, body in MALFORMED:
+            r = http.post(path, content=body)
+            assert 400 <= r.status_code < 500, (body[:80], r.status_code, r.text[:300])
+            err = r.json()["error"]
+            assert err["message"] and err["type"], body[:80]
+        assert http.post("/v1/completions", content=b'{"prompt": "' + b"a" * 70_000 + b'"}').status_code == 413
+
+        json_values = st.recursive(
+            st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+            lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+            max_leaves=8,
+        )
+        fields = ["prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "echo",
+                  "logit_bias", "presence_penalty", "frequency_penalty", "top_k", "model", "user", "best_of"]  # fmt: skip
+
+        @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+        @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
+               body=st.dictionaries(st.sampled_from(fields), json_values, max_size=6))  # fmt: skip
+        def fuzz(path, body):
+            body.setdefault("max_tokens", 3) if isinstance(body.get("max_tokens"), int) else None
+            r = http.post(path, content=json.dumps(body))
+            assert r.status_code < 500, (body, r.status_code, r.text[:300])
+            if r.status_code != 200:
+                assert r.json()["error"]["message"]
+
+        fuzz()
+        assert http.get("/health").json() == {"status": "ok"}
+        assert http.post("/v1/completions", json={"prompt": "still alive", "max_tokens": 2}).status_code == 200
+
+
+# ---- slots, queue, timeouts (a slow server: 2 slots, 2 queue places, 20 ms per step) -----------------
+
+
+@pytest.fixture(scope="module")
+def slow_server(tok):
+    cfg = ServeConfig(port=0, max_batch_size=2, max_queue=2, request_timeout=1.5, max_tokens_limit=120, api_key=None)
+    server = BackgroundServer(tiny_model(1), cfg, tok)
+    step = server.worker.engine.step
+
+    def slow_step():
+        time.sleep(0.02)
+        return step()
+
+    server.worker.engine.step = slow_step
+    with server:
+        yield server
+
+
+def test_disconnect_mid_stream_frees_the_slot(slow_server):
+    before = metric(slow_server, "gpt2kit_generation_tokens_total")
+    with httpx.Client(base_url=slow_server.url, timeout=30) as http:
+        with http.stream("POST", "/v1/completions", json={"prompt": "a long story", "max_tokens": 100, "stream": True,
+                                                         "temperature": 1.0, "stop": None}) as r:  # fmt: skip
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(3)]
+            assert got[0].startswith("data: {")
+        # the connection is closed here, ~2 tokens into a 100-token (>= 2 s) request
+    deadline = time.monotonic() + 2.0
+    while metric(slow_server, "gpt2kit_running_sequences") > 0:
+        assert time.monotonic() < deadline, "the disconnected request still holds its slot"
+        time.sleep(0.05)
+    generated = metric(slow_server, "gpt2kit_generation_tokens_total") - before
+    assert generated < 60, f"{generated} tokens were generated for a client that left after 2"
+
+
+def test_queue_overflow_gets_503_with_retry_after(slow_server):
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=slow_server.url, timeout=30) as ac:
+            body = {"prompt": "busy", "max_tokens": 10, "temperature": 0}
+            return await asyncio.gather(*(ac.post("/v1/completions", json=body) for _ in range(10)))
+
+    codes = [r.status_code for r in asyncio.run(burst())]
+    assert set(codes) <= {200, 503} and codes.count(200) >= 4 and codes.count(503) >= 1, codes
+    busy = next(r for r in asyncio.run(burst()) if r.status_code == 503)
+    assert busy.headers["retry-after"].isdigit() and busy.json()["error"]["message"]
+    assert metric(slow_server, "gpt2kit_requests_rejected_total") >= 1
+    assert httpx.get(slow_server.url + "/health").status_code == 200
+
+
+def test_request_timeout_is_408_and_frees_the_slot(slow_server):
+    t0 = time.monotonic()
+    r = httpx.post(slow_server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 120, "temperature": 1.0,
+                                                            "logit_bias": {"50256": -100}}, timeout=30)  # fmt: skip
+    assert r.status_code == 408 and "timeout" in r.json()["error"]["message"]
+    assert time.monotonic() - t0 < 4
+    assert metric(slow_server, "gpt2kit_running_sequences") == 0
+
+
+def test_metrics_are_prometheus_text(server, client):
+    client.completions.create(model=MODEL, prompt="count me", max_tokens=2)
+    r = httpx.get(server.url + "/metrics")
+    assert r.headers["content-type"].startswith("text/plain")
+    for name in ("gpt2kit_http_requests_total", "gpt2kit_generation_tokens_total", "gpt2kit_queue_depth",
+                 "gpt2kit_request_latency_seconds_bucket", "gpt2kit_time_to_first_token_seconds_count"):  # fmt: skip
+        assert name in r.text
+    for line in r.text.splitlines():
+        assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+$', line), line
+
+
+def test_playground_page_is_served(server):
+    r = httpx.get(server.url + "/")
+    assert r.status_code == 200 and 'id="generate"' in r.text and MODEL in r.text
