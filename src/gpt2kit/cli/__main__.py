@@ -16,6 +16,9 @@ from gpt2kit.errors import Gpt2kitError
 
 COMMANDS: dict[str, str] = {
     "info": "gpt2kit.cli.info",
+    "prepare": "gpt2kit.cli.prepare",
+    "train": "gpt2kit.cli.train",
+    "finetune": "gpt2kit.cli.finetune",
     "eval": "gpt2kit.cli.eval",
 }
 

@@ -1,0 +1,35 @@
+"""Fine-tune GPT-2 weights (a preset, hub id, Hugging Face folder or one of our checkpoints) on your data.
+
+Same loop as `gpt2kit train`, started from pretrained weights with fine-tuning defaults (lower lr, short
+warmup, dropout 0.1, early stopping on val loss). Data: a shards folder from `gpt2kit prepare` (plain text:
+continue pretraining) or a .jsonl of {"prompt": ..., "completion": ...} records (loss on completions only,
+an automatic validation split of --val-fraction).
+
+  gpt2kit finetune --model gpt2 --data qa.jsonl --out-dir ft --max-steps 300
+  gpt2kit finetune --model ./my-gpt2 --data data/mytext --out-dir ft2
+"""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "fine-tune pretrained GPT-2 weights on text shards or prompt/completion JSONL"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gpt2kit.cli.train import add_config_arguments
+    from gpt2kit.train.config import FINETUNE_DEFAULTS
+
+    add_config_arguments(p, exclude=("model",), defaults=FINETUNE_DEFAULTS, rename={"init_from": "model"})
+
+
+def run(args: argparse.Namespace) -> None:
+    from gpt2kit.cli.train import overrides
+    from gpt2kit.errors import ConfigError
+    from gpt2kit.train import train
+    from gpt2kit.train.config import FINETUNE_DEFAULTS, build_config
+
+    given = overrides(args)
+    if not given.get("init_from") and not given.get("resume"):
+        raise ConfigError("finetune needs --model: a preset (gpt2, ...), a Hugging Face folder, or a checkpoint folder.")
+    train(build_config(given, args.config, defaults=FINETUNE_DEFAULTS))

@@ -1,0 +1,174 @@
+"""TrainConfig: every knob of a training or fine-tuning run, typed, validated and saved with each checkpoint.
+
+A run is fully described by this dataclass (plus the data on disk): the CLI builds one from flags or a
+JSON file in configs/, the loop writes it into every checkpoint's meta.json, and `--resume` rebuilds it.
+Field help strings double as the CLI help.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+
+from gpt2kit.config import PRESETS, GPTConfig
+from gpt2kit.errors import ConfigError
+
+# Small shapes for training from scratch on a CPU or a small GPU (GPT-2's vocabulary and architecture).
+SMALL_PRESETS: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=64, n_positions=256),  # 3.3M, for tests and smoke runs
+    "cpu-small": GPTConfig(n_layer=4, n_head=4, n_embd=256, n_positions=256),  # 16M (12.9M of it embeddings)
+    "cpu-medium": GPTConfig(n_layer=6, n_head=6, n_embd=384, n_positions=512),  # 30M
+}
+
+
+def _help(text: str, **kw):
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. Defaults: a sensible small run; sizes are in tokens where that is what matters."""
+
+    # ---- what to train, on what
+    data: str = _help("shards folder from `gpt2kit prepare`, or (fine-tuning) a prompt/completion .jsonl", default="")
+    out_dir: str = _help("run folder: checkpoints, metrics.jsonl, loss.png", default="out")
+    model: str = _help("from scratch: a preset (tiny, cpu-small, cpu-medium, gpt2, gpt2-medium, ...) or a GPTConfig JSON file", default="cpu-small")
+    init_from: str | None = _help("start from these weights: a preset/hub id/HF folder (from_pretrained) or one of our checkpoint folders", default=None)
+    resume: bool = _help("continue the latest checkpoint in out_dir exactly (weights, optimizer, data position, RNG)", default=False)
+    dropout: float | None = _help("override the model's dropout (None keeps it; 0.0 for pretraining big data, ~0.1 for small data)", default=None)
+    # ---- batch
+    block_size: int = _help("T: tokens per sequence (<= the model's n_positions; 0 = n_positions)", default=0)
+    micro_batch: int = _help("B: sequences per forward/backward on each process", default=8)
+    batch_tokens: int = _help("tokens per optimizer step across all processes; gradient accumulation = batch_tokens / (B*T*world), must divide (0 = B*T*world)", default=0)
+    data_order: str = _help("random (uniform windows, nanoGPT) or sequential (llm.c) training batches", default="random")
+    # ---- optimisation
+    max_steps: int = _help("optimizer steps to train (the schedule's length)", default=1000)
+    max_minutes: float = _help("stop (with a checkpoint) after this many minutes of training; 0 = no time limit", default=0.0)
+    lr: float = _help("peak learning rate", default=6e-4)
+    min_lr: float = _help("learning rate at the end of the decay", default=6e-5)
+    warmup_steps: int = _help("linear warmup from ~0 to lr over this many steps", default=100)
+    schedule: str = _help("after warmup: cosine, linear or constant", default="cosine")
+    weight_decay: float = _help("AdamW weight decay, applied to >=2-D weights only (not biases, LayerNorms)", default=0.1)
+    beta1: float = _help("AdamW beta1", default=0.9)
+    beta2: float = _help("AdamW beta2", default=0.95)
+    grad_clip: float = _help("clip the global gradient norm to this (0 = off)", default=1.0)
+    # ---- numerics and hardware
+    device: str = _help("auto, cpu, cuda, cuda:N, mps", default="auto")
+    dtype: str = _help("auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto")
+    compile: str = _help("torch.compile the model: auto (on for CUDA), on, off", default="auto")
+    fsdp: bool = _help("shard parameters/optimizer state with FSDP2 fully_shard (torchrun, CUDA) for models that don't fit", default=False)
+    seed: int = _help("seed for init, dropout and data order", default=1337)
+    # ---- watching the run
+    log_interval: int = _help("print and log train loss every this many steps (each log is a host sync on GPU)", default=10)
+    eval_interval: int = _help("validation loss, sample and checkpoint every this many steps (and at the end)", default=200)
+    eval_batches: int = _help("validation batches per evaluation (the same fixed batches every time)", default=20)
+    sample_tokens: int = _help("tokens to sample from sample_prompt at each eval (0 = no samples)", default=64)
+    sample_prompt: str = _help("prompt for the periodic samples", default="\n")
+    keep_last: int = _help("keep the last N checkpoints (plus the best by val loss)", default=2)
+    early_stop: int = _help("stop when val loss has not improved for this many evals (0 = never)", default=0)
+    tensorboard: bool = _help("also log to TensorBoard (out_dir/tb) when it is installed", default=False)
+    wandb_project: str | None = _help("also log to this Weights & Biases project when wandb is installed", default=None)
+    # ---- fine-tuning data (prompt/completion JSONL)
+    val_fraction: float = _help("fine-tuning JSONL: fraction of examples held out for validation", default=0.05)
+    prompt_field: str = _help("fine-tuning JSONL: the prompt field", default="prompt")
+    completion_field: str = _help("fine-tuning JSONL: the completion field", default="completion")
+
+    def __post_init__(self) -> None:
+        positive = ("micro_batch", "max_steps", "log_interval", "eval_interval", "eval_batches", "keep_last")
+        for name in positive:
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+                raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}.")
+        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}.")
+        if not (self.lr > 0 and 0 <= self.min_lr <= self.lr):
+            raise ConfigError(f"need lr > 0 and 0 <= min_lr <= lr; got lr={self.lr}, min_lr={self.min_lr}.")
+        if self.schedule not in ("cosine", "linear", "constant"):
+            raise ConfigError(f"schedule must be cosine, linear or constant, got {self.schedule!r}.")
+        if self.dtype not in ("auto", "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"):
+            raise ConfigError(f"dtype must be auto, fp32, bf16 or fp16, got {self.dtype!r}.")
+        if self.compile not in ("auto", "on", "off"):
+            raise ConfigError(f"compile must be auto, on or off, got {self.compile!r}.")
+        if self.data_order not in ("random", "sequential"):
+            raise ConfigError(f"data_order must be random or sequential, got {self.data_order!r}.")
+        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}.")
+        if self.weight_decay < 0 or self.grad_clip < 0 or self.max_minutes < 0:
+            raise ConfigError("weight_decay, grad_clip and max_minutes must be >= 0.")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if not self.data:
+            raise ConfigError("no training data: pass --data DIR (from `gpt2kit prepare`) or a prompt/completion .jsonl.")
+
+    # ---- model -----------------------------------------------------------------------------------
+    def model_config(self) -> GPTConfig:
+        """The architecture to train from scratch (dropout override applied)."""
+        if self.model in SMALL_PRESETS:
+            cfg = dataclasses.replace(SMALL_PRESETS[self.model])
+        elif self.model in PRESETS:
+            cfg = dataclasses.replace(PRESETS[self.model])
+        elif os.path.isfile(self.model):
+            cfg = GPTConfig.from_json_file(self.model)
+        else:
+            raise ConfigError(
+                f"unknown model {self.model!r}: use a preset ({', '.join([*SMALL_PRESETS, *PRESETS])}) or a GPTConfig JSON file."
+            )
+        return cfg if self.dropout is None else cfg.replace(dropout=self.dropout)
+
+    # ---- JSON ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {unknown}; known options: {sorted(known)}.")
+        return cls(**d)
+
+    @classmethod
+    def from_json_file(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
+        try:
+            with open(path, encoding="utf-8") as f:
+                d = json.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist (presets live in configs/).") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None
+        d.pop("_comment", None)
+        return cls.from_dict({**d, **overrides})
+
+
+# Fine-tuning starts from trained weights: a gentler learning rate, short warmup, frequent evals, early stopping.
+FINETUNE_DEFAULTS: dict = {
+    "lr": 1e-4, "min_lr": 1e-5, "warmup_steps": 20, "max_steps": 500, "eval_interval": 50, "weight_decay": 0.0,
+    "micro_batch": 4, "block_size": 512, "early_stop": 3, "dropout": 0.1, "sample_tokens": 48, "data_order": "random",
+}  # fmt: skip
+
+
+def build_config(overrides: dict, config_file: str | None = None, defaults: dict | None = None) -> TrainConfig:
+    """The run's TrainConfig: dataclass defaults <- `defaults` (e.g. FINETUNE_DEFAULTS) <- `config_file` <- `overrides`.
+
+    With overrides["resume"], the base is instead the config saved in the latest checkpoint of out_dir, so
+    `gpt2kit train --resume --out-dir X` needs no other flag; flags given explicitly still override it
+    (e.g. a longer --max-steps or a new --max-minutes)."""
+    d = dict(defaults or {})
+    if config_file:
+        d.update(TrainConfig.from_json_file(config_file, data=overrides.get("data") or "<from config>").to_dict())
+        if "data" not in overrides and d.get("data") == "<from config>":
+            d.pop("data")
+    if overrides.get("resume"):
+        from gpt2kit.train.checkpoint import latest_checkpoint, read_meta
+
+        out_dir = overrides.get("out_dir") or d.get("out_dir") or "out"
+        latest = latest_checkpoint(os.path.join(out_dir, "checkpoints"))
+        if latest is None:
+            raise ConfigError(f"--resume: no checkpoint in {out_dir}/checkpoints. Start the run without --resume first.")
+        d = dict(read_meta(latest)["train_config"])
+    d.update(overrides)
+    return TrainConfig.from_dict(d)

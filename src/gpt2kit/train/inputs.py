@@ -1,0 +1,44 @@
+"""Turn `TrainConfig.data` into train/val loaders: shards (pretraining, plain-text fine-tuning) or
+prompt/completion JSONL (supervised fine-tuning with a loss mask)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from gpt2kit.data.loader import ShardLoader
+from gpt2kit.data.sft import SFTLoader, is_prompt_completion_file, read_prompt_completion, split_pairs
+from gpt2kit.errors import DataError
+from gpt2kit.train.config import TrainConfig
+from gpt2kit.train.distributed import DistInfo
+
+
+def make_loaders(cfg: TrainConfig, T: int, info: DistInfo, log=print) -> tuple[object, object | None, str]:
+    """-> (train loader, val loader or None, kind) where kind is 'shards' or 'prompt-completion'."""
+    data = Path(cfg.data)
+    kw = dict(rank=info.rank, world=info.world, seed=cfg.seed)
+    if is_prompt_completion_file(data, cfg.prompt_field, cfg.completion_field):
+        from gpt2kit.tokenizer import Tokenizer
+
+        pairs = read_prompt_completion(data, cfg.prompt_field, cfg.completion_field)
+        train_pairs, val_pairs = split_pairs(pairs, cfg.val_fraction, seed=cfg.seed)
+        tok = Tokenizer()
+        train = SFTLoader.from_pairs(train_pairs, tok, cfg.micro_batch, T, order="random", **kw)
+        val = SFTLoader.from_pairs(val_pairs, tok, cfg.micro_batch, T, order="sequential", **kw) if val_pairs else None
+        log(f"data: {len(train_pairs)} train / {len(val_pairs)} val prompt/completion examples from {data} (loss on completions only)")
+        return train, val, "prompt-completion"
+    if data.is_dir() and (any(data.glob("train_*.bin")) or not any(data.glob("*.txt"))):
+        train = ShardLoader(data, "train", cfg.micro_batch, T, order=cfg.data_order, **kw)
+        val = None
+        if any(data.glob("val_*.bin")):
+            val = ShardLoader(data, "val", cfg.micro_batch, T, order="sequential", **kw)
+        else:
+            print(f"gpt2kit train: warning: {data} has no val shards; no validation loss (prepare with --val-tail 0.01).", file=sys.stderr)
+        log(f"data: {train.n_tokens:,} train tokens" + (f", {val.n_tokens:,} val tokens" if val else "") + f" from {data}")
+        return train, val, "shards"
+    if data.exists():
+        raise DataError(
+            f"{data} is not a shards folder or a prompt/completion JSONL. ---> HINT: tokenize text first: "
+            f"`gpt2kit prepare {data} --out {data.stem}-shards --val-tail 0.05`, then --data {data.stem}-shards."
+        )
+    raise DataError(f"training data {data} does not exist. ---> HINT: `gpt2kit prepare TEXT... --out {data}` creates it.")

@@ -1,0 +1,311 @@
+"""The training loop: one linear loop for pretraining from scratch and for fine-tuning.
+
+    result = train(TrainConfig(data="data/corpora", model="cpu-small", max_steps=2000))
+
+What differs between pretraining and fine-tuning is only where the weights start (`model` preset vs
+`init_from`) and the data (shards vs prompt/completion JSONL with IGNORE_INDEX over prompts).
+
+One optimizer step = `accum` micro-batches of (B, T) on each of `world` processes; batch size is given in
+tokens and accum is derived (and must divide exactly). Evaluation, samples and checkpoints run on
+`step % eval_interval == 0 or last step` (and when the time budget or early stopping ends the run). The
+only host syncs per step are the log-interval reads of the loss, so the loop keeps a GPU busy.
+
+Exact resume: a checkpoint holds the weights, optimizer, schedule step, loader position and every RNG
+state, captured after the step's eval (which draws from no global RNG: samples use their own
+generator), so a resumed run performs bit-for-bit the steps the uninterrupted run would (on CPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from gpt2kit.device import enable_tf32, resolve_device, resolve_dtype, seed_everything
+from gpt2kit.errors import ConfigError, Gpt2kitError
+from gpt2kit.model import GPT
+from gpt2kit.train import checkpoint as ckpt
+from gpt2kit.train import distributed as D
+from gpt2kit.train.config import TrainConfig
+from gpt2kit.train.inputs import make_loaders
+from gpt2kit.train.metrics import MetricsLog, estimate_mfu, format_eta, plot_losses
+from gpt2kit.train.optim import get_lr, make_optimizer, set_lr
+
+EvalHook = Callable[[GPT], dict]  # the plain model (eval mode, no_grad) -> {metric: number}
+
+
+class NonFiniteLossError(Gpt2kitError, RuntimeError):
+    """The training loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    train_loss: float | None
+    val_loss: float | None
+    best_val_loss: float | None
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    stopped_by: str  # "max_steps", "max_minutes" or "early_stop"
+
+
+def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[str], None] = print) -> TrainResult:
+    """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun."""
+    device = resolve_device(cfg.device)
+    info = D.init_distributed(device.type)
+    device = D.local_device(device, info)
+    say = log if info.is_main else (lambda *_: None)
+    out = Path(cfg.out_dir)
+    ckpt_root = out / "checkpoints"
+    try:
+        return _train(cfg, eval_hooks, say, info, device, out, ckpt_root)
+    finally:
+        D.teardown(info)
+
+
+def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
+    # ---- weights ---------------------------------------------------------------------------------
+    resume_from = None
+    if cfg.resume:
+        resume_from = ckpt.latest_checkpoint(ckpt_root)
+        if resume_from is None:
+            raise ConfigError(f"--resume: no checkpoint in {ckpt_root}. Start the run without --resume first.")
+    elif ckpt.list_checkpoints(ckpt_root):
+        raise ConfigError(f"{out} already holds checkpoints. Pass --resume to continue that run, or choose another --out-dir.")
+    seed_everything(cfg.seed)  # same init on every rank
+    meta = ckpt.read_meta(resume_from) if resume_from else None
+    model = _load_model(cfg, resume_from or cfg.init_from)
+    model.to(device).train()
+    T = cfg.block_size or model.config.n_positions
+    if T > model.config.n_positions:
+        raise ConfigError(f"block_size {T} exceeds the model's context n_positions={model.config.n_positions}; use --block-size {model.config.n_positions} or less.")
+
+    # ---- numerics --------------------------------------------------------------------------------
+    dtype = _train_dtype(cfg.dtype, device)
+    if device.type == "cuda":
+        enable_tf32()
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    # ---- data and batch --------------------------------------------------------------------------
+    train_loader, val_loader, data_kind = make_loaders(cfg, T, info, log=say)
+    micro_tokens = cfg.micro_batch * T * info.world
+    batch_tokens = cfg.batch_tokens or micro_tokens
+    if batch_tokens % micro_tokens:
+        lo, hi = batch_tokens // micro_tokens * micro_tokens, -(-batch_tokens // micro_tokens) * micro_tokens
+        raise ConfigError(
+            f"batch_tokens={batch_tokens:,} is not a multiple of micro_batch x block_size x processes = "
+            f"{cfg.micro_batch} x {T} x {info.world} = {micro_tokens:,}, so gradient accumulation would not be a whole "
+            f"number of micro-batches. Use --batch-tokens {max(lo, micro_tokens):,} or {hi:,}, or change --micro-batch/--block-size."
+        )
+    accum = batch_tokens // micro_tokens
+
+    # ---- optimizer, wrappers ---------------------------------------------------------------------
+    optimizer = make_optimizer(model, cfg, device)
+    step, best_val, bad_evals = 0, math.inf, 0
+    if meta is not None:
+        optim_state, rng_state = ckpt.load_training_state(resume_from)
+        optimizer.load_state_dict(optim_state["optimizer"])
+        if optim_state.get("scaler"):
+            scaler.load_state_dict(optim_state["scaler"])
+        train_loader.load_state_dict(meta["loader"])
+        step, best_val, bad_evals = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("bad_evals", 0)
+        say(f"resumed from {resume_from} at step {step}")
+    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    runner = torch.compile(model) if use_compile else model
+    runner = D.wrap_model(runner, info, device, cfg.fsdp)
+    if meta is not None:
+        ckpt.restore_rng(rng_state)  # last: building the model and loaders must not shift the RNG streams
+
+    n_params = model.num_params()
+    flops_per_token = 6 * n_params + 12 * model.config.n_layer * model.config.n_embd * T
+    say(f"model: {n_params / 1e6:.1f}M parameters, T={T}, {dtype} on {device}{' x' + str(info.world) if info.enabled else ''}"
+        f"{', compiled' if use_compile else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
+    logger = MetricsLog(out, cfg.tensorboard, cfg.wandb_project, cfg.to_dict()) if info.is_main else None
+    tokenizer = None
+    if cfg.sample_tokens and info.is_main and not cfg.fsdp:
+        from gpt2kit.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer()
+
+    # ---- the loop --------------------------------------------------------------------------------
+    t_start = time.perf_counter()
+    deadline = t_start + cfg.max_minutes * 60 if cfg.max_minutes else math.inf
+    loss_sum, loss_count, t_log, steps_since_log = torch.zeros((), device=device), 0, time.perf_counter(), 0
+    last_loss, val_loss, last_ckpt, stopped_by = None, None, None, "max_steps"
+    start_step = step
+    while step < cfg.max_steps:
+        lr = get_lr(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.schedule)
+        set_lr(optimizer, lr)
+        for micro in range(accum):
+            x, y = train_loader.next_batch()  # (B, T) each, on the host
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            sync = micro == accum - 1 or not hasattr(runner, "no_sync")  # DDP all-reduces on the last micro-step only
+            with contextlib.nullcontext() if sync else runner.no_sync(), autocast:
+                _, loss = runner(x, y)
+            loss_sum += loss.detach()
+            loss_count += 1
+            scaler.scale(loss / accum).backward()
+        grad_norm = None
+        if cfg.grad_clip > 0:
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        steps_since_log += 1
+        last_step = step == cfg.max_steps
+        if time.perf_counter() > deadline:
+            stopped_by, last_step = "max_minutes", True
+        if info.enabled:  # every rank must agree to stop; one tiny all-reduce per step, only under torchrun
+            flag = D.all_reduce_mean(torch.tensor(float(last_step), device=device), info)
+            last_step = bool(flag > 0)
+            stopped_by = stopped_by if stopped_by != "max_steps" or step == cfg.max_steps else "max_minutes"
+
+        # ---- log (the only per-interval host sync) ----------------------------------------------
+        if step % cfg.log_interval == 0 or last_step or step == start_step + 1:
+            mean_loss = D.all_reduce_mean(loss_sum / loss_count, info).item()
+            last_loss = mean_loss
+            if not math.isfinite(mean_loss):
+                good = ckpt.latest_checkpoint(ckpt_root)
+                raise NonFiniteLossError(
+                    f"the training loss is {mean_loss} at step {step}. The last good checkpoint is kept: {good or 'none yet'}. "
+                    "---> HINT: lower --lr, raise --warmup-steps, keep --grad-clip 1.0, or use bf16 rather than fp16."
+                )
+            dt = time.perf_counter() - t_log
+            tok_s = steps_since_log * batch_tokens / dt
+            mfu = estimate_mfu(flops_per_token, tok_s, device)
+            eta = min((cfg.max_steps - step) * dt / steps_since_log, deadline - time.perf_counter())
+            norm = float(grad_norm) if grad_norm is not None else None
+            if logger:
+                logger.log("train", step, loss=round(mean_loss, 6), lr=lr, grad_norm=norm, tok_per_s=round(tok_s, 1),
+                           ms=round(1000 * dt / steps_since_log, 2), tokens=step * batch_tokens,
+                           **({"mfu": round(mfu, 4)} if mfu is not None else {}))  # fmt: skip
+            say(f"step {step:>6}/{cfg.max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | norm {norm if norm is None else round(norm, 3)} | "
+                f"{tok_s:,.0f} tok/s | {1000 * dt / steps_since_log:.0f} ms" + (f" | MFU {100 * mfu:.1f}%" if mfu else "") + f" | ETA {format_eta(eta)}")  # fmt: skip
+            loss_sum.zero_()
+            loss_count, steps_since_log, t_log = 0, 0, time.perf_counter()
+
+        # ---- eval, sample, checkpoint ------------------------------------------------------------
+        if step % cfg.eval_interval == 0 or last_step:
+            if val_loader is not None:
+                val_loss = evaluate(runner, val_loader, cfg.eval_batches, device, autocast, info)
+                improved = val_loss < best_val
+                best_val, bad_evals = (val_loss, 0) if improved else (best_val, bad_evals + 1)
+                say(f"step {step:>6} | val loss {val_loss:.4f}{' (best)' if improved else ''}")
+                if logger:
+                    logger.log("val", step, loss=round(val_loss, 6))
+            extra = _run_hooks(model, eval_hooks, device, autocast) if info.is_main else {}
+            if logger and extra:
+                logger.log("eval", step, **extra)
+            if tokenizer is not None:
+                text = _sample(model, tokenizer, cfg, step, device, autocast)
+                say(f"sample: {text!r}")
+                logger.log("sample", step, text=text)
+            if cfg.early_stop and bad_evals >= cfg.early_stop:
+                stopped_by, last_step = "early_stop", True
+            last_ckpt = _save(cfg, model, runner, optimizer, scaler, train_loader, info, ckpt_root, step, batch_tokens,
+                              last_loss, val_loss, best_val, bad_evals, data_kind)  # fmt: skip
+            if logger:
+                plot_losses(out)
+            if last_step:
+                break
+    if logger:
+        logger.close()
+    if stopped_by != "max_steps":
+        say(f"stopped at step {step}: {'time budget of ' + str(cfg.max_minutes) + ' min' if stopped_by == 'max_minutes' else 'val loss stopped improving'}")
+    best = ckpt.best_checkpoint(ckpt_root) if info.is_main else None
+    say(f"done: step {step}, last checkpoint {last_ckpt}" + (f", best {best}" if best else ""))
+    return TrainResult(step, last_loss, val_loss, best_val if math.isfinite(best_val) else None, last_ckpt, best, stopped_by)
+
+
+@torch.no_grad()
+def evaluate(runner, loader, max_batches: int, device, autocast, info) -> float:
+    """Mean loss over the loader's fixed evaluation batches (all ranks, averaged)."""
+    runner.eval()
+    total, n = torch.zeros((), device=device), 0
+    for x, y in loader.eval_batches(max_batches):
+        with autocast:
+            _, loss = runner(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
+        total += loss.float()
+        n += 1
+    runner.train()
+    return D.all_reduce_mean(total / max(n, 1), info).item()
+
+
+def _run_hooks(model, hooks, device, autocast) -> dict:
+    metrics = {}
+    if hooks:
+        model.eval()
+        with torch.no_grad(), autocast:
+            for hook in hooks:
+                metrics.update(hook(model))
+        model.train()
+    return metrics
+
+
+def _sample(model, tokenizer, cfg, step, device, autocast) -> str:
+    from gpt2kit.train.samples import sample_text
+
+    return sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens, cfg.seed, step, device, autocast)
+
+
+def _save(cfg, model, runner, optimizer, scaler, loader, info, root, step, batch_tokens, train_loss, val_loss, best_val,
+          bad_evals, data_kind) -> Path | None:  # fmt: skip
+    model_state = optim_state = None
+    if cfg.fsdp and info.enabled:  # gather full tensors on every rank, keep them on rank 0
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        model_state = get_model_state_dict(model, options=opts)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=opts)
+    path = None
+    if info.is_main:
+        meta = {
+            "tokens": step * batch_tokens,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "best_val_loss": best_val if math.isfinite(best_val) else None,
+            "bad_evals": bad_evals,
+            "loader": loader.state_dict(),
+            "data_kind": data_kind,
+            "world_size": info.world,
+            "train_config": cfg.to_dict(),
+            "torch_version": torch.__version__,
+        }
+        state = {"optimizer": optim_state or optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        path = ckpt.save_checkpoint(root, step, model, state, meta, model_state=model_state)
+        ckpt.prune(root, cfg.keep_last)
+    D.barrier(info)
+    return path
+
+
+def _load_model(cfg: TrainConfig, source) -> GPT:
+    """From scratch (cfg.model), or the weights of a checkpoint / HF folder / preset, dropout override applied."""
+    if source is None:
+        return GPT(cfg.model_config())
+    from gpt2kit.pretrained import from_pretrained
+
+    model = from_pretrained(source)
+    if cfg.dropout is not None and cfg.dropout != model.config.dropout:
+        fresh = GPT(model.config.replace(dropout=cfg.dropout))
+        fresh.load_state_dict(model.state_dict())
+        model = fresh
+    return model
+
+
+def _train_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    dtype = resolve_dtype(name)
+    if dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError("fp16 training needs a CUDA GPU (it uses a GradScaler); on the CPU use fp32 or bf16.")
+    return dtype
