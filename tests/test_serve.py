@@ -370,7 +370,7 @@ def test_metrics_are_prometheus_text(server, client):
                  "gpt2kit_request_latency_seconds_bucket", "gpt2kit_time_to_first_token_seconds_count"):  # fmt: skip
         assert name in r.text
     for line in r.text.splitlines():
-        assert line.startswith("#") or re.match(r'^[a-z_]+(\{[^}]*\})? -?[0-9.e+-]+$', line), line
+        assert line.startswith("#") or re.match(r'^[a-z_][a-z0-9_]*(\{[^}]*\})? -?[0-9.e+-]+$', line), line
 
 
 def test_playground_page_is_served(server):
