@@ -1,0 +1,120 @@
+"""Sampling steps on hand-made logits: the sets of allowed tokens are exactly right; params validated."""
+
+import math
+
+import pytest
+import torch
+
+from gpt2kit.errors import ConfigError
+from gpt2kit.generate.sampling import (
+    SamplingParams,
+    allowed_tokens,
+    apply_min_p,
+    apply_penalties,
+    apply_top_k,
+    apply_top_p,
+    draw,
+    process_logits,
+)
+
+
+def probs_logits(probs):
+    return torch.tensor(probs, dtype=torch.float32).log()
+
+
+def test_top_k_keeps_exactly_k_even_with_ties():
+    logits = torch.tensor([1.0, 3.0, 3.0, 3.0, 0.5, 3.0])  # four tied maxima
+    kept = torch.isfinite(apply_top_k(logits, 2)).sum().item()
+    assert kept == 2  # nanoGPT's threshold mask would keep all four tied tokens
+    assert allowed_tokens(logits, SamplingParams(top_k=2)) <= {1, 2, 3, 5}
+    assert allowed_tokens(torch.tensor([0.0, 5.0, 4.0, 1.0]), SamplingParams(top_k=2)) == {1, 2}
+    assert allowed_tokens(torch.tensor([0.0, 5.0, 4.0, 1.0]), SamplingParams(top_k=10)) == {0, 1, 2, 3}
+
+
+def test_top_p_smallest_set_reaching_p():
+    logits = probs_logits([0.05, 0.5, 0.3, 0.15])
+    assert allowed_tokens(logits, SamplingParams(top_p=0.5)) == {1}
+    assert allowed_tokens(logits, SamplingParams(top_p=0.51)) == {1, 2}
+    assert allowed_tokens(logits, SamplingParams(top_p=0.8)) == {1, 2}
+    assert allowed_tokens(logits, SamplingParams(top_p=0.81)) == {1, 2, 3}
+    assert allowed_tokens(logits, SamplingParams(top_p=1.0)) == {0, 1, 2, 3}
+    assert torch.isfinite(apply_top_p(logits, 1e-9)).sum() == 1  # never empty
+
+
+def test_min_p_relative_to_top_token():
+    logits = probs_logits([0.5, 0.3, 0.15, 0.05])
+    assert allowed_tokens(logits, SamplingParams(min_p=0.5)) == {0, 1}  # >= 0.25
+    assert allowed_tokens(logits, SamplingParams(min_p=0.3)) == {0, 1, 2}  # >= 0.15
+    assert allowed_tokens(logits, SamplingParams(min_p=1.0)) == {0}
+    assert torch.equal(apply_min_p(logits, 0.0), logits)
+
+
+def test_temperature_applies_before_top_p():
+    logits = probs_logits([0.6, 0.3, 0.1])
+    # T=1: 0.6 alone does not reach 0.7, so {0,1}. A low temperature sharpens 0 above 0.7: {0}.
+    assert allowed_tokens(logits, SamplingParams(top_p=0.7)) == {0, 1}
+    assert allowed_tokens(logits, SamplingParams(top_p=0.7, temperature=0.3)) == {0}
+
+
+def test_repetition_penalty_ctrl_rule():
+    logits = torch.tensor([2.0, -2.0, 1.0, 0.5])
+    counts = torch.tensor([1.0, 1.0, 0.0, 0.0])
+    out = apply_penalties(logits, counts, None, SamplingParams(repetition_penalty=2.0))
+    assert out.tolist() == [1.0, -4.0, 1.0, 0.5]  # positive /2, negative *2, unseen unchanged
+    # greedy flips from the repeated token 0 to the unseen token 2
+    assert allowed_tokens(logits, SamplingParams(temperature=0, repetition_penalty=2.5), context_counts=counts) == {2}
+
+
+def test_presence_frequency_penalties_and_bias_and_bans():
+    logits = torch.zeros(4)
+    out_counts = torch.tensor([3.0, 1.0, 0.0, 0.0])
+    out = apply_penalties(logits, None, out_counts, SamplingParams(presence_penalty=0.5, frequency_penalty=0.25))
+    assert out.tolist() == [-1.25, -0.75, 0.0, 0.0]
+    p = SamplingParams(temperature=0, logit_bias={3: 5.0})
+    assert allowed_tokens(torch.tensor([1.0, 2.0, 3.0, 0.0]), p) == {3}
+    banned = torch.tensor([2])
+    assert allowed_tokens(torch.tensor([1.0, 2.0, 3.0, 0.0]), SamplingParams(), banned=banned) == {0, 1, 3}
+    assert allowed_tokens(torch.tensor([1.0, 2.0, 3.0, 0.0]), SamplingParams(logit_bias={2: -math.inf})) == {0, 1, 3}
+
+
+def test_seeded_draws_reproducible_and_respect_the_mask():
+    logits = torch.randn(1000)
+    p = SamplingParams(top_k=5, temperature=1.5)
+    processed = process_logits(logits, p)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a = [int(draw(processed, p, g1)) for _ in range(50)]
+    b = [int(draw(processed, p, g2)) for _ in range(50)]
+    assert a == b
+    assert set(a) <= set(torch.topk(logits, 5).indices.tolist())
+    assert len(set(a)) > 1
+
+
+def test_greedy_is_argmax():
+    logits = torch.tensor([0.1, 0.7, 0.2])
+    assert int(draw(process_logits(logits, SamplingParams(temperature=0)), SamplingParams(temperature=0), None)) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(temperature=-0.1), "temperature"),
+        (dict(top_k=0), "top_k"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+        (dict(min_p=1.5), "min_p"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(n=0), "n"),
+        (dict(seed=-3), "seed"),
+        (dict(stop=[""]), "stop"),
+        (dict(temperature=float("nan")), "temperature"),
+        (dict(presence_penalty=3.0), "presence_penalty"),
+    ],
+)
+def test_bad_parameters_raise_clear_errors(kwargs, field):
+    with pytest.raises(ConfigError, match=field):
+        SamplingParams(**kwargs)
+
+
+def test_stop_given_as_one_string_becomes_a_tuple():
+    assert SamplingParams(stop="\n").stop == ("\n",)
