@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "train": "gpt2kit.cli.train",
     "finetune": "gpt2kit.cli.finetune",
     "eval": "gpt2kit.cli.eval",
+    "serve": "gpt2kit.cli.serve",
 }
 
 

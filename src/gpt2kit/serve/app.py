@@ -261,6 +261,12 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
 
     from gpt2kit.serve.worker import build_worker
 
+    if config.is_public and not config.api_key:
+        import logging
+
+        logging.getLogger("gpt2kit.serve").warning(
+            "serving on %s without an API key: anyone who can reach this address can use the model. "
+            "Set --api-key (or $GPT2KIT_API_KEY).", config.host)
     tok = tokenizer or Tokenizer()
     worker = build_worker(model, token_bytes_table(tok), max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
                           max_queue=config.max_queue, request_timeout=config.request_timeout)  # fmt: skip
