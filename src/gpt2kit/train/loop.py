@@ -184,7 +184,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
             eta = min((cfg.max_steps - step) * dt / steps_since_log, deadline - time.perf_counter())
             norm = float(grad_norm) if grad_norm is not None else None
             if logger:
-                logger.log("train", step, loss=round(mean_loss, 6), lr=lr, grad_norm=norm, tok_per_s=round(tok_s, 1),
+                logger.log("train", step, loss=mean_loss, lr=lr, grad_norm=norm, tok_per_s=round(tok_s, 1),
                            ms=round(1000 * dt / steps_since_log, 2), tokens=step * batch_tokens,
                            **({"mfu": round(mfu, 4)} if mfu is not None else {}))  # fmt: skip
             say(f"step {step:>6}/{cfg.max_steps} | loss {mean_loss:.4f} | lr {lr:.2e} | norm {norm if norm is None else round(norm, 3)} | "
@@ -200,7 +200,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
                 best_val, bad_evals = (val_loss, 0) if improved else (best_val, bad_evals + 1)
                 say(f"step {step:>6} | val loss {val_loss:.4f}{' (best)' if improved else ''}")
                 if logger:
-                    logger.log("val", step, loss=round(val_loss, 6))
+                    logger.log("val", step, loss=val_loss)
             extra = _run_hooks(model, eval_hooks, device, autocast) if info.is_main else {}
             if logger and extra:
                 logger.log("eval", step, **extra)

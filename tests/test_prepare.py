@@ -1,0 +1,102 @@
+"""prepare: chunked parallel tokenization equals tiktoken on the whole text; val tail; JSONL; bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import tiktoken
+
+from gpt2kit.data.prepare import chunk_text, prepare, tail_cut
+from gpt2kit.data.shards import find_shards, open_shard
+from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.tokenizer.gpt2_vocab import GPT2_PATTERN, mergeable_ranks
+
+EOT = 50256
+
+
+@pytest.fixture(scope="module")
+def ref():
+    """tiktoken itself (built from the same vocabulary file), the reference for our chunked encoding."""
+    return tiktoken.Encoding("ref-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks(), special_tokens={"<|endoftext|>": EOT})
+
+
+def test_chunked_encoding_equals_whole_text_on_every_corpus(corpora_dir, ref):
+    for path in sorted(corpora_dir.glob("*.txt")):
+        text = path.read_text(encoding="utf-8")[:300_000]
+        chunks = chunk_text(text, 4096)
+        assert len(chunks) > 10 and "".join(chunks) == text
+        ids = [i for c in chunks for i in ref.encode_ordinary(c)]
+        assert ids == ref.encode_ordinary(text), path.name
+
+
+def test_chunk_cuts_tricky_whitespace(ref):
+    text = ("a\n\n\nb  \n\n c\n\n'sd e\t\n\nf " * 400) + "x" * 5000 + " y"
+    chunks = chunk_text(text, 64)
+    assert "".join(chunks) == text and len(chunks) > 10
+    assert [i for c in chunks for i in ref.encode_ordinary(c)] == ref.encode_ordinary(text)
+
+
+def _read(out, split):
+    return np.concatenate([open_shard(p) for p in find_shards(out, split)]).tolist()
+
+
+def test_prepare_text_and_jsonl_with_val_tail(tmp_path, corpora_dir, ref):
+    src = tmp_path / "src"
+    src.mkdir()
+    a = (corpora_dir / "austen.txt").read_text(encoding="utf-8")[:400_000]
+    b = (corpora_dir / "kjv.txt").read_text(encoding="utf-8")[:200_000]
+    (src / "a.txt").write_text(a, encoding="utf-8")
+    (src / "b.txt").write_text(b, encoding="utf-8")
+    records = [{"text": f"record {i}: " + "word " * (i % 7)} for i in range(200)]
+    (src / "c.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    s = prepare([src], tmp_path / "out", val_tail=0.1, workers=2, progress=False)
+    train, val = _read(tmp_path / "out", "train"), _read(tmp_path / "out", "val")
+    ca, cb = tail_cut(a, 0.1), tail_cut(b, 0.1)
+    assert abs(len(a) - ca - 40_000) < 2_000 and a[ca - 1] == "\n"  # cut at a paragraph near 10 %
+    want_train = [EOT, *ref.encode_ordinary(a[:ca]), EOT, *ref.encode_ordinary(b[:cb])]
+    want_val = [EOT, *ref.encode_ordinary(a[ca:]), EOT, *ref.encode_ordinary(b[cb:])]
+    for r in records[:180]:
+        want_train += [EOT, *ref.encode_ordinary(r["text"])]
+    for r in records[180:]:
+        want_val += [EOT, *ref.encode_ordinary(r["text"])]
+    assert train == want_train
+    assert val == want_val
+    assert (s.train.documents, s.val.documents) == (182, 22)
+    assert s.train.tokens == len(want_train) and s.val.tokens == len(want_val)
+    meta = json.loads((tmp_path / "out" / "meta.json").read_text())
+    assert meta["eot_placement"] == "prefix" and meta["val_tail"] == 0.1 and 3.5 < meta["bytes_per_token"] < 5
+    with pytest.raises(DataError, match="already holds shards.*--overwrite"):
+        prepare([src], tmp_path / "out", progress=False)
+
+
+def test_paragraph_documents_and_val_files(tmp_path, ref):
+    (tmp_path / "t.txt").write_text("First para.\n\nSecond  para.\n \nThird.")
+    (tmp_path / "v.txt").write_text("Held out.")
+    s = prepare([tmp_path / "t.txt"], tmp_path / "out", val_files=[tmp_path / "v.txt"], docs="paragraph", workers=1, progress=False)
+    assert _read(tmp_path / "out", "train") == [EOT, *ref.encode_ordinary("First para."), EOT, *ref.encode_ordinary("Second  para."),
+                                                EOT, *ref.encode_ordinary("Third.")]  # fmt: skip
+    assert _read(tmp_path / "out", "val") == [EOT, *ref.encode_ordinary("Held out.")]
+    assert s.train.documents == 3 and s.val.documents == 1
+
+
+def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys):
+    good = tmp_path / "good.txt"
+    good.write_text("Some good text. " * 50)
+    cases = {
+        "empty.txt": (b"  \n", "empty.txt is empty"),
+        "image.txt": (b"\x89PNG\r\n\x1a\n\0\0\0", "image.txt looks binary"),
+        "latin1.txt": ("caf\u00e9 cr\u00e8me".encode("latin-1"), r"latin1.txt is not valid UTF-8 \(byte 0xe9 at offset 3, line 1\)"),
+        "bad.jsonl": (b'{"text": "ok"}\n{"txt": "no"}\n', r"bad.jsonl:2: no 'text' field"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(DataError, match=message):
+            prepare([good, tmp_path / name], tmp_path / f"out-{name}", workers=1, progress=False)
+    s = prepare([good, *(tmp_path / n for n in cases)], tmp_path / "skip", on_bad_input="skip", workers=1, progress=False)
+    assert s.train.documents == 1 and len(s.skipped) == 4
+    err = capsys.readouterr().err
+    assert all(f"skipping {tmp_path / n}" in err for n in cases)
+    with pytest.raises(DataError, match="does not exist"):
+        prepare([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
+    with pytest.raises(ConfigError, match="val_tail"):
+        prepare([good], tmp_path / "o", val_tail=1.5, progress=False)
