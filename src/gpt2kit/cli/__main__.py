@@ -16,6 +16,11 @@ from gpt2kit.errors import Gpt2kitError
 
 COMMANDS: dict[str, str] = {
     "info": "gpt2kit.cli.info",
+    "generate": "gpt2kit.cli.generate",
+    "chat": "gpt2kit.cli.chat",
+    "summarize": "gpt2kit.cli.summarize",
+    "translate": "gpt2kit.cli.translate",
+    "answer": "gpt2kit.cli.answer",
     "prepare": "gpt2kit.cli.prepare",
     "train": "gpt2kit.cli.train",
     "finetune": "gpt2kit.cli.finetune",

@@ -1,0 +1,93 @@
+"""Flags shared by every command that runs a model (generate, chat, tasks, eval, serve): defined once here.
+
+`add_model_arguments(parser)` adds --model/--device/--dtype; `load_model_and_tokenizer(args)` resolves them.
+The "no --model given" case is handled in exactly one place, `DEFAULT_MODEL` below: while gpt2kit ships no
+built-in model it is None and a missing --model is an error that lists what can be passed.
+`add_sampling_arguments` / `sampling_params` map the sampling flags to a `SamplingParams`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+# The model used when --model is not given. None until a built-in model ships (the lead sets it here).
+DEFAULT_MODEL: str | None = None
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2), Hugging Face repo id, or a local "
+                        "folder with config.json + model.safetensors")  # fmt: skip
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
+    p.add_argument("--dtype", default="auto", help="weights/compute dtype: auto (fp32 on CPU), fp32, bf16, fp16")
+
+
+def load_model_and_tokenizer(args: argparse.Namespace):
+    """(GPT, Tokenizer) for --model/--device/--dtype; a clear error when no model is given."""
+    from gpt2kit.config import PRESETS
+    from gpt2kit.errors import ConfigError
+    from gpt2kit.pretrained import from_pretrained
+    from gpt2kit.tokenizer import Tokenizer
+
+    if not args.model:
+        raise ConfigError(
+            "no model given: pass --model with a preset (" + ", ".join(sorted(PRESETS)) + "), a Hugging Face repo id, "
+            "or a local folder holding config.json + model.safetensors (e.g. --model ./my-gpt2)."
+        )
+    dtype = None if args.dtype == "auto" else args.dtype
+    model = from_pretrained(args.model, device=args.device, dtype=dtype)
+    return model, Tokenizer()
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 100, top_k: int | None = 40) -> None:
+    g = p.add_argument_group("sampling")
+    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
+    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    g.add_argument("--top-k", type=int, default=top_k, help="sample from the k most likely tokens (GPT-2's samples used 40)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with this total probability; 1 = off")
+    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x p(top token); 0 = off")
+    g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty for tokens already seen; 1 = off")
+    g.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty over the output")
+    g.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty over the output")
+    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable; not printed)")
+    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    g.add_argument("--n", type=int, default=1, help="samples per prompt")
+    g.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
+    g.add_argument("--sliding-window", action="store_true", help="keep generating past the 1024-token context")
+    g.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)")
+    g.add_argument("--ban-file", default=None, help="content filter: a file of banned words/phrases, one per line")
+    e = p.add_argument_group("engine")
+    e.add_argument("--weights", default="auto", choices=["auto", "model", "int8"],
+                   help="decode weights: auto (exact, packed for speed), model (the model's own modules), int8 (weight-only, CPU)")  # fmt: skip
+    e.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
+    e.add_argument("--bos", action="store_true", help="prepend <|endoftext|> to each prompt (allows an empty prompt)")
+
+
+def banned_phrases(args: argparse.Namespace) -> tuple[str, ...]:
+    from gpt2kit.errors import DataError
+
+    phrases = list(args.ban)
+    if args.ban_file:
+        try:
+            with open(args.ban_file, encoding="utf-8") as f:
+                phrases += [ln.rstrip("\n") for ln in f if ln.strip() and not ln.startswith("#")]
+        except OSError as e:
+            raise DataError(f"cannot read --ban-file {args.ban_file}: {e.strerror}.") from None
+    return tuple(phrases)
+
+
+def sampling_params(args: argparse.Namespace):
+    from gpt2kit.generate import SamplingParams
+
+    return SamplingParams(
+        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
+        frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed, n=args.n,
+        ignore_eos=args.ignore_eos, sliding_window=args.sliding_window, banned_phrases=banned_phrases(args),
+    )  # fmt: skip
+
+
+def generate_options(args: argparse.Namespace):
+    from gpt2kit.generate.text import GenerateOptions
+
+    return GenerateOptions(max_batch=args.max_batch, weights=args.weights, bos=args.bos)
