@@ -42,7 +42,7 @@ QA_EXAMPLES: tuple[tuple[str, str], ...] = (
     ("How many days are there in a week?", "Seven"),
 )
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+")
+_SENTENCE_END = re.compile(r"(?:(?<=[.!?])|(?<=[.!?][\"')\]]))\s+")
 
 
 @dataclass
