@@ -376,3 +376,19 @@ def test_metrics_are_prometheus_text(server, client):
 def test_playground_page_is_served(server):
     r = httpx.get(server.url + "/")
     assert r.status_code == 200 and 'id="generate"' in r.text and MODEL in r.text
+
+
+def test_engine_failure_fails_the_request_not_the_worker(server, client):
+    engine = server.worker.engine
+    real = engine.step
+
+    def broken():
+        engine.step = real  # fail once
+        raise RuntimeError("boom")
+
+    engine.step = broken
+    with pytest.raises(openai.InternalServerError) as e:
+        client.completions.create(model=MODEL, prompt="x", max_tokens=3)
+    assert "boom" in e.value.body["message"]
+    assert client.completions.create(model=MODEL, prompt="x", max_tokens=3).choices[0].finish_reason
+    assert metric(server, "gpt2kit_running_sequences") == 0

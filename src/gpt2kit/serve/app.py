@@ -27,6 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gpt2kit.errors import Gpt2kitError
 from gpt2kit.serve import protocol as P
 from gpt2kit.serve.config import ServeConfig
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
@@ -62,6 +63,10 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
     @app.exception_handler(WorkerError)
     async def _worker_error(_: Request, e: WorkerError) -> JSONResponse:
         return JSONResponse(P.error_body(str(e), "server_error"), status_code=500)
+
+    @app.exception_handler(Gpt2kitError)
+    async def _bad_input(_: Request, e: Gpt2kitError) -> JSONResponse:  # e.g. the engine's own InputError/ConfigError
+        return JSONResponse(P.error_body(str(e), "invalid_request_error"), status_code=400)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -187,8 +192,9 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
                 usage = P.usage(plan.prompt_tokens, completion_tokens)
                 body = P.chat_body(rid, created, model, [], usage, chunk=True) if chat else P.completion_body(rid, created, model, [], usage)
                 yield _sse(body)
-        except (ProtocolError, RequestTimeout, WorkerError) as e:
-            yield _sse(P.error_body(str(e), "timeout" if isinstance(e, RequestTimeout) else "server_error"))
+        except Gpt2kitError as e:
+            kind = "timeout" if isinstance(e, RequestTimeout) else "server_error" if isinstance(e, WorkerError) else "invalid_request_error"
+            yield _sse(P.error_body(str(e), kind))
         finally:
             if not job.done:
                 job.cancel()  # client disconnected (the generator was closed) or an error: free the slots now
