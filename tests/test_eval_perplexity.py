@@ -91,8 +91,8 @@ def _trained_copy_model() -> tuple[gpt2kit.GPT, list[int]]:
     torch.manual_seed(0)
     seq = torch.randint(0, 6, (12,), generator=g).repeat(40)
     model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=8, n_positions=32, n_embd=32, n_layer=2, n_head=2))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(400):
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(250):
         off = torch.randint(0, len(seq) - 33, (32,), generator=g)
         b = torch.stack([seq[o : o + 33] for o in off])
         _, loss = model(b[:, :-1], b[:, 1:])
