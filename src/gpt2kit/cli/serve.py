@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from gpt2kit.cli.common import add_model_arguments, load_model_and_tokenizer
 from gpt2kit.serve.config import ServeConfig
 
 HELP = "serve a model over an OpenAI-compatible HTTP API, with a web playground"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    _add_model_arguments(p)
+    add_model_arguments(p)
     for f in dataclasses.fields(ServeConfig):  # the config's fields and docstrings are the flags and their help
         flag = "--" + f.name.replace("_", "-")
         kind = str(f.type)
@@ -37,21 +38,5 @@ def run(args: argparse.Namespace) -> None:
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     config = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "model_name"},
                          model_name=args.model_name or str(args.model))  # fmt: skip
-    model, tokenizer = _load_model_and_tokenizer(args)
+    model, tokenizer = load_model_and_tokenizer(args)
     serve(model, config, tokenizer, log_level=args.log_level)
-
-
-try:  # the shared model flags (--model, --device, --dtype, ...) of every command that runs a model
-    from gpt2kit.cli.common import add_model_arguments as _add_model_arguments
-    from gpt2kit.cli.common import load_model_and_tokenizer as _load_model_and_tokenizer
-except ImportError:  # cli/common.py is not there yet: the same three flags, locally
-
-    def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", default="gpt2", help="preset name, hub id or local folder")
-        p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
-        p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
-
-    def _load_model_and_tokenizer(args: argparse.Namespace):
-        from gpt2kit import Tokenizer, from_pretrained
-
-        return from_pretrained(args.model, device=args.device, dtype=args.dtype), Tokenizer()
