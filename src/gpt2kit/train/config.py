@@ -60,6 +60,7 @@ class TrainConfig:
     compile: str = _help("torch.compile the model: auto (on for CUDA), on, off", default="auto")
     fsdp: bool = _help("shard parameters/optimizer state with FSDP2 fully_shard (torchrun, CUDA) for models that don't fit", default=False)
     seed: int = _help("seed for init, dropout and data order", default=1337)
+    threads: int = _help("CPU threads for torch (0 = torch's default, one per core); 1 is faster on a busy machine", default=0)
     # ---- watching the run
     log_interval: int = _help("print and log train loss every this many steps (each log is a host sync on GPU)", default=10)
     eval_interval: int = _help("validation loss, sample and checkpoint every this many steps (and at the end)", default=200)
@@ -81,7 +82,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}.")
-        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop"):
+        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop", "threads"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}.")

@@ -56,6 +56,8 @@ class TrainResult:
 
 def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[str], None] = print) -> TrainResult:
     """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
     info = D.init_distributed(device.type)
     device = D.local_device(device, info)
