@@ -106,16 +106,17 @@ def test_join_and_leave_between_steps_equals_alone(tiny):
     assert len(seen[a]) == 8  # 2 tokens drawn before b joined
 
 
-def test_int8_decode_close_to_fp32(tiny):
+@pytest.mark.parametrize("mode", ["bf16", "int8"])
+def test_low_precision_decode_close_to_fp32(tiny, mode):
     torch.manual_seed(4)
     seq = torch.randint(0, 50257, (2, 10))
     outs = {}
-    for w in ("auto", "int8"):
+    for w in ("auto", mode):
         cache = KVCache(tiny.config, 2, 64)
         runner = DecodeRunner(tiny, w)
         runner.prefill(seq[:, :9], cache, None)
         outs[w] = runner.decode(seq[:, 9:], cache, None)
-    err = (outs["auto"] - outs["int8"]).abs().max().item()
+    err = (outs["auto"] - outs[mode]).abs().max().item()
     assert 0 < err < 0.05 * outs["auto"].abs().max().item()
 
 

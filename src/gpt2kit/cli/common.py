@@ -57,8 +57,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     g.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)")
     g.add_argument("--ban-file", default=None, help="content filter: a file of banned words/phrases, one per line")
     e = p.add_argument_group("engine")
-    e.add_argument("--weights", default="auto", choices=["auto", "model", "int8"],
-                   help="decode weights: auto (exact, packed for speed), model (the model's own modules), int8 (weight-only, CPU)")  # fmt: skip
+    e.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"],
+                   help="decode weights: auto (exact, packed for speed), model (the model's own modules), bf16 or int8 (weight-only, faster on CPU, approximate)")  # fmt: skip
     e.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
     e.add_argument("--bos", action="store_true", help="prepend <|endoftext|> to each prompt (allows an empty prompt)")
 

@@ -9,8 +9,9 @@ weights packed for a matrix-VECTOR product (measured on the 2-core AVX-512 CI ma
   - fp32: weights pre-transposed to (in, out) and used with `addmm`: 20.8 ms of matvecs per token vs
     27.2 ms for `F.linear` on (out, in) (oneDNN/MKL pick a 2-thread kernel for that layout);
   - bf16 models: `F.linear` as is (10.2 ms; the transposed layout is slower in bf16);
-  - `weights="int8"`: weight-only int8, one scale per output channel, activations stay in the model's
-    dtype (`torch._weight_int8pack_mm`): 4.6 ms. Prefill still uses the model's own weights, so only the
+  - `weights="bf16"`: weight-only bf16 (matmul inputs cast to bf16, everything else in the model's dtype);
+  - `weights="int8"`: weight-only int8, one scale per output channel (`torch._weight_int8pack_mm`, whose
+    fast kernel needs bf16 inputs: with fp32 inputs it is 10x slower): 4.4 ms. Prefill still uses the model's own weights, so only the
     decode steps see the quantization error (measured in benchmarks/RESULTS.md);
   - attention for one query is a (nh, 1, K) matvec: two small matmuls and a masked softmax instead of
     SDPA, whose CPU kernel costs ~6 ms per layer for a single masked query (measured with torch.profiler);
@@ -31,37 +32,44 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
 
-WEIGHT_MODES = ("auto", "model", "int8")
+WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 
 
 class _Matvec:
-    """One nn.Linear packed for x (B, in) -> (B, out)."""
+    """One nn.Linear packed for x (B, in) -> (B, out), in x's dtype."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, mode: str) -> None:
         self.bias = bias
         self.mode = mode
+        w = weight.detach()
         if mode == "t":  # (in, out) row-major: the fast fp32 matvec layout
-            self.w = weight.detach().t().contiguous()
-        elif mode == "int8":  # symmetric per-output-channel int8
-            w = weight.detach().float()
+            self.w = w.t().contiguous()
+        elif mode == "bf16":  # weight-only bf16: (out, in) bf16, activations cast at the matmul
+            self.w = w.to(torch.bfloat16).contiguous()
+            self.b16 = bias.detach().to(torch.bfloat16) if bias is not None else None
+        elif mode == "int8":  # symmetric per-output-channel int8, bf16 scales (the kernel's fast path)
+            w = w.float()
             scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
-            self.w = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
-            self.scale = scale.to(weight.dtype)
+            self.w = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
+            self.scale = scale.to(torch.bfloat16)
         else:
-            self.w = weight
+            self.w = w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "t":
             return torch.addmm(self.bias, x, self.w) if self.bias is not None else torch.mm(x, self.w)
-        if self.mode == "int8":
-            y = torch._weight_int8pack_mm(x, self.w, self.scale)
+        if self.mode == "bf16":
+            return F.linear(x.to(torch.bfloat16), self.w, self.b16).to(x.dtype)
+        if self.mode == "int8":  # with fp32 activations this kernel is ~10x slower than with bf16 (measured)
+            y = torch._weight_int8pack_mm(x.to(torch.bfloat16), self.w, self.scale).to(x.dtype)
             return y + self.bias if self.bias is not None else y
         return F.linear(x, self.w, self.bias)
 
 
 class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (best exact layout for the model's
-    dtype), 'model' (the model's own modules, no packing) or 'int8' (weight-only int8 decode)."""
+    dtype), 'model' (the model's own modules, no packing), 'bf16' (weight-only bf16 decode: residual
+    stream, LayerNorm, attention and cache stay in the model's dtype) or 'int8' (weight-only int8 decode)."""
 
     def __init__(self, model: GPT, weights: str = "auto") -> None:
         if weights not in WEIGHT_MODES:
@@ -72,7 +80,8 @@ class DecodeRunner:
             raise ConfigError("int8 weights need the CPU and torch >= 2.4 (torch._weight_int8pack_mm); use --dtype bf16 instead.")
         self.model = model
         self.weights = weights
-        mode = {"int8": "int8", "model": "linear"}.get(weights, "t" if dtype == torch.float32 and device.type == "cpu" else "linear")
+        auto = "t" if dtype == torch.float32 and device.type == "cpu" else "linear"
+        mode = {"int8": "int8", "bf16": "bf16" if dtype != torch.bfloat16 else "linear", "model": "linear"}.get(weights, auto)
         self.mode = mode
         self.layers = []
         if weights != "model":
