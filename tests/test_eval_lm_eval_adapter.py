@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -57,8 +55,10 @@ def test_generate_until_is_greedy_and_stops(folder):
     tok = gpt2kit.Tokenizer()
     prompt = "Once upon a time"
     ids = torch.tensor([tok.encode_ordinary(prompt)])
-    want_ids = ref.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, ids.shape[1]:].tolist()
-    out = lm.generate_until(_instances("generate_until", [(prompt, {"until": ["\u2603"], "max_gen_toks": 12})]), disable_tqdm=True)
+    want_ids = ref.generate(ids, do_sample=False, max_new_tokens=12, pad_token_id=50256)[0, ids.shape[1] :].tolist()
+    out = lm.generate_until(
+        _instances("generate_until", [(prompt, {"until": ["\u2603"], "max_gen_toks": 12})]), disable_tqdm=True
+    )
     assert out == [tok.decode(want_ids)]
     stop = tok.decode(want_ids[3:4])
     cut = lm.generate_until(_instances("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 12})]), disable_tqdm=True)[0]

@@ -45,7 +45,7 @@ def test_trailing_space_of_context_moves_to_the_continuation():
 def test_continuation_is_what_follows_the_contexts_tokens_when_bpe_merges_across():
     ctx, cont = encode_pair(TOK, "I like New Yor", "k pizza")  # "Yor" + "k" merge into " York"
     assert ctx == TOK.encode_ordinary("I like New Yor")
-    assert TOK.encode_ordinary("I like New York pizza")[len(ctx):] == cont
+    assert TOK.encode_ordinary("I like New York pizza")[len(ctx) :] == cont
 
 
 def test_empty_context_becomes_endoftext():
@@ -142,7 +142,9 @@ def test_limit_reads_only_the_first_records():
 def test_results_table_and_json_roundtrip(tmp_path):
     rows = [EvalResult("lambada", "lm-eval", "acc", 0.25, "m", 4), EvalResult("lambada", "paper-last-token", "ppl", 12.5, "m", 4)]
     table = format_table(rows)
-    assert "paper-last-token" in table and "12.5000" in table and table.splitlines()[0].split()[:3] == ["task", "protocol", "metric"]
+    assert (
+        "paper-last-token" in table and "12.5000" in table and table.splitlines()[0].split()[:3] == ["task", "protocol", "metric"]
+    )
     write_json(tmp_path / "r.json", rows)
     assert read_json(tmp_path / "r.json") == rows
     assert set(json.loads((tmp_path / "r.json").read_text())[0]) == {"task", "protocol", "metric", "value", "model", "n", "date"}
@@ -184,7 +186,9 @@ def test_cli_perplexity_on_shared_corpora(tiny_folder, corpora_dir, tmp_path, ca
     assert 1000 < ppl < 10 * 50257  # a random model is near-uniform over the 50,257 tokens
 
 
-@pytest.mark.parametrize("task, data", [("lambada", "lambada_test.jsonl"), ("hellaswag", "hellaswag_val.jsonl"), ("wikitext", "wiki.test.raw")])
+@pytest.mark.parametrize(
+    "task, data", [("lambada", "lambada_test.jsonl"), ("hellaswag", "hellaswag_val.jsonl"), ("wikitext", "wiki.test.raw")]
+)
 def test_cli_tasks(tiny_folder, tmp_path, capsys, task, data):
     from gpt2kit.cli.__main__ import main
 

@@ -65,9 +65,7 @@ def load_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[He
     return examples
 
 
-def hellaswag_scores(
-    model, tokenizer, examples: list[HellaSwagExample], batch_size: int = 16, progress: bool = False
-) -> dict:
+def hellaswag_scores(model, tokenizer, examples: list[HellaSwagExample], batch_size: int = 16, progress: bool = False) -> dict:
     """{"acc", "acc_norm", "n"} over the examples; usable as an in-training eval."""
     requests, owners = [], []
     for i, ex in enumerate(examples):

@@ -79,7 +79,7 @@ def register():
             until = gen_kwargs.get("until") or [self.tokenizer.decode([GPT2_EOT_ID])]
             until = [until] if isinstance(until, str) else list(until)
             max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            ids = self.tok_encode(context)[-(self.max_length - max_new):] or [GPT2_EOT_ID]
+            ids = self.tok_encode(context)[-(self.max_length - max_new) :] or [GPT2_EOT_ID]
             model = self.model
             device = model.lm_head.weight.device
             cache = KVCache(model.config, 1, min(self.max_length, len(ids) + max_new), device, model.lm_head.weight.dtype)

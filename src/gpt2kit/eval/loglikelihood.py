@@ -58,7 +58,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context = context[:-n_spaces]
     whole = tokenizer.encode_ordinary(context + continuation)
     ctx = tokenizer.encode_ordinary(context)
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 @contextlib.contextmanager
@@ -94,7 +94,7 @@ def score_tokens(
         if len(cont) > max_len:
             raise InputError(f"request {i}: continuation of {len(cont)} tokens is longer than the model's context {max_len}.")
         whole = list(ctx) + list(cont)
-        inputs.append(whole[-(max_len + 1):])  # inputs are [:-1], targets [1:]
+        inputs.append(whole[-(max_len + 1) :])  # inputs are [:-1], targets [1:]
         n_conts.append(len(cont))
     n = len(inputs)
     # Longest first (as lm-eval): similar lengths share a batch, and an out-of-memory shows up at once.

@@ -18,15 +18,21 @@ class EvalConfig:
     """What `gpt2kit eval` runs. Field help doubles as the CLI help."""
 
     task: str = field(metadata={"help": f"one of {TASKS}"})
-    model: str = field(default="gpt2", metadata={"help": "preset, hub id or local folder"})
+    model: str = field(
+        default="gpt2",
+        metadata={"help": "preset, hub id or local folder (used when run_eval loads it, and as the results label)"},
+    )
     data: list[str] = field(default_factory=list, metadata={"help": "data file(s); a folder means its *.txt files (perplexity)"})
     limit: int | None = field(default=None, metadata={"help": "first N examples (articles for wikitext, tokens for perplexity)"})
     batch_size: int = field(default=8, metadata={"help": "windows / requests per forward pass"})
-    stride: int | None = field(default=None, metadata={"help": "sliding-window stride in tokens (default n_positions = no overlap; 512 = transformers guide)"})
+    stride: int | None = field(
+        default=None,
+        metadata={"help": "sliding-window stride in tokens (default n_positions = no overlap; 512 = transformers guide)"},
+    )
     bos: bool = field(default=True, metadata={"help": "prefix <|endoftext|> so the first token is scored too (perplexity)"})
     protocols: tuple[str, ...] = field(default=("lm-eval", "paper-last-token"), metadata={"help": "LAMBADA protocols"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
-    dtype: str = field(default="float32", metadata={"help": "float32, bfloat16 or float16"})
+    dtype: str = field(default="auto", metadata={"help": "auto (fp32), float32, bfloat16 or float16"})
     output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
 
@@ -93,16 +99,20 @@ def evaluate(cfg: EvalConfig, model, tokenizer) -> list[EvalResult]:
     return evaluate_wikitext(model, tokenizer, pages, cfg.stride, cfg.batch_size, cfg.progress, name)
 
 
-def run_eval(cfg: EvalConfig, out=None) -> list[EvalResult]:
-    """Load cfg.model, evaluate, print the table to `out`, write cfg.output (JSON) if set."""
-    from gpt2kit.pretrained import from_pretrained
-    from gpt2kit.tokenizer import Tokenizer
-
+def run_eval(cfg: EvalConfig, model=None, tokenizer=None, out=None) -> list[EvalResult]:
+    """Evaluate (loading cfg.model unless a model is given), print the table to `out`, write cfg.output."""
     for path in cfg.data:  # fail on a wrong path before spending time on loading the model
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file or folder (--data). See docs/evaluation.md for where to get it.")
-    model = from_pretrained(cfg.model, device=cfg.device, dtype=cfg.dtype)
-    results = evaluate(cfg, model, Tokenizer())
+    if model is None:
+        from gpt2kit.pretrained import from_pretrained
+
+        model = from_pretrained(cfg.model, device=cfg.device, dtype=None if cfg.dtype == "auto" else cfg.dtype)
+    if tokenizer is None:
+        from gpt2kit.tokenizer import Tokenizer
+
+        tokenizer = Tokenizer()
+    results = evaluate(cfg, model, tokenizer)
     print(format_table(results), file=out or sys.stdout)
     if cfg.output:
         write_json(cfg.output, results)
