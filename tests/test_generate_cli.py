@@ -50,6 +50,16 @@ def test_cli_errors_are_one_line(tiny_dir, capsys):
     assert "top_k" in capsys.readouterr().err
     assert main(["generate", "Hi", "--model", str(tiny_dir), "--stream", "--n", "2"]) == 2
     assert "--stream" in capsys.readouterr().err
+    assert main(["generate", "Hi", "--model", str(tiny_dir), "--logit-bias", "5:3"]) == 2
+    assert "TOKEN_ID=BIAS" in capsys.readouterr().err
+
+
+def test_cli_logit_bias_and_banned_token(tiny_dir, capsys):
+    argv = ["generate", "Hi", "--model", str(tiny_dir), "--max-new-tokens", "4", "--temperature", "0", "--jsonl"]
+    assert main([*argv, "--logit-bias", "318=1000"]) == 0
+    assert json.loads(capsys.readouterr().out)["token_ids"] == [318] * 4
+    assert main([*argv, "--logit-bias", "318=1000", "--ban-token", "318"]) == 0
+    assert 318 not in json.loads(capsys.readouterr().out)["token_ids"]
 
 
 def test_read_prompts_from_files(tmp_path):

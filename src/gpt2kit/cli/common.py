@@ -54,6 +54,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     g.add_argument("--n", type=int, default=1, help="samples per prompt")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
     g.add_argument("--sliding-window", action="store_true", help="keep generating past the 1024-token context")
+    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="add BIAS to token ID's logit (repeatable)")
+    g.add_argument("--ban-token", action="append", type=int, default=[], metavar="ID", help="token id never generated (repeatable)")
     g.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)")
     g.add_argument("--ban-file", default=None, help="content filter: a file of banned words/phrases, one per line")
     e = p.add_argument_group("engine")
@@ -76,6 +78,19 @@ def banned_phrases(args: argparse.Namespace) -> tuple[str, ...]:
     return tuple(phrases)
 
 
+def logit_bias(args: argparse.Namespace) -> dict[int, float]:
+    from gpt2kit.errors import ConfigError
+
+    bias = {}
+    for item in args.logit_bias:
+        try:
+            tid, value = item.split("=", 1)
+            bias[int(tid)] = float(value)
+        except ValueError:
+            raise ConfigError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. --logit-bias 50256=-100.") from None
+    return bias
+
+
 def sampling_params(args: argparse.Namespace):
     from gpt2kit.generate import SamplingParams
 
@@ -84,6 +99,7 @@ def sampling_params(args: argparse.Namespace):
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed, n=args.n,
         ignore_eos=args.ignore_eos, sliding_window=args.sliding_window, banned_phrases=banned_phrases(args),
+        logit_bias=logit_bias(args), banned_token_ids=tuple(args.ban_token),
     )  # fmt: skip
 
 
