@@ -81,6 +81,16 @@ def test_left_padded_batch_rows_equal_alone(tiny):
         assert c.prompt_ids == prompt and c.finish_reason == FinishReason.LENGTH
 
 
+def test_padding_never_overflows_the_cache(tiny):
+    # a long prompt with few new tokens + a short prompt with many: padded together they would not fit
+    p_long, p_short = list(range(1, 50)), [7]
+    params = [SamplingParams(max_new_tokens=1, temperature=0), SamplingParams(max_new_tokens=60, temperature=0, ignore_eos=True)]
+    eng = Engine(tiny, max_batch=2)  # max_len = n_positions = 64
+    out = eng.generate([p_long, p_short], params)
+    assert len(out[1].token_ids) == 60
+    assert out[1].token_ids == generate(tiny, [p_short], params[1])[0].token_ids
+
+
 def test_join_and_leave_between_steps_equals_alone(tiny):
     """Continuous batching: requests added mid-flight into freed slots give the same tokens as alone."""
     torch.manual_seed(3)

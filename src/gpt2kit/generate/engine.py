@@ -200,6 +200,9 @@ class Engine:
             if len(free) < n:
                 raise InputError(f"the engine has {len(free)} free slots, {n} requests were added; wait for a step to free some.")
             block = _contiguous_block(free, n)
+            T = max(len(s.context) for s in seqs)  # a left-padded prefill gives every row T columns
+            if any(not s.params.sliding_window and T + s.params.max_new_tokens - 1 > self.max_len for s in seqs):
+                block = None  # padding would push a row past the cache: prefill row by row instead
             slots = list(range(block, block + n)) if block is not None else free[:n]
             if block is not None:
                 self._prefill(block, [s.context for s in seqs])
@@ -476,7 +479,8 @@ def generate(
     """One-shot: an Engine sized to this job (batch, cache length), then `Engine.generate`."""
     params_list = _per_prompt(params, len(prompts))
     batch = max(1, min(max_batch, sum(p.n for p in params_list)))
-    need = max((len(p) + int(bos) + sp.max_new_tokens for p, sp in zip(prompts, params_list)), default=1)
+    # rows prefilled together are left-padded to the longest prompt
+    need = max((len(p) for p in prompts), default=1) + int(bos) + max((sp.max_new_tokens for sp in params_list), default=1)
     slide = any(sp.sliding_window for sp in params_list)
     max_len = model.config.n_positions if slide else min(model.config.n_positions, max(need, 2))
     engine = Engine(model, max_batch=batch, max_len=max_len, token_bytes=token_bytes, weights=weights)
