@@ -277,3 +277,18 @@ def test_padded_vocab_rows_are_never_sampled():
     assert eng.n_vocab == 50257
     cs = eng.generate([[1, 2, 3]], SamplingParams(max_new_tokens=8, temperature=1.0, seed=0, ignore_eos=True, n=2))
     assert all(t < 50257 for c in cs for t in c.token_ids)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_engine_on_cuda_matches_cpu(tiny):
+    import copy
+
+    prompts = [[5, 6, 7], list(range(100, 120))]
+    p = SamplingParams(max_new_tokens=16, temperature=0, ignore_eos=True)
+    cpu = [c.token_ids for c in generate(tiny, prompts, p)]
+    gpu = [c.token_ids for c in generate(copy.deepcopy(tiny).cuda(), prompts, p)]
+    assert gpu == cpu
+    s = SamplingParams(max_new_tokens=16, temperature=1.0, seed=3, ignore_eos=True)
+    model = copy.deepcopy(tiny).cuda()
+    assert [c.token_ids for c in generate(model, prompts, s)] == [c.token_ids for c in generate(model, prompts, s)]
