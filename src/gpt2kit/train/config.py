@@ -134,15 +134,25 @@ class TrainConfig:
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist (presets live in configs/).") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None
-        d.pop("_comment", None)
-        return cls.from_dict({**d, **overrides})
+        return cls.from_dict({**read_config_file(path), **overrides})
+
+
+def read_config_file(path: str | os.PathLike) -> dict:
+    """The fields of a JSON config file (keys starting with '_' are comments), unknown keys refused."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist (presets live in configs/).") from None
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected a JSON object of training options.")
+    d = {k: v for k, v in d.items() if not k.startswith("_")}
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"{path}: unknown training option(s) {unknown}; see `gpt2kit train --help`.")
+    return d
 
 
 # Fine-tuning starts from trained weights: a gentler learning rate, short warmup, frequent evals, early stopping.
@@ -160,9 +170,7 @@ def build_config(overrides: dict, config_file: str | None = None, defaults: dict
     (e.g. a longer --max-steps or a new --max-minutes)."""
     d = dict(defaults or {})
     if config_file:
-        d.update(TrainConfig.from_json_file(config_file, data=overrides.get("data") or "<from config>").to_dict())
-        if "data" not in overrides and d.get("data") == "<from config>":
-            d.pop("data")
+        d.update(read_config_file(config_file))
     if overrides.get("resume"):
         from gpt2kit.train.checkpoint import latest_checkpoint, read_meta
 

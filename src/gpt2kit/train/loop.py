@@ -56,6 +56,7 @@ class TrainResult:
 
 def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[str], None] = print) -> TrainResult:
     """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun."""
+    threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -68,6 +69,7 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
         return _train(cfg, eval_hooks, say, info, device, out, ckpt_root)
     finally:
         D.teardown(info)
+        torch.set_num_threads(threads)
 
 
 def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
