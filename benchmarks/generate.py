@@ -108,14 +108,17 @@ def quality(args) -> None:
         results[name] = torch.cat(logits).float()  # (T, V)
     ref = results["fp32"]
     nll_ref = torch.nn.functional.cross_entropy(ref, x[1:]).item()
-    print(f"quality: {len(toks) - 1} teacher-forced decode steps on {os.path.basename(files[0])}, 124M RANDOM weights")
+    print(f"quality: {len(toks) - 1} teacher-forced decode steps on {os.path.basename(files[0])}, 124M RANDOM weights; "
+          f"fp32 logit std {ref.std().item():.4f}")  # fmt: skip
+    ref_logp = torch.log_softmax(ref, -1)
     for name, lg in results.items():
         nll = torch.nn.functional.cross_entropy(lg, x[1:]).item()
         diff = (lg - ref).abs()
         agree = (lg.argmax(-1) == ref.argmax(-1)).float().mean().item()
+        kl = torch.nn.functional.kl_div(torch.log_softmax(lg, -1), ref_logp, log_target=True, reduction="batchmean").item()
         print(f"  {name:20s} max|dlogit| {diff.max().item():.4f}  mean|dlogit| {diff.mean().item():.5f}  "
               f"ppl {torch.exp(torch.tensor(nll)).item():.2f} (fp32 {torch.exp(torch.tensor(nll_ref)).item():.2f})  "
-              f"argmax agreement {agree:.3f}")  # fmt: skip
+              f"KL(fp32||this) {kl:.2e}  argmax agreement {agree:.3f}")  # fmt: skip
 
 
 def main() -> None:
