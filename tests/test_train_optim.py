@@ -97,3 +97,33 @@ def test_eval_hooks_run_at_each_eval(tmp_path):
     res = train(cfg, eval_hooks=[hook], log=lambda s: None)
     assert calls == [False, False] and res.step == 4 and math.isfinite(res.val_loss)
     assert [r["my_metric"] for r in read_metrics(tmp_path / "out" / "metrics.jsonl", "eval")] == [1.5, 1.5]
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    import numpy as np
+
+    from gpt2kit.data.shards import write_shard
+    from gpt2kit.model.gpt import GPT as GPTClass
+    from gpt2kit.train import train
+    from gpt2kit.train.checkpoint import list_checkpoints
+    from gpt2kit.train.loop import NonFiniteLossError
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(tmp_path / f"{split}_000000.bin", rng.integers(0, 1000, 4000).astype(np.uint16))
+    real_forward, calls = GPTClass.forward, []
+
+    def forward(self, idx, targets=None, **kw):
+        logits, loss = real_forward(self, idx, targets, **kw)
+        if self.training:
+            calls.append(1)
+            if len(calls) >= 7:  # training step 7 diverges
+                loss = loss * float("nan")
+        return logits, loss
+
+    monkeypatch.setattr(GPTClass, "forward", forward)
+    cfg = TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "out"), model="tiny", block_size=16, micro_batch=2, max_steps=20,
+                      eval_interval=4, eval_batches=1, log_interval=1, sample_tokens=0, threads=1)  # fmt: skip
+    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7.*last good checkpoint is kept: .*step_000004.*lower --lr"):
+        train(cfg, log=lambda s: None)
+    assert [s for s, _ in list_checkpoints(tmp_path / "out" / "checkpoints")] == [4]

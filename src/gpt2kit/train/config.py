@@ -46,6 +46,7 @@ class TrainConfig:
     # ---- optimisation
     max_steps: int = _help("optimizer steps to train (the schedule's length)", default=1000)
     max_minutes: float = _help("stop (with a checkpoint) after this many minutes of training; 0 = no time limit", default=0.0)
+    fit_to_time: bool = _help("with max_minutes: after 10 steps, shorten max_steps (the schedule) to what fits in the time budget, so the lr still decays to min_lr; saved, so a resume keeps it", default=False)
     lr: float = _help("peak learning rate", default=6e-4)
     min_lr: float = _help("learning rate at the end of the decay", default=6e-5)
     warmup_steps: int = _help("linear warmup from ~0 to lr over this many steps", default=100)

@@ -18,6 +18,7 @@ generator), so a resumed run performs bit-for-bit the steps the uninterrupted ru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -164,6 +165,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_since_log += 1
+        if cfg.fit_to_time and cfg.max_minutes and step == start_step + 10:
+            cfg = _fit_schedule(cfg, step, start_step, t_start, deadline, info, device, say)
         last_step = step == cfg.max_steps
         if time.perf_counter() > deadline:
             stopped_by, last_step = "max_minutes", True
@@ -227,6 +230,17 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     best = ckpt.best_checkpoint(ckpt_root) if info.is_main else None
     say(f"done: step {step}, last checkpoint {last_ckpt}" + (f", best {best}" if best else ""))
     return TrainResult(step, last_loss, val_loss, best_val if math.isfinite(best_val) else None, last_ckpt, best, stopped_by)
+
+
+def _fit_schedule(cfg: TrainConfig, step, start_step, t_start, deadline, info, device, say) -> TrainConfig:
+    """Shorten max_steps to what the rest of the time budget allows (10 % kept for evals and checkpoints)."""
+    per_step = (time.perf_counter() - t_start) / (step - start_step)
+    fits = step + int(0.9 * (deadline - time.perf_counter()) / per_step)
+    fits = int(D.all_reduce_mean(torch.tensor(float(fits), device=device), info).item())  # the same on every rank
+    new = max(step + 1, min(cfg.max_steps, fits))
+    if new != cfg.max_steps:
+        say(f"fit_to_time: {per_step:.2f} s/step, so the schedule is shortened from {cfg.max_steps} to {new} steps")
+    return dataclasses.replace(cfg, max_steps=new, fit_to_time=False)
 
 
 @torch.no_grad()
