@@ -23,7 +23,8 @@ def data(tmp_path_factory, corpora_dir):
 
 
 ARGS = ["--model", "tiny", "--block-size", "32", "--max-steps", "8", "--eval-interval", "8", "--eval-batches", "2",
-        "--log-interval", "1", "--sample-tokens", "0", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1"]  # fmt: skip
+        "--log-interval", "1", "--sample-tokens", "0", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1",
+        "--max-minutes", "30"]  # fmt: skip  (a time budget: the ranks agree on stopping through a collective)
 
 
 def test_two_processes_match_one(data, tmp_path):

@@ -76,3 +76,18 @@ def test_finetune_a_transformers_model_and_load_it_back(tiny_hf_dir, tmp_path, c
         torch.testing.assert_close(ours(ids)[0], hf(ids).logits, atol=1e-4, rtol=1e-4)
         assert not torch.allclose(hf(ids).logits, base(ids).logits, atol=1e-3)  # it did train
     assert json.loads((final / "meta.json").read_text())["data_kind"] == "prompt-completion"
+
+
+def test_finetune_on_plain_text_prepares_it_with_a_val_tail(tiny_hf_dir, tmp_path, corpora_dir, capsys):
+    text = tmp_path / "milton.txt"
+    text.write_text((corpora_dir / "milton.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    out = tmp_path / "ft"
+    argv = ["finetune", "--model", str(tiny_hf_dir), "--data", str(text), "--out-dir", str(out), "--max-steps", "6",
+            "--eval-interval", "3", "--block-size", "32", "--micro-batch", "4", "--sample-tokens", "0", "--threads", "1"]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((out / "data" / "meta.json").read_text())
+    assert meta["val_tail"] == 0.05 and meta["val"]["tokens"] > 500
+    assert "tokenizing" in capsys.readouterr().out
+    assert main(["finetune", "--resume", "--out-dir", str(out), "--max-steps", "8"]) == 0  # reuses the prepared shards
+    assert "tokenizing" not in capsys.readouterr().out
+    assert len(read_metrics(out / "metrics.jsonl", "val")) == 3

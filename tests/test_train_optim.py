@@ -127,3 +127,29 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7.*last good checkpoint is kept: .*step_000004.*lower --lr"):
         train(cfg, log=lambda s: None)
     assert [s for s, _ in list_checkpoints(tmp_path / "out" / "checkpoints")] == [4]
+
+
+def _random_shards(path):
+    import numpy as np
+
+    from gpt2kit.data.shards import write_shard
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(path / f"{split}_000000.bin", rng.integers(0, 1000, 4000).astype(np.uint16))
+
+
+def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path):
+    from gpt2kit.train import train
+    from gpt2kit.train.checkpoint import latest_checkpoint, read_meta
+
+    _random_shards(tmp_path)
+    base = dict(data=str(tmp_path), model="tiny", block_size=16, micro_batch=2, max_steps=100_000, eval_interval=1000, eval_batches=1,
+                sample_tokens=0, threads=1)  # fmt: skip
+    res = train(TrainConfig(**base, out_dir=str(tmp_path / "a"), max_minutes=1e-5), log=lambda s: None)
+    assert res.stopped_by == "max_minutes" and res.step == 1 and res.last_checkpoint.name == "step_000001"
+
+    res = train(TrainConfig(**base, out_dir=str(tmp_path / "b"), max_minutes=0.02, fit_to_time=True), log=lambda s: None)
+    saved = read_meta(latest_checkpoint(tmp_path / "b" / "checkpoints"))["train_config"]
+    assert 10 < saved["max_steps"] < 100_000 and saved["fit_to_time"] is False  # fitted once, and saved for --resume
+    assert res.step <= saved["max_steps"]

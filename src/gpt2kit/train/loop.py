@@ -149,6 +149,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         set_lr(optimizer, lr)
         for micro in range(accum):
             x, y = train_loader.next_batch()  # (B, T) each, on the host
+            if device.type == "cuda":  # pinned host memory: the copy overlaps the previous step's kernels
+                x, y = x.pin_memory(), y.pin_memory()
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             sync = micro == accum - 1 or not hasattr(runner, "no_sync")  # DDP all-reduces on the last micro-step only
             with contextlib.nullcontext() if sync else runner.no_sync(), autocast:
@@ -168,12 +170,12 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         if cfg.fit_to_time and cfg.max_minutes and step == start_step + 10:
             cfg = _fit_schedule(cfg, step, start_step, t_start, deadline, info, device, say)
         last_step = step == cfg.max_steps
-        if time.perf_counter() > deadline:
+        out_of_time = time.perf_counter() > deadline
+        if info.enabled and deadline < math.inf:  # every rank must agree to stop: decide at log steps, together
+            check = step % cfg.log_interval == 0
+            out_of_time = check and bool(D.all_reduce_mean(torch.tensor(float(out_of_time), device=device), info) > 0)
+        if out_of_time and not last_step:
             stopped_by, last_step = "max_minutes", True
-        if info.enabled:  # every rank must agree to stop; one tiny all-reduce per step, only under torchrun
-            flag = D.all_reduce_mean(torch.tensor(float(last_step), device=device), info)
-            last_step = bool(flag > 0)
-            stopped_by = stopped_by if stopped_by != "max_steps" or step == cfg.max_steps else "max_minutes"
 
         # ---- log (the only per-interval host sync) ----------------------------------------------
         if step % cfg.log_interval == 0 or last_step or step == start_step + 1:
