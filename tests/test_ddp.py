@@ -1,4 +1,5 @@
-"""DDP on the CPU: torchrun --nproc_per_node=2 (gloo) follows the loss curve of one process with the same global batch."""
+"""Many processes on the CPU (gloo): torchrun --nproc_per_node=2 follows the loss curve of one process with
+the same global batch, with DDP and with FSDP2 (fully_shard, including a resume from its gathered checkpoint)."""
 
 import os
 import subprocess
@@ -9,6 +10,12 @@ import pytest
 
 from gpt2kit.data.shards import write_shard
 from gpt2kit.train.metrics import read_metrics
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ARGS = ["--model", "tiny", "--block-size", "32", "--eval-interval", "4", "--eval-batches", "2", "--log-interval", "1",
+        "--sample-tokens", "0", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1", "--batch-tokens", "256",
+        "--schedule", "constant",  # (the FSDP run stops at 4 steps and resumes to 8: its schedule must not depend on max_steps)
+        "--max-minutes", "30"]  # fmt: skip  (a time budget: the ranks agree on stopping through a collective)
 
 
 @pytest.fixture(scope="module")
@@ -22,26 +29,45 @@ def data(tmp_path_factory, corpora_dir):
     return root
 
 
-ARGS = ["--model", "tiny", "--block-size", "32", "--max-steps", "8", "--eval-interval", "8", "--eval-batches", "2",
-        "--log-interval", "1", "--sample-tokens", "0", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1",
-        "--max-minutes", "30"]  # fmt: skip  (a time budget: the ranks agree on stopping through a collective)
+@pytest.fixture(scope="module")
+def one_process(data, tmp_path_factory):
+    """Global batch 2 x 4 x 32 tokens per optimizer step: one process with B=4 and gradient accumulation 2."""
+    out = tmp_path_factory.mktemp("one")
+    subprocess.run([sys.executable, "-m", "gpt2kit", "train", "--data", str(data), "--out-dir", str(out), "--micro-batch", "4",
+                    "--max-steps", "8", *ARGS], check=True, env=ENV, capture_output=True)  # fmt: skip
+    return out
 
 
-def test_two_processes_match_one(data, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one, two = tmp_path / "one", tmp_path / "two"
-    # global batch 2 x 4 x 32 tokens per optimizer step in both: one process with B=4 and accum 2 ...
-    subprocess.run([sys.executable, "-m", "gpt2kit", "train", "--data", str(data), "--out-dir", str(one), "--micro-batch", "4",
-                    "--batch-tokens", "256", *ARGS], check=True, env=env, capture_output=True)  # fmt: skip
-    # ... and two processes with B=2, accum 2 (rank r takes windows [2r, 2r+2) of each global draw of 4)
+def torchrun(data, out, *extra):
+    """Two processes with B=2, accum 2: rank r takes windows [2r, 2r+2) of each global draw of 4."""
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit", "train",
-                          "--data", str(data), "--out-dir", str(two), "--micro-batch", "2", "--batch-tokens", "256", *ARGS],
-                         env=env, capture_output=True, text=True)  # fmt: skip
+                          "--data", str(data), "--out-dir", str(out), "--micro-batch", "2", *ARGS, *extra],
+                         env=ENV, capture_output=True, text=True)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "x2" in run.stdout and "2 x 32 x 2 x 2 accum" in run.stdout  # really two ranks, accumulation derived
-    a = [r["loss"] for r in read_metrics(one / "metrics.jsonl", "train")]
-    b = [r["loss"] for r in read_metrics(two / "metrics.jsonl", "train")]
+    return run.stdout
+
+
+def assert_same_curve(a_dir, b_dir):
+    a = [r["loss"] for r in read_metrics(a_dir / "metrics.jsonl", "train")]
+    b = [r["loss"] for r in read_metrics(b_dir / "metrics.jsonl", "train")]
     assert len(a) == len(b) == 8 and a[-1] < a[0] - 0.5
     np.testing.assert_allclose(b, a, rtol=2e-5)
-    va, vb = (read_metrics(d / "metrics.jsonl", "val")[-1]["loss"] for d in (one, two))
+    va = [r["loss"] for r in read_metrics(a_dir / "metrics.jsonl", "val")]
+    vb = [r["loss"] for r in read_metrics(b_dir / "metrics.jsonl", "val")]
     np.testing.assert_allclose(vb, va, rtol=2e-5)
+
+
+def test_ddp_two_processes_match_one(data, one_process, tmp_path):
+    stdout = torchrun(data, tmp_path / "ddp", "--max-steps", "8")
+    assert "x2" in stdout and "2 x 32 x 2 x 2 accum" in stdout  # really two ranks, accumulation derived
+    assert_same_curve(one_process, tmp_path / "ddp")
+
+
+def test_fsdp_two_processes_match_one_and_resume(data, one_process, tmp_path):
+    import gpt2kit
+
+    out = tmp_path / "fsdp"
+    torchrun(data, out, "--max-steps", "4", "--fsdp")
+    torchrun(data, out, "--resume", "--max-steps", "8")  # optimizer state gathered at save, re-sharded at load
+    assert_same_curve(one_process, out)
+    gpt2kit.from_pretrained(out / "checkpoints" / "step_000008")  # a plain, full model folder

@@ -111,11 +111,19 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     accum = batch_tokens // micro_tokens
 
     # ---- optimizer, wrappers ---------------------------------------------------------------------
+    fsdp = cfg.fsdp and info.enabled
+    if fsdp:  # shard first: fully_shard swaps the parameters for DTensors, which the optimizer must hold
+        D.wrap_model(model, info, device, fsdp=True)
     optimizer = make_optimizer(model, cfg, device)
     step, best_val, bad_evals = 0, math.inf, 0
     if meta is not None:
         optim_state, rng_state = ckpt.load_training_state(resume_from)
-        optimizer.load_state_dict(optim_state["optimizer"])
+        if fsdp:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+            set_optimizer_state_dict(model, optimizer, optim_state["optimizer"], options=StateDictOptions(full_state_dict=True))
+        else:
+            optimizer.load_state_dict(optim_state["optimizer"])
         if optim_state.get("scaler"):
             scaler.load_state_dict(optim_state["scaler"])
         train_loader.load_state_dict(meta["loader"])
@@ -123,7 +131,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         say(f"resumed from {resume_from} at step {step}")
     use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
     runner = torch.compile(model) if use_compile else model
-    runner = D.wrap_model(runner, info, device, cfg.fsdp)
+    if not fsdp:
+        runner = D.wrap_model(runner, info, device, fsdp=False)  # DDP around the compiled module (nanoGPT's order)
     if meta is not None:
         ckpt.restore_rng(rng_state)  # last: building the model and loaders must not shift the RNG streams
 
@@ -133,7 +142,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         f"{', compiled' if use_compile else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
     logger = MetricsLog(out, cfg.tensorboard, cfg.wandb_project, cfg.to_dict()) if info.is_main else None
     tokenizer = None
-    if cfg.sample_tokens and info.is_main and not cfg.fsdp:
+    if cfg.sample_tokens and info.is_main and not fsdp:  # (FSDP: rank 0 alone holds a shard, not the model)
         from gpt2kit.tokenizer import Tokenizer
 
         tokenizer = Tokenizer()
@@ -177,8 +186,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         if out_of_time and not last_step:
             stopped_by, last_step = "max_minutes", True
 
-        # ---- log (the only per-interval host sync) ----------------------------------------------
-        if step % cfg.log_interval == 0 or last_step or step == start_step + 1:
+        # ---- log (the only per-interval host sync); also at every eval, so no checkpoint saves a NaN model
+        if step % cfg.log_interval == 0 or step % cfg.eval_interval == 0 or last_step or step == start_step + 1:
             mean_loss = D.all_reduce_mean(loss_sum / loss_count, info).item()
             last_loss = mean_loss
             if not math.isfinite(mean_loss):
@@ -210,7 +219,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
                 say(f"step {step:>6} | val loss {val_loss:.4f}{' (best)' if improved else ''}")
                 if logger:
                     logger.log("val", step, loss=val_loss)
-            extra = _run_hooks(model, eval_hooks, device, autocast) if info.is_main else {}
+            extra = _run_hooks(model, eval_hooks, device, autocast) if info.is_main and not fsdp else {}
             if logger and extra:
                 logger.log("eval", step, **extra)
             if tokenizer is not None:
@@ -317,7 +326,9 @@ def _load_model(cfg: TrainConfig, source) -> GPT:
         fresh = GPT(model.config.replace(dropout=cfg.dropout))
         fresh.load_state_dict(model.state_dict())
         model = fresh
-    return model
+    for p in model.parameters():  # imported Conv1D weights are transposed views; FSDP and fused kernels want contiguous
+        p.data = p.data.contiguous()
+    return model.train()
 
 
 def _train_dtype(name: str, device: torch.device) -> torch.dtype:
