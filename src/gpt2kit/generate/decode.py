@@ -5,14 +5,16 @@ position only: a 32-token prompt would otherwise compute a (32, 50257) logits ma
 
 Decode (T = 1) is where a CPU spends its time, and it is memory-bound: every step streams all weights
 once, so tokens/s ~ memory bandwidth / weight bytes. The fast path computes the model's exact math with
-weights packed for a matrix-VECTOR product (measured on the 2-core AVX-512 CI machine, 124M weights):
-  - fp32: weights pre-transposed to (in, out) and used with `addmm`: 20.8 ms of matvecs per token vs
-    27.2 ms for `F.linear` on (out, in) (oneDNN/MKL pick a 2-thread kernel for that layout);
-  - bf16 models: `F.linear` as is (10.2 ms; the transposed layout is slower in bf16);
-  - `weights="bf16"`: weight-only bf16 (matmul inputs cast to bf16, everything else in the model's dtype);
+weights packed once for small-M products (measured on the 2-core AVX-512 machine, 124M, all matmuls of
+one token, 1 thread; see benchmarks/RESULTS.md for end-to-end figures):
+  - fp32 and bf16 on CPU: oneDNN's blocked weight layout (`mkldnn._reorder_linear_weight`, what
+    torch.compile's CPU backend uses): bf16 12.7 ms vs 25.1 ms for `F.linear`; fp32 batch 8 36 ms vs 78 ms
+    for MKL on pre-transposed weights (fallback where oneDNN is missing), batch 1 about equal;
+  - `weights="bf16"`: weight-only bf16 (matmul inputs cast to bf16, residual stream, LayerNorm, attention
+    and cache stay in the model's dtype);
   - `weights="int8"`: weight-only int8, one scale per output channel (`torch._weight_int8pack_mm`, whose
-    fast kernel needs bf16 inputs: with fp32 inputs it is 10x slower): 4.4 ms. Prefill still uses the model's own weights, so only the
-    decode steps see the quantization error (measured in benchmarks/RESULTS.md);
+    fast kernel needs bf16 inputs: with fp32 inputs it is 10x slower): 12.5 ms at 1 thread, 4.4 ms at 2.
+    Prefill still uses the model's own weights, so only the decode steps see the quantization error;
   - attention for one query is a (nh, 1, K) matvec: two small matmuls and a masked softmax instead of
     SDPA, whose CPU kernel costs ~6 ms per layer for a single masked query (measured with torch.profiler);
   - the head is computed only for the last position, and reads the cache through `KVCache.plan/update`,
@@ -42,7 +44,10 @@ class _Matvec:
         self.bias = bias
         self.mode = mode
         w = weight.detach()
-        if mode == "t":  # (in, out) row-major: the fast fp32 matvec layout
+        if mode in ("onednn", "bf16-onednn"):  # oneDNN's own blocked layout, packed once (what inductor uses)
+            self.w = torch.ops.mkldnn._reorder_linear_weight(w if mode == "onednn" else w.to(torch.bfloat16), 1)
+            self.b = None if bias is None else (bias.detach() if mode == "onednn" else bias.detach().to(torch.bfloat16))
+        elif mode == "t":  # (in, out) row-major: MKL's faster fp32 matvec layout
             self.w = w.t().contiguous()
         elif mode == "bf16":  # weight-only bf16: (out, in) bf16, activations cast at the matmul
             self.w = w.to(torch.bfloat16).contiguous()
@@ -56,6 +61,10 @@ class _Matvec:
             self.w = w
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "onednn":
+            return torch.ops.mkldnn._linear_pointwise(x, self.w, self.b, "none", [], "")
+        if self.mode == "bf16-onednn":
+            return torch.ops.mkldnn._linear_pointwise(x.to(torch.bfloat16), self.w, self.b, "none", [], "").to(x.dtype)
         if self.mode == "t":
             return torch.addmm(self.bias, x, self.w) if self.bias is not None else torch.mm(x, self.w)
         if self.mode == "bf16":
@@ -80,8 +89,13 @@ class DecodeRunner:
             raise ConfigError("int8 weights need the CPU and torch >= 2.4 (torch._weight_int8pack_mm); use --dtype bf16 instead.")
         self.model = model
         self.weights = weights
-        auto = "t" if dtype == torch.float32 and device.type == "cpu" else "linear"
-        mode = {"int8": "int8", "bf16": "bf16" if dtype != torch.bfloat16 else "linear", "model": "linear"}.get(weights, auto)
+        onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+        if onednn and dtype in (torch.float32, torch.bfloat16):
+            auto, bf16 = "onednn", "bf16-onednn" if dtype != torch.bfloat16 else "onednn"
+        else:
+            auto = "t" if dtype == torch.float32 and device.type == "cpu" else "linear"
+            bf16 = "bf16" if dtype != torch.bfloat16 else "linear"
+        mode = {"int8": "int8", "bf16": bf16, "model": "linear"}.get(weights, auto)
         self.mode = mode
         self.layers = []
         if weights != "model":
