@@ -16,10 +16,10 @@ one token, 1 thread; see benchmarks/RESULTS.md for end-to-end figures):
     fast kernel needs bf16 inputs: with fp32 inputs it is 10x slower): 12.5 ms at 1 thread, 4.4 ms at 2.
     Prefill still uses the model's own weights, so only the decode steps see the quantization error;
   - attention for one query is a (nh, 1, K) matvec: two small matmuls and a masked softmax instead of
-    SDPA, whose CPU kernel costs ~6 ms per layer for a single masked query (measured with torch.profiler);
-  - the head is computed only for the last position, and reads the cache through `KVCache.plan/update`,
-    so masks, positions and per-row lengths are exactly the model's.
-The packed copies cost extra memory (fp32: one more copy of the weights; int8: a quarter), built once.
+    SDPA, whose CPU kernel for a single masked query dominated a torch.profiler trace of the step;
+  - the step reads and writes the cache through `KVCache.plan/update`, so masks, positions and per-row
+    lengths are exactly the model's.
+The packed copies cost extra memory (auto: one more copy of the weights; bf16: half; int8: a quarter).
 Cached fp32 decode equals the model's uncached forward to ~1e-5 (tests/test_engine.py).
 """
 
