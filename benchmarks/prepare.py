@@ -38,7 +38,11 @@ def main() -> None:
         t3 = time.perf_counter()
         print(json.dumps({"impl": "tiktoken encode_ordinary, 1 thread, in memory", "MB": round(n_bytes / 1e6, 1), "tokens": n,
                           "MB_per_s": round(n_bytes / 1e6 / (t1 - t0), 2)}))  # fmt: skip
-        print(json.dumps({"impl": "tiktoken encode_ordinary_batch, 2 threads, in memory", "MB_per_s": round(n_bytes / 1e6 / (t3 - t2), 2)}))
+        print(
+            json.dumps(
+                {"impl": "tiktoken encode_ordinary_batch, 2 threads, in memory", "MB_per_s": round(n_bytes / 1e6 / (t3 - t2), 2)}
+            )
+        )
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         s = prepare(files, Path(tmp) / "out", val_tail=0.01, workers=args.workers or None, progress=False)

@@ -12,10 +12,34 @@ from gpt2kit.data.shards import write_shard
 from gpt2kit.train.metrics import read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-ARGS = ["--model", "tiny", "--block-size", "32", "--eval-interval", "4", "--eval-batches", "2", "--log-interval", "1",
-        "--sample-tokens", "0", "--dropout", "0.0", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1", "--batch-tokens", "256",
-        "--schedule", "constant",  # (the FSDP run stops at 4 steps and resumes to 8: its schedule must not depend on max_steps)
-        "--max-minutes", "30"]  # fmt: skip  (a time budget: the ranks agree on stopping through a collective)
+ARGS = [
+    "--model",
+    "tiny",
+    "--block-size",
+    "32",
+    "--eval-interval",
+    "4",
+    "--eval-batches",
+    "2",
+    "--log-interval",
+    "1",
+    "--sample-tokens",
+    "0",
+    "--dropout",
+    "0.0",
+    "--lr",
+    "3e-3",
+    "--warmup-steps",
+    "2",
+    "--threads",
+    "1",
+    "--batch-tokens",
+    "256",
+    "--schedule",
+    "constant",  # (the FSDP run stops at 4 steps and resumes to 8: its schedule must not depend on max_steps)
+    "--max-minutes",
+    "30",
+]  # fmt: skip  (a time budget: the ranks agree on stopping through a collective)
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,9 @@ def test_random_windows_cover_both_shards_and_stay_inside_one(data):
     for _ in range(20):
         x, y = ld.next_batch()
         for row in torch.cat([x, y[:, -1:]], 1).numpy():
-            hits = [i for i, s in enumerate((s0, s1)) if any(np.array_equal(s[o : o + 51], row) for o in np.flatnonzero(s == row[0]))]
+            hits = [
+                i for i, s in enumerate((s0, s1)) if any(np.array_equal(s[o : o + 51], row) for o in np.flatnonzero(s == row[0]))
+            ]
             assert hits
             seen.update(hits)
     assert seen == {0, 1}

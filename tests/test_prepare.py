@@ -17,7 +17,9 @@ EOT = 50256
 @pytest.fixture(scope="module")
 def ref():
     """tiktoken itself (built from the same vocabulary file), the reference for our chunked encoding."""
-    return tiktoken.Encoding("ref-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks(), special_tokens={"<|endoftext|>": EOT})
+    return tiktoken.Encoding(
+        "ref-gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks(), special_tokens={"<|endoftext|>": EOT}
+    )
 
 
 def test_chunked_encoding_equals_whole_text_on_every_corpus(corpora_dir, ref):
@@ -72,7 +74,9 @@ def test_prepare_text_and_jsonl_with_val_tail(tmp_path, corpora_dir, ref):
 def test_paragraph_documents_and_val_files(tmp_path, ref):
     (tmp_path / "t.txt").write_text("First para.\n\nSecond  para.\n \nThird.")
     (tmp_path / "v.txt").write_text("Held out.")
-    s = prepare([tmp_path / "t.txt"], tmp_path / "out", val_files=[tmp_path / "v.txt"], docs="paragraph", workers=1, progress=False)
+    s = prepare(
+        [tmp_path / "t.txt"], tmp_path / "out", val_files=[tmp_path / "v.txt"], docs="paragraph", workers=1, progress=False
+    )
     assert _read(tmp_path / "out", "train") == [EOT, *ref.encode_ordinary("First para."), EOT, *ref.encode_ordinary("Second  para."),
                                                 EOT, *ref.encode_ordinary("Third.")]  # fmt: skip
     assert _read(tmp_path / "out", "val") == [EOT, *ref.encode_ordinary("Held out.")]
@@ -85,7 +89,10 @@ def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys)
     cases = {
         "empty.txt": (b"  \n", "empty.txt is empty"),
         "image.txt": (b"\x89PNG\r\n\x1a\n\0\0\0", "image.txt looks binary"),
-        "latin1.txt": ("caf\u00e9 cr\u00e8me".encode("latin-1"), r"latin1.txt is not valid UTF-8 \(byte 0xe9 at offset 3, line 1\)"),
+        "latin1.txt": (
+            "caf\u00e9 cr\u00e8me".encode("latin-1"),
+            r"latin1.txt is not valid UTF-8 \(byte 0xe9 at offset 3, line 1\)",
+        ),
         "bad.jsonl": (b'{"text": "ok"}\n{"txt": "no"}\n', r"bad.jsonl:2: no 'text' field"),
     }
     for name, (data, message) in cases.items():

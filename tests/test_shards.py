@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from gpt2kit.data.shards import (
-    EOT_PLACEMENT, HEADER_BYTES, MAGIC, VERSION, ShardWriter, find_shards, open_shard, read_header, tokenizer_id, write_shard,
+    EOT_PLACEMENT,
+    HEADER_BYTES,
+    MAGIC,
+    VERSION,
+    ShardWriter,
+    find_shards,
+    open_shard,
+    read_header,
+    tokenizer_id,
+    write_shard,
 )  # fmt: skip
 from gpt2kit.errors import DataError
 

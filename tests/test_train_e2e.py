@@ -77,7 +77,9 @@ def test_bad_inputs_are_one_line_errors(shards, tmp_path, capsys):
     e = err("train", "--data", str(shards), "--out-dir", str(tmp_path / "b"), "--batch-tokens", "1000", *TINY)
     assert "batch_tokens=1,000 is not a multiple of" in e and "--batch-tokens 896 or 1,024" in e
     assert "no checkpoint" in err("train", "--resume", "--out-dir", str(tmp_path / "c"))
-    assert "exceeds the model's context" in err("train", "--data", str(shards), "--out-dir", str(tmp_path / "d"), *TINY, "--block-size", "512")
+    assert "exceeds the model's context" in err(
+        "train", "--data", str(shards), "--out-dir", str(tmp_path / "d"), *TINY, "--block-size", "512"
+    )
     assert "unknown model" in err("train", "--data", str(shards), "--out-dir", str(tmp_path / "e"), "--model", "gpt5")
 
     # a corrupt checkpoint

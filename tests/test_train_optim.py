@@ -19,7 +19,9 @@ def test_warmup_then_cosine_to_min_lr():
     assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))  # monotone decay
     assert lrs[60] == pytest.approx(0.55)  # half way: the cosine's midpoint
     assert lrs[110] == pytest.approx(0.1) and lrs[119] == pytest.approx(0.1)  # stays at min_lr after max_steps
-    assert get_lr(60, **kw, schedule="linear") == pytest.approx(0.55) and get_lr(35, **kw, schedule="linear") == pytest.approx(0.775)
+    assert get_lr(60, **kw, schedule="linear") == pytest.approx(0.55) and get_lr(35, **kw, schedule="linear") == pytest.approx(
+        0.775
+    )
     assert get_lr(100, **kw, schedule="constant") == 1.0
     assert get_lr(50, **kw) == get_lr(50, **kw)  # pure: no state
 
@@ -50,9 +52,8 @@ def test_config_validation_messages(tmp_path):
 
 
 def test_shipped_configs_are_valid():
-    from pathlib import Path
-
     import json
+    from pathlib import Path
 
     from gpt2kit.config import GPTConfig
 
@@ -124,7 +125,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     monkeypatch.setattr(GPTClass, "forward", forward)
     cfg = TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "out"), model="tiny", block_size=16, micro_batch=2, max_steps=20,
                       eval_interval=4, eval_batches=1, log_interval=1, sample_tokens=0, threads=1)  # fmt: skip
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at step 7.*last good checkpoint is kept: .*step_000004.*lower --lr"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"loss is nan at step 7.*last good checkpoint is kept: .*step_000004.*lower --lr"
+    ):
         train(cfg, log=lambda s: None)
     assert [s for s, _ in list_checkpoints(tmp_path / "out" / "checkpoints")] == [4]
 

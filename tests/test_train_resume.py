@@ -55,7 +55,9 @@ def test_kill_9_then_resume_gives_the_same_losses(data, tmp_path):
     assert proc.returncode == -signal.SIGKILL and 20 <= killed_at < 40, killed_at
     resumed_from = ckpt.list_checkpoints(out / "checkpoints")[-1][0]
 
-    subprocess.run([sys.executable, "-m", "gpt2kit", "train", "--resume", "--out-dir", str(out)], check=True, env=env, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "gpt2kit", "train", "--resume", "--out-dir", str(out)], check=True, env=env, capture_output=True
+    )
     got = {r["step"]: r["loss"] for r in read_metrics(out / "metrics.jsonl", "train")}
     assert sorted(got) == list(range(1, 41))
     assert got == want, f"killed at step {killed_at}, resumed from {resumed_from}"  # exactly equal, step for step

@@ -1,9 +1,9 @@
 """Train a GPT-2 from scratch on shards from `gpt2kit prepare` (one process, or many under torchrun).
 
-  gpt2kit train --data data/corpora --model cpu-small --max-minutes 10
-  gpt2kit train --config configs/corpora_cpu.json
-  gpt2kit train --resume --out-dir out                      # continue exactly where it stopped
-  torchrun --nproc_per_node=8 -m gpt2kit train --config configs/gpt2_124m.json
+gpt2kit train --data data/corpora --model cpu-small --max-minutes 10
+gpt2kit train --config configs/corpora_cpu.json
+gpt2kit train --resume --out-dir out                      # continue exactly where it stopped
+torchrun --nproc_per_node=8 -m gpt2kit train --config configs/gpt2_124m.json
 """
 
 from __future__ import annotations

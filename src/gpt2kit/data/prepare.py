@@ -83,7 +83,9 @@ class PrepareSummary:
         d = self.to_dict()
         lines = [f"prepared {self.out_dir} ({self.tokenizer}, EOT {self.eot_placement}ed to each document)"]
         for name, s in (("train", self.train), ("val", self.val)):
-            lines.append(f"  {name:<5} {s.documents:>9,} documents {s.tokens:>13,} tokens {s.bytes / 1e6:>9.1f} MB  {len(s.shards)} shard(s)")
+            lines.append(
+                f"  {name:<5} {s.documents:>9,} documents {s.tokens:>13,} tokens {s.bytes / 1e6:>9.1f} MB  {len(s.shards)} shard(s)"
+            )
         lines.append(f"  {d['bytes_per_token']} bytes/token, {self.seconds:.1f} s, {d['mb_per_s']} MB/s")
         for s in self.skipped:
             lines.append(f"  skipped: {s}")
@@ -337,7 +339,9 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
 def _check_out_dir(out: Path, overwrite: bool) -> None:
     old = sorted(out.glob("train_*.bin")) + sorted(out.glob("val_*.bin")) if out.is_dir() else []
     if old and not overwrite:
-        raise DataError(f"{out} already holds shards ({old[0].name}, ...). Pass --overwrite to replace them, or choose another --out.")
+        raise DataError(
+            f"{out} already holds shards ({old[0].name}, ...). Pass --overwrite to replace them, or choose another --out."
+        )
     for p in old:
         p.unlink()
     out.mkdir(parents=True, exist_ok=True)

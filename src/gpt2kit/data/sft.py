@@ -29,7 +29,9 @@ from gpt2kit.config import GPT2_EOT_ID, IGNORE_INDEX
 from gpt2kit.errors import ConfigError, DataError
 
 
-def build_example(prompt_ids: list[int], completion_ids: list[int], T: int, eot: int = GPT2_EOT_ID) -> tuple[list[int], list[int]]:
+def build_example(
+    prompt_ids: list[int], completion_ids: list[int], T: int, eot: int = GPT2_EOT_ID
+) -> tuple[list[int], list[int]]:
     """-> (x, y), each of length <= T; y is IGNORE_INDEX wherever the target is a prompt token."""
     if not completion_ids:
         raise DataError("an example has an empty completion: there is nothing to train on.")
@@ -41,7 +43,9 @@ def build_example(prompt_ids: list[int], completion_ids: list[int], T: int, eot:
     return x[:T], y[:T]
 
 
-def read_prompt_completion(path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion") -> list[tuple[str, str]]:
+def read_prompt_completion(
+    path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion"
+) -> list[tuple[str, str]]:
     """The (prompt, completion) pairs of a JSONL file, checked line by line."""
     path = Path(path)
     if not path.is_file():
@@ -54,7 +58,11 @@ def read_prompt_completion(path: str | os.PathLike, prompt_field: str = "prompt"
             rec = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get(prompt_field), str) or not isinstance(rec.get(completion_field), str):
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get(prompt_field), str)
+            or not isinstance(rec.get(completion_field), str)
+        ):
             raise DataError(
                 f"{path}:{n}: expected string fields {prompt_field!r} and {completion_field!r}, got "
                 f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}."
@@ -65,7 +73,9 @@ def read_prompt_completion(path: str | os.PathLike, prompt_field: str = "prompt"
     return pairs
 
 
-def is_prompt_completion_file(path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion") -> bool:
+def is_prompt_completion_file(
+    path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion"
+) -> bool:
     """True if the first record of a .jsonl file has both fields."""
     path = Path(path)
     if not (path.is_file() and path.suffix.lower() in (".jsonl", ".ndjson")):
@@ -106,7 +116,9 @@ class SFTLoader:
     def load_state_dict(self, state: dict) -> None:
         for key in ("order", "seed", "world", "B", "T"):
             if state.get(key) != getattr(self, key):
-                raise ConfigError(f"cannot resume fine-tuning data: checkpoint has {key}={state.get(key)!r}, this run {getattr(self, key)!r}.")
+                raise ConfigError(
+                    f"cannot resume fine-tuning data: checkpoint has {key}={state.get(key)!r}, this run {getattr(self, key)!r}."
+                )
         self.draws = state["draws"]
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -139,7 +151,9 @@ def split_pairs(pairs: list, val_fraction: float, seed: int = 0) -> tuple[list, 
     order = np.random.default_rng(seed).permutation(len(pairs))
     n_val = 0 if val_fraction <= 0 else max(1, int(len(pairs) * val_fraction))
     if n_val >= len(pairs):
-        raise DataError(f"{len(pairs)} example(s) are too few to hold out {val_fraction:.0%} for validation; add data or set val_fraction 0.")
+        raise DataError(
+            f"{len(pairs)} example(s) are too few to hold out {val_fraction:.0%} for validation; add data or set val_fraction 0."
+        )
     train = [pairs[i] for i in order[: len(pairs) - n_val]]
     val = [pairs[i] for i in order[len(pairs) - n_val :]]
     return train, val

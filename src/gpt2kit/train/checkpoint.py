@@ -110,9 +110,13 @@ def read_meta(folder: str | os.PathLike) -> dict:
     try:
         meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"checkpoint {folder}: meta.json is corrupt ({e}). Delete this checkpoint and resume from an earlier one.") from None
+        raise CheckpointError(
+            f"checkpoint {folder}: meta.json is corrupt ({e}). Delete this checkpoint and resume from an earlier one."
+        ) from None
     if meta.get("format_version") != FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {folder} has format version {meta.get('format_version')!r}; this gpt2kit reads {FORMAT_VERSION}.")
+        raise CheckpointError(
+            f"checkpoint {folder} has format version {meta.get('format_version')!r}; this gpt2kit reads {FORMAT_VERSION}."
+        )
     return meta
 
 

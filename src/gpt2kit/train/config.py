@@ -34,19 +34,34 @@ class TrainConfig:
     # ---- what to train, on what
     data: str = _help("shards folder from `gpt2kit prepare`, or (fine-tuning) a prompt/completion .jsonl", default="")
     out_dir: str = _help("run folder: checkpoints, metrics.jsonl, loss.png", default="out")
-    model: str = _help("from scratch: a preset (tiny, cpu-small, cpu-medium, gpt2, gpt2-medium, ...) or a GPTConfig JSON file", default="cpu-small")
-    init_from: str | None = _help("start from these weights: a preset/hub id/HF folder (from_pretrained) or one of our checkpoint folders", default=None)
-    resume: bool = _help("continue the latest checkpoint in out_dir exactly (weights, optimizer, data position, RNG)", default=False)
-    dropout: float | None = _help("override the model's dropout (None keeps it; 0.0 for pretraining big data, ~0.1 for small data)", default=None)
+    model: str = _help(
+        "from scratch: a preset (tiny, cpu-small, cpu-medium, gpt2, gpt2-medium, ...) or a GPTConfig JSON file",
+        default="cpu-small",
+    )
+    init_from: str | None = _help(
+        "start from these weights: a preset/hub id/HF folder (from_pretrained) or one of our checkpoint folders", default=None
+    )
+    resume: bool = _help(
+        "continue the latest checkpoint in out_dir exactly (weights, optimizer, data position, RNG)", default=False
+    )
+    dropout: float | None = _help(
+        "override the model's dropout (None keeps it; 0.0 for pretraining big data, ~0.1 for small data)", default=None
+    )
     # ---- batch
     block_size: int = _help("T: tokens per sequence (<= the model's n_positions; 0 = n_positions)", default=0)
     micro_batch: int = _help("B: sequences per forward/backward on each process", default=8)
-    batch_tokens: int = _help("tokens per optimizer step across all processes; gradient accumulation = batch_tokens / (B*T*world), must divide (0 = B*T*world)", default=0)
+    batch_tokens: int = _help(
+        "tokens per optimizer step across all processes; gradient accumulation = batch_tokens / (B*T*world), must divide (0 = B*T*world)",
+        default=0,
+    )
     data_order: str = _help("random (uniform windows, nanoGPT) or sequential (llm.c) training batches", default="random")
     # ---- optimisation
     max_steps: int = _help("optimizer steps to train (the schedule's length)", default=1000)
     max_minutes: float = _help("stop (with a checkpoint) after this many minutes of training; 0 = no time limit", default=0.0)
-    fit_to_time: bool = _help("with max_minutes: after 10 steps, shorten max_steps (the schedule) to what fits in the time budget, so the lr still decays to min_lr; saved, so a resume keeps it", default=False)
+    fit_to_time: bool = _help(
+        "with max_minutes: after 10 steps, shorten max_steps (the schedule) to what fits in the time budget, so the lr still decays to min_lr; saved, so a resume keeps it",
+        default=False,
+    )
     lr: float = _help("peak learning rate", default=6e-4)
     min_lr: float = _help("learning rate at the end of the decay", default=6e-5)
     warmup_steps: int = _help("linear warmup from ~0 to lr over this many steps", default=100)
@@ -57,9 +72,13 @@ class TrainConfig:
     grad_clip: float = _help("clip the global gradient norm to this (0 = off)", default=1.0)
     # ---- numerics and hardware
     device: str = _help("auto, cpu, cuda, cuda:N, mps", default="auto")
-    dtype: str = _help("auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto")
+    dtype: str = _help(
+        "auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto"
+    )
     compile: str = _help("torch.compile the model: auto (on for CUDA), on, off", default="auto")
-    fsdp: bool = _help("shard parameters/optimizer state with FSDP2 fully_shard (torchrun, CUDA) for models that don't fit", default=False)
+    fsdp: bool = _help(
+        "shard parameters/optimizer state with FSDP2 fully_shard (torchrun, CUDA) for models that don't fit", default=False
+    )
     seed: int = _help("seed for init, dropout and data order", default=1337)
     threads: int = _help("CPU threads for torch (0 = torch's default, one per core); 1 is faster on a busy machine", default=0)
     # ---- watching the run

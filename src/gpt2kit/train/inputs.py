@@ -36,7 +36,9 @@ def make_loaders(cfg: TrainConfig, T: int, info: DistInfo, log=print) -> tuple[o
         tok = Tokenizer()
         train = SFTLoader.from_pairs(train_pairs, tok, cfg.micro_batch, T, order="random", **kw)
         val = SFTLoader.from_pairs(val_pairs, tok, cfg.micro_batch, T, order="sequential", **kw) if val_pairs else None
-        log(f"data: {len(train_pairs)} train / {len(val_pairs)} val prompt/completion examples from {data} (loss on completions only)")
+        log(
+            f"data: {len(train_pairs)} train / {len(val_pairs)} val prompt/completion examples from {data} (loss on completions only)"
+        )
         return train, val, "prompt-completion"
     if data.is_dir() and (any(data.glob("train_*.bin")) or not _is_text(data)):
         train = ShardLoader(data, "train", cfg.micro_batch, T, order=cfg.data_order, **kw)
@@ -44,7 +46,10 @@ def make_loaders(cfg: TrainConfig, T: int, info: DistInfo, log=print) -> tuple[o
         if any(data.glob("val_*.bin")):
             val = ShardLoader(data, "val", cfg.micro_batch, T, order="sequential", **kw)
         else:
-            print(f"gpt2kit train: warning: {data} has no val shards; no validation loss (prepare with --val-tail 0.01).", file=sys.stderr)
+            print(
+                f"gpt2kit train: warning: {data} has no val shards; no validation loss (prepare with --val-tail 0.01).",
+                file=sys.stderr,
+            )
         log(f"data: {train.n_tokens:,} train tokens" + (f", {val.n_tokens:,} val tokens" if val else "") + f" from {data}")
         return train, val, "shards"
     if data.exists() and _is_text(data):  # plain text: tokenize once into out_dir/data, val = the tail of each file

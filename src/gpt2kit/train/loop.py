@@ -88,7 +88,9 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     model.to(device).train()
     T = cfg.block_size or model.config.n_positions
     if T > model.config.n_positions:
-        raise ConfigError(f"block_size {T} exceeds the model's context n_positions={model.config.n_positions}; use --block-size {model.config.n_positions} or less.")
+        raise ConfigError(
+            f"block_size {T} exceeds the model's context n_positions={model.config.n_positions}; use --block-size {model.config.n_positions} or less."
+        )
 
     # ---- numerics --------------------------------------------------------------------------------
     dtype = _train_dtype(cfg.dtype, device)
@@ -154,7 +156,9 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     last_loss, val_loss, last_ckpt, stopped_by = None, None, None, "max_steps"
     start_step = step
     while step < cfg.max_steps:
-        lr = get_lr(step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.schedule)
+        lr = get_lr(
+            step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.schedule
+        )
         set_lr(optimizer, lr)
         for micro in range(accum):
             x, y = train_loader.next_batch()  # (B, T) each, on the host
@@ -237,7 +241,9 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     if logger:
         logger.close()
     if stopped_by != "max_steps":
-        say(f"stopped at step {step}: {'time budget of ' + str(cfg.max_minutes) + ' min' if stopped_by == 'max_minutes' else 'val loss stopped improving'}")
+        say(
+            f"stopped at step {step}: {'time budget of ' + str(cfg.max_minutes) + ' min' if stopped_by == 'max_minutes' else 'val loss stopped improving'}"
+        )
     best = ckpt.best_checkpoint(ckpt_root) if info.is_main else None
     say(f"done: step {step}, last checkpoint {last_ckpt}" + (f", best {best}" if best else ""))
     return TrainResult(step, last_loss, val_loss, best_val if math.isfinite(best_val) else None, last_ckpt, best, stopped_by)
@@ -308,7 +314,10 @@ def _save(cfg, model, runner, optimizer, scaler, loader, info, root, step, batch
             "train_config": cfg.to_dict(),
             "torch_version": torch.__version__,
         }
-        state = {"optimizer": optim_state or optimizer.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None}
+        state = {
+            "optimizer": optim_state or optimizer.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+        }
         path = ckpt.save_checkpoint(root, step, model, state, meta, model_state=model_state)
         ckpt.prune(root, cfg.keep_last)
     D.barrier(info)

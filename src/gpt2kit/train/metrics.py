@@ -33,7 +33,9 @@ class MetricsLog:
 
                 self._tb = SummaryWriter(str(self.out_dir / "tb"))
             except ImportError:
-                print("gpt2kit train: TensorBoard is not installed (pip install tensorboard); not logging to it.", file=sys.stderr)
+                print(
+                    "gpt2kit train: TensorBoard is not installed (pip install tensorboard); not logging to it.", file=sys.stderr
+                )
         if wandb_project:
             try:
                 import wandb
