@@ -107,3 +107,30 @@ def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys)
         prepare([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
     with pytest.raises(ConfigError, match="val_tail"):
         prepare([good], tmp_path / "o", val_tail=1.5, progress=False)
+
+
+def test_hf_dataset_records_split_by_val_tail(tmp_path, monkeypatch, ref):
+    import sys
+    import types
+
+    class FakeDataset:  # the slice of the `datasets` API that prepare uses
+        column_names = ["text", "id"]
+
+        def __init__(self, texts):
+            self.texts = texts
+
+        def __len__(self):
+            return len(self.texts)
+
+        def __getitem__(self, s):
+            return {"text": self.texts[s], "id": list(range(len(self.texts)))[s]}
+
+    texts = [f"document number {i}." for i in range(300)]
+    fake = types.ModuleType("datasets")
+    fake.load_dataset = lambda name, split: FakeDataset(texts) if (name, split) == ("org/corpus", "train") else 1 / 0
+    monkeypatch.setitem(sys.modules, "datasets", fake)
+    s = prepare([], tmp_path / "out", hf_dataset="org/corpus", val_tail=0.1, workers=1, progress=False)
+    assert (s.train.documents, s.val.documents) == (270, 30)
+    assert _read(tmp_path / "out", "val") == [i for t in texts[270:] for i in [EOT, *ref.encode_ordinary(t)]]
+    with pytest.raises(DataError, match="has no field 'body'.*--text-field"):
+        prepare([], tmp_path / "out2", hf_dataset="org/corpus", text_field="body", progress=False)

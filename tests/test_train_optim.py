@@ -156,3 +156,16 @@ def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path):
     saved = read_meta(latest_checkpoint(tmp_path / "b" / "checkpoints"))["train_config"]
     assert 10 < saved["max_steps"] < 100_000 and saved["fit_to_time"] is False  # fitted once, and saved for --resume
     assert res.step <= saved["max_steps"]
+
+
+def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
+    from gpt2kit.train import loop, train
+
+    _random_shards(tmp_path)
+    val_losses = iter([5.0, 4.0, 4.5, 4.2, 4.1, 3.0])  # best at the 2nd eval, then 3 evals without improvement
+    monkeypatch.setattr(loop, "evaluate", lambda *a, **k: next(val_losses))
+    cfg = TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "out"), model="tiny", block_size=16, micro_batch=2, max_steps=100,
+                      eval_interval=2, eval_batches=1, sample_tokens=0, early_stop=3, threads=1)  # fmt: skip
+    res = train(cfg, log=lambda s: None)
+    assert (res.stopped_by, res.step, res.best_val_loss) == ("early_stop", 10, 4.0)
+    assert res.best_checkpoint.name == "step_000004"  # kept beside the last ones
