@@ -35,7 +35,9 @@ def add_config_arguments(p: argparse.ArgumentParser, exclude: tuple[str, ...] = 
             continue
         if isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union:
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        p.add_argument(flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text)
+        p.add_argument(
+            flag, dest=f.name, type=kind, default=argparse.SUPPRESS, help=help_text, metavar=flag[2:].upper().replace("-", "_")
+        )
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
