@@ -147,7 +147,7 @@ def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path):
     from gpt2kit.train.checkpoint import latest_checkpoint, read_meta
 
     _random_shards(tmp_path)
-    base = dict(data=str(tmp_path), model="tiny", block_size=16, micro_batch=2, max_steps=100_000, eval_interval=1000, eval_batches=1,
+    base = dict(data=str(tmp_path), model="tiny", block_size=16, micro_batch=2, max_steps=100_000, eval_interval=1000, eval_batches=1, warmup_steps=500,
                 sample_tokens=0, threads=1)  # fmt: skip
     res = train(TrainConfig(**base, out_dir=str(tmp_path / "a"), max_minutes=1e-5), log=lambda s: None)
     assert res.stopped_by == "max_minutes" and res.step == 1 and res.last_checkpoint.name == "step_000001"
@@ -155,6 +155,7 @@ def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path):
     res = train(TrainConfig(**base, out_dir=str(tmp_path / "b"), max_minutes=0.02, fit_to_time=True), log=lambda s: None)
     saved = read_meta(latest_checkpoint(tmp_path / "b" / "checkpoints"))["train_config"]
     assert 10 < saved["max_steps"] < 100_000 and saved["fit_to_time"] is False  # fitted once, and saved for --resume
+    assert saved["warmup_steps"] <= max(10, saved["max_steps"] // 10)  # the warmup shrinks with the schedule
     assert res.step <= saved["max_steps"]
 
 

@@ -255,9 +255,11 @@ def _fit_schedule(cfg: TrainConfig, step, start_step, t_start, deadline, info, d
     fits = step + int(0.9 * (deadline - time.perf_counter()) / per_step)
     fits = int(D.all_reduce_mean(torch.tensor(float(fits), device=device), info).item())  # the same on every rank
     new = max(step + 1, min(cfg.max_steps, fits))
+    warmup = min(cfg.warmup_steps, max(step, new // 10))  # a short run must not end inside its warmup
     if new != cfg.max_steps:
-        say(f"fit_to_time: {per_step:.2f} s/step, so the schedule is shortened from {cfg.max_steps} to {new} steps")
-    return dataclasses.replace(cfg, max_steps=new, fit_to_time=False)
+        say(f"fit_to_time: {per_step:.2f} s/step, so the schedule is shortened from {cfg.max_steps} to {new} steps"
+            + (f" (warmup {cfg.warmup_steps} -> {warmup})" if warmup != cfg.warmup_steps else ""))  # fmt: skip
+    return dataclasses.replace(cfg, max_steps=new, warmup_steps=warmup, fit_to_time=False)
 
 
 @torch.no_grad()
