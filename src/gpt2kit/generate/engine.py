@@ -6,7 +6,8 @@ supports stop strings and the banned-phrase filter; it never imports the tokeniz
 
 Step API (what a continuous-batching server drives; requests join and leave between steps):
 
-    engine = Engine(model, max_batch=8, token_bytes=table)     # one KVCache (L, B, nh, T_max, hs)
+    engine = Engine(model, max_batch=8, token_bytes=table)     # one KVCache (L, B, nh, T_max, hs);
+                               # weights="auto"|"model"|"bf16"|"int8" picks the decode path (decode.py)
     slot = engine.add(prompt_ids, SamplingParams(...), request_id="a")   # prefill now -> slot index
     slots = engine.add_many([ids1, ids2], [p1, p2])            # one left-padded prefill for several
     events = engine.step()     # one token per active slot: [TokenEvent(slot, request_id, token, text,
