@@ -101,6 +101,7 @@ def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys)
             prepare([good, tmp_path / name], tmp_path / f"out-{name}", workers=1, progress=False)
     s = prepare([good, *(tmp_path / n for n in cases)], tmp_path / "skip", on_bad_input="skip", workers=1, progress=False)
     assert s.train.documents == 1 and len(s.skipped) == 4
+    assert s.val.shards == [] and not list((tmp_path / "skip").glob("val_*"))  # no val split asked: no (empty) val shard
     err = capsys.readouterr().err
     assert all(f"skipping {tmp_path / n}" in err for n in cases)
     with pytest.raises(DataError, match="does not exist"):

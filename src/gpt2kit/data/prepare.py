@@ -158,8 +158,8 @@ def prepare(
     bar.close()
     if stats["train"].tokens == 0:
         raise DataError("all inputs were empty or skipped: no training tokens were written.")
-    for s in ("train", "val"):
-        stats[s].shards = [p.name for p in writers[s].close()]
+    for s in ("train", "val"):  # no val shard at all without a val split (an empty one would fail later, at train time)
+        stats[s].shards = [p.name for p in writers[s].close()] if stats[s].tokens else []
     summary = PrepareSummary(str(out), tokenizer_id(), EOT_PLACEMENT, VERSION, stats["train"], stats["val"],
                              [str(p) for p, _ in sources] + ([f"hf:{hf_dataset}"] if hf_dataset else []),
                              skipped, time.perf_counter() - t0)  # fmt: skip
