@@ -1,6 +1,7 @@
 """The schedule is a pure function with the documented shape; decay only on >=2-D tensors; config checks; hooks."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -170,3 +171,34 @@ def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
     res = train(cfg, log=lambda s: None)
     assert (res.stopped_by, res.step, res.best_val_loss) == ("early_stop", 10, 4.0)
     assert res.best_checkpoint.name == "step_000004"  # kept beside the last ones
+
+
+def test_config_hellaswag_hook_scores_at_each_eval(tmp_path):
+    import numpy as np
+
+    import gpt2kit
+    from gpt2kit.data.shards import write_shard
+    from gpt2kit.errors import Gpt2kitError
+    from gpt2kit.eval.hellaswag import hellaswag_scores, load_hellaswag
+    from gpt2kit.tokenizer import Tokenizer
+    from gpt2kit.train import train
+    from gpt2kit.train.metrics import read_metrics
+
+    fixture = Path(__file__).parent / "fixtures" / "eval" / "hellaswag_val.jsonl"
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        write_shard(tmp_path / f"{split}_000000.bin", rng.integers(0, 1000, 4000).astype(np.uint16))
+    cfg = TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "out"), model="tiny", block_size=16, micro_batch=2, max_steps=2,
+                      eval_interval=2, eval_batches=1, sample_tokens=0, threads=1, eval_hellaswag=str(fixture),
+                      eval_hellaswag_limit=3)  # fmt: skip
+    res = train(cfg, log=lambda s: None)
+    [row] = read_metrics(tmp_path / "out" / "metrics.jsonl", "eval")
+    # the same numbers as scoring the saved final weights directly
+    model = gpt2kit.from_pretrained(res.last_checkpoint)
+    direct = hellaswag_scores(model, Tokenizer(), load_hellaswag(fixture, limit=3))
+    assert row["hellaswag_acc"] == direct["acc"] and row["hellaswag_acc_norm"] == direct["acc_norm"]
+
+    bad = TrainConfig(data=str(tmp_path), out_dir=str(tmp_path / "out2"), model="tiny", eval_hellaswag=str(tmp_path / "nope.jsonl"))
+    with pytest.raises(Gpt2kitError, match="nope.jsonl"):  # fails before any training
+        train(bad, log=lambda s: None)
+    assert not (tmp_path / "out2").exists()

@@ -89,6 +89,8 @@ class TrainConfig:
     sample_prompt: str = _help("prompt for the periodic samples", default="\n")
     keep_last: int = _help("keep the last N checkpoints (plus the best by val loss)", default=2)
     early_stop: int = _help("stop when val loss has not improved for this many evals (0 = never)", default=0)
+    eval_hellaswag: str = _help("a hellaswag_val.jsonl file: also score HellaSwag acc/acc_norm at each eval", default="")
+    eval_hellaswag_limit: int = _help("HellaSwag examples scored at each eval (the first N of the file)", default=200)
     tensorboard: bool = _help("also log to TensorBoard (out_dir/tb) when it is installed", default=False)
     wandb_project: str | None = _help("also log to this Weights & Biases project when wandb is installed", default=None)
     # ---- fine-tuning data (prompt/completion JSONL)
@@ -102,7 +104,7 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}.")
-        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop", "threads"):
+        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop", "threads", "eval_hellaswag_limit"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}.")

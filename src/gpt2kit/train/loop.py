@@ -33,11 +33,10 @@ from gpt2kit.model import GPT
 from gpt2kit.train import checkpoint as ckpt
 from gpt2kit.train import distributed as D
 from gpt2kit.train.config import TrainConfig
+from gpt2kit.train.eval_hooks import EvalHook, config_eval_hooks
 from gpt2kit.train.inputs import make_loaders
 from gpt2kit.train.metrics import MetricsLog, estimate_mfu, format_eta, plot_losses
 from gpt2kit.train.optim import get_lr, make_optimizer, set_lr
-
-EvalHook = Callable[[GPT], dict]  # the plain model (eval mode, no_grad) -> {metric: number}
 
 
 class NonFiniteLossError(Gpt2kitError, RuntimeError):
@@ -66,6 +65,7 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
     say = log if info.is_main else (lambda *_: None)
     out = Path(cfg.out_dir)
     ckpt_root = out / "checkpoints"
+    eval_hooks = [*eval_hooks, *config_eval_hooks(cfg)]
     try:
         return _train(cfg, eval_hooks, say, info, device, out, ckpt_root)
     finally:
