@@ -95,8 +95,12 @@ def quality(args) -> None:
     x = torch.tensor(toks)
     _, ref_model = build(torch.float32)
     results = {}
-    modes = (("fp32", torch.float32, "auto"), ("bf16 model", torch.bfloat16, "auto"), ("fp32 + bf16 weights", torch.float32, "bf16"),
-             ("fp32 + int8 weights", torch.float32, "int8"))
+    modes = (
+        ("fp32", torch.float32, "auto"),
+        ("bf16 model", torch.bfloat16, "auto"),
+        ("fp32 + bf16 weights", torch.float32, "bf16"),
+        ("fp32 + int8 weights", torch.float32, "int8"),
+    )
     for name, dtype, weights in modes:
         model = ref_model if dtype == torch.float32 else build(dtype)[1]
         runner = DecodeRunner(model, weights)

@@ -233,7 +233,9 @@ def test_sliding_window_generates_past_the_context(tiny):
     p = SamplingParams(max_new_tokens=150, temperature=0, ignore_eos=True, sliding_window=True)
     c = generate(tiny, [list(range(1, 50))], p)[0]  # n_positions = 64
     assert len(c.token_ids) == 150 and c.finish_reason == FinishReason.LENGTH
-    c = generate(tiny, [list(range(1, 100))], SamplingParams(max_new_tokens=20, temperature=0, sliding_window=True, ignore_eos=True))[0]
+    c = generate(
+        tiny, [list(range(1, 100))], SamplingParams(max_new_tokens=20, temperature=0, sliding_window=True, ignore_eos=True)
+    )[0]
     assert len(c.token_ids) == 20  # a prompt longer than the context keeps its last part
 
 

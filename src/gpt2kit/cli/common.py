@@ -44,7 +44,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
     g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
     g.add_argument("--top-k", type=int, default=top_k, help="sample from the k most likely tokens (GPT-2's samples used 40)")
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with this total probability; 1 = off")
+    g.add_argument(
+        "--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with this total probability; 1 = off"
+    )
     g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x p(top token); 0 = off")
     g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty for tokens already seen; 1 = off")
     g.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty over the output")
@@ -54,9 +56,15 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     g.add_argument("--n", type=int, default=1, help="samples per prompt")
     g.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
     g.add_argument("--sliding-window", action="store_true", help="keep generating past the 1024-token context")
-    g.add_argument("--logit-bias", action="append", default=[], metavar="ID=BIAS", help="add BIAS to token ID's logit (repeatable)")
-    g.add_argument("--ban-token", action="append", type=int, default=[], metavar="ID", help="token id never generated (repeatable)")
-    g.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)")
+    g.add_argument(
+        "--logit-bias", action="append", default=[], metavar="ID=BIAS", help="add BIAS to token ID's logit (repeatable)"
+    )
+    g.add_argument(
+        "--ban-token", action="append", type=int, default=[], metavar="ID", help="token id never generated (repeatable)"
+    )
+    g.add_argument(
+        "--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)"
+    )
     g.add_argument("--ban-file", default=None, help="content filter: a file of banned words/phrases, one per line")
     e = p.add_argument_group("engine")
     e.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"],

@@ -27,7 +27,9 @@ def run(args: argparse.Namespace) -> None:
 
     article = read_text(args.file)
     model, tok = load_model_and_tokenizer(args)
-    r = summarize(model, tok, article, max_new_tokens=args.max_new_tokens, top_k=args.top_k, sentences=args.sentences, seed=args.seed)
+    r = summarize(
+        model, tok, article, max_new_tokens=args.max_new_tokens, top_k=args.top_k, sentences=args.sentences, seed=args.seed
+    )
     if args.show_prompt:
         print(r.prompt, file=sys.stderr)
     print(r.text)

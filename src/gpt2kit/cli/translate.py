@@ -11,7 +11,11 @@ HELP = "zero-shot translation (GPT-2 paper: 'english = french' pairs, greedy)"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sentence", help="the sentence to translate")
-    p.add_argument("--examples", default=None, help="file of example pairs 'source = target', one per line (default: built-in English = French)")
+    p.add_argument(
+        "--examples",
+        default=None,
+        help="file of example pairs 'source = target', one per line (default: built-in English = French)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--show-prompt", action="store_true", help="print the prompt to stderr")
     add_model_arguments(p)

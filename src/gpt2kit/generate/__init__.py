@@ -8,5 +8,13 @@ from gpt2kit.generate.engine import Completion, Engine, TokenEvent, generate
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
 
-__all__ = ["Completion", "Engine", "FinishReason", "IncrementalDetokenizer", "SamplingParams", "StopStringMatcher",
-           "TokenEvent", "generate"]
+__all__ = [
+    "Completion",
+    "Engine",
+    "FinishReason",
+    "IncrementalDetokenizer",
+    "SamplingParams",
+    "StopStringMatcher",
+    "TokenEvent",
+    "generate",
+]

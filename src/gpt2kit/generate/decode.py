@@ -101,8 +101,10 @@ class DecodeRunner:
         if weights != "model":
             for block in model.transformer.h:
                 self.layers.append(
-                    tuple(_Matvec(lin.weight, lin.bias, mode) for lin in
-                          (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj))  # fmt: skip
+                    tuple(
+                        _Matvec(lin.weight, lin.bias, mode)
+                        for lin in (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+                    )  # fmt: skip
                 )
             self.head = _Matvec(model.lm_head.weight, None, mode)
 
@@ -141,5 +143,3 @@ class DecodeRunner:
             x = x + a_proj(y.view(B, C))  # (B, C)
             x = x + m_proj(F.gelu(c_fc(block.ln_2(x)), approximate="tanh"))
         return self.head(tr.ln_f(x))  # (B, V)
-
-

@@ -20,9 +20,9 @@ from collections.abc import Iterable, Sequence
 class IncrementalDetokenizer:
     """Token ids (or raw bytes) in, text deltas out.
 
-        d = IncrementalDetokenizer(token_bytes)
-        for tok in tokens: print(d.add(tok), end="")
-        print(d.flush())
+    d = IncrementalDetokenizer(token_bytes)
+    for tok in tokens: print(d.add(tok), end="")
+    print(d.flush())
     """
 
     def __init__(self, token_bytes: Sequence[bytes] | None = None) -> None:

@@ -236,7 +236,9 @@ class Engine:
         s.text_parts.append(text)
         return TokenEvent(b, s.request_id, tok, text)
 
-    def _finish(self, b: int, s: _Sequence, reason: FinishReason, stop_reason, *, token: int | None, text: str = "") -> TokenEvent:
+    def _finish(
+        self, b: int, s: _Sequence, reason: FinishReason, stop_reason, *, token: int | None, text: str = ""
+    ) -> TokenEvent:
         if s.detok is not None:
             if reason is not FinishReason.STOP or not isinstance(stop_reason, str):
                 text += s.detok.add_bytes(s.stop.flush())  # release bytes held for a stop string that never came
@@ -334,7 +336,9 @@ class Engine:
                 )
         needs_text = p.stop or p.banned_phrases
         if needs_text and self.token_bytes is None:
-            raise ConfigError("stop strings and banned phrases need the token-bytes table: create the Engine with token_bytes=...")
+            raise ConfigError(
+                "stop strings and banned phrases need the token-bytes table: create the Engine with token_bytes=..."
+            )
         seed = p.seed + index if p.seed is not None else random.getrandbits(63)
         gen = None
         if not p.greedy:

@@ -27,15 +27,27 @@ class SamplingParams:
     max_new_tokens: int = field(default=64, metadata={"help": "tokens to generate at most (0 allowed: prompt only)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy (argmax)"})
     top_k: int | None = field(default=None, metadata={"help": "keep only the k most likely tokens (None = off)"})
-    top_p: float = field(default=1.0, metadata={"help": "nucleus: keep the smallest set of tokens with total probability >= top_p; 1 = off"})
+    top_p: float = field(
+        default=1.0, metadata={"help": "nucleus: keep the smallest set of tokens with total probability >= top_p; 1 = off"}
+    )
     min_p: float = field(default=0.0, metadata={"help": "keep tokens with probability >= min_p * p(most likely); 0 = off"})
-    repetition_penalty: float = field(default=1.0, metadata={"help": "CTRL-style penalty on tokens already in the prompt or output; 1 = off"})
-    presence_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style: subtract this from the logit of every token already generated"})
-    frequency_penalty: float = field(default=0.0, metadata={"help": "OpenAI-style: subtract this times the count of each generated token"})
+    repetition_penalty: float = field(
+        default=1.0, metadata={"help": "CTRL-style penalty on tokens already in the prompt or output; 1 = off"}
+    )
+    presence_penalty: float = field(
+        default=0.0, metadata={"help": "OpenAI-style: subtract this from the logit of every token already generated"}
+    )
+    frequency_penalty: float = field(
+        default=0.0, metadata={"help": "OpenAI-style: subtract this times the count of each generated token"}
+    )
     logit_bias: dict[int, float] = field(default_factory=dict, metadata={"help": "token id -> value added to its logit"})
     banned_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "token ids that are never generated"})
-    banned_phrases: tuple[str, ...] = field(default=(), metadata={"help": "content filter: text that is never completed (case-insensitive)"})
-    stop: tuple[str, ...] = field(default=(), metadata={"help": "stop strings, matched on the text across token boundaries; not emitted"})
+    banned_phrases: tuple[str, ...] = field(
+        default=(), metadata={"help": "content filter: text that is never completed (case-insensitive)"}
+    )
+    stop: tuple[str, ...] = field(
+        default=(), metadata={"help": "stop strings, matched on the text across token boundaries; not emitted"}
+    )
     stop_token_ids: tuple[int, ...] = field(default=(), metadata={"help": "token ids that end the output (not emitted)"})
     ignore_eos: bool = field(default=False, metadata={"help": "keep going after <|endoftext|> instead of stopping"})
     seed: int | None = field(default=None, metadata={"help": "seed of this request's torch.Generator (None = random)"})

@@ -94,7 +94,9 @@ def read_prompts(prompt: str | None, file: str | None, stdin: IO[str] | None = N
     stdin = stdin or sys.stdin
     if file is None:
         if stdin.isatty():
-            raise ConfigError("no prompt: pass PROMPT, --file prompts.txt, or pipe text on stdin (use --bos with '' for unconditional samples).")
+            raise ConfigError(
+                "no prompt: pass PROMPT, --file prompts.txt, or pipe text on stdin (use --bos with '' for unconditional samples)."
+            )
         return [stdin.read().rstrip("\n")]
     try:
         text = stdin.read() if file == "-" else open(file, encoding="utf-8").read()
@@ -108,12 +110,12 @@ def read_prompts(prompt: str | None, file: str | None, stdin: IO[str] | None = N
                 obj = json.loads(ln)
                 prompts.append(obj["prompt"] if isinstance(obj, dict) else obj)
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f"{file}:{n}: expected a JSON object with a \"prompt\" string, got {ln[:80]!r}.") from None
+                raise DataError(f'{file}:{n}: expected a JSON object with a "prompt" string, got {ln[:80]!r}.') from None
             if not isinstance(prompts[-1], str):
-                raise DataError(f"{file}:{n}: \"prompt\" must be a string.")
+                raise DataError(f'{file}:{n}: "prompt" must be a string.')
         lines = prompts
     if not lines:
-        raise DataError(f"{file} holds no prompts (one per line, or JSONL with a \"prompt\" field).")
+        raise DataError(f'{file} holds no prompts (one per line, or JSONL with a "prompt" field).')
     return lines
 
 
