@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The built-in small model: a 4 x 256 GPT-2 (16M) on all of ../shared/corpora, val = last 1 % of each file,
+# A first CPU run for newcomers: a 4 x 256 GPT-2 (16M) on all of ../shared/corpora, val = last 1 % of each file,
 # about an hour on a 2-core CPU. Safe to stop and rerun: a second run resumes from the last checkpoint.
 #   DTYPE=bf16 (default; ~1.9x fp32 on CPUs with AVX-512 BF16), COMPILE=on|off, THREADS (0 = all cores).
 set -euo pipefail

@@ -43,9 +43,9 @@ def test_cli_generate_jsonl_and_plain(tiny_dir, capsys):
 
 
 def test_cli_errors_are_one_line(tiny_dir, capsys):
-    assert main(["generate", "Hi", "--max-new-tokens", "3"]) == 2
+    assert main(["generate", "Hi", "--model", "", "--max-new-tokens", "3"]) == 2
     err = capsys.readouterr().err
-    assert "no model given" in err and "gpt2-xl" in err and "folder" in err and err.count("\n") == 1
+    assert "empty --model" in err and "gpt2-xl" in err and "folder" in err and err.count("\n") == 1
     assert main(["generate", "Hi", "--model", str(tiny_dir), "--top-k", "0"]) == 2
     assert "top_k" in capsys.readouterr().err
     assert main(["generate", "Hi", "--model", str(tiny_dir), "--stream", "--n", "2"]) == 2

@@ -1,8 +1,8 @@
 """Flags shared by every command that runs a model (generate, chat, tasks, eval, serve): defined once here.
 
 `add_model_arguments(parser)` adds --model/--device/--dtype; `load_model_and_tokenizer(args)` resolves them.
-The "no --model given" case is handled in exactly one place, `DEFAULT_MODEL` below: while gpt2kit ships no
-built-in model it is None and a missing --model is an error that lists what can be passed.
+The "no --model given" case is handled in exactly one place, `DEFAULT_MODEL` below: the built-in model that
+ships inside the package (see gpt2kit/builtin.py), announced in one line on stderr whenever it is used.
 `add_sampling_arguments` / `sampling_params` map the sampling flags to a `SamplingParams`.
 """
 
@@ -10,20 +10,24 @@ from __future__ import annotations
 
 import argparse
 
-# The model used when --model is not given. None until a built-in model ships (the lead sets it here).
-DEFAULT_MODEL: str | None = None
+# The model used when --model is not given: the small GPT-2 shipped in the package (works offline).
+DEFAULT_MODEL = "builtin"
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl, distilgpt2), Hugging Face repo id, or a local "
-                        "folder with config.json + model.safetensors")  # fmt: skip
+                   help="'builtin' (the small offline model shipped with gpt2kit), a preset for OpenAI's weights (gpt2, "
+                        "gpt2-medium, gpt2-large, gpt2-xl, distilgpt2), a Hugging Face repo id, or a local folder with "
+                        "config.json + model.safetensors")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", default="auto", help="weights/compute dtype: auto (fp32 on CPU), fp32, bf16, fp16")
 
 
 def load_model_and_tokenizer(args: argparse.Namespace):
-    """(GPT, Tokenizer) for --model/--device/--dtype; a clear error when no model is given."""
+    """(GPT, Tokenizer) for --model/--device/--dtype; the built-in model is announced on stderr."""
+    import sys
+
+    from gpt2kit.builtin import describe, is_builtin
     from gpt2kit.config import PRESETS
     from gpt2kit.errors import ConfigError
     from gpt2kit.pretrained import from_pretrained
@@ -31,11 +35,13 @@ def load_model_and_tokenizer(args: argparse.Namespace):
 
     if not args.model:
         raise ConfigError(
-            "no model given: pass --model with a preset (" + ", ".join(sorted(PRESETS)) + "), a Hugging Face repo id, "
-            "or a local folder holding config.json + model.safetensors (e.g. --model ./my-gpt2)."
+            "empty --model: leave it out for the built-in model, or pass a preset (" + ", ".join(sorted(PRESETS)) + "), "
+            "a Hugging Face repo id, or a local folder holding config.json + model.safetensors (e.g. --model ./my-gpt2)."
         )
     dtype = None if args.dtype == "auto" else args.dtype
     model = from_pretrained(args.model, device=args.device, dtype=dtype)
+    if is_builtin(args.model):
+        print(f"gpt2kit: {describe()}", file=sys.stderr)
     return model, Tokenizer()
 
 
