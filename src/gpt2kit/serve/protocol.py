@@ -269,7 +269,6 @@ def plan_chat(req: ChatCompletionRequest, tok: Tokenizer, config: ServeConfig, c
         raise ProtocolError("messages is empty: give at least one message, e.g. [{\"role\": \"user\", \"content\": \"Hi\"}].", "messages")
     text = template.render([m.turn() for m in req.messages])
     prompt = tok.encode_ordinary(text)  # message text never becomes a control token
-    n = 1 if req.n is None else req.n
     limit = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
     param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
     if limit is None:  # vLLM: whatever fits the context, capped by the server's limit
