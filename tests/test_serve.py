@@ -250,7 +250,8 @@ MALFORMED: list[tuple[str, bytes | str]] = [
     ("/v1/completions", b'{"prompt": "x", "stop": 5}'),
     ("/v1/completions", b'{"prompt": "x", "stream": "yes"}'),
     ("/v1/completions", b'{"prompt": "x", "logit_bias": {"1": 1000}}'),
-    ("/v1/completions", b'{"prompt": "x", "logprobs": 3}'),
+    ("/v1/completions", b'{"prompt": "x", "logprobs": 6}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2}'),
     ("/v1/completions", b'{"prompt": "x", "suffix": "y"}'),
     ("/v1/completions", b'{"prompt": "x", "stream_options": {"include_usage": 1}}'),
     ("/v1/completions", '{"prompt": "\ud800\udfff\u0000\u202e\U0010ffff", "max_tokens": 1}'.encode("utf-8", "surrogatepass")),
@@ -287,7 +288,8 @@ def test_fuzz_malformed_requests_get_4xx_and_the_server_survives(server):
             max_leaves=8,
         )
         fields = ["prompt", "messages", "max_tokens", "temperature", "top_p", "n", "stop", "seed", "stream", "echo",
-                  "logit_bias", "presence_penalty", "frequency_penalty", "top_k", "model", "user", "best_of"]  # fmt: skip
+                  "logit_bias", "presence_penalty", "frequency_penalty", "top_k", "model", "user", "best_of", "logprobs",
+                  "top_logprobs"]  # fmt: skip
 
         @settings(max_examples=80, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
         @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),

@@ -5,6 +5,7 @@
 
 from gpt2kit.generate.detok import IncrementalDetokenizer
 from gpt2kit.generate.engine import Completion, Engine, TokenEvent, generate
+from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
 
@@ -16,5 +17,6 @@ __all__ = [
     "SamplingParams",
     "StopStringMatcher",
     "TokenEvent",
+    "TokenLogprob",
     "generate",
 ]

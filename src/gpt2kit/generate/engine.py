@@ -39,6 +39,10 @@ Semantics:
   - Each request has its own torch.Generator (seed, or random); sample i of n uses seed + i.
   - Logits are sliced to the real vocabulary (`n_vocab`, 50257), so padded rows of a 50304-wide head are
     never sampled.
+  - `SamplingParams.logprobs = k` puts on each TokenEvent (and in Completion.logprobs) the chosen token's
+    logprob and the top-k alternatives, from the RAW logits (before penalties/temperature/top-k), computed
+    on the device for the asking rows only and carried by the step's one transfer (logprobs.py).
+    `prompt_logprobs = k` scores the prompt with one forward at add time (first event, Completion).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate.content_filter import BannedPhraseFilter, VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.generate.detok import IncrementalDetokenizer
+from gpt2kit.generate.logprobs import TokenLogprob, prompt_logprobs, step_logprobs, unpack_step
 from gpt2kit.generate.sampling import SamplingParams, draw, process_logits
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
@@ -141,6 +146,7 @@ class Engine:
         prompt_indices = list(prompt_indices) if prompt_indices is not None else list(range(n))
         seqs = [self._new_sequence(p, sp, rid, bos, i, pi)
                 for p, sp, rid, i, pi in zip(prompts, params, request_ids, indices, prompt_indices)]  # fmt: skip
+        self._score_prompts(seqs)
         with self._lock:
             free = self.free_slots
             if len(free) < n:
@@ -178,10 +184,10 @@ class Engine:
             active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
             if not active:
                 return []
-            drawn = self._draw(active)  # one host transfer for the whole batch
+            drawn, logprobs = self._draw(active)  # one host transfer for the whole batch
             events = []
-            for (b, s), tok in zip(active, drawn):
-                ev = self._advance(b, s, tok)
+            for (b, s), tok, lp in zip(active, drawn, logprobs):
+                ev = self._advance(b, s, tok, lp)
                 events.append(ev)
                 if ev.finished:
                     self._free(b)
@@ -190,8 +196,8 @@ class Engine:
                 self._decode(go_on)
             return events
 
-    def _draw(self, active: list[tuple[int, _Sequence]]) -> list[int]:
-        # (B, V) logits -> one token per active row. Plain greedy rows share one argmax.
+    def _draw(self, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
+        # (B, V) logits -> one token per active row (and its logprobs where asked). Plain greedy rows share one argmax.
         argmax = None
         toks: list[torch.Tensor] = []
         for b, s in active:
@@ -206,10 +212,33 @@ class Engine:
                 banned = extra if banned is None else torch.cat([banned, extra])
             logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
             toks.append(draw(logits, s.params, s.generator))
-        return torch.stack(toks).tolist()
+        drawn = torch.stack(toks)  # (n,) long, on the device
+        n = len(active)
+        asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
+        if not asked:
+            return drawn.tolist(), [None] * n
+        # Logprobs of the raw logits, for the rows that asked only, packed with the drawn ids so the
+        # step still makes one device->host transfer (ids < 2**24 are exact in float32).
+        m, ks = len(asked), [active[i][1].params.logprobs for i in asked]
+        k = max(ks)
+        ix = torch.tensor(asked + [active[i][0] for i in asked], device=self.device)  # (2m,): positions, rows
+        packed = step_logprobs(self._logits, ix[m:], drawn.index_select(0, ix[:m]), k)  # (m, 1 + 2k)
+        flat = torch.cat([drawn.float(), packed.flatten()]).tolist()
+        tokens = [int(t) for t in flat[:n]]
+        out: list[TokenLogprob | None] = [None] * n
+        for i, rec in zip(asked, unpack_step(flat[n:], [tokens[i] for i in asked], ks, k)):
+            out[i] = rec
+        return tokens, out
 
-    def _advance(self, b: int, s: _Sequence, tok: int) -> TokenEvent:
-        """Apply one drawn token to a sequence: stopping rules, text, counters."""
+    def _advance(self, b: int, s: _Sequence, tok: int, lp: TokenLogprob | None = None) -> TokenEvent:
+        """Apply one drawn token to a sequence: stopping rules, text, counters, logprobs."""
+        ev = self._advance_token(b, s, tok, lp)
+        if not s.started:  # the prompt's logprobs travel with the sequence's first event
+            s.started = True
+            ev.prompt_logprobs = s.prompt_logprobs
+        return ev
+
+    def _advance_token(self, b: int, s: _Sequence, tok: int, lp: TokenLogprob | None) -> TokenEvent:
         p = s.params
         if s.cancelled:
             return self._finish(b, s, FinishReason.CANCELLED, None, token=None)
@@ -219,6 +248,8 @@ class Engine:
             return self._finish(b, s, FinishReason.STOP, tok, token=None)
         s.output.append(tok)
         s.pending = tok
+        if s.logprobs is not None:
+            s.logprobs.append(lp)
         if s.context_counts is not None:
             s.context_counts[tok] += 1
             s.output_counts[tok] += 1
@@ -230,15 +261,16 @@ class Engine:
             emit, hit = s.stop.feed(data)
             text = s.detok.add_bytes(emit)
             if hit is not None:
-                return self._finish(b, s, FinishReason.STOP, hit, token=tok, text=text)
+                return self._finish(b, s, FinishReason.STOP, hit, token=tok, text=text, lp=lp)
         if len(s.output) >= p.max_new_tokens:
-            return self._finish(b, s, FinishReason.LENGTH, None, token=tok, text=text)
+            return self._finish(b, s, FinishReason.LENGTH, None, token=tok, text=text, lp=lp)
         s.text_parts.append(text)
-        return TokenEvent(b, s.request_id, tok, text)
+        return TokenEvent(b, s.request_id, tok, text, logprob=lp)
 
     def _finish(
-        self, b: int, s: _Sequence, reason: FinishReason, stop_reason, *, token: int | None, text: str = ""
-    ) -> TokenEvent:
+        self, b: int, s: _Sequence, reason: FinishReason, stop_reason, *, token: int | None, text: str = "",
+        lp: TokenLogprob | None = None,
+    ) -> TokenEvent:  # fmt: skip
         if s.detok is not None:
             if reason is not FinishReason.STOP or not isinstance(stop_reason, str):
                 text += s.detok.add_bytes(s.stop.flush())  # release bytes held for a stop string that never came
@@ -248,8 +280,9 @@ class Engine:
             request_id=s.request_id, prompt_ids=s.prompt, token_ids=list(s.output),
             text="".join(s.text_parts) if s.detok is not None else None,
             finish_reason=reason, stop_reason=stop_reason, index=s.index, prompt_index=s.prompt_index,
+            logprobs=list(s.logprobs) if s.logprobs is not None else None, prompt_logprobs=s.prompt_logprobs,
         )  # fmt: skip
-        return TokenEvent(b, s.request_id, token, text, True, reason, completion)
+        return TokenEvent(b, s.request_id, token, text, True, reason, completion, logprob=lp)
 
     def _free(self, b: int) -> None:
         if self._slots[b] is not None:
@@ -301,6 +334,23 @@ class Engine:
                     self.cache.reset_row(b)
 
     # ---- request setup ----------------------------------------------------------------------------
+    def _score_prompts(self, seqs: list[_Sequence]) -> None:
+        """Prompt logprobs for the sequences that asked: one uncached forward per distinct prompt."""
+        done: dict[tuple[tuple[int, ...], int], list] = {}
+        for s in seqs:
+            k = s.params.prompt_logprobs
+            if k is None:
+                continue
+            if len(s.prompt) > self.config.n_positions:
+                raise InputError(
+                    f"prompt_logprobs needs the whole prompt in one forward pass, but it has {len(s.prompt)} tokens, "
+                    f"more than the model's context of {self.config.n_positions}. Shorten it or drop prompt_logprobs."
+                )
+            key = (tuple(s.prompt), k)
+            if key not in done:
+                done[key] = prompt_logprobs(self.model, s.prompt, k, self.n_vocab)
+            s.prompt_logprobs = done[key]
+
     def _new_sequence(self, prompt: Sequence[int], p: SamplingParams, request_id: object, bos: bool, index: int,
                       prompt_index: int) -> _Sequence:  # fmt: skip
         if not isinstance(p, SamplingParams):
@@ -345,7 +395,7 @@ class Engine:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(seed)
         s = _Sequence(request_id=request_id, params=p, prompt=ids, generator=gen, context=list(context), index=index,
-                      prompt_index=prompt_index)  # fmt: skip
+                      prompt_index=prompt_index, logprobs=[] if p.logprobs is not None else None)  # fmt: skip
         if self.token_bytes is not None:
             s.stop = StopStringMatcher(p.stop)
             s.detok = IncrementalDetokenizer(self.token_bytes)

@@ -8,6 +8,7 @@ Order, applied to one row of float32 logits (V,) per request (HF / vLLM order):
 Every step is a small pure function `(V,) -> (V,)` that keeps at least one token, so each one can be tested
 on hand-made logits. Parameters are validated once, in `SamplingParams.__post_init__`, with messages that
 say what is wrong and what is allowed. Temperature 0 means greedy (argmax of the penalised, biased logits).
+`logprobs` never changes what is drawn: they are reported from the raw logits (see logprobs.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt2kit.errors import ConfigError
+from gpt2kit.generate.logprobs import MAX_LOGPROBS
 
 
 @dataclass
@@ -53,6 +55,13 @@ class SamplingParams:
     seed: int | None = field(default=None, metadata={"help": "seed of this request's torch.Generator (None = random)"})
     n: int = field(default=1, metadata={"help": "independent samples per prompt (sample i uses seed + i)"})
     sliding_window: bool = field(default=False, metadata={"help": "keep generating past the context by re-reading its last part"})
+    logprobs: int | None = field(
+        default=None,
+        metadata={"help": "report each generated token's logprob and this many top alternatives (0..20; None = off)"},
+    )
+    prompt_logprobs: int | None = field(
+        default=None, metadata={"help": "also report the prompt tokens' logprobs with this many alternatives (0..20)"}
+    )
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ConfigError:
@@ -77,6 +86,14 @@ class SamplingParams:
             raise bad("n", "it must be an integer >= 1")
         if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
             raise bad("seed", "it must be a non-negative integer or None")
+        for name in ("logprobs", "prompt_logprobs"):
+            v = getattr(self, name)
+            if v is not None and (not _is_int(v) or not 0 <= v <= MAX_LOGPROBS):
+                raise bad(
+                    name,
+                    f"it must be an integer in [0, {MAX_LOGPROBS}] (the number of top alternatives; 0 = only "
+                    "the chosen token's logprob), or None to turn it off",
+                )
         if not isinstance(self.logit_bias, dict):
             raise bad("logit_bias", "it must be a dict {token_id: bias}")
         self.logit_bias = {int(k): float(v) for k, v in self.logit_bias.items()}

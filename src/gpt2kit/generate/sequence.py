@@ -8,6 +8,7 @@ import torch
 
 from gpt2kit.generate.content_filter import BannedPhraseFilter
 from gpt2kit.generate.detok import IncrementalDetokenizer
+from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
 
@@ -24,6 +25,10 @@ class Completion:
     stop_reason: str | int | None = None  # the stop string or stop token id that ended it
     index: int = 0  # which of the n samples of its prompt
     prompt_index: int = 0  # which prompt (in generate/stream)
+    # with SamplingParams.logprobs: one record per token of token_ids (raw-distribution logprobs)
+    logprobs: list[TokenLogprob] | None = None
+    # with SamplingParams.prompt_logprobs: one per prompt token, the first None
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
 
 @dataclass
@@ -38,6 +43,8 @@ class TokenEvent:
     finished: bool = False
     finish_reason: FinishReason | None = None
     completion: Completion | None = None
+    logprob: TokenLogprob | None = None  # `token`'s logprob and top alternatives (SamplingParams.logprobs)
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # on a sequence's first event only
 
 
 @dataclass
@@ -61,6 +68,9 @@ class _Sequence:
     context_counts: torch.Tensor | None = None  # (V,) float: prompt + output token counts
     output_counts: torch.Tensor | None = None  # (V,) float: output token counts
     banned: torch.Tensor | None = None  # (n,) long: banned ids from the params
+    logprobs: list[TokenLogprob] | None = None  # per output token, when params.logprobs is set
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # computed at add time, sent with the first event
+    started: bool = False  # whether an event was emitted yet
 
     @property
     def plain_greedy(self) -> bool:

@@ -30,9 +30,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gpt2kit.errors import Gpt2kitError
 from gpt2kit.serve import protocol as P
 from gpt2kit.serve.config import ServeConfig
+from gpt2kit.serve.logprobs import ChoiceLogprobs
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
 from gpt2kit.serve.protocol import GenerationPlan, ProtocolError
-from gpt2kit.serve.worker import Job, QueueFull, RequestTimeout, Worker, WorkerError
+from gpt2kit.serve.worker import Delta, Job, QueueFull, RequestTimeout, Worker, WorkerError
 from gpt2kit.tokenizer import Tokenizer
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -135,11 +136,11 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
         rid, model = P.new_id("cmpl"), config.model_name
         if plan.stream:
             return StreamingResponse(_stream(job, plan, rid, model, chat=False, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
-        texts, reasons, completion_tokens = await _collect(job, request, plan)
+        texts, reasons, completion_tokens, lps = await _collect(job, request, plan)
         if texts is None:
             return Response(status_code=499)  # the client went away; nobody reads this
         metrics.observe_ttft("completions", (job.first_token_at or time.monotonic()) - _mono(t0))
-        choices = [P.completion_choice(i, texts[i], reasons[i]) for i in range(len(texts))]
+        choices = [P.completion_choice(i, texts[i], reasons[i], lps[i].take(always=True) if lps else None) for i in range(len(texts))]
         return JSONResponse(P.completion_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
 
     @app.post("/v1/chat/completions")
@@ -153,26 +154,29 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
         rid, model = P.new_id("chatcmpl"), config.model_name
         if plan.stream:
             return StreamingResponse(_stream(job, plan, rid, model, chat=True, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
-        texts, reasons, completion_tokens = await _collect(job, request, plan, chat=True)
+        texts, reasons, completion_tokens, lps = await _collect(job, request, plan, chat=True)
         if texts is None:
             return Response(status_code=499)
         metrics.observe_ttft("chat", (job.first_token_at or time.monotonic()) - _mono(t0))
-        choices = [P.chat_choice(i, texts[i], reasons[i]) for i in range(len(texts))]
+        choices = [P.chat_choice(i, texts[i], reasons[i], lps[i].take(always=True) if lps else None) for i in range(len(texts))]
         return JSONResponse(P.chat_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
 
     # ---- generation -> responses --------------------------------------------------------------------
     async def _stream(job: Job, plan: GenerationPlan, rid: str, model: str, *, chat: bool, t0: float) -> AsyncIterator[str]:
         created, n_choices, completion_tokens = P.now(), job.n_choices, 0
         lead = _LeadingSpace(n_choices) if chat else None
+        lps = _choice_logprobs(plan, n_choices, chat)
+        echo = [plan.echo[i // plan.params.n] for i in range(n_choices)]  # sent before the choice's first text
         first = True
         try:
             if chat:
                 for i in range(n_choices):
                     yield _sse(P.chat_body(rid, created, model, [P.chat_delta(i, {"role": "assistant", "content": ""}, None)], None, chunk=True))
-            elif any(plan.echo):
+            elif any(echo) and lps is None:  # with logprobs the echo waits for the prompt's logprobs (first delta)
                 for i in range(n_choices):
-                    if plan.echo[i // plan.params.n]:
-                        yield _sse(P.completion_body(rid, created, model, [P.completion_choice(i, plan.echo[i // plan.params.n], None)], None))
+                    if echo[i]:
+                        yield _sse(P.completion_body(rid, created, model, [P.completion_choice(i, echo[i], None)], None))
+                echo = [""] * n_choices
             async for d in job.deltas():
                 if d.token is not None:
                     completion_tokens += 1
@@ -180,14 +184,18 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
                         first = False
                         metrics.observe_ttft("chat" if chat else "completions", time.perf_counter() - t0)
                 reason = _openai_reason(d.finish_reason)
+                lp = _add_logprobs(lps, d, plan)  # this choice's accumulator (None without logprobs)
                 if chat:
                     text = lead.strip(d.index, d.text)
-                    if text:
-                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {"content": text}, None)], None, chunk=True))
+                    if text:  # logprobs of tokens without text yet (held back, stripped) ride on the next chunk
+                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {"content": text}, None, lp and lp.take())],
+                                               None, chunk=True))  # fmt: skip
                     if reason is not None:
-                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {}, reason)], None, chunk=True))
-                elif d.text or reason is not None:
-                    yield _sse(P.completion_body(rid, created, model, [P.completion_choice(d.index, d.text, reason)], None))
+                        yield _sse(P.chat_body(rid, created, model, [P.chat_delta(d.index, {}, reason, lp and lp.take())], None, chunk=True))
+                else:
+                    text, echo[d.index] = echo[d.index] + d.text, ""
+                    if text or reason is not None:
+                        yield _sse(P.completion_body(rid, created, model, [P.completion_choice(d.index, text, reason, lp and lp.take())], None))
             if plan.include_usage:
                 usage = P.usage(plan.prompt_tokens, completion_tokens)
                 body = P.chat_body(rid, created, model, [], usage, chunk=True) if chat else P.completion_body(rid, created, model, [], usage)
@@ -204,9 +212,11 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
         """Gather a non-streaming response, cancelling the job if the client disconnects meanwhile."""
         n = job.n_choices
         texts, reasons, count = [plan.echo[i // plan.params.n] for i in range(n)], [None] * n, [0]
+        lps = _choice_logprobs(plan, n, chat)
 
         async def gather() -> None:
             async for d in job.deltas():
+                _add_logprobs(lps, d, plan)
                 texts[d.index] += d.text
                 count[0] += d.token is not None
                 if d.finish_reason is not None:
@@ -220,7 +230,7 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
                     task.result()  # re-raises RequestTimeout / WorkerError
                     break
                 if await request.is_disconnected():
-                    return None, None, 0
+                    return None, None, 0, None
         finally:
             if not task.done():
                 task.cancel()
@@ -228,7 +238,21 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
                 job.cancel()
         if chat:
             texts = [t.strip() for t in texts]
-        return texts, reasons, count[0]
+        return texts, reasons, count[0], lps
+
+    def _choice_logprobs(plan: GenerationPlan, n: int, chat: bool) -> list[ChoiceLogprobs] | None:
+        return [ChoiceLogprobs(tok, chat) for _ in range(n)] if plan.logprobs is not None else None
+
+    def _add_logprobs(lps: list[ChoiceLogprobs] | None, d: Delta, plan: GenerationPlan) -> ChoiceLogprobs | None:
+        """Feed a delta's logprob records (the echoed prompt's first) to its choice's accumulator."""
+        if lps is None:
+            return None
+        lp = lps[d.index]
+        if d.prompt_logprobs is not None:
+            lp.add_prompt(plan.prompts[d.index // plan.params.n], d.prompt_logprobs)
+        if d.logprob is not None:
+            lp.add(d.logprob)
+        return lp
 
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

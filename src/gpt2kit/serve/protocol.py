@@ -20,10 +20,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpt2kit.errors import InputError
+from gpt2kit.generate.logprobs import MAX_LOGPROBS
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTurn
 from gpt2kit.serve.config import ServeConfig
 from gpt2kit.tokenizer import Tokenizer
+
+MAX_COMPLETION_LOGPROBS = 5  # OpenAI's legacy completions limit (chat's top_logprobs allows MAX_LOGPROBS = 20)
 
 
 class ProtocolError(InputError):
@@ -56,7 +59,8 @@ class StreamOptions(_Strict):
 class _SamplingFields(_Strict):
     """The conversion shared by both endpoints (each declares its own fields, in OpenAI's order)."""
 
-    def sampling_params(self, max_tokens: int, config: ServeConfig, extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    def sampling_params(self, max_tokens: int, config: ServeConfig, extra_stop: tuple[str, ...] = (),
+                        logprobs: int | None = None, prompt_logprobs: int | None = None) -> SamplingParams:  # fmt: skip
         """Range checks with OpenAI's limits, then SamplingParams (the engine's own validation is the backstop)."""
         n = 1 if self.n is None else self.n
         if not 1 <= n <= config.max_n:
@@ -111,6 +115,8 @@ class _SamplingFields(_Strict):
             stop=tuple(dict.fromkeys([*stops, *extra_stop])),
             seed=self.seed,
             n=n,
+            logprobs=logprobs,
+            prompt_logprobs=prompt_logprobs,
         )
 
     @property
@@ -239,14 +245,16 @@ class GenerationPlan:
     prompt_tokens: int  # for usage: the prompts' tokens, each prompt counted once (as vLLM does, whatever n is)
     stream: bool
     include_usage: bool
+    logprobs: int | None = None  # top alternatives per token when the response carries logprobs, else None
 
 
 def plan_completion(req: CompletionRequest, tok: Tokenizer, config: ServeConfig, context: int) -> GenerationPlan:
     """Validate a completion request against the server's limits and tokenize its prompt(s)."""
     if req.suffix:
         raise ProtocolError("suffix is not supported: GPT-2 only continues text (no insertion mode). Remove it.", "suffix")
-    if req.logprobs is not None:
-        raise ProtocolError("logprobs is not supported by this server yet; remove it (or set it to null).", "logprobs")
+    if req.logprobs is not None and not 0 <= req.logprobs <= MAX_COMPLETION_LOGPROBS:
+        raise ProtocolError(f"logprobs={req.logprobs} is out of range: use an integer in [0, {MAX_COMPLETION_LOGPROBS}] (the "
+                            "number of most likely alternatives reported per token), or null.", "logprobs")  # fmt: skip
     n = 1 if req.n is None else req.n
     if req.best_of is not None and req.best_of != n:
         raise ProtocolError(f"best_of={req.best_of} is not supported (only best_of == n); remove it.", "best_of")
@@ -256,15 +264,19 @@ def plan_completion(req: CompletionRequest, tok: Tokenizer, config: ServeConfig,
     max_tokens = config.default_max_tokens if req.max_tokens is None else req.max_tokens
     _check_lengths(prompts, max_tokens, config, context, "max_tokens")
     echo = [t if req.echo else "" for t in texts]
-    params = req.sampling_params(max_tokens, config)
-    return GenerationPlan(prompts, params, echo, sum(map(len, prompts)), bool(req.stream), req.include_usage)
+    params = req.sampling_params(max_tokens, config, logprobs=req.logprobs, prompt_logprobs=req.logprobs if req.echo else None)
+    return GenerationPlan(prompts, params, echo, sum(map(len, prompts)), bool(req.stream), req.include_usage, req.logprobs)
 
 
 def plan_chat(req: ChatCompletionRequest, tok: Tokenizer, config: ServeConfig, context: int,
               template: ChatTemplate = DEFAULT_TEMPLATE) -> GenerationPlan:  # fmt: skip
     """Validate a chat request, render it with the chat template, and tokenize it."""
-    if req.logprobs or req.top_logprobs:
-        raise ProtocolError("logprobs is not supported by this server yet; remove it (or set it to false).", "logprobs")
+    if req.top_logprobs is not None:
+        if not req.logprobs:
+            raise ProtocolError("top_logprobs needs logprobs: set \"logprobs\": true, or remove top_logprobs.", "top_logprobs")
+        if not 0 <= req.top_logprobs <= MAX_LOGPROBS:
+            raise ProtocolError(f"top_logprobs={req.top_logprobs} is out of range: use an integer in [0, {MAX_LOGPROBS}].", "top_logprobs")
+    logprobs = (req.top_logprobs or 0) if req.logprobs else None
     if not req.messages:
         raise ProtocolError("messages is empty: give at least one message, e.g. [{\"role\": \"user\", \"content\": \"Hi\"}].", "messages")
     text = template.render([m.turn() for m in req.messages])
@@ -274,8 +286,8 @@ def plan_chat(req: ChatCompletionRequest, tok: Tokenizer, config: ServeConfig, c
     if limit is None:  # vLLM: whatever fits the context, capped by the server's limit
         limit = max(0, min(config.max_tokens_limit, context - len(prompt)))
     _check_lengths([prompt], limit, config, context, param)
-    params = req.sampling_params(limit, config, extra_stop=template.stop)
-    return GenerationPlan([prompt], params, [""], len(prompt), bool(req.stream), req.include_usage)
+    params = req.sampling_params(limit, config, extra_stop=template.stop, logprobs=logprobs)
+    return GenerationPlan([prompt], params, [""], len(prompt), bool(req.stream), req.include_usage, logprobs)
 
 
 def _tokenize_prompts(prompt: str | list, tok: Tokenizer) -> tuple[list[list[int]], list[str]]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 from gpt2kit.errors import Gpt2kitError, InputError
 from gpt2kit.generate.engine import Engine
+from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
 
 log = logging.getLogger("gpt2kit.serve")
@@ -55,6 +56,8 @@ class Delta:
     text: str
     token: int | None
     finish_reason: str | None = None
+    logprob: TokenLogprob | None = None  # `token`'s logprob, when the request asked for logprobs
+    prompt_logprobs: list[TokenLogprob | None] | None = None  # the prompt's, on the choice's first delta
 
 
 @dataclass
@@ -277,8 +280,8 @@ class Worker:
                 del self._owner[ev.slot]
                 job.slots.discard(ev.slot)
                 self.stats.sequences_finished += 1
-            if ev.text or reason is not None:
-                out.setdefault(job, []).append(Delta(index, ev.text, ev.token, reason))
+            if ev.text or reason is not None or ev.logprob is not None or ev.prompt_logprobs is not None:
+                out.setdefault(job, []).append(Delta(index, ev.text, ev.token, reason, ev.logprob, ev.prompt_logprobs))
         for job, items in out.items():
             job._push(items)
             if not job.slots and not job.waiting:
