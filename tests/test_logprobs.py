@@ -145,6 +145,20 @@ def test_one_host_transfer_per_step_with_logprobs(model, monkeypatch):
         assert [ev.logprob is not None for ev in events] == [True, True, False]
 
 
+@pytest.mark.gpu
+def test_engine_logprobs_on_cuda_match_cpu(model):
+    import copy
+
+    prompt = TOK.encode_ordinary("On a GPU")
+    sp = SamplingParams(max_new_tokens=6, temperature=0, logprobs=5, prompt_logprobs=2, ignore_eos=True)
+    [cpu] = Engine(model, max_batch=2, token_bytes=TABLE).generate([prompt], sp)
+    [gpu] = Engine(copy.deepcopy(model).cuda(), max_batch=2, token_bytes=TABLE).generate([prompt], sp)
+    assert gpu.token_ids == cpu.token_ids
+    for a, b in zip(gpu.logprobs + gpu.prompt_logprobs[1:], cpu.logprobs + cpu.prompt_logprobs[1:]):
+        assert a.token == b.token and a.logprob == pytest.approx(b.logprob, abs=1e-3)
+        assert [t for t, _ in a.top] == [t for t, _ in b.top]
+
+
 def test_logprobs_parameter_is_validated():
     for bad in (-1, 21, True, 2.0):
         with pytest.raises(ConfigError, match="logprobs"):
