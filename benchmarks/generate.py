@@ -17,6 +17,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -92,8 +93,14 @@ def quality(args) -> None:
     files = sorted(glob.glob(os.path.join(args.corpora, "*.txt")))
     text = open(files[0], encoding="utf-8").read()[:20000]
     toks = gpt2kit.Tokenizer().encode_ordinary(text)[: args.quality_tokens + 1]
+    def load(dtype: torch.dtype):
+        if args.model:  # a trained model: the only kind whose perplexity change means something
+            return gpt2kit.from_pretrained(args.model, dtype=dtype)
+        return build(dtype)[1]
+
+    ref_model = load(torch.float32)
+    toks = toks[: ref_model.config.n_positions]
     x = torch.tensor(toks)
-    _, ref_model = build(torch.float32)
     results = {}
     modes = (
         ("fp32", torch.float32, "auto"),
@@ -102,7 +109,7 @@ def quality(args) -> None:
         ("fp32 + int8 weights", torch.float32, "int8"),
     )
     for name, dtype, weights in modes:
-        model = ref_model if dtype == torch.float32 else build(dtype)[1]
+        model = ref_model if dtype == torch.float32 else load(dtype)
         runner = DecodeRunner(model, weights)
         cache = KVCache(model.config, 1, len(toks), dtype=dtype)
         with torch.inference_mode():
@@ -112,7 +119,8 @@ def quality(args) -> None:
         results[name] = torch.cat(logits).float()  # (T, V)
     ref = results["fp32"]
     nll_ref = torch.nn.functional.cross_entropy(ref, x[1:]).item()
-    print(f"quality: {len(toks) - 1} teacher-forced decode steps on {os.path.basename(files[0])}, 124M RANDOM weights; "
+    what = f"model {args.model}" if args.model else "124M RANDOM weights"
+    print(f"quality: {len(toks) - 1} teacher-forced decode steps on {os.path.basename(files[0])}, {what}; "
           f"fp32 logit std {ref.std().item():.4f}")  # fmt: skip
     ref_logp = torch.log_softmax(ref, -1)
     for name, lg in results.items():
@@ -137,7 +145,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quality", action="store_true", help="measure bf16/int8 logit and perplexity change instead")
     ap.add_argument("--quality-tokens", type=int, default=256)
-    ap.add_argument("--corpora", default="/work/shared/corpora")
+    ap.add_argument("--corpora", default=str(Path(__file__).resolve().parents[2] / "shared" / "corpora"))
+    ap.add_argument("--model", default=None, help="--quality: a trained model (e.g. builtin) instead of random weights")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     quality(args) if args.quality else bench(args)
