@@ -39,7 +39,7 @@ def builtin_folder() -> Path:
     weights = folder / WEIGHTS_FILE
     if not (folder / META_FILE).is_file() or not weights.is_file():
         raise ModelNotFoundError(
-            "this gpt2kit has no built-in model yet (it is trained by runs/builtin.sh). "
+            "the built-in model is missing from this installation (its files are made by runs/builtin.sh). "
             "Pass --model gpt2 (OpenAI's GPT-2, downloaded once) or --model PATH to a local model folder."
         )
     h = hashlib.sha256()
