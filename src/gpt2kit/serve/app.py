@@ -127,39 +127,31 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
-        t0 = time.perf_counter()
-        authorize(request)
-        req = P.CompletionRequest.parse(await read_body(request))
-        check_model(req.model)
-        plan = P.plan_completion(req, tok, config, worker.context_len)
-        job = worker.submit(plan.prompts, plan.params)
-        rid, model = P.new_id("cmpl"), config.model_name
-        if plan.stream:
-            return StreamingResponse(_stream(job, plan, rid, model, chat=False, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
-        texts, reasons, completion_tokens, lps = await _collect(job, request, plan)
-        if texts is None:
-            return Response(status_code=499)  # the client went away; nobody reads this
-        metrics.observe_ttft("completions", (job.first_token_at or time.monotonic()) - _mono(t0))
-        choices = [P.completion_choice(i, texts[i], reasons[i], lps[i].take(always=True) if lps else None) for i in range(len(texts))]
-        return JSONResponse(P.completion_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
+        return await _respond(request, chat=False)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
+        return await _respond(request, chat=True)
+
+    async def _respond(request: Request, *, chat: bool) -> Response:
+        """The two generation endpoints differ only in their request model, planner and response shape."""
         t0 = time.perf_counter()
         authorize(request)
-        req = P.ChatCompletionRequest.parse(await read_body(request))
+        body = await read_body(request)
+        req = P.ChatCompletionRequest.parse(body) if chat else P.CompletionRequest.parse(body)
         check_model(req.model)
-        plan = P.plan_chat(req, tok, config, worker.context_len)
+        plan = (P.plan_chat if chat else P.plan_completion)(req, tok, config, worker.context_len)
         job = worker.submit(plan.prompts, plan.params)
-        rid, model = P.new_id("chatcmpl"), config.model_name
+        rid, model = P.new_id("chatcmpl" if chat else "cmpl"), config.model_name
         if plan.stream:
-            return StreamingResponse(_stream(job, plan, rid, model, chat=True, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
-        texts, reasons, completion_tokens, lps = await _collect(job, request, plan, chat=True)
+            return StreamingResponse(_stream(job, plan, rid, model, chat=chat, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
+        texts, reasons, completion_tokens, lps = await _collect(job, request, plan, chat=chat)
         if texts is None:
-            return Response(status_code=499)
-        metrics.observe_ttft("chat", (job.first_token_at or time.monotonic()) - _mono(t0))
-        choices = [P.chat_choice(i, texts[i], reasons[i], lps[i].take(always=True) if lps else None) for i in range(len(texts))]
-        return JSONResponse(P.chat_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
+            return Response(status_code=499)  # the client went away; nobody reads this
+        metrics.observe_ttft("chat" if chat else "completions", (job.first_token_at or time.monotonic()) - _mono(t0))
+        make_choice, make_body = (P.chat_choice, P.chat_body) if chat else (P.completion_choice, P.completion_body)
+        choices = [make_choice(i, texts[i], reasons[i], lps[i].take(always=True) if lps else None) for i in range(len(texts))]
+        return JSONResponse(make_body(rid, P.now(), model, choices, P.usage(plan.prompt_tokens, completion_tokens)))
 
     # ---- generation -> responses --------------------------------------------------------------------
     async def _stream(job: Job, plan: GenerationPlan, rid: str, model: str, *, chat: bool, t0: float) -> AsyncIterator[str]:
