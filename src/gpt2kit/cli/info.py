@@ -15,7 +15,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     import json
 
-    from gpt2kit.inspect import model_report
+    from gpt2kit.model_info import model_report
 
     report = model_report(args.model)
     if args.json:
