@@ -90,8 +90,12 @@ class DecodeRunner:
         self.model = model
         self.weights = weights
         onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        if onednn and dtype in (torch.float32, torch.bfloat16):
-            auto, bf16 = "onednn", "bf16-onednn" if dtype != torch.bfloat16 else "onednn"
+        # oneDNN's bf16 kernels need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on an AVX2-only CPU they refuse to run
+        onednn_bf16 = onednn and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+        if onednn and dtype == torch.float32:
+            auto, bf16 = "onednn", "bf16-onednn" if onednn_bf16 else "bf16"
+        elif onednn_bf16 and dtype == torch.bfloat16:
+            auto = bf16 = "onednn"
         else:
             auto = "t" if dtype == torch.float32 and device.type == "cpu" else "linear"
             bf16 = "bf16" if dtype != torch.bfloat16 else "linear"
