@@ -1,6 +1,7 @@
 """Loading from folders and hub ids, and the errors a user sees when something is wrong."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -70,3 +71,7 @@ def test_save_pretrained_is_loadable_by_autotokenizer_and_in_bf16(tmp_path, tiny
     again = gpt2kit.from_pretrained(out)
     assert torch.equal(again.transformer.wte.weight, model.transformer.wte.weight.to(torch.bfloat16).float())
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*"))  # no temp files left behind
+    umask = os.umask(0)
+    os.umask(umask)
+    for f in out.iterdir():  # a normal file's mode, not mkstemp's 0600 (safetensors recreates the temp file)
+        assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
