@@ -59,7 +59,7 @@ class TrainConfig:
     max_steps: int = _help("optimizer steps to train (the schedule's length)", default=1000)
     max_minutes: float = _help("stop (with a checkpoint) after this many minutes of training; 0 = no time limit", default=0.0)
     fit_to_time: bool = _help(
-        "with max_minutes: after 10 steps, shorten max_steps (the schedule) to what fits in the time budget, so the lr still decays to min_lr; saved, so a resume keeps it",
+        "with max_minutes: after 25 warm-up steps, and again at each eval, set max_steps (the schedule, at most the given max_steps) to what fits in the time budget at the measured rate, so the lr still decays to min_lr; saved, so a resume keeps it",
         default=False,
     )
     lr: float = _help("peak learning rate", default=6e-4)

@@ -155,6 +155,9 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     loss_sum, loss_count, t_log, steps_since_log = torch.zeros((), device=device), 0, time.perf_counter(), 0
     last_loss, val_loss, last_ckpt, stopped_by = None, None, None, "max_steps"
     start_step = step
+    # fit_to_time: fitted once after warm-up, then again at each eval from the recent rate (which changes when
+    # other jobs share the device); the checkpoints save fit_to_time=False, so a resume keeps the schedule.
+    fitting, max_steps_cap, fit_from = cfg.fit_to_time and cfg.max_minutes > 0, cfg.max_steps, None
     while step < cfg.max_steps:
         lr = get_lr(
             step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.schedule
@@ -180,8 +183,11 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_since_log += 1
-        if cfg.fit_to_time and cfg.max_minutes and step == start_step + 10:
-            cfg = _fit_schedule(cfg, step, start_step, t_start, deadline, info, device, say)
+        if fitting and step == start_step + _FIT_FROM:
+            fit_from = (step, time.perf_counter())  # the steps before this one paid for compilation and warm-up
+        if fitting and (step == start_step + _FIT_AT or step > start_step + _FIT_AT and step % cfg.eval_interval == 0):
+            cfg = _fit_schedule(cfg, step, fit_from, max_steps_cap, deadline, info, device, say)
+            fit_from = (step, time.perf_counter())  # the next fit uses the rate since this one (it may change)
         last_step = step == cfg.max_steps
         out_of_time = time.perf_counter() > deadline
         if info.enabled and deadline < math.inf:  # every rank must agree to stop: decide at log steps, together
@@ -249,15 +255,21 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     return TrainResult(step, last_loss, val_loss, best_val if math.isfinite(best_val) else None, last_ckpt, best, stopped_by)
 
 
-def _fit_schedule(cfg: TrainConfig, step, start_step, t_start, deadline, info, device, say) -> TrainConfig:
-    """Shorten max_steps to what the rest of the time budget allows (10 % kept for evals and checkpoints)."""
-    per_step = (time.perf_counter() - t_start) / (step - start_step)
+# fit_to_time first times steps _FIT_FROM.._FIT_AT of the run: the first steps include torch.compile's
+# compilation (tens of seconds on a GPU), which would make the schedule far too short if they were counted.
+_FIT_FROM, _FIT_AT = 5, 25
+
+
+def _fit_schedule(cfg: TrainConfig, step, fit_from, cap, deadline, info, device, say) -> TrainConfig:
+    """Set max_steps (at most `cap`) to what the rest of the time budget allows at the rate measured since
+    fit_from = (step, time); 10 % of the remaining time is kept for evals and checkpoints."""
+    per_step = (time.perf_counter() - fit_from[1]) / max(step - fit_from[0], 1)
     fits = step + int(0.9 * (deadline - time.perf_counter()) / per_step)
     fits = int(D.all_reduce_mean(torch.tensor(float(fits), device=device), info).item())  # the same on every rank
-    new = max(step + 1, min(cfg.max_steps, fits))
+    new = max(step + 1, min(cap, fits))
     warmup = min(cfg.warmup_steps, max(step, new // 10))  # a short run must not end inside its warmup
-    if new != cfg.max_steps:
-        say(f"fit_to_time: {per_step:.2f} s/step, so the schedule is shortened from {cfg.max_steps} to {new} steps"
+    if abs(new - cfg.max_steps) > 0.01 * cfg.max_steps:
+        say(f"fit_to_time: {per_step:.3f} s/step, so the schedule goes from {cfg.max_steps} to {new} steps"
             + (f" (warmup {cfg.warmup_steps} -> {warmup})" if warmup != cfg.warmup_steps else ""))  # fmt: skip
     return dataclasses.replace(cfg, max_steps=new, warmup_steps=warmup, fit_to_time=False)
 
