@@ -21,14 +21,14 @@ import sys
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
+from builtin_sweep import table  # runs/builtin_sweep.py, beside this script
 
 import gpt2kit
 from gpt2kit.atomic import write_text
 from gpt2kit.builtin import META_FILE, WEIGHTS_FILE, builtin_dir
-from gpt2kit.data.shards import find_shards, open_shard
-from gpt2kit.eval.perplexity import score_sequence
+from gpt2kit.data.shards import find_shards, read_header
+from gpt2kit.eval.perplexity import shards_loss
 from gpt2kit.generate import SamplingParams
 from gpt2kit.generate.text import TextGenerator
 from gpt2kit.train.checkpoint import best_checkpoint, latest_checkpoint
@@ -51,15 +51,6 @@ def pick_checkpoint(run: Path, which: str) -> Path:
     return found
 
 
-def val_loss(model, data: Path) -> tuple[float, int]:
-    nll = n = 0
-    for shard in find_shards(data, "val"):
-        ids = np.asarray(open_shard(shard)).astype(np.int64).tolist()
-        s_nll, s_n, _ = score_sequence(model, ids, stride=model.config.n_positions, batch_size=8)
-        nll, n = nll + s_nll, n + s_n
-    return nll / n, n
-
-
 def quote(text: str) -> str:
     """Markdown blockquote, line by line, so the sample is shown exactly as generated."""
     return "\n".join("> " + line for line in text.split("\n"))
@@ -71,6 +62,7 @@ def main() -> None:
     ap.add_argument("data", type=Path)
     ap.add_argument("--checkpoint", choices=["best", "last"], default="best")
     ap.add_argument("--notes", default="", help="what the model card should say about this particular run")
+    ap.add_argument("--sweep-notes", default="", help="what the model card should say about the shape sweep")
     args = ap.parse_args()
     torch.set_num_threads(2)
 
@@ -81,7 +73,7 @@ def main() -> None:
     out = builtin_dir()
     gpt2kit.save_pretrained(model, out, dtype="bfloat16", tokenizer_files=False)
     shipped = gpt2kit.from_pretrained(out)  # evaluate exactly what ships (bf16-rounded weights)
-    loss, n_val = val_loss(shipped, args.data)
+    loss, n_val = shards_loss(shipped, args.data, "val")
     print(f"{ckpt.name}: val loss {loss:.4f} over {n_val:,} tokens (shipped bf16 weights)")
 
     c = shipped.config
@@ -97,7 +89,8 @@ def main() -> None:
         "val_loss": loss,
         "val_perplexity": math.exp(loss),
         "val_tokens": n_val,
-        "train_config": {k: v for k, v in cfg.items() if k not in ("data", "out_dir", "resume")},
+        # the shape inline (the run's model file was a temporary one of the sweep)
+        "train_config": {k: v for k, v in cfg.items() if k not in ("data", "out_dir", "resume")} | {"model": c.to_dict()},
         "date": date.today().isoformat(),
         "sha256": hashlib.sha256((out / WEIGHTS_FILE).read_bytes()).hexdigest(),
     }
@@ -117,9 +110,13 @@ def main() -> None:
     for prompt in GREEDY:
         [comp] = tg.complete([prompt], SamplingParams(max_new_tokens=40, temperature=0.0))
         samples.append(f"**{prompt}** (greedy)\n\n{quote(prompt + comp.text)}")
+    sweep = args.run / "sweep.json"
+    sweep_table = table(json.loads(sweep.read_text())["candidates"]) if sweep.is_file() else "(no sweep.json in the run folder)"
+    train_tokens = sum(read_header(p).n_tokens for p in find_shards(args.data, "train"))
     card = (REPO / "runs" / "MODEL_CARD.template.md").read_text()
     card = card.format(**info, samples="\n\n".join(samples), tokens_seen_m=info["tokens_seen"] / 1e6,
-                       epochs=info["tokens_seen"] / 10_041_891, train_json=json.dumps(info["train_config"], indent=2), shape_ctx=c.n_positions, run_notes=args.notes)  # fmt: skip
+                       epochs=info["tokens_seen"] / train_tokens, train_json=json.dumps(info["train_config"], indent=2), shape_ctx=c.n_positions, run_notes=args.notes,
+                       sweep_table=sweep_table, sweep_notes=args.sweep_notes)  # fmt: skip
     write_text(out / "MODEL_CARD.md", card)
     print(f"shipped {out} ({(out / WEIGHTS_FILE).stat().st_size / 2**20:.1f} MiB), sha256 {info['sha256'][:16]}…")
 

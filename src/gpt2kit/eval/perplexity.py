@@ -165,6 +165,24 @@ def files_perplexity(
     return total
 
 
+def shards_loss(model, data_dir: str | os.PathLike, split: str = "val", batch_size: int = 8) -> tuple[float, int]:
+    """Mean loss (nats/token) and tokens scored over a split of `gpt2kit prepare` shards: each shard (its
+    documents already start with EOT) is one sequence, every token after its first scored once, in
+    non-overlapping windows of the model's context. The protocol of the built-in model's card."""
+    import numpy as np
+
+    from gpt2kit.data.shards import find_shards, open_shard
+
+    nll, n = 0.0, 0
+    for shard in find_shards(data_dir, split):
+        ids = np.asarray(open_shard(shard)).astype(np.int64).tolist()
+        s_nll, s_n, _ = score_sequence(model, ids, stride=model.config.n_positions, batch_size=batch_size)
+        nll, n = nll + s_nll, n + s_n
+    if n == 0:
+        raise DataError(f"no {split} tokens to score in {data_dir} (prepare it with --val-tail, e.g. 0.01).")
+    return nll / n, n
+
+
 def val_perplexity(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None) -> dict:
     """In-training hook: mean next-token loss and perplexity over (x, y) batches from the data loader.
 
