@@ -12,8 +12,8 @@ contract, computed the same way its HFLM does:
 What we do differently is only how fast: requests are sorted by length and batched with right padding
 (a causal model's real positions never see padding to their right, so no attention mask is needed);
 the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs only on the positions that are
-scored; the log-softmax runs in float32 in chunks so a batch never materialises (B, T, V) logits; and
-results stay on the device until the end (no host sync per batch).
+scored, through `LogitHead` (logits in float32, in chunks, into one reused buffer: a batch never
+materialises (B, T, V) logits); and results stay on the device until the end (no host sync per batch).
 
 Text -> token pairs (`encode_pair`) follows lm-eval's TemplateLM: trailing whitespace of the context
 moves to the continuation, the pair is encoded as one string, and the continuation is whatever follows
@@ -30,8 +30,7 @@ import torch
 
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
-
-LOGIT_CHUNK = 2048  # rows of (rows, V) float32 logits computed at once: 2048 x 50257 x 4 B = 412 MB
+from gpt2kit.eval.logit_head import LogitHead
 
 
 @dataclass(frozen=True)
@@ -103,9 +102,10 @@ def score_tokens(
     wrong = torch.empty(n, dtype=torch.float32, device=device)
     bar = _progress(n, desc, progress)
     with eval_mode(model):
+        head = LogitHead(model)
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size]
-            lp, wr = _score_batch(model, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
+            lp, wr = _score_batch(model, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
             where = torch.tensor(idx, device=device)
             logprob[where] = lp
             wrong[where] = wr
@@ -114,7 +114,7 @@ def score_tokens(
     return Scores(logprob=logprob.cpu(), is_greedy=(wrong == 0).cpu(), n_tokens=torch.tensor(n_conts))
 
 
-def _score_batch(model, seqs: list[list[int]], n_conts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_batch(model, head: LogitHead, seqs: list[list[int]], n_conts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
     """One right-padded batch: (summed log-prob (B,), number of non-greedy tokens (B,))."""
     B, T = len(seqs), max(len(s) for s in seqs) - 1
     x = torch.zeros(B, T, dtype=torch.long)  # padding id 0: causal attention keeps it out of real positions
@@ -129,27 +129,11 @@ def _score_batch(model, seqs: list[list[int]], n_conts: list[int], device) -> tu
     x = x.to(device, non_blocking=True)
     h = model.hidden_states(x)  # (B, T, C)
     h = h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (M, C): scored positions only
-    tok_lp, tok_ok = token_logprobs(model, h, torch.tensor(targets, device=device))  # (M,), (M,)
+    tok_lp, tok_ok = head(h, torch.tensor(targets, device=device))  # (M,), (M,)
     owner_t = torch.tensor(owner, device=device)
     lp = torch.zeros(B, dtype=torch.float64, device=device).index_add_(0, owner_t, tok_lp.double())
     wrong = torch.zeros(B, dtype=torch.float32, device=device).index_add_(0, owner_t, (~tok_ok).float())
     return lp, wrong
-
-
-def token_logprobs(model, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Final hidden states (M, C) and next tokens (M,) -> (log p(target) (M,) float32, target is argmax (M,) bool).
-
-    The (M, V) logits are made LOGIT_CHUNK rows at a time, in float32, and dropped after use.
-    """
-    lps, oks = [], []
-    for s in range(0, h.shape[0], LOGIT_CHUNK):
-        logits = model.lm_head(h[s : s + LOGIT_CHUNK]).float()  # (m, V)
-        t = targets[s : s + LOGIT_CHUNK]
-        lps.append(logits.gather(1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1))
-        oks.append(logits.argmax(dim=-1) == t)
-    if not lps:
-        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
-    return torch.cat(lps), torch.cat(oks)
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -158,4 +142,4 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="req", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-__all__ = ["Scores", "encode_pair", "eval_mode", "score_tokens", "token_logprobs"]
+__all__ = ["Scores", "encode_pair", "eval_mode", "score_tokens"]
