@@ -1,12 +1,13 @@
 """Perplexity throughput: gpt2kit's batched sliding windows vs the plain transformers loop, same run.
 
-    python benchmarks/eval.py --tokens 16384 --strides 1024 512 [--dtype float32] [--batch-size 4]
+    python benchmarks/eval.py --tokens 8192 --strides 1024 512 [--dtype float32] [--batch-size 2 4] [--repeat 3]
 
 Both sides evaluate the same GPT-2 124M-shaped random weights (no official weights offline; speed does not
 depend on the values) on the same tokens of ../shared/corpora/austen.txt with the same stride, and must
 give the same perplexity. The transformers side is the loop from its perplexity guide: one window at a
 time, labels with -100 for the context, `outputs.loss`, under torch.no_grad().
-Prints scored tokens/s for each and the speedup.
+The two sides run alternately --repeat times (a shared host's speed drifts by 10-20 % between minutes);
+prints the median scored tokens/s of each and the ratio of the medians.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -53,9 +55,10 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--strides", type=int, nargs="+", default=[1024, 512])
-    ap.add_argument("--batch-size", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, nargs="+", default=[2], help="gpt2kit's windows per forward (several: each is timed)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -69,18 +72,25 @@ def main() -> None:
     tok = gpt2kit.Tokenizer()
     ids = tok.encode_ordinary(CORPUS.read_text(encoding="utf-8")[: args.tokens * 8])[: args.tokens]
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, {args.dtype}, "
-          f"{len(ids)} tokens of {CORPUS.name}, batch {args.batch_size}")  # fmt: skip
+          f"{len(ids)} tokens of {CORPUS.name}, {torch.backends.cpu.get_cpu_capability()}, median of {args.repeat}")  # fmt: skip
     for stride in args.strides:
-        t0 = time.perf_counter()
-        nll_ref, n_ref = transformers_guide_loop(hf, torch.tensor([ids]), 1024, stride)
-        t_ref = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        # same scoring as the guide: no BOS, the first token is context only
-        nll, n, windows = score_sequence(ours, ids, stride=stride, batch_size=args.batch_size)
-        t_ours = time.perf_counter() - t0
-        print(f"stride {stride}: transformers loop {n_ref / t_ref:8.1f} tok/s (ppl {math.exp(nll_ref / n_ref):.4f}, "
-              f"{n_ref} tokens, {t_ref:.1f} s) | gpt2kit {n / t_ours:8.1f} tok/s (ppl {math.exp(nll / n):.4f}, {n} tokens, "
-              f"{windows} windows, {t_ours:.1f} s) | speedup {(n / t_ours) / (n_ref / t_ref):.2f}x")  # fmt: skip
+        ref_rates, rates = [], {b: [] for b in args.batch_size}
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            nll_ref, n_ref = transformers_guide_loop(hf, torch.tensor([ids]), 1024, stride)
+            ref_rates.append(n_ref / (time.perf_counter() - t0))
+            for b in args.batch_size:
+                t0 = time.perf_counter()
+                # same scoring as the guide: no BOS, the first token is context only
+                nll, n, windows = score_sequence(ours, ids, stride=stride, batch_size=b)
+                rates[b].append(n / (time.perf_counter() - t0))
+        ref = statistics.median(ref_rates)
+        print(f"stride {stride}: transformers loop {ref:7.1f} tok/s (ppl {math.exp(nll_ref / n_ref):.4f}, {n_ref} tokens; "
+              f"runs {', '.join(f'{r:.0f}' for r in ref_rates)})")  # fmt: skip
+        for b in args.batch_size:
+            med = statistics.median(rates[b])
+            print(f"  gpt2kit batch {b}: {med:7.1f} tok/s (ppl {math.exp(nll / n):.4f}, {n} tokens, {windows} windows; "
+                  f"runs {', '.join(f'{r:.0f}' for r in rates[b])}) | speedup {med / ref:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -81,6 +81,37 @@ def test_greedy_match_needs_every_token():
     assert s.logprob[1].item() == pytest.approx(lp5 + (lp5 - 3.0))  # log p(6) = log p(5) - 3
 
 
+def test_logit_head_equals_log_softmax_across_chunks_and_padding():
+    from gpt2kit.eval.logit_head import LogitHead
+
+    torch.manual_seed(0)
+    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=1000, n_positions=16, n_embd=32, n_layer=1, n_head=2))  # 1000 % 64 != 0
+    h, t = torch.randn(11, 32), torch.randint(0, 1000, (11,))
+    t[3] = model.lm_head(h[3]).argmax()  # at least one greedy hit
+    logits = model.lm_head(h).double()
+    want = logits.log_softmax(-1).gather(1, t[:, None])[:, 0]
+    head = LogitHead(model, chunk=4)  # 11 rows: chunks of 4, 4, 3 through one reused buffer
+    assert head.weight.shape[0] == 1024
+    with torch.inference_mode():
+        lp, ok = head(h, t)
+    torch.testing.assert_close(lp.double(), want, rtol=0, atol=1e-5)
+    assert ok.tolist() == (logits.argmax(-1) == t).tolist() and ok[3]
+
+
+def test_batches_cap_padded_tokens_on_the_cpu_and_scores_do_not_depend_on_batching():
+    from gpt2kit.eval.loglikelihood import _batches
+
+    assert list(_batches(list(range(7)), [1024, 1024, 1024, 500, 100, 100, 100], 8, 2048)) == [[0, 1], [2, 3], [4, 5, 6]]
+    assert list(_batches([0, 1, 2], [3000, 10, 10], 8, 2048)) == [[0], [1, 2]]  # one long request alone
+    assert list(_batches([0, 1, 2], [3000, 10, 10], 2, None)) == [[0, 1], [2]]
+    torch.manual_seed(0)
+    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2))
+    reqs = [(torch.randint(0, 300, (n,)).tolist(), torch.randint(0, 300, (k,)).tolist()) for n, k in [(60, 4), (5, 2), (30, 30), (1, 1)]]
+    one, many = score_tokens(model, reqs, batch_size=1), score_tokens(model, reqs, batch_size=8)
+    torch.testing.assert_close(one.logprob, many.logprob, rtol=0, atol=1e-4)
+    assert one.is_greedy.tolist() == many.is_greedy.tolist()
+
+
 # ---- malformed data files ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "content, match",

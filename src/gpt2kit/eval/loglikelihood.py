@@ -32,6 +32,12 @@ from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
 
+# On the CPU a batch holds at most this many padded input tokens. Measured on the 2-core AVX2 machine (124M,
+# 1024-token windows, benchmarks/eval.py): 2 windows a batch 390 tok/s, 4 windows 372, 8 windows 389 at stride
+# 1024 and 271 / 251 / 246 at stride 512; past ~2048 tokens the (B*T, 3072) MLP activations outgrow glibc's
+# 32 MB mmap threshold, so each one is a fresh mapping that page-faults in, and bigger matmuls gain nothing.
+CPU_BATCH_TOKENS = 2048
+
 
 @dataclass(frozen=True)
 class Scores:
@@ -103,8 +109,8 @@ def score_tokens(
     bar = _progress(n, desc, progress)
     with eval_mode(model):
         head = LogitHead(model)
-        for start in range(0, n, batch_size):
-            idx = order[start : start + batch_size]
+        cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
+        for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
             lp, wr = _score_batch(model, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
             where = torch.tensor(idx, device=device)
             logprob[where] = lp
@@ -112,6 +118,16 @@ def score_tokens(
             bar.update(len(idx))
     bar.close()
     return Scores(logprob=logprob.cpu(), is_greedy=(wrong == 0).cpu(), n_tokens=torch.tensor(n_conts))
+
+
+def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
+    """Consecutive runs of `order` (longest first) of at most batch_size requests and, with max_tokens, at
+    most max_tokens padded input tokens (a single longer request still makes a batch of its own)."""
+    start = 0
+    while start < len(order):
+        size = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(lengths[start], 1)))
+        yield order[start : start + size]
+        start += size
 
 
 def _score_batch(model, head: LogitHead, seqs: list[list[int]], n_conts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
