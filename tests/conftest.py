@@ -14,7 +14,8 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-CORPORA = SHARED / "corpora"
+# GPT2KIT_CORPORA points elsewhere where ../shared does not travel (the lent GPU machine gets the repo alone)
+CORPORA = Path(os.environ.get("GPT2KIT_CORPORA", SHARED / "corpora"))
 
 
 def pytest_collection_modifyitems(config, items):
@@ -28,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def corpora_dir() -> Path:
     if not CORPORA.is_dir():
-        pytest.fail(f"the shared corpora are missing: expected {CORPORA} (beside the repo root)")
+        pytest.fail(f"the shared corpora are missing: expected {CORPORA} (beside the repo root, or set GPT2KIT_CORPORA)")
     return CORPORA
 
 
