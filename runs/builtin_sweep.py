@@ -30,7 +30,6 @@ import torch
 
 import gpt2kit
 from gpt2kit.config import GPTConfig
-from gpt2kit.data.shards import find_shards, read_header
 from gpt2kit.eval.perplexity import shards_loss
 from gpt2kit.train.checkpoint import best_checkpoint, list_checkpoints, read_meta
 
@@ -54,7 +53,7 @@ def bf16_bytes(cfg: GPTConfig) -> int:
         return 2 * gpt2kit.GPT(cfg).num_params()
 
 
-def train_command(args, name: str, model_json: Path, run_dir: Path, minutes: float, compile_: str, extra) -> list[str]:
+def train_command(args, model_json: Path, run_dir: Path, minutes: float, compile_: str, extra) -> list[str]:
     return [sys.executable, "-m", "gpt2kit.cli", "train", "--config", str(args.config), "--data", str(args.data),
             "--model", str(model_json), "--out-dir", str(run_dir), "--max-minutes", f"{minutes:.3f}", *extra,
             "--compile", compile_]  # fmt: skip
@@ -81,7 +80,7 @@ def train_all(args, specs: list[str], extra: list[str]) -> dict[str, Path]:
         model_json.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         runs[name] = run_dir
         procs[name] = (
-            launch(train_command(args, name, model_json, run_dir, args.minutes, "auto", extra), run_dir / "train.log"),
+            launch(train_command(args, model_json, run_dir, args.minutes, "auto", extra), run_dir / "train.log"),
             model_json,
         )
         print(f"[sweep] started {name}: {cfg.n_layer} x {cfg.n_embd}, {cfg.n_head} heads, dropout {cfg.dropout}", flush=True)
@@ -100,7 +99,7 @@ def train_all(args, specs: list[str], extra: list[str]) -> dict[str, Path]:
                 run_dir = args.out / eager
                 run_dir.mkdir(parents=True, exist_ok=True)
                 runs[name] = run_dir
-                cmd = train_command(args, eager, model_json, run_dir, left - 0.5, "off", extra)
+                cmd = train_command(args, model_json, run_dir, left - 0.5, "off", extra)
                 procs[eager] = (launch(cmd, run_dir / "train.log"), model_json)
                 print(f"[sweep] rerunning {name} uncompiled for {left - 0.5:.1f} min in {run_dir}", flush=True)
     return runs
@@ -108,7 +107,7 @@ def train_all(args, specs: list[str], extra: list[str]) -> dict[str, Path]:
 
 def score(args, runs: dict[str, Path]) -> list[dict]:
     device = torch.device(args.device)
-    train_tokens = sum(read_header(p).n_tokens for p in find_shards(args.data, "train"))
+    train_tokens = json.loads((args.data / "meta.json").read_text())["train"]["tokens"]  # written by `gpt2kit prepare`
     rows = []
     for name, run_dir in runs.items():
         best = best_checkpoint(run_dir / "checkpoints")

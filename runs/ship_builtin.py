@@ -27,7 +27,6 @@ from builtin_sweep import table  # runs/builtin_sweep.py, beside this script
 import gpt2kit
 from gpt2kit.atomic import write_text
 from gpt2kit.builtin import META_FILE, WEIGHTS_FILE, builtin_dir
-from gpt2kit.data.shards import find_shards, read_header
 from gpt2kit.eval.perplexity import shards_loss
 from gpt2kit.generate import SamplingParams
 from gpt2kit.generate.text import TextGenerator
@@ -112,7 +111,7 @@ def main() -> None:
         samples.append(f"**{prompt}** (greedy)\n\n{quote(prompt + comp.text)}")
     sweep = args.run / "sweep.json"
     sweep_table = table(json.loads(sweep.read_text())["candidates"]) if sweep.is_file() else "(no sweep.json in the run folder)"
-    train_tokens = sum(read_header(p).n_tokens for p in find_shards(args.data, "train"))
+    train_tokens = json.loads((args.data / "meta.json").read_text())["train"]["tokens"]  # written by `gpt2kit prepare`
     card = (REPO / "runs" / "MODEL_CARD.template.md").read_text()
     card = card.format(**info, samples="\n\n".join(samples), tokens_seen_m=info["tokens_seen"] / 1e6,
                        epochs=info["tokens_seen"] / train_tokens, train_json=json.dumps(info["train_config"], indent=2), shape_ctx=c.n_positions, run_notes=args.notes,

@@ -54,3 +54,10 @@ def enable_tf32() -> None:
     """TF32 matmuls on Ampere+ GPUs: ~8x faster than fp32 for training, the precision GPT-2 training tolerates."""
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs oneDNN's bf16 kernels natively (AVX-512 BW/VL/DQ, AVX-NE-CONVERT or AMX). On an
+    AVX2-only CPU bf16 matmuls are emulated (slower than fp32) and oneDNN's packed bf16 linear refuses to run."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return bool(check is not None and torch.backends.mkldnn.is_available() and check())

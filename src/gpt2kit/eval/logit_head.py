@@ -36,7 +36,7 @@ class LogitHead:
             padded[: self.vocab] = w
             w = padded
         self.weight = w  # (Vp, C)
-        self.model = model
+        self.lm_head = model.lm_head
         self._buf: torch.Tensor | None = None
 
     def __call__(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,5 +65,5 @@ class LogitHead:
         return target - (top + logits.sum(dim=-1).log()), argmax == t
 
     def _plain(self, h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model.lm_head(h).float()  # (m, V)
+        logits = self.lm_head(h).float()  # (m, V)
         return logits.gather(1, t[:, None])[:, 0] - torch.logsumexp(logits, dim=-1), logits.argmax(dim=-1) == t

@@ -30,6 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from gpt2kit.device import cpu_has_bf16
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
@@ -90,8 +91,7 @@ class DecodeRunner:
         self.model = model
         self.weights = weights
         onednn = device.type == "cpu" and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-        # oneDNN's bf16 kernels need AVX-512 (BW/VL/DQ) or AVX-NE-CONVERT; on an AVX2-only CPU they refuse to run
-        onednn_bf16 = onednn and getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)()
+        onednn_bf16 = onednn and cpu_has_bf16()  # on an AVX2-only CPU oneDNN's bf16 kernels refuse to run
         if onednn and dtype == torch.float32:
             auto, bf16 = "onednn", "bf16-onednn" if onednn_bf16 else "bf16"
         elif onednn_bf16 and dtype == torch.bfloat16:
