@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -68,7 +69,7 @@ def test_greedy_match_needs_every_token():
                 self.lm_head.weight.zero_()
                 self.lm_head.weight[5, 0] = 1.0
 
-        def hidden_states(self, idx, kv_cache=None, attention_mask=None):
+        def hidden_states(self, idx, kv_cache=None, attention_mask=None, scratch=None):
             h = torch.zeros(*idx.shape, 4)
             h[..., 0] = 3.0
             return h
@@ -81,21 +82,38 @@ def test_greedy_match_needs_every_token():
     assert s.logprob[1].item() == pytest.approx(lp5 + (lp5 - 3.0))  # log p(6) = log p(5) - 3
 
 
-def test_logit_head_equals_log_softmax_across_chunks_and_padding():
+@pytest.mark.parametrize("blocked", [True, False])
+def test_logit_head_equals_log_softmax_across_chunks_and_blocks(blocked):
     from gpt2kit.eval.logit_head import LogitHead
 
     torch.manual_seed(0)
-    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=1000, n_positions=16, n_embd=32, n_layer=1, n_head=2))  # 1000 % 64 != 0
+    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=1000, n_positions=16, n_embd=32, n_layer=1, n_head=2))
     h, t = torch.randn(11, 32), torch.randint(0, 1000, (11,))
     t[3] = model.lm_head(h[3]).argmax()  # at least one greedy hit
+    t[4], t[5] = 255, 999  # the last column of a block, and of the ragged last block
     logits = model.lm_head(h).double()
     want = logits.log_softmax(-1).gather(1, t[:, None])[:, 0]
-    head = LogitHead(model, chunk=4)  # 11 rows: chunks of 4, 4, 3 through one reused buffer
-    assert head.weight.shape[0] == 1024
+    head = LogitHead(model, chunk=4, block=256)  # rows in chunks of 4, 4, 3; vocabulary in 256, 256, 256, 232
+    head.blocked = blocked  # the CPU float32 path, or the plain one GPUs and bf16 take
     with torch.inference_mode():
         lp, ok = head(h, t)
     torch.testing.assert_close(lp.double(), want, rtol=0, atol=1e-5)
     assert ok.tolist() == (logits.argmax(-1) == t).tolist() and ok[3]
+
+
+def test_logit_head_argmax_tie_across_blocks_keeps_the_first_index():
+    from gpt2kit.eval.logit_head import LogitHead
+
+    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=600, n_positions=16, n_embd=8, n_layer=1, n_head=2))
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[[10, 20, 300, 599], 0] = 5.0  # the same top logit twice in block 0, in blocks 1 and 2
+    h = torch.zeros(4, 8)
+    h[:, 0] = 1.0
+    with torch.inference_mode():
+        lp, ok = LogitHead(model, block=256)(h, torch.tensor([10, 20, 300, 599]))
+    assert ok.tolist() == [True, False, False, False]  # torch.argmax's first occurrence
+    assert torch.allclose(lp, torch.full((4,), 5 - math.log(4 * math.exp(5) + 596)))
 
 
 def test_batches_cap_padded_tokens_on_the_cpu_and_scores_do_not_depend_on_batching():

@@ -110,3 +110,35 @@ def test_random_init_statistics():
     assert abs(model.transformer.h[0].mlp.c_fc.weight.std().item() - 0.02) < 2e-3
     assert abs(model.transformer.h[0].attn.c_proj.weight.std().item() - 0.02 / (2 * 4) ** 0.5) < 1e-3
     assert model.transformer.h[0].attn.c_attn.bias.abs().sum() == 0
+
+
+def test_cpu_inference_inplace_path_matches_autograd_path(tiny_hf_dir, monkeypatch):
+    """Under no-grad on the CPU, Block.forward_inplace runs instead of Block.forward: same logits, weights untouched."""
+    model = gpt2kit.from_pretrained(tiny_hf_dir).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.randint(0, 50257, (3, 17), generator=torch.Generator().manual_seed(5))
+    reference, _ = model(idx)  # grad enabled: the module path
+    calls = []
+    real = gpt2kit.model.gpt.Block.forward_inplace
+    monkeypatch.setattr(gpt2kit.model.gpt.Block, "forward_inplace", lambda self, x, bufs: calls.append(1) or real(self, x, bufs))
+    with torch.inference_mode():
+        fast, _ = model(idx)
+        fast_again, _ = model(idx)
+    assert len(calls) == 2 * model.config.n_layer
+    assert (fast - reference).abs().max().item() <= 1e-5
+    assert torch.equal(fast, fast_again)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.train()  # training mode (dropout) never takes it
+    with torch.no_grad():
+        model(idx)
+    assert len(calls) == 2 * model.config.n_layer
+
+
+def test_inplace_gelu_is_gpt2s_tanh_gelu():
+    from gpt2kit.model.gpt import _gelu_tanh_
+
+    x = torch.cat([torch.linspace(-30, 30, 6001), torch.randn(10000) * 3, torch.tensor([0.0, -0.0, 1e4, -1e4])])
+    h = x.clone()
+    _gelu_tanh_(h, torch.empty_like(h))
+    want = transformers.activations.NewGELUActivation()(x.double())  # the formula GPT-2's "gelu_new" names
+    torch.testing.assert_close(h.double(), want, rtol=1e-6, atol=1e-6)

@@ -109,9 +109,10 @@ def score_tokens(
     bar = _progress(n, desc, progress)
     with eval_mode(model):
         head = LogitHead(model)
+        scratch: dict[str, torch.Tensor] = {}  # the model's activation buffers, kept across batches
         cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
         for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
-            lp, wr = _score_batch(model, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
+            lp, wr = _score_batch(model, head, scratch, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
             where = torch.tensor(idx, device=device)
             logprob[where] = lp
             wrong[where] = wr
@@ -130,7 +131,9 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: 
         start += size
 
 
-def _score_batch(model, head: LogitHead, seqs: list[list[int]], n_conts: list[int], device) -> tuple[torch.Tensor, torch.Tensor]:
+def _score_batch(
+    model, head: LogitHead, scratch: dict[str, torch.Tensor], seqs: list[list[int]], n_conts: list[int], device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One right-padded batch: (summed log-prob (B,), number of non-greedy tokens (B,))."""
     B, T = len(seqs), max(len(s) for s in seqs) - 1
     x = torch.zeros(B, T, dtype=torch.long)  # padding id 0: causal attention keeps it out of real positions
@@ -143,7 +146,7 @@ def _score_batch(model, head: LogitHead, seqs: list[list[int]], n_conts: list[in
         targets += s[L + 1 - k :]
         owner += [b] * k
     x = x.to(device, non_blocking=True)
-    h = model.hidden_states(x)  # (B, T, C)
+    h = model.hidden_states(x, scratch=scratch)  # (B, T, C)
     h = h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (M, C): scored positions only
     tok_lp, tok_ok = head(h, torch.tensor(targets, device=device))  # (M,), (M,)
     owner_t = torch.tensor(owner, device=device)

@@ -79,6 +79,52 @@ class Block(nn.Module):
         x = x + self.attn(self.ln_1(x), layer, kv_cache, plan)
         return x + self.mlp(self.ln_2(x))
 
+    def forward_inplace(self, x: torch.Tensor, bufs: dict[str, torch.Tensor]) -> None:
+        """x (B, T, C) += this block's update, in place: `forward`'s math for inference without a cache,
+        mask or dropout, with the allocations taken out. The residual adds ride on the output projections'
+        GEMMs (x += y @ W^T with beta = 1, then + bias), c_attn and c_fc write into `bufs` (reused by every
+        layer, and by every forward of a caller that passes `scratch`) and the GELU runs in place. On the CPU each fresh multi-MB activation is
+        a new mapping that page-faults in: for 124M on 2 x 1024 tokens (2-core AVX2 machine) this path
+        takes a forward from ~148k to ~12k page faults and ~7 % less time. Same values up to float rounding."""
+        B, T, C = x.shape
+        x2 = x.view(B * T, C)  # (BT, C), aliases x
+        attn, mlp = self.attn, self.mlp
+        qkv = _linear_into(attn.c_attn, self.ln_1(x2), bufs, "qkv")  # (BT, 3C)
+        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in qkv.view(B, T, 3 * C).split(C, dim=2))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B * T, C)  # (BT, C)
+        x2.addmm_(y, attn.c_proj.weight.t()).add_(attn.c_proj.bias)
+        h = _linear_into(mlp.c_fc, self.ln_2(x2), bufs, "fc")  # (BT, 4C)
+        _gelu_tanh_(h, _scratch(bufs, "gelu", h.shape, h))
+        x2.addmm_(h, mlp.c_proj.weight.t()).add_(mlp.c_proj.bias)
+
+
+_GELU_2C = 2 * math.sqrt(2 / math.pi)
+
+
+def _gelu_tanh_(h: torch.Tensor, z: torch.Tensor) -> None:
+    """GPT-2's tanh GELU in place, through the identity 0.5 x (1 + tanh(u)) = x sigmoid(2u) with
+    u = sqrt(2/pi) (x + 0.044715 x^3); z (same shape) is scratch. PyTorch's vectorised sigmoid is ~4x
+    faster than its tanh on AVX2, so this runs in 10.5 ms against 15.3 for `gelu_(approximate="tanh")` on
+    (2048, 3072) (2-core AVX2 machine); the values agree to 5e-7."""
+    torch.addcmul(h.new_tensor(_GELU_2C), h, h, value=_GELU_2C * 0.044715, out=z)  # 2c + 2c 0.044715 x^2
+    h.mul_(z.mul_(h).sigmoid_())  # x sigmoid(2u)
+
+
+def _scratch(bufs: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
+    """A `shape` tensor (like's dtype and device) from the front of bufs[key], grown when too small."""
+    n = math.prod(shape)
+    buf = bufs.get(key)
+    if buf is None or buf.numel() < n or buf.dtype != like.dtype:
+        buf = bufs[key] = like.new_empty(n)
+    return buf[:n].view(shape)
+
+
+def _linear_into(linear: nn.Linear, a: torch.Tensor, bufs: dict[str, torch.Tensor], key: str) -> torch.Tensor:
+    """linear(a) for a (M, in), written into a buffer from bufs[key] -> (M, out)."""
+    out = _scratch(bufs, key, (a.shape[0], linear.out_features), a)
+    return torch.addmm(linear.bias, a, linear.weight.t(), out=out)
+
 
 class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
@@ -124,12 +170,16 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        scratch: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> final hidden states after ln_f (B, T, C).
 
         kv_cache: continue from (and append to) the cached keys/values; positions continue per row.
         attention_mask: (B, T) with 1 for real tokens and 0 for left padding: padded tokens are
             neither attended to nor counted in positions, so each row computes what it would alone.
+        scratch: a dict the caller keeps across many forwards (e.g. an evaluation loop): the CPU
+            inference path (Block.forward_inplace) keeps its activation buffers there instead of
+            allocating them for every call. The result never aliases it.
         """
         self._check_input(idx, kv_cache)
         B, T = idx.shape
@@ -144,9 +194,24 @@ class GPT(nn.Module):
             position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
-        for layer, block in enumerate(self.transformer.h):
-            x = block(x, layer, kv_cache, plan)
+        if plan is None and self._inplace_ok(x):
+            bufs = {} if scratch is None else scratch
+            for block in self.transformer.h:
+                block.forward_inplace(x, bufs)  # x is this call's own tensor (the embedding sum above)
+        else:
+            for layer, block in enumerate(self.transformer.h):
+                x = block(x, layer, kv_cache, plan)
         return self.transformer.ln_f(x)  # (B, T, C)
+
+    def _inplace_ok(self, x: torch.Tensor) -> bool:
+        """Block.forward_inplace applies: CPU inference (no autograd, no dropout, no autocast, not traced)."""
+        return (
+            x.device.type == "cpu"
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling()
+        )
 
     def forward(
         self,
