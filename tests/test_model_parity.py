@@ -132,6 +132,23 @@ def test_cpu_inference_inplace_path_matches_autograd_path(tiny_hf_dir, monkeypat
     with torch.no_grad():
         model(idx)
     assert len(calls) == 2 * model.config.n_layer
+    model.eval()  # nor a model whose blocks have hooks (FSDP unshards parameters in one), which it would skip
+    seen = []
+    model.transformer.h[0].register_forward_pre_hook(lambda module, args: seen.append(1))
+    with torch.inference_mode():
+        hooked, _ = model(idx)
+    assert len(calls) == 2 * model.config.n_layer and seen == [1]
+    assert (hooked - reference).abs().max().item() <= 1e-5
+
+
+def test_cpu_inference_inplace_path_in_bfloat16(tiny_hf_dir):
+    model = gpt2kit.from_pretrained(tiny_hf_dir, dtype=torch.bfloat16).eval()
+    idx = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(6))
+    reference, _ = model(idx)  # grad enabled: the module path
+    with torch.inference_mode():
+        fast, _ = model(idx)
+    assert fast.dtype == torch.bfloat16
+    assert (fast.float() - reference.float()).abs().max().item() <= 0.05 * reference.float().abs().max().item()
 
 
 def test_inplace_gelu_is_gpt2s_tanh_gelu():

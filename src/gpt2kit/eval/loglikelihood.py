@@ -11,9 +11,11 @@ contract, computed the same way its HFLM does:
 
 What we do differently is only how fast: requests are sorted by length and batched with right padding
 (a causal model's real positions never see padding to their right, so no attention mask is needed);
-the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs only on the positions that are
-scored, through `LogitHead` (logits in float32, in chunks, into one reused buffer: a batch never
-materialises (B, T, V) logits); and results stay on the device until the end (no host sync per batch).
+the model runs its in-place inference forward with activation buffers kept across batches (`scratch`,
+see `Block.forward_inplace`); the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs
+only on the positions that are scored, through `LogitHead` (on the CPU: vocabulary blocks and an online
+log-sum-exp, so a batch never materialises (B, T, V) logits); and results stay on the device until the
+end (no host sync per batch).
 
 Text -> token pairs (`encode_pair`) follows lm-eval's TemplateLM: trailing whitespace of the context
 moves to the continuation, the pair is encoded as one string, and the continuation is whatever follows
@@ -32,10 +34,10 @@ from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
 
-# On the CPU a batch holds at most this many padded input tokens. Measured on the 2-core AVX2 machine (124M,
-# 1024-token windows, benchmarks/eval.py): 2 windows a batch 390 tok/s, 4 windows 372, 8 windows 389 at stride
-# 1024 and 271 / 251 / 246 at stride 512; past ~2048 tokens the (B*T, 3072) MLP activations outgrow glibc's
-# 32 MB mmap threshold, so each one is a fresh mapping that page-faults in, and bigger matmuls gain nothing.
+# On the CPU a batch holds at most this many padded input tokens. The model's activation buffers are kept
+# across batches (`scratch`), and at 2048 rows its matrix products already run at this CPU's fp32 rate
+# (2-core AVX2 machine: 125-138 GFLOP/s for M = 2048, no better at 4096 or 8192); bigger batches only
+# add the fresh multi-MB LayerNorm and attention outputs that glibc maps (and page-faults in) per call.
 CPU_BATCH_TOKENS = 2048
 
 

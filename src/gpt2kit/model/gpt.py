@@ -95,7 +95,10 @@ class Block(nn.Module):
         y = y.transpose(1, 2).reshape(B * T, C)  # (BT, C)
         x2.addmm_(y, attn.c_proj.weight.t()).add_(attn.c_proj.bias)
         h = _linear_into(mlp.c_fc, self.ln_2(x2), bufs, "fc")  # (BT, 4C)
-        _gelu_tanh_(h, _scratch(bufs, "gelu", h.shape, h))
+        if h.dtype == torch.float32:
+            _gelu_tanh_(h, _scratch(bufs, "gelu", h.shape, h))
+        else:  # bf16/fp16: the fused kernel computes in float32, the identity's steps would round in between
+            torch._C._nn.gelu_(h, approximate="tanh")
         x2.addmm_(h, mlp.c_proj.weight.t()).add_(mlp.c_proj.bias)
 
 
@@ -204,13 +207,16 @@ class GPT(nn.Module):
         return self.transformer.ln_f(x)  # (B, T, C)
 
     def _inplace_ok(self, x: torch.Tensor) -> bool:
-        """Block.forward_inplace applies: CPU inference (no autograd, no dropout, no autocast, not traced)."""
+        """Block.forward_inplace applies: CPU inference (no autograd, no dropout, no autocast, not traced),
+        and no block has forward hooks (it calls the blocks' parameters directly, so hooks would not run:
+        FSDP's unsharding is one)."""
         return (
             x.device.type == "cpu"
             and not self.training
             and not torch.is_grad_enabled()
             and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
+            and not any(b._forward_pre_hooks or b._forward_hooks for b in self.transformer.h)
         )
 
     def forward(
