@@ -36,10 +36,7 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         # x: (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)  # 3 x (B, T, C)
-        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        q, k, v = self.split_heads(self.c_attn(x))  # 3 x (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
@@ -50,6 +47,11 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """c_attn's output (B, T, 3C) -> q, k, v, each a (B, nh, T, hs) view of it."""
+        B, T, _ = qkv.shape
+        return tuple(t.view(B, T, self.n_head, self.n_embd // self.n_head).transpose(1, 2) for t in qkv.split(self.n_embd, dim=2))
 
 
 class MLP(nn.Module):
@@ -91,7 +93,7 @@ class Block(nn.Module):
         x2 = x.view(B * T, C)  # (BT, C), aliases x
         attn, mlp = self.attn, self.mlp
         qkv = _linear_into(attn.c_attn, self.ln_1(x2), bufs, "qkv")  # (BT, 3C)
-        q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in qkv.view(B, T, 3 * C).split(C, dim=2))
+        q, k, v = attn.split_heads(qkv.view(B, T, 3 * C))  # 3 x (B, nh, T, hs)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
         y = y.transpose(1, 2).reshape(B * T, C)  # (BT, C)
         x2.addmm_(y, attn.c_proj.weight.t()).add_(attn.c_proj.bias)
