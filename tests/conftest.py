@@ -42,9 +42,33 @@ def save_hf_gpt2(folder: Path, seed: int = 0, **config) -> Path:
     torch.manual_seed(seed)
     cfg = transformers.GPT2Config(**{"n_layer": 2, "n_embd": 64, "n_head": 4, "n_positions": 128, **config})
     model = transformers.GPT2LMHeadModel(cfg).eval()
+    perturb_(model)
     model.save_pretrained(folder)
     write_hf_tokenizer_files(Path(folder))
     return Path(folder)
+
+
+def perturb_(model: torch.nn.Module, scale: float = 0.1, seed: int = 1234) -> torch.nn.Module:
+    """Give every bias a non-zero value and every LayerNorm a non-identity scale, in place.
+
+    Fresh GPT-2 inits (ours and transformers') have zero biases and identity LayerNorms, and then a kernel
+    that drops a bias or a LayerNorm that is skipped computes the same numbers: test models must not."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                p.add_(torch.randn(p.shape, generator=g) * scale)
+            elif ("ln_" in name or "ln_f" in name) and name.endswith(".weight"):
+                p.mul_(1 + torch.randn(p.shape, generator=g) * scale)
+    return model
+
+
+def tiny_gpt(seed: int = 0, **config):
+    """A random-weight GPT (ours) in eval mode, biases and LayerNorms perturbed (see perturb_)."""
+    from gpt2kit import GPT, GPTConfig
+
+    torch.manual_seed(seed)
+    return perturb_(GPT(GPTConfig(**config)), seed=seed + 1234).eval()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,8 @@ import threading
 import pytest
 import torch
 
-from gpt2kit import GPT, GPTConfig, Tokenizer
+from conftest import tiny_gpt
+from gpt2kit import Tokenizer
 from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate import Engine, FinishReason, SamplingParams, generate
 from gpt2kit.generate.decode import DecodeRunner
@@ -23,7 +24,7 @@ EOT = TOK.eot_token
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return GPT(GPTConfig(n_layer=2, n_embd=32, n_head=4, n_positions=64)).eval()
+    return tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=64)
 
 
 class ScriptedRunner:
@@ -241,7 +242,7 @@ def test_sliding_window_generates_past_the_context(tiny):
 
 def test_sliding_window_past_1024_tokens():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=1, n_embd=16, n_head=2)).eval()  # n_positions 1024
+    model = tiny_gpt(n_layer=1, n_embd=16, n_head=2)  # n_positions 1024
     p = SamplingParams(max_new_tokens=1100, temperature=0, ignore_eos=True, sliding_window=True)
     c = generate(model, [[EOT]], p)[0]
     assert len(c.token_ids) == 1100
@@ -272,7 +273,7 @@ def test_bad_inputs_give_clear_errors(tiny):
 
 def test_padded_vocab_rows_are_never_sampled():
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=1, n_embd=16, n_head=2, vocab_size=50304, n_positions=32)).eval()
+    model = tiny_gpt(n_layer=1, n_embd=16, n_head=2, vocab_size=50304, n_positions=32)
     with torch.no_grad():
         model.transformer.wte.weight[50257:] = 10.0  # make the padding rows the most likely by far
     eng = Engine(model, token_bytes=TABLE)

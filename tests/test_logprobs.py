@@ -11,7 +11,8 @@ import httpx
 import pytest
 import torch
 
-from gpt2kit import GPT, GPTConfig, Tokenizer
+from conftest import tiny_gpt
+from gpt2kit import GPT, Tokenizer
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine, SamplingParams
 from gpt2kit.serve.background import BackgroundServer
@@ -31,7 +32,7 @@ BY_BYTES = {b: i for i, b in enumerate(TABLE)}
 @pytest.fixture(scope="module")
 def model() -> GPT:
     torch.manual_seed(0)
-    m = GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)).eval()
+    m = tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128)
     with torch.no_grad():
         m.transformer.wte.weight.normal_(0.0, 0.2)  # peaked distributions (the head is tied to wte)
     return m

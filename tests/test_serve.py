@@ -17,7 +17,8 @@ import httpx
 import pytest
 import torch
 
-from gpt2kit import GPT, GPTConfig, Tokenizer
+from conftest import tiny_gpt
+from gpt2kit import GPT, Tokenizer
 from gpt2kit.serve.background import BackgroundServer
 from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTurn
 from gpt2kit.serve.config import ServeConfig
@@ -30,7 +31,7 @@ MODEL = "tiny-gpt2"
 
 def tiny_model(seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)).eval()
+    return tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128)
 
 
 @pytest.fixture(scope="module")

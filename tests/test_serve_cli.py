@@ -11,7 +11,8 @@ import time
 import httpx
 import torch
 
-from gpt2kit import GPT, GPTConfig, save_pretrained
+from conftest import tiny_gpt
+from gpt2kit import save_pretrained
 
 
 def free_port() -> int:
@@ -22,7 +23,7 @@ def free_port() -> int:
 
 def test_cli_serves_a_model_folder(tmp_path):
     torch.manual_seed(0)
-    folder = save_pretrained(GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)), tmp_path / "tiny")
+    folder = save_pretrained(tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128), tmp_path / "tiny")
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GPT2KIT_API_KEY": "sk-cli"}
     cmd = [sys.executable, "-m", "gpt2kit.cli", "serve", "--model", str(folder), "--device", "cpu", "--port", str(port),

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from gpt2kit import GPT, GPTConfig
+from conftest import tiny_gpt
 from gpt2kit.serve.background import BackgroundServer
 from gpt2kit.serve.config import ServeConfig
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromiu
 def page():
     sync_api = pytest.importorskip("playwright.sync_api", reason="needs the playwright Python package (pip install playwright)")
     torch.manual_seed(0)
-    model = GPT(GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)).eval()
+    model = tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128)
     server = BackgroundServer(model, ServeConfig(port=0, api_key=KEY, model_name="tiny-gpt2", max_tokens_limit=100))
     step = server.worker.engine.step
 
