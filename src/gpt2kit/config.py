@@ -36,6 +36,11 @@ class GPTConfig:
     n_inner: int | None = field(default=None, metadata={"help": "MLP hidden width; None means 4 * n_embd"})
     dropout: float = field(default=0.0, metadata={"help": "dropout on embeddings, attention and residual branches (training only)"})
     layer_norm_eps: float = field(default=1e-5, metadata={"help": "LayerNorm epsilon (GPT-2 uses 1e-5)"})
+    n_vocab: int | None = field(
+        default=None,
+        metadata={"help": "real tokens when vocab_size is padded for aligned matmuls (50257 in a 50304-row head): "
+                          "rows beyond are left out of the softmax, never sampled, dropped on export; None = vocab_size"},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
@@ -50,6 +55,8 @@ class GPTConfig:
             )
         if self.n_inner is not None and (not isinstance(self.n_inner, int) or self.n_inner <= 0):
             raise ConfigError(f"GPTConfig.n_inner must be a positive integer or None, got {self.n_inner!r}.")
+        if self.n_vocab is not None and (not isinstance(self.n_vocab, int) or not 0 < self.n_vocab <= self.vocab_size):
+            raise ConfigError(f"GPTConfig.n_vocab must be None or an integer in [1, vocab_size={self.vocab_size}], got {self.n_vocab!r}.")
         if not (0.0 <= float(self.dropout) < 1.0):
             raise ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}.")
         if not (float(self.layer_norm_eps) > 0.0):
@@ -60,6 +67,11 @@ class GPTConfig:
     def head_dim(self) -> int:
         """hs: the width of one attention head."""
         return self.n_embd // self.n_head
+
+    @property
+    def real_vocab_size(self) -> int:
+        """Token ids the model can see and predict: n_vocab, or vocab_size when the head is not padded."""
+        return self.vocab_size if self.n_vocab is None else self.n_vocab
 
     @property
     def mlp_dim(self) -> int:

@@ -26,6 +26,7 @@ from gpt2kit.device import resolve_device, resolve_dtype
 from gpt2kit.errors import CheckpointError, ModelNotFoundError
 from gpt2kit.model.convert import from_hf_state_dict, to_hf_state_dict
 from gpt2kit.model.gpt import GPT
+from gpt2kit.model.vocab_pad import unpadded
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
@@ -65,6 +66,11 @@ def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
 
 
 def _check_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file() and (folder / "adapter_config.json").is_file():
+        raise ModelNotFoundError(
+            f"{folder} is a LoRA adapter, not a model: pass its base model as --model and this folder as --adapter "
+            "(or make a plain model folder with `gpt2kit merge --model BASE --adapter DIR --out OUT`)."
+        )
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(
             f"{folder} has no config.json: a model folder needs config.json and model.safetensors "
@@ -133,9 +139,11 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
 def save_pretrained(
     model: GPT, folder: str | os.PathLike, dtype: str | torch.dtype | None = None, tokenizer_files: bool = True
 ) -> Path:
-    """Write `model` as a Hugging Face GPT-2 folder; every file is written atomically."""
+    """Write `model` as a Hugging Face GPT-2 folder; every file is written atomically. A model trained with a
+    padded vocabulary is written at its real size (config.n_vocab rows)."""
     from safetensors.torch import save_file
 
+    model = unpadded(model)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = to_hf_state_dict(model.state_dict())
