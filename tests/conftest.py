@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random GPT-2s saved by transformers, paths to the shared corpora."""
+"""Shared fixtures: tiny random GPT-2s saved by transformers, excerpts of the corpora, the whole corpora."""
 
 from __future__ import annotations
 
@@ -8,28 +8,50 @@ from pathlib import Path
 import pytest
 import torch
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the network
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# The suite never reads the user's environment: a key, a server address or a torchrun rank set in the shell
+# would change what the code under test does (GPT2KIT_API_KEY turned two server tests into 401s).
+# Cleared at import, before any test or the subprocesses they start can see them.
+_KEEP = {"GPT2KIT_CORPORA"}
+for _name in [n for n in os.environ if n not in _KEEP and n.startswith(("GPT2KIT_", "OPENAI_"))]:
+    del os.environ[_name]
+for _name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID"):
+    os.environ.pop(_name, None)
+os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-# GPT2KIT_CORPORA points elsewhere where ../shared does not travel (the lent GPU machine gets the repo alone)
-CORPORA = Path(os.environ.get("GPT2KIT_CORPORA", SHARED / "corpora"))
+# Small public-domain excerpts shipped with the repo (tests/fixtures/README.md): what the suite reads.
+EXCERPTS = REPO / "tests" / "fixtures" / "corpora"
+# The whole corpora (41 MB), for the tests marked `corpora` only. GPT2KIT_CORPORA points elsewhere where
+# ../shared does not travel (the lent GPU machine gets the repo alone).
+CORPORA = Path(os.environ.get("GPT2KIT_CORPORA", REPO.parent / "shared" / "corpora"))
+CORPORA_MISSING = f"needs the whole corpora: none at {CORPORA} (set GPT2KIT_CORPORA to run it)"
 
 
 def pytest_collection_modifyitems(config, items):
-    if not torch.cuda.is_available():
-        skip = pytest.mark.skip(reason="needs a CUDA GPU")
-        for item in items:
-            if "gpu" in item.keywords:
-                item.add_marker(skip)
+    no_gpu = None if torch.cuda.is_available() else pytest.mark.skip(reason="needs a CUDA GPU")
+    no_corpora = None if CORPORA.is_dir() else pytest.mark.skip(reason=CORPORA_MISSING)
+    for item in items:
+        if "corpora_dir" in getattr(item, "fixturenames", ()) and "corpora" not in item.keywords:
+            raise pytest.UsageError(f"{item.nodeid} reads the whole corpora: mark it @pytest.mark.corpora")
+        if no_gpu and "gpu" in item.keywords:
+            item.add_marker(no_gpu)
+        if no_corpora and "corpora" in item.keywords:
+            item.add_marker(no_corpora)
+
+
+@pytest.fixture(scope="session")
+def excerpts_dir() -> Path:
+    """tests/fixtures/corpora: the first 22-80 KB of each corpus file, same names."""
+    return EXCERPTS
 
 
 @pytest.fixture(scope="session")
 def corpora_dir() -> Path:
+    """The whole corpora; only for tests marked `corpora` (skipped where the corpora are absent)."""
     if not CORPORA.is_dir():
-        pytest.fail(f"the shared corpora are missing: expected {CORPORA} (beside the repo root, or set GPT2KIT_CORPORA)")
+        pytest.skip(CORPORA_MISSING)
     return CORPORA
 
 

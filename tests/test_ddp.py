@@ -43,11 +43,11 @@ ARGS = [
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, corpora_dir):
+def data(tmp_path_factory, excerpts_dir):
     from gpt2kit.tokenizer import Tokenizer
 
     root = tmp_path_factory.mktemp("ddp-data")
-    ids = Tokenizer().encode_ordinary((corpora_dir / "kjv.txt").read_text(encoding="utf-8")[:60_000])
+    ids = Tokenizer().encode_ordinary((excerpts_dir / "kjv.txt").read_text(encoding="utf-8"))
     write_shard(root / "train_000000.bin", np.array(ids[:-2000], dtype=np.uint16))
     write_shard(root / "val_000000.bin", np.array(ids[-2000:], dtype=np.uint16))
     return root

@@ -25,7 +25,7 @@ def _instances(kind, args_list):
     return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args_list)]
 
 
-def test_registered_and_matches_hflm(folder, corpora_dir):
+def test_registered_and_matches_hflm(folder, excerpts_dir):
     from lm_eval.api.registry import get_model
     from lm_eval.models.huggingface import HFLM
 
@@ -40,7 +40,7 @@ def test_registered_and_matches_hflm(folder, corpora_dir):
     want = ref.loglikelihood(_instances("loglikelihood", pairs), disable_tqdm=True)
     assert [g for _, g in got] == [g for _, g in want]
     assert [ll for ll, _ in got] == pytest.approx([ll for ll, _ in want], rel=1e-4, abs=1e-4)
-    text = (corpora_dir / "milton.txt").read_text(encoding="utf-8")[:1500]  # several 64-token windows
+    text = (excerpts_dir / "milton.txt").read_text(encoding="utf-8")[:1500]  # several 64-token windows
     docs = [(text,), (text[:100],)]
     got_r = ours.loglikelihood_rolling(_instances("loglikelihood_rolling", docs), disable_tqdm=True)
     want_r = ref.loglikelihood_rolling(_instances("loglikelihood_rolling", docs), disable_tqdm=True)

@@ -25,8 +25,8 @@ def pair(tiny_hf_dir):
 
 
 @pytest.fixture(scope="module")
-def text(corpora_dir):
-    return (corpora_dir / "austen.txt").read_text(encoding="utf-8")[:6000]
+def text(excerpts_dir):
+    return (excerpts_dir / "austen.txt").read_text(encoding="utf-8")[:6000]
 
 
 def reference_nll(ref, seq: list[int], max_len: int, stride: int) -> tuple[float, int]:

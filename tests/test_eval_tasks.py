@@ -218,11 +218,11 @@ def tiny_folder(tmp_path_factory):
                                    tmp_path_factory.mktemp("cli_tiny"))  # fmt: skip
 
 
-def test_cli_perplexity_on_shared_corpora(tiny_folder, corpora_dir, tmp_path, capsys):
+def test_cli_perplexity_on_corpus_excerpts(tiny_folder, excerpts_dir, tmp_path, capsys):
     from gpt2kit.cli.__main__ import main
 
     out = tmp_path / "ppl.json"
-    rc = main(["eval", "perplexity", "--model", str(tiny_folder), "--data", str(corpora_dir), "--limit", "3000",
+    rc = main(["eval", "perplexity", "--model", str(tiny_folder), "--data", str(excerpts_dir), "--limit", "3000",
                "--stride", "64", "--batch-size", "8", "--device", "cpu", "-o", str(out)])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0

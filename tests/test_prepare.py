@@ -22,13 +22,23 @@ def ref():
     )
 
 
+def _assert_chunks_encode_as_the_whole(text, size, ref, name):
+    chunks = chunk_text(text, size)
+    assert len(chunks) > 10 and "".join(chunks) == text, name
+    assert [i for c in chunks for i in ref.encode_ordinary(c)] == ref.encode_ordinary(text), name
+
+
+def test_chunked_encoding_equals_whole_text_on_every_excerpt(excerpts_dir, ref):
+    files = sorted(excerpts_dir.glob("*.txt"))
+    assert len(files) == 7
+    for path in files:
+        _assert_chunks_encode_as_the_whole(path.read_text(encoding="utf-8"), 1024, ref, path.name)
+
+
+@pytest.mark.corpora
 def test_chunked_encoding_equals_whole_text_on_every_corpus(corpora_dir, ref):
     for path in sorted(corpora_dir.glob("*.txt")):
-        text = path.read_text(encoding="utf-8")[:300_000]
-        chunks = chunk_text(text, 4096)
-        assert len(chunks) > 10 and "".join(chunks) == text
-        ids = [i for c in chunks for i in ref.encode_ordinary(c)]
-        assert ids == ref.encode_ordinary(text), path.name
+        _assert_chunks_encode_as_the_whole(path.read_text(encoding="utf-8")[:300_000], 4096, ref, path.name)
 
 
 def test_chunk_cuts_tricky_whitespace(ref):
@@ -42,11 +52,11 @@ def _read(out, split):
     return np.concatenate([open_shard(p) for p in find_shards(out, split)]).tolist()
 
 
-def test_prepare_text_and_jsonl_with_val_tail(tmp_path, corpora_dir, ref):
+def test_prepare_text_and_jsonl_with_val_tail(tmp_path, excerpts_dir, ref):
     src = tmp_path / "src"
     src.mkdir()
-    a = (corpora_dir / "austen.txt").read_text(encoding="utf-8")[:400_000]
-    b = (corpora_dir / "kjv.txt").read_text(encoding="utf-8")[:200_000]
+    a = (excerpts_dir / "austen.txt").read_text(encoding="utf-8")  # 80 KB
+    b = (excerpts_dir / "kjv.txt").read_text(encoding="utf-8")  # 61 KB, long paragraphs (a chapter each)
     (src / "a.txt").write_text(a, encoding="utf-8")
     (src / "b.txt").write_text(b, encoding="utf-8")
     records = [{"text": f"record {i}: " + "word " * (i % 7)} for i in range(200)]
@@ -54,7 +64,8 @@ def test_prepare_text_and_jsonl_with_val_tail(tmp_path, corpora_dir, ref):
     s = prepare([src], tmp_path / "out", val_tail=0.1, workers=2, progress=False)
     train, val = _read(tmp_path / "out", "train"), _read(tmp_path / "out", "val")
     ca, cb = tail_cut(a, 0.1), tail_cut(b, 0.1)
-    assert abs(len(a) - ca - 40_000) < 2_000 and a[ca - 1] == "\n"  # cut at a paragraph near 10 %
+    assert abs(len(a) - ca - len(a) // 10) < 1_000 and a[ca - 1] == "\n"  # cut at a paragraph near 10 %
+    assert abs(len(b) - cb - len(b) // 10) < 1_000 and b[cb] == " "  # no paragraph near: before a space
     want_train = [EOT, *ref.encode_ordinary(a[:ca]), EOT, *ref.encode_ordinary(b[:cb])]
     want_val = [EOT, *ref.encode_ordinary(a[ca:]), EOT, *ref.encode_ordinary(b[cb:])]
     for r in records[:180]:

@@ -72,6 +72,20 @@ def test_endoftext_policy():
     assert tok.eot_token == 50256 and tok.n_vocab == 50257
 
 
+def test_corpus_excerpts_match_transformers_and_reference(excerpts_dir):
+    files = sorted(excerpts_dir.glob("*.txt"))
+    assert len(files) == 7
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        ids = tok.encode_ordinary(text)
+        assert ids == reference().encode(text), path.name
+        assert ids == hf_tokenizer()(text)["input_ids"], path.name
+        assert tok.decode(ids) == text
+
+
+@pytest.mark.corpora
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_whole_corpora_match_transformers_and_reference(corpora_dir):
     files = sorted(corpora_dir.glob("*.txt"))
     assert len(files) >= 7

@@ -21,12 +21,12 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, corpora_dir):
+def shards(tmp_path_factory, excerpts_dir):
     root = tmp_path_factory.mktemp("e2e")
     src = root / "text"
     src.mkdir()
     for name in ("austen.txt", "shakespeare.txt"):
-        (src / name).write_text((corpora_dir / name).read_text(encoding="utf-8")[:250_000], encoding="utf-8")
+        shutil.copy(excerpts_dir / name, src / name)
     assert main(["prepare", str(src), "--out", str(root / "data"), "--val-tail", "0.05", "--workers", "2", "--no-progress"]) == 0
     return root / "data"
 

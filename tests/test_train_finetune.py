@@ -78,9 +78,9 @@ def test_finetune_a_transformers_model_and_load_it_back(tiny_hf_dir, tmp_path, c
     assert json.loads((final / "meta.json").read_text())["data_kind"] == "prompt-completion"
 
 
-def test_finetune_on_plain_text_prepares_it_with_a_val_tail(tiny_hf_dir, tmp_path, corpora_dir, capsys):
+def test_finetune_on_plain_text_prepares_it_with_a_val_tail(tiny_hf_dir, tmp_path, excerpts_dir, capsys):
     text = tmp_path / "milton.txt"
-    text.write_text((corpora_dir / "milton.txt").read_text(encoding="utf-8")[:60_000], encoding="utf-8")
+    text.write_text((excerpts_dir / "milton.txt").read_text(encoding="utf-8"), encoding="utf-8")
     out = tmp_path / "ft"
     argv = ["finetune", "--model", str(tiny_hf_dir), "--data", str(text), "--out-dir", str(out), "--max-steps", "6",
             "--eval-interval", "3", "--block-size", "32", "--micro-batch", "4", "--sample-tokens", "0", "--threads", "1"]  # fmt: skip

@@ -9,10 +9,10 @@ from gpt2kit.train.metrics import read_metrics
 
 
 @pytest.mark.gpu
-def test_cuda_bf16_compiled_run_learns_and_resumes(tmp_path, corpora_dir):
+def test_cuda_bf16_compiled_run_learns_and_resumes(tmp_path, excerpts_dir):
     from gpt2kit.tokenizer import Tokenizer
 
-    ids = Tokenizer().encode_ordinary((corpora_dir / "austen.txt").read_text(encoding="utf-8")[:400_000])
+    ids = Tokenizer().encode_ordinary((excerpts_dir / "austen.txt").read_text(encoding="utf-8"))
     write_shard(tmp_path / "train_000000.bin", np.array(ids[:-5000], dtype=np.uint16))
     write_shard(tmp_path / "val_000000.bin", np.array(ids[-5000:], dtype=np.uint16))
     cfg = dict(data=str(tmp_path), out_dir=str(tmp_path / "out"), model="tiny", block_size=128, micro_batch=16, max_steps=60,
