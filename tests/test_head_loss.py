@@ -194,3 +194,28 @@ def test_padded_model_forward_loss_equals_the_unpadded_one():
     padded = pad_vocab(model, 64)
     x = torch.randint(0, 300, (2, 8), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(padded(x, x)[1], model(x, x)[1], rtol=1e-5, atol=1e-6)
+
+
+def test_training_with_a_padded_vocabulary_saves_and_resumes_at_the_real_size(tmp_path):
+    import json
+
+    import numpy as np
+    from safetensors import safe_open
+
+    from gpt2kit.data.shards import write_shard
+    from gpt2kit.train import TrainConfig, train
+
+    ids = np.random.default_rng(0).integers(0, 50257, 6000).astype(np.uint16)
+    write_shard(tmp_path / "data" / "train_000000.bin", ids[:5000])
+    write_shard(tmp_path / "data" / "val_000000.bin", ids[5000:])
+    kw = dict(data=str(tmp_path / "data"), out_dir=str(tmp_path / "run"), model="tiny", block_size=16, micro_batch=2,
+              eval_interval=2, eval_batches=1, sample_tokens=2, log_interval=1, pad_vocab=64, threads=1, warmup_steps=1)  # fmt: skip
+    train(TrainConfig(max_steps=2, **kw), log=lambda *_: None)
+    step2 = tmp_path / "run" / "checkpoints" / "step_000002"
+    with safe_open(step2 / "model.safetensors", "pt") as f:
+        assert f.get_slice("transformer.wte.weight").get_shape() == [50257, 64]  # exported at the real size
+    assert json.loads((step2 / "config.json").read_text())["vocab_size"] == 50257
+    moments = torch.load(step2 / "optimizer.pt", weights_only=False)["optimizer"]["state"]
+    assert max(s["exp_avg"].shape[0] for s in moments.values() if s["exp_avg"].dim() == 2) == 50304  # padded, for resume
+    result = train(TrainConfig(max_steps=4, resume=True, **kw), log=lambda *_: None)  # re-pads, loads the padded moments
+    assert result.step == 4

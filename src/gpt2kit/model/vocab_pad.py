@@ -13,7 +13,10 @@ model:
 
 from __future__ import annotations
 
+import copy
+
 import torch
+import torch.nn as nn
 
 from gpt2kit.model.gpt import GPT
 
@@ -21,7 +24,8 @@ from gpt2kit.model.gpt import GPT
 def pad_vocab(model: GPT, multiple: int) -> GPT:
     """The same model with wte/lm_head rows rounded up to a multiple of `multiple` (new rows zero).
 
-    Returns `model` itself when nothing changes. The result lives on the model's device, in its mode."""
+    Returns `model` itself when nothing changes; otherwise a shallow copy that shares every other module
+    with `model` (train the copy, not both)."""
     cfg = model.config
     real = cfg.real_vocab_size
     rows = -(-real // multiple) * multiple
@@ -45,13 +49,16 @@ def unpadded(model: GPT) -> GPT:
 
 
 def _rebuild(model: GPT, config, wte: torch.Tensor) -> GPT:
-    """A GPT of `config` holding model's tensors, with `wte` (tied to lm_head) as its token embedding."""
-    with torch.device("meta"):
-        shell = GPT(config)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
-    state["transformer.wte.weight"] = state["lm_head.weight"] = wte
-    shell.load_state_dict(state, assign=True)
-    shell.lm_head.weight = shell.transformer.wte.weight  # tied again: one (V, C) Parameter
-    for p, q in zip(shell.parameters(), model.parameters()):
-        p.requires_grad_(q.requires_grad)
-    return shell.train(model.training)
+    """A shallow copy of `model` (the same blocks, wpe and ln_f modules, adapters and all) with `config` and
+    a new token embedding holding `wte`, tied to a new lm_head."""
+    V, C = wte.shape
+    emb = nn.Embedding(V, C, device="meta")
+    emb.weight = nn.Parameter(wte, requires_grad=model.transformer.wte.weight.requires_grad)
+    head = nn.Linear(C, V, bias=False, device="meta")
+    head.weight = emb.weight  # tied: one (V, C) Parameter embeds and unembeds
+    transformer = copy.copy(model.transformer)  # copy.copy shares the _modules dict: give each copy its own
+    transformer._modules = dict(model.transformer._modules, wte=emb)
+    new = copy.copy(model)
+    new._modules = dict(model._modules, transformer=transformer, lm_head=head)
+    new.config = config
+    return new

@@ -76,6 +76,12 @@ class TrainConfig:
         "auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto"
     )
     compile: str = _help("torch.compile the model: auto (on for CUDA), on, off", default="auto")
+    pad_vocab: int = _help(
+        "round the token embedding/head rows up to a multiple of this for evenly tiled GPU matmuls (64: 50257 -> 50304); "
+        "the padded rows start at zero, are left out of the softmax and dropped from checkpoints, so the loss is the "
+        "unpadded model's; 0 = off",
+        default=0,
+    )
     fsdp: bool = _help(
         "shard parameters/optimizer state with FSDP2 fully_shard (torchrun, CUDA) for models that don't fit", default=False
     )
@@ -104,7 +110,8 @@ class TrainConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 raise ConfigError(f"TrainConfig.{name} must be a positive integer, got {v!r}.")
-        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop", "threads", "eval_hellaswag_limit"):
+        for name in ("block_size", "batch_tokens", "warmup_steps", "sample_tokens", "early_stop", "threads", "eval_hellaswag_limit",
+                     "pad_vocab"):  # fmt: skip
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ConfigError(f"TrainConfig.{name} must be a non-negative integer, got {v!r}.")

@@ -30,6 +30,7 @@ import torch
 from gpt2kit.device import cpu_has_bf16, enable_tf32, resolve_device, resolve_dtype, seed_everything
 from gpt2kit.errors import ConfigError, Gpt2kitError
 from gpt2kit.model import GPT
+from gpt2kit.model.vocab_pad import pad_vocab, unpadded
 from gpt2kit.train import checkpoint as ckpt
 from gpt2kit.train import distributed as D
 from gpt2kit.train.config import TrainConfig
@@ -85,6 +86,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
     seed_everything(cfg.seed)  # same init on every rank
     meta = ckpt.read_meta(resume_from) if resume_from else None
     model = _load_model(cfg, resume_from or cfg.init_from)
+    if cfg.pad_vocab:  # before the optimizer: its moments (and a resumed optimizer state) have the padded shape
+        model = pad_vocab(model, cfg.pad_vocab)
     model.to(device).train()
     T = cfg.block_size or model.config.n_positions
     if T > model.config.n_positions:
@@ -232,7 +235,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
                 say(f"step {step:>6} | val loss {val_loss:.4f}{' (best)' if improved else ''}")
                 if logger:
                     logger.log("val", step, loss=val_loss)
-            extra = _run_hooks(model, eval_hooks, device, autocast) if info.is_main and not fsdp else {}
+            extra = _run_hooks(unpadded(model), eval_hooks, device, autocast) if info.is_main and not fsdp else {}
             if logger and extra:
                 logger.log("eval", step, **extra)
             if tokenizer is not None:
