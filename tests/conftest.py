@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ for _name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_AD
     os.environ.pop(_name, None)
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# measured kernel choices go to a folder of this run, never the user's ~/.cache (model/kernels.py)
+os.environ["GPT2KIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpt2kit-test-cache-")
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,8 +11,7 @@ contract, computed the same way its HFLM does:
 
 What we do differently is only how fast: requests are sorted by length and batched with right padding
 (a causal model's real positions never see padding to their right, so no attention mask is needed);
-the model runs its in-place inference forward with activation buffers kept across batches (`scratch`,
-see `Block.forward_inplace`); the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs
+the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs
 only on the positions that are scored, through `LogitHead` (on the CPU: vocabulary blocks and an online
 log-sum-exp, so a batch never materialises (B, T, V) logits); and results stay on the device until the
 end (no host sync per batch).
@@ -34,10 +33,9 @@ from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
 
-# On the CPU a batch holds at most this many padded input tokens. The model's activation buffers are kept
-# across batches (`scratch`), and at 2048 rows its matrix products already run at this CPU's fp32 rate
-# (2-core AVX2 machine: 125-138 GFLOP/s for M = 2048, no better at 4096 or 8192); bigger batches only
-# add the fresh multi-MB LayerNorm and attention outputs that glibc maps (and page-faults in) per call.
+# On the CPU a batch holds at most this many padded input tokens: at 2048 rows the matrix products already
+# run at the CPU's fp32 rate, and bigger batches only add fresh multi-MB activations that glibc maps (and
+# page-faults in) per call.
 CPU_BATCH_TOKENS = 2048
 
 
@@ -111,10 +109,9 @@ def score_tokens(
     bar = _progress(n, desc, progress)
     with eval_mode(model):
         head = LogitHead(model)
-        scratch: dict[str, torch.Tensor] = {}  # the model's activation buffers, kept across batches
         cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
         for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
-            lp, wr = _score_batch(model, head, scratch, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
+            lp, wr = _score_batch(model, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
             where = torch.tensor(idx, device=device)
             logprob[where] = lp
             wrong[where] = wr
@@ -134,7 +131,7 @@ def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: 
 
 
 def _score_batch(
-    model, head: LogitHead, scratch: dict[str, torch.Tensor], seqs: list[list[int]], n_conts: list[int], device
+    model, head: LogitHead, seqs: list[list[int]], n_conts: list[int], device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One right-padded batch: (summed log-prob (B,), number of non-greedy tokens (B,))."""
     B, T = len(seqs), max(len(s) for s in seqs) - 1
@@ -148,7 +145,7 @@ def _score_batch(
         targets += s[L + 1 - k :]
         owner += [b] * k
     x = x.to(device, non_blocking=True)
-    h = model.hidden_states(x, scratch=scratch)  # (B, T, C)
+    h = model.hidden_states(x)  # (B, T, C)
     h = h[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (M, C): scored positions only
     tok_lp, tok_ok = head(h, torch.tensor(targets, device=device))  # (M,), (M,)
     owner_t = torch.tensor(owner, device=device)

@@ -102,7 +102,7 @@ class Engine:
         self.eot_id = eot_id
         self.max_batch = max_batch
         self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.dtype)
-        self.runner = DecodeRunner(model, weights)
+        self.runner = DecodeRunner(model, weights, batch=max_batch)
         self._logits = torch.zeros(max_batch, self.n_vocab, device=self.device, dtype=torch.float32)  # (B, V)
         self._slots: list[_Sequence | None] = [None] * max_batch
         self._vocab_index: VocabIndex | None = None

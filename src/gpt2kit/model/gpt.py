@@ -10,7 +10,9 @@ Shapes: B batch, T new tokens, K attended key columns, C = n_embd, nh heads, hs 
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -30,6 +32,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.resid_dropout = nn.Dropout(config.dropout)
+        self.record: list[torch.Tensor] | None = None  # set by record_attention: each forward appends its probabilities
 
     def forward(
         self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None
@@ -38,15 +41,31 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.split_heads(self.c_attn(x))  # 3 x (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
+        mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
-            y = F.scaled_dot_product_attention(q, k.to(q.dtype), v.to(q.dtype), attn_mask=plan.attn_mask, dropout_p=dropout_p)
-        elif plan is not None:  # padded batch, no cache: causal & key-padding mask
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.attn_mask, dropout_p=dropout_p)
+            k, v = k.to(q.dtype), v.to(q.dtype)
+        if self.record is not None or (T == 1 and mask is not None and dropout_p == 0.0):
+            y = self._explicit_attention(q, k, v, mask)  # one query (a decode step), or maps asked for
+        elif mask is not None:
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
+
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + mask) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v.
+        SDPA's math without its kernel dispatch: for the one query of a decode step its CPU kernel costs
+        more than these two small matmuls, and `record_attention` needs the probabilities themselves."""
+        T, K = q.shape[2], k.shape[2]
+        if mask is None:  # causal over the last T of K keys
+            mask = torch.ones(T, K, dtype=torch.bool, device=q.device).tril(K - T)  # (T, K)
+        att = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, K)
+        probs = torch.softmax(att.masked_fill_(~mask, -math.inf), dim=-1)  # (B, nh, T, K)
+        if self.record is not None:
+            self.record.append(probs.detach())
+        return torch.matmul(probs, v)  # (B, nh, T, hs)
 
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """c_attn's output (B, T, 3C) -> q, k, v, each a (B, nh, T, hs) view of it."""
@@ -80,56 +99,6 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x), layer, kv_cache, plan)
         return x + self.mlp(self.ln_2(x))
-
-    def forward_inplace(self, x: torch.Tensor, bufs: dict[str, torch.Tensor]) -> None:
-        """x (B, T, C) += this block's update, in place: `forward`'s math for inference without a cache,
-        mask or dropout, with the allocations taken out. The residual adds ride on the output projections'
-        GEMMs (x += y @ W^T with beta = 1, then + bias), c_attn and c_fc write into `bufs` (reused by every
-        layer, and by every forward of a caller that passes `scratch`) and the GELU runs in place.
-        On the CPU each fresh multi-MB activation is a new mapping that page-faults in: for 124M on
-        2 x 1024 tokens (2-core AVX2 machine) a forward goes from ~148k page faults to none once the
-        buffers are warm, and 3-8 % less time. Same values up to float rounding."""
-        B, T, C = x.shape
-        x2 = x.view(B * T, C)  # (BT, C), aliases x
-        attn, mlp = self.attn, self.mlp
-        qkv = _linear_into(attn.c_attn, self.ln_1(x2), bufs, "qkv")  # (BT, 3C)
-        q, k, v = attn.split_heads(qkv.view(B, T, 3 * C))  # 3 x (B, nh, T, hs)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B * T, C)  # (BT, C)
-        x2.addmm_(y, attn.c_proj.weight.t()).add_(attn.c_proj.bias)
-        h = _linear_into(mlp.c_fc, self.ln_2(x2), bufs, "fc")  # (BT, 4C)
-        if h.dtype == torch.float32:
-            _gelu_tanh_(h, _scratch(bufs, "gelu", h.shape, h))
-        else:  # bf16/fp16: the fused kernel computes in float32, the identity's steps would round in between
-            torch._C._nn.gelu_(h, approximate="tanh")
-        x2.addmm_(h, mlp.c_proj.weight.t()).add_(mlp.c_proj.bias)
-
-
-_GELU_2C = 2 * math.sqrt(2 / math.pi)
-
-
-def _gelu_tanh_(h: torch.Tensor, z: torch.Tensor) -> None:
-    """GPT-2's tanh GELU in place, through the identity 0.5 x (1 + tanh(u)) = x sigmoid(2u) with
-    u = sqrt(2/pi) (x + 0.044715 x^3); z (same shape) is scratch. PyTorch's vectorised sigmoid is ~4x
-    faster than its tanh on AVX2, so this runs in 10.5 ms against 15.3 for `gelu_(approximate="tanh")` on
-    (2048, 3072) (2-core AVX2 machine); the values agree to 5e-7."""
-    torch.addcmul(h.new_tensor(_GELU_2C), h, h, value=_GELU_2C * 0.044715, out=z)  # 2c + 2c 0.044715 x^2
-    h.mul_(z.mul_(h).sigmoid_())  # x sigmoid(2u)
-
-
-def _scratch(bufs: dict[str, torch.Tensor], key: str, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    """A `shape` tensor (like's dtype and device) from the front of bufs[key], grown when too small."""
-    n = math.prod(shape)
-    buf = bufs.get(key)
-    if buf is None or buf.numel() < n or buf.dtype != like.dtype:
-        buf = bufs[key] = like.new_empty(n)
-    return buf[:n].view(shape)
-
-
-def _linear_into(linear: nn.Linear, a: torch.Tensor, bufs: dict[str, torch.Tensor], key: str) -> torch.Tensor:
-    """linear(a) for a (M, in), written into a buffer from bufs[key] -> (M, out)."""
-    out = _scratch(bufs, key, (a.shape[0], linear.out_features), a)
-    return torch.addmm(linear.bias, a, linear.weight.t(), out=out)
 
 
 class GPT(nn.Module):
@@ -176,16 +145,12 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
-        scratch: dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> final hidden states after ln_f (B, T, C).
 
         kv_cache: continue from (and append to) the cached keys/values; positions continue per row.
         attention_mask: (B, T) with 1 for real tokens and 0 for left padding: padded tokens are
             neither attended to nor counted in positions, so each row computes what it would alone.
-        scratch: a dict the caller keeps across many forwards (e.g. an evaluation loop): the CPU
-            inference path (Block.forward_inplace) keeps its activation buffers there instead of
-            allocating them for every call. The result never aliases it.
         """
         self._check_input(idx, kv_cache)
         B, T = idx.shape
@@ -200,27 +165,9 @@ class GPT(nn.Module):
             position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
-        if plan is None and self._inplace_ok(x):
-            bufs = {} if scratch is None else scratch
-            for block in self.transformer.h:
-                block.forward_inplace(x, bufs)  # x is this call's own tensor (the embedding sum above)
-        else:
-            for layer, block in enumerate(self.transformer.h):
-                x = block(x, layer, kv_cache, plan)
+        for layer, block in enumerate(self.transformer.h):
+            x = block(x, layer, kv_cache, plan)
         return self.transformer.ln_f(x)  # (B, T, C)
-
-    def _inplace_ok(self, x: torch.Tensor) -> bool:
-        """Block.forward_inplace applies: CPU inference (no autograd, no dropout, no autocast, not traced),
-        and no block has forward hooks (it calls the blocks' parameters directly, so hooks would not run:
-        FSDP's unsharding is one)."""
-        return (
-            x.device.type == "cpu"
-            and not self.training
-            and not torch.is_grad_enabled()
-            and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling()
-            and not any(b._forward_pre_hooks or b._forward_hooks for b in self.transformer.h)
-        )
 
     def forward(
         self,
@@ -276,3 +223,19 @@ def _padding_plan(attention_mask: torch.Tensor) -> StepPlan:
     attn_mask = (causal[None] & real[:, None, :]) | torch.eye(T, dtype=torch.bool, device=real.device)[None]
     cols = ar[None].expand_as(position_ids)
     return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=T)
+
+
+@contextlib.contextmanager
+def record_attention(model: GPT) -> Iterator[list[list[torch.Tensor]]]:
+    """Inside the block, every forward of `model` also records its attention probabilities: `maps[l]` is
+    the list of (B, nh, T, K) tensors layer l produced, one per forward. They come from the model's own
+    attention (the explicit softmax path), not from a second implementation."""
+    layers = [block.attn for block in model.transformer.h]
+    maps: list[list[torch.Tensor]] = [[] for _ in layers]
+    for attn, rec in zip(layers, maps):
+        attn.record = rec
+    try:
+        yield maps
+    finally:
+        for attn in layers:
+            attn.record = None

@@ -1,0 +1,228 @@
+"""Choose each linear layer's kernel by timing the candidates on this machine, and build the inference copy.
+
+A kernel that won on one CPU loses on the next (oneDNN's packed layout beat `F.linear` 2x for fp32 batch 8
+on an AMD AVX-512 box and lost to it at batch 1 on an Intel AMX box), so nothing here is chosen from CPU
+flags. The first time a model of a given shape, dtype and batch runs on a machine, every candidate kernel
+(linear.py) is timed on the model's real weights and shapes, for two row counts: `batch` (a decode step)
+and PREFILL_ROWS (prompt processing, scoring). The fastest candidate whose output matches the float32
+`F.linear` reference is kept. Choices are cached per machine (CPU model and flags, torch version,
+threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
+
+Candidates, by what the user asked for (`weights`):
+  - auto:  the exact kernels (linear, mkl, onednn) in the model's dtype; with `--dtype bf16` these are
+           the CPU's native bf16 kernels where it has them;
+  - bf16 / int8: weight-only approximations (linear.py), offered only when asked for; prompt processing
+           may still pick an exact kernel when that is faster;
+  - model: no copy, the model's own nn.Linear modules.
+Off the CPU (CUDA, MPS) the only candidate is `linear`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gpt2kit.atomic import write_text
+from gpt2kit.errors import ConfigError
+from gpt2kit.model.gpt import GPT
+from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
+
+WEIGHT_MODES = ("auto", "model", "bf16", "int8")
+EXACT = ("linear", "mkl", "onednn")
+APPROX = {"bf16": ("bf16", "bf16-onednn"), "int8": ("int8", "int8-f32")}
+ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+PREFILL_ROWS = 256
+TIME_BUDGET_S = 0.012  # per candidate and row count; ~0.5 s in all for 124M
+LAYERS_TIMED = 4  # distinct layers cycled through, so a small weight is not timed hot in cache
+
+
+@dataclass
+class Choice:
+    """The measured choice for one weight shape at one row count."""
+
+    role: str
+    rows: int
+    kind: str
+    us: dict[str, float] = field(default_factory=dict)  # median microseconds per call, per candidate
+    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not considered
+    cached: bool = False
+
+
+def kernel_cache_path() -> Path:
+    """$GPT2KIT_CACHE_DIR, else $XDG_CACHE_HOME/gpt2kit, else ~/.cache/gpt2kit; file kernels.json."""
+    root = os.environ.get("GPT2KIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2kit"
+    return Path(root) / "kernels.json"
+
+
+def machine_key() -> str:
+    """CPU model and a hash of its flags, torch version, threads: choices are reused only on the same."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
+    except OSError:
+        pass
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = fields.get("flags", "")
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
+    return f"{name} | flags {digest} | torch {torch.__version__} | {torch.get_num_threads()} threads"
+
+
+def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True) -> list[Choice]:
+    """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks."""
+    if weights not in WEIGHT_MODES or weights == "model":
+        raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
+    param = next(model.parameters())
+    device, dtype = param.device, param.dtype
+    rows_list = (max(1, batch), PREFILL_ROWS)
+    forced = os.environ.get("GPT2KIT_KERNEL")
+    store = _read_cache() if use_cache and device.type == "cpu" and not forced else {}
+    mkey = machine_key()
+    table = store.setdefault(mkey, {})
+    choices, changed = [], False
+    for role in ROLES:
+        linears = _role_linears(model, role)
+        out_f, in_f = linears[0].weight.shape
+        for rows in rows_list:
+            key = f"{dtype} | {weights} | {role} {out_f}x{in_f} | {rows} rows"
+            if key in table:
+                choices.append(Choice(**{**table[key], "cached": True}))
+                continue
+            c = _measure(role, linears, rows, _candidates(weights, rows, device, dtype, in_f, forced), dtype)
+            choices.append(c)
+            if use_cache and device.type == "cpu" and not forced:
+                table[key] = {k: v for k, v in asdict(c).items() if k != "cached"}
+                changed = True
+    if changed:
+        _write_cache(store)
+    return choices
+
+
+def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
+    """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
+    every nn.Linear replaced by a KernelLinear of the measured kinds. 'model' returns the model itself.
+    Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
+    if weights == "model":
+        return model
+    choices = {(c.role, c.rows): c.kind for c in plan_kernels(model, batch, weights)}
+    small = max(1, batch)
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    clone = copy.deepcopy(model, shared).eval()
+    threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
+    for role in ROLES:
+        for parent, name, lin in _role_slots(clone, role):
+            setattr(parent, name, KernelLinear(lin, choices[(role, small)], choices[(role, PREFILL_ROWS)], threshold))
+    return clone
+
+
+def kernels_in_use(model: nn.Module) -> dict[str, tuple[str, str]]:
+    """role -> (small, large) kinds of an inference copy (what `gpt2kit info --kernels` and logs show)."""
+    out = {}
+    for role in ROLES:
+        for _, _, mod in _role_slots(model, role):
+            if isinstance(mod, KernelLinear):
+                out[role] = mod.kinds
+    return out
+
+
+# ---- measuring ---------------------------------------------------------------------------------------
+
+
+def _candidates(
+    weights: str, rows: int, device: torch.device, dtype: torch.dtype, in_f: int, forced: str | None
+) -> tuple[list[str], dict[str, str]]:
+    """(kinds to time, {kind: why not}) for one shape."""
+    if device.type != "cpu":
+        return ["linear"], {}
+    if forced:
+        if forced not in KERNELS:
+            raise ConfigError(f"GPT2KIT_KERNEL={forced!r} is not a kernel; use one of {sorted(KERNELS)}.")
+        if not (KERNELS[forced].available(device, dtype) and KERNELS[forced].supports(in_f)):
+            raise ConfigError(f"GPT2KIT_KERNEL={forced!r} does not run on this machine/shape; unset it to choose by measurement.")
+        return [forced], {}
+    kinds = list(EXACT) if weights == "auto" else list(APPROX[weights]) + (list(EXACT) if rows > 8 else [])
+    ok, rejected = [], {}
+    for k in kinds:
+        if not KERNELS[k].available(device, dtype):
+            rejected[k] = "not available on this CPU/torch"
+        elif not KERNELS[k].supports(in_f):
+            rejected[k] = f"does not support in_features={in_f}"
+        else:
+            ok.append(k)
+    return ok, rejected
+
+
+def _measure(role: str, linears: list[nn.Linear], rows: int, cands: tuple[list[str], dict[str, str]], dtype: torch.dtype) -> Choice:
+    kinds, rejected = cands
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, linears[0].in_features, generator=g).to(dtype)  # (rows, in)
+    w0, b0 = linears[0].weight.detach(), linears[0].bias
+    ref = F.linear(x.float(), w0.float(), None if b0 is None else b0.detach().float())  # (rows, out)
+    us = {}
+    with torch.inference_mode():
+        for kind in kinds:
+            ks = [make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in linears]
+            y = ks[0](x).float()
+            tol = 1e-4 if (KERNELS[kind].exact and dtype == torch.float32) else 0.05
+            err = float((y - ref).abs().max()) / (1 + float(ref.abs().max()))
+            if not (err <= tol):  # also catches NaN
+                rejected[kind] = f"output differs from the float32 reference by {err:.2e} (tolerance {tol:g})"
+                continue
+            us[kind] = _time(ks, x)
+    if not us:  # nothing passed: the reference itself always works
+        us["linear"] = float("nan")
+    best = min(us, key=lambda k: (us[k] != us[k], us[k]))
+    return Choice(role, rows, best, {k: round(v, 2) for k, v in us.items()}, rejected)
+
+
+def _time(kernels: list, x: torch.Tensor) -> float:
+    """Median microseconds per call, cycling through the layers' kernels, after one warm-up round."""
+    for k in kernels:
+        k(x)
+    times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
+    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
+        t0 = time.perf_counter()
+        kernels[i % len(kernels)](x)
+        times.append(time.perf_counter() - t0)
+        i += 1
+    return statistics.median(times) * 1e6
+
+
+def _role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Module]]:
+    """(parent module, attribute name, module) for every layer of a role, e.g. ('mlp.c_fc') in each block."""
+    if role == "lm_head":
+        return [(model, "lm_head", model.lm_head)]
+    sub, name = role.split(".")
+    return [(getattr(block, sub), name, getattr(getattr(block, sub), name)) for block in model.transformer.h]
+
+
+def _role_linears(model: GPT, role: str) -> list[nn.Linear]:
+    mods = [m for _, _, m in _role_slots(model, role)]
+    return mods[:LAYERS_TIMED]
+
+
+def _read_cache() -> dict:
+    try:
+        data = json.loads(kernel_cache_path().read_text(encoding="utf-8"))
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # missing or unreadable: measure again
+
+
+def _write_cache(store: dict) -> None:
+    try:
+        write_text(kernel_cache_path(), json.dumps(store, indent=1, sort_keys=True))
+    except OSError:
+        pass  # a read-only home: measure again next time rather than fail the run

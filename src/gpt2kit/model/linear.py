@@ -1,0 +1,206 @@
+"""Linear-layer kernels: the same x W^T + b, with the weight kept in a layout one kernel runs fastest.
+
+A `KernelLinear` stands in for an `nn.Linear` in an inference copy of the model (see kernels.py), so the
+model's one `Block.forward` runs unchanged and only the matrix products differ. Which kernel is fastest
+depends on the CPU, the shape and the number of rows, so none is chosen here: kernels.py times them on
+the machine that runs and keeps the fastest whose output matches the float32 `F.linear` reference.
+
+Kernels (each a small class: pack the weight once in __init__, multiply in __call__, (M, in) -> (M, out)):
+  - linear:  `F.linear` on the model's own weight (no copy); the reference and the fallback everywhere;
+  - mkl:     `addmm` on a pre-transposed (in, out) weight: MKL's matrix-vector layout;
+  - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU backend
+             uses), multiplied by `mkldnn._linear_pointwise`; private ops, so `available()` checks that they
+             exist and give the right numbers before the kernel is ever offered;
+  - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
+             where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
+  - int8:    weight-only int8, one scale per output channel (`_weight_int8pack_mm`), activations in bf16
+             (`int8`) or float32 (`int8-f32`); approximate, only when asked for.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class _Linear:
+    """F.linear on the weight as it is: the reference."""
+
+    exact = True
+
+    @classmethod
+    def supports(cls, in_features: int) -> bool:
+        return True
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.w, self.b = weight, bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (M, in) -> (M, out)
+        return F.linear(x, self.w, self.b)
+
+    @staticmethod
+    def available(device: torch.device, dtype: torch.dtype) -> bool:
+        return True
+
+
+class _Mkl(_Linear):
+    """addmm with a pre-transposed (in, out) weight."""
+
+    exact = True
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.wt = weight.detach().t().contiguous()  # (in, out)
+        self.b = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.addmm(self.b, x, self.wt) if self.b is not None else torch.mm(x, self.wt)
+
+    @staticmethod
+    def available(device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cpu"
+
+
+class _OneDnn(_Linear):
+    """oneDNN's packed layout, in the model's dtype."""
+
+    exact = True
+    compute_dtype: torch.dtype | None = None  # None: the input's dtype
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        dt = self.compute_dtype or weight.dtype
+        self.w = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dt), 1)
+        self.b = None if bias is None else bias.detach().to(dt)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        dt = self.compute_dtype or x.dtype
+        return torch.ops.mkldnn._linear_pointwise(x.to(dt), self.w, self.b, "none", [], "").to(x.dtype)
+
+    @classmethod
+    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cpu" and _onednn_works(cls.compute_dtype or dtype)
+
+
+class _Bf16(_Linear):
+    """Weight-only bf16 through F.linear (works on every CPU; emulated and slow without native bf16)."""
+
+    exact = False
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        self.w = weight.detach().to(torch.bfloat16).contiguous()
+        self.b = None if bias is None else bias.detach().to(torch.bfloat16)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(torch.bfloat16), self.w, self.b).to(x.dtype)
+
+    @staticmethod
+    def available(device: torch.device, dtype: torch.dtype) -> bool:
+        return dtype != torch.bfloat16
+
+
+class _Bf16OneDnn(_OneDnn):
+    """Weight-only bf16 in oneDNN's packed layout (needs native bf16: AVX-512 BF16 or AMX)."""
+
+    exact = False
+    compute_dtype = torch.bfloat16
+
+    @classmethod
+    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
+        return dtype != torch.bfloat16 and super().available(device, dtype)
+
+
+class _Int8(_Linear):
+    """Weight-only int8: w ~ scale[o] * q[o, i], q in [-127, 127]; bias added in the activations' dtype."""
+
+    exact = False
+    act_dtype = torch.bfloat16  # the kernel's fast path on most CPUs; int8-f32 measures the other one
+
+    @classmethod
+    def supports(cls, in_features: int) -> bool:
+        # With bf16 activations torch 2.13's kernel reads past the row when `in` is not a multiple of 16:
+        # garbage or a segfault at in = 40 or 100 (2-core Sapphire Rapids); GPT-2's widths are multiples of 64.
+        return cls.act_dtype != torch.bfloat16 or in_features % 16 == 0
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
+        self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
+        self.scale = scale.to(self.act_dtype)
+        self.b = bias
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch._weight_int8pack_mm(x.to(self.act_dtype), self.q, self.scale).to(x.dtype)
+        return y + self.b if self.b is not None else y
+
+    @classmethod
+    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm") and _int8_works(cls.act_dtype)
+
+
+class _Int8F32(_Int8):
+    act_dtype = torch.float32
+
+
+KERNELS: dict[str, type] = {
+    "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn,
+    "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn,
+    "int8": _Int8, "int8-f32": _Int8F32,
+}  # fmt: skip
+
+
+def make_kernel(kind: str, weight: torch.Tensor, bias: torch.Tensor | None):
+    return KERNELS[kind](weight, bias)
+
+
+class KernelLinear(nn.Module):
+    """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
+    (prefill, scoring). Both are packed once; the same kind is packed once for both."""
+
+    def __init__(self, linear: nn.Linear, small: str, large: str, rows: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kinds, self.rows = (small, large), rows
+        bias = None if linear.bias is None else linear.bias.detach()
+        self.small = make_kernel(small, linear.weight.detach(), bias)
+        self.large = self.small if large == small else make_kernel(large, linear.weight.detach(), bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., in) -> (..., out)
+        x2 = x.reshape(-1, self.in_features)  # (M, in)
+        y = (self.small if x2.shape[0] <= self.rows else self.large)(x2)  # (M, out)
+        return y.view(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
+
+
+@functools.cache
+def _onednn_works(dtype: torch.dtype) -> bool:
+    """oneDNN's private linear ops exist, run in `dtype` on this CPU, and give F.linear's numbers."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    if dtype == torch.bfloat16:
+        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+        if check is None or not check():  # AVX2-only CPUs: oneDNN's bf16 kernels refuse to run
+            return False
+    return _probe(_OneDnn, dtype)
+
+
+@functools.cache
+def _int8_works(act_dtype: torch.dtype) -> bool:
+    return _probe(_Int8F32 if act_dtype == torch.float32 else _Int8, torch.float32)
+
+
+def _probe(kernel: type, dtype: torch.dtype) -> bool:
+    """True when `kernel` runs on a small random product in `dtype` and matches float32 F.linear."""
+    g = torch.Generator().manual_seed(0)
+    w, b, x = (torch.randn(s, generator=g) for s in ((48, 64), (48,), (3, 64)))
+    try:
+        y = kernel(w.to(dtype), b.to(dtype))(x.to(dtype)).float()
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return False
+    ref = F.linear(x, w, b)
+    tol = 1e-4 if dtype == torch.float32 and kernel.exact else 0.05
+    return bool(torch.isfinite(y).all() and (y - ref).abs().max() <= tol * (1 + ref.abs().max()))

@@ -1,0 +1,150 @@
+"""Linear kernels and their choice by measurement: every kernel this machine runs against the float32
+`F.linear` reference, the inference copy against the model's own forward, the cache and the override."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+import transformers
+
+import gpt2kit
+from conftest import tiny_gpt
+from gpt2kit.errors import ConfigError
+from gpt2kit.generate.decode import DecodeRunner
+from gpt2kit.model import kernels as K
+from gpt2kit.model import linear as L
+from gpt2kit.model.gpt import record_attention
+from gpt2kit.model.kv_cache import KVCache
+
+CPU = torch.device("cpu")
+RUNNABLE = [k for k, c in L.KERNELS.items() if c.available(CPU, torch.float32)]
+EXACT_RUNNABLE = [k for k in RUNNABLE if L.KERNELS[k].exact]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=64)
+
+
+@pytest.mark.parametrize("kind", RUNNABLE)
+@pytest.mark.parametrize("rows", [1, 3, 8, 40])
+def test_every_runnable_kernel_matches_the_fp32_reference(kind, rows):
+    g = torch.Generator().manual_seed(rows)
+    w, b, x = torch.randn(96, 64, generator=g), torch.randn(96, generator=g), torch.randn(rows, 64, generator=g)
+    ref = F.linear(x, w, b)
+    y = L.make_kernel(kind, w, b)(x)
+    tol = 1e-4 if L.KERNELS[kind].exact else 0.03  # bf16 / int8 weights: ~3 significant digits
+    assert y.shape == ref.shape and y.dtype == x.dtype
+    assert (y - ref).abs().max().item() <= tol * ref.abs().max().item()
+    # the bias is really added: the same product without it is far from the result
+    assert (L.make_kernel(kind, w, None)(x) + b - y).abs().max().item() <= tol * ref.abs().max().item()
+
+
+def test_kernel_linear_routes_rows_and_keeps_shapes():
+    lin = torch.nn.Linear(64, 32)
+    kl = L.KernelLinear(lin, "mkl", "linear", rows=4)
+    x = torch.randn(2, 5, 64)
+    torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
+    assert kl.small is not kl.large and isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear)
+
+
+@pytest.mark.parametrize("kind", EXACT_RUNNABLE)
+def test_inference_copy_equals_the_model_prefill_and_decode(tiny, kind, monkeypatch):
+    """Every exact kernel, forced, through the engine's runner: cached decode == the uncached forward."""
+    monkeypatch.setenv("GPT2KIT_KERNEL", kind)
+    runner = DecodeRunner(tiny, "auto", batch=2)
+    assert set(K.kernels_in_use(runner.model).values()) == {(kind, kind)}
+    seq = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(1))
+    cache = KVCache(tiny.config, 2, 64)
+    with torch.inference_mode():
+        steps = [runner.prefill(seq[:, :6], cache, None)]
+        steps += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(6, 16)]
+        full, _ = tiny(seq)
+    for i, lg in enumerate(steps):
+        torch.testing.assert_close(lg, full[:, 5 + i], atol=2e-5, rtol=1e-5)
+
+
+def test_inference_copy_shares_the_model_and_leaves_it_alone(tiny):
+    before = {k: v.clone() for k, v in tiny.state_dict().items()}
+    copy = K.inference_copy(tiny, 1, "auto")
+    assert copy is not tiny and copy.transformer.wte.weight is tiny.transformer.wte.weight
+    assert all(isinstance(m, torch.nn.Linear) for m in (tiny.lm_head, tiny.transformer.h[0].mlp.c_fc))
+    assert isinstance(copy.lm_head, L.KernelLinear) and isinstance(copy.transformer.h[1].attn.c_attn, L.KernelLinear)
+    assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
+    assert K.inference_copy(tiny, 1, "model") is tiny
+
+
+def test_choices_are_measured_once_then_cached(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    first = K.plan_kernels(tiny, 1, "auto")
+    assert {(c.role, c.rows) for c in first} == {(r, n) for r in K.ROLES for n in (1, K.PREFILL_ROWS)}
+    assert not any(c.cached for c in first)
+    for c in first:  # the fastest measured candidate is the one kept
+        assert c.kind == min(c.us, key=c.us.get) and set(c.us) <= set(K.EXACT)
+    store = json.loads((tmp_path / "kernels.json").read_text())
+    assert list(store) == [K.machine_key()] and "torch " + torch.__version__ in K.machine_key()
+    second = K.plan_kernels(tiny, 1, "auto")
+    assert all(c.cached for c in second) and [c.kind for c in second] == [c.kind for c in first]
+    (tmp_path / "kernels.json").write_text("{not json")  # a damaged cache is measured again, not an error
+    assert not any(c.cached for c in K.plan_kernels(tiny, 1, "auto"))
+
+
+def test_a_kernel_with_wrong_numbers_is_never_chosen(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+
+    class DropsBias(L._Mkl):
+        def __call__(self, x):
+            return torch.mm(x, self.wt)  # forgets the bias, and is "fast"
+
+    monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
+    monkeypatch.setattr(K, "_time", lambda ks, x: 0.0 if isinstance(ks[0], DropsBias) else 1.0)
+    for c in K.plan_kernels(tiny, 1, "auto"):
+        if c.role != "lm_head":  # the head has no bias: dropping nothing is not an error there
+            assert c.kind != "mkl" and "differs from the float32 reference" in c.rejected["mkl"]
+
+
+def test_forcing_a_kernel(tiny, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_KERNEL", "nonsense")
+    with pytest.raises(ConfigError, match="GPT2KIT_KERNEL"):
+        K.plan_kernels(tiny, 1, "auto")
+    monkeypatch.setenv("GPT2KIT_KERNEL", "linear")
+    assert {c.kind for c in K.plan_kernels(tiny, 1, "auto")} == {"linear"}
+
+
+@pytest.mark.parametrize("weights", ["bf16", "int8"])
+def test_approximate_kernels_only_when_asked(tiny, weights, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    exact = K.plan_kernels(tiny, 1, "auto")
+    assert all(L.KERNELS[c.kind].exact for c in exact)
+    approx = [c for c in K.plan_kernels(tiny, 1, weights) if c.rows == 1]
+    assert all(c.kind in K.APPROX[weights] or c.kind in c.rejected or not c.us for c in approx)
+
+
+def test_trained_builtin_model_decode_equals_its_forward():
+    """The shipped, trained weights (real biases and LayerNorms): the engine's cached path == the plain forward."""
+    model = gpt2kit.from_pretrained("builtin").eval()
+    ids = gpt2kit.Tokenizer().encode_ordinary("It is a truth universally acknowledged, that a single man")
+    seq = torch.tensor([ids])
+    runner = DecodeRunner(model, "auto")
+    cache = KVCache(model.config, 1, 64)
+    with torch.inference_mode():
+        steps = [runner.prefill(seq[:, :4], cache, None)]
+        steps += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(4, seq.shape[1])]
+        full, _ = model(seq)
+    for i, lg in enumerate(steps):
+        torch.testing.assert_close(lg, full[:, 3 + i], atol=1e-4, rtol=1e-5)
+
+
+def test_recorded_attention_equals_transformers(tiny_hf_dir):
+    model = gpt2kit.from_pretrained(tiny_hf_dir).eval()
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tiny_hf_dir, attn_implementation="eager").eval()
+    idx = torch.randint(0, 50257, (2, 11), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad(), record_attention(model) as maps:
+        logits, _ = model(idx)
+        ref = hf(idx, output_attentions=True)
+    assert len(maps) == model.config.n_layer and all(len(m) == 1 for m in maps)
+    for ours, theirs in zip(maps, ref.attentions):
+        torch.testing.assert_close(ours[0], theirs, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=1e-4)
+    assert all(b.attn.record is None for b in model.transformer.h)  # recording ends with the block
