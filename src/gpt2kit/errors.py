@@ -28,3 +28,7 @@ class CheckpointError(Gpt2kitError, ValueError):
 
 class DataError(Gpt2kitError, ValueError):
     """A data file (shards, JSONL, text) is missing, malformed or of the wrong format."""
+
+
+class GenerationError(Gpt2kitError, RuntimeError):
+    """A sequence failed while being generated (no token could be drawn); other sequences are unaffected."""

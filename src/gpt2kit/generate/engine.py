@@ -59,7 +59,7 @@ from gpt2kit.generate.content_filter import BannedPhraseFilter, VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.generate.detok import IncrementalDetokenizer
 from gpt2kit.generate.logprobs import TokenLogprob, prompt_logprobs, step_logprobs, unpack_step
-from gpt2kit.generate.sampling import SamplingParams, draw, process_logits
+from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams, draw, process_logits
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
 from gpt2kit.model.gpt import GPT
@@ -206,12 +206,16 @@ class Engine:
                     argmax = self._logits.argmax(-1)  # (B,)
                 toks.append(argmax[b])
                 continue
-            banned = s.banned
-            if s.phrase_filter is not None:
-                extra = s.phrase_filter.banned_ids(self.device)
-                banned = extra if banned is None else torch.cat([banned, extra])
-            logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
-            toks.append(draw(logits, s.params, s.generator))
+            try:  # a failure here ends this sequence alone (finish_reason "error"), never its neighbours
+                banned = s.banned
+                if s.phrase_filter is not None:
+                    extra = s.phrase_filter.banned_ids(self.device)
+                    banned = extra if banned is None else torch.cat([banned, extra])
+                logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
+                toks.append(draw(logits, s.params, s.generator))  # NO_TOKEN when nothing can be drawn
+            except Exception as e:  # noqa: BLE001 - reported on the sequence's last event
+                s.error = f"sampling failed: {type(e).__name__}: {e}"
+                toks.append(torch.tensor(NO_TOKEN, device=self.device))
         drawn = torch.stack(toks)  # (n,) long, on the device
         n = len(active)
         asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
@@ -222,7 +226,7 @@ class Engine:
         m, ks = len(asked), [active[i][1].params.logprobs for i in asked]
         k = max(ks)
         ix = torch.tensor(asked + [active[i][0] for i in asked], device=self.device)  # (2m,): positions, rows
-        packed = step_logprobs(self._logits, ix[m:], drawn.index_select(0, ix[:m]), k)  # (m, 1 + 2k)
+        packed = step_logprobs(self._logits, ix[m:], drawn.index_select(0, ix[:m]).clamp(min=0), k)  # (m, 1 + 2k)
         flat = torch.cat([drawn.float(), packed.flatten()]).tolist()
         tokens = [int(t) for t in flat[:n]]
         out: list[TokenLogprob | None] = [None] * n
@@ -242,6 +246,9 @@ class Engine:
         p = s.params
         if s.cancelled:
             return self._finish(b, s, FinishReason.CANCELLED, None, token=None)
+        if tok == NO_TOKEN:  # every token was excluded (or the logits were NaN), or sampling raised
+            s.error = s.error or "no token can be drawn: every token's logit is -inf or NaN (banned, biased to -inf, or a broken model)."
+            return self._finish(b, s, FinishReason.ERROR, s.error, token=None)
         if len(s.output) >= p.max_new_tokens:  # max_new_tokens == 0
             return self._finish(b, s, FinishReason.LENGTH, None, token=None)
         if (tok == self.eot_id and not p.ignore_eos) or tok in p.stop_token_ids:
@@ -281,8 +288,9 @@ class Engine:
             text="".join(s.text_parts) if s.detok is not None else None,
             finish_reason=reason, stop_reason=stop_reason, index=s.index, prompt_index=s.prompt_index,
             logprobs=list(s.logprobs) if s.logprobs is not None else None, prompt_logprobs=s.prompt_logprobs,
+            error=s.error,
         )  # fmt: skip
-        return TokenEvent(b, s.request_id, token, text, True, reason, completion, logprob=lp)
+        return TokenEvent(b, s.request_id, token, text, True, reason, completion, logprob=lp, error=s.error)
 
     def _free(self, b: int) -> None:
         if self._slots[b] is not None:

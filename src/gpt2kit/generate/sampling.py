@@ -9,6 +9,13 @@ Every step is a small pure function `(V,) -> (V,)` that keeps at least one token
 on hand-made logits. Parameters are validated once, in `SamplingParams.__post_init__`, with messages that
 say what is wrong and what is allowed. Temperature 0 means greedy (argmax of the penalised, biased logits).
 `logprobs` never changes what is drawn: they are reported from the raw logits (see logprobs.py).
+
+Numerical safety, for every value the validation accepts (one request's parameters must never make a
+batched step fail): a temperature below GREEDY_TEMPERATURE is greedy (dividing by 1e-40 overflows float32);
+every step's output is clamped to finite float32 (a repetition penalty of 1e-38 divides logits into inf);
+top-p keeps the most likely token explicitly (a top_p of 1e-300 is 0.0 in float32, and `before >= 0` would
+drop every token); and `draw` returns NO_TOKEN instead of raising when nothing can be drawn (every logit
+-inf or NaN), so the engine ends that one sequence and its neighbours go on.
 """
 
 from __future__ import annotations
@@ -21,13 +28,22 @@ import torch
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.logprobs import MAX_LOGPROBS
 
+# Temperatures below this decode greedily: logits / 1e-6 already make the softmax one-hot in float32, and
+# smaller ones overflow to inf (then NaN). Greedy is what such a temperature means.
+GREEDY_TEMPERATURE = 1e-5
+# What `draw` returns for a row in which no token can be drawn (every logit -inf or NaN).
+NO_TOKEN = -1
+_FMAX = torch.finfo(torch.float32).max
+
 
 @dataclass
 class SamplingParams:
     """How one request is decoded: sampling controls and stopping rules. Validated on construction."""
 
     max_new_tokens: int = field(default=64, metadata={"help": "tokens to generate at most (0 allowed: prompt only)"})
-    temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy (argmax)"})
+    temperature: float = field(
+        default=1.0, metadata={"help": f"softmax temperature; 0 (or below {GREEDY_TEMPERATURE:g}) = greedy (argmax)"}
+    )
     top_k: int | None = field(default=None, metadata={"help": "keep only the k most likely tokens (None = off)"})
     top_p: float = field(
         default=1.0, metadata={"help": "nucleus: keep the smallest set of tokens with total probability >= top_p; 1 = off"}
@@ -107,7 +123,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_TEMPERATURE
 
     @property
     def uses_counts(self) -> bool:
@@ -152,10 +168,17 @@ def apply_penalties(
     if p.repetition_penalty != 1.0 and context_counts is not None:
         seen = context_counts > 0
         penalised = torch.where(logits > 0, logits / p.repetition_penalty, logits * p.repetition_penalty)
-        logits = torch.where(seen, penalised, logits)
+        # a penalty of 1e-38 divides into inf, 1e38 multiplies into -inf: clamp both (no token is banned yet)
+        logits = _finite(torch.where(seen, penalised, logits), neginf=-_FMAX)
     if output_counts is not None and (p.presence_penalty or p.frequency_penalty):
         logits = logits - p.presence_penalty * (output_counts > 0).to(logits.dtype) - p.frequency_penalty * output_counts
     return logits
+
+
+def _finite(logits: torch.Tensor, neginf: float = -math.inf) -> torch.Tensor:
+    """inf -> the largest float32 (so softmax never computes inf - inf), NaN -> -inf (never drawn).
+    -inf stays by default: it is how the steps mark a token that may not be drawn."""
+    return torch.nan_to_num(logits, nan=-math.inf, posinf=_FMAX, neginf=neginf)
 
 
 def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tensor | None) -> torch.Tensor:
@@ -171,7 +194,11 @@ def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tenso
 
 
 def apply_temperature(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    return logits / temperature if temperature != 1.0 else logits
+    """Divide by the temperature (>= GREEDY_TEMPERATURE here: smaller ones decode greedily), clamped finite."""
+    if temperature == 1.0:
+        return logits
+    scaled = (logits / temperature).clamp(-_FMAX, _FMAX)  # finite in, finite out (NaN stays NaN: never drawn)
+    return torch.where(logits == -math.inf, logits, scaled)  # banned tokens stay banned
 
 
 def apply_top_k(logits: torch.Tensor, k: int | None) -> torch.Tensor:
@@ -189,17 +216,19 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     sorted_logits, order = torch.sort(logits, descending=True)  # (V,), (V,)
     probs = torch.softmax(sorted_logits, dim=-1)
     before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-    drop_sorted = before >= top_p  # the first token always has before == 0 < top_p: never dropped
+    drop_sorted = before >= top_p
+    # The most likely token is always kept: in float32 a top_p of 1e-300 is 0.0, and before >= 0 holds everywhere.
+    drop_sorted[0] = False
     drop = torch.zeros_like(drop_sorted).scatter(0, order, drop_sorted)
     return logits.masked_fill(drop, -math.inf)
 
 
 def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
-    """Keep tokens whose probability is at least min_p times the most likely token's."""
+    """Keep tokens whose probability is at least min_p times the most likely token's. In log form,
+    p_i >= min_p * p_max  <=>  logit_i >= logit_max + log(min_p): no softmax to underflow."""
     if min_p <= 0.0:
         return logits
-    probs = torch.softmax(logits, dim=-1)
-    return logits.masked_fill(probs < min_p * probs.max(), -math.inf)
+    return logits.masked_fill(logits < logits.max() + math.log(min_p), -math.inf)
 
 
 def process_logits(
@@ -212,7 +241,7 @@ def process_logits(
     """All steps but the draw: (V,) raw logits -> (V,) float32 logits whose -inf entries may never be drawn."""
     logits = logits.float()
     logits = apply_penalties(logits, context_counts, output_counts, p)
-    logits = apply_bias(logits, p.logit_bias, banned)
+    logits = _finite(apply_bias(logits, p.logit_bias, banned))  # NaN from the model: never drawn
     if p.greedy:
         return logits
     logits = apply_temperature(logits, p.temperature)
@@ -222,16 +251,22 @@ def process_logits(
 
 
 def draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """(V,) processed logits -> () long token id: argmax if greedy, else a multinomial draw."""
+    """(V,) processed logits -> () long token id: argmax if greedy, else a multinomial draw; NO_TOKEN when
+    every logit is -inf or NaN. Never raises on bad numbers and never syncs with the device: multinomial
+    is given a valid distribution in every case (a uniform stand-in when nothing may be drawn)."""
+    logits = _finite(logits)
+    ok = (logits > -math.inf).any()  # () bool, on the device
     if p.greedy:
-        return torch.argmax(logits)
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs, 1, generator=generator)[0]
+        tok = torch.argmax(logits)
+    else:
+        probs = torch.softmax(torch.where(ok, logits, 0.0), dim=-1)  # softmax subtracts the max: stable
+        tok = torch.multinomial(probs, 1, generator=generator)[0]
+    return torch.where(ok, tok, NO_TOKEN)
 
 
 def allowed_tokens(logits: torch.Tensor, p: SamplingParams, **kw) -> set[int]:
     """The set of token ids a request could draw from these logits (for tests and debugging)."""
-    processed = process_logits(logits, p, **kw)
+    processed = _finite(process_logits(logits, p, **kw))
     if p.greedy:
         return {int(torch.argmax(processed))}
     return set(torch.nonzero(torch.isfinite(processed)).flatten().tolist())

@@ -29,6 +29,7 @@ class Completion:
     logprobs: list[TokenLogprob] | None = None
     # with SamplingParams.prompt_logprobs: one per prompt token, the first None
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    error: str | None = None  # why it failed, when finish_reason is "error"
 
 
 @dataclass
@@ -45,6 +46,7 @@ class TokenEvent:
     completion: Completion | None = None
     logprob: TokenLogprob | None = None  # `token`'s logprob and top alternatives (SamplingParams.logprobs)
     prompt_logprobs: list[TokenLogprob | None] | None = None  # on a sequence's first event only
+    error: str | None = None  # on the last event of a sequence that failed (finish_reason "error")
 
 
 @dataclass
@@ -71,6 +73,7 @@ class _Sequence:
     logprobs: list[TokenLogprob] | None = None  # per output token, when params.logprobs is set
     prompt_logprobs: list[TokenLogprob | None] | None = None  # computed at add time, sent with the first event
     started: bool = False  # whether an event was emitted yet
+    error: str | None = None  # set when this sequence fails; it then ends with finish_reason "error"
 
     @property
     def plain_greedy(self) -> bool:

@@ -19,11 +19,12 @@ from enum import Enum
 
 
 class FinishReason(str, Enum):
-    """Why a sequence ended (the values are OpenAI's `finish_reason`, plus `cancelled`)."""
+    """Why a sequence ended (the values are OpenAI's `finish_reason`, plus `cancelled` and `error`)."""
 
     STOP = "stop"  # <|endoftext|>, a stop token or a stop string
     LENGTH = "length"  # max_new_tokens reached
     CANCELLED = "cancelled"  # the caller cancelled it
+    ERROR = "error"  # this sequence failed (no token could be drawn, or sampling raised); its neighbours go on
 
 
 class StopStringMatcher:

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Protocol
 
-from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.errors import ConfigError, DataError, GenerationError
 from gpt2kit.generate.engine import Completion, Engine
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.model.gpt import GPT
@@ -73,13 +73,19 @@ class TextGenerator:
 
     def complete(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         ids = [self.encode(p) for p in prompts]
-        return self.engine.generate(ids, params, bos=self.options.bos)
+        completions = self.engine.generate(ids, params, bos=self.options.bos)
+        for c in completions:
+            if c.error is not None:
+                raise GenerationError(f"prompt {c.prompt_index + 1}, sample {c.index + 1}: {c.error}")
+        return completions
 
     def stream_text(self, prompt: str, params: SamplingParams, cancel=None) -> Iterator[str]:
         """Text pieces of ONE completion as they are generated (their concatenation is the final text)."""
         if params.n != 1:
             raise ConfigError(f"streaming text needs n=1 (got n={params.n}); use complete() or JSONL output for several samples.")
         for ev in self.engine.stream([self.encode(prompt)], params, bos=self.options.bos, cancel=cancel):
+            if ev.error is not None:
+                raise GenerationError(ev.error)
             if ev.text:
                 yield ev.text
 

@@ -4,8 +4,9 @@ Continuous batching: requests are split into sequences (prompts x n choices) tha
 queue; between two decode steps the worker moves waiting sequences into free KV-cache slots (one
 left-padded prefill for all of them), then runs ONE batched `engine.step()` for every active slot, and
 hands each request its new text. Finished, cancelled and timed-out sequences leave the batch at once,
-so their slots are refilled on the next step. Nothing here knows about HTTP: the router submits token
-ids + SamplingParams and reads `Delta`s from an async iterator.
+so their slots are refilled on the next step. A sequence that fails inside a step (finish_reason
+"error") fails its own request only; the others in the batch go on. Nothing here knows about HTTP:
+the router submits token ids + SamplingParams and reads `Delta`s from an async iterator.
 
 Threading: the model runs in the worker thread (a forward pass would block the event loop); results are
 passed back with `loop.call_soon_threadsafe`, once per request per step. The asyncio side only appends
@@ -27,6 +28,7 @@ from gpt2kit.errors import Gpt2kitError, InputError
 from gpt2kit.generate.engine import Engine
 from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.stopping import FinishReason
 
 log = logging.getLogger("gpt2kit.serve")
 
@@ -264,12 +266,18 @@ class Worker:
         self.stats.steps += 1
         self.stats.step_rows += rows
         out: dict[Job, list[Delta]] = {}
+        failed: dict[Job, str] = {}
         now = time.monotonic()
         for ev in events:
             owner = self._owner.get(ev.slot)
             if owner is None:
                 continue
             job, index = owner
+            if ev.finish_reason is FinishReason.ERROR:  # this sequence failed: its request fails, nobody else's
+                del self._owner[ev.slot]
+                job.slots.discard(ev.slot)
+                failed.setdefault(job, ev.error or "sampling failed")
+                continue
             if ev.token is not None:
                 self.stats.generated_tokens += 1
                 if job.first_token_at is None:
@@ -282,6 +290,11 @@ class Worker:
                 self.stats.sequences_finished += 1
             if ev.text or reason is not None or ev.logprob is not None or ev.prompt_logprobs is not None:
                 out.setdefault(job, []).append(Delta(index, ev.text, ev.token, reason, ev.logprob, ev.prompt_logprobs))
+        for job, why in failed.items():
+            log.warning("request failed alone, the batch goes on: %s", why)
+            self.stats.engine_errors += 1
+            out.pop(job, None)
+            self._fail(job, WorkerError(f"generation failed for this request: {why}"))
         for job, items in out.items():
             job._push(items)
             if not job.slots and not job.waiting:
