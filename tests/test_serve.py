@@ -26,6 +26,7 @@ from gpt2kit.serve.config import ServeConfig
 openai = pytest.importorskip("openai")
 
 KEY = "sk-test-0123456789"
+AUTH = {"Authorization": f"Bearer {KEY}"}
 MODEL = "tiny-gpt2"
 
 
@@ -58,7 +59,7 @@ def client(server):
 
 
 def metric(server, name: str) -> float:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
+    text = httpx.get(server.url + "/metrics", headers=AUTH, timeout=10).text
     m = re.search(rf"^{name} (\S+)$", text, re.M)
     assert m, f"{name} missing from /metrics"
     return float(m.group(1))
@@ -367,7 +368,7 @@ def test_request_timeout_is_408_and_frees_the_slot(slow_server):
 
 def test_metrics_are_prometheus_text(server, client):
     client.completions.create(model=MODEL, prompt="count me", max_tokens=2)
-    r = httpx.get(server.url + "/metrics")
+    r = httpx.get(server.url + "/metrics", headers=AUTH)
     assert r.headers["content-type"].startswith("text/plain")
     for name in ("gpt2kit_http_requests_total", "gpt2kit_generation_tokens_total", "gpt2kit_queue_depth",
                  "gpt2kit_request_latency_seconds_bucket", "gpt2kit_time_to_first_token_seconds_count"):  # fmt: skip

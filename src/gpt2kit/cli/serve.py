@@ -1,6 +1,6 @@
 """Serve a model over an OpenAI-compatible HTTP API (completions, chat, streaming) with a web playground at /.
 
-Binds 127.0.0.1 by default. With --api-key (or $GPT2KIT_API_KEY) every /v1 request needs
+Binds 127.0.0.1 by default. With --api-key (or $GPT2KIT_API_KEY) every request but / and /health needs
 `Authorization: Bearer KEY`. Try it: open http://127.0.0.1:8000/ or point any OpenAI client at
 http://127.0.0.1:8000/v1. See docs/serving.md.
 """
@@ -24,8 +24,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         if f.name == "banned_phrases":
             p.add_argument("--banned-phrase", dest="banned_phrases", action="append", default=[], metavar="TEXT",
                            help=f.metadata["help"] + " (repeat the flag for several)")  # fmt: skip
+        elif f.name == "cors_origins":
+            p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
+                           help=f.metadata["help"] + " (repeat the flag for several)")  # fmt: skip
         elif f.name == "model_name":
-            p.add_argument(flag, default=None, help=f.metadata["help"] + " (default: the --model value)")
+            p.add_argument(flag, default=None, help=f.metadata["help"] + " (default: the --model value; a local folder's own name)")
         else:
             conv = int if kind.startswith("int") else float if kind.startswith("float") else str
             p.add_argument(flag, type=conv, default=f.default, help=f.metadata["help"])
@@ -37,6 +40,15 @@ def run(args: argparse.Namespace) -> None:
 
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     config = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "model_name"},
-                         model_name=args.model_name or str(args.model))  # fmt: skip
+                         model_name=args.model_name or served_name(args.model))  # fmt: skip
     model, tokenizer = load_model_and_tokenizer(args)
     serve(model, config, tokenizer, log_level=args.log_level)
+
+
+def served_name(model: str) -> str:
+    """The default model id: --model as given (a preset, a Hub repo id), but for a local folder only its own
+    name, so that /v1/models and the playground never show a filesystem path."""
+    from pathlib import Path
+
+    path = Path(model).expanduser()
+    return path.resolve().name if path.exists() else str(model)

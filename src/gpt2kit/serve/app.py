@@ -6,10 +6,15 @@
     GET  /health                200 {"status": "ok"} while the engine worker runs, else 503
     GET  /metrics               Prometheus text (metrics.py)
     GET  /                      the playground page (static/index.html)
+    GET  /openapi.json          the OpenAPI document, request schemas included (openapi.py); no /docs UI, which
+                                would load Swagger UI from a CDN
+
+In front of the routes (security.py): Host check on a loopback bind, the API key on everything but / and
+/health, opt-in CORS, a body deadline; uvicorn's timeouts and connection cap are in transport.py.
 
 Every error is OpenAI's JSON shape {"error": {"message", "type", "param", "code"}} with a 4xx status for a
-bad request (400 invalid, 401 auth, 404 unknown model/route, 408 timeout, 413 too large, 503 busy with
-Retry-After). Streams are Server-Sent Events exactly as OpenAI sends them: `data: {json}\\n\\n` chunks,
+bad request (400 invalid, 401 auth, 404 unknown model/route, 408 timeout, 413 too large, 415 not JSON,
+421 foreign Host, 503 busy with Retry-After). Streams are Server-Sent Events exactly as OpenAI sends them: `data: {json}\\n\\n` chunks,
 then `data: [DONE]\\n\\n`; an error after the stream started is sent as a `data: {"error": …}` event.
 A client that disconnects cancels its request, which frees its batch slots before the next step.
 """
@@ -17,8 +22,9 @@ A client that disconnects cancels its request, which frees its batch slots befor
 from __future__ import annotations
 
 import asyncio
-import hmac
+import html
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import resources
@@ -26,17 +32,22 @@ from importlib import resources
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 
 from gpt2kit.errors import Gpt2kitError
 from gpt2kit.serve import protocol as P
 from gpt2kit.serve.config import ServeConfig
 from gpt2kit.serve.logprobs import ChoiceLogprobs
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
+from gpt2kit.serve.openapi import declare_request_bodies
 from gpt2kit.serve.protocol import GenerationPlan, ProtocolError
+from gpt2kit.serve.security import EdgeGuard
 from gpt2kit.serve.worker import Delta, Job, QueueFull, RequestTimeout, Worker, WorkerError
 from gpt2kit.tokenizer import Tokenizer
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+log = logging.getLogger("gpt2kit.serve")
 
 
 def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
@@ -44,7 +55,7 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
     tok = tokenizer or Tokenizer()
     metrics = Metrics()
     created = P.now()
-    app = FastAPI(title="gpt2kit", version="1", docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="gpt2kit", version="1", docs_url=None, redoc_url=None)
     app.state.worker, app.state.metrics, app.state.config = worker, metrics, config
 
     # ---- errors -> OpenAI's shape -------------------------------------------------------------------
@@ -69,24 +80,22 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
     async def _bad_input(_: Request, e: Gpt2kitError) -> JSONResponse:  # e.g. the engine's own InputError/ConfigError
         return JSONResponse(P.error_body(str(e), "invalid_request_error"), status_code=400)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request: Request, _: ClientDisconnect) -> Response:
+        log.info("%s %s: the client disconnected before sending the whole body", request.method, request.url.path)
+        return Response(status_code=499)  # nobody reads this
+
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         message = f"{request.method} {request.url.path} does not exist on this server." if e.status_code in (404, 405) else str(e.detail)
         return JSONResponse(P.error_body(message, "invalid_request_error"), status_code=e.status_code, headers=e.headers)
 
     # ---- edge checks --------------------------------------------------------------------------------
-    def authorize(request: Request) -> None:
-        if config.api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ProtocolError("missing API key: send it as the header `Authorization: Bearer YOUR_KEY`.",
-                                status=401, code="invalid_api_key")  # fmt: skip
-        if not hmac.compare_digest(given.strip().encode(), config.api_key.encode()):  # constant time
-            raise ProtocolError("incorrect API key provided.", status=401, code="invalid_api_key")
-
     async def read_body(request: Request) -> bytes:
+        content_type = request.headers.get("content-type", "")
+        if content_type.partition(";")[0].strip().lower() != "application/json":  # no "simple" cross-site POST
+            raise ProtocolError(f"the request body must be JSON sent with `Content-Type: application/json`, not "
+                                f"{content_type[:60] or 'no Content-Type'!r}.", status=415, code="unsupported_media_type")  # fmt: skip
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):
@@ -108,7 +117,7 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
         page = resources.files("gpt2kit.serve").joinpath("static/index.html").read_text(encoding="utf-8")
-        return HTMLResponse(page.replace("{{MODEL}}", config.model_name))
+        return HTMLResponse(page.replace("{{MODEL}}", html.escape(config.model_name)))
 
     @app.get("/health")
     async def health() -> JSONResponse:
@@ -122,7 +131,6 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        authorize(request)
         return JSONResponse(P.model_list(config.model_name, created))
 
     @app.post("/v1/completions")
@@ -136,7 +144,6 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
     async def _respond(request: Request, *, chat: bool) -> Response:
         """The two generation endpoints differ only in their request model, planner and response shape."""
         t0 = time.perf_counter()
-        authorize(request)
         body = await read_body(request)
         req = P.ChatCompletionRequest.parse(body) if chat else P.CompletionRequest.parse(body)
         check_model(req.model)
@@ -246,7 +253,12 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
             lp.add(d.logprob)
         return lp
 
+    declare_request_bodies(app, {"/v1/completions": P.CompletionRequest, "/v1/chat/completions": P.ChatCompletionRequest})
+    app.add_middleware(EdgeGuard, config=config)  # the last added runs first: CORS -> metrics -> EdgeGuard -> routes
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if config.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"], max_age=600)  # fmt: skip
     return app
 
 
@@ -281,12 +293,11 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
     process) running the app on config.host:config.port."""
     import uvicorn
 
+    from gpt2kit.serve.transport import log_config_with_gpt2kit, uvicorn_config
     from gpt2kit.serve.worker import build_worker
 
     if config.is_public and not config.api_key:
-        import logging
-
-        logging.getLogger("gpt2kit.serve").warning(
+        log.warning(
             "serving on %s without an API key: anyone who can reach this address can use the model. "
             "Set --api-key (or $GPT2KIT_API_KEY).", config.host)
     tok = tokenizer or Tokenizer()
@@ -295,7 +306,8 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
     app = create_app(worker, config, tok)
     worker.start()
     try:
-        uvicorn.run(app, host=config.host, port=config.port, log_level=log_level, timeout_graceful_shutdown=5)
+        uv = uvicorn_config(app, config, log_level, log_config=log_config_with_gpt2kit(log_level), timeout_graceful_shutdown=5)
+        uvicorn.Server(uv).run()
     finally:
         worker.close()
 

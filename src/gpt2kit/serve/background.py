@@ -25,6 +25,7 @@ class BackgroundServer:
         import uvicorn
 
         from gpt2kit.serve.app import create_app, token_bytes_table
+        from gpt2kit.serve.transport import uvicorn_config
 
         self.config = config
         self.tokenizer = tokenizer or Tokenizer()
@@ -32,7 +33,7 @@ class BackgroundServer:
                                              max_model_len=config.max_model_len, max_queue=config.max_queue,
                                              request_timeout=config.request_timeout)  # fmt: skip
         self.app = create_app(self.worker, config, self.tokenizer)
-        uv = uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        uv = uvicorn_config(self.app, config, "warning", lifespan="off", timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(uv)
         self._thread: threading.Thread | None = None
         self.url = ""

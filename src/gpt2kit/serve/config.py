@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 
 from gpt2kit.errors import ConfigError
 
 API_KEY_ENV = "GPT2KIT_API_KEY"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ORIGIN = re.compile(r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 @dataclass
@@ -20,7 +23,7 @@ class ServeConfig:
 
     host: str = field(default="127.0.0.1", metadata={"help": "address to bind; 127.0.0.1 = this machine only (use 0.0.0.0 deliberately, with --api-key)"})
     port: int = field(default=8000, metadata={"help": "TCP port (0 = any free port)"})
-    api_key: str | None = field(default=None, metadata={"help": f"require `Authorization: Bearer KEY` on /v1/* (default: ${API_KEY_ENV} if set)"})
+    api_key: str | None = field(default=None, metadata={"help": f"require `Authorization: Bearer KEY` on every path but / and /health (default: ${API_KEY_ENV} if set)"})
     model_name: str = field(default="gpt2", metadata={"help": "the model id shown by /v1/models and accepted in `model`"})
     max_batch_size: int = field(default=32, metadata={"help": "sequences decoded together (slots of the KV cache)"})
     max_model_len: int | None = field(default=None, metadata={"help": "KV-cache length per slot, prompt + output (None = the model's context); lower it to save memory"})
@@ -33,6 +36,11 @@ class ServeConfig:
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "largest request body in bytes (413 beyond)"})
     request_timeout: float = field(default=600.0, metadata={"help": "seconds a request may take in total before it is cancelled (408)"})
     banned_phrases: tuple[str, ...] = field(default=(), metadata={"help": "content filter: phrases the model is never allowed to complete"})
+    cors_origins: tuple[str, ...] = field(default=(), metadata={"help": "web origins (scheme://host[:port]) whose pages may call the API from a browser; none by default"})
+    header_timeout: float = field(default=10.0, metadata={"help": "seconds a connection may take to send a request's headers before it is closed"})
+    body_timeout: float = field(default=30.0, metadata={"help": "seconds a request may take to send its body (408 and close beyond)"})
+    keep_alive_timeout: float = field(default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"})
+    max_connections: int = field(default=256, metadata={"help": "open connections at most; requests beyond get 503"})
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -41,7 +49,7 @@ class ServeConfig:
             raise ConfigError(f"api_key must be a non-empty string (or unset); got {self.api_key!r}.")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             raise ConfigError(f"port must be in 0..65535, got {self.port!r}.")
-        for name in ("max_batch_size", "max_tokens_limit", "max_n", "max_stop", "max_body_bytes"):
+        for name in ("max_batch_size", "max_tokens_limit", "max_n", "max_stop", "max_body_bytes", "max_connections"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ConfigError(f"ServeConfig.{name} must be a positive integer, got {value!r}.")
@@ -55,13 +63,20 @@ class ServeConfig:
             raise ConfigError(f"ServeConfig.max_model_len must be an integer >= 2 or None, got {self.max_model_len!r}.")
         if self.max_prompt_tokens is not None and (not isinstance(self.max_prompt_tokens, int) or self.max_prompt_tokens < 1):
             raise ConfigError(f"ServeConfig.max_prompt_tokens must be a positive integer or None, got {self.max_prompt_tokens!r}.")
-        if not isinstance(self.request_timeout, (int, float)) or not (0 < self.request_timeout < math.inf):
-            raise ConfigError(f"ServeConfig.request_timeout must be a positive number of seconds, got {self.request_timeout!r}.")
+        for name in ("request_timeout", "header_timeout", "body_timeout", "keep_alive_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise ConfigError(f"ServeConfig.{name} must be a positive number of seconds, got {value!r}.")
         self.banned_phrases = tuple(self.banned_phrases)
         if not all(isinstance(p, str) and p for p in self.banned_phrases):
             raise ConfigError(f"ServeConfig.banned_phrases must be non-empty strings, got {list(self.banned_phrases)!r}.")
+        self.cors_origins = tuple(self.cors_origins)
+        for origin in self.cors_origins:
+            if not isinstance(origin, str) or not (origin == "*" or ORIGIN.fullmatch(origin)):
+                raise ConfigError(f"cors origin {origin!r} is not a web origin: give scheme://host[:port] with no path, "
+                                  "e.g. --cors-origin http://localhost:3000 (or * for any page).")  # fmt: skip
 
     @property
     def is_public(self) -> bool:
         """Bound to an address other machines can reach."""
-        return self.host not in ("127.0.0.1", "localhost", "::1")
+        return self.host not in LOOPBACK_HOSTS
