@@ -192,7 +192,7 @@ def test_the_server_fails_only_the_poisoned_request(tiny, monkeypatch):
     poisoned = {"prompt": "x y z", "max_tokens": 12, "temperature": 0.7, "seed": 666}
     for body in (*normal, poisoned):
         body.update(model="tiny", stop=None, logit_bias={"50256": -100})
-    with running(worker), TestClient(create_app(worker, cfg, TOK)) as client:
+    with running(worker), TestClient(create_app(worker, cfg, TOK), base_url="http://127.0.0.1") as client:
         expected = [client.post("/v1/completions", json=b).json()["choices"][0]["text"] for b in normal]
         monkeypatch.setattr(engine_mod, "process_logits", process)
         for stream in (False, True):
@@ -223,3 +223,34 @@ def test_the_server_fails_only_the_poisoned_request(tiny, monkeypatch):
                 assert results[3].status_code == 500 and "poisoned row" in results[3].json()["error"]["message"]
         assert client.get("/health").json() == {"status": "ok"}
         assert worker.stats.running == 0
+
+
+# ---- the HTTP edge: logit_bias keys ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def http(tiny):
+    from fastapi.testclient import TestClient
+
+    from gpt2kit.serve.app import create_app
+    from gpt2kit.serve.config import ServeConfig
+    from gpt2kit.serve.worker import build_worker, running
+
+    cfg = ServeConfig(port=0, api_key=None, model_name="tiny", max_batch_size=4, max_tokens_limit=16)
+    worker = build_worker(tiny, TABLE, max_batch_size=4)
+    with running(worker), TestClient(create_app(worker, cfg, TOK), base_url="http://127.0.0.1") as client:
+        yield client
+
+
+@pytest.mark.parametrize("key", ["²", "٣", "３", "-1", "+3", " 3", "3 ", "3.0", "", "50257", "1e3", "0x10", "0" * 40 + "1"])
+def test_logit_bias_keys_must_be_ascii_token_ids(http, key):
+    r = http.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 1, "logit_bias": {key: 1}})
+    assert r.status_code == 400, (key, r.status_code, r.text)
+    err = r.json()["error"]
+    assert err["param"] == "logit_bias" and "token id" in err["message"]
+
+
+def test_logit_bias_ascii_keys_work(http):
+    r = http.post("/v1/completions", json={"model": "tiny", "prompt": "a", "max_tokens": 3, "temperature": 0,
+                                          "logit_bias": {"318": 100, "00042": 0}})  # fmt: skip
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == TOK.decode([318] * 3)

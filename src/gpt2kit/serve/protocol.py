@@ -94,7 +94,8 @@ class _SamplingFields(_Strict):
             raise ProtocolError("stop strings must be at most 256 characters long.", "stop")
         bias = {}
         for key, value in (self.logit_bias or {}).items():
-            if not key.isdigit() or int(key) >= 50257:
+            # ASCII digits only: str.isdigit() also accepts "²" (int() refuses it) and "٣" (int() reads 3)
+            if not (key.isascii() and key.isdigit()) or len(key) > 5 or int(key) >= 50257:
                 raise ProtocolError(f"logit_bias key {key[:40]!r} is not a token id: keys are token ids in 0..50256 (as strings).", "logit_bias")
             if not -100.0 <= value <= 100.0:
                 raise ProtocolError(f"logit_bias[{key}]={value} is out of range: values are in [-100, 100].", "logit_bias")
