@@ -219,3 +219,21 @@ def test_training_with_a_padded_vocabulary_saves_and_resumes_at_the_real_size(tm
     assert max(s["exp_avg"].shape[0] for s in moments.values() if s["exp_avg"].dim() == 2) == 50304  # padded, for resume
     result = train(TrainConfig(max_steps=4, resume=True, **kw), log=lambda *_: None)  # re-pads, loads the padded moments
     assert result.step == 4
+
+
+def test_accumulation_scaling_and_no_gradient_work_without_grad(monkeypatch):
+    import gpt2kit.model.head_loss as hl
+
+    h, w, t = _data()
+    hr, wr = h.clone().requires_grad_(), w.clone().requires_grad_()
+    (F.cross_entropy(hr @ wr.t(), t, ignore_index=IGNORE_INDEX) / 4).backward()  # loss / accum
+    hf, wf = h.clone().requires_grad_(), w.clone().requires_grad_()
+    (lm_head_loss(hf, wf, t, chunk_rows=16) / 4).backward()
+    torch.testing.assert_close(hf.grad, hr.grad, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(wf.grad, wr.grad, rtol=1e-5, atol=1e-7)
+    calls = []
+    monkeypatch.setattr(hl, "_chunk_grads", lambda *a: calls.append(1))
+    with torch.no_grad():
+        loss = lm_head_loss(hf, wf, t, chunk_rows=16)
+    torch.testing.assert_close(loss, F.cross_entropy(h @ w.t(), t, ignore_index=IGNORE_INDEX))
+    assert calls == []  # evaluation pays for the loss only

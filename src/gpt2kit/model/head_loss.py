@@ -5,13 +5,13 @@
 is `F.cross_entropy((h @ W^T).float(), targets, ignore_index=IGNORE_INDEX)`, the mean over the counted
 targets, computed `chunk_rows` rows at a time. For GPT-2 124M at 16 x 1024 tokens the plain path holds the
 (16384, 50304) logits in bf16 (1.6 GB), their fp32 copy (3.3 GB) and the fp32 softmax gradient (3.3 GB);
-here only one chunk of them lives at a time, and what autograd keeps for the backward is h, W, the targets
-and one log-sum-exp per row: no (N, V) tensor at all. The backward recomputes each chunk's logits (one more
-h @ W^T, ~1/3 more head FLOPs) and writes
+here only one chunk of them lives at a time. As in Liger-Kernel's fused linear cross-entropy, the forward
+also computes the gradients while each chunk's softmax is at hand (when h or W needs one),
 
     grad_h[rows] = (softmax - onehot) @ W,        grad_W += (softmax - onehot)^T @ h[rows]
 
-with grad_W accumulated in fp32 across chunks.
+with grad_W accumulated in fp32 across chunks, and autograd keeps only those two, (N, C) and (V, C): no
+(N, V) tensor, and no second h @ W^T in the backward, which just scales them by the incoming gradient.
 
 Numerics follow the plain path exactly: under autocast the matmul runs in the autocast dtype and its
 output is rounded to it before the fp32 softmax (as `lm_head(h).float()` is), and the softmax gradient is
@@ -57,6 +57,8 @@ def lm_head_loss(
         raise ValueError(f"lm_head_loss: n_valid={n_valid} must be in [1, {V}] (the head's rows)")
     if chunk_rows <= 0:
         chunk_rows = max(64, CHUNK_BYTES // (4 * V) // 64 * 64)
+    if not torch.is_grad_enabled():  # evaluation: detached inputs, so the forward computes no gradients
+        h, weight = h.detach(), weight.detach()
     return _HeadLoss.apply(h.reshape(-1, C), weight, targets.reshape(-1), n_valid, chunk_rows)
 
 
@@ -77,50 +79,54 @@ def _chunk_logits(h_c: torch.Tensor, w: torch.Tensor, n_valid: int) -> torch.Ten
 
 
 class _HeadLoss(torch.autograd.Function):
+    """Forward computes the loss and, when an input needs it, the gradients too (one pass over the chunks,
+    no recompute); backward scales them by the incoming gradient."""
+
     @staticmethod
     def forward(ctx, h, weight, targets, n_valid: int, chunk_rows: int):
         # h (N, C), weight (V, C), targets (N,) -> loss ()
         dtype = _compute_dtype(h, weight)
+        want_h, want_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         with torch.autocast(h.device.type, enabled=False):
             hc, wc = h.to(dtype), weight.to(dtype)
             N = hc.shape[0]
             counted = targets != IGNORE_INDEX  # (N,)
             safe = torch.where(counted, targets, 0)  # (N,): any real id where ignored
-            lse = torch.empty(N, dtype=torch.float32, device=h.device)  # (N,)
+            n_counted = counted.sum()
+            row_scale = counted / n_counted  # (N,): d loss / d row loss, 0 where ignored (nan if none count)
             total = torch.zeros((), dtype=torch.float32, device=h.device)
+            grad_h = torch.empty(hc.shape, dtype=h.dtype, device=h.device) if want_h else None  # (N, C)
+            grad_w = torch.zeros(wc.shape, dtype=torch.float32, device=h.device) if want_w else None  # (V, C)
             for a in range(0, N, chunk_rows):
                 b = min(a + chunk_rows, N)
                 logits = _chunk_logits(hc[a:b], wc, n_valid)  # (n, V)
-                lse[a:b] = torch.logsumexp(logits, dim=1)
+                lse = torch.logsumexp(logits, dim=1)  # (n,)
                 picked = logits.gather(1, safe[a:b, None]).squeeze(1)  # (n,)
-                total += torch.where(counted[a:b], lse[a:b] - picked, 0.0).sum()
-            n_counted = counted.sum()
+                total += torch.where(counted[a:b], lse - picked, 0.0).sum()
+                if want_h or want_w:
+                    _chunk_grads(logits, lse, safe[a:b], row_scale[a:b], hc[a:b], wc, grad_h, grad_w, a, b)
             loss = total / n_counted  # 0/0 = nan when nothing counts, like F.cross_entropy
-        ctx.save_for_backward(hc, wc, safe, counted, lse, n_counted)
-        ctx.meta = (n_valid, chunk_rows, h.dtype, weight.dtype)
+        ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return loss
 
     @staticmethod
     def backward(ctx, grad_loss):
-        hc, wc, safe, counted, lse, n_counted = ctx.saved_tensors
-        n_valid, chunk_rows, h_dtype, w_dtype = ctx.meta
-        N = hc.shape[0]
-        scale = grad_loss.float() / n_counted  # d loss / d (per-row loss) for counted rows
-        grad_h = torch.empty(hc.shape, dtype=h_dtype, device=hc.device) if ctx.needs_input_grad[0] else None
-        grad_w = torch.zeros(wc.shape, dtype=torch.float32, device=wc.device) if ctx.needs_input_grad[1] else None
-        with torch.autocast(hc.device.type, enabled=False):
-            for a in range(0, N, chunk_rows):
-                b = min(a + chunk_rows, N)
-                logits = _chunk_logits(hc[a:b], wc, n_valid)  # (n, V)
-                d = logits.sub_(lse[a:b, None]).exp_()  # softmax, in place; padding: exp(-inf) = 0
-                d.scatter_add_(1, safe[a:b, None], torch.full((b - a, 1), -1.0, device=d.device))  # - onehot
-                d.mul_(torch.where(counted[a:b], scale, 0.0)[:, None])  # (n, V) d loss / d logits
-                d = d.to(wc.dtype)
-                if grad_h is not None:
-                    grad_h[a:b] = d @ wc  # (n, C)
-                if grad_w is not None:
-                    if d.dtype == torch.float32:
-                        grad_w.addmm_(d.t(), hc[a:b])  # (V, C) += (V, n) @ (n, C)
-                    else:  # the matmul accumulates in fp32 inside; its output rounds once per chunk
-                        grad_w += (d.t() @ hc[a:b]).float()
-        return grad_h, None if grad_w is None else grad_w.to(w_dtype), None, None, None
+        grad_h, grad_w = ctx.saved_tensors
+        scale = grad_loss  # () ; 1.0 for loss.backward(), 1/accum for loss / accum
+        return (None if grad_h is None else grad_h * scale.to(grad_h.dtype),
+                None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None, None)  # fmt: skip
+
+
+def _chunk_grads(logits, lse, targets, row_scale, h_c, w, grad_h, grad_w, a: int, b: int) -> None:
+    """The chunk's d loss / d logits = (softmax - onehot) * row_scale, rounded to the compute dtype as the
+    plain path's Linear backward sees it, then grad_h[a:b] = it @ W and grad_W += it^T @ h_c."""
+    d = logits.sub_(lse[:, None]).exp_()  # (n, V) softmax, in place; padding: exp(-inf) = 0
+    d.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))  # - onehot
+    d = d.mul_(row_scale[:, None]).to(w.dtype)
+    if grad_h is not None:
+        grad_h[a:b] = d @ w  # (n, C)
+    if grad_w is not None:
+        if d.dtype == torch.float32:
+            grad_w.addmm_(d.t(), h_c)  # (V, C) += (V, n) @ (n, C)
+        else:  # the matmul accumulates in fp32 inside; its output rounds once per chunk
+            grad_w += (d.t() @ h_c).float()
