@@ -58,7 +58,7 @@ def one_process(data, tmp_path_factory):
     """Global batch 2 x 4 x 32 tokens per optimizer step: one process with B=4 and gradient accumulation 2."""
     out = tmp_path_factory.mktemp("one")
     subprocess.run([sys.executable, "-m", "gpt2kit", "train", "--data", str(data), "--out-dir", str(out), "--micro-batch", "4",
-                    "--max-steps", "8", *ARGS], check=True, env=ENV, capture_output=True)  # fmt: skip
+                    "--max-steps", "8", *ARGS], check=True, env=ENV, capture_output=True, timeout=600)  # fmt: skip
     return out
 
 
@@ -66,7 +66,7 @@ def torchrun(data, out, *extra):
     """Two processes with B=2, accum 2: rank r takes windows [2r, 2r+2) of each global draw of 4."""
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit", "train",
                           "--data", str(data), "--out-dir", str(out), "--micro-batch", "2", *ARGS, *extra],
-                         env=ENV, capture_output=True, text=True)  # fmt: skip
+                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
 

@@ -143,21 +143,44 @@ def _random_shards(path):
         write_shard(path / f"{split}_000000.bin", rng.integers(0, 1000, 4000).astype(np.uint16))
 
 
-def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path):
+class _StepClock:
+    """A stand-in for the `time` module inside the training loop: perf_counter advances a fixed 50 ms per
+    call, so the time budget is spent by the count of the loop's clock reads, not by the machine's speed."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        self.now += 0.05
+        return self.now
+
+    def __getattr__(self, name):
+        import time
+
+        return getattr(time, name)
+
+
+def test_time_budget_stops_with_a_checkpoint_and_can_fit_the_schedule(tmp_path, monkeypatch):
     from gpt2kit.train import loop, train
     from gpt2kit.train.checkpoint import latest_checkpoint, read_meta
+    from gpt2kit.train.metrics import read_metrics
 
     _random_shards(tmp_path)
     base = dict(data=str(tmp_path), model="tiny", block_size=16, micro_batch=2, max_steps=100_000, eval_interval=1000, eval_batches=1, warmup_steps=500,
-                sample_tokens=0, threads=1)  # fmt: skip
+                sample_tokens=0, threads=1, log_interval=1)  # fmt: skip
+    monkeypatch.setattr(loop, "time", _StepClock())
     res = train(TrainConfig(**base, out_dir=str(tmp_path / "a"), max_minutes=1e-5), log=lambda s: None)
     assert res.stopped_by == "max_minutes" and res.step == 1 and res.last_checkpoint.name == "step_000001"
 
-    res = train(TrainConfig(**base, out_dir=str(tmp_path / "b"), max_minutes=0.06, fit_to_time=True), log=lambda s: None)
+    monkeypatch.setattr(loop, "time", _StepClock())
+    res = train(TrainConfig(**base, out_dir=str(tmp_path / "b"), max_minutes=0.1, fit_to_time=True), log=lambda s: None)
     saved = read_meta(latest_checkpoint(tmp_path / "b" / "checkpoints"))["train_config"]
-    assert 10 < saved["max_steps"] < 100_000 and saved["fit_to_time"] is False  # fitted once, and saved for --resume
+    assert saved["fit_to_time"] is False  # fitted once, and saved for --resume
+    # a 6 s budget, fitted at step 25 from the (fake, fixed) time per step: 90 % of what is left, then stop
+    assert loop._FIT_AT < saved["max_steps"] < 100, saved["max_steps"]
     assert saved["warmup_steps"] <= max(loop._FIT_AT, saved["max_steps"] // 10)  # the warmup shrinks with the schedule
-    assert res.step <= saved["max_steps"]
+    assert res.step == saved["max_steps"] and res.stopped_by == "max_steps"  # the fitted schedule ends inside the budget
+    assert len(read_metrics(tmp_path / "b" / "metrics.jsonl", "train")) == res.step
 
 
 def test_early_stopping_on_val_loss(tmp_path, monkeypatch):
