@@ -55,8 +55,11 @@ class TrainResult:
     stopped_by: str  # "max_steps", "max_minutes" or "early_stop"
 
 
-def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[str], None] = print) -> TrainResult:
-    """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun."""
+def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[str], None] = print,
+          on_step: Callable[[int, int], None] | None = None) -> TrainResult:  # fmt: skip
+    """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun.
+
+    on_step(step, max_steps), if given, is called after every optimizer step (for a caller's progress bar)."""
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -68,13 +71,13 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
     ckpt_root = out / "checkpoints"
     eval_hooks = [*eval_hooks, *config_eval_hooks(cfg)]
     try:
-        return _train(cfg, eval_hooks, say, info, device, out, ckpt_root)
+        return _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step)
     finally:
         D.teardown(info)
         torch.set_num_threads(threads)
 
 
-def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
+def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> TrainResult:
     # ---- weights ---------------------------------------------------------------------------------
     resume_from = None
     if cfg.resume:
@@ -189,6 +192,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root) -> TrainResult:
         optimizer.zero_grad(set_to_none=True)
         step += 1
         steps_since_log += 1
+        if on_step is not None:
+            on_step(step, cfg.max_steps)
         if fitting and step == start_step + _FIT_FROM:
             fit_from = (step, time.perf_counter())  # the steps before this one paid for compilation and warm-up
         if fitting and (step == start_step + _FIT_AT or step > start_step + _FIT_AT and step % cfg.eval_interval == 0):
