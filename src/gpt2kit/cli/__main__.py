@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "finetune": "gpt2kit.cli.finetune",
     "eval": "gpt2kit.cli.eval",
     "serve": "gpt2kit.cli.serve",
+    "export": "gpt2kit.cli.export",
 }
 
 
