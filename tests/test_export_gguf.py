@@ -10,9 +10,9 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_gpt
 
 import gpt2kit
+from conftest import tiny_gpt
 from gpt2kit.cli.__main__ import main
 from gpt2kit.export.gguf import export_gguf, gguf_name
 
