@@ -1,155 +1,178 @@
-"""Greedy decode speed: gpt2kit's Engine vs transformers' generate(), same random-weight model, same prompts.
+"""Greedy generation speed: gpt2kit's Engine vs transformers' generate(), same weights, each in its own process.
 
-    python benchmarks/generate.py                               # 124M fp32, batch 1, 32-token prompt, 128 new
-    python benchmarks/generate.py --dtype bf16                  # bf16 weights for both
-    python benchmarks/generate.py --weights int8                # ours int8 weight-only decode vs HF fp32
+    python benchmarks/generate.py                         # 124M fp32, batch 1, 32-token prompt, 128 new tokens
+    python benchmarks/generate.py --dtype bf16            # both sides in bf16 (native kernels where the CPU has them)
+    python benchmarks/generate.py --weights int8          # gpt2kit weight-only int8 vs transformers fp32
     python benchmarks/generate.py --batch 8
-    python benchmarks/generate.py --quality                     # logit/NLL change of bf16/int8 vs fp32
+    python benchmarks/generate.py --prompt-len 512 --new-tokens 1     # prompt processing (time to first token)
+    python benchmarks/generate.py --quality --model builtin           # logit/NLL change of bf16/int8 vs fp32
 
-Both sides run greedy with a fixed number of new tokens (HF: min_new_tokens = max_new_tokens; ours:
-ignore_eos), timing includes the prefill, runs alternate (HF, ours, HF, ours, ...) and the median is
-reported, so a neighbour process slows both alike. Threads: torch.set_num_threads(--threads).
+A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
+fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.from_pretrained`), runs
+one short untimed generation (gpt2kit measures and caches its kernel choice there, as a user's first run
+does), then times B x N greedy tokens, prefill included. Sides alternate --repeat times; medians are
+compared. The same run measures the memory-read bandwidth and reports decode as a fraction of the bound
+(bandwidth / bytes of weights read per step). One JSON line per configuration goes to
+benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
-import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-import torch  # noqa: E402
+import harness  # noqa: E402
+
+SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
-def build(dtype: torch.dtype, seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
+def worker(args) -> None:
+    import torch
+
+    torch.set_num_threads(args.threads)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    B, P, N = args.batch, args.prompt_len, args.new_tokens
+    ids = torch.randint(0, 50256, (B, P), generator=torch.Generator().manual_seed(1))
+    if args.side == "transformers":
+        import transformers
+
+        model = transformers.GPT2LMHeadModel.from_pretrained(args.folder, torch_dtype=dtype).eval()
+
+        def run(n: int) -> list[list[int]]:
+            with torch.inference_mode():
+                out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
+                                     do_sample=False, pad_token_id=50256)  # fmt: skip
+            return out[:, P:].tolist()
+    else:
+        import gpt2kit
+        from gpt2kit.generate import Engine, SamplingParams
+
+        model = gpt2kit.from_pretrained(args.folder, device="cpu", dtype=dtype)
+        engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights)  # what `gpt2kit generate` builds
+
+        def run(n: int) -> list[list[int]]:
+            params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+            return [c.token_ids for c in engine.generate(ids.tolist(), params)]
+
+    run(min(N, 8))  # warm-up: allocations, oneDNN primitives, gpt2kit's kernel measurement (cached after)
+    t0 = time.perf_counter()
+    tokens = run(N)
+    dt = time.perf_counter() - t0
+    rate = B * (P if N == 1 else N) / dt
+    print(json.dumps({"rate": rate, "seconds": dt, "tokens_sha": hashlib.sha256(str(tokens).encode()).hexdigest()[:16]}))
+
+
+def weight_bytes(folder: str, weights: str, dtype: str) -> int:
+    """Bytes a decode step reads: every linear weight (the tied head included) in its decode format, plus the
+    biases and LayerNorms in the model's dtype (of the embedding tables a step reads one row)."""
+    import torch
 
     import gpt2kit
-    from gpt2kit.model.convert import from_hf_state_dict
 
-    torch.manual_seed(seed)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
-    cfg = gpt2kit.GPTConfig()
-    ours = gpt2kit.GPT(cfg).eval()
-    ours.load_state_dict(from_hf_state_dict(hf.state_dict(), cfg))
-    ours.lm_head.weight = ours.transformer.wte.weight
-    return hf.to(dtype), ours.to(dtype)
+    model = gpt2kit.from_pretrained(folder, device="cpu")
+    linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    vectors = sum(p.numel() for p in model.parameters() if p.dim() == 1)
+    size = 2 if dtype == "bf16" else 4
+    return linear * {"int8": 1, "bf16": 2}.get(weights, size) + vectors * size
 
 
 def bench(args) -> None:
-    from gpt2kit.generate import Engine, SamplingParams
+    import torch
+    import transformers
 
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
-    hf_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.hf_dtype or args.dtype]
-    hf, ours = build(dtype)
-    if hf_dtype != dtype:
-        hf = hf.to(hf_dtype)
-    B, P, N = args.batch, args.prompt_len, args.new_tokens
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(0, 50256, (B, P), generator=g)
-    engine = Engine(ours, max_batch=B, max_len=P + N, weights=args.weights)
-    params = SamplingParams(max_new_tokens=N, temperature=0, ignore_eos=True)
-    prompts = ids.tolist()
-
-    def run_hf():
-        with torch.inference_mode():
-            out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=N, min_new_tokens=N, do_sample=False,
-                              pad_token_id=50256)  # fmt: skip
-        return out[:, P:].tolist()
-
-    def run_ours():
-        return [c.token_ids for c in engine.generate(prompts, params)]
-
-    run_hf(), run_ours()  # warm-up (allocations, oneDNN kernels)
-    t_hf, t_ours, same = [], [], None
-    for _ in range(args.repeats):
-        t = time.perf_counter()
-        a = run_hf()
-        t_hf.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b = run_ours()
-        t_ours.append(time.perf_counter() - t)
-        same = a == b
-    hf_tps = B * N / statistics.median(t_hf)
-    our_tps = B * N / statistics.median(t_ours)
-    print(f"config: 124M random weights, batch {B}, prompt {P}, new {N}, threads {torch.get_num_threads()}, "
-          f"ours {args.dtype}/{args.weights}, transformers {args.hf_dtype or args.dtype}")  # fmt: skip
-    print(f"transformers generate: {hf_tps:7.1f} tok/s  (runs: {', '.join(f'{B * N / t:.1f}' for t in t_hf)})")
-    print(f"gpt2kit Engine:        {our_tps:7.1f} tok/s  (runs: {', '.join(f'{B * N / t:.1f}' for t in t_ours)})")
-    print(f"ratio: {our_tps / hf_tps:.2f}x   same greedy tokens: {same}")
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as folder:
+        transformers.GPT2LMHeadModel(transformers.GPT2Config(**SHAPES[args.shape])).save_pretrained(folder)
+        common = [__file__, "--folder", folder, "--dtype", args.dtype, "--batch", str(args.batch), "--prompt-len",
+                  str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]  # fmt: skip
+        sides = {
+            "transformers": [*common, "--side", "transformers", "--dtype", args.hf_dtype or args.dtype],
+            "gpt2kit": [*common, "--side", "gpt2kit", "--weights", args.weights],
+        }
+        bw = harness.read_bandwidth_gbs(args.threads)
+        runs = harness.alternate(sides, args.repeat)
+        nbytes = weight_bytes(folder, args.weights, args.dtype)
+    figures = {name: harness.median(r, "rate") for name, r in runs.items()}
+    decode = args.new_tokens > 1
+    bound = bw * 1e9 / nbytes * args.batch if decode else None
+    line = harness.record(
+        "generate", sys.argv, args.threads,
+        {n: {"figure": round(f, 2), "unit": "tok/s", "runs": [round(r["rate"], 2) for r in runs[n]]} for n, f in figures.items()},
+        round(figures["gpt2kit"] / figures["transformers"], 3),
+        config=dict(shape=args.shape, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
+                    batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens),
+        same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
+        bandwidth_gbs=round(bw, 2), bytes_per_step=nbytes,
+        bound=None if bound is None else round(bound, 2),
+        fraction_of_bound={n: round(f / bound, 3) for n, f in figures.items()} if bound else None,
+    )  # fmt: skip
+    print(json.dumps(line, indent=1))
 
 
 def quality(args) -> None:
-    """Teacher-forced decode over a corpus slice: logit and NLL change of bf16 / int8 decode vs fp32."""
-    import glob
+    """Teacher-forced decode over a text: logit and NLL change of bf16 / int8 decode against fp32."""
+    import torch
 
     import gpt2kit
     from gpt2kit.generate.decode import DecodeRunner
     from gpt2kit.model.kv_cache import KVCache
 
-    files = sorted(glob.glob(os.path.join(args.corpora, "*.txt")))
-    text = open(files[0], encoding="utf-8").read()[:20000]
-    toks = gpt2kit.Tokenizer().encode_ordinary(text)[: args.quality_tokens + 1]
-    def load(dtype: torch.dtype):
-        if args.model:  # a trained model: the only kind whose perplexity change means something
-            return gpt2kit.from_pretrained(args.model, dtype=dtype)
-        return build(dtype)[1]
-
-    ref_model = load(torch.float32)
-    toks = toks[: ref_model.config.n_positions]
+    text = Path(args.text).read_text(encoding="utf-8")[:20000]
+    ref_model = gpt2kit.from_pretrained(args.model)
+    toks = gpt2kit.Tokenizer().encode_ordinary(text)[: min(args.quality_tokens + 1, ref_model.config.n_positions)]
     x = torch.tensor(toks)
     results = {}
-    modes = (
-        ("fp32", torch.float32, "auto"),
-        ("bf16 model", torch.bfloat16, "auto"),
-        ("fp32 + bf16 weights", torch.float32, "bf16"),
-        ("fp32 + int8 weights", torch.float32, "int8"),
-    )
-    for name, dtype, weights in modes:
-        model = ref_model if dtype == torch.float32 else load(dtype)
+    for name, dtype, weights in (("fp32", torch.float32, "auto"), ("bf16 model", torch.bfloat16, "auto"),
+                                 ("fp32 + bf16 weights", torch.float32, "bf16"), ("fp32 + int8 weights", torch.float32, "int8")):  # fmt: skip
+        model = ref_model if dtype == torch.float32 else gpt2kit.from_pretrained(args.model, dtype=dtype)
         runner = DecodeRunner(model, weights)
         cache = KVCache(model.config, 1, len(toks), dtype=dtype)
         with torch.inference_mode():
             logits = [runner.prefill(x[None, :1], cache, None)]
-            for t in range(1, len(toks) - 1):
-                logits.append(runner.decode(x[None, t : t + 1], cache, None))
+            logits += [runner.decode(x[None, t : t + 1], cache, None) for t in range(1, len(toks) - 1)]
         results[name] = torch.cat(logits).float()  # (T, V)
     ref = results["fp32"]
     nll_ref = torch.nn.functional.cross_entropy(ref, x[1:]).item()
-    what = f"model {args.model}" if args.model else "124M RANDOM weights"
-    print(f"quality: {len(toks) - 1} teacher-forced decode steps on {os.path.basename(files[0])}, {what}; "
-          f"fp32 logit std {ref.std().item():.4f}")  # fmt: skip
-    ref_logp = torch.log_softmax(ref, -1)
     for name, lg in results.items():
         nll = torch.nn.functional.cross_entropy(lg, x[1:]).item()
-        diff = (lg - ref).abs()
-        agree = (lg.argmax(-1) == ref.argmax(-1)).float().mean().item()
-        kl = torch.nn.functional.kl_div(torch.log_softmax(lg, -1), ref_logp, log_target=True, reduction="batchmean").item()
-        print(f"  {name:20s} max|dlogit| {diff.max().item():.4f}  mean|dlogit| {diff.mean().item():.5f}  "
-              f"ppl {torch.exp(torch.tensor(nll)).item():.2f} (fp32 {torch.exp(torch.tensor(nll_ref)).item():.2f})  "
-              f"KL(fp32||this) {kl:.2e}  argmax agreement {agree:.3f}")  # fmt: skip
+        print(json.dumps({"mode": name, "max_dlogit": round((lg - ref).abs().max().item(), 5), "ppl": round(float(torch.exp(torch.tensor(nll))), 4),
+                          "ppl_fp32": round(float(torch.exp(torch.tensor(nll_ref))), 4),
+                          "argmax_agreement": round((lg.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)}))  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="our model's dtype")
+    ap.add_argument("--shape", default="124M", choices=sorted(SHAPES))
+    ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="both sides' dtype")
     ap.add_argument("--hf-dtype", default=None, choices=["fp32", "bf16"], help="transformers' dtype (default: --dtype)")
-    ap.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"], help="our decode weights")
+    ap.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"], help="gpt2kit's decode weights")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=32)
-    ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--new-tokens", type=int, default=128, help="1 measures prompt processing (prompt tokens / s)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quality", action="store_true", help="measure bf16/int8 logit and perplexity change instead")
-    ap.add_argument("--quality-tokens", type=int, default=256)
-    ap.add_argument("--corpora", default=str(Path(__file__).resolve().parents[2] / "shared" / "corpora"))
-    ap.add_argument("--model", default=None, help="--quality: a trained model (e.g. builtin) instead of random weights")
+    ap.add_argument("--quality-tokens", type=int, default=512)
+    ap.add_argument("--model", default="builtin", help="--quality: a trained model")
+    ap.add_argument("--text", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpora" / "austen.txt"))
+    ap.add_argument("--side", choices=["transformers", "gpt2kit"], help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    quality(args) if args.quality else bench(args)
+    if args.side:
+        worker(args)
+    elif args.quality:
+        quality(args)
+    else:
+        bench(args)
 
 
 if __name__ == "__main__":

@@ -148,3 +148,28 @@ def test_recorded_attention_equals_transformers(tiny_hf_dir):
         torch.testing.assert_close(ours[0], theirs, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(logits, ref.logits, atol=1e-4, rtol=1e-4)
     assert all(b.attn.record is None for b in model.transformer.h)  # recording ends with the block
+
+
+def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
+    from gpt2kit.cli.__main__ import main
+
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    assert main(["info", "--kernels", "--json"]) in (0, None)
+    report = json.loads(capsys.readouterr().out)
+    assert report["machine"] == K.machine_key() and report["cache"] == str(tmp_path / "kernels.json")
+    assert {c["role"] for c in report["choices"]} == set(K.ROLES)
+    assert all(c["chosen"] in c["us"] and not c["cached"] for c in report["choices"])
+    assert main(["info", "--kernels"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "lm_head" in out and "(cached)" in out
+
+
+def test_bf16_is_said_to_be_emulated_only_where_it_is(monkeypatch):
+    from gpt2kit import device
+
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    note = device.bf16_emulation_note(CPU, torch.bfloat16)
+    assert note and "emulated" in note and "\n" not in note
+    assert device.bf16_emulation_note(CPU, torch.float32) is None
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert device.bf16_emulation_note(CPU, torch.bfloat16) is None

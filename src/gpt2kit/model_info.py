@@ -32,5 +32,25 @@ def model_report(name_or_path: str) -> dict:
     }
 
 
+def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "fp32", weights: str = "auto",
+                  remeasure: bool = False) -> dict:  # fmt: skip
+    """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
+    read from the per-machine cache), with every candidate's time and why any was left out."""
+    from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels
+    from gpt2kit.pretrained import from_pretrained
+
+    model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
+    choices = plan_kernels(model, batch, weights, remeasure=remeasure)
+    return {
+        "model": name_or_path,
+        "machine": machine_key(),
+        "cache": str(kernel_cache_path()),
+        "choices": [
+            {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "rejected": c.rejected, "cached": c.cached}
+            for c in choices
+        ],
+    }
+
+
 def _gib(nbytes: float) -> str:
     return f"{nbytes / 2**20:,.1f} MiB" if nbytes < 2**30 else f"{nbytes / 2**30:,.2f} GiB"

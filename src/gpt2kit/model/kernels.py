@@ -80,8 +80,9 @@ def machine_key() -> str:
     return f"{name} | flags {digest} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True) -> list[Choice]:
-    """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks."""
+def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True, remeasure: bool = False) -> list[Choice]:
+    """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks (all of
+    it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured."""
     if weights not in WEIGHT_MODES or weights == "model":
         raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
     param = next(model.parameters())
@@ -97,7 +98,7 @@ def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: b
         out_f, in_f = linears[0].weight.shape
         for rows in rows_list:
             key = f"{dtype} | {weights} | {role} {out_f}x{in_f} | {rows} rows"
-            if key in table:
+            if key in table and not remeasure:
                 choices.append(Choice(**{**table[key], "cached": True}))
                 continue
             c = _measure(role, linears, rows, _candidates(weights, rows, device, dtype, in_f, forced), dtype)
@@ -188,7 +189,8 @@ def _measure(role: str, linears: list[nn.Linear], rows: int, cands: tuple[list[s
 
 
 def _time(kernels: list, x: torch.Tensor) -> float:
-    """Median microseconds per call, cycling through the layers' kernels, after one warm-up round."""
+    """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
+    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round."""
     for k in kernels:
         k(x)
     times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
@@ -197,7 +199,7 @@ def _time(kernels: list, x: torch.Tensor) -> float:
         kernels[i % len(kernels)](x)
         times.append(time.perf_counter() - t0)
         i += 1
-    return statistics.median(times) * 1e6
+    return statistics.quantiles(times, n=4)[0] * 1e6
 
 
 def _role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Module]]:

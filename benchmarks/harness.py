@@ -1,0 +1,91 @@
+"""What every benchmark shares: the machine's description, its memory-read bandwidth, fresh worker processes
+run in alternation with medians, and one JSON line per measurement in benchmarks/results/<bench>.jsonl.
+
+Each side of a comparison runs in its own fresh process (the benchmark script itself, with --side), which
+loads its model, warms up untimed, then times one measurement and prints it as a JSON line on stdout. One
+process for both sides would let each side's allocations change the other's speed (glibc raises its mmap
+threshold when a large block is freed: ~10 % on the transformers eval loop, measured). The sides alternate
+`repeat` times, so a shared host's drift slows both alike, and the medians are compared.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "fma")
+
+
+def machine(threads: int) -> dict:
+    """CPU model (lscpu) and the flags that decide kernels, torch version, threads, date."""
+    import torch
+
+    info = {}
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        info = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    flags = set(info.get("Flags", "").split())
+    return {
+        "cpu": info.get("Model name", "unknown"),
+        "cpu_flags": [f for f in FLAGS_SHOWN if f in flags],
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": threads,
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20) -> float:
+    """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    buf = torch.ones(int(gib * 2**30) // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        buf.sum()
+        best = min(best, time.perf_counter() - t)
+    return buf.numel() * 4 / best / 1e9
+
+
+def run_worker(argv: list[str], timeout: float = 1800) -> dict:
+    """One fresh process; its last stdout line is the measurement (JSON)."""
+    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, timeout=timeout).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def alternate(sides: dict[str, list[str]], repeat: int) -> dict[str, list[dict]]:
+    """Run each side's worker argv `repeat` times, alternating sides; {side: [measurement, ...]}."""
+    runs: dict[str, list[dict]] = {name: [] for name in sides}
+    for _ in range(repeat):
+        for name, argv in sides.items():
+            runs[name].append(run_worker(argv))
+    return runs
+
+
+def median(runs: list[dict], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def record(bench: str, command: list[str] | str, threads: int, sides: dict[str, dict], ratio: float | None, **extra) -> dict:
+    """Append one measurement to benchmarks/results/<bench>.jsonl and return it.
+
+    sides: {side name: {"figure": median, "unit": ..., "runs": [...]}}; ratio: gpt2kit / the reference."""
+    cmd = command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
+    line = {"bench": bench, **machine(threads), "command": cmd, "sides": sides, "ratio": ratio, **extra}
+    RESULTS.mkdir(exist_ok=True)
+    with open(RESULTS / f"{bench}.jsonl", "a", encoding="utf-8") as f:
+        f.write(json.dumps(line) + "\n")
+    return line
