@@ -29,6 +29,7 @@ def load_model_and_tokenizer(args: argparse.Namespace):
 
     from gpt2kit.builtin import describe, is_builtin
     from gpt2kit.config import PRESETS
+    from gpt2kit.device import bf16_emulation_note
     from gpt2kit.errors import ConfigError
     from gpt2kit.pretrained import from_pretrained
     from gpt2kit.tokenizer import Tokenizer
@@ -40,6 +41,9 @@ def load_model_and_tokenizer(args: argparse.Namespace):
         )
     dtype = None if args.dtype == "auto" else args.dtype
     model = from_pretrained(args.model, device=args.device, dtype=dtype)
+    param = next(model.parameters())
+    if note := bf16_emulation_note(param.device, param.dtype):
+        print(f"gpt2kit: {note}", file=sys.stderr)
     if is_builtin(args.model):
         print(f"gpt2kit: {describe()}", file=sys.stderr)
     return model, Tokenizer()

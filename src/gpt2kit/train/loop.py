@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.device import cpu_has_bf16, enable_tf32, resolve_device, resolve_dtype, seed_everything
+from gpt2kit.device import bf16_emulation_note, enable_tf32, resolve_device, resolve_dtype, seed_everything
 from gpt2kit.errors import ConfigError, Gpt2kitError
 from gpt2kit.model import GPT
 from gpt2kit.model.vocab_pad import pad_vocab, unpadded
@@ -102,9 +102,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     dtype = _train_dtype(cfg.dtype, device)
     if device.type == "cuda":
         enable_tf32()
-    if device.type == "cpu" and dtype == torch.bfloat16 and not cpu_has_bf16():
-        say("note: this CPU has no bf16 instructions (AVX2 only), so bf16 autocast is emulated and slower than fp32 "
-            "(10x for a tiny model on a 2-core AVX2 machine); use --dtype fp32 here")  # fmt: skip
+    if note := bf16_emulation_note(device, dtype):
+        say(note)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
