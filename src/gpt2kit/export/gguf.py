@@ -1,13 +1,14 @@
 """A gpt2kit model -> one GGUF file that llama.cpp runs as GPT-2 (architecture "gpt2").
 
 The file is what llama.cpp's own `convert_hf_to_gguf.py` writes for a Hugging Face GPT-2 folder
-(its `GPT2Model`), written with the same library (the `gguf` package) from the model in memory:
+(its `GPT2Model`; tools/check_gguf.py finds the two files' tensors bit-identical and their tokenizer and
+model metadata equal), written with the same library (the `gguf` package) from the model in memory:
 
   - hyper-parameters under `gpt2.*`: context_length (n_positions), embedding_length, feed_forward_length,
     block_count, attention.head_count, attention.layer_norm_epsilon;
   - GPT-2's tokenizer: model "gpt2", pre-tokenizer "gpt-2", the 50,257 tokens in the byte-to-unicode
     alphabet of encoder.json (<|endoftext|> a CONTROL token), the 50,000 merges of vocab.bpe, and
-    <|endoftext|> (50256) as bos/eos/unk, with no BOS added on tokenization (GPT-2 adds none);
+    <|endoftext|> (50256) as bos and eos, with no BOS added on tokenization (GPT-2 adds none);
   - tensors under llama.cpp's names, weights [out, in] as nn.Linear keeps them (numpy row-major; GGUF
     stores the dims reversed). No `output.weight`: GPT-2 ties the head to `token_embd`, and llama.cpp
     reuses `token_embd` when `output` is absent, as it does for converted Hugging Face GPT-2s.
@@ -148,5 +149,4 @@ def _add_tokenizer(writer, vocab_size: int) -> None:
     writer.add_token_merges([f"{a} {b}" for a, b in merges])
     writer.add_bos_token_id(GPT2_EOT_ID)
     writer.add_eos_token_id(GPT2_EOT_ID)
-    writer.add_unk_token_id(GPT2_EOT_ID)
-    writer.add_add_bos_token(False)
+    # No add_bos_token key: for the "gpt-2" pre-tokenizer llama.cpp adds no BOS by default, as GPT-2 does.
