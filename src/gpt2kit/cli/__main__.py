@@ -25,6 +25,9 @@ COMMANDS: dict[str, str] = {
     "train": "gpt2kit.cli.train",
     "finetune": "gpt2kit.cli.finetune",
     "eval": "gpt2kit.cli.eval",
+    "next": "gpt2kit.cli.next",
+    "score": "gpt2kit.cli.score",
+    "detect": "gpt2kit.cli.detect",
     "serve": "gpt2kit.cli.serve",
     "export": "gpt2kit.cli.export",
 }
