@@ -212,7 +212,8 @@ def main(argv=None) -> int:
     ap.add_argument("--loss", default="chunked", choices=["chunked", "forward"], help="gpt2kit: lm_head_loss, or the model's own loss")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per implementation's process")
-    ap.add_argument("--out", default=str(HERE / "results" / "train.jsonl"), help="append JSON lines here ('' = print only)")
+    results = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or HERE / "results")
+    ap.add_argument("--out", default=str(results / "train.jsonl"), help="append JSON lines here ('' = print only)")
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.repeat < 3 and args.worker is None:
