@@ -22,6 +22,7 @@
 #   train_bench   tokens/s, ms/step, MFU, peak memory of the three steps, each in its own process
 #   train_355m    gpt2kit's step for GPT-2 355M
 #   train_xl      gpt2kit's step for gpt2-xl (1.5B, full AdamW fine-tuning memory), batch 8, eager
+#   train_forward_loss  gpt2kit's 124M step with the model's own F.cross_entropy loss: does chunking pay?
 # Generation (bf16, greedy, 32-token prompt, 256 new tokens; gpt2kit and transformers on the same weights):
 #   gen_124m_b1, gen_1p5b_b1, gen_124m_b32, gen_prefill (1024-token prompt), serve_64 (64 clients)
 set -u
@@ -100,5 +101,6 @@ section serve_64 gen 150 $PY benchmarks/serve.py --device $DEV --dtype bfloat16 
 # ---- training, the rest --------------------------------------------------------------------------------
 section train_355m train 150 $PY benchmarks/train.py --device $DEV "${SHAPE_TRAIN[@]}" "${BENCH[@]}" "${MEDIUM[@]}" --impls gpt2kit --out "$OUT/train.jsonl"
 section train_xl train 120 $PY benchmarks/train.py --device $DEV "${SHAPE_TRAIN[@]}" "${BENCH[@]}" "${XL[@]}" --impls gpt2kit --out "$OUT/train.jsonl"
+section train_forward_loss train 150 $PY benchmarks/train.py --device $DEV "${SHAPE_TRAIN[@]}" "${BENCH[@]}" --impls gpt2kit --loss forward --out "$OUT/train.jsonl"
 
 echo "== done in $(($(date +%s) - T0))s; results in $OUT"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from gpt2kit.config import PRESETS, GPTConfig
 from gpt2kit.errors import ConfigError
+from gpt2kit.fields import check_types
 
 # Small shapes for training from scratch on a CPU or a small GPU (GPT-2's vocabulary and architecture).
 SMALL_PRESETS: dict[str, GPTConfig] = {
@@ -105,6 +106,7 @@ class TrainConfig:
     completion_field: str = _help("fine-tuning JSONL: the completion field", default="completion")
 
     def __post_init__(self) -> None:
+        check_types(self)  # "lr": "3e-3" or "seed": "abc" in a JSON file: one line naming the field
         positive = ("micro_batch", "max_steps", "log_interval", "eval_interval", "eval_batches", "keep_last")
         for name in positive:
             v = getattr(self, name)
@@ -175,6 +177,8 @@ def read_config_file(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file {path} does not exist (presets live in configs/).") from None
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); expected a JSON config.") from None
     if not isinstance(d, dict):
         raise ConfigError(f"{path}: expected a JSON object of training options.")
     d = {k: v for k, v in d.items() if not k.startswith("_")}
