@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 from gpt2kit.errors import ConfigError
+from gpt2kit.fields import check_types, check_value
 
 # One ignore-index convention for the whole project: targets are shifted by the data layer, and a
 # target equal to IGNORE_INDEX contributes no loss (prompt tokens in fine-tuning, padding).
@@ -43,6 +44,7 @@ class GPTConfig:
     )  # fmt: skip
 
     def __post_init__(self) -> None:
+        check_types(self)
         for name in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -142,17 +144,24 @@ class GPTConfig:
         missing = [k for k in ("n_embd", "n_layer", "n_head") if k not in d]
         if missing:
             raise ConfigError(f"{source}: missing required GPT-2 field(s) {missing}.")
-        drops = [float(d.get(k, 0.1)) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")]
-        return cls(
-            vocab_size=int(d.get("vocab_size", GPT2_VOCAB_SIZE)),
-            n_positions=int(d.get("n_positions", d.get("n_ctx", 1024))),
-            n_embd=int(d["n_embd"]),
-            n_layer=int(d["n_layer"]),
-            n_head=int(d["n_head"]),
-            n_inner=d.get("n_inner"),
-            dropout=max(drops),
-            layer_norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
-        )
+
+        def get(key: str, kind: object, default: object) -> object:  # typed: "n_embd": "64" or 64.9 is an error
+            return check_value(d.get(key, default), kind, f"{source}: {key}")
+
+        drops = [get(k, float, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")]
+        return cls._checked(source, vocab_size=get("vocab_size", int, GPT2_VOCAB_SIZE),
+                            n_positions=get("n_positions", int, get("n_ctx", int, 1024)), n_embd=get("n_embd", int, None),
+                            n_layer=get("n_layer", int, None), n_head=get("n_head", int, None),
+                            n_inner=get("n_inner", int | None, None), dropout=max(drops),
+                            layer_norm_eps=get("layer_norm_epsilon", float, 1e-5))  # fmt: skip
+
+    @classmethod
+    def _checked(cls, source: str, **fields) -> GPTConfig:
+        """cls(**fields), with the file named in any error (e.g. n_head that does not divide n_embd)."""
+        try:
+            return cls(**fields)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
 
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> GPTConfig:
@@ -162,11 +171,16 @@ class GPTConfig:
                 d = json.load(f)
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); is it a config.json?") from None
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}.")
         if "model_type" in d or "architectures" in d or "layer_norm_epsilon" in d:
             return cls.from_hf_dict(d, source=str(path))
-        return cls.from_dict(d)
+        try:
+            return cls.from_dict(d)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
 
 PRESETS: dict[str, GPTConfig] = {

@@ -13,7 +13,9 @@ which `transformers.GPT2LMHeadModel.from_pretrained(folder)` loads with the same
 from __future__ import annotations
 
 import json
+import math
 import os
+import pickle
 import re
 from pathlib import Path
 
@@ -40,7 +42,9 @@ def from_pretrained(
     """A GPT with the weights of a local folder, a preset or a Hugging Face repo id, in eval mode."""
     folder = resolve_model_folder(name_or_path)
     config = GPTConfig.from_json_file(folder / "config.json")
-    state = from_hf_state_dict(load_weights(folder), config, source=str(folder))
+    raw = load_weights(folder)
+    check_weight_values(raw, folder)
+    state = from_hf_state_dict(raw, config, source=str(folder))
     with torch.device("meta"):  # no random init: the weights are assigned straight from the file
         model = GPT(config)
     model.load_state_dict(state, assign=True)
@@ -115,7 +119,8 @@ def _download(repo_id: str) -> Path:
 
 
 def load_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The raw state dict of a folder (Hugging Face names and layout), from whichever weight file it has."""
+    """The raw state dict of a folder (Hugging Face names and layout), from whichever weight file it has.
+    `pytorch_model.bin` is read with weights_only=True: a file that needs more than tensors is refused."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -123,17 +128,42 @@ def load_weights(folder: Path) -> dict[str, torch.Tensor]:
         if (folder / "model.safetensors").is_file():
             return load_file(folder / "model.safetensors")
         if (folder / "model.safetensors.index.json").is_file():
-            index = json.loads((folder / "model.safetensors.index.json").read_text())
+            index = json.loads((folder / "model.safetensors.index.json").read_text(encoding="utf-8"))
             state: dict[str, torch.Tensor] = {}
             for shard in sorted(set(index["weight_map"].values())):
                 state.update(load_file(folder / shard))
             return state
         return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, json.JSONDecodeError) as e:
+    except pickle.UnpicklingError:  # (torch's own message suggests weights_only=False: never do that for a model file)
         raise CheckpointError(
-            f"{folder}: the weights file is unreadable or corrupt ({type(e).__name__}: {str(e)[:200]}). "
-            "Re-download or re-save it."
+            f"{folder / 'pytorch_model.bin'} is not a plain tensor file: it holds pickled Python objects besides tensors "
+            "(or is damaged), and gpt2kit never unpickles code. Use the model's model.safetensors, or convert the weights "
+            "to safetensors where you trust their source."
         ) from None
+    except (SafetensorError, RuntimeError, EOFError, OSError, KeyError, TypeError, AttributeError, ValueError) as e:
+        detail = "" if "weights_only" in str(e) else f": {str(e)[:200]}"
+        raise CheckpointError(
+            f"{folder}: the weights file is unreadable or corrupt ({type(e).__name__}{detail}). Re-download or re-save it."
+        ) from None
+
+
+# No trained GPT-2 weight comes near this (and fp16 files cannot hold more than 65504): a larger value is a
+# flipped exponent bit, which would overflow the forward pass to inf and NaN.
+MAX_ABS_WEIGHT = 1e5
+
+
+def check_weight_values(state: dict[str, torch.Tensor], source: str | os.PathLike) -> None:
+    """CheckpointError if any floating-point tensor holds NaN, inf or a value beyond MAX_ABS_WEIGHT."""
+    for name, t in state.items():
+        if not t.is_floating_point() or t.numel() == 0:
+            continue
+        lo, hi = (float(v) for v in torch.aminmax(t))  # one pass, no copy
+        if not (-MAX_ABS_WEIGHT <= lo and hi <= MAX_ABS_WEIGHT):  # (NaN fails both comparisons)
+            bad = "NaN" if math.isnan(lo) or math.isnan(hi) else f"values in [{lo:.3g}, {hi:.3g}]"
+            raise CheckpointError(
+                f"{source}: weight {name} holds {bad}, which no trained GPT-2 has: the file is corrupt (a damaged "
+                "download or disk, a flipped bit). Re-download or re-save it."
+            )
 
 
 def save_pretrained(
@@ -141,6 +171,7 @@ def save_pretrained(
 ) -> Path:
     """Write `model` as a Hugging Face GPT-2 folder; every file is written atomically. A model trained with a
     padded vocabulary is written at its real size (config.n_vocab rows)."""
+    from safetensors import SafetensorError
     from safetensors.torch import save_file
 
     model = unpadded(model)
@@ -152,7 +183,13 @@ def save_pretrained(
         state = {k: v.to(target) for k, v in state.items()}
     state = {k: v.cpu() for k, v in state.items()}
     with atomic_path(folder / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+        try:
+            save_file(state, str(tmp), metadata={"format": "pt"})
+        except SafetensorError as e:  # its I/O errors (a full disk) as the OSError they are
+            m = re.search(r"os error (\d+)", str(e))
+            if m is None:
+                raise
+            raise OSError(int(m.group(1)), os.strerror(int(m.group(1))), str(folder / "model.safetensors")) from None
     hf = model.config.to_hf_dict()
     hf["torch_dtype"] = str(next(iter(state.values())).dtype).removeprefix("torch.")
     write_text(folder / "config.json", json.dumps(hf, indent=2) + "\n")

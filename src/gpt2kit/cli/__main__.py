@@ -3,13 +3,18 @@
 Each command module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int | None`; it
 parses nothing by hand and holds no logic beyond turning flags into a library call. Modules are imported
 only when their command runs, so `gpt2kit --help` stays fast. Errors that gpt2kit raises on bad input
-(`Gpt2kitError`) print as one line on stderr with exit status 2, never as a traceback.
+(`Gpt2kitError`) print as one line on stderr with exit status 2, never as a traceback; so do the
+environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place), naming the path.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import io
+import os
 import sys
 
 from gpt2kit.errors import Gpt2kitError
@@ -28,8 +33,10 @@ COMMANDS: dict[str, str] = {
     "next": "gpt2kit.cli.next",
     "score": "gpt2kit.cli.score",
     "detect": "gpt2kit.cli.detect",
+    "attention": "gpt2kit.cli.attention",
     "serve": "gpt2kit.cli.serve",
     "export": "gpt2kit.cli.export",
+    "scaling": "gpt2kit.cli.scaling",
 }
 
 
@@ -52,8 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    stdout, sys.stdout = sys.stdout, _NamedStream(sys.stdout, STDOUT)
     try:
-        return int(args._run(args) or 0)
+        status = int(args._run(args) or 0)
+        sys.stdout.flush()  # inside the try: `gpt2kit generate … > /dev/full` fails here, not at exit
+        return status
     except Gpt2kitError as e:
         print(f"gpt2kit {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -61,7 +71,72 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2kit {args.command}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gpt2kit generate … | head`
+        _silence(stdout)
         return 0
+    except OSError as e:  # the environment: a full disk, a read-only folder, a file where a folder should be
+        if e.filename == STDOUT:
+            _silence(stdout)
+        print(f"gpt2kit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    finally:
+        sys.stdout = stdout
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space or write somewhere else",
+    errno.EDQUOT: "the disk quota is used up: free some space or write somewhere else",
+    errno.EACCES: "you may not access it: choose another location or change its permissions",
+    errno.EPERM: "you may not access it: choose another location or change its permissions",
+    errno.EROFS: "that file system is read-only: choose another location",
+    errno.EEXIST: "something is already there, perhaps a file where a folder is needed: choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
+    errno.EISDIR: "it is a folder, where a file is needed",
+    errno.ENOENT: "it does not exist: check the path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError: which path, what went wrong, and the usual fix."""
+    path = None if e.filename is None else f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 else "")
+    why = e.strerror or str(e)
+    hint = _OS_HINTS.get(e.errno)
+    return f"{path + ': ' if path else ''}{why}{' (' + hint + ')' if hint else ''}."
+
+
+STDOUT = "standard output"
+
+
+class _NamedStream:
+    """A text stream whose OSErrors name it (a write to `> /dev/full` says "standard output: No space left")."""
+
+    def __init__(self, stream, name: str) -> None:
+        self._stream, self._name = stream, name
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self._name) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, self._name) from None
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def _silence(stream) -> None:
+    """Point a stream that can no longer be written at /dev/null, so that Python's own flush at exit does
+    not print a traceback after our one line (Python's documented way for SIGPIPE)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
 
 
 if __name__ == "__main__":

@@ -106,7 +106,18 @@ def logit_bias(args: argparse.Namespace) -> dict[int, float]:
             bias[int(tid)] = float(value)
         except ValueError:
             raise ConfigError(f"--logit-bias {item!r}: expected TOKEN_ID=BIAS, e.g. --logit-bias 50256=-100.") from None
+        check_token_id(int(tid), f"--logit-bias {item}")
     return bias
+
+
+def check_token_id(token: int, flag: str) -> int:
+    """A token id given on the command line must be one of GPT-2's (an id beyond would be ignored silently)."""
+    from gpt2kit.config import GPT2_VOCAB_SIZE
+    from gpt2kit.errors import ConfigError
+
+    if not 0 <= token < GPT2_VOCAB_SIZE:
+        raise ConfigError(f"{flag}: token id {token} is not in GPT-2's vocabulary (0..{GPT2_VOCAB_SIZE - 1}).")
+    return token
 
 
 def sampling_params(args: argparse.Namespace):
@@ -117,7 +128,7 @@ def sampling_params(args: argparse.Namespace):
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
         frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed, n=args.n,
         ignore_eos=args.ignore_eos, sliding_window=args.sliding_window, banned_phrases=banned_phrases(args),
-        logit_bias=logit_bias(args), banned_token_ids=tuple(args.ban_token),
+        logit_bias=logit_bias(args), banned_token_ids=tuple(check_token_id(t, f"--ban-token {t}") for t in args.ban_token),
     )  # fmt: skip
 
 

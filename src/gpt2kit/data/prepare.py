@@ -25,6 +25,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import sys
 import time
 from collections.abc import Iterator
@@ -116,13 +117,31 @@ def prepare(
         raise ConfigError(f"on_bad_input must be 'fail' or 'skip', got {on_bad_input!r}.")
     if shard_tokens <= 0:
         raise ConfigError(f"shard_tokens must be positive, got {shard_tokens}.")
+    if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+        raise ConfigError(f"workers must be a positive number of processes, or 0/None for one per CPU core; got {workers!r}.")
     t0 = time.perf_counter()
     train_files = _expand(inputs)
     val_only = _expand(val_files)
     if not train_files and not val_only and not hf_dataset:
         raise DataError(f"no input files found in {[str(p) for p in inputs]} (folders are searched for *.txt and *.jsonl).")
     out = Path(out_dir)
+    existed = out.exists()
     _check_out_dir(out, overwrite)
+    try:
+        return _prepare_into(out, train_files, val_only, val_tail, docs, text_field, hf_dataset, workers, shard_tokens,
+                             on_bad_input, progress, t0)  # fmt: skip
+    except BaseException:  # a failed run leaves no empty folder and no shards of its own behind
+        if existed:
+            for p in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:  # (_check_out_dir left none of an older run)
+                p.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _prepare_into(out: Path, train_files: list[Path], val_only: list[Path], val_tail: float, docs: str, text_field: str,
+                  hf_dataset: str | None, workers: int | None, shard_tokens: int, on_bad_input: str, progress: bool,
+                  t0: float) -> PrepareSummary:  # fmt: skip
     skipped: list[str] = []
     sources = [(p, "split") for p in train_files] + [(p, "val") for p in val_only]
     total_bytes = sum(p.stat().st_size for p, _ in sources)
@@ -337,6 +356,8 @@ def _read_jsonl(path: Path, text_field: str) -> list[str]:
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file; pass a folder for the shards (it is created if missing).")
     old = sorted(out.glob("train_*.bin")) + sorted(out.glob("val_*.bin")) if out.is_dir() else []
     if old and not overwrite:
         raise DataError(

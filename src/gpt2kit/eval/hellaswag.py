@@ -61,7 +61,15 @@ def load_hellaswag(path: str | os.PathLike, limit: int | None = None) -> list[He
             raise DataError(f"{where}: 'label' must be the index of the right ending, got {label!r}.")
         if not 0 <= int(label) < len(r["endings"]):
             raise DataError(f"{where}: 'label' {label} is not an index into the {len(r['endings'])} endings.")
-        examples.append(make_example(r))
+        ex = make_example(r)
+        # An empty ending scores no tokens (log-likelihood 0, the maximum), an empty context scores every
+        # ending from nothing: either makes the example meaningless, and it would count as answered.
+        if not preprocess(r["ctx_a"] + " " + r["ctx_b"]):
+            raise DataError(f"{where}: the context ('ctx_a' + 'ctx_b') is empty; every HellaSwag example has one.")
+        empty = [i for i, c in enumerate(ex.choices) if not c]
+        if empty:
+            raise DataError(f"{where}: ending {empty[0]} is empty (after HellaSwag's cleanup); every ending needs text.")
+        examples.append(ex)
     return examples
 
 

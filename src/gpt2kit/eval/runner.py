@@ -7,8 +7,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gpt2kit.atomic import check_writable
 from gpt2kit.errors import ConfigError, DataError
 from gpt2kit.eval.results import EvalResult, format_table, write_json
+from gpt2kit.fields import check_types
 
 TASKS = ("perplexity", "lambada", "hellaswag", "wikitext")
 
@@ -37,6 +39,7 @@ class EvalConfig:
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
 
     def __post_init__(self) -> None:
+        check_types(self)
         if self.task not in TASKS:
             raise ConfigError(f"unknown eval task {self.task!r}; choose one of {TASKS}.")
         if self.limit is not None and self.limit < 1:
@@ -104,6 +107,8 @@ def run_eval(cfg: EvalConfig, model=None, tokenizer=None, out=None) -> list[Eval
     for path in cfg.data:  # fail on a wrong path before spending time on loading the model
         if not os.path.exists(path):
             raise DataError(f"{path}: no such file or folder (--data). See docs/evaluation.md for where to get it.")
+    if cfg.output:  # a read-only --output fails now, not after the evaluation
+        check_writable(cfg.output)
     if model is None:
         from gpt2kit.pretrained import from_pretrained
 

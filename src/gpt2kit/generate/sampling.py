@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt2kit.errors import ConfigError
+from gpt2kit.fields import check_types
 from gpt2kit.generate.logprobs import MAX_LOGPROBS
 
 # Temperatures below this decode greedily: logits / 1e-6 already make the softmax one-hot in float32, and
@@ -80,6 +81,8 @@ class SamplingParams:
     )
 
     def __post_init__(self) -> None:
+        check_types(self, skip=_NORMALISED_HERE)
+
         def bad(name: str, rule: str) -> ConfigError:
             return ConfigError(f"SamplingParams.{name}={getattr(self, name)!r} is invalid: {rule}.")
 
@@ -129,6 +132,10 @@ class SamplingParams:
     def uses_counts(self) -> bool:
         """Whether the penalties need per-token counts of the context."""
         return self.repetition_penalty != 1.0 or self.presence_penalty != 0.0 or self.frequency_penalty != 0.0
+
+
+# Fields that __post_init__ converts itself (a single stop string, {"5": 1.0} keys, -inf biases).
+_NORMALISED_HERE = ("logit_bias", "banned_token_ids", "stop_token_ids", "stop", "banned_phrases")
 
 
 def _is_int(x: object) -> bool:

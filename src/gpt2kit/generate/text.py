@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from gpt2kit.errors import ConfigError, DataError, GenerationError
+from gpt2kit.fields import check_types
 from gpt2kit.generate.engine import Completion, Engine
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.model.gpt import GPT
@@ -49,6 +50,9 @@ class GenerateOptions:
     weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (weight-only)
     bos: bool = False  # prepend <|endoftext|> to every prompt (allows empty prompts: unconditional samples)
     window_keep: int | None = None  # sliding window: tokens kept when the context is full (default: half)
+
+    def __post_init__(self) -> None:
+        check_types(self)
 
 
 class TextGenerator:
@@ -105,9 +109,18 @@ def read_prompts(prompt: str | None, file: str | None, stdin: IO[str] | None = N
             )
         return [stdin.read().rstrip("\n")]
     try:
-        text = stdin.read() if file == "-" else open(file, encoding="utf-8").read()
+        if file == "-":
+            text = stdin.read()
+        else:
+            with open(file, "rb") as f:
+                data = f.read()
+            if b"\0" in data[:8192]:
+                raise DataError(f"{file} looks binary (it contains NUL bytes), not a prompts file (text, one prompt per line).")
+            text = data.decode("utf-8")
     except OSError as e:
         raise DataError(f"cannot read prompts from {file}: {e.strerror}.") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{file} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); prompts files must be UTF-8.") from None
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if file.endswith(".jsonl"):
         prompts = []

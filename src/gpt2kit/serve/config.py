@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 
 from gpt2kit.errors import ConfigError
+from gpt2kit.fields import check_types
 
 API_KEY_ENV = "GPT2KIT_API_KEY"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -45,6 +46,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         if self.api_key is None:
             self.api_key = os.environ.get(API_KEY_ENV) or None
+        check_types(self)
         if self.api_key is not None and (not isinstance(self.api_key, str) or not self.api_key.strip()):
             raise ConfigError(f"api_key must be a non-empty string (or unset); got {self.api_key!r}.")
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
