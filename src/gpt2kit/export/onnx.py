@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -114,13 +115,20 @@ def export_onnx(model: GPT, out: str | os.PathLike) -> Path:
     batch, new, cached = torch.export.Dim("batch"), torch.export.Dim("new_tokens"), torch.export.Dim("past_tokens")
     shapes = ({0: batch, 1: new}, tuple({0: batch, 2: cached} for _ in range(2 * L)))  # (input_ids, *past)
     wrapper, was_training = OnnxGPT(model), model.training
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's notes on axis names and deprecations, not ours to show
-        program = torch.onnx.export(
-            wrapper.eval(), (ids, *past), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
-            input_names=input_names(L), output_names=output_names(L), optimize=True, verbose=False,
-        )  # fmt: skip
-    model.train(was_training)
+    torch_log = logging.getLogger("torch.onnx")
+    level = torch_log.level
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # the exporter's notes (axis names, deprecations, optional torchvision ops) are not the user's business
+            warnings.simplefilter("ignore")
+            torch_log.setLevel(logging.ERROR)
+            program = torch.onnx.export(
+                wrapper.eval(), (ids, *past), dynamo=True, dynamic_shapes=shapes, opset_version=OPSET,
+                input_names=input_names(L), output_names=output_names(L), optimize=True, verbose=False,
+            )  # fmt: skip
+    finally:
+        torch_log.setLevel(level)
+        model.train(was_training)
     program.save(str(out / ONNX_FILE))
     write_text(out / "config.json", json.dumps(cfg.to_hf_dict(), indent=2) + "\n")
     return out
