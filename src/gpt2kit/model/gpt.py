@@ -18,8 +18,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2kit.config import IGNORE_INDEX, GPTConfig
+from gpt2kit.config import GPTConfig
 from gpt2kit.errors import InputError
+from gpt2kit.model.head_loss import lm_head_loss
 from gpt2kit.model.kv_cache import KVCache, StepPlan
 
 
@@ -175,17 +176,19 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) -> logits (B, T, V), and the mean cross-entropy if targets (B, T) are given.
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """idx (B, T) -> (logits (B, T, V), None), or with targets (B, T): (None, mean cross-entropy).
 
         Targets are already shifted by the data layer (targets[b, t] is the token after idx[b, t]);
-        positions whose target is IGNORE_INDEX (-100) add no loss.
+        positions whose target is IGNORE_INDEX (-100) add no loss. With targets the head and the loss run
+        together in row chunks (head_loss.py), so the (B, T, V) logits are never made: callers that want
+        logits and a loss compute the loss from the logits themselves. Columns past config.n_vocab (a
+        padded head) are left out of the softmax.
         """
-        logits = self.lm_head(self.hidden_states(idx, kv_cache, attention_mask))  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE_INDEX)
-        return logits, loss
+        h = self.hidden_states(idx, kv_cache, attention_mask)  # (B, T, C)
+        if targets is None:
+            return self.lm_head(h), None  # (B, T, V)
+        return None, lm_head_loss(h, self.lm_head.weight, targets, n_valid=self.config.real_vocab_size)
 
     def _check_input(self, idx: torch.Tensor, kv_cache: KVCache | None) -> None:
         if idx.dim() != 2:
