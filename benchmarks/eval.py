@@ -1,9 +1,9 @@
 """Perplexity throughput: gpt2kit's batched sliding windows vs the plain transformers loop, same run.
 
-    python benchmarks/eval.py --tokens 8192 --strides 1024 512 [--dtype float32] [--batch-size 2 8] [--repeat 3]
+    python benchmarks/eval.py --tokens 8192 --strides 1024 512 [--dtype float32|bfloat16] [--batch-size 8] [--repeat 3]
 
 Both sides evaluate the same GPT-2 124M-shaped random weights (no official weights offline; speed does not
-depend on the values), saved once to a temporary folder, on the same tokens of ../shared/corpora/austen.txt
+depend on the values), saved once to a temporary folder, on the same tokens of tests/fixtures/corpora/austen.txt
 with the same stride, and must give the same perplexity. The transformers side is the loop from its
 perplexity guide: one window at a time, labels with -100 for the context, `outputs.loss`, under
 torch.no_grad().
@@ -13,7 +13,8 @@ the first 2048 tokens once untimed, then times the whole sequence. One process f
 each side's memory pattern change the other's speed: glibc raises its mmap threshold when a large block is
 freed, so after gpt2kit's buffers are freed the transformers loop page-faults ~20 % less and runs ~10 %
 faster (measured on the 2-core AVX2 machine). The sides alternate --repeat times (a shared host drifts by
-10-20 % between minutes); the script prints the median tokens/s of each and the ratio of the medians.
+10-20 % between minutes); the medians, their ratio and both perplexities go to benchmarks/results/eval.jsonl
+(benchmarks/harness.py).
 """
 
 from __future__ import annotations
@@ -22,14 +23,16 @@ import argparse
 import json
 import math
 import os
-import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpora" / "austen.txt"
+
+import harness  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpora" / "austen.txt"  # shipped excerpt
 WARMUP_TOKENS = 2048
 
 
@@ -95,20 +98,11 @@ def worker(args) -> None:
     print(json.dumps(dict(rate=n / (time.perf_counter() - t0), nll=nll, n=n, windows=windows)))
 
 
-def measure(args, model: str, side: str, stride: int, batch_size: int = 1) -> dict:
-    cmd = [sys.executable, __file__, "--side", side, "--model", model, "--tokens", str(args.tokens), "--stride", str(stride),
-           "--batch-size", str(batch_size), "--dtype", args.dtype, "--threads", str(args.threads)]  # fmt: skip
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--strides", type=int, nargs="+", default=[1024, 512])
-    ap.add_argument(
-        "--batch-size", type=int, nargs="+", default=[8], help="gpt2kit's windows per forward (several: each is timed)"
-    )
+    ap.add_argument("--batch-size", type=int, default=8, help="gpt2kit's windows per forward (the CLI default)")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
@@ -117,7 +111,6 @@ def main() -> None:
     ap.add_argument("--stride", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
-        args.batch_size = args.batch_size[0]
         worker(args)
         return
 
@@ -127,26 +120,20 @@ def main() -> None:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as d:
         transformers.GPT2LMHeadModel(transformers.GPT2Config()).save_pretrained(d)  # 124M shape, random weights
-        print(f"torch {torch.__version__}, transformers {transformers.__version__}, {args.threads} threads, {args.dtype}, "
-              f"{args.tokens} tokens of {CORPUS.name}, {torch.backends.cpu.get_cpu_capability()}, a fresh process per run, "
-              f"median of {args.repeat}", flush=True)  # fmt: skip
         for stride in args.strides:
-            ref, ours = [], {b: [] for b in args.batch_size}
-            for _ in range(args.repeat):
-                ref.append(measure(args, d, "transformers", stride))
-                for b in args.batch_size:
-                    ours[b].append(measure(args, d, "gpt2kit", stride, b))
-            ref_rate = statistics.median(r["rate"] for r in ref)
-            print(f"stride {stride}: transformers loop {ref_rate:7.1f} tok/s ({_summary(ref)})", flush=True)
-            for b, runs in ours.items():
-                med = statistics.median(r["rate"] for r in runs)
-                print(f"  gpt2kit batch {b}: {med:7.1f} tok/s ({_summary(runs)}, {runs[0]['windows']} windows) "
-                      f"| speedup {med / ref_rate:.2f}x", flush=True)  # fmt: skip
-
-
-def _summary(runs: list[dict]) -> str:
-    rates = ", ".join(f"{r['rate']:.0f}" for r in runs)
-    return f"ppl {math.exp(runs[0]['nll'] / runs[0]['n']):.4f}, {runs[0]['n']} tokens; runs {rates}"
+            common = [__file__, "--model", d, "--tokens", str(args.tokens), "--stride", str(stride), "--dtype", args.dtype,
+                      "--threads", str(args.threads), "--batch-size", str(args.batch_size)]  # fmt: skip
+            runs = harness.alternate({side: [*common, "--side", side] for side in ("transformers", "gpt2kit")}, args.repeat)
+            figures = {side: harness.median(r, "rate") for side, r in runs.items()}
+            ppl = {side: round(math.exp(r[0]["nll"] / r[0]["n"]), 4) for side, r in runs.items()}
+            line = harness.record(
+                "eval", sys.argv, args.threads,
+                {s: {"figure": round(f, 1), "unit": "tok/s", "runs": [round(x["rate"], 1) for x in runs[s]]} for s, f in figures.items()},
+                round(figures["gpt2kit"] / figures["transformers"], 3),
+                config=dict(tokens=runs["gpt2kit"][0]["n"], stride=stride, dtype=args.dtype, batch_size=args.batch_size, text=CORPUS.name),
+                perplexity=ppl,
+            )  # fmt: skip
+            print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

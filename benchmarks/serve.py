@@ -1,5 +1,7 @@
 """Serving throughput and latency: N concurrent streaming clients against `gpt2kit serve` (continuous
-batching), versus the same requests run one at a time through transformers' `generate`, in the same run.
+batching), versus the same requests run one at a time through transformers' `generate` and through
+gpt2kit's own Engine (the like-for-like figure for 1 client), in the same run. Each side runs in its own
+fresh process, the sides alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
 
     python benchmarks/serve.py                                  # CPU: 124M random weights, 1/8/32 clients
     python benchmarks/serve.py --device cuda --clients 1 8 32 64
@@ -20,10 +22,14 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import harness  # noqa: E402
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -91,60 +97,81 @@ def transformers_sequential(folder: str, prompts: list[list[int]], max_tokens: i
     return {"requests": len(prompts), "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
 
 
+def worker(args) -> None:
+    """One side in this fresh process: 'transformers' (sequential generate), 'generate' (gpt2kit's Engine,
+    batch 1, sequential: what `gpt2kit generate` does per prompt) or 'server' (--n streaming clients)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from gpt2kit import from_pretrained
+    from gpt2kit.device import resolve_dtype
+
+    dtype = resolve_dtype(args.dtype)
+    prompts = make_prompts(max(args.n, args.baseline_requests))
+    if args.side == "transformers":
+        row = transformers_sequential(args.folder, prompts[: args.baseline_requests], args.max_tokens, args.device, dtype)
+    elif args.side == "generate":
+        from gpt2kit.generate import Engine, SamplingParams
+
+        engine = Engine(from_pretrained(args.folder, device=args.device, dtype=dtype), max_batch=1)
+        params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+        engine.generate(prompts[:1], SamplingParams(max_new_tokens=4, temperature=0))  # warm-up, kernel choice
+        t0 = time.perf_counter()
+        tokens = sum(len(c.token_ids) for p in prompts[: args.baseline_requests] for c in engine.generate([p], params))
+        wall = time.perf_counter() - t0
+        row = {"requests": args.baseline_requests, "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
+    else:
+        from gpt2kit.serve.background import BackgroundServer
+        from gpt2kit.serve.config import ServeConfig
+
+        model = from_pretrained(args.folder, device=args.device, dtype=dtype)
+        cfg = ServeConfig(port=0, max_batch_size=args.n, max_model_len=32 + args.max_tokens + 1, max_tokens_limit=args.max_tokens)
+        with BackgroundServer(model, cfg) as server:
+            asyncio.run(run_clients(server.url, prompts[:2], 4))  # warm-up
+            row = asyncio.run(run_clients(server.url, prompts[: args.n], args.max_tokens))
+    print(json.dumps(row), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--baseline-requests", type=int, default=4, help="requests timed through transformers, one at a time")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    ap.add_argument("--baseline-requests", type=int, default=4, help="requests timed one at a time (transformers, generate)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--side", choices=["transformers", "generate", "server"], help=argparse.SUPPRESS)
+    ap.add_argument("--folder", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
+    if args.side:
+        worker(args)
+        return
     from gpt2kit import GPT, GPTConfig, save_pretrained
-    from gpt2kit.device import resolve_dtype
-    from gpt2kit.serve.background import BackgroundServer
-    from gpt2kit.serve.config import ServeConfig
 
-    dtype = resolve_dtype(args.dtype)
     torch.manual_seed(0)
-    model = GPT(GPTConfig()).eval()  # random-weight GPT-2 124M
-    prompts = make_prompts(max(max(args.clients), args.baseline_requests))
-    report = {"device": args.device, "dtype": args.dtype, "max_tokens": args.max_tokens, "prompt_tokens": 32,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "server": [], "baseline": None}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model, tmp, tokenizer_files=False)
-        report["baseline"] = transformers_sequential(tmp, prompts[: args.baseline_requests], args.max_tokens, args.device, dtype)
-        print(f"transformers generate, sequential: {report['baseline']['tok_per_s']:.1f} tok/s "
-              f"({report['baseline']['requests']} requests x {args.max_tokens} tokens)", flush=True)  # fmt: skip
-
-    model = model.to(device=args.device, dtype=dtype)
-    base = report["baseline"]["tok_per_s"]
-    cfg = ServeConfig(port=0, max_batch_size=max(args.clients), max_model_len=32 + args.max_tokens + 1, max_tokens_limit=args.max_tokens)
-    with BackgroundServer(model, cfg) as server:
-        asyncio.run(run_clients(server.url, prompts[:2], 4))  # warm-up
-        for n in args.clients:
-            row = asyncio.run(run_clients(server.url, prompts[:n], args.max_tokens))
-            row["x_transformers"] = row["tok_per_s"] / base
-            report["server"].append(row)
-            print(f"{n:>3} clients: {row['tok_per_s']:7.1f} tok/s ({row['x_transformers']:.2f}x transformers)  "
-                  f"TTFT p50 {row['ttft_p50_ms']:.0f} / p99 {row['ttft_p99_ms']:.0f} ms  "
-                  f"per-token p50 {row['tpot_p50_ms']:.1f} / p99 {row['tpot_p99_ms']:.1f} ms", flush=True)  # fmt: skip
-    # The machine may be shared: time the baseline again after the server runs and report both.
-    with tempfile.TemporaryDirectory() as tmp:
-        save_pretrained(model.float().cpu(), tmp, tokenizer_files=False)
-        report["baseline_after"] = transformers_sequential(tmp, prompts[: args.baseline_requests], args.max_tokens, args.device, dtype)
-    print(f"transformers generate, sequential, again after the server runs: {report['baseline_after']['tok_per_s']:.1f} tok/s "
-          f"(ratios above use the first figure; vs this one the 32-client ratio is "
-          f"{report['server'][-1]['tok_per_s'] / report['baseline_after']['tok_per_s']:.2f}x)", flush=True)  # fmt: skip
-    if args.json:
-        from gpt2kit.atomic import write_text
-
-        write_text(args.json, json.dumps(report, indent=2) + "\n")
-    sys.stdout.flush()
+        save_pretrained(GPT(GPTConfig()).eval(), tmp, tokenizer_files=False)  # random-weight GPT-2 124M
+        common = [__file__, "--folder", tmp, "--max-tokens", str(args.max_tokens), "--device", args.device, "--dtype", args.dtype,
+                  "--baseline-requests", str(args.baseline_requests), "--threads", str(args.threads)]  # fmt: skip
+        sides = {"transformers": [*common, "--side", "transformers"], "generate": [*common, "--side", "generate"]}
+        sides |= {f"server-{n}": [*common, "--side", "server", "--n", str(n)] for n in args.clients}
+        runs = harness.alternate(sides, args.repeat)
+    med = {name: harness.median(r, "tok_per_s") for name, r in runs.items()}
+    for n in args.clients:
+        server = runs[f"server-{n}"]
+        line = harness.record(
+            "serve", sys.argv, args.threads,
+            {"transformers sequential": {"figure": round(med["transformers"], 1), "unit": "tok/s"},
+             "gpt2kit generate sequential": {"figure": round(med["generate"], 1), "unit": "tok/s"},
+             f"gpt2kit serve, {n} clients": {"figure": round(med[f"server-{n}"], 1), "unit": "tok/s",
+                                             "runs": [round(r["tok_per_s"], 1) for r in server]}},
+            round(med[f"server-{n}"] / med["transformers"], 3),
+            config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
+            serve_over_generate=round(med[f"server-{n}"] / med["generate"], 3),
+            latency_ms={k: round(harness.median(server, k), 1) for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")},
+        )  # fmt: skip
+        print(json.dumps(line), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,25 @@
+"""benchmarks/RESULTS.md is generated from benchmarks/results/*.jsonl and must be current."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_results_md_is_generated_from_the_result_lines():
+    out = subprocess.run([sys.executable, "benchmarks/report.py", "--check"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_a_line_renders_its_machine_sides_and_ratio():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import report
+
+    line = {"bench": "generate", "cpu": "Some CPU", "cores": 2, "cpu_flags": ["avx2"], "date": "2026-01-01", "torch": "2.13",
+            "threads": 2, "command": "generate.py", "ratio": 1.25, "fraction_of_bound": {"gpt2kit": 0.8},
+            "sides": {"transformers": {"figure": 40.0, "unit": "tok/s"}, "gpt2kit": {"figure": 50.0, "unit": "tok/s"}}}  # fmt: skip
+    assert report.machine_of(line) == "CPU: Some CPU (2 cores; avx2)"
+    cell = report.result_of(line)
+    assert "transformers **40** tok/s" in cell and "gpt2kit **50** tok/s" in cell and "ratio **1.25x**" in cell
+    assert "fraction_of_bound: gpt2kit 0.8" in cell
