@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import random
 import sys
 import time
@@ -64,12 +65,43 @@ def heldout_passages(corpora: Path, tok: Tokenizer, n: int, length: int, seed: i
     return random.Random(seed).sample(chunks, n)
 
 
+_STATE: dict = {}
+
+
+def _init(args) -> None:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    _STATE.update(args=args, tok=Tokenizer(), model=from_pretrained(args.model, device=args.device).eval())
+    _STATE["table"] = token_bytes_table(_STATE["tok"])
+
+
+def _task(task: tuple[str, list[int], list[list[int]]]) -> tuple[list[list[int]], dict[int, list[dict]]]:
+    """One chunk of passages: the human continuations, or a sampler's own -> (token ids, evidence per length)."""
+    side, index, passages = task
+    args, tok, model = _STATE["args"], _STATE["tok"], _STATE["model"]
+    if side == "human":
+        seqs = [p[PROMPT:] for p in passages]
+    else:
+        params = [SamplingParams(max_new_tokens=max(LENGTHS), banned_token_ids=(tok.eot_token,),
+                                 seed=args.seed * 100_000 + i, **SAMPLERS[side]) for i in index]  # fmt: skip
+        done = generate(model, [p[:PROMPT] for p in passages], params, token_bytes=_STATE["table"], max_batch=len(passages))
+        seqs = [c.token_ids for c in done]
+    evidence: dict[int, list[dict]] = {L: [] for L in LENGTHS}
+    for s in seqs:  # the text as `gpt2kit detect` reads it: decoded, then encoded again
+        ids = tok.encode_ordinary(tok.decode(s))
+        stats = position_stats(model, [tok.eot_token] + ids, top=1, n_vocab=tok.n_vocab)
+        for L in LENGTHS:  # the model is causal: a passage's first L tokens score as the L-token text would
+            evidence[L].append(vars(evidence_from_stats(stats.prefix(L))))
+    return seqs, evidence
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="builtin")
     ap.add_argument("--corpora", default=str(REPO.parent / "shared" / "corpora"))
     ap.add_argument("--n", type=int, default=200, help="passages per side")
-    ap.add_argument("--batch", type=int, default=32, help="sequences generated together")
+    ap.add_argument("--batch", type=int, default=40, help="sequences generated together (one task)")
+    ap.add_argument("--workers", type=int, default=3, help="processes")
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS)[:2], choices=list(SAMPLERS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
@@ -78,30 +110,20 @@ def main() -> None:
     ap.add_argument("--write", action="store_true", help="store the calibration file and the histogram picture")
     ap.add_argument("--scores", default=str(REPO / "runs" / "detect_scores.json"))
     args = ap.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
     tok = Tokenizer()
-    model = from_pretrained(args.model, device=args.device).eval()
     passages = heldout_passages(Path(args.corpora), tok, args.n, PROMPT + max(LENGTHS), args.seed)
-    tok_table = token_bytes_table(tok)
-    texts: dict[str, list[list[int]]] = {"human": [p[PROMPT:] for p in passages]}
-    for name in args.samplers:
-        t0 = time.time()
-        params = SamplingParams(max_new_tokens=max(LENGTHS), banned_token_ids=(tok.eot_token,), seed=args.seed,
-                                **SAMPLERS[name])  # fmt: skip
-        done = generate(model, [p[:PROMPT] for p in passages], params, token_bytes=tok_table, max_batch=args.batch)
-        texts[name] = [c.token_ids for c in done]
-        print(f"generated {sum(map(len, texts[name]))} tokens with {name} in {time.time() - t0:.0f} s", file=sys.stderr)
-    scores: dict[str, dict[int, list[dict]]] = {}
+    chunks = [list(range(i, min(i + args.batch, args.n))) for i in range(0, args.n, args.batch)]
+    tasks = [(side, idx, [passages[i] for i in idx]) for side in ["human", *args.samplers] for idx in chunks]
     t0 = time.time()
-    for side, seqs in texts.items():
-        scores[side] = {L: [] for L in LENGTHS}
-        for s in seqs:  # the text as `gpt2kit detect` reads it: decoded, then encoded again
-            ids = tok.encode_ordinary(tok.decode(s))
-            stats = position_stats(model, [tok.eot_token] + ids, top=1, n_vocab=tok.n_vocab)
-            for L in LENGTHS:  # the model is causal: a passage's first L tokens score as the L-token text would
-                scores[side][L].append(vars(evidence_from_stats(stats.prefix(L))))
-    print(f"scored {sum(len(v) for v in texts.values()) * len(LENGTHS)} passages in {time.time() - t0:.0f} s", file=sys.stderr)
+    with multiprocessing.get_context("spawn").Pool(args.workers, _init, (args,)) as pool:
+        done = pool.map(_task, tasks, chunksize=1)
+    print(f"generated and scored {len(tasks)} chunks in {time.time() - t0:.0f} s with {args.workers} processes", file=sys.stderr)
+    texts: dict[str, list[list[int]]] = {}
+    scores: dict[str, dict[int, list[dict]]] = {}
+    for (side, _, _), (seqs, evidence) in zip(tasks, done):
+        texts.setdefault(side, []).extend(seqs)
+        for L in LENGTHS:
+            scores.setdefault(side, {L: [] for L in LENGTHS})[L].extend(evidence[L])
     rows = []
     for L in LENGTHS:
         for name in args.samplers:
@@ -111,7 +133,7 @@ def main() -> None:
             rows.append(row)
     print(markdown(rows, args))
     if args.write:
-        write(model, args, scores, rows, texts)
+        write(args, scores, rows, texts)
 
 
 def markdown(rows: list[dict], args) -> str:
@@ -122,7 +144,8 @@ def markdown(rows: list[dict], args) -> str:
     return "\n".join(lines) + f"\n\n({args.n} passages per side, model {args.model}, seed {args.seed})"
 
 
-def write(model, args, scores: dict, rows: list[dict], texts: dict) -> None:
+def write(args, scores: dict, rows: list[dict], texts: dict) -> None:
+    model = from_pretrained(args.model, device="cpu")
     fits = {}
     machine = [s for s in args.samplers if not s.startswith("pure")]  # the fit: the two samplers people use
     for L in LENGTHS:

@@ -178,3 +178,31 @@ def test_cli_next_score_detect(tiny_hf_dir, tmp_path, capsys):
     assert "\x1b[" not in out and out.startswith("index\ttoken\tbits\trank")
     assert main(["detect", "Short.", "--model", str(tiny_hf_dir)]) == 0
     assert "too short" in capsys.readouterr().out
+
+
+def test_attention_maps_equal_transformers(pair, tok, tiny_hf_dir):
+    transformers = pytest.importorskip("transformers")
+    from gpt2kit.insight.attention import attention_maps
+
+    ours, _ = pair
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tiny_hf_dir, attn_implementation="eager").eval()
+    result = attention_maps(ours, tok, "The cat sat on the mat because it was tired.")
+    with torch.no_grad():
+        ref = hf(torch.tensor([result.ids]), output_attentions=True).attentions  # L x (1, nh, T, T)
+    torch.testing.assert_close(result.maps, torch.cat(ref), rtol=1e-4, atol=1e-5)
+    assert result.select(None, "mean").shape == (2, len(result.ids), len(result.ids))
+    torch.testing.assert_close(result.select(1, 2)[0], ref[1][0, 2])
+    with pytest.raises(ValueError, match="layers 0..1"):
+        result.select(5, 0)
+
+
+def test_cli_attention_draws_a_png(tiny_hf_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    from gpt2kit.cli.__main__ import main
+
+    for layer, head in (("1", "0"), ("all", "mean")):
+        out = tmp_path / f"a_{layer}_{head}.png"
+        assert main(["attention", "The cat sat on the mat.", "--layer", layer, "--head", head, "--out", str(out),
+                     "--model", str(tiny_hf_dir)]) == 0  # fmt: skip
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["attention", "Hi", "--layer", "9", "--model", str(tiny_hf_dir)]) == 2
