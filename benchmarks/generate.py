@@ -41,11 +41,12 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
     B, P, N = args.batch, args.prompt_len, args.new_tokens
-    ids = torch.randint(0, 50256, (B, P), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, 50256, (B, P), generator=torch.Generator().manual_seed(1)).to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
     if args.side == "transformers":
         import transformers
 
-        model = transformers.GPT2LMHeadModel.from_pretrained(args.folder, torch_dtype=dtype).eval()
+        model = transformers.GPT2LMHeadModel.from_pretrained(args.folder, torch_dtype=dtype).eval().to(args.device)
 
         def run(n: int) -> list[list[int]]:
             with torch.inference_mode():
@@ -56,7 +57,7 @@ def worker(args) -> None:
         import gpt2kit
         from gpt2kit.generate import Engine, SamplingParams
 
-        model = gpt2kit.from_pretrained(args.folder, device="cpu", dtype=dtype)
+        model = gpt2kit.from_pretrained(args.folder, device=args.device, dtype=dtype)
         engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights)  # what `gpt2kit generate` builds
 
         def run(n: int) -> list[list[int]]:
@@ -64,8 +65,10 @@ def worker(args) -> None:
             return [c.token_ids for c in engine.generate(ids.tolist(), params)]
 
     run(min(N, 8))  # warm-up: allocations, oneDNN primitives, gpt2kit's kernel measurement (cached after)
+    sync()
     t0 = time.perf_counter()
     tokens = run(N)
+    sync()
     dt = time.perf_counter() - t0
     rate = B * (P if N == 1 else N) / dt
     print(json.dumps({"rate": rate, "seconds": dt, "tokens_sha": hashlib.sha256(str(tokens).encode()).hexdigest()[:16]}))
@@ -93,12 +96,13 @@ def bench(args) -> None:
     with tempfile.TemporaryDirectory() as folder:
         transformers.GPT2LMHeadModel(transformers.GPT2Config(**SHAPES[args.shape])).save_pretrained(folder)
         common = [__file__, "--folder", folder, "--dtype", args.dtype, "--batch", str(args.batch), "--prompt-len",
-                  str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads)]  # fmt: skip
+                  str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
+                  "--device", args.device]  # fmt: skip
         sides = {
             "transformers": [*common, "--side", "transformers", "--dtype", args.hf_dtype or args.dtype],
             "gpt2kit": [*common, "--side", "gpt2kit", "--weights", args.weights],
         }
-        bw = harness.read_bandwidth_gbs(args.threads)
+        bw = harness.read_bandwidth_gbs(args.threads, device=args.device)
         runs = harness.alternate(sides, args.repeat)
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
@@ -108,7 +112,7 @@ def bench(args) -> None:
         "generate", sys.argv, args.threads,
         {n: {"figure": round(f, 2), "unit": "tok/s", "runs": [round(r["rate"], 2) for r in runs[n]]} for n, f in figures.items()},
         round(figures["gpt2kit"] / figures["transformers"], 3),
-        config=dict(shape=args.shape, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
+        config=dict(shape=args.shape, device=args.device, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
                     batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         bandwidth_gbs=round(bw, 2), bytes_per_step=nbytes,
@@ -155,6 +159,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"], help="both sides' dtype")
     ap.add_argument("--hf-dtype", default=None, choices=["fp32", "bf16"], help="transformers' dtype (default: --dtype)")
     ap.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"], help="gpt2kit's decode weights")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (the bound then uses the GPU's measured read bandwidth)")
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128, help="1 measures prompt processing (prompt tokens / s)")

@@ -23,6 +23,12 @@ RESULTS = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or Path(__file__).resolve
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "fma")
 
 
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
 def machine(threads: int) -> dict:
     """CPU model (lscpu) and the flags that decide kernels, torch version, threads, date."""
     import torch
@@ -38,24 +44,28 @@ def machine(threads: int) -> dict:
         "cpu": info.get("Model name", "unknown"),
         "cpu_flags": [f for f in FLAGS_SHOWN if f in flags],
         "cores": os.cpu_count(),
+        "gpu": gpu_name(),
         "torch": torch.__version__,
         "threads": threads,
         "date": datetime.date.today().isoformat(),
     }
 
 
-def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20) -> float:
+def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu") -> float:
     """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s)."""
     import time
 
     import torch
 
     torch.set_num_threads(threads)
-    buf = torch.ones(int(gib * 2**30) // 4)
+    buf = torch.ones(int(gib * 2**30) // 4, device=device)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = float("inf")
     for _ in range(repeats):
+        sync()
         t = time.perf_counter()
         buf.sum()
+        sync()
         best = min(best, time.perf_counter() - t)
     return buf.numel() * 4 / best / 1e9
 

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "gpt2kit.cli.prepare",
     "train": "gpt2kit.cli.train",
     "finetune": "gpt2kit.cli.finetune",
+    "merge": "gpt2kit.cli.merge",
     "eval": "gpt2kit.cli.eval",
     "next": "gpt2kit.cli.next",
     "score": "gpt2kit.cli.score",

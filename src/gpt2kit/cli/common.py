@@ -1,6 +1,6 @@
 """Flags shared by every command that runs a model (generate, chat, tasks, eval, serve): defined once here.
 
-`add_model_arguments(parser)` adds --model/--device/--dtype; `load_model_and_tokenizer(args)` resolves them.
+`add_model_arguments(parser)` adds --model/--device/--dtype/--adapter; `load_model_and_tokenizer(args)` resolves them.
 The "no --model given" case is handled in exactly one place, `DEFAULT_MODEL` below: the built-in model that
 ships inside the package (see gpt2kit/builtin.py), announced in one line on stderr whenever it is used.
 `add_sampling_arguments` / `sampling_params` map the sampling flags to a `SamplingParams`.
@@ -21,10 +21,15 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
                         "config.json + model.safetensors")  # fmt: skip
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps or auto")
     p.add_argument("--dtype", default="auto", help="weights/compute dtype: auto (fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument("--adapter", action="append", default=[], metavar="[NAME=]DIR",
+                   help="a LoRA adapter folder (PEFT format: `gpt2kit finetune --lora-r` checkpoints, peft's save_pretrained) "
+                        "merged into --model; serve: repeat it to offer several, chosen per request by NAME in `model` "
+                        "(default NAME: the folder's name)")  # fmt: skip
 
 
-def load_model_and_tokenizer(args: argparse.Namespace):
-    """(GPT, Tokenizer) for --model/--device/--dtype; the built-in model is announced on stderr."""
+def load_model_and_tokenizer(args: argparse.Namespace, with_adapter: bool = True):
+    """(GPT, Tokenizer) for --model/--device/--dtype (+ the one --adapter merged in, unless with_adapter is
+    False); the built-in model is announced on stderr."""
     import sys
 
     from gpt2kit.builtin import describe, is_builtin
@@ -46,7 +51,34 @@ def load_model_and_tokenizer(args: argparse.Namespace):
         print(f"gpt2kit: {note}", file=sys.stderr)
     if is_builtin(args.model):
         print(f"gpt2kit: {describe()}", file=sys.stderr)
+    if with_adapter and args.adapter:
+        from gpt2kit.adapter import apply_adapter
+
+        if len(args.adapter) > 1:
+            raise ConfigError("one --adapter at a time here (only `gpt2kit serve` holds several); merge one into a model "
+                              "with `gpt2kit merge` to stack them.")  # fmt: skip
+        apply_adapter(model, adapter_specs(args)[0][1])
     return model, Tokenizer()
+
+
+def adapter_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """--adapter [NAME=]DIR values -> [(name, folder)]; the name defaults to the folder's own name."""
+    from pathlib import Path
+
+    from gpt2kit.errors import ConfigError
+
+    specs = []
+    for item in args.adapter:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or "/" in name or Path(item).exists():
+            name, folder = Path(item).resolve().name, item
+        if not folder:
+            raise ConfigError(f"--adapter {item!r}: expected DIR or NAME=DIR, e.g. --adapter poems=out/checkpoints/step_000300.")
+        specs.append((name, folder))
+    names = [n for n, _ in specs]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--adapter names repeat ({names}); give each its own: --adapter NAME=DIR.")
+    return specs
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 100, top_k: int | None = 40) -> None:

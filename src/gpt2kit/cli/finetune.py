@@ -7,6 +7,10 @@ an automatic validation split of --val-fraction).
 
   gpt2kit finetune --model gpt2 --data qa.jsonl --out-dir ft --max-steps 300
   gpt2kit finetune --model ./my-gpt2 --data data/mytext --out-dir ft2
+  gpt2kit finetune --model gpt2-medium --data qa.jsonl --out-dir ft3 --lora-r 8   # LoRA: adapters only
+
+With --lora-r N only rank-N adapters train (the base stays frozen) and each checkpoint is a PEFT adapter
+folder: use it with `--model BASE --adapter DIR`, load it with peft, or `gpt2kit merge` it (docs/training.md).
 """
 
 from __future__ import annotations
@@ -32,4 +36,9 @@ def run(args: argparse.Namespace) -> None:
     given = overrides(args)
     if not given.get("init_from") and not given.get("resume"):
         raise ConfigError("finetune needs --model: a preset (gpt2, ...), a Hugging Face folder, or a checkpoint folder.")
-    train(build_config(given, args.config, defaults=FINETUNE_DEFAULTS))
+    cfg = build_config(given, args.config, defaults=FINETUNE_DEFAULTS)
+    result = train(cfg)
+    if cfg.lora_r and (result.best_checkpoint or result.last_checkpoint):
+        ckpt = result.best_checkpoint or result.last_checkpoint
+        print(f"LoRA adapter: {ckpt}\n  use it:   gpt2kit generate --model {cfg.init_from} --adapter {ckpt} \"...\"\n"
+              f"  merge it: gpt2kit merge --model {cfg.init_from} --adapter {ckpt} --out MERGED_DIR")  # fmt: skip

@@ -2,7 +2,8 @@
 
 Binds 127.0.0.1 by default. With --api-key (or $GPT2KIT_API_KEY) every request but / and /health needs
 `Authorization: Bearer KEY`. Try it: open http://127.0.0.1:8000/ or point any OpenAI client at
-http://127.0.0.1:8000/v1. See docs/serving.md.
+http://127.0.0.1:8000/v1. With --adapter NAME=DIR (repeatable) it also serves each LoRA adapter merged
+into the base, as model NAME. See docs/serving.md.
 """
 
 from __future__ import annotations
@@ -36,13 +37,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from gpt2kit.adapter import merged_copy
+    from gpt2kit.cli.common import adapter_specs
+    from gpt2kit.errors import ConfigError
     from gpt2kit.serve.app import serve
 
     fields = {f.name for f in dataclasses.fields(ServeConfig)}
     config = ServeConfig(**{k: v for k, v in vars(args).items() if k in fields and k != "model_name"},
                          model_name=args.model_name or served_name(args.model))  # fmt: skip
-    model, tokenizer = load_model_and_tokenizer(args)
-    serve(model, config, tokenizer, log_level=args.log_level)
+    model, tokenizer = load_model_and_tokenizer(args, with_adapter=False)
+    models = {config.model_name: model}  # the base first: the default for requests that name no model
+    for name, folder in adapter_specs(args):  # each adapter merged into its own copy of the base (serve/models.py)
+        if name in models:
+            raise ConfigError(f"--adapter name {name!r} is the base model's name; pick another: --adapter NAME=DIR.")
+        models[name] = merged_copy(model, folder)
+    serve(models, config, tokenizer, log_level=args.log_level)
 
 
 def served_name(model: str) -> str:

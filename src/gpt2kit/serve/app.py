@@ -2,7 +2,7 @@
 
     POST /v1/completions        OpenAI completions (JSON, or SSE with stream=true)
     POST /v1/chat/completions   OpenAI chat, through the plain-text chat template (chat_template.py)
-    GET  /v1/models             the one model served
+    GET  /v1/models             the models served: the base and each --adapter (models.py); `model` picks one
     GET  /health                200 {"status": "ok"} while the engine worker runs, else 503
     GET  /metrics               Prometheus text (metrics.py)
     GET  /                      the playground page (static/index.html)
@@ -41,6 +41,7 @@ from gpt2kit.serve.config import ServeConfig
 from gpt2kit.serve.logprobs import ChoiceLogprobs
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
 from gpt2kit.serve.openapi import declare_request_bodies
+from gpt2kit.serve.models import ModelRegistry
 from gpt2kit.serve.protocol import GenerationPlan, ProtocolError
 from gpt2kit.serve.security import EdgeGuard
 from gpt2kit.serve.worker import Delta, Job, QueueFull, RequestTimeout, Worker, WorkerError
@@ -50,9 +51,11 @@ SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 log = logging.getLogger("gpt2kit.serve")
 
 
-def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
-    """The FastAPI app over a started (or soon started) worker. The worker's lifetime is the caller's."""
+def create_app(worker: Worker | ModelRegistry, config: ServeConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
+    """The FastAPI app over a started (or soon started) worker, or several by model name (a ModelRegistry).
+    The workers' lifetime is the caller's."""
     tok = tokenizer or Tokenizer()
+    registry = worker if isinstance(worker, ModelRegistry) else ModelRegistry({config.model_name: worker})
     metrics = Metrics()
     created = P.now()
     app = FastAPI(title="gpt2kit", version="1", docs_url=None, redoc_url=None)
@@ -108,11 +111,6 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def check_model(name: str | None) -> None:
-        if name is not None and name != config.model_name:
-            raise ProtocolError(f"the model `{name[:100]}` does not exist; this server serves `{config.model_name}` (see /v1/models).",
-                                "model", status=404, code="model_not_found")  # fmt: skip
-
     # ---- routes -------------------------------------------------------------------------------------
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def playground() -> HTMLResponse:
@@ -121,17 +119,17 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        if not worker.alive:
+        if not registry.alive:
             return JSONResponse({"status": "error", "detail": "the engine worker is not running"}, status_code=503)
         return JSONResponse({"status": "ok"})
 
     @app.get("/metrics", response_class=PlainTextResponse)
     async def get_metrics() -> PlainTextResponse:
-        return PlainTextResponse(metrics.render(worker.stats), media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(metrics.render(registry.stats), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
-        return JSONResponse(P.model_list(config.model_name, created))
+        return JSONResponse(P.model_list(registry.names, created))
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
@@ -146,10 +144,10 @@ def create_app(worker: Worker, config: ServeConfig, tokenizer: Tokenizer | None 
         t0 = time.perf_counter()
         body = await read_body(request)
         req = P.ChatCompletionRequest.parse(body) if chat else P.CompletionRequest.parse(body)
-        check_model(req.model)
-        plan = (P.plan_chat if chat else P.plan_completion)(req, tok, config, worker.context_len)
-        job = worker.submit(plan.prompts, plan.params)
-        rid, model = P.new_id("chatcmpl" if chat else "cmpl"), config.model_name
+        model, chosen = registry.select(req.model)  # 404 for a model this server does not offer
+        plan = (P.plan_chat if chat else P.plan_completion)(req, tok, config, chosen.context_len)
+        job = chosen.submit(plan.prompts, plan.params)
+        rid = P.new_id("chatcmpl" if chat else "cmpl")
         if plan.stream:
             return StreamingResponse(_stream(job, plan, rid, model, chat=chat, t0=t0), media_type="text/event-stream", headers=SSE_HEADERS)
         texts, reasons, completion_tokens, lps = await _collect(job, request, plan, chat=chat)
@@ -290,7 +288,8 @@ def _mono(perf_t0: float) -> float:
 
 def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_level: str = "info") -> None:
     """Serve `model` until interrupted: an engine worker thread that owns the model, and uvicorn (one
-    process) running the app on config.host:config.port."""
+    process) running the app on config.host:config.port. `model` may be a dict name -> GPT (the first is
+    the default): one worker each, chosen per request by `model` (models.py)."""
     import uvicorn
 
     from gpt2kit.serve.transport import log_config_with_gpt2kit, uvicorn_config
@@ -301,8 +300,10 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
             "serving on %s without an API key: anyone who can reach this address can use the model. "
             "Set --api-key (or $GPT2KIT_API_KEY).", config.host)
     tok = tokenizer or Tokenizer()
-    worker = build_worker(model, token_bytes_table(tok), max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
-                          max_queue=config.max_queue, request_timeout=config.request_timeout)  # fmt: skip
+    table = token_bytes_table(tok)
+    worker = ModelRegistry({name: build_worker(m, table, max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
+                                               max_queue=config.max_queue, request_timeout=config.request_timeout)
+                            for name, m in (model if isinstance(model, dict) else {config.model_name: model}).items()})  # fmt: skip
     app = create_app(worker, config, tok)
     worker.start()
     try:

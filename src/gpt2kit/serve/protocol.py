@@ -374,5 +374,5 @@ def chat_delta(index: int, delta: dict, finish_reason: str | None, logprobs: dic
     return {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
-def model_list(model: str, created: int) -> dict:
-    return {"object": "list", "data": [{"id": model, "object": "model", "created": created, "owned_by": "gpt2kit"}]}
+def model_list(models: list[str], created: int) -> dict:
+    return {"object": "list", "data": [{"id": m, "object": "model", "created": created, "owned_by": "gpt2kit"} for m in models]}

@@ -3,6 +3,7 @@
     out_dir/checkpoints/step_000200/
         config.json, model.safetensors, tokenizer files   # gpt2kit.save_pretrained: transformers and
                                                           #   gpt2kit.from_pretrained load this folder as-is
+        (LoRA runs instead: adapter_config.json, adapter_model.safetensors, a PEFT adapter folder; adapter.py)
         optimizer.pt     # optimizer.state_dict() (AdamW moments, step counts)
         rng.pt           # torch CPU/CUDA, numpy and Python RNG states (loaded with weights_only=True)
         meta.json        # human-readable: step, tokens, losses, loader state, the full TrainConfig, versions
@@ -30,7 +31,9 @@ from gpt2kit.errors import CheckpointError
 
 FORMAT_VERSION = 1
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
-REQUIRED = ("config.json", "model.safetensors", "optimizer.pt", "rng.pt", "meta.json")
+REQUIRED = ("optimizer.pt", "rng.pt", "meta.json")
+# The weights: a full model folder, or (LoRA runs) a PEFT adapter folder whose base is train_config.init_from.
+WEIGHTS = (("config.json", "model.safetensors"), ("adapter_config.json", "adapter_model.safetensors"))
 
 
 def step_dir(root: str | os.PathLike, step: int) -> Path:
@@ -43,6 +46,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
 
     model: the plain GPT (not the DDP/compile wrapper). model_state: an already-gathered full state dict
     (FSDP), used instead of model.state_dict()."""
+    from gpt2kit.model.lora import has_lora
     from gpt2kit.pretrained import save_pretrained
 
     root = Path(root)
@@ -60,7 +64,12 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
                 shell = GPT(model.config)
             shell.load_state_dict(model_state, assign=True)
             model = shell
-        save_pretrained(model, tmp)
+        if has_lora(model):
+            from gpt2kit.adapter import save_adapter
+
+            save_adapter(model, tmp, base_model=meta.get("train_config", {}).get("init_from"))
+        else:
+            save_pretrained(model, tmp)
         torch.save(optimizer_state, tmp / "optimizer.pt")
         torch.save(capture_rng(), tmp / "rng.pt")
         meta = {"format_version": FORMAT_VERSION, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
@@ -102,6 +111,8 @@ def read_meta(folder: str | os.PathLike) -> dict:
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint {folder} does not exist.")
     missing = [f for f in REQUIRED if not (folder / f).is_file()]
+    weights = min(([f for f in files if not (folder / f).is_file()] for files in WEIGHTS), key=len)
+    missing += weights
     if missing:
         raise CheckpointError(
             f"checkpoint {folder} is incomplete: missing {missing}. It was not written by `gpt2kit train` (or was damaged); "

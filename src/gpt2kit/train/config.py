@@ -104,6 +104,15 @@ class TrainConfig:
     val_fraction: float = _help("fine-tuning JSONL: fraction of examples held out for validation", default=0.05)
     prompt_field: str = _help("fine-tuning JSONL: the prompt field", default="prompt")
     completion_field: str = _help("fine-tuning JSONL: the completion field", default="completion")
+    # ---- LoRA: train low-rank adapters beside frozen weights; checkpoints are PEFT adapter folders
+    lora_r: int = _help("LoRA rank: train only rank-r adapters on lora_targets, every base weight frozen (0 = full fine-tuning)", default=0)
+    lora_alpha: float = _help("LoRA: the adapters' update is scaled by lora_alpha / lora_r", default=16.0)
+    lora_dropout: float = _help("LoRA: dropout on the adapters' input", default=0.05)
+    lora_targets: str = _help(
+        "LoRA: comma-separated layers that get adapters (c_attn; c_proj = attn.c_proj and mlp.c_proj; c_fc; or attn.c_proj, mlp.c_proj)",
+        default="c_attn,c_proj,c_fc",
+    )
+
 
     def __post_init__(self) -> None:
         check_types(self)  # "lr": "3e-3" or "seed": "abc" in a JSON file: one line naming the field
@@ -133,8 +142,29 @@ class TrainConfig:
             raise ConfigError("weight_decay, grad_clip and max_minutes must be >= 0.")
         if not 0.0 <= self.val_fraction < 1.0:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        if self.lora_r:
+            self._check_lora()
         if not self.data:
             raise ConfigError("no training data: pass --data DIR (from `gpt2kit prepare`) or a prompt/completion .jsonl.")
+
+    def _check_lora(self) -> None:
+        from gpt2kit.model.lora import check_targets
+
+        if not isinstance(self.lora_r, int) or isinstance(self.lora_r, bool) or self.lora_r < 0:
+            raise ConfigError(f"lora_r must be an integer >= 0 (0 = full fine-tuning), got {self.lora_r!r}.")
+        if not self.lora_alpha > 0 or not 0.0 <= self.lora_dropout < 1.0:
+            raise ConfigError(f"need lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_alpha}, {self.lora_dropout}.")
+        if not self.lora_target_list:
+            raise ConfigError("lora_targets is empty: name the layers to adapt, e.g. --lora-targets c_attn,c_proj,c_fc.")
+        check_targets(self.lora_target_list)
+        if not self.init_from:
+            raise ConfigError("LoRA adapts pretrained weights: use `gpt2kit finetune --model BASE --lora-r N` (or --init-from).")
+        if self.fsdp:
+            raise ConfigError("LoRA and --fsdp do not combine; LoRA's point is that the frozen model fits without sharding.")
+
+    @property
+    def lora_target_list(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.lora_targets.split(",") if t.strip())
 
     # ---- model -----------------------------------------------------------------------------------
     def model_config(self) -> GPTConfig:

@@ -88,7 +88,9 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
         raise ConfigError(f"{out} already holds checkpoints. Pass --resume to continue that run, or choose another --out-dir.")
     seed_everything(cfg.seed)  # same init on every rank
     meta = ckpt.read_meta(resume_from) if resume_from else None
-    model = _load_model(cfg, resume_from or cfg.init_from)
+    model = _load_model(cfg, cfg.init_from if cfg.lora_r else resume_from or cfg.init_from)
+    if cfg.lora_r:  # frozen base + adapters; a LoRA checkpoint holds the adapters only, the base is init_from
+        _add_adapters(model, cfg, resume_from, say)
     if cfg.pad_vocab:  # before the optimizer: its moments (and a resumed optimizer state) have the padded shape
         model = pad_vocab(model, cfg.pad_vocab)
     model.to(device).train()
@@ -362,6 +364,19 @@ def _load_model(cfg: TrainConfig, source) -> GPT:
     for p in model.parameters():  # imported Conv1D weights are transposed views; FSDP and fused kernels want contiguous
         p.data = p.data.contiguous()
     return model.train()
+
+
+def _add_adapters(model: GPT, cfg: TrainConfig, resume_from: Path | None, say) -> None:
+    from gpt2kit.adapter import load_adapter
+    from gpt2kit.model.lora import inject_lora
+
+    if resume_from is not None:
+        load_adapter(model, resume_from, dropout=cfg.lora_dropout)
+    else:
+        inject_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_list)
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    say(f"LoRA: r={cfg.lora_r}, alpha={cfg.lora_alpha:g} on {cfg.lora_targets}: {n_train:,} trainable parameters "
+        f"({100 * n_train / model.num_params():.2f}% of {model.num_params():,}), the rest frozen")  # fmt: skip
 
 
 def _train_dtype(name: str, device: torch.device) -> torch.dtype:

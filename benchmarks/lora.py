@@ -1,0 +1,138 @@
+"""LoRA vs full fine-tuning on the CPU: peak memory and time per optimizer step, each run in a fresh process.
+
+Both sides run the training loop's own step on the same random tokens: forward with loss, backward, clip
+to 1.0, AdamW from `train.optim.make_optimizer`, zero_grad. Full fine-tuning trains every parameter; LoRA
+(`model.lora.inject_lora`, r=8, alpha=16, dropout 0.05 on c_attn, c_proj, c_fc, as `finetune --lora-r 8`)
+trains the adapters only. The model is GPT-2-shaped with random weights (default gpt2-medium: 355M).
+
+Each measurement is a new Python process (`--worker`): its peak RSS (getrusage ru_maxrss) covers building
+the model, the optimizer state and the steps, and nothing one side allocated can speed up or inflate the
+other. Sides alternate, `--repeat` times each; the medians of ms/step and peak RSS are reported. One JSON
+line per side is appended to --out with the CPU model (lscpu), torch version, threads and the command.
+
+  python benchmarks/lora.py                                   # gpt2-medium, batch 2 x 256 tokens, 3 repeats
+  python benchmarks/lora.py --shape tiny --steps 2 --out /tmp/lora.jsonl     # a quick check that it runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def worker(args) -> dict:
+    """One side, measured in this (fresh) process."""
+    import torch
+
+    from gpt2kit.model import GPT
+    from gpt2kit.model.lora import inject_lora
+    from gpt2kit.train.config import FINETUNE_DEFAULTS, TrainConfig
+    from gpt2kit.train.optim import make_optimizer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lora = args.worker == "lora"
+    cfg = TrainConfig(**{**FINETUNE_DEFAULTS, "data": "-", "model": args.shape})  # finetune's lr, decay, dropout, clip
+    torch.manual_seed(0)
+    model = GPT(cfg.model_config()).train()  # random weights: speed and memory do not depend on their values
+    if lora:  # finetune --lora-r 8 (alpha, dropout and targets are TrainConfig's defaults)
+        inject_lora(model, 8, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_list)
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.config.vocab_size, (args.batch, args.block), generator=g)  # (B, T)
+    y = torch.randint(0, model.config.vocab_size, (args.batch, args.block), generator=g)
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        _, loss = model(x, y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return {
+        "side": args.worker,
+        "ms_per_step": round(1000 * statistics.median(times), 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "params": model.num_params(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        return platform.processor() or "unknown"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shape", default="gpt2-medium", help="a TrainConfig model preset: gpt2-medium (355M), gpt2, tiny, ...")
+    ap.add_argument("--batch", type=int, default=2, help="B: sequences per step")
+    ap.add_argument("--block", type=int, default=256, help="T: tokens per sequence")
+    ap.add_argument("--steps", type=int, default=3, help="timed steps per process (after the warm-up)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocations, first-touch page faults)")
+    ap.add_argument("--repeat", type=int, default=3, help="processes per side (medians over them)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    ap.add_argument("--out", default=str(HERE / "results" / "lora.jsonl"), help="JSON lines appended here")
+    ap.add_argument("--worker", choices=["full", "lora"], help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args)), flush=True)
+        return
+
+    runs: dict[str, list[dict]] = {"full": [], "lora": []}
+    base = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape, "--batch", str(args.batch), "--block", str(args.block),
+            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]  # fmt: skip
+    for r in range(args.repeat):
+        for side in ("full", "lora"):  # alternate, so a slow spell of the machine hits both sides
+            proc = subprocess.run(
+                [*base, "--worker", side], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+            )
+            if proc.returncode != 0:
+                sys.exit(f"{side} run {r + 1} failed:\n{proc.stderr[-3000:]}")
+            run = json.loads(proc.stdout.strip().splitlines()[-1])
+            runs[side].append(run)
+            print(json.dumps({"repeat": r + 1, **run}), file=sys.stderr, flush=True)
+    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": runs["full"][0]["torch"], "threads": runs["full"][0]["threads"],
+           "shape": args.shape, "batch": args.batch, "block": args.block, "steps": args.steps, "warmup": args.warmup,
+           "repeat": args.repeat, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "command": shlex.join(["python", "benchmarks/lora.py", *sys.argv[1:]])}  # fmt: skip
+    rows = []
+    for side, rs in runs.items():
+        rows.append({"bench": "lora_vs_full_finetune", "side": side, **env,
+                     "ms_per_step": statistics.median(r["ms_per_step"] for r in rs),
+                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
+                     "params": rs[0]["params"], "trainable_params": rs[0]["trainable_params"],
+                     "runs_ms_per_step": [r["ms_per_step"] for r in rs], "runs_peak_rss_mb": [r["peak_rss_mb"] for r in rs]})  # fmt: skip
+    full, lora = rows
+    lora["vs_full"] = {
+        "time": round(lora["ms_per_step"] / full["ms_per_step"], 3),
+        "memory": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    for row in rows:
+        print(json.dumps(row))
+
+
+if __name__ == "__main__":
+    main()
