@@ -173,3 +173,22 @@ def test_bf16_is_said_to_be_emulated_only_where_it_is(monkeypatch):
     assert device.bf16_emulation_note(CPU, torch.float32) is None
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     assert device.bf16_emulation_note(CPU, torch.bfloat16) is None
+
+
+def test_static_cache_decode_equals_the_eager_engine(tiny):
+    """The fixed-shape decode step (every step attends all max_len columns, unwritten ones masked: the shape
+    a CUDA graph needs) gives the dynamic cache's logits and tokens, left-padded batches included."""
+    prompts = [torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (3, 9)]
+    from gpt2kit.generate import Engine, SamplingParams
+
+    p = SamplingParams(max_new_tokens=10, temperature=0, ignore_eos=True)
+    eager, static = Engine(tiny, max_batch=2, max_len=32), Engine(tiny, max_batch=2, max_len=32, static_cache=True)
+    assert static.cache.static and not eager.cache.static
+    assert [c.token_ids for c in static.generate(prompts, p)] == [c.token_ids for c in eager.generate(prompts, p)]
+    seq = torch.tensor([prompts[1]])
+    caches = [KVCache(tiny.config, 1, 32), KVCache(tiny.config, 1, 32, static=True)]
+    with torch.inference_mode():
+        outs = [[eager.runner.prefill(seq[:, :4], c, None)] + [eager.runner.decode(seq[:, t : t + 1], c, None) for t in range(4, 9)]
+                for c in caches]  # fmt: skip
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)

@@ -82,6 +82,7 @@ class Engine:
         eot_id: int = GPT2_EOT_ID,
         window_keep: int | None = None,
         weights: str = "auto",
+        static_cache: bool = False,
     ) -> None:
         cfg = model.config
         if not (isinstance(max_batch, int) and max_batch >= 1):
@@ -101,7 +102,8 @@ class Engine:
         self.n_vocab = min(cfg.vocab_size, len(token_bytes)) if token_bytes is not None else cfg.vocab_size
         self.eot_id = eot_id
         self.max_batch = max_batch
-        self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.dtype)
+        # static_cache: every step attends all max_len columns (masked), so a decode step has one fixed shape
+        self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.dtype, static=static_cache)
         self.runner = DecodeRunner(model, weights, batch=max_batch)
         self._logits = torch.zeros(max_batch, self.n_vocab, device=self.device, dtype=torch.float32)  # (B, V)
         self._slots: list[_Sequence | None] = [None] * max_batch

@@ -57,12 +57,14 @@ class KVCache:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         *,
+        static: bool = False,
         _views: tuple | None = None,
     ) -> None:
         self.config = config
         if _views is not None:  # a view of rows of another cache (see `row`)
-            self.k, self.v, self.valid, self.lengths, self.pos, self._host, self._rows, self.max_len = _views
+            self.k, self.v, self.valid, self.lengths, self.pos, self._host, self._rows, self.max_len, self.static = _views
             return
+        self.static = static  # attend all T_max columns every step (masked): fixed shapes for CUDA graphs
         T_max = max_len if max_len is not None else config.n_positions
         if not (0 < T_max <= config.n_positions):
             raise InputError(f"KV cache length must be in 1..{config.n_positions} (n_positions), got {T_max}.")
@@ -100,7 +102,7 @@ class KVCache:
         """A view of rows start..stop-1 (B=stop-start) that reads and writes this cache in place."""
         assert 0 <= start < stop <= self.batch_size, (start, stop, self.batch_size)
         views = (self.k[:, start:stop], self.v[:, start:stop], self.valid[start:stop], self.lengths[start:stop],
-                 self.pos[start:stop], self._host, self._rows[start:stop], self.max_len)
+                 self.pos[start:stop], self._host, self._rows[start:stop], self.max_len, self.static)
         return KVCache(self.config, stop - start, _views=views)
 
     def row_length(self, b: int) -> int:
@@ -140,7 +142,7 @@ class KVCache:
         for r in self._rows:
             self._host.values[r] += T
 
-        K = self.seq_len
+        K = self.max_len if self.static else self.seq_len  # static: unwritten columns are masked, not cut
         keys = torch.arange(K, device=device)  # (K,)
         causal = keys[None, None, :] <= cols[:, :, None]  # (B, T, K)
         diagonal = keys[None, None, :] == cols[:, :, None]  # a padded query still sees itself: no empty rows
