@@ -488,3 +488,78 @@ def test_hellaswag_lines_with_empty_endings_or_context_are_rejected(tmp_path):
         path.write_text(json.dumps(good) + "\n" + json.dumps({**good, **change}) + "\n")
         with pytest.raises(DataError, match=match):
             load_hellaswag(path)
+
+
+# ---- training runs: out_dir problems, resume ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, excerpts_dir):
+    import numpy as np
+
+    from gpt2kit.data.shards import write_shard
+
+    root = tmp_path_factory.mktemp("shards")
+    ids = TOK.encode_ordinary((excerpts_dir / "milton.txt").read_text(encoding="utf-8")[:20000])
+    write_shard(root / "train_000000.bin", np.array(ids[:-1000], dtype=np.uint16))
+    write_shard(root / "val_000000.bin", np.array(ids[-1000:], dtype=np.uint16))
+    return root
+
+
+def train_argv(data, out, *extra):
+    return ["train", "--data", str(data), "--out-dir", str(out), "--model", "tiny", "--block-size", "16", "--micro-batch", "2",
+            "--max-steps", "4", "--eval-interval", "2", "--eval-batches", "1", "--log-interval", "1", "--sample-tokens", "0",
+            "--device", "cpu", "--threads", "1", *extra]  # fmt: skip
+
+
+def test_out_dir_that_is_a_file_or_read_only(shards, tmp_path, capsys, monkeypatch):
+    import gpt2kit.train.loop as loop
+
+    def too_late(*a, **kw):
+        raise AssertionError("the model was loaded before out_dir was checked")
+
+    monkeypatch.setattr(loop, "_load_model", too_late)  # the check comes first: no work is wasted
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    one_line_error(capsys, train_argv(shards, afile), str(afile))
+    ro = unwritable_dir(tmp_path)
+    one_line_error(capsys, train_argv(shards, ro / "run"), str(ro))
+
+
+def test_a_full_disk_at_save_time(shards, tmp_path, capsys, monkeypatch):
+    real_save = torch.save
+
+    def full(obj, f, *a, **kw):
+        if str(getattr(f, "name", f)).endswith("optimizer.pt"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # what write() raises: no filename
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "run"
+    one_line_error(capsys, train_argv(shards, out), str(out / "checkpoints" / "step_000002" / "optimizer.pt"), "No space left")
+    assert not list((out / "checkpoints").iterdir())  # no checkpoint, no temporary folder
+
+
+def test_resume_truncates_metrics_and_works_from_another_directory(shards, tmp_path, capsys, monkeypatch):
+    from gpt2kit.train.checkpoint import read_meta
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    shutil.copytree(shards, first / "data")
+    out = tmp_path / "run"
+    monkeypatch.chdir(first)
+    assert main(train_argv("data", out)) == 0  # a relative --data
+    assert read_meta(out / "checkpoints" / "step_000004")["train_config"]["data"] == str(first / "data")
+    # as if killed after step 3 (the checkpoint at 4 never written): its records past step 2 must go
+    shutil.rmtree(out / "checkpoints" / "step_000004")
+    metrics = out / "metrics.jsonl"
+    lines = [ln for ln in metrics.read_text().splitlines() if json.loads(ln)["step"] <= 3]
+    metrics.write_text("\n".join(lines) + '\n{"kind": "train", "step": 3, "loss": 999.0}\n{"kind": "tra')
+    capsys.readouterr()
+    monkeypatch.chdir(second)  # resume from elsewhere: the saved data path is absolute
+    assert main(["train", "--resume", "--out-dir", str(out)]) == 0, capsys.readouterr().err
+    records = [json.loads(ln) for ln in metrics.read_text().splitlines()]
+    train_steps = [r["step"] for r in records if r["kind"] == "train"]
+    assert train_steps == [1, 2, 3, 4] and all(r.get("loss") != 999.0 for r in records)
+    assert [r["step"] for r in records if r["kind"] == "val"] == [2, 4]

@@ -56,16 +56,22 @@ def _tmp_prefix(path: Path) -> str:
 
 
 def check_writable(path: str | os.PathLike) -> None:
-    """Fail now, naming `path`, if a file cannot be written there (a read-only folder, a full disk, a file
-    in a folder's place, a folder in the file's place), rather than at the end of a long run."""
+    """Fail now, naming `path`, if a file cannot be written there (a read-only folder, a file in a folder's
+    place, a folder in the file's place), rather than at the end of a long run. Leaves nothing behind."""
     path = Path(path)
+    missing = [p for p in [path.parent, *path.parent.parents] if not p.exists()]  # created here, removed after
     with naming(path):
         if path.is_dir():
             raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        os.remove(tmp)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            os.remove(tmp)
+        finally:
+            for p in missing:  # innermost first: the check leaves no trace
+                with contextlib.suppress(OSError):
+                    p.rmdir()
 
 
 def _umask() -> int:

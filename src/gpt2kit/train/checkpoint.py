@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpt2kit.atomic import naming
 from gpt2kit.errors import CheckpointError
 
 FORMAT_VERSION = 1
@@ -70,10 +71,11 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
             save_adapter(model, tmp, base_model=meta.get("train_config", {}).get("init_from"))
         else:
             save_pretrained(model, tmp)
-        torch.save(optimizer_state, tmp / "optimizer.pt")
-        torch.save(capture_rng(), tmp / "rng.pt")
+        _torch_save(optimizer_state, tmp / "optimizer.pt", final / "optimizer.pt")
+        _torch_save(capture_rng(), tmp / "rng.pt", final / "rng.pt")
         meta = {"format_version": FORMAT_VERSION, "step": step, "saved_at": time.strftime("%Y-%m-%dT%H:%M:%S"), **meta}
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        with naming(final / "meta.json"):
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         for f in tmp.iterdir():
             _fsync(f)
         _fsync(tmp)
@@ -89,6 +91,13 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final
+
+
+def _torch_save(obj: object, path: Path, shown: Path) -> None:
+    """torch.save through a file object: a full disk is then an OSError (torch's own file writer raises a
+    RuntimeError), named after the checkpoint file it was writing."""
+    with naming(shown), open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def list_checkpoints(root: str | os.PathLike) -> list[tuple[int, Path]]:

@@ -181,6 +181,16 @@ class TrainConfig:
             )
         return cfg if self.dropout is None else cfg.replace(dropout=self.dropout)
 
+    def resolved(self) -> TrainConfig:
+        """A copy whose local paths are absolute (data, and model / init_from / eval_hellaswag when they name
+        files or folders here), as saved in checkpoints: `--resume` then works from any working directory."""
+        changes = {"data": os.path.abspath(os.path.expanduser(self.data))}
+        for name in ("model", "init_from", "eval_hellaswag"):
+            value = getattr(self, name)
+            if value and os.path.exists(os.path.expanduser(value)):
+                changes[name] = os.path.abspath(os.path.expanduser(value))
+        return dataclasses.replace(self, **changes)
+
     # ---- JSON ------------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gpt2kit.atomic import check_writable
 from gpt2kit.device import bf16_emulation_note, enable_tf32, resolve_device, resolve_dtype, seed_everything
 from gpt2kit.errors import ConfigError, Gpt2kitError
 from gpt2kit.model import GPT
@@ -60,6 +61,7 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
     """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun.
 
     on_step(step, max_steps), if given, is called after every optimizer step (for a caller's progress bar)."""
+    check_writable(Path(cfg.out_dir) / "metrics.jsonl")  # an out_dir that is a file or read-only: one line now
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -153,6 +155,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     say(f"model: {n_params / 1e6:.1f}M parameters, T={T}, {dtype} on {device}{' x' + str(info.world) if info.enabled else ''}"
         f"{', compiled' if use_compile else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
     logger = MetricsLog(out, cfg.tensorboard, cfg.wandb_project, cfg.to_dict()) if info.is_main else None
+    if logger and meta is not None:  # records a killed run wrote after its last checkpoint are not this run's
+        logger.truncate_after(step)
     tokenizer = None
     if cfg.sample_tokens and info.is_main and not fsdp:  # (FSDP: rank 0 alone holds a shard, not the model)
         from gpt2kit.tokenizer import Tokenizer
@@ -337,7 +341,7 @@ def _save(cfg, model, runner, optimizer, scaler, loader, info, root, step, batch
             "loader": loader.state_dict(),
             "data_kind": data_kind,
             "world_size": info.world,
-            "train_config": cfg.to_dict(),
+            "train_config": cfg.resolved().to_dict(),  # absolute paths: --resume works from any directory
             "torch_version": torch.__version__,
         }
         state = {

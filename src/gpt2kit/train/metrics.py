@@ -1,7 +1,7 @@
 """Watching a run: metrics.jsonl (one JSON object per event), loss.png, a console line, TensorBoard/W&B.
 
-metrics.jsonl records, appended as they happen (a resumed run appends; readers keep the last record per
-step and kind):
+metrics.jsonl records, appended as they happen (a resumed run first drops the records past its checkpoint's
+step, then appends; readers keep the last record per step and kind):
     {"kind": "train", "step": 120, "loss": 4.81, "lr": 0.00059, "grad_norm": 0.91, "tok_per_s": 5400.0, "ms": 95.1, ...}
     {"kind": "val", "step": 200, "loss": 4.95}
     {"kind": "sample", "step": 200, "text": "..."}
@@ -56,6 +56,22 @@ class MetricsLog:
                 self._tb.add_text("sample", values.get("text", ""), step)
         if self._wandb is not None and scalars:
             self._wandb.log({f"{kind}/{k}": v for k, v in scalars.items()}, step=step)
+
+    def truncate_after(self, step: int) -> None:
+        """Drop the records of steps after `step` (what a killed run logged past the checkpoint it resumes
+        from, which the resumed run logs again), and any line a kill cut short. Atomic."""
+        if not self.path.is_file():
+            return
+        keep = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                keep.append(line + "\n")
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(keep), encoding="utf-8")
 
     def close(self) -> None:
         if self._tb is not None:
