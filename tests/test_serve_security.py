@@ -93,9 +93,10 @@ def test_a_body_that_is_not_declared_json_gets_415(server, content_type):
     import json
 
     headers = {**AUTH, **({"Content-Type": content_type} if content_type else {})}
-    r = httpx.post(server.url + "/v1/completions", content=json.dumps(COMPLETION), headers=headers)
-    assert r.status_code == 415, r.text
-    assert "Content-Type: application/json" in error(r)["message"] and error(r)["type"] == "invalid_request_error"
+    for path in ("/v1/completions", "/v1/chat/completions", "/v1/any-other-route"):  # every POST, before routing
+        r = httpx.post(server.url + path, content=json.dumps(COMPLETION), headers=headers)
+        assert r.status_code == 415, r.text
+        assert "Content-Type: application/json" in error(r)["message"] and error(r)["type"] == "invalid_request_error"
     ok = httpx.post(server.url + "/v1/completions", content=json.dumps(COMPLETION),
                     headers={**AUTH, "Content-Type": "application/json; charset=utf-8"}, timeout=30)  # fmt: skip
     assert ok.status_code == 200, ok.text

@@ -95,10 +95,6 @@ def create_app(worker: Worker | ModelRegistry, config: ServeConfig, tokenizer: T
 
     # ---- edge checks --------------------------------------------------------------------------------
     async def read_body(request: Request) -> bytes:
-        content_type = request.headers.get("content-type", "")
-        if content_type.partition(";")[0].strip().lower() != "application/json":  # no "simple" cross-site POST
-            raise ProtocolError(f"the request body must be JSON sent with `Content-Type: application/json`, not "
-                                f"{content_type[:60] or 'no Content-Type'!r}.", status=415, code="unsupported_media_type")  # fmt: skip
         limit = config.max_body_bytes
         declared = request.headers.get("content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > limit):

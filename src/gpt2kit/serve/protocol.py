@@ -333,6 +333,8 @@ def _check_lengths(prompts: list[list[int]], max_tokens: int, config: ServeConfi
 
 
 # ---- responses (dicts in OpenAI's field order; pydantic would add nothing but cost per streamed chunk) ----
+# Checked against OpenAI's published response schemas by tools/fuzz_openai.py: no `system_fingerprint`
+# (optional, and a string when present), and chat messages carry `refusal` (required, null here).
 
 
 def new_id(prefix: str) -> str:
@@ -348,7 +350,7 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict:
 
 
 def completion_body(id: str, created: int, model: str, choices: list[dict], usage_: dict | None) -> dict:
-    body = {"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices, "system_fingerprint": None}
+    body = {"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices}
     if usage_ is not None:
         body["usage"] = usage_
     return body
@@ -360,14 +362,15 @@ def completion_choice(index: int, text: str, finish_reason: str | None, logprobs
 
 def chat_body(id: str, created: int, model: str, choices: list[dict], usage_: dict | None, chunk: bool = False) -> dict:
     body = {"id": id, "object": "chat.completion.chunk" if chunk else "chat.completion", "created": created, "model": model,
-            "system_fingerprint": None, "choices": choices}  # fmt: skip
+            "choices": choices}  # fmt: skip
     if usage_ is not None:
         body["usage"] = usage_
     return body
 
 
 def chat_choice(index: int, text: str, finish_reason: str | None, logprobs: dict | None = None) -> dict:
-    return {"index": index, "message": {"role": "assistant", "content": text}, "logprobs": logprobs, "finish_reason": finish_reason}
+    return {"index": index, "message": {"role": "assistant", "content": text, "refusal": None}, "logprobs": logprobs,
+            "finish_reason": finish_reason}  # fmt: skip
 
 
 def chat_delta(index: int, delta: dict, finish_reason: str | None, logprobs: dict | None = None) -> dict:

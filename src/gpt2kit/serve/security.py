@@ -1,13 +1,16 @@
 """The server's edge, in front of every route: which Host names, web origins and callers get in, and how
 long a request may take to send its body.
 
-    CORS (only with --cors-origin)  ->  metrics  ->  EdgeGuard (Host, API key, body deadline)  ->  routes
+    CORS (only with --cors-origin)  ->  metrics  ->  EdgeGuard (Host, API key, JSON, body deadline)  ->  routes
 
 - **Host.** On a loopback bind only `localhost`, `127.0.0.1` and `[::1]` (with any port) are answered; any
   other Host gets 421. A page on attacker.example whose DNS name is re-pointed at 127.0.0.1 (DNS rebinding)
   is same-origin with its own name, so only the Host header gives it away.
 - **API key.** With `api_key` set, every path but `/health` and the playground page `/` needs
   `Authorization: Bearer KEY` (compared in constant time): /v1/*, /metrics, /openapi.json, unknown paths.
+- **JSON only.** Every POST must say `Content-Type: application/json` (else 415). A page on another site
+  can send a cross-site POST without a preflight only as text/plain or a form, so a keyless local server
+  would otherwise run whatever any web page the user visits asks for.
 - **CORS.** Off unless origins are configured: then Starlette's CORSMiddleware answers preflights
   (OPTIONS with Access-Control-Request-Method) for those origins before the key is asked for, as browsers
   never send credentials on a preflight, and marks their responses readable.
@@ -81,6 +84,10 @@ class EdgeGuard:
                                     status=421, code="host_not_allowed")  # fmt: skip
             if scope["path"] not in PUBLIC_PATHS:
                 check_api_key(self.config, headers.get("authorization"))
+            content_type = headers.get("content-type", "")
+            if scope["method"] == "POST" and content_type.partition(";")[0].strip().lower() != "application/json":
+                raise ProtocolError(f"the request body must be JSON sent with `Content-Type: application/json`, not "
+                                    f"{content_type[:60] or 'no Content-Type'!r}.", status=415, code="unsupported_media_type")  # fmt: skip
         except ProtocolError as e:
             extra = {"WWW-Authenticate": "Bearer"} if e.status == 401 else {}
             response = JSONResponse(P.error_body(e.message, e.type, e.param, e.code), status_code=e.status,
