@@ -58,6 +58,28 @@ def corpora_dir() -> Path:
     return CORPORA
 
 
+class ScriptedRunner:
+    """A mock decode runner (the Engine's `runner`): after the token at position p it predicts `script[p + 1]`
+    (positions from the cache plan), every other token at -1e9. Stopping, streaming and filtering logic then
+    runs on exact, known tokens over the real KVCache, in milliseconds."""
+
+    def __init__(self, script, vocab=50257):
+        self.script, self.vocab = list(script), vocab
+
+    def _logits(self, positions):
+        out = torch.full((len(positions), self.vocab), -1e9)
+        for i, p in enumerate(positions.tolist()):
+            out[i, self.script[min(p + 1, len(self.script) - 1)]] = 0.0
+        return out
+
+    def prefill(self, idx, cache, mask, logits=True):
+        plan = cache.plan(idx.shape[1], mask)
+        return self._logits(plan.position_ids[:, -1]) if logits else None
+
+    def decode(self, tokens, cache, mask):
+        return self._logits(cache.plan(1, mask).position_ids[:, 0])
+
+
 def save_hf_gpt2(folder: Path, seed: int = 0, **config) -> Path:
     """A random-weight transformers GPT2LMHeadModel (with tokenizer files) saved to `folder`."""
     import transformers

@@ -4,13 +4,13 @@ import io
 import json
 
 import pytest
-import torch
 
 import gpt2kit
+from conftest import tiny_gpt
 from gpt2kit.cli.__main__ import main
 from gpt2kit.generate import SamplingParams
 from gpt2kit.generate.chat import ChatSession, run_chat
-from gpt2kit.generate.tasks import answer, first_sentences, summarize, translate
+from gpt2kit.generate.tasks import EN_FR_EXAMPLES, answer, first_sentences, summarize, translate
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, read_prompts
 
 TOK = gpt2kit.Tokenizer()
@@ -18,9 +18,7 @@ TOK = gpt2kit.Tokenizer()
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    model = gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=32, n_head=4, n_positions=256))
-    return gpt2kit.save_pretrained(model, tmp_path_factory.mktemp("tiny"))
+    return gpt2kit.save_pretrained(tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=256), tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +116,92 @@ def test_chat_keeps_the_conversation(tiny):
     assert prompt.count("User: ") == 3 and prompt.endswith("User: third\nAssistant:")
     long = ChatSession(tiny, TOK, SamplingParams(max_new_tokens=5, temperature=0), turns=[("x " * 100, "y")] * 5)
     assert long.prompt_for("hi").count("User: ") < 6  # oldest turns dropped to fit the context
+
+
+# ---- the CLI commands against the library they wrap ------------------------------------------------
+def _jsonl(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def test_cli_ban_and_ban_file_keep_a_phrase_out(tiny_dir, tmp_path, capsys):
+    argv = ["generate", "Once upon a time", "--model", str(tiny_dir), "--max-new-tokens", "16", "--temperature", "0",
+            "--ignore-eos", "--jsonl"]  # fmt: skip
+    assert main(argv) == 0
+    [free] = _jsonl(capsys)
+    phrase = TOK.decode(free["token_ids"][:2]).strip()  # what the model writes first, across two tokens
+    assert len(phrase) > 3 and phrase in free["text"]
+    assert main([*argv, "--ban", phrase.upper()]) == 0  # case-insensitive
+    [banned] = _jsonl(capsys)
+    assert phrase.lower() not in banned["text"].lower() and banned["token_ids"][0] == free["token_ids"][0]
+    ban_file = tmp_path / "banned.txt"
+    ban_file.write_text("unrelated words\n" + phrase + "\n\n")
+    assert main([*argv, "--ban-file", str(ban_file)]) == 0
+    assert _jsonl(capsys) == [banned]
+    assert main([*argv, "--ban-file", str(tmp_path / "missing.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "--ban-file" in err and "missing.txt" in err and err.count("\n") == 1
+
+
+def test_cli_file_of_prompts_and_int8_weights(tiny_dir, tiny, tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat\n\nA dog barked\n")
+    argv = ["generate", "--file", str(prompts), "--model", str(tiny_dir), "--max-new-tokens", "6", "--temperature", "0",
+            "--ignore-eos", "--jsonl"]  # fmt: skip
+    assert main(argv) == 0
+    rows = _jsonl(capsys)
+    assert [r["prompt"] for r in rows] == ["The cat", "A dog barked"]
+    p = SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True)
+    for r in rows:  # each equals the library's greedy completion of its prompt
+        [want] = gpt2kit.generate.generate(tiny, [TOK.encode_ordinary(r["prompt"])], p)
+        assert r["token_ids"] == want.token_ids
+    assert main([*argv, "--weights", "int8"]) == 0
+    q = _jsonl(capsys)
+    assert [r["prompt"] for r in q] == ["The cat", "A dog barked"]
+    assert all(len(r["token_ids"]) == 6 and r["text"] == TOK.decode(r["token_ids"]) for r in q)
+    # int8 rounding is ~1e-3 on logits: the first greedy pick (a clear winner here) is unchanged
+    assert [r["token_ids"][0] for r in q] == [r["token_ids"][0] for r in rows]
+
+
+def test_cli_summarize_translate_answer_match_the_library(tiny_dir, tiny, tmp_path, capsys):
+    article = tmp_path / "article.txt"
+    article.write_text("The cat sat on the mat. It was warm. The dog slept.")
+    assert (
+        main(["summarize", str(article), "--model", str(tiny_dir), "--max-new-tokens", "12", "--seed", "1", "--show-prompt"]) == 0
+    )
+    out = capsys.readouterr()
+    want = summarize(tiny, TOK, article.read_text(), max_new_tokens=12, seed=1)
+    assert out.out == want.text + "\n" and out.err == want.prompt + "\n"
+
+    examples = tmp_path / "examples.txt"
+    examples.write_text("cat = chat\n\ndog = chien\n")
+    assert main(["translate", "house", "--model", str(tiny_dir), "--examples", str(examples), "--max-new-tokens", "6",
+                 "--show-prompt"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    want = translate(tiny, TOK, "house", examples=[("cat", "chat"), ("dog", "chien")], max_new_tokens=6)
+    assert out.out == want.text + "\n" and out.err == want.prompt + "\n"
+    assert "cat = chat" in want.prompt and EN_FR_EXAMPLES[0][1] not in want.prompt  # the file replaced the built-ins
+    examples.write_text("no separator here\n")
+    assert main(["translate", "house", "--model", str(tiny_dir), "--examples", str(examples)]) == 2
+    assert "examples.txt:1: expected 'source = target'" in capsys.readouterr().err
+
+    context = tmp_path / "context.txt"
+    context.write_text("A book by Jane.")
+    examples.write_text("Who? = Tom\n")
+    assert main(["answer", "Who wrote it?", "--context", str(context), "--examples", str(examples), "--model", str(tiny_dir),
+                 "--max-new-tokens", "5", "--show-prompt"]) == 0  # fmt: skip
+    out = capsys.readouterr()
+    want = answer(tiny, TOK, "Who wrote it?", context="A book by Jane.", examples=[("Who?", "Tom")], max_new_tokens=5)
+    assert out.out == want.text + "\n" and out.err == want.prompt + "\n"
+    assert want.prompt.startswith("A book by Jane.") and "Q: Who?\nA: Tom" in want.prompt
+
+
+def test_cli_chat_reads_turns_from_stdin(tiny_dir, tiny, monkeypatch, capsys):
+    monkeypatch.setattr("sys.stdin", io.StringIO("hello\n/reset\nagain\n/quit\nnever read\n"))
+    assert main(["chat", "--model", str(tiny_dir), "--max-new-tokens", "5", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    session = ChatSession(tiny, TOK, SamplingParams(max_new_tokens=5, temperature=0))
+    first = "".join(session.send("hello"))
+    session.reset()
+    second = "".join(session.send("again"))
+    assert out.count("Assistant:") == 2 and "(conversation cleared)" in out
+    assert f"Assistant:{first}\n" in out and f"Assistant:{second}\n" in out

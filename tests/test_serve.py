@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import time
 
 import httpx
 import pytest
 import torch
 
-from conftest import tiny_gpt
+from conftest import ScriptedRunner, tiny_gpt
 from gpt2kit import GPT, Tokenizer
 from gpt2kit.serve.background import BackgroundServer
 from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTurn
@@ -68,6 +69,11 @@ def metric(server, name: str) -> float:
 @torch.no_grad()
 def greedy_reference(model: GPT, tok: Tokenizer, prompt: str, max_tokens: int) -> str:
     """Independent of the engine: full uncached forward each step, argmax, stop at <|endoftext|>."""
+    return tok.decode(greedy_reference_ids(model, tok, prompt, max_tokens))
+
+
+@torch.no_grad()
+def greedy_reference_ids(model: GPT, tok: Tokenizer, prompt: str, max_tokens: int) -> list[int]:
     ids = tok.encode_ordinary(prompt)
     out = []
     for _ in range(max_tokens):
@@ -76,7 +82,7 @@ def greedy_reference(model: GPT, tok: Tokenizer, prompt: str, max_tokens: int) -
         if nxt == tok.eot_token:
             break
         out.append(nxt)
-    return tok.decode(out)
+    return out
 
 
 # ---- the official client, unchanged ----------------------------------------------------------------
@@ -100,7 +106,9 @@ def test_completion_greedy_equals_reference(client, model, tok):
     assert r.object == "text_completion" and r.model == MODEL and len(r.choices) == 1
     assert r.choices[0].text == greedy_reference(model, tok, prompt, 12)
     assert r.usage.prompt_tokens == len(tok.encode_ordinary(prompt))
-    assert r.usage.completion_tokens == len(tok.encode_ordinary(r.choices[0].text)) or r.choices[0].finish_reason == "stop"
+    want = greedy_reference_ids(model, tok, prompt, 12)
+    assert r.usage.completion_tokens == len(want)  # the tokens generated (an <|endoftext|> would end it, uncounted)
+    assert r.choices[0].finish_reason == ("length" if len(want) == 12 else "stop")
     echo = client.completions.create(model=MODEL, prompt=prompt, max_tokens=12, temperature=0, echo=True)
     assert echo.choices[0].text == prompt + r.choices[0].text
     many = client.completions.create(model=MODEL, prompt=[prompt, "Hello"], max_tokens=6, temperature=0)
@@ -142,13 +150,22 @@ def test_streaming_equals_non_streaming(server, client):
     assert all(json.loads(e[6:])["object"] == "text_completion" for e in events[:-2])
 
 
-def test_utf8_safe_streaming(client):
-    """Emoji and CJK are split across tokens; the stream must never carry a broken character."""
-    bias = {str(t): 100 for t in Tokenizer().encode_ordinary("🙂")}  # forces the emoji's byte tokens
-    kw = dict(model=MODEL, prompt="Smile:", max_tokens=8, temperature=0, logit_bias=bias)
-    pieces = [c.choices[0].text for c in client.completions.create(stream=True, **kw)]
-    assert "\ufffd" not in "".join(pieces) or "\ufffd" in client.completions.create(**kw).choices[0].text
-    assert "".join(pieces) == client.completions.create(**kw).choices[0].text
+def test_utf8_safe_streaming(tok):
+    """Emoji and CJK are split across tokens; the stream must never carry a broken character. The model is
+    scripted to write them token by token, so every byte-level token really is drawn."""
+    text = " 🙂 and 日本語, then 👨‍👩‍👧‍👦."
+    ids = tok.encode_ordinary(text)
+    assert any("\ufffd" in tok.decode([i]) for i in ids)  # some tokens are bytes of a character
+    server = BackgroundServer(tiny_model(), ServeConfig(port=0, api_key=None, max_tokens_limit=100), tok)
+    prompt = tok.encode_ordinary("Smile:")
+    server.worker.engine.runner = ScriptedRunner(prompt + ids + [tok.eot_token])
+    with server, openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=60) as c:
+        kw = dict(model=server.config.model_name, prompt="Smile:", max_tokens=len(ids) + 5, temperature=0)
+        pieces = [ch.choices[0].text for ch in c.completions.create(stream=True, **kw) if ch.choices]
+        whole = c.completions.create(**kw).choices[0]
+    assert whole.text == text and whole.finish_reason == "stop"
+    assert "".join(pieces) == text and not any("\ufffd" in p for p in pieces), pieces
+    assert len([p for p in pieces if p]) > 5  # streamed piece by piece, not in one final chunk
 
 
 def test_n_and_seed_reproducibility(client):
@@ -160,8 +177,17 @@ def test_n_and_seed_reproducibility(client):
     assert [ch.text for ch in a.choices] == [ch.text for ch in b.choices]  # same seed, same samples
     assert [ch.text for ch in a.choices] != [ch.text for ch in c.choices]
     assert len({ch.text for ch in a.choices}) > 1  # the n samples are independent (seed + i)
-    chat = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], n=2, max_tokens=5, seed=3)
+    # chat: choice i is the sample of seed + i, each the same as a request of its own for that seed
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = client.chat.completions.create(model=MODEL, messages=msgs, n=2, max_tokens=8, seed=3)
+    alone = [client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, seed=s).choices[0] for s in (3, 4)]
     assert [ch.index for ch in chat.choices] == [0, 1]
+    assert [ch.message.content for ch in chat.choices] == [a.message.content for a in alone]
+    assert [ch.finish_reason for ch in chat.choices] == [a.finish_reason for a in alone]
+    assert alone[0].message.content != alone[1].message.content
+    assert chat.usage.completion_tokens == sum(
+        client.chat.completions.create(model=MODEL, messages=msgs, max_tokens=8, seed=s).usage.completion_tokens for s in (3, 4)
+    )
 
 
 def test_stop_strings(client):
@@ -196,6 +222,46 @@ def test_bad_parameters_get_clear_400s(client):
         client.completions.create(model="gpt-4", prompt="hi", max_tokens=2)
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model=MODEL, messages=[{"role": "tool", "content": "x"}])
+
+
+def test_edge_prompts_and_limits(client, model, tok):
+    # "" starts from <|endoftext|>, OpenAI's default prompt
+    r = client.completions.create(model=MODEL, prompt="", max_tokens=6, temperature=0)
+    with torch.no_grad():
+        want, ids = [], [tok.eot_token]
+        for _ in range(6):
+            nxt = int(model(torch.tensor([ids + want]))[0][0, -1, : tok.n_vocab].argmax())
+            if nxt == tok.eot_token:
+                break
+            want.append(nxt)
+    assert r.choices[0].text == tok.decode(want) and r.usage.prompt_tokens == 1
+    # max_tokens 0 without echo: nothing generated, nothing echoed
+    r = client.completions.create(model=MODEL, prompt="Nothing more", max_tokens=0)
+    assert r.choices[0].text == "" and r.choices[0].finish_reason == "length" and r.usage.completion_tokens == 0
+    assert r.usage.prompt_tokens == len(tok.encode_ordinary("Nothing more"))
+    # prompts x n is what counts against --max-n (8 here): 3 x 3 = 9 is refused, 4 x 2 = 8 is served
+    with pytest.raises(openai.BadRequestError) as e:
+        client.completions.create(model=MODEL, prompt=["a", "b", "c"], n=3, max_tokens=1)
+    assert "3 prompts x n=3 = 9 choices" in e.value.body["message"]
+    r = client.completions.create(model=MODEL, prompt=["a", "b", "c", "d"], n=2, max_tokens=1, seed=0)
+    assert sorted(c.index for c in r.choices) == list(range(8))
+
+
+def test_a_body_without_content_length_over_the_limit_is_413(server):
+    """Chunked transfer encoding declares no size: the limit (64 KiB here) is enforced while reading."""
+
+    def chunks():
+        yield b'{"prompt": "'
+        for _ in range(80):
+            yield b"a" * 1024
+        yield b'", "max_tokens": 1}'
+
+    headers = {**AUTH, "Content-Type": "application/json"}
+    r = httpx.post(server.url + "/v1/completions", content=chunks(), headers=headers, timeout=30)
+    assert "content-length" not in r.request.headers and r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and "larger than 65536 bytes" in r.json()["error"]["message"]
+    small = httpx.post(server.url + "/v1/completions", content=iter([b'{"prompt": "hi", ', b'"max_tokens": 1}']), headers=headers)
+    assert small.status_code == 200  # the same path under the limit
 
 
 # ---- concurrency ---------------------------------------------------------------------------------
@@ -297,7 +363,7 @@ def test_fuzz_malformed_requests_get_4xx_and_the_server_survives(server):
         @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]),
                body=st.dictionaries(st.sampled_from(fields), json_values, max_size=6))  # fmt: skip
         def fuzz(path, body):
-            body.setdefault("max_tokens", 3) if isinstance(body.get("max_tokens"), int) else None
+            body.setdefault("max_tokens", 3)  # short generations when the fuzz leaves it out; its own values stay
             r = http.post(path, content=json.dumps(body))
             assert r.status_code < 500, (body, r.status_code, r.text[:300])
             if r.status_code != 200:
@@ -326,44 +392,117 @@ def slow_server(tok):
         yield server
 
 
-def test_disconnect_mid_stream_frees_the_slot(slow_server):
+def test_disconnect_mid_stream_frees_the_slot(slow_server, monkeypatch):
+    """Deterministic, by counts: the engine takes 3 steps, then waits until the server has seen the client
+    leave (Job.cancel reached the worker), then may take one more; the request asked for 100 tokens."""
+    worker, engine = slow_server.worker, slow_server.worker.engine
+    cancelled, steps, real_step, real_cancel = threading.Event(), [0], engine.step, worker._cancel
+
+    def gated_step():
+        steps[0] += 1
+        if steps[0] > 3:
+            assert cancelled.wait(30), "the server never noticed the client leaving"
+        return real_step()
+
+    def cancel(job):
+        real_cancel(job)
+        cancelled.set()
+
+    monkeypatch.setattr(engine, "step", gated_step)
+    monkeypatch.setattr(worker, "_cancel", cancel)
     before = metric(slow_server, "gpt2kit_generation_tokens_total")
     with httpx.Client(base_url=slow_server.url, timeout=30) as http:
         with http.stream("POST", "/v1/completions", json={"prompt": "a long story", "max_tokens": 100, "stream": True,
-                                                         "temperature": 1.0, "stop": None}) as r:  # fmt: skip
-            lines = r.iter_lines()
-            got = [next(lines) for _ in range(3)]
-            assert got[0].startswith("data: {")
-        # the connection is closed here, ~2 tokens into a 100-token (>= 2 s) request
-    deadline = time.monotonic() + 2.0
-    while metric(slow_server, "gpt2kit_running_sequences") > 0:
-        assert time.monotonic() < deadline, "the disconnected request still holds its slot"
-        time.sleep(0.05)
+                                                         "temperature": 1.0, "logit_bias": {"50256": -100}}) as r:  # fmt: skip
+            assert next(r.iter_lines()).startswith("data: {")
+        # the connection is closed here, a few tokens into a 100-token request
+    assert cancelled.wait(30), "the server never cancelled the request of a client that left"
+    wait_until(lambda: metric(slow_server, "gpt2kit_running_sequences") == 0, "the disconnected request still holds its slot")
     generated = metric(slow_server, "gpt2kit_generation_tokens_total") - before
-    assert generated < 60, f"{generated} tokens were generated for a client that left after 2"
+    assert 1 <= generated <= 5, f"{generated} tokens were generated for a client that left after 3 engine steps"
 
 
-def test_queue_overflow_gets_503_with_retry_after(slow_server):
+def wait_until(ready, message: str, limit_s: float = 30.0) -> None:
+    """Poll for a state the server reaches by itself; the limit guards against a hang, it is not a measurement."""
+    deadline = time.monotonic() + limit_s
+    while not ready():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.02)
+
+
+def test_queue_overflow_gets_503_with_retry_after(slow_server, monkeypatch):
+    """Deterministic: the engine is held, so 2 slots + 2 queue places take at most 4 of 10 requests and at
+    least 6 get 503; the held ones are released only once 6 were refused."""
+    engine, release = slow_server.worker.engine, threading.Event()
+    real_step = engine.step
+
+    def held_step():
+        assert release.wait(30), "the test never released the engine"
+        return real_step()
+
+    monkeypatch.setattr(engine, "step", held_step)
+    rejected0 = metric(slow_server, "gpt2kit_requests_rejected_total")
+
+    def accounted() -> bool:
+        return metric(slow_server, "gpt2kit_requests_rejected_total") - rejected0 >= 6
+
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=slow_server.url, timeout=30) as ac:
             body = {"prompt": "busy", "max_tokens": 10, "temperature": 0}
-            return await asyncio.gather(*(ac.post("/v1/completions", json=body) for _ in range(10)))
+            posts = [asyncio.ensure_future(ac.post("/v1/completions", json=body)) for _ in range(10)]
+            deadline = time.monotonic() + 30
+            while not accounted():  # (a hang guard, not a measurement)
+                assert time.monotonic() < deadline, "with 2 slots and 2 queue places held, 6 of 10 requests were not refused"
+                await asyncio.sleep(0.02)
+            release.set()
+            return await asyncio.gather(*posts)
 
-    codes = [r.status_code for r in asyncio.run(burst())]
-    assert set(codes) <= {200, 503} and codes.count(200) >= 4 and codes.count(503) >= 1, codes
-    busy = next(r for r in asyncio.run(burst()) if r.status_code == 503)
+    responses = asyncio.run(burst())
+    codes = [r.status_code for r in responses]
+    assert set(codes) == {200, 503} and codes.count(200) >= 1 and codes.count(503) >= 6, codes
+    busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"].isdigit() and busy.json()["error"]["message"]
-    assert metric(slow_server, "gpt2kit_requests_rejected_total") >= 1
+    assert metric(slow_server, "gpt2kit_requests_rejected_total") - rejected0 == codes.count(503)
     assert httpx.get(slow_server.url + "/health").status_code == 200
 
 
 def test_request_timeout_is_408_and_frees_the_slot(slow_server):
-    t0 = time.monotonic()
+    """120 tokens at >= 20 ms a step take >= 2.4 s; the timeout is 1.5 s, so the request must be cut short
+    (by the count of tokens, not by the wall clock)."""
+    before = metric(slow_server, "gpt2kit_generation_tokens_total")
     r = httpx.post(slow_server.url + "/v1/completions", json={"prompt": "x", "max_tokens": 120, "temperature": 1.0,
                                                             "logit_bias": {"50256": -100}}, timeout=30)  # fmt: skip
     assert r.status_code == 408 and "timeout" in r.json()["error"]["message"]
-    assert time.monotonic() - t0 < 4
-    assert metric(slow_server, "gpt2kit_running_sequences") == 0
+    wait_until(lambda: metric(slow_server, "gpt2kit_running_sequences") == 0, "the timed-out request still holds its slot")
+    generated = metric(slow_server, "gpt2kit_generation_tokens_total") - before
+    assert 1 <= generated <= 1.5 / 0.02 + 1, f"{generated} tokens: the request ran past its 1.5 s timeout"
+
+
+def test_an_error_after_the_stream_started_ends_it_with_an_error_event(server):
+    engine = server.worker.engine
+    real, calls = engine.step, [0]
+
+    def fails_on_the_third_step():
+        calls[0] += 1
+        if calls[0] == 3:
+            engine.step = real
+            raise RuntimeError("boom mid-stream")
+        return real()
+
+    engine.step = fails_on_the_third_step
+    try:
+        raw = httpx.post(server.url + "/v1/completions", headers=AUTH, timeout=30,
+                         json={"prompt": "x", "max_tokens": 20, "stream": True, "logit_bias": {"50256": -100}})  # fmt: skip
+    finally:
+        engine.step = real
+    assert raw.status_code == 200  # the headers went out with the first chunk
+    events = [json.loads(e[6:]) for e in raw.text.split("\n\n") if e.startswith("data: {")]
+    assert raw.text.endswith("data: [DONE]\n\n")
+    assert "choices" in events[0] and events[0]["choices"][0]["text"] is not None  # tokens came first
+    assert "boom mid-stream" in events[-1]["error"]["message"] and all("error" not in e for e in events[:-1])
+    assert metric(server, "gpt2kit_running_sequences") == 0
+    r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2}, timeout=30)
+    assert r.status_code == 200  # the worker lives on
 
 
 def test_metrics_are_prometheus_text(server, client):
@@ -374,7 +513,7 @@ def test_metrics_are_prometheus_text(server, client):
                  "gpt2kit_request_latency_seconds_bucket", "gpt2kit_time_to_first_token_seconds_count"):  # fmt: skip
         assert name in r.text
     for line in r.text.splitlines():
-        assert line.startswith("#") or re.match(r'^[a-z_][a-z0-9_]*(\{[^}]*\})? -?[0-9.e+-]+$', line), line
+        assert line.startswith("#") or re.match(r"^[a-z_][a-z0-9_]*(\{[^}]*\})? -?[0-9.e+-]+$", line), line
 
 
 def test_playground_page_is_served(server):
