@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import subprocess
@@ -58,3 +59,33 @@ def test_cli_bad_flag_is_one_line_error():
     out = subprocess.run([sys.executable, "-m", "gpt2kit.cli", "serve", "--model", "gpt2", "--port", "70000"],
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and "port must be in 0..65535" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_cli_banned_phrase_reaches_the_server_and_is_never_generated(tmp_path, monkeypatch):
+    """`--banned-phrase` (repeatable) -> ServeConfig -> the engine's filter: a phrase the model writes
+    greedily is absent from the served completion, though the same request without the flag has it."""
+    import gpt2kit.serve.app
+    from gpt2kit import Tokenizer
+    from gpt2kit.cli.__main__ import main
+    from gpt2kit.generate import SamplingParams, generate
+    from gpt2kit.serve.background import BackgroundServer
+
+    model = tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128)
+    folder = save_pretrained(model, tmp_path / "tiny")
+    tok = Tokenizer()
+    prompt = "Once upon a time"
+    free = generate(model, [tok.encode_ordinary(prompt)], SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True))[0]
+    phrase = tok.decode(free.token_ids[:2]).strip()
+    assert len(phrase) > 3 and phrase in tok.decode(free.token_ids)
+    served = {}
+    monkeypatch.setattr(gpt2kit.serve.app, "serve", lambda models, config, tokenizer, **kw: served.update(models=models, config=config))
+    argv = ["serve", "--model", str(folder), "--device", "cpu", "--banned-phrase", "unrelated", "--banned-phrase", phrase.upper()]
+    assert main(argv) == 0
+    config = served["config"]
+    assert config.banned_phrases == ("unrelated", phrase.upper())
+    body = {"prompt": prompt, "max_tokens": 12, "temperature": 0, "logit_bias": {"50256": -100}}
+    with BackgroundServer(next(iter(served["models"].values())), dataclasses.replace(config, port=0, api_key=None), tok) as s:
+        text = httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
+    assert phrase.lower() not in text.lower() and text.startswith(tok.decode(free.token_ids[:1])), (phrase, text)
+    with BackgroundServer(model, dataclasses.replace(config, port=0, api_key=None, banned_phrases=()), tok) as s:
+        assert phrase in httpx.post(s.url + "/v1/completions", json=body, timeout=60).json()["choices"][0]["text"]
