@@ -38,6 +38,7 @@ from starlette.requests import ClientDisconnect
 from gpt2kit.errors import Gpt2kitError
 from gpt2kit.serve import protocol as P
 from gpt2kit.serve.config import ServeConfig
+from gpt2kit.serve.insight import router as insight_router
 from gpt2kit.serve.logprobs import ChoiceLogprobs
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
 from gpt2kit.serve.openapi import declare_request_bodies
@@ -247,6 +248,7 @@ def create_app(worker: Worker | ModelRegistry, config: ServeConfig, tokenizer: T
             lp.add(d.logprob)
         return lp
 
+    app.include_router(insight_router)  # POST /v1/gpt2kit/detect (insight.py)
     declare_request_bodies(app, {"/v1/completions": P.CompletionRequest, "/v1/chat/completions": P.ChatCompletionRequest})
     app.add_middleware(EdgeGuard, config=config)  # the last added runs first: CORS -> metrics -> EdgeGuard -> routes
     app.add_middleware(MetricsMiddleware, metrics=metrics)
