@@ -538,6 +538,18 @@ def test_a_full_disk_at_save_time(shards, tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     one_line_error(capsys, train_argv(shards, out), str(out / "checkpoints" / "step_000002" / "optimizer.pt"), "No space left")
     assert not list((out / "checkpoints").iterdir())  # no checkpoint, no temporary folder
+    monkeypatch.undo()
+
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    def full_safetensors(*a, **kw):  # what safetensors raises on a full disk
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_safetensors)
+    out = tmp_path / "run2"
+    one_line_error(capsys, train_argv(shards, out), f"{out / 'checkpoints' / 'step_000002' / 'model.safetensors'}: No space left")
+    assert not list((out / "checkpoints").iterdir())
 
 
 def test_resume_truncates_metrics_and_works_from_another_directory(shards, tmp_path, capsys, monkeypatch):

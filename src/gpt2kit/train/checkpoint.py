@@ -87,8 +87,11 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
         else:
             os.replace(tmp, final)
         _fsync(root)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        name = str(getattr(e, "filename", None) or "")
+        if isinstance(e, OSError) and name.startswith(str(tmp)):  # name the checkpoint, not its temporary folder
+            raise OSError(e.errno, e.strerror, str(final) + name[len(str(tmp)) :]) from e
         raise
     return final
 
