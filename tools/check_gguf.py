@@ -78,8 +78,11 @@ def our_perplexity(model, ids: list[int], n_ctx: int) -> tuple[float, int]:
     return math.exp(-float(scores.logprob.sum()) / n), n
 
 
-def llama_perplexity(bindir: Path, gguf: Path, text: Path, n_ctx: int) -> float:
-    out = run(bindir / "llama-perplexity", "-m", gguf, "-f", text, "-c", n_ctx, "-b", n_ctx, "-t", os.cpu_count() or 2)
+def llama_perplexity(bindir: Path, gguf: Path, text: Path, n_ctx: int, type: str) -> float:
+    # --no-repack for q8_0: on AMX CPUs llama.cpp 11434 repacks Q8_0 weights for its AMX kernels and then
+    # crashes (segfault, for converter-made files too); the plain CPU kernels compute the same model
+    extra = ["--no-repack"] if type == "q8_0" else []
+    out = run(bindir / "llama-perplexity", "-m", gguf, "-f", text, "-c", n_ctx, "-b", n_ctx, "-t", os.cpu_count() or 2, *extra)
     found = re.search(r"Final estimate: PPL = ([0-9.]+)", (out.stdout + out.stderr).decode(errors="replace"))
     if not found:
         raise RuntimeError("llama-perplexity printed no final estimate")
@@ -136,7 +139,7 @@ def check(name: str, model, text_file: Path, bindir: Path, workdir: Path) -> dic
     ppl, n_scored = our_perplexity(model, ids, n_ctx)
     result["perplexity"] = {"gpt2kit": ppl, "tokens_scored": n_scored}
     for t, f in files.items():
-        theirs = llama_perplexity(bindir, f, text_file, n_ctx)
+        theirs = llama_perplexity(bindir, f, text_file, n_ctx, t)
         rel = abs(theirs - ppl) / ppl
         result["perplexity"][t] = {"llama.cpp": theirs, "rel_diff": rel, "ok": rel <= TOLERANCE[t]}
 

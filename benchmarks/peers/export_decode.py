@@ -7,7 +7,7 @@ gpt2kit: `gpt2kit.generate.generate` (what `gpt2kit generate` runs), fp32, 32-to
 onnxruntime: examples/onnx_generate.py's loop over `gpt2kit export onnx`'s graph, same prompt.
 For both, decode tok/s = 128 / (time for 129 new tokens - time for 1), the median of 3 after a warm-up,
 so the prompt's prefill is not counted. llama.cpp: `llama-bench -p 0 -n 128 -r 3` (tg128, from an empty
-context) on `gpt2kit export gguf` files, f32 / f16 / q8_0. Same thread count everywhere. Prints one JSON
+context) on `gpt2kit export gguf` files, f32 / f16 / q8_0 (q8_0 with --repack 0). Same thread count everywhere. Prints one JSON
 object (with the CPU's name) and a markdown table.
 """
 
@@ -88,8 +88,10 @@ def main() -> None:
         )
         for t in ("f32", "f16", "q8_0"):
             f = export_gguf(model, Path(tmp) / f"m-{t}.gguf", type=t)
-            out = subprocess.run([str(bindir / "llama-bench"), "-m", str(f), "-p", "0", "-n", str(N), "-r", "3",
-                                  "-t", str(args.threads), "-o", "json"], capture_output=True, text=True, check=True)  # fmt: skip
+            # --repack 0 for Q8_0: llama.cpp 11434's AMX repack of Q8_0 weights crashes on AMX CPUs (docs/export.md)
+            repack = ["--repack", "0"] if t == "q8_0" else []
+            cmd = [bindir / "llama-bench", "-m", f, "-p", 0, "-n", N, "-r", 3, "-t", args.threads, "-o", "json", *repack]
+            out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
             result["tok_per_s"][f"llama.cpp {t.upper()}"] = json.loads(out.stdout)[0]["avg_ts"]
     print(json.dumps(result))
     print(f"\n{label}, batch 1, {args.threads} threads, {result['cpu']}\n\n| runtime | decode tok/s |\n| --- | --- |")
