@@ -56,6 +56,7 @@ def after_call(ctx, case, response):
     kind = response.headers.get("content-type", [""])
     kind = (kind[0] if isinstance(kind, list) else kind).split(";")[0] or "none"
     _counts[f"{response.status_code} {kind}"] += 1
+    _counts[f"path {case.operation.path}"] += 1
     if response.status_code == 400 and os.environ.get("GPT2KIT_FUZZ_WHY"):
         try:
             _counts[f"why {response.json()['error']['param']}"] += 1
