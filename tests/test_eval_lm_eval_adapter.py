@@ -63,3 +63,15 @@ def test_generate_until_is_greedy_and_stops(folder):
     stop = tok.decode(want_ids[3:4])
     cut = lm.generate_until(_instances("generate_until", [(prompt, {"until": [stop], "max_gen_toks": 12})]), disable_tqdm=True)[0]
     assert stop not in cut and tok.decode(want_ids).startswith(cut)
+
+
+def test_misspelt_model_args_are_an_error(folder):
+    from gpt2kit.errors import ConfigError
+    from gpt2kit.eval.lm_eval_adapter import register
+
+    cls = register()
+    with pytest.raises(ConfigError, match="unknown gpt2kit model_args dtpye: .*pretrained, device, dtype"):
+        cls.create_from_arg_string(f"pretrained={folder},dtpye=bfloat16", {"batch_size": 2, "max_batch_size": None, "device": "cpu"})
+    # what lm-eval itself passes to every model (batch_size, max_batch_size, device) is accepted
+    lm = cls.create_from_arg_string(f"pretrained={folder},dtype=float32", {"batch_size": 2, "max_batch_size": 64, "device": "cpu"})
+    assert lm.batch_size == 2

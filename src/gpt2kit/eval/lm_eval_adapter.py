@@ -27,6 +27,7 @@ def register():
     from lm_eval.api.model import TemplateLM
     from lm_eval.api.registry import register_model
 
+    from gpt2kit.errors import ConfigError
     from gpt2kit.eval.loglikelihood import eval_mode, score_tokens
     from gpt2kit.eval.perplexity import window_requests
     from gpt2kit.model.kv_cache import KVCache
@@ -37,7 +38,11 @@ def register():
     class Gpt2kitLM(TemplateLM):
         """model_args: pretrained (preset, hub id or folder), device, dtype, batch_size, max_gen_toks."""
 
-        def __init__(self, pretrained="gpt2", device="auto", dtype="float32", batch_size=8, max_gen_toks=256, **_ignored):
+        def __init__(self, pretrained="gpt2", device="auto", dtype="float32", batch_size=8, max_gen_toks=256,
+                     max_batch_size=None, **unknown):  # fmt: skip  (lm-eval passes max_batch_size to every model; unused)
+            if unknown:
+                raise ConfigError(f"unknown gpt2kit model_args {', '.join(sorted(unknown))}: the adapter takes pretrained, "
+                                  "device, dtype, batch_size and max_gen_toks, e.g. --model_args pretrained=./ckpt,dtype=bfloat16.")  # fmt: skip
             super().__init__()
             self.model = from_pretrained(pretrained, device=device or "auto", dtype=dtype)
             self.tokenizer = Tokenizer()
