@@ -208,23 +208,18 @@ def heldout_loss_drop(base, text, out, *flags) -> tuple[float, float]:
         return float(from_pretrained(base)(x, y)[1]), float(apply_adapter(from_pretrained(base), adapter)(x, y)[1])
 
 
-def test_lora_lowers_the_held_out_loss_on_real_text(tiny_hf_dir, excerpts_dir, tmp_path):
-    """A random-weight base: the adapters alone (embeddings and head frozen) learn English's statistics."""
-    text = tmp_path / "austen.txt"
-    text.write_text((excerpts_dir / "austen.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    base, tuned = heldout_loss_drop(tiny_hf_dir, text, tmp_path / "ft", "--max-steps", "30", "--eval-interval", "30",
-                                    "--micro-batch", "8", "--lr", "1e-2", "--lora-r", "8", "--lora-alpha", "16")  # fmt: skip
-    assert tuned < base - 1.0, (base, tuned)
-
-
+@pytest.mark.corpora
 @pytest.mark.slow
-def test_lora_adapts_the_builtin_model_to_a_new_style(excerpts_dir, tmp_path):
-    """The built-in model (trained on public-domain prose) adapted to the King James Bible's style."""
-    text = tmp_path / "kjv.txt"
-    text.write_text((excerpts_dir / "kjv.txt").read_text(encoding="utf-8")[:30_000], encoding="utf-8")
-    base, tuned = heldout_loss_drop("builtin", text, tmp_path / "ft", "--max-steps", "24", "--eval-interval", "24",
-                                    "--lr", "5e-3", "--lora-r", "8", "--lora-alpha", "16", "--warmup-steps", "3", "--threads", "2")  # fmt: skip
-    assert tuned < base - 0.1, (base, tuned)
+@pytest.mark.timeout(900)
+def test_lora_adapts_the_builtin_model_to_text_it_never_saw(corpora_dir, tmp_path):
+    """The built-in model was trained on the corpora less the last 1 % of each file (its val split). LoRA
+    on the first 54 KB of the last 60 KB of sotu.txt (the most recent State of the Union addresses) lowers the
+    loss on the following 6 KB, held out by prepare's val tail, below the base model's own."""
+    text = tmp_path / "sotu_tail.txt"
+    text.write_text((corpora_dir / "sotu.txt").read_text(encoding="utf-8")[-60_000:], encoding="utf-8")
+    base, tuned = heldout_loss_drop("builtin", text, tmp_path / "ft", "--max-steps", "20", "--eval-interval", "20",
+                                    "--lr", "5e-3", "--lora-r", "8", "--lora-alpha", "16", "--warmup-steps", "2", "--threads", "2")  # fmt: skip
+    assert tuned < base - 0.1, (base, tuned)  # measured: 5.02 -> 4.75
 
 
 def test_generate_with_adapter_equals_peft_greedy(tiny_hf_dir, tmp_path, capsys):
