@@ -75,3 +75,22 @@ def test_save_pretrained_is_loadable_by_autotokenizer_and_in_bf16(tmp_path, tiny
     os.umask(umask)
     for f in out.iterdir():  # a normal file's mode, not mkstemp's 0600 (safetensors recreates the temp file)
         assert f.stat().st_mode & 0o777 == 0o666 & ~umask, f.name
+
+
+def test_sharded_safetensors_load_like_transformers(tmp_path, tiny_hf_dir):
+    """A folder saved by transformers in several safetensors shards + model.safetensors.index.json."""
+    import transformers
+
+    ref = transformers.GPT2LMHeadModel.from_pretrained(tiny_hf_dir).eval()
+    ref.save_pretrained(tmp_path / "sharded", max_shard_size="300KB")
+    shards = sorted(p.name for p in (tmp_path / "sharded").glob("model-*.safetensors"))
+    assert len(shards) >= 3 and (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    assert not (tmp_path / "sharded" / "model.safetensors").exists()
+    model = gpt2kit.from_pretrained(tmp_path / "sharded")
+    idx = torch.randint(0, 50257, (2, 11))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], ref(idx).logits, atol=1e-4, rtol=1e-4)
+    # a shard the index names but that is missing is an error naming it
+    (tmp_path / "sharded" / shards[-1]).unlink()
+    with pytest.raises((CheckpointError, ModelNotFoundError), match=shards[-1]):
+        gpt2kit.from_pretrained(tmp_path / "sharded")
