@@ -47,7 +47,7 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
             k, v = k.to(q.dtype), v.to(q.dtype)
         if self.record is not None or (T == 1 and mask is not None and dropout_p == 0.0):
-            y = self._explicit_attention(q, k, v, mask)  # one query (a decode step), or maps asked for
+            y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))  # one query (decode), or maps asked for
         elif mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
@@ -55,15 +55,18 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.c_proj(y))
 
-    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """softmax(q k^T / sqrt(hs) + mask) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v.
-        SDPA's math without its kernel dispatch: for the one query of a decode step its CPU kernel costs
-        more than these two small matmuls, and `record_attention` needs the probabilities themselves."""
+    def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """softmax(q k^T / sqrt(hs) + bias) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v;
+        bias (B, 1, T, K) additive (0 / -inf), None for plain causal attention. SDPA's math without its kernel
+        dispatch: for the one query of a decode step its CPU kernel costs more than these two small matmuls,
+        and `record_attention` needs the probabilities themselves."""
         T, K = q.shape[2], k.shape[2]
-        if mask is None:  # causal over the last T of K keys
-            mask = torch.ones(T, K, dtype=torch.bool, device=q.device).tril(K - T)  # (T, K)
         att = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, K)
-        probs = torch.softmax(att.masked_fill_(~mask, -math.inf), dim=-1)  # (B, nh, T, K)
+        if bias is None:  # causal over the last T of K keys
+            att.masked_fill_(~torch.ones(T, K, dtype=torch.bool, device=q.device).tril(K - T), -math.inf)
+        else:
+            att.add_(bias)
+        probs = torch.softmax(att, dim=-1)  # (B, nh, T, K)
         if self.record is not None:
             self.record.append(probs.detach())
         return torch.matmul(probs, v)  # (B, nh, T, hs)

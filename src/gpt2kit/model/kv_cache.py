@@ -12,7 +12,8 @@ the position), and a server can reset and refill one row while the others keep d
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +29,15 @@ class StepPlan:
     position_ids: torch.Tensor  # (B, T) long: position embedding index of each new token
     attn_mask: torch.Tensor  # (B, 1, T, K) bool: True where a query may attend a key column
     n_keys: int  # K: how many leading cache columns attention reads
+    _bias: dict = field(default_factory=dict, repr=False)
+
+    def attn_bias(self, dtype: torch.dtype) -> torch.Tensor:
+        """attn_mask as an additive (B, 1, T, K) bias (0 or -inf) in `dtype`, made once per step for all layers."""
+        if dtype not in self._bias:
+            self._bias[dtype] = torch.zeros(self.attn_mask.shape, dtype=dtype, device=self.attn_mask.device).masked_fill_(
+                ~self.attn_mask, -math.inf
+            )
+        return self._bias[dtype]
 
 
 class _HostLengths:
