@@ -11,6 +11,8 @@ import pytest
 from gpt2kit.data.shards import write_shard
 from gpt2kit.train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # three torchrun / train subprocesses: ~30-60 s on the 2-core CI box
+
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 ARGS = [
     "--model",
