@@ -105,8 +105,12 @@ def main() -> None:
     ap.add_argument("--samplers", nargs="+", default=list(SAMPLERS)[:2], choices=list(SAMPLERS))
     ap.add_argument("--device", default="auto")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1,
-                    help="torch threads (1: on a shared CPU more threads wait on each other at every small op)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared CPU more threads wait on each other at every small op)",
+    )
     ap.add_argument("--write", action="store_true", help="store the calibration file and the histogram picture")
     ap.add_argument("--scores", default=str(REPO / "runs" / "detect_scores.json"))
     args = ap.parse_args()

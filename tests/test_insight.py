@@ -61,7 +61,9 @@ def test_next_token_probabilities_equal_transformers_softmax(pair, tok):
     result = next_tokens(ours, tok, text, top=10)
     ref_p, ref_ids = torch.topk(ref, 10)
     assert [c.token_id for c in result.candidates] == ref_ids.tolist()
-    torch.testing.assert_close(torch.tensor([c.prob for c in result.candidates], dtype=torch.float64), ref_p, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor([c.prob for c in result.candidates], dtype=torch.float64), ref_p, rtol=1e-4, atol=1e-6
+    )
     assert result.candidates[-1].cum_prob == pytest.approx(float(ref_p.sum()), rel=1e-4)
     entropy = float(-(ref * ref.log2()).sum())
     assert result.entropy_bits == pytest.approx(entropy, rel=1e-4)

@@ -1,7 +1,7 @@
 """Draw a text's attention maps as heatmaps with token labels, from the model's own forward pass.
 
-    gpt2kit attention "The cat sat on the mat because it was tired" --layer 3 --head 5 --out attn.png
-    gpt2kit attention "..." --layer all --head mean --out grid.png      # one panel per layer
+gpt2kit attention "The cat sat on the mat because it was tired" --layer 3 --head 5 --out attn.png
+gpt2kit attention "..." --layer all --head mean --out grid.png      # one panel per layer
 """
 
 from __future__ import annotations

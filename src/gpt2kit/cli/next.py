@@ -52,5 +52,7 @@ def run(args: argparse.Namespace) -> None:
         print(line)
     print(f"entropy {result.entropy_bits:.2f} bits", end="")
     if shows_sampler:
-        print(f"; the sampler keeps {result.sampler_kept} tokens holding {result.sampler_kept_mass:.1%} of the probability", end="")
+        print(
+            f"; the sampler keeps {result.sampler_kept} tokens holding {result.sampler_kept_mass:.1%} of the probability", end=""
+        )
     print()

@@ -50,11 +50,11 @@ def render_html(scores: TextScores, title: str = "gpt2kit score", model: str = "
     for t in scores.tokens:
         spans.append(
             f'<span class="tok" data-i="{t.index}" data-rank="{t.rank}" style="background:{shade(t.bits)}">'
-            f"{html.escape(t.text)}<span class=\"tip\">{html.escape(tooltip(t))}</span></span>"
+            f'{html.escape(t.text)}<span class="tip">{html.escape(tooltip(t))}</span></span>'
         )
     data = html.escape(json.dumps(s))
     return (
-        f"<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{html.escape(title)}</title>"
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
         f"<style>{CSS}</style></head><body>\n<h1>{html.escape(title)}</h1>\n"
         f'<div class="summary" data-summary="{data}">{summary}<div class="legend">surprisal: {legend}</div></div>\n'
         f'<div class="text">{"".join(spans)}</div>\n</body></html>\n'
