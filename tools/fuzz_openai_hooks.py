@@ -11,7 +11,8 @@
   400s by the `param` their error names (which fields the fuzzer gets refused for).
 - `sse_events_conform` checks every event of a streamed 2xx response against OpenAI's schema for one
   chunk (CreateCompletionResponse for /completions, whose spec declares no stream media type, and
-  CreateChatCompletionStreamResponse for /chat/completions), plus the `data: [DONE]` terminator; an
+  CreateChatCompletionStreamResponse for /chat/completions; `finish_reason` may be null before a
+  choice's last chunk, as OpenAI streams it), plus the `data: [DONE]` terminator; an
   `{"error": ...}` event inside a 2xx stream fails it too.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import zlib
 from collections import Counter
 
@@ -35,6 +37,7 @@ STREAM_SCHEMAS = {"/completions": "CreateCompletionResponse", "/chat/completions
 IMPLEMENTED = {"/completions": set(CompletionRequest.model_fields), "/chat/completions": set(ChatCompletionRequest.model_fields)}
 
 _counts: Counter = Counter()
+_lock = threading.Lock()
 _validators: dict[str, object] = {}
 
 
@@ -55,17 +58,21 @@ def before_call(ctx, case, kwargs):
 def after_call(ctx, case, response):
     kind = response.headers.get("content-type", [""])
     kind = (kind[0] if isinstance(kind, list) else kind).split(";")[0] or "none"
-    _counts[f"{response.status_code} {kind}"] += 1
-    _counts[f"path {case.operation.path}"] += 1
+    why = None
     if response.status_code == 400 and os.environ.get("GPT2KIT_FUZZ_WHY"):
         try:
-            _counts[f"why {response.json()['error']['param']}"] += 1
+            why = response.json()["error"]["param"]
         except Exception:
-            _counts["why ?"] += 1
-    if TALLY:
-        with open(TALLY + ".tmp", "w") as f:
-            json.dump(dict(_counts), f)
-        os.replace(TALLY + ".tmp", TALLY)
+            why = "?"
+    with _lock:  # Schemathesis' workers are threads
+        _counts[f"{response.status_code} {kind}"] += 1
+        _counts[f"path {case.operation.path}"] += 1
+        if why is not None:
+            _counts[f"why {why}"] += 1
+        if TALLY:
+            with open(TALLY + ".tmp", "w") as f:
+                json.dump(dict(_counts), f)
+            os.replace(TALLY + ".tmp", TALLY)
 
 
 def _nullable_to_json_schema(node):
@@ -84,6 +91,10 @@ def _validator(path: str):
     if path not in _validators:
         with open(SPEC) as f:
             spec = _nullable_to_json_schema(json.load(f))
+        # The document has no stream schema for /completions. OpenAI's completions stream sends the
+        # non-stream body per chunk, except that `finish_reason` is null until a choice's last chunk.
+        choice = spec["components"]["schemas"]["CreateCompletionResponse"]["properties"]["choices"]["items"]["properties"]
+        choice["finish_reason"] = {"anyOf": [choice["finish_reason"], {"type": "null"}]}
         _validators[path] = jsonschema_rs.Draft202012Validator({**spec, "$ref": f"#/components/schemas/{STREAM_SCHEMAS[path]}"})
     return _validators[path]
 
