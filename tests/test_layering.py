@@ -14,6 +14,7 @@ FORBIDDEN = {
     "train": {"serve", "cli"},
     "eval": {"serve", "cli", "train"},
     "serve": {"cli", "train"},
+    "scaling": {"serve", "cli"},
 }
 HEAVY_OPTIONAL = {"transformers", "fastapi", "uvicorn", "matplotlib", "datasets", "lm_eval", "wandb", "tensorboard"}
 
