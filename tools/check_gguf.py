@@ -97,7 +97,7 @@ def converter_matches(model, gguf_file: Path, type: str, workdir: Path) -> str:
     source = llama_bin().parent / "source"
     if not (source / "convert_hf_to_gguf.py").is_file():
         return "skipped (no llama.cpp source in the cache)"
-    folder = workdir / "hf"
+    folder = workdir / f"hf-{gguf_file.stem.rsplit('-', 1)[0]}"  # one save_pretrained folder per model
     if not (folder / "config.json").is_file():
         gpt2kit.save_pretrained(model, folder)
     theirs_file = workdir / f"converted-{type}.gguf"
