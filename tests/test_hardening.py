@@ -98,13 +98,13 @@ PROMPTS = [[464, 3290], [15496, 995, 11], [40, 588]]
 
 
 def alone(tiny, prompt, params):
-    [c] = Engine(tiny, max_batch=4, token_bytes=TABLE).generate([prompt], params)
+    [c] = Engine(tiny, max_batch=4, token_bytes=TABLE, weights="model").generate([prompt], params)
     return c.token_ids, c.finish_reason
 
 
 def run_batch_with(tiny, poison_prompt, poison):
     """The three normal requests and `poison` prefilled together, so every step decodes all four."""
-    eng = Engine(tiny, max_batch=4, token_bytes=TABLE)
+    eng = Engine(tiny, max_batch=4, token_bytes=TABLE, weights="model")
     slots = eng.add_many([*PROMPTS, poison_prompt], [*NORMAL, poison], ["a", "b", "c", "poison"])
     done = {}
     while eng.active_slots:
@@ -148,7 +148,7 @@ def test_a_row_whose_sampling_raises_ends_alone(tiny, monkeypatch):
 
 
 def test_once_poisonous_values_now_finish_normally_in_a_batch(tiny):
-    eng = Engine(tiny, max_batch=8, token_bytes=TABLE)
+    eng = Engine(tiny, max_batch=8, token_bytes=TABLE, weights="model")
     params = [SamplingParams(max_new_tokens=5, seed=i, ignore_eos=True, **kw) for i, kw in enumerate(EXTREMES)]
     out = eng.generate([[464, 3290]] * len(params), params)
     assert all(c.error is None and c.finish_reason is FinishReason.LENGTH and len(c.token_ids) == 5 for c in out)
@@ -157,7 +157,7 @@ def test_once_poisonous_values_now_finish_normally_in_a_batch(tiny):
 
 
 def test_cli_generate_with_a_tiny_temperature_is_greedy(tiny_dir, capsys):
-    base = ["generate", "hi", "--model", str(tiny_dir), "--max-new-tokens", "5", "--jsonl", "--ignore-eos"]
+    base = ["generate", "hi", "--model", str(tiny_dir), "--max-new-tokens", "5", "--jsonl", "--ignore-eos", "--weights", "model"]
     assert main([*base, "--temperature", "1e-40"]) == 0
     tiny_t = json.loads(capsys.readouterr().out)["token_ids"]
     assert main([*base, "--temperature", "0"]) == 0
@@ -457,8 +457,8 @@ def test_generate_to_a_full_stdout(tiny_dir, capsys, monkeypatch):
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
 def test_generate_redirected_to_dev_full_is_one_line(tiny_dir):
     with open("/dev/full", "w") as full:
-        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "hi", "--model", str(tiny_dir), "--max-new-tokens", "2"],
-                           stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
+        r = subprocess.run([sys.executable, "-m", "gpt2kit", "generate", "hi", "--model", str(tiny_dir), "--max-new-tokens", "2",
+                            "--weights", "model"], stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2, r.stderr
     assert r.stderr.strip().splitlines() == ["gpt2kit generate: error: standard output: No space left on device "
                                              "(the disk is full: free some space or write somewhere else)."]  # fmt: skip
