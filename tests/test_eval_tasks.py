@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import gpt2kit
+from conftest import tiny_gpt
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import ConfigError, DataError
 from gpt2kit.eval.hellaswag import load_hellaswag
@@ -124,7 +125,10 @@ def test_batches_cap_padded_tokens_on_the_cpu_and_scores_do_not_depend_on_batchi
     assert list(_batches([0, 1, 2], [3000, 10, 10], 2, None)) == [[0, 1], [2]]
     torch.manual_seed(0)
     model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=300, n_positions=64, n_embd=32, n_layer=1, n_head=2))
-    reqs = [(torch.randint(0, 300, (n,)).tolist(), torch.randint(0, 300, (k,)).tolist()) for n, k in [(60, 4), (5, 2), (30, 30), (1, 1)]]
+    reqs = [
+        (torch.randint(0, 300, (n,)).tolist(), torch.randint(0, 300, (k,)).tolist())
+        for n, k in [(60, 4), (5, 2), (30, 30), (1, 1)]
+    ]
     one, many = score_tokens(model, reqs, batch_size=1), score_tokens(model, reqs, batch_size=8)
     torch.testing.assert_close(one.logprob, many.logprob, rtol=0, atol=1e-4)
     assert one.is_greedy.tolist() == many.is_greedy.tolist()
@@ -213,9 +217,7 @@ def test_config_errors():
 # ---- CLI end to end ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    return gpt2kit.save_pretrained(gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=64, n_head=4, n_positions=128)),
-                                   tmp_path_factory.mktemp("cli_tiny"))  # fmt: skip
+    return gpt2kit.save_pretrained(tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128), tmp_path_factory.mktemp("cli_tiny"))
 
 
 def test_cli_perplexity_on_corpus_excerpts(tiny_folder, excerpts_dir, tmp_path, capsys):
@@ -226,13 +228,25 @@ def test_cli_perplexity_on_corpus_excerpts(tiny_folder, excerpts_dir, tmp_path, 
                "--stride", "64", "--batch-size", "8", "--device", "cpu", "-o", str(out)])  # fmt: skip
     captured = capsys.readouterr()
     assert rc == 0
-    assert "perplexity windows" in captured.err and "req/s" in captured.err  # the progress bar (its final 100% frame may be skipped by tqdm's refresh interval)
+    # the progress bar (its final 100% frame may be skipped by tqdm's refresh interval)
+    assert "perplexity windows" in captured.err and "req/s" in captured.err
     rows = json.loads(out.read_text())
     assert {r["metric"] for r in rows} == {"token_perplexity", "bits_per_byte", "word_perplexity"}
     assert all(r["n"] == 3000 and r["protocol"] == "sliding-window-stride64" for r in rows)
     assert "token_perplexity" in captured.out
-    ppl = next(r["value"] for r in rows if r["metric"] == "token_perplexity")
-    assert 1000 < ppl < 10 * 50257  # a random model is near-uniform over the 50,257 tokens
+    # the reference: transformers on the same weights, over the first 3000 tokens of the first file (sorted),
+    # the same windows (stride 64, 128 context), <|endoftext|> first
+    import transformers
+
+    from test_eval_perplexity import reference_nll
+
+    text = sorted(excerpts_dir.glob("*.txt"))[0].read_text(encoding="utf-8")
+    tok = gpt2kit.Tokenizer()
+    ids = tok.encode_ordinary(text)[:3000]
+    nll, n = reference_nll(transformers.GPT2LMHeadModel.from_pretrained(tiny_folder).eval(), [50256] + ids, 128, 64)
+    value = {r["metric"]: r["value"] for r in rows}
+    assert n == 3000 and value["token_perplexity"] == pytest.approx(math.exp(nll / n), rel=1e-4)
+    assert value["bits_per_byte"] == pytest.approx(nll / math.log(2) / len(tok.decode_bytes(ids)), rel=1e-4)
 
 
 @pytest.mark.parametrize(
