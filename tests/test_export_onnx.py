@@ -107,3 +107,9 @@ def test_example_greedy_loop_equals_ours(exported, example, model):
     theirs = example.greedy(session, config, prompt, max_new_tokens=24)
     ours = generate(model, [prompt], SamplingParams(max_new_tokens=24, temperature=0.0))[0].token_ids
     assert theirs == ours and len(ours) > 0
+
+
+def test_cli_refuses_a_gguf_type_for_onnx(tmp_path, capsys):
+    assert main(["export", "onnx", "--model", "builtin", "--out", str(tmp_path / "x"), "--type", "q8_0"]) == 2
+    assert "gguf only" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

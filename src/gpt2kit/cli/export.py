@@ -27,8 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    from gpt2kit.errors import ConfigError
     from gpt2kit.pretrained import from_pretrained
 
+    if args.format == "onnx" and args.type != "f32":
+        raise ConfigError(f"--type {args.type} applies to gguf only: the ONNX export is fp32 (drop --type).")
     model = from_pretrained(args.model, device="cpu", dtype="fp32")
     if args.format == "gguf":
         from gpt2kit.export.gguf import export_gguf
