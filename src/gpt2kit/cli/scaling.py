@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, help="shards from `gpt2kit prepare ... --val-tail 0.01` (needs a val split)")
     p.add_argument("--out", required=True, help="folder for the runs and the report")
     p.add_argument("--preset", choices=list(LADDER_PRESETS), default="cpu",
-                   help="cpu-tiny: smoke test (~20 s); cpu: ~30 min on 2 cores; gpu: up to GPT-2 124M, ~10 min on an H100")  # fmt: skip
+                   help="cpu-tiny: smoke test (~30 s); cpu: ~30-40 min on 2 cores; gpu: up to GPT-2 124M, aimed at ~10 min on an H100 (not yet run)")  # fmt: skip
     p.add_argument(
         "--sizes", nargs="+", metavar="LxC[xH]", help="replace the preset's sizes: layers x width [x heads], e.g. 2x32"
     )

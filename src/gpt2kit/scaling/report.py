@@ -171,7 +171,10 @@ def plot(path: Path, results: list, fits: dict[str, Bootstrap], prediction: dict
             color="C0",
             label=f"E + A x^-α: α={b.fit.alpha:.3f} [{a_lo:.3f}, {a_hi:.3f}], R²={b.fit.r2:.3f}",
         )
-        ax.axhline(b.fit.E, color="C0", ls=":", lw=1, label=f"E = {b.fit.E:.2f}")
+        losses = [r.val_loss for r in results] + [v for p in held.values() for v in p["interval"]]
+        ylim = (0.97 * min(losses), 1.03 * max(losses))  # the data, not the band (wide where runs are few)
+        if b.fit.E > ylim[0]:
+            ax.axhline(b.fit.E, color="C0", ls=":", lw=1, label=f"E = {b.fit.E:.2f}")
         for r, x in zip(results, xs):
             ax.plot(
                 x,
@@ -183,6 +186,7 @@ def plot(path: Path, results: list, fits: dict[str, Bootstrap], prediction: dict
             ax.annotate(r.rung.name, (x, r.val_loss), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.set_ylim(*ylim)
         ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         ax.yaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%.1f"))
         ax.set_xlabel(label)
