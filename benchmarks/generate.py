@@ -5,6 +5,7 @@
     python benchmarks/generate.py --weights int8          # gpt2kit weight-only int8 vs transformers fp32
     python benchmarks/generate.py --batch 8
     python benchmarks/generate.py --prompt-len 512 --new-tokens 1     # prompt processing (time to first token)
+    python benchmarks/generate.py --llamacpp              # + llama.cpp (F32 / F16 for bf16 / Q8_0 for int8)
     python benchmarks/generate.py --quality --model builtin           # logit/NLL change of bf16/int8 vs fp32
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
@@ -32,6 +33,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import harness  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
@@ -43,6 +45,9 @@ def worker(args) -> None:
     B, P, N = args.batch, args.prompt_len, args.new_tokens
     ids = torch.randint(0, 50256, (B, P), generator=torch.Generator().manual_seed(1)).to(args.device)
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+    if args.side == "llama.cpp":
+        print(json.dumps(llamacpp_worker(args)))
+        return
     if args.side == "transformers":
         import transformers
 
@@ -74,6 +79,25 @@ def worker(args) -> None:
     print(json.dumps({"rate": rate, "seconds": dt, "tokens_sha": hashlib.sha256(str(tokens).encode()).hexdigest()[:16]}))
 
 
+def llamacpp_worker(args) -> dict:
+    """llama.cpp's llama-bench on a GGUF export of the same folder: F32 for fp32, F16 for --dtype bf16, Q8_0 for
+    --weights int8. Decode: tg N from an empty context; prompt processing (--new-tokens 1): pp P. Batch 1 only."""
+    import subprocess
+
+    import gpt2kit
+    from gpt2kit.export import export_gguf
+
+    gtype = "q8_0" if args.weights == "int8" else "f16" if args.dtype == "bf16" else "f32"
+    bindir = Path(subprocess.run(["bash", str(ROOT / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True, check=True).stdout.strip())
+    with tempfile.TemporaryDirectory() as tmp:
+        f = export_gguf(gpt2kit.from_pretrained(args.folder), Path(tmp) / f"m-{gtype}.gguf", type=gtype)
+        work = ["-p", "0", "-n", str(args.new_tokens)] if args.new_tokens > 1 else ["-p", str(args.prompt_len), "-n", "0"]
+        repack = ["--repack", "0"] if gtype == "q8_0" else []  # llama.cpp 11434's AMX repack of Q8_0 crashes (docs/export.md)
+        cmd = [str(bindir / "llama-bench"), "-m", str(f), *work, "-r", "1", "-t", str(args.threads), "-o", "json", *repack]
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
+    return {"rate": json.loads(out)[0]["avg_ts"], "gguf": gtype}
+
+
 def weight_bytes(folder: str, weights: str, dtype: str) -> int:
     """Bytes a decode step reads: every linear weight (the tied head included) in its decode format, plus the
     biases and LayerNorms in the model's dtype (of the embedding tables a step reads one row)."""
@@ -102,6 +126,8 @@ def bench(args) -> None:
             "transformers": [*common, "--side", "transformers", "--dtype", args.hf_dtype or args.dtype],
             "gpt2kit": [*common, "--side", "gpt2kit", "--weights", args.weights],
         }
+        if args.llamacpp and args.batch == 1:  # llama-bench measures one sequence
+            sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         bw = harness.read_bandwidth_gbs(args.threads, device=args.device)
         runs = harness.alternate(sides, args.repeat)
         nbytes = weight_bytes(folder, args.weights, args.dtype)
@@ -115,6 +141,7 @@ def bench(args) -> None:
         config=dict(shape=args.shape, device=args.device, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
                     batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
+        ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         bandwidth_gbs=round(bw, 2), bytes_per_step=nbytes,
         bound=None if bound is None else round(bound, 2),
         fraction_of_bound={n: round(f / bound, 3) for n, f in figures.items()} if bound else None,
@@ -169,7 +196,8 @@ def main() -> None:
     ap.add_argument("--quality-tokens", type=int, default=512)
     ap.add_argument("--model", default="builtin", help="--quality: a trained model")
     ap.add_argument("--text", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpora" / "austen.txt"))
-    ap.add_argument("--side", choices=["transformers", "gpt2kit"], help=argparse.SUPPRESS)
+    ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's llama-bench on a GGUF export (tools/llamacpp.sh builds it)")
+    ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.side:
