@@ -195,6 +195,9 @@ def test_interrupted_ladder_resumes_exactly(tiny_ladder, shards, tmp_path):
     events = []
     report = run_ladder(cfg, shards, out, on_progress=events.append, n_boot=20)
     assert [e.name for e in events if e.phase == "skip"] == [first, third]
+    assert all(0 <= e.done_flops <= e.total_flops for e in events) and events[-1].done_flops == pytest.approx(
+        events[-1].total_flops
+    )
     steps = [e.step for e in events if e.phase == "train"]
     assert steps == list(range(17, 33))  # resumed after step 16, not from 0
     uninterrupted = json.loads((tiny_ladder / "scaling.json").read_text())["runs"][1]
@@ -227,3 +230,28 @@ def test_cli_errors_are_one_line(shards, tmp_path, capsys):
     assert main(["scaling", "--data", str(shards), "--out", str(tmp_path / "o"), "--preset", "cpu", "--plan"]) == 0
     plan = capsys.readouterr().out
     assert "L3-C56-H2" in plan and "34.8x in N" in plan
+
+
+def test_progress_bar_renders_runs_and_steps():
+    import io
+
+    from gpt2kit.cli.scaling import ProgressBar
+    from gpt2kit.scaling import Progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Tty()
+    bar = ProgressBar(stream)
+    bar(Progress(0, 6, "L1-C16-H1", 0, 10, 0.0, 100.0, "skip"))
+    bar(Progress(1, 6, "L1-C24-H1", 1, 10, 25.0, 100.0, "train"))
+    bar.say("a note")
+    bar(Progress(1, 6, "L1-C24-H1", 10, 10, 50.0, 100.0, "train"))
+    bar.close()
+    text = stream.getvalue()
+    assert "size 2/6 L1-C24-H1 step 1/10" in text and "a note\n" in text
+    assert "[############             ]  50% | size 2/6 L1-C24-H1 step 10/10" in text and text.endswith("\n")
+    quiet = io.StringIO()  # not a terminal: no bar (the ladder's log lines say what runs)
+    ProgressBar(quiet)(Progress(0, 6, "L1-C16-H1", 1, 10, 1.0, 100.0, "train"))
+    assert quiet.getvalue() == ""

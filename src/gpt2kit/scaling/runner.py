@@ -108,9 +108,10 @@ def run_ladder(cfg: LadderConfig, data: str | Path, out: str | Path, predict: in
             progress(i, 0, "predict")
             prediction = _predict(out, results, rungs[n_fit:], n_boot, level)
         results.append(_run_rung(rung, cfg, data, out, lambda step, _n, i=i: progress(i, step, "train"),
-                                 lambda phase, i=i: progress(i, 0 if phase != "skip" else rungs[i].steps, phase), say,
+                                 lambda phase, i=i: progress(i, rungs[i].steps, phase), say,
                                  train_log or (lambda _: None)))  # fmt: skip
         done += rung.flops
+    done -= rungs[-1].flops  # progress() adds the current size's share
     progress(len(rungs) - 1, rungs[-1].steps, "fit")
     return R.write_report(out, cfg, results, prediction, n_boot, level)
 
