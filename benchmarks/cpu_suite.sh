@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Every CPU measurement behind benchmarks/RESULTS.md, in one run on one idle machine; then regenerate RESULTS.md.
+#   benchmarks/cpu_suite.sh            # all (about 40 minutes on 2 cores)
+#   ONLY="generate eval" benchmarks/cpu_suite.sh
+# llama.cpp joins the batch-1 rows when tools/llamacpp.sh has built it. Nothing else may run meanwhile.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ONLY="${ONLY:-generate eval serve train prepare}"
+T="${THREADS:-2}"
+LLAMA=()
+if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
+has() { [[ " $ONLY " == *" $1 "* ]]; }
+if has generate; then
+  python benchmarks/generate.py --threads "$T" "${LLAMA[@]}"                              # fp32, batch 1
+  python benchmarks/generate.py --threads "$T" --dtype bf16 "${LLAMA[@]}"                 # native bf16 where the CPU has it
+  python benchmarks/generate.py --threads "$T" --weights int8 --hf-dtype fp32 "${LLAMA[@]}"
+  python benchmarks/generate.py --threads "$T" --batch 8
+  python benchmarks/generate.py --threads "$T" --batch 8 --dtype bf16
+  python benchmarks/generate.py --threads "$T" --prompt-len 512 --new-tokens 1 "${LLAMA[@]}"  # prompt processing
+  python benchmarks/generate.py --quality --model builtin                                 # int8 / bf16 perplexity change
+fi
+if has eval; then
+  python benchmarks/eval.py --threads "$T" --strides 1024 512
+  python benchmarks/eval.py --threads "$T" --strides 1024 --dtype bfloat16
+fi
+if has serve; then python benchmarks/serve.py --threads "$T" --clients 1 32; fi
+if has train; then
+  python benchmarks/train.py --device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --dtype fp32 --threads "$T"
+  python benchmarks/train.py --device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --dtype bf16 --threads "$T"
+fi
+if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
+python benchmarks/report.py
