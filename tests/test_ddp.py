@@ -1,6 +1,8 @@
 """Many processes on the CPU (gloo): torchrun --nproc_per_node=2 follows the loss curve of one process with
-the same global batch, with DDP and with FSDP2 (fully_shard, including a resume from its gathered checkpoint)."""
+the same global batch, with DDP and with FSDP2 (fully_shard, sharded per rank, including a resume from its gathered
+checkpoint)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -64,11 +66,35 @@ def one_process(data, tmp_path_factory):
     return out
 
 
-def torchrun(data, out, *extra):
+# Run under torchrun instead of `-m gpt2kit`: the training CLI, with wrap_model recording per rank what it made
+SHARD_PROBE = """
+import json, os, sys
+import gpt2kit.train.distributed as D
+from torch.distributed.tensor import DTensor
+
+real = D.wrap_model
+
+def wrap_model(model, info, device, fsdp):
+    out = real(model, info, device, fsdp)
+    params = list(model.parameters())
+    report = {"fsdp": fsdp, "types": [c.__name__ for c in type(out).__mro__],
+              "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
+              "full": sum(p.numel() for p in params), "dtensors": sum(isinstance(p, DTensor) for p in params)}
+    with open(os.environ["SHARD_REPORT"] + "." + str(info.rank), "w") as f:
+        json.dump(report, f)
+    return out
+
+D.wrap_model = wrap_model
+from gpt2kit.cli.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def torchrun(data, out, *extra, entry=("-m", "gpt2kit"), env=ENV):
     """Two processes with B=2, accum 2: rank r takes windows [2r, 2r+2) of each global draw of 4."""
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit", "train",
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *entry, "train",
                           "--data", str(data), "--out-dir", str(out), "--micro-batch", "2", *ARGS, *extra],
-                         env=ENV, capture_output=True, text=True, timeout=600)  # fmt: skip
+                         env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     return run.stdout
 
@@ -93,7 +119,15 @@ def test_fsdp_two_processes_match_one_and_resume(data, one_process, tmp_path):
     import gpt2kit
 
     out = tmp_path / "fsdp"
-    torchrun(data, out, "--max-steps", "4", "--fsdp")
+    probe = tmp_path / "probe.py"
+    probe.write_text(SHARD_PROBE)
+    env = {**ENV, "SHARD_REPORT": str(tmp_path / "shards")}
+    torchrun(data, out, "--max-steps", "4", "--fsdp", entry=(str(probe),), env=env)
+    reports = [json.loads((tmp_path / f"shards.{r}").read_text()) for r in (0, 1)]
+    for r in reports:  # really FSDP2 (not DDP): an FSDPModule, DTensor parameters, each rank holding about half
+        assert r["fsdp"] and "FSDPModule" in r["types"] and r["dtensors"] > 0
+        assert r["local"] < 0.6 * r["full"]
+    assert reports[0]["local"] + reports[1]["local"] == reports[0]["full"]  # the two shards make the whole model
     torchrun(data, out, "--resume", "--max-steps", "8")  # optimizer state gathered at save, re-sharded at load
     assert_same_curve(one_process, out)
     gpt2kit.from_pretrained(out / "checkpoints" / "step_000008")  # a plain, full model folder
