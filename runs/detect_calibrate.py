@@ -113,7 +113,14 @@ def main() -> None:
     )
     ap.add_argument("--write", action="store_true", help="store the calibration file and the histogram picture")
     ap.add_argument("--scores", default=str(REPO / "runs" / "detect_scores.json"))
+    ap.add_argument("--from-scores", action="store_true", help="refit from --scores instead of generating again")
     args = ap.parse_args()
+    if args.from_scores:
+        saved = json.loads(Path(args.scores).read_text())
+        scores = {k: {int(L): v for L, v in d.items()} for k, d in saved["scores"].items()}
+        args.samplers = [k for k in scores if k != "human"]
+        report(args, scores, saved["token_ids"])
+        return
     tok = Tokenizer()
     passages = heldout_passages(Path(args.corpora), tok, args.n, PROMPT + max(LENGTHS), args.seed)
     chunks = [list(range(i, min(i + args.batch, args.n))) for i in range(0, args.n, args.batch)]
@@ -128,6 +135,10 @@ def main() -> None:
         texts.setdefault(side, []).extend(seqs)
         for L in LENGTHS:
             scores.setdefault(side, {L: [] for L in LENGTHS})[L].extend(evidence[L])
+    report(args, scores, texts)
+
+
+def report(args, scores: dict, texts: dict) -> None:
     rows = []
     for L in LENGTHS:
         for name in args.samplers:

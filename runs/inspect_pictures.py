@@ -1,6 +1,6 @@
 """Make docs/inspect.md's pictures of `gpt2kit score`'s terminal colours and `gpt2kit attention`'s grid,
 with the built-in model. (The HTML page and playground pictures come from tests/test_insight_browser.py
-with GPT2KIT_SCREENSHOTS=docs/images; the detector histogram from runs/detect_calibrate.py --write.)
+with INSPECT_SCREENSHOTS=docs/images; the detector histogram from runs/detect_calibrate.py --write.)
 
     python runs/inspect_pictures.py          # needs matplotlib, playwright and Debian's chromium
 """

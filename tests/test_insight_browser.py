@@ -1,6 +1,6 @@
 """The surprisal page (`gpt2kit score --html`) and the playground's Inspect view in a real headless Chromium:
 the tokens render shaded, hovering shows the alternatives, a click draws the next-token bars, the detector
-answers. Screenshots go to $GPT2KIT_SCREENSHOTS when set (docs/images for docs/inspect.md), else tmp.
+answers. Screenshots go to $INSPECT_SCREENSHOTS when set (docs/images for docs/inspect.md), else tmp.
 Skips (with the reason) without chromium or playwright, as tests/test_serve_playground.py does."""
 
 from __future__ import annotations
@@ -36,12 +36,16 @@ def browser():
 
 @pytest.fixture
 def shots(tmp_path) -> Path:
-    return Path(os.environ.get("GPT2KIT_SCREENSHOTS", tmp_path))
+    return Path(os.environ.get("INSPECT_SCREENSHOTS", tmp_path))
+
+
+def name() -> str:
+    return "gpt2kit-builtin" if os.environ.get("INSPECT_SCREENSHOTS") else "tiny-gpt2"
 
 
 def model():
     """A tiny random model; the built-in one when taking the screenshots for the docs (real alternatives)."""
-    if os.environ.get("GPT2KIT_SCREENSHOTS"):
+    if os.environ.get("INSPECT_SCREENSHOTS"):
         from gpt2kit.pretrained import from_pretrained
 
         return from_pretrained("builtin", device="cpu").eval()
@@ -55,7 +59,7 @@ def test_html_page_shows_tokens_and_tooltip(browser, shots, tmp_path):
 
     scores = score_text(model(), Tokenizer(), TEXT)
     page_file = tmp_path / "score.html"
-    page_file.write_text(render_html(scores, model="tiny-gpt2"), encoding="utf-8")
+    page_file.write_text(render_html(scores, model=name()), encoding="utf-8")
     pg = browser.new_page(viewport={"width": 900, "height": 420})
     pg.goto(page_file.as_uri())
     toks = pg.locator(".tok")
@@ -73,7 +77,7 @@ def test_playground_inspect_view(browser, shots):
     from gpt2kit.serve.config import ServeConfig
 
     torch.manual_seed(0)
-    with BackgroundServer(model(), ServeConfig(port=0, model_name="tiny-gpt2")) as server:
+    with BackgroundServer(model(), ServeConfig(port=0, model_name=name())) as server:
         pg = browser.new_page(viewport={"width": 1000, "height": 900})
         pg.set_default_timeout(30_000)
         pg.goto(server.url + "/")

@@ -31,8 +31,10 @@ def auroc(positive: list[float], negative: list[float]) -> float:
     return float((gt + 0.5 * eq) / (pos.numel() * neg.numel()))
 
 
-def fit_logistic(x: list[float], y: list[int], l2: float = 1e-3, steps: int = 50) -> tuple[float, float]:
-    """Logistic regression of y (0/1) on one feature x by Newton's method -> (coef, intercept)."""
+def fit_logistic(x: list[float], y: list[int], l2: float = 1.0, steps: int = 50) -> tuple[float, float]:
+    """Logistic regression of y (0/1) on one feature x by Newton's method -> (coef, intercept). The ridge
+    penalty l2 on the slope keeps it finite when the two sides do not overlap (at 256 tokens they barely
+    do): without it the fit becomes a step and every probability 0 or 1."""
     X = torch.stack([torch.tensor(x, dtype=torch.float64), torch.ones(len(x), dtype=torch.float64)], dim=1)  # (n, 2)
     Y = torch.tensor(y, dtype=torch.float64)
     w = torch.zeros(2, dtype=torch.float64)
