@@ -113,7 +113,6 @@ class TrainConfig:
         default="c_attn,c_proj,c_fc",
     )
 
-
     def __post_init__(self) -> None:
         check_types(self)  # "lr": "3e-3" or "seed": "abc" in a JSON file: one line naming the field
         positive = ("micro_batch", "max_steps", "log_interval", "eval_interval", "eval_batches", "keep_last")

@@ -91,10 +91,10 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     seed_everything(cfg.seed)  # same init on every rank
     meta = ckpt.read_meta(resume_from) if resume_from else None
     model = _load_model(cfg, cfg.init_from if cfg.lora_r else resume_from or cfg.init_from)
-    if cfg.lora_r:  # frozen base + adapters; a LoRA checkpoint holds the adapters only, the base is init_from
-        _add_adapters(model, cfg, resume_from, say)
     if cfg.pad_vocab:  # before the optimizer: its moments (and a resumed optimizer state) have the padded shape
         model = pad_vocab(model, cfg.pad_vocab)
+    if cfg.lora_r:  # frozen base + adapters; a LoRA checkpoint holds the adapters only, the base is init_from
+        _add_adapters(model, cfg, resume_from, say)
     model.to(device).train()
     T = cfg.block_size or model.config.n_positions
     if T > model.config.n_positions:
