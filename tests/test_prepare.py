@@ -197,7 +197,6 @@ def test_kill_9_during_prepare_then_rerun(tmp_path, many_texts):
     assert meta["train"] == json.loads((tmp_path / "ref" / "meta.json").read_text())["train"]
 
 
-@pytest.mark.xfail(strict=True, reason="a prepare killed mid-run leaves complete-looking shards and no marker; train accepts them")
 def test_train_refuses_the_shards_of_a_killed_prepare(tmp_path, many_texts):
     import subprocess
     import sys

@@ -93,6 +93,9 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
+# Present in an output folder while `prepare` writes it; a folder that still has it was not finished.
+INCOMPLETE = ".prepare-incomplete"
+
 def prepare(
     inputs: list[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -126,13 +129,16 @@ def prepare(
         raise DataError(f"no input files found in {[str(p) for p in inputs]} (folders are searched for *.txt and *.jsonl).")
     out = Path(out_dir)
     existed = out.exists()
-    _check_out_dir(out, overwrite)
+    _check_out_dir(out, overwrite)  # (creates it)
+    (out / INCOMPLETE).touch()  # until the run ends well: a killed run's shards look whole, this says they are not
     try:
-        return _prepare_into(out, train_files, val_only, val_tail, docs, text_field, hf_dataset, workers, shard_tokens,
+        summary = _prepare_into(out, train_files, val_only, val_tail, docs, text_field, hf_dataset, workers, shard_tokens,
                              on_bad_input, progress, t0)  # fmt: skip
+        (out / INCOMPLETE).unlink()
+        return summary
     except BaseException:  # a failed run leaves no empty folder and no shards of its own behind
         if existed:
-            for p in [*out.glob("train_*.bin"), *out.glob("val_*.bin")]:  # (_check_out_dir left none of an older run)
+            for p in [*out.glob("train_*.bin"), *out.glob("val_*.bin"), out / INCOMPLETE]:  # (_check_out_dir left none of an older run)
                 p.unlink(missing_ok=True)
         else:
             shutil.rmtree(out, ignore_errors=True)

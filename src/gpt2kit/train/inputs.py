@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from gpt2kit.data.loader import ShardLoader
+from gpt2kit.data.prepare import INCOMPLETE
 from gpt2kit.data.sft import SFTLoader, is_prompt_completion_file, read_prompt_completion, split_pairs
 from gpt2kit.errors import DataError
 from gpt2kit.train.config import TrainConfig
@@ -41,6 +42,11 @@ def make_loaders(cfg: TrainConfig, T: int, info: DistInfo, log=print) -> tuple[o
         )
         return train, val, "prompt-completion"
     if data.is_dir() and (any(data.glob("train_*.bin")) or not _is_text(data)):
+        if (data / INCOMPLETE).exists():
+            raise DataError(
+                f"{data} holds the shards of a `gpt2kit prepare` that did not finish (killed or failed). "
+                f"---> HINT: run the prepare again with --overwrite."
+            )
         train = ShardLoader(data, "train", cfg.micro_batch, T, order=cfg.data_order, **kw)
         val = None
         if any(data.glob("val_*.bin")):
