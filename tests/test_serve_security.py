@@ -294,6 +294,16 @@ def test_idle_keep_alive_connection_is_closed(cli_server):
     assert closed and got.startswith(b"HTTP/1.1 200"), got[:100]
 
 
+def test_oversized_headers_are_refused(cli_server):
+    url, port, _, _ = cli_server
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Pad: " + b"a" * 20000)  # headers still unfinished
+    closed, got = closed_within(s, 0.8)  # refused at once, not at the 1 s header deadline
+    s.close()
+    assert closed and got.startswith(b"HTTP/1.1 400"), got[:100]  # 16 KiB of request line + headers at most
+    assert httpx.get(url + "/health", timeout=5).status_code == 200
+
+
 def test_connection_limit_refuses_beyond_it(cli_server):
     url, port, _, _ = cli_server
     held = [socket.create_connection(("127.0.0.1", port)) for _ in range(12)]
