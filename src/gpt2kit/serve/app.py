@@ -41,8 +41,8 @@ from gpt2kit.serve.config import ServeConfig
 from gpt2kit.serve.insight import router as insight_router
 from gpt2kit.serve.logprobs import ChoiceLogprobs
 from gpt2kit.serve.metrics import Metrics, MetricsMiddleware
-from gpt2kit.serve.openapi import declare_request_bodies
 from gpt2kit.serve.models import ModelRegistry
+from gpt2kit.serve.openapi import declare_request_bodies
 from gpt2kit.serve.protocol import GenerationPlan, ProtocolError
 from gpt2kit.serve.security import EdgeGuard
 from gpt2kit.serve.worker import Delta, Job, QueueFull, RequestTimeout, Worker, WorkerError
