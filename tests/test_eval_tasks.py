@@ -102,6 +102,26 @@ def test_logit_head_equals_log_softmax_across_chunks_and_blocks(blocked):
     assert ok.tolist() == (logits.argmax(-1) == t).tolist() and ok[3]
 
 
+def test_logit_head_blocked_bf16_equals_the_plain_bf16_head():
+    """bf16 models walk the blocks too: each block's product in bf16, upcast, the same numbers as
+    lm_head(h).float() (the plain path, which rounds the logits to bf16 the same way)."""
+    from gpt2kit.eval.logit_head import LogitHead
+
+    torch.manual_seed(1)
+    model = gpt2kit.GPT(gpt2kit.GPTConfig(vocab_size=1000, n_positions=16, n_embd=32, n_layer=1, n_head=2)).to(torch.bfloat16)
+    h, t = torch.randn(11, 32).to(torch.bfloat16), torch.randint(0, 1000, (11,))
+    t[3] = model.lm_head(h[3]).float().argmax()
+    out = {}
+    for blocked in (True, False):
+        head = LogitHead(model, chunk=4, block=256)
+        assert head.blocked
+        head.blocked = blocked
+        with torch.inference_mode():
+            out[blocked] = head(h, t)
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-5)
+    assert out[True][1].tolist() == out[False][1].tolist() and out[True][1][3]
+
+
 def test_logit_head_argmax_tie_across_blocks_keeps_the_first_index():
     from gpt2kit.eval.logit_head import LogitHead
 
