@@ -138,6 +138,7 @@ class Worker:
     ) -> None:
         self.engine = engine
         self.max_queue = max_queue
+        self._admitting = 0
         self.request_timeout = request_timeout
         self.stats = WorkerStats()
         self._waiting: deque[_Seq] = deque()
@@ -183,7 +184,8 @@ class Worker:
         job = Job(self, params, len(prompts) * n, loop, time.monotonic() + (timeout or self.request_timeout))
         seqs = [_Seq(job, p * n + i, i, list(ids)) for p, ids in enumerate(prompts) for i in range(n)]
         with self._cond:
-            capacity = self.max_queue + len(self.engine.free_slots)
+            # slots free in the engine, less those already promised to sequences being admitted right now
+            capacity = self.max_queue + len(self.engine.free_slots) - self._admitting
             if len(self._waiting) + len(seqs) > capacity:
                 self.stats.rejected += 1
                 raise QueueFull(
@@ -221,9 +223,14 @@ class Worker:
                 free = len(self.engine.free_slots)
                 while self._waiting and len(admit) < free:
                     admit.append(self._waiting.popleft())
+                self._admitting = len(admit)  # out of the queue, not yet in a slot: still counted by submit
                 self.stats.queued = len(self._waiting)
             if admit:
-                self._admit(admit)
+                try:
+                    self._admit(admit)
+                finally:
+                    with self._cond:
+                        self._admitting = 0
             if self._owner:
                 self._step()
             self.stats.running = len(self._owner)
