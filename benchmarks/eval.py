@@ -4,9 +4,11 @@
 
 Both sides evaluate the same GPT-2 124M-shaped random weights (no official weights offline; speed does not
 depend on the values), saved once to a temporary folder, on the same tokens of tests/fixtures/corpora/austen.txt
-with the same stride, and must give the same perplexity. The transformers side is the loop from its
-perplexity guide: one window at a time, labels with -100 for the context, `outputs.loss`, under
-torch.no_grad().
+with the same stride. The transformers side is the loop from its perplexity guide: one window at a time,
+labels with -100 for the context, `outputs.loss`, under torch.no_grad(). Both perplexities are recorded; they
+differ in the fourth digit because the sides score slightly different tokens: gpt2kit every token after the
+first (8191 of 8192), the guide loop not the first token of each later window (its labels are shifted inside
+the window), e.g. 8184 at stride 1024.
 
 Every measurement runs in a fresh worker process (this script with --side), which loads the model, scores
 the first 2048 tokens once untimed, then times the whole sequence. One process for both sides would let
