@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_gpt
 
+from conftest import tiny_gpt
 from gpt2kit.config import IGNORE_INDEX
 from gpt2kit.model.head_loss import lm_head_loss
 from gpt2kit.model.vocab_pad import pad_vocab, unpadded

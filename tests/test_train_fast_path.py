@@ -59,7 +59,6 @@ def test_adamw_is_fused_on_cuda(monkeypatch, device, fused):
 def test_compiled_chunked_loss_step_equals_the_eager_step():
     """torch.compile (inductor, CPU) of hidden_states + lm_head_loss: same loss and gradients as eager."""
     from conftest import tiny_gpt
-
     from gpt2kit.model.head_loss import lm_head_loss
     from gpt2kit.model.vocab_pad import pad_vocab
 
