@@ -1,7 +1,8 @@
 """Serving throughput and latency: N concurrent streaming clients against `gpt2kit serve` (continuous
 batching), versus the same requests run one at a time through transformers' `generate` and through
-gpt2kit's own Engine (the like-for-like figure for 1 client), in the same run. Each side runs in its own
-fresh process, the sides alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
+gpt2kit's own Engine (the like-for-like figure for 1 client), in the same run. The server is `gpt2kit serve`
+in its own process and the clients are another, as a user runs them; each side is a fresh process, the sides
+alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
 
     python benchmarks/serve.py                                  # CPU: 124M random weights, 1/8/32 clients
     python benchmarks/serve.py --device cuda --clients 1 8 32 64
@@ -97,6 +98,39 @@ def transformers_sequential(folder: str, prompts: list[list[int]], max_tokens: i
     return {"requests": len(prompts), "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
 
 
+def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
+    import socket
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [sys.executable, "-m", "gpt2kit", "serve", "--model", args.folder, "--port", str(port), "--device", args.device,
+           "--dtype", args.dtype, "--max-batch-size", str(args.n), "--max-model-len", str(32 + args.max_tokens + 1),
+           "--max-tokens-limit", str(args.max_tokens), "--log-level", "warning"]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gpt2kit serve did not start: {' '.join(cmd)}")
+            time.sleep(0.2)
+        asyncio.run(run_clients(url, prompts[:2], 4))  # warm-up (the kernel choice for this batch size included)
+        return asyncio.run(run_clients(url, prompts[: args.n], args.max_tokens))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def worker(args) -> None:
     """One side in this fresh process: 'transformers' (sequential generate), 'generate' (gpt2kit's Engine,
     batch 1, sequential: what `gpt2kit generate` does per prompt) or 'server' (--n streaming clients)."""
@@ -119,15 +153,8 @@ def worker(args) -> None:
         tokens = sum(len(c.token_ids) for p in prompts[: args.baseline_requests] for c in engine.generate([p], params))
         wall = time.perf_counter() - t0
         row = {"requests": args.baseline_requests, "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
-    else:
-        from gpt2kit.serve.background import BackgroundServer
-        from gpt2kit.serve.config import ServeConfig
-
-        model = from_pretrained(args.folder, device=args.device, dtype=dtype)
-        cfg = ServeConfig(port=0, max_batch_size=args.n, max_model_len=32 + args.max_tokens + 1, max_tokens_limit=args.max_tokens)
-        with BackgroundServer(model, cfg) as server:
-            asyncio.run(run_clients(server.url, prompts[:2], 4))  # warm-up
-            row = asyncio.run(run_clients(server.url, prompts[: args.n], args.max_tokens))
+    else:  # `gpt2kit serve` in its own process, as a user runs it; the clients live in this one
+        row = _serve_and_measure(args, prompts)
     print(json.dumps(row), flush=True)
 
 
