@@ -118,7 +118,9 @@ def test_approximate_kernels_only_when_asked(tiny, weights, monkeypatch, tmp_pat
     exact = K.plan_kernels(tiny, 1, "auto")
     assert all(L.KERNELS[c.kind].exact for c in exact)
     approx = [c for c in K.plan_kernels(tiny, 1, weights) if c.rows == 1]
-    assert all(c.kind in K.APPROX[weights] or c.kind in c.rejected or not c.us for c in approx)
+    for c in approx:  # decode takes an approximate kernel (exact ones are not even timed), unless none runs here
+        none_runs = set(K.APPROX[weights]) <= set(c.rejected)
+        assert none_runs or (c.kind in K.APPROX[weights] and set(c.us) <= set(K.APPROX[weights]))
 
 
 def test_trained_builtin_model_decode_equals_its_forward():
