@@ -33,7 +33,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import harness  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
@@ -82,20 +81,15 @@ def worker(args) -> None:
 def llamacpp_worker(args) -> dict:
     """llama.cpp's llama-bench on a GGUF export of the same folder: F32 for fp32, F16 for --dtype bf16, Q8_0 for
     --weights int8. Decode: tg N from an empty context; prompt processing (--new-tokens 1): pp P. Batch 1 only."""
-    import subprocess
-
     import gpt2kit
     from gpt2kit.export import export_gguf
 
     gtype = "q8_0" if args.weights == "int8" else "f16" if args.dtype == "bf16" else "f32"
-    bindir = Path(subprocess.run(["bash", str(ROOT / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True, check=True).stdout.strip())
     with tempfile.TemporaryDirectory() as tmp:
         f = export_gguf(gpt2kit.from_pretrained(args.folder), Path(tmp) / f"m-{gtype}.gguf", type=gtype)
-        work = ["-p", "0", "-n", str(args.new_tokens)] if args.new_tokens > 1 else ["-p", str(args.prompt_len), "-n", "0"]
-        repack = ["--repack", "0"] if gtype == "q8_0" else []  # llama.cpp 11434's AMX repack of Q8_0 crashes (docs/export.md)
-        cmd = [str(bindir / "llama-bench"), "-m", str(f), *work, "-r", "1", "-t", str(args.threads), "-o", "json", *repack]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
-    return {"rate": json.loads(out)[0]["avg_ts"], "gguf": gtype}
+        decode = args.new_tokens > 1
+        rate = harness.llama_bench(f, args.threads, args.new_tokens if decode else 0, 0 if decode else args.prompt_len)
+    return {"rate": rate, "gguf": gtype}
 
 
 def weight_bytes(folder: str, weights: str, dtype: str) -> int:

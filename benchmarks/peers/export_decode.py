@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,14 +29,10 @@ from gpt2kit.export import export_gguf, export_onnx
 from gpt2kit.generate import SamplingParams, generate
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import harness  # noqa: E402  (llama_bench: the one llama-bench call)
+
 N = 128
-
-
-def cpu_name() -> str:
-    for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def decode_rate(run_n) -> float:
@@ -67,11 +61,8 @@ def main() -> None:
         model, label = gpt2kit.GPT(gpt2kit.GPTConfig()).eval(), "random 124M (12 x 768)"
     else:
         model, label = gpt2kit.from_pretrained(args.model), args.model
-    bindir = Path(
-        subprocess.run([str(ROOT / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True, check=True).stdout.strip()
-    )
     prompt = list(range(1000, 1032))  # 32 tokens
-    result = {"model": label, "cpu": cpu_name(), "threads": args.threads, "torch": torch.__version__, "tok_per_s": {}}
+    result = {"model": label, "cpu": harness.machine(args.threads)["cpu"], "threads": args.threads, "torch": torch.__version__, "tok_per_s": {}}
 
     def ours(k: int) -> None:
         generate(model, [prompt], SamplingParams(max_new_tokens=k, temperature=0.0, ignore_eos=True))
@@ -88,11 +79,7 @@ def main() -> None:
         )
         for t in ("f32", "f16", "q8_0"):
             f = export_gguf(model, Path(tmp) / f"m-{t}.gguf", type=t)
-            # --repack 0 for Q8_0: llama.cpp 11434's AMX repack of Q8_0 weights crashes on AMX CPUs (docs/export.md)
-            repack = ["--repack", "0"] if t == "q8_0" else []
-            cmd = [bindir / "llama-bench", "-m", f, "-p", 0, "-n", N, "-r", 3, "-t", args.threads, "-o", "json", *repack]
-            out = subprocess.run([str(c) for c in cmd], capture_output=True, text=True, check=True)
-            result["tok_per_s"][f"llama.cpp {t.upper()}"] = json.loads(out.stdout)[0]["avg_ts"]
+            result["tok_per_s"][f"llama.cpp {t.upper()}"] = harness.llama_bench(f, args.threads, N, repeats=3)
     print(json.dumps(result))
     print(f"\n{label}, batch 1, {args.threads} threads, {result['cpu']}\n\n| runtime | decode tok/s |\n| --- | --- |")
     for k, v in result["tok_per_s"].items():
