@@ -98,13 +98,13 @@ def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys)
     good = tmp_path / "good.txt"
     good.write_text("Some good text. " * 50)
     cases = {
-        "empty.txt": (b"  \n", "empty.txt is empty"),
+        "empty.txt": (b"  \n", "empty.txt: the file is empty"),
         "image.txt": (b"\x89PNG\r\n\x1a\n\0\0\0", "image.txt looks binary"),
         "latin1.txt": (
             "caf\u00e9 cr\u00e8me".encode("latin-1"),
-            r"latin1.txt is not valid UTF-8 \(byte 0xe9 at offset 3, line 1\)",
+            r"latin1.txt:1: not valid UTF-8 \(byte 0xe9 at offset 3\); convert it first, e.g. `iconv",
         ),
-        "bad.jsonl": (b'{"text": "ok"}\n{"txt": "no"}\n', r"bad.jsonl:2: no 'text' field"),
+        "bad.jsonl": (b'{"text": "ok"}\n{"txt": "no"}\n', r"bad.jsonl:2: missing field 'text' \(found \['txt'\]\).*--text-field"),
     }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_bytes(data)

@@ -38,6 +38,7 @@ from gpt2kit.atomic import write_text
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.data.shards import DTYPE, EOT_PLACEMENT, VERSION, ShardWriter, tokenizer_id
 from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.textfiles import read_jsonl, read_text
 
 TEXT_SUFFIXES = {".txt", ".text"}  # what a folder contributes; a file named explicitly may have any name
 JSONL_SUFFIXES = {".jsonl", ".ndjson"}
@@ -221,7 +222,7 @@ def _file_tasks(path: Path, role: str, val_tail: float, docs: str, text_field: s
             for i in range(0, len(recs), 256):
                 yield split, recs[i : i + 256], True
         return
-    text = _read_text(path)
+    text = read_text(path, "a UTF-8 text file to tokenize")
     if role == "val":
         parts = [("val", text)]
     else:
@@ -323,39 +324,10 @@ def _expand(inputs) -> list[Path]:
     return files
 
 
-def _read_text(path: Path) -> str:
-    data = path.read_bytes()
-    if not data.strip():
-        raise DataError(f"{path} is empty (no text to tokenize).")
-    if b"\0" in data[:8192]:
-        raise DataError(f"{path} looks binary (it contains NUL bytes), not text. Remove it from the inputs.")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} is not valid UTF-8 (byte {data[e.start]:#04x} at offset {e.start}, line {line}). "
-            f"Convert it first, e.g. `iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt`."
-        ) from None
-
-
 def _read_jsonl(path: Path, text_field: str) -> list[str]:
-    raw = _read_text(path)
-    texts = []
-    for n, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
-        if not isinstance(record, dict) or text_field not in record:
-            keys = sorted(record) if isinstance(record, dict) else type(record).__name__
-            raise DataError(f"{path}:{n}: no {text_field!r} field (found {keys}). Name the text field with --text-field.")
-        if not isinstance(record[text_field], str):
-            raise DataError(f"{path}:{n}: field {text_field!r} is {type(record[text_field]).__name__}, expected a string.")
-        if record[text_field]:
-            texts.append(record[text_field])
+    """The non-empty `text_field` strings of a JSONL file (one document each)."""
+    records = read_jsonl(path, {text_field: str}, "a JSONL file to tokenize", hint="Name the text field with --text-field.")
+    texts = [r[text_field] for r in records if r[text_field]]
     if not texts:
         raise DataError(f"{path} has no non-empty {text_field!r} records.")
     return texts

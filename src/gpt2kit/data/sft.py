@@ -27,6 +27,7 @@ import torch
 
 from gpt2kit.config import GPT2_EOT_ID, IGNORE_INDEX
 from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.textfiles import read_jsonl
 
 
 def build_example(
@@ -47,30 +48,9 @@ def read_prompt_completion(
     path: str | os.PathLike, prompt_field: str = "prompt", completion_field: str = "completion"
 ) -> list[tuple[str, str]]:
     """The (prompt, completion) pairs of a JSONL file, checked line by line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"fine-tuning file {path} does not exist.")
-    pairs = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="strict").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{n}: not valid JSON ({e.msg}).") from None
-        if (
-            not isinstance(rec, dict)
-            or not isinstance(rec.get(prompt_field), str)
-            or not isinstance(rec.get(completion_field), str)
-        ):
-            raise DataError(
-                f"{path}:{n}: expected string fields {prompt_field!r} and {completion_field!r}, got "
-                f"{sorted(rec) if isinstance(rec, dict) else type(rec).__name__}."
-            )
-        pairs.append((rec[prompt_field], rec[completion_field]))
-    if not pairs:
-        raise DataError(f"{path} holds no prompt/completion records.")
-    return pairs
+    records = read_jsonl(path, {prompt_field: str, completion_field: str}, "a prompt/completion fine-tuning file",
+                         hint="Name the fields with --prompt-field / --completion-field.")  # fmt: skip
+    return [(r[prompt_field], r[completion_field]) for r in records]
 
 
 def is_prompt_completion_file(

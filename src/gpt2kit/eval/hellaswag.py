@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 
 from gpt2kit.errors import DataError
-from gpt2kit.eval.datafiles import read_jsonl
 from gpt2kit.eval.loglikelihood import encode_pair, score_tokens
 from gpt2kit.eval.results import EvalResult
+from gpt2kit.textfiles import read_jsonl
 
 WHAT = "HellaSwag (hellaswag_val.jsonl)"
 

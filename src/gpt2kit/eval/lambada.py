@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 import os
 
-from gpt2kit.eval.datafiles import read_jsonl
 from gpt2kit.eval.loglikelihood import encode_pair, score_tokens
 from gpt2kit.eval.results import EvalResult
+from gpt2kit.textfiles import read_jsonl
 
 PROTOCOLS = ("lm-eval", "paper-last-token")
 WHAT = "LAMBADA (OpenAI's lambada_test.jsonl)"

@@ -1,4 +1,4 @@
-"""Perplexity of text with sliding windows, and the validation loss the training loop can call.
+"""Perplexity of text with sliding windows, and the validation loss (`batches_nll`) the training loop uses.
 
 The protocol (docs/evaluation.md has the long form):
 
@@ -22,6 +22,7 @@ on the positions each window scores (half of them at stride 512).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -149,7 +150,7 @@ def files_perplexity(
     progress: bool = False,
 ) -> PerplexityResult:
     """Each file is one document (its own EOT prefix); results add up. `max_tokens` caps the total."""
-    from gpt2kit.eval.datafiles import read_text
+    from gpt2kit.textfiles import read_text
 
     total: PerplexityResult | None = None
     left = max_tokens
@@ -183,25 +184,42 @@ def shards_loss(model, data_dir: str | os.PathLike, split: str = "val", batch_si
     return nll / n, n
 
 
-def val_perplexity(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None) -> dict:
-    """In-training hook: mean next-token loss and perplexity over (x, y) batches from the data loader.
+def batches_nll(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None,
+                autocast=contextlib.nullcontext(), device=None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The validation loss, defined once: (summed NLL in nats, counted targets) over (x, y) batches; the
+    token-weighted mean loss is their ratio. Used by the training loop's validation and by `val_perplexity`.
 
     x, y: (B, T) token ids with y already shifted (y[b, t] follows x[b, t]); IGNORE_INDEX targets do not
-    count. Runs in eval + inference mode and restores the model's mode. One host sync, at the end.
-    Returns {"val_loss": mean nats/token, "val_perplexity": exp(val_loss), "val_tokens": n}.
+    count, so a batch with few valid targets weighs little (a mean of per-batch means would over-weight it).
+    `model(x, y) -> (logits, loss)` with loss the mean over its counted targets; the caller sets eval mode.
+    Returns two 0-d tensors on `device` (default: the model's), with no host sync (a caller all-reduces them).
     """
-    nll, count = None, None
-    with eval_mode(model):
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    acc = torch.float32 if device.type == "mps" else torch.float64  # (MPS has no float64)
+    nll, count = torch.zeros((), dtype=acc, device=device), torch.zeros((), dtype=acc, device=device)
+    with torch.no_grad():
         for i, (x, y) in enumerate(batches):
             if max_batches is not None and i >= max_batches:
                 break
-            device = model.lm_head.weight.device
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            _, loss = model(x, y)  # mean over the counted targets
-            n = (y != IGNORE_INDEX).sum()
-            nll = loss.double() * n if nll is None else nll + loss.double() * n
-            count = n if count is None else count + n
-    if count is None or int(count) == 0:
+            with autocast:
+                _, loss = model(x, y)  # (,) mean over the counted targets
+            n = (y != IGNORE_INDEX).sum().to(acc)
+            nll += torch.where(n > 0, loss.to(acc) * n, 0.0)  # a batch of ignored targets only has a NaN mean
+            count += n
+    return nll, count
+
+
+def val_perplexity(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None) -> dict:
+    """Mean next-token loss and perplexity over (x, y) batches from a data loader, token-weighted
+    (`batches_nll`, the training loop's validation loss).
+
+    Runs in eval + inference mode and restores the model's mode. One host sync, at the end.
+    Returns {"val_loss": mean nats/token, "val_perplexity": exp(val_loss), "val_tokens": n}.
+    """
+    with eval_mode(model):
+        nll, count = batches_nll(model, batches, max_batches)
+    if int(count) == 0:
         raise DataError("val_perplexity got no batches (or only ignored targets); check the validation loader.")
     mean = float(nll) / int(count)
     return {"val_loss": mean, "val_perplexity": math.exp(mean), "val_tokens": int(count)}

@@ -19,10 +19,10 @@ import re
 
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import DataError
-from gpt2kit.eval.datafiles import read_text
 from gpt2kit.eval.loglikelihood import score_tokens
 from gpt2kit.eval.perplexity import count_words, window_requests
 from gpt2kit.eval.results import EvalResult
+from gpt2kit.textfiles import read_text
 
 WHAT = "WikiText raw text (wiki.test.raw)"
 
