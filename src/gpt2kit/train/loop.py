@@ -30,6 +30,7 @@ import torch
 from gpt2kit.atomic import check_writable
 from gpt2kit.device import bf16_emulation_note, enable_tf32, resolve_device, resolve_dtype, seed_everything
 from gpt2kit.errors import ConfigError, Gpt2kitError
+from gpt2kit.eval.perplexity import batches_nll
 from gpt2kit.model import GPT
 from gpt2kit.model.vocab_pad import pad_vocab, unpadded
 from gpt2kit.train import checkpoint as ckpt
@@ -290,18 +291,13 @@ def _fit_schedule(cfg: TrainConfig, step, fit_from, cap, deadline, info, device,
     return dataclasses.replace(cfg, max_steps=new, warmup_steps=warmup, fit_to_time=False)
 
 
-@torch.no_grad()
 def evaluate(runner, loader, max_batches: int, device, autocast, info) -> float:
-    """Mean loss over the loader's fixed evaluation batches (all ranks, averaged)."""
+    """Token-weighted mean loss over the loader's fixed evaluation batches, over all ranks (`batches_nll`)."""
     runner.eval()
-    total, n = torch.zeros((), device=device), 0
-    for x, y in loader.eval_batches(max_batches):
-        with autocast:
-            _, loss = runner(x.to(device, non_blocking=True), y.to(device, non_blocking=True))
-        total += loss.float()
-        n += 1
+    nll, n = batches_nll(runner, loader.eval_batches(max_batches), autocast=autocast, device=device)
     runner.train()
-    return D.all_reduce_mean(total / max(n, 1), info).item()
+    nll, n = D.all_reduce_mean(torch.stack([nll, n]), info).tolist()  # means of the ranks' sums: the same ratio
+    return nll / max(n, 1)
 
 
 def _run_hooks(model, hooks, device, autocast) -> dict:
