@@ -4,8 +4,8 @@ import contextlib
 
 import pytest
 import torch
-from conftest import tiny_gpt
 
+from conftest import tiny_gpt
 from gpt2kit.config import IGNORE_INDEX
 from gpt2kit.eval.perplexity import val_perplexity
 from gpt2kit.train import distributed as D

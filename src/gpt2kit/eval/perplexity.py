@@ -185,13 +185,14 @@ def shards_loss(model, data_dir: str | os.PathLike, split: str = "val", batch_si
 
 
 def batches_nll(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max_batches: int | None = None,
-                autocast=contextlib.nullcontext(), device=None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                autocast=None, device=None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """The validation loss, defined once: (summed NLL in nats, counted targets) over (x, y) batches; the
     token-weighted mean loss is their ratio. Used by the training loop's validation and by `val_perplexity`.
 
     x, y: (B, T) token ids with y already shifted (y[b, t] follows x[b, t]); IGNORE_INDEX targets do not
     count, so a batch with few valid targets weighs little (a mean of per-batch means would over-weight it).
-    `model(x, y) -> (logits, loss)` with loss the mean over its counted targets; the caller sets eval mode.
+    `model(x, y) -> (logits, loss)` with loss the mean over its counted targets, under `autocast` (a context
+    manager, default none); the caller sets eval mode.
     Returns two 0-d tensors on `device` (default: the model's), with no host sync (a caller all-reduces them).
     """
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -202,7 +203,7 @@ def batches_nll(model, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], max
             if max_batches is not None and i >= max_batches:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
+            with autocast or contextlib.nullcontext():
                 _, loss = model(x, y)  # (,) mean over the counted targets
             n = (y != IGNORE_INDEX).sum().to(acc)
             nll += torch.where(n > 0, loss.to(acc) * n, 0.0)  # a batch of ignored targets only has a NaN mean
