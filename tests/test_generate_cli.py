@@ -9,7 +9,8 @@ import gpt2kit
 from conftest import tiny_gpt
 from gpt2kit.cli.__main__ import main
 from gpt2kit.generate import SamplingParams
-from gpt2kit.generate.chat import ChatSession, run_chat
+from gpt2kit.cli.chat import run_chat
+from gpt2kit.generate.chat import ChatSession
 from gpt2kit.generate.tasks import EN_FR_EXAMPLES, answer, first_sentences, summarize, translate
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, read_prompts
 

@@ -15,8 +15,8 @@ from conftest import tiny_gpt
 from gpt2kit import GPT, Tokenizer
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine, SamplingParams
+from gpt2kit.generate.chat_template import DEFAULT_TEMPLATE, ChatTurn
 from gpt2kit.serve.background import BackgroundServer
-from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTurn
 from gpt2kit.serve.config import ServeConfig
 
 openai = pytest.importorskip("openai")

@@ -20,8 +20,8 @@ import torch
 
 from conftest import ScriptedRunner, tiny_gpt
 from gpt2kit import GPT, Tokenizer
+from gpt2kit.generate.chat_template import DEFAULT_TEMPLATE, ChatTurn
 from gpt2kit.serve.background import BackgroundServer
-from gpt2kit.serve.chat_template import DEFAULT_TEMPLATE, ChatTurn
 from gpt2kit.serve.config import ServeConfig
 
 openai = pytest.importorskip("openai")
