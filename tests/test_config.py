@@ -4,7 +4,6 @@ import pytest
 import torch
 
 from gpt2kit import GPT, PRESETS, GPTConfig
-from gpt2kit.config import preset
 from gpt2kit.errors import ConfigError
 
 # The parameter counts of OpenAI's released checkpoints (head tied to wte, biases included).
@@ -87,7 +86,3 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="tanh GELU"):
         GPTConfig.from_json_file(bad)
 
-
-def test_unknown_preset():
-    with pytest.raises(ConfigError, match="gpt2-medium"):
-        preset("gpt3")

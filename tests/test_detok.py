@@ -1,6 +1,5 @@
 """Incremental detokenization and stop-string matching: UTF-8 safe, split across tokens, stream == final."""
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +13,7 @@ TABLE = [TOK.token_bytes(i) for i in range(TOK.n_vocab)]
 
 def stream(ids):
     d = IncrementalDetokenizer(TABLE)
-    parts = [d.add(i) for i in ids]
+    parts = [d.add_bytes(TABLE[i]) for i in ids]
     parts.append(d.flush())
     return parts
 
@@ -89,7 +88,3 @@ def test_matcher_equals_reference_on_any_split(text, stop, data):
     else:
         assert (out, hit) == (raw[:i], stop)
 
-
-def test_detok_without_table_is_a_programming_error():
-    with pytest.raises(AssertionError):
-        IncrementalDetokenizer(None).add(5)

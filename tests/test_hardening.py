@@ -24,7 +24,8 @@ import gpt2kit
 from conftest import tiny_gpt
 from gpt2kit.cli.__main__ import main
 from gpt2kit.generate import Engine, FinishReason, SamplingParams
-from gpt2kit.generate.sampling import NO_TOKEN, allowed_tokens, apply_top_p, draw, process_logits
+from gpt2kit.generate.sampling import NO_TOKEN, apply_top_p, draw, process_logits
+from test_sampling import allowed_tokens
 
 TOK = gpt2kit.Tokenizer()
 TABLE = [TOK.token_bytes(i) for i in range(TOK.n_vocab)]

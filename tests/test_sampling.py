@@ -8,7 +8,7 @@ import torch
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.sampling import (
     SamplingParams,
-    allowed_tokens,
+    _finite,
     apply_min_p,
     apply_penalties,
     apply_top_k,
@@ -16,6 +16,14 @@ from gpt2kit.generate.sampling import (
     draw,
     process_logits,
 )
+
+
+def allowed_tokens(logits: torch.Tensor, p: SamplingParams, **kw) -> set[int]:
+    """The set of token ids a request could draw from these logits."""
+    processed = _finite(process_logits(logits, p, **kw))
+    if p.greedy:
+        return {int(torch.argmax(processed))}
+    return set(torch.nonzero(torch.isfinite(processed)).flatten().tolist())
 
 
 def probs_logits(probs):

@@ -200,9 +200,3 @@ HUB_IDS: dict[str, str] = {
     "distilgpt2": "distilbert/distilgpt2",
 }
 
-
-def preset(name: str) -> GPTConfig:
-    """The config of a named preset (a fresh copy)."""
-    if name not in PRESETS:
-        raise ConfigError(f"Unknown preset {name!r}; choose one of {sorted(PRESETS)} or give a config file.")
-    return dataclasses.replace(PRESETS[name])

@@ -48,7 +48,3 @@ def write_json(path: str | os.PathLike, results: list[EvalResult]) -> None:
 
     write_text(path, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
 
-
-def read_json(path: str | os.PathLike) -> list[EvalResult]:
-    with open(path, encoding="utf-8") as f:
-        return [EvalResult(**row) for row in json.load(f)]

@@ -18,23 +18,18 @@ from collections.abc import Iterable, Sequence
 
 
 class IncrementalDetokenizer:
-    """Token ids (or raw bytes) in, text deltas out.
+    """Token bytes in, text deltas out.
 
     d = IncrementalDetokenizer(token_bytes)
-    for tok in tokens: print(d.add(tok), end="")
-    print(d.flush())
+    deltas = [d.add_bytes(d.token_bytes[tok]) for tok in tokens] + [d.flush()]
     """
 
     def __init__(self, token_bytes: Sequence[bytes] | None = None) -> None:
         self.token_bytes = token_bytes
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
-    def add(self, token: int) -> str:
-        """One token -> the text it completes (possibly "" while a character is unfinished)."""
-        assert self.token_bytes is not None, "IncrementalDetokenizer needs a token_bytes table to add token ids"
-        return self._decoder.decode(self.token_bytes[token])
-
     def add_bytes(self, data: bytes) -> str:
+        """One token's bytes -> the text they complete (possibly "" while a character is unfinished)."""
         return self._decoder.decode(data)
 
     def flush(self) -> str:

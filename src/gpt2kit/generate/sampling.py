@@ -270,10 +270,3 @@ def draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | N
         tok = torch.multinomial(probs, 1, generator=generator)[0]
     return torch.where(ok, tok, NO_TOKEN)
 
-
-def allowed_tokens(logits: torch.Tensor, p: SamplingParams, **kw) -> set[int]:
-    """The set of token ids a request could draw from these logits (for tests and debugging)."""
-    processed = _finite(process_logits(logits, p, **kw))
-    if p.greedy:
-        return {int(torch.argmax(processed))}
-    return set(torch.nonzero(torch.isfinite(processed)).flatten().tolist())
