@@ -35,7 +35,6 @@ from gpt2kit.insight.calibration import CALIBRATION_FILE, Calibration, auroc, fi
 from gpt2kit.insight.detect import evidence_from_stats
 from gpt2kit.insight.surprisal import position_stats
 from gpt2kit.pretrained import from_pretrained
-from gpt2kit.serve.app import token_bytes_table
 from gpt2kit.tokenizer import Tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,7 +71,7 @@ def _init(args) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     _STATE.update(args=args, tok=Tokenizer(), model=from_pretrained(args.model, device=args.device).eval())
-    _STATE["table"] = token_bytes_table(_STATE["tok"])
+    _STATE["table"] = _STATE["tok"].token_bytes_table
 
 
 def _task(task: tuple[str, list[int], list[list[int]]]) -> tuple[list[list[int]], dict[int, list[dict]]]:

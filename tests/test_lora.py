@@ -256,7 +256,6 @@ def greedy(model, ids: list[int], n: int) -> list[int]:
 def test_serve_picks_the_adapter_named_in_model(tiny_hf_dir, tmp_path):
     import httpx
 
-    from gpt2kit.serve.app import token_bytes_table
     from gpt2kit.serve.background import BackgroundServer
     from gpt2kit.serve.config import ServeConfig
     from gpt2kit.serve.models import ModelRegistry
@@ -266,7 +265,7 @@ def test_serve_picks_the_adapter_named_in_model(tiny_hf_dir, tmp_path):
     reference = peft_adapter(tiny_hf_dir, tmp_path / "ad", seed=3)
     tok = Tokenizer()
     base = from_pretrained(tiny_hf_dir)
-    table = token_bytes_table(tok)
+    table = tok.token_bytes_table
     registry = ModelRegistry({name: build_worker(m, table, max_batch_size=4)
                               for name, m in (("tiny", base), ("poems", merged_copy(base, tmp_path / "ad")))})  # fmt: skip
     prompt = "The quick brown fox"

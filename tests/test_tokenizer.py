@@ -138,3 +138,16 @@ def test_corrupted_vocabulary_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(gpt2_vocab, "asset_path", lambda name: tmp_path / name)
     with pytest.raises(CheckpointError, match="corrupt"):
         gpt2_vocab.read_asset("gpt2.tiktoken")
+
+
+def test_token_bytes_table_is_every_tokens_bytes_built_once(monkeypatch):
+    fresh = Tokenizer()
+    calls = []
+    real = fresh._enc.decode_single_token_bytes
+    monkeypatch.setattr(fresh._enc, "decode_single_token_bytes", lambda i: calls.append(i) or real(i))
+    table = fresh.token_bytes_table
+    assert fresh.token_bytes_table is table and len(calls) == fresh.n_vocab  # once per instance, not per read
+    assert len(table) == fresh.n_vocab == 50257
+    for i in [*range(0, 300), 1000, 12345, 31373, 50000, 50255, fresh.eot_token]:
+        assert table[i] == fresh.decode_bytes([i]) == fresh.token_bytes(i), i
+    assert table[fresh.eot_token] == b"<|endoftext|>" and table[31373] == b"hello"

@@ -1,6 +1,6 @@
-"""Text in, text out, on top of the token-level Engine: encode prompts, stream text, write plain or JSONL.
+"""Text in, text out, on top of the token-level Engine: encode prompts, complete them, stream text.
 
-The tokenizer is passed in (anything with `encode_ordinary`, `token_bytes`, `n_vocab`, `eot_token`, e.g.
+The tokenizer is passed in (anything with `encode_ordinary`, `token_bytes_table`, `n_vocab`, `eot_token`, e.g.
 `gpt2kit.Tokenizer()`), so `generate/` still never imports `tokenizer/`; the CLI wires them together.
 
     tg = TextGenerator(model, gpt2kit.Tokenizer())
@@ -10,13 +10,11 @@ The tokenizer is passed in (anything with `encode_ordinary`, `token_bytes`, `n_v
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Protocol
+from typing import Protocol
 
-from gpt2kit.errors import ConfigError, DataError, GenerationError
+from gpt2kit.errors import ConfigError, GenerationError
 from gpt2kit.fields import check_types
 from gpt2kit.generate.engine import Completion, Engine
 from gpt2kit.generate.sampling import SamplingParams
@@ -26,20 +24,9 @@ from gpt2kit.model.gpt import GPT
 class TokenizerLike(Protocol):
     n_vocab: int
     eot_token: int
+    token_bytes_table: list[bytes]  # table[id] = that token's bytes, every id (built once by the tokenizer)
 
     def encode_ordinary(self, text: str) -> list[int]: ...
-    def token_bytes(self, token_id: int) -> bytes: ...
-
-
-_TABLES: dict[int, list[bytes]] = {}
-
-
-def token_bytes_table(tokenizer: TokenizerLike) -> list[bytes]:
-    """`table[id] -> bytes` for every id of the tokenizer (built once per tokenizer object)."""
-    key = id(tokenizer)
-    if key not in _TABLES:
-        _TABLES[key] = [tokenizer.token_bytes(i) for i in range(tokenizer.n_vocab)]
-    return _TABLES[key]
 
 
 @dataclass
@@ -61,7 +48,7 @@ class TextGenerator:
     def __init__(self, model: GPT, tokenizer: TokenizerLike, options: GenerateOptions | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.options = options or GenerateOptions()
-        self.table = token_bytes_table(tokenizer)
+        self.table = tokenizer.token_bytes_table
         self._engine: Engine | None = None
 
     @property
@@ -92,78 +79,3 @@ class TextGenerator:
                 raise GenerationError(ev.error)
             if ev.text:
                 yield ev.text
-
-
-def read_prompts(prompt: str | None, file: str | None, stdin: IO[str] | None = None) -> list[str]:
-    """The prompts of a run: the PROMPT argument, or a file (one prompt per line, or JSONL with a
-    "prompt" field; '-' is stdin), or stdin when neither is given and stdin is not a terminal."""
-    if prompt is not None and file is not None:
-        raise ConfigError("give either a PROMPT or --file, not both.")
-    if prompt is not None:
-        return [prompt]
-    stdin = stdin or sys.stdin
-    if file is None:
-        if stdin.isatty():
-            raise ConfigError(
-                "no prompt: pass PROMPT, --file prompts.txt, or pipe text on stdin (use --bos with '' for unconditional samples)."
-            )
-        return [stdin.read().rstrip("\n")]
-    try:
-        if file == "-":
-            text = stdin.read()
-        else:
-            with open(file, "rb") as f:
-                data = f.read()
-            if b"\0" in data[:8192]:
-                raise DataError(f"{file} looks binary (it contains NUL bytes), not a prompts file (text, one prompt per line).")
-            text = data.decode("utf-8")
-    except OSError as e:
-        raise DataError(f"cannot read prompts from {file}: {e.strerror}.") from None
-    except UnicodeDecodeError as e:
-        raise DataError(f"{file} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); prompts files must be UTF-8.") from None
-    lines = [ln for ln in text.splitlines() if ln.strip()]
-    if file.endswith(".jsonl"):
-        prompts = []
-        for n, ln in enumerate(lines, 1):
-            try:
-                obj = json.loads(ln)
-                prompts.append(obj["prompt"] if isinstance(obj, dict) else obj)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise DataError(f'{file}:{n}: expected a JSON object with a "prompt" string, got {ln[:80]!r}.') from None
-            if not isinstance(prompts[-1], str):
-                raise DataError(f'{file}:{n}: "prompt" must be a string.')
-        lines = prompts
-    if not lines:
-        raise DataError(f'{file} holds no prompts (one per line, or JSONL with a "prompt" field).')
-    return lines
-
-
-def write_completions(prompts: Sequence[str], completions: Sequence[Completion], out: IO[str], jsonl: bool) -> None:
-    """Plain: each completion's text, completions separated by a blank line. JSONL: one object each."""
-    for i, c in enumerate(completions):
-        if jsonl:
-            out.write(json.dumps({
-                "prompt_index": c.prompt_index, "index": c.index, "prompt": prompts[c.prompt_index], "text": c.text,
-                "token_ids": c.token_ids, "finish_reason": c.finish_reason.value, "stop_reason": c.stop_reason,
-            }, ensure_ascii=False) + "\n")  # fmt: skip
-        else:
-            out.write(("\n" if i else "") + (c.text or "") + "\n")
-    out.flush()
-
-
-def run_generate(model: GPT, tokenizer: TokenizerLike, prompts: Sequence[str], params: SamplingParams,
-                 options: GenerateOptions, out: IO[str], *, stream: bool = False, jsonl: bool = False) -> list[Completion] | None:  # fmt: skip
-    """The `gpt2kit generate` command: complete every prompt, write text (or JSONL) to `out`."""
-    tg = TextGenerator(model, tokenizer, options)
-    if stream:
-        if len(prompts) != 1 or params.n != 1 or jsonl:
-            raise ConfigError("--stream prints one completion as it is generated: give one prompt, --n 1 and no --jsonl.")
-        for piece in tg.stream_text(prompts[0], params):
-            out.write(piece)
-            out.flush()
-        out.write("\n")
-        out.flush()
-        return None
-    completions = tg.complete(prompts, params)
-    write_completions(prompts, completions, out, jsonl)
-    return completions

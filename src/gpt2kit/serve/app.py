@@ -285,32 +285,39 @@ def _mono(perf_t0: float) -> float:
 
 
 def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_level: str = "info") -> None:
-    """Serve `model` until interrupted: an engine worker thread that owns the model, and uvicorn (one
-    process) running the app on config.host:config.port. `model` may be a dict name -> GPT (the first is
-    the default): one worker each, chosen per request by `model` (models.py)."""
-    import uvicorn
+    """Serve `model` until Ctrl-C or SIGTERM: the engine loop on THIS thread (the main thread: torch's CPU
+    kernels run fastest there once the model was loaded on it) and uvicorn (one process) in a daemon
+    thread, running the app on config.host:config.port. `model` may be a dict name -> GPT (the first is the
+    default): one worker each, chosen per request by `model` (models.py), all stepped by the one loop.
+    On a signal: pending requests fail with "the server is shutting down", uvicorn stops, and it returns."""
+    import threading
 
-    from gpt2kit.serve.transport import log_config_with_gpt2kit, uvicorn_config
-    from gpt2kit.serve.worker import build_worker
+    from gpt2kit.serve.background import UvicornThread, stop_on_signals
+    from gpt2kit.serve.transport import log_config_with_gpt2kit
+    from gpt2kit.serve.worker import EngineLoop, build_worker
 
     if config.is_public and not config.api_key:
         log.warning(
             "serving on %s without an API key: anyone who can reach this address can use the model. "
-            "Set --api-key (or $GPT2KIT_API_KEY).", config.host)
+            "Set --api-key (or $GPT2KIT_API_KEY).",
+            config.host,
+        )
     tok = tokenizer or Tokenizer()
-    table = token_bytes_table(tok)
-    worker = ModelRegistry({name: build_worker(m, table, max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
-                                               max_queue=config.max_queue, request_timeout=config.request_timeout)
-                            for name, m in (model if isinstance(model, dict) else {config.model_name: model}).items()})  # fmt: skip
-    app = create_app(worker, config, tok)
-    worker.start()
-    try:
-        uv = uvicorn_config(app, config, log_level, log_config=log_config_with_gpt2kit(log_level), timeout_graceful_shutdown=5)
-        uvicorn.Server(uv).run()
-    finally:
-        worker.close()
-
-
-def token_bytes_table(tok: Tokenizer) -> list[bytes]:
-    """token id -> its bytes, for the engine's detokenizer, stop strings and content filter."""
-    return [tok.token_bytes(i) for i in range(tok.n_vocab)]
+    table, wake = tok.token_bytes_table, threading.Condition()  # one wake-up for every model's worker
+    workers = {name: build_worker(m, table, max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
+                                  max_queue=config.max_queue, request_timeout=config.request_timeout, wake=wake)
+               for name, m in (model if isinstance(model, dict) else {config.model_name: model}).items()}  # fmt: skip
+    app = create_app(ModelRegistry(workers), config, tok)
+    loop = EngineLoop(list(workers.values()))
+    http = UvicornThread(app, config, log_level, log_config=log_config_with_gpt2kit(log_level), timeout_graceful_shutdown=5)
+    with stop_on_signals(loop.stop):
+        loop.open()  # requests are accepted as soon as uvicorn listens; they wait for run() below
+        try:
+            http.start(timeout=60, abort=lambda: loop.stopping)
+            loop.run(until=lambda: not http.alive)  # returns on a signal, failing what is still pending
+        finally:
+            stopped = loop.stopping
+            loop.stop()
+            http.stop()
+    if not stopped:
+        raise Gpt2kitError(f"the HTTP server on {config.host}:{config.port} stopped by itself; see the log above.")

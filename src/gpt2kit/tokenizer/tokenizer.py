@@ -81,6 +81,12 @@ class Tokenizer:
     def token_bytes(self, token_id: int) -> bytes:
         return self._enc.decode_single_token_bytes(self._check_ids([token_id])[0])
 
+    @functools.cached_property
+    def token_bytes_table(self) -> list[bytes]:
+        """`table[id]` = that token's bytes, for every id in [0, n_vocab): what the engine's detokenizer,
+        stop strings and content filter read. Built on first use (~50k lookups), then kept by this object."""
+        return [self._enc.decode_single_token_bytes(i) for i in range(self.n_vocab)]
+
     def _check_ids(self, ids: Sequence[int]) -> list[int]:
         ids = [int(i) for i in ids]
         for i in ids:
