@@ -2,17 +2,19 @@
 
 import io
 import json
+import sys
 
 import pytest
 
 import gpt2kit
 from conftest import tiny_gpt
 from gpt2kit.cli.__main__ import main
-from gpt2kit.generate import SamplingParams
 from gpt2kit.cli.chat import run_chat
+from gpt2kit.cli.textio import DIM, RESET, read_prompts
+from gpt2kit.generate import SamplingParams
 from gpt2kit.generate.chat import ChatSession
 from gpt2kit.generate.tasks import EN_FR_EXAMPLES, answer, first_sentences, summarize, translate
-from gpt2kit.generate.text import GenerateOptions, TextGenerator, read_prompts
+from gpt2kit.generate.text import GenerateOptions, TextGenerator
 
 TOK = gpt2kit.Tokenizer()
 
@@ -206,3 +208,25 @@ def test_cli_chat_reads_turns_from_stdin(tiny_dir, tiny, monkeypatch, capsys):
     second = "".join(session.send("again"))
     assert out.count("Assistant:") == 2 and "(conversation cleared)" in out
     assert f"Assistant:{first}\n" in out and f"Assistant:{second}\n" in out
+
+
+class _Terminal(io.StringIO):
+    """A stdout that says it is a terminal."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_cli_generate_shows_the_prompt_dimmed_in_a_terminal_only(tiny_dir, monkeypatch, capsys, stream):
+    argv = ["generate", "Hello world", "--model", str(tiny_dir), "--max-new-tokens", "5", "--temperature", "0"]
+    argv += ["--stream"] if stream else []
+    assert main(argv) == 0
+    piped = capsys.readouterr().out  # not a terminal: the continuation alone
+    assert piped.endswith("\n") and "Hello world" not in piped and "\x1b" not in piped
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    for no_color, want in (("", f"{DIM}Hello world{RESET}{piped}"), ("1", f"Hello world{piped}")):
+        monkeypatch.setenv("NO_COLOR", no_color)
+        monkeypatch.setattr("sys.stdout", _Terminal())
+        assert main(argv) == 0
+        assert sys.stdout.getvalue() == want

@@ -22,9 +22,10 @@ def run(args: argparse.Namespace) -> None:
     import sys
 
     from gpt2kit.cli.common import load_model_and_tokenizer
-    from gpt2kit.generate.tasks import QA_EXAMPLES, answer, read_examples, read_text
+    from gpt2kit.cli.textio import read_document, read_examples
+    from gpt2kit.generate.tasks import QA_EXAMPLES, answer
 
-    context = read_text(args.context) if args.context else None
+    context = read_document(args.context, "a UTF-8 text file with the context document") if args.context else None
     examples = read_examples(args.examples) if args.examples else QA_EXAMPLES
     model, tok = load_model_and_tokenizer(args)
     r = answer(model, tok, args.question, context=context, examples=examples, max_new_tokens=args.max_new_tokens)

@@ -1,7 +1,8 @@
 """Generate text from a prompt, a file of prompts (one per line, or JSONL with "prompt") or stdin.
 
-The generated text alone goes to stdout (completions separated by a blank line, or one JSON object per
-completion with --jsonl); notices go to stderr. Every sampling control is a flag; --temperature 0 is greedy.
+The generated text goes to stdout (completions separated by a blank line, or one JSON object per completion
+with --jsonl); in a terminal each completion follows its prompt, dimmed (plain with NO_COLOR). Notices go
+to stderr. Every sampling control is a flag; --temperature 0 is greedy.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def run(args: argparse.Namespace) -> None:
     import sys
 
     from gpt2kit.cli.common import generate_options, load_model_and_tokenizer, sampling_params
-    from gpt2kit.generate.text import read_prompts, run_generate
+    from gpt2kit.cli.textio import read_prompts, run_generate
 
     params, options = sampling_params(args), generate_options(args)
     prompts = read_prompts(args.prompt, args.file)

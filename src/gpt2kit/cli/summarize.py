@@ -23,9 +23,10 @@ def run(args: argparse.Namespace) -> None:
     import sys
 
     from gpt2kit.cli.common import load_model_and_tokenizer
-    from gpt2kit.generate.tasks import read_text, summarize
+    from gpt2kit.cli.textio import read_document
+    from gpt2kit.generate.tasks import summarize
 
-    article = read_text(args.file)
+    article = read_document(args.file, "a UTF-8 text file with the article")
     model, tok = load_model_and_tokenizer(args)
     r = summarize(
         model, tok, article, max_new_tokens=args.max_new_tokens, top_k=args.top_k, sentences=args.sentences, seed=args.seed

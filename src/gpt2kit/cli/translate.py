@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> None:
     import sys
 
     from gpt2kit.cli.common import load_model_and_tokenizer
-    from gpt2kit.generate.tasks import EN_FR_EXAMPLES, read_examples, translate
+    from gpt2kit.cli.textio import read_examples
+    from gpt2kit.generate.tasks import EN_FR_EXAMPLES, translate
 
     examples = read_examples(args.examples) if args.examples else EN_FR_EXAMPLES
     model, tok = load_model_and_tokenizer(args)

@@ -21,7 +21,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gpt2kit.errors import InputError
+from gpt2kit.errors import DataError, InputError
 from gpt2kit.generate.engine import Completion
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, TokenizerLike
@@ -115,36 +115,17 @@ def answer(model: GPT, tokenizer: TokenizerLike, question: str, *, context: str 
     return TaskResult((c.text or "").strip(), prompt, c)
 
 
-def read_examples(path: str) -> list[tuple[str, str]]:
-    """Example pairs from a file: one pair per line, "source = target" (translate) or "question = answer"."""
-    from gpt2kit.errors import DataError
-
+def parse_examples(text: str, source: str = "examples") -> list[tuple[str, str]]:
+    """Example pairs from text: one pair per line, "source = target" (translate) or "question = answer".
+    `source` names the text in errors (the file it came from)."""
     pairs = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as e:
-        raise DataError(f"cannot read examples from {path}: {e.strerror}.") from None
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         if " = " not in line:
-            raise DataError(f"{path}:{n}: expected 'source = target', got {line[:80]!r}.")
+            raise DataError(f"{source}:{n}: expected 'source = target', got {line[:80]!r}.")
         src, dst = line.split(" = ", 1)
         pairs.append((src.strip(), dst.strip()))
     if not pairs:
-        raise DataError(f"{path} holds no example pairs ('source = target', one per line).")
+        raise DataError(f"{source} holds no example pairs ('source = target', one per line).")
     return pairs
-
-
-def read_text(path: str) -> str:
-    """A whole text file ('-' = stdin), with a clear error."""
-    import sys
-
-    from gpt2kit.errors import DataError
-
-    try:
-        return sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
-    except OSError as e:
-        raise DataError(f"cannot read {path}: {e.strerror}.") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path} is not UTF-8 text.") from None
