@@ -74,7 +74,7 @@ def read_jsonl(path: str | os.PathLike, fields: Mapping[str, Kind], what: str, l
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line.rstrip("\r\n"))  # without the line end, so the column is in this line
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); every line of {what} "
                             f"must be one JSON object like {shape}.") from None  # fmt: skip
