@@ -107,6 +107,11 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
             f"{path} was tokenized with {header.tokenizer!r}, but this model uses {tokenizer_id()!r} (GPT-2's BPE). "
             "---> HINT: token ids from another tokenizer mean nothing to GPT-2; re-run `gpt2kit prepare` on the text."
         )
+    if header.eot_placement != EOT_PLACEMENT:
+        raise DataError(
+            f"{path} places <|endoftext|> as {header.eot_placement!r}; gpt2kit shards prefix it to each document "
+            f"({EOT_PLACEMENT!r}). Re-run `gpt2kit prepare` on the text."
+        )
     size = path.stat().st_size
     if size != HEADER_BYTES + DTYPE.itemsize * n_tokens:
         raise DataError(
