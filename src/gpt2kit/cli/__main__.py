@@ -1,8 +1,10 @@
 """`gpt2kit <command>`: a table from command name to a module holding its arguments and one library call.
 
 Each command module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int | None`; it
-parses nothing by hand and holds no logic beyond turning flags into a library call. Modules are imported
-only when their command runs, so `gpt2kit --help` stays fast. Errors that gpt2kit raises on bad input
+parses nothing by hand and holds no logic beyond turning flags into a library call. Options that a config
+dataclass describes are declared from it (cli/flags.py). Building the parser imports every command module
+(and, through the config dataclasses, torch); what only running needs (the server, matplotlib,
+transformers, model weights) is imported inside `run`. Errors that gpt2kit raises on bad input
 (`Gpt2kitError`) print as one line on stderr with exit status 2, never as a traceback; so do the
 environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place), naming the path.
 """

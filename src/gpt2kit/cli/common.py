@@ -82,43 +82,35 @@ def adapter_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 100, top_k: int | None = 40) -> None:
+    """The sampling flags (SamplingParams' fields) and the engine flags (GenerateOptions'), via cli/flags.py."""
+    from gpt2kit.cli.flags import Flag, add_config_flags
+    from gpt2kit.generate import SamplingParams
+    from gpt2kit.generate.text import GenerateOptions
+
     g = p.add_argument_group("sampling")
-    g.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help="tokens to generate at most")
-    g.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    g.add_argument("--top-k", type=int, default=top_k, help="sample from the k most likely tokens (GPT-2's samples used 40)")
-    g.add_argument(
-        "--top-p", type=float, default=1.0, help="nucleus sampling: smallest token set with this total probability; 1 = off"
-    )
-    g.add_argument("--min-p", type=float, default=0.0, help="drop tokens below min-p x p(top token); 0 = off")
-    g.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL-style penalty for tokens already seen; 1 = off")
-    g.add_argument("--presence-penalty", type=float, default=0.0, help="OpenAI presence penalty over the output")
-    g.add_argument("--frequency-penalty", type=float, default=0.0, help="OpenAI frequency penalty over the output")
-    g.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop string (repeatable; not printed)")
-    g.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    g.add_argument("--n", type=int, default=1, help="samples per prompt")
-    g.add_argument("--ignore-eos", action="store_true", help="do not stop at <|endoftext|>")
-    g.add_argument("--sliding-window", action="store_true", help="keep generating past the 1024-token context")
-    g.add_argument(
-        "--logit-bias", action="append", default=[], metavar="ID=BIAS", help="add BIAS to token ID's logit (repeatable)"
-    )
-    g.add_argument(
-        "--ban-token", action="append", type=int, default=[], metavar="ID", help="token id never generated (repeatable)"
-    )
-    g.add_argument(
-        "--ban", action="append", default=[], metavar="PHRASE", help="content filter: a word/phrase never generated (repeatable)"
-    )
+    repeat = " (repeatable)"
+    add_config_flags(g, SamplingParams, exclude=("stop_token_ids", "logprobs", "prompt_logprobs"),
+                     defaults={"max_new_tokens": max_new_tokens, "top_k": top_k}, flags={
+        "top_k": Flag(help="keep only the k most likely tokens (GPT-2's samples used 40)"),
+        "stop": Flag(metavar="TEXT", help_suffix="; repeatable"),
+        "logit_bias": Flag(type=str, metavar="ID=BIAS", help="add BIAS to token ID's logit" + repeat),
+        "banned_token_ids": Flag(name="--ban-token", metavar="ID", help_suffix=repeat),
+        "banned_phrases": Flag(name="--ban", metavar="PHRASE", help_suffix=repeat),
+    })  # fmt: skip
     g.add_argument("--ban-file", default=None, help="content filter: a file of banned words/phrases, one per line")
     e = p.add_argument_group("engine")
-    e.add_argument("--weights", default="auto", choices=["auto", "model", "bf16", "int8"],
-                   help="decode weights: auto (exact, packed for speed), model (the model's own modules), bf16 or int8 (weight-only, faster on CPU, approximate)")  # fmt: skip
-    e.add_argument("--max-batch", type=int, default=8, help="sequences decoded together")
-    e.add_argument("--bos", action="store_true", help="prepend <|endoftext|> to each prompt (allows an empty prompt)")
+    add_config_flags(e, GenerateOptions, exclude=("window_keep",), flags={  # (GenerateOptions' fields carry no help)
+        "max_batch": Flag(help="sequences decoded together"),
+        "weights": Flag(choices=("auto", "model", "bf16", "int8"), help="decode weights: auto (exact, packed for speed), model "
+                        "(the model's own modules), bf16 or int8 (weight-only, faster on CPU, approximate)"),
+        "bos": Flag(help="prepend <|endoftext|> to each prompt (allows an empty prompt)"),
+    })  # fmt: skip
 
 
 def banned_phrases(args: argparse.Namespace) -> tuple[str, ...]:
     from gpt2kit.errors import DataError
 
-    phrases = list(args.ban)
+    phrases = list(args.banned_phrases)
     if args.ban_file:
         try:
             with open(args.ban_file, encoding="utf-8") as f:
@@ -153,18 +145,16 @@ def check_token_id(token: int, flag: str) -> int:
 
 
 def sampling_params(args: argparse.Namespace):
+    from gpt2kit.cli.flags import config_values
     from gpt2kit.generate import SamplingParams
 
-    return SamplingParams(
-        max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, presence_penalty=args.presence_penalty,
-        frequency_penalty=args.frequency_penalty, stop=tuple(args.stop), seed=args.seed, n=args.n,
-        ignore_eos=args.ignore_eos, sliding_window=args.sliding_window, banned_phrases=banned_phrases(args),
-        logit_bias=logit_bias(args), banned_token_ids=tuple(check_token_id(t, f"--ban-token {t}") for t in args.ban_token),
-    )  # fmt: skip
+    banned = tuple(check_token_id(t, f"--ban-token {t}") for t in args.banned_token_ids)
+    return SamplingParams(**{**config_values(args, SamplingParams), "banned_phrases": banned_phrases(args),
+                             "logit_bias": logit_bias(args), "banned_token_ids": banned})  # fmt: skip
 
 
 def generate_options(args: argparse.Namespace):
+    from gpt2kit.cli.flags import config_values
     from gpt2kit.generate.text import GenerateOptions
 
-    return GenerateOptions(max_batch=args.max_batch, weights=args.weights, bos=args.bos)
+    return GenerateOptions(**config_values(args, GenerateOptions))

@@ -21,10 +21,11 @@ HELP = "fine-tune pretrained GPT-2 weights on text shards or prompt/completion J
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gpt2kit.cli.flags import Flag
     from gpt2kit.cli.train import add_config_arguments
     from gpt2kit.train.config import FINETUNE_DEFAULTS
 
-    add_config_arguments(p, exclude=("model",), defaults=FINETUNE_DEFAULTS, rename={"init_from": "model"})
+    add_config_arguments(p, exclude=("model",), defaults=FINETUNE_DEFAULTS, flags={"init_from": Flag(name="--model")})
 
 
 def run(args: argparse.Namespace) -> None:

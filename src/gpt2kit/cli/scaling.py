@@ -20,23 +20,20 @@ HELP = "train a ladder of sizes, fit the scaling law, predict the largest size"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gpt2kit.scaling.ladder import LADDER_PRESETS
+    from gpt2kit.cli.flags import Flag, add_config_flags
+    from gpt2kit.scaling.ladder import LADDER_PRESETS, LadderConfig
 
     p.add_argument("--data", required=True, help="shards from `gpt2kit prepare ... --val-tail 0.01` (needs a val split)")
     p.add_argument("--out", required=True, help="folder for the runs and the report")
     p.add_argument("--preset", choices=list(LADDER_PRESETS), default="cpu",
-                   help="cpu-tiny: smoke test (~30 s); cpu: ~30-40 min on 2 cores; gpu: up to GPT-2 124M, aimed at ~10 min on an H100 (not yet run)")  # fmt: skip
-    p.add_argument(
-        "--sizes", nargs="+", metavar="LxC[xH]", help="replace the preset's sizes: layers x width [x heads], e.g. 2x32"
-    )
-    p.add_argument("--tokens-per-param", type=float, help="token budget D = this x N (Chinchilla: 20)")
-    p.add_argument("--tokens", type=int, help="a fixed token budget for every size instead")
+                   help="cpu-tiny: smoke test; cpu: ~30-40 min on 2 cores; gpu: up to GPT-2 124M (see docs/scaling.md)")  # fmt: skip
+    # LadderConfig's fields override the preset's; the ones below are the preset's own business
+    fixed = ("head_dim", "block_size", "micro_batch", "batch_scale", "max_batch_tokens", "warmup_frac", "checkpoints",
+             "eval_batches", "dtype", "compile")  # fmt: skip
+    sizes = Flag(type=str, nargs="+", metavar="LxC[xH]", help="replace the preset's sizes: layers x width [x heads], e.g. 2x32")
+    add_config_flags(p, LadderConfig, exclude=fixed, flags={"sizes": sizes}, unset=True, default_note="the preset's")
     p.add_argument("--predict", type=int, nargs="?", const=1, default=0, metavar="K",
                    help="fit without the K largest sizes (default 1), predict their loss, then train them and compare")  # fmt: skip
-    p.add_argument("--lr-scale", type=float, help="multiply every size's learning rate (Kaplan's lr(N)) by this")
-    p.add_argument("--seed", type=int, help="seed of every run")
-    p.add_argument("--device", help="auto, cpu, cuda, ... (default: the preset's)")
-    p.add_argument("--threads", type=int, help="CPU threads (0 = one per core)")
     p.add_argument("--n-boot", type=int, default=1000, help="bootstrap refits for the intervals")
     p.add_argument("--level", type=float, default=0.9, help="interval level")
     p.add_argument("--plan", action="store_true", help="print the ladder (sizes, tokens, batch, lr, steps) and exit")
@@ -44,17 +41,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def ladder_config(args: argparse.Namespace):
-    from gpt2kit.scaling.ladder import LADDER_PRESETS, parse_size
+    """The preset, with the LadderConfig flags that were given."""
+    from gpt2kit.cli.flags import config_values
+    from gpt2kit.scaling.ladder import LADDER_PRESETS, LadderConfig, parse_size
 
     cfg = LADDER_PRESETS[args.preset]
-    changes = {"sizes": tuple(parse_size(s, cfg.head_dim) for s in args.sizes)} if args.sizes else {}
-    if args.tokens is not None:
-        changes["tokens"] = args.tokens
-    if args.tokens_per_param is not None:
-        changes.update(tokens_per_param=args.tokens_per_param, tokens=args.tokens or 0)
-    for name in ("lr_scale", "seed", "device", "threads"):
-        if getattr(args, name) is not None:
-            changes[name] = getattr(args, name)
+    changes = config_values(args, LadderConfig)  # (flags not given are not in args)
+    if "sizes" in changes:
+        changes["sizes"] = tuple(parse_size(s, cfg.head_dim) for s in changes["sizes"])
+    if "tokens_per_param" in changes:  # a budget per parameter replaces the preset's fixed budget, unless --tokens is given
+        changes.setdefault("tokens", 0)
     return cfg.replace(**changes)
 
 

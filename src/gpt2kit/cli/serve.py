@@ -18,22 +18,18 @@ HELP = "serve a model over an OpenAI-compatible HTTP API, with a web playground"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    from gpt2kit.cli.flags import Flag, add_config_flags
+
     add_model_arguments(p)
-    for f in dataclasses.fields(ServeConfig):  # the config's fields and docstrings are the flags and their help
-        flag = "--" + f.name.replace("_", "-")
-        kind = str(f.type)
-        if f.name == "banned_phrases":
-            p.add_argument("--banned-phrase", dest="banned_phrases", action="append", default=[], metavar="TEXT",
-                           help=f.metadata["help"] + " (repeat the flag for several)")  # fmt: skip
-        elif f.name == "cors_origins":
-            p.add_argument("--cors-origin", dest="cors_origins", action="append", default=[], metavar="ORIGIN",
-                           help=f.metadata["help"] + " (repeat the flag for several)")  # fmt: skip
-        elif f.name == "model_name":
-            p.add_argument(flag, default=None, help=f.metadata["help"] + " (default: the --model value; a local folder's own name)")
-        else:
-            conv = int if kind.startswith("int") else float if kind.startswith("float") else str
-            p.add_argument(flag, type=conv, default=f.default, help=f.metadata["help"])
-    p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level")
+    repeat = " (repeat the flag for several)"
+    add_config_flags(p, ServeConfig, flags={  # the config's fields and their help are the flags and their help
+        "banned_phrases": Flag(name="--banned-phrase", metavar="TEXT", help_suffix=repeat),
+        "cors_origins": Flag(name="--cors-origin", metavar="ORIGIN", help_suffix=repeat),
+        "model_name": Flag(default=None, help_suffix=" (default: the --model value; a local folder's own name)"),
+    })  # fmt: skip
+    p.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level"
+    )
 
 
 def run(args: argparse.Namespace) -> None:

@@ -4,44 +4,52 @@ from __future__ import annotations
 
 import os
 import sys
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from gpt2kit.atomic import check_writable
 from gpt2kit.errors import ConfigError, DataError
 from gpt2kit.eval.results import EvalResult, format_table, write_json
 from gpt2kit.fields import check_types
 
-TASKS = ("perplexity", "lambada", "hellaswag", "wikitext")
+Task = Literal["perplexity", "lambada", "hellaswag", "wikitext"]
+TASKS: tuple[str, ...] = typing.get_args(Task)
+Protocol = Literal["lm-eval", "paper-last-token"]  # LAMBADA's two protocols (docs/evaluation.md)
 
 
 @dataclass
 class EvalConfig:
-    """What `gpt2kit eval` runs. Field help doubles as the CLI help."""
+    """What `gpt2kit eval` runs. Its fields are the flags of `gpt2kit eval` (cli/flags.py), their help the flags' help."""
 
-    task: str = field(metadata={"help": f"one of {TASKS}"})
+    task: Task = field(metadata={"help": "what to evaluate"})
     model: str = field(
         default="gpt2",
         metadata={"help": "preset, hub id or local folder (used when run_eval loads it, and as the results label)"},
     )
-    data: list[str] = field(default_factory=list, metadata={"help": "data file(s); a folder means its *.txt files (perplexity)"})
-    limit: int | None = field(default=None, metadata={"help": "first N examples (articles for wikitext, tokens for perplexity)"})
+    data: list[str] = field(default_factory=list, metadata={"help": "data file(s); a folder = its *.txt files (perplexity)"})
+    limit: int | None = field(default=None, metadata={"help": "first N examples (tokens for perplexity, articles for wikitext)"})
     batch_size: int = field(default=8, metadata={"help": "windows / requests per forward pass"})
     stride: int | None = field(
         default=None,
-        metadata={"help": "sliding-window stride in tokens (default n_positions = no overlap; 512 = transformers guide)"},
+        metadata={"help": "sliding-window stride (default: n_positions, no overlap; 512 = transformers guide)"},
     )
-    bos: bool = field(default=True, metadata={"help": "prefix <|endoftext|> so the first token is scored too (perplexity)"})
-    protocols: tuple[str, ...] = field(default=("lm-eval", "paper-last-token"), metadata={"help": "LAMBADA protocols"})
+    bos: bool = field(default=True, metadata={"help": "perplexity: prefix <|endoftext|>, so the first token is scored too"})
+    protocols: tuple[Protocol, ...] = field(
+        default=typing.get_args(Protocol), metadata={"help": "lambada protocol(s) to run (default: both)"}
+    )
     device: str = field(default="auto", metadata={"help": "cpu, cuda, cuda:N, mps or auto"})
     dtype: str = field(default="auto", metadata={"help": "auto (fp32), float32, bfloat16 or float16"})
-    output: str | None = field(default=None, metadata={"help": "write the results as JSON here"})
+    output: str | None = field(default=None, metadata={"help": "write the results as JSON to this file"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar on stderr"})
 
     def __post_init__(self) -> None:
         check_types(self)
         if self.task not in TASKS:
             raise ConfigError(f"unknown eval task {self.task!r}; choose one of {TASKS}.")
+        if unknown := sorted(set(self.protocols) - set(typing.get_args(Protocol))):
+            raise ConfigError(f"unknown lambada protocol(s) {unknown}; choose from {typing.get_args(Protocol)}.")
         if self.limit is not None and self.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {self.limit}.")
         if self.batch_size < 1:
@@ -78,7 +86,8 @@ def evaluate(cfg: EvalConfig, model, tokenizer) -> list[EvalResult]:
         from gpt2kit.eval.perplexity import files_perplexity
 
         files = text_files(cfg.data)
-        r = files_perplexity(model, tokenizer, files, cfg.stride, cfg.bos, cfg.limit, cfg.batch_size, cfg.progress)
+        r = files_perplexity(model, tokenizer, files, cfg.limit, stride=cfg.stride, bos=cfg.bos, batch_size=cfg.batch_size,
+                             progress=cfg.progress)  # fmt: skip
         stride = cfg.stride or model.config.n_positions
         protocol = f"sliding-window-stride{stride}" + ("" if cfg.bos else "-nobos")
         return [
