@@ -77,7 +77,7 @@ def test_config_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="not valid JSON"):
         GPTConfig.from_json_file(bad)
     bad.write_text(json.dumps({"n_layr": 2}))
-    with pytest.raises(ConfigError, match="Unknown GPTConfig field"):
+    with pytest.raises(ConfigError, match="unknown GPTConfig field"):
         GPTConfig.from_json_file(bad)
     bad.write_text(json.dumps({"model_type": "llama", "n_embd": 8, "n_layer": 1, "n_head": 1}))
     with pytest.raises(ConfigError, match="GPT-2"):

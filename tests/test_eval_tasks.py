@@ -16,7 +16,7 @@ from gpt2kit.errors import ConfigError, DataError
 from gpt2kit.eval.hellaswag import load_hellaswag
 from gpt2kit.eval.lambada import last_token_request, lm_eval_request, load_lambada
 from gpt2kit.eval.loglikelihood import encode_pair, score_tokens
-from gpt2kit.eval.results import EvalResult, format_table, read_json, write_json
+from gpt2kit.eval.results import EvalResult, format_table, write_json
 from gpt2kit.eval.wikitext import load_wikitext
 
 FIXTURES = Path(__file__).parent / "fixtures" / "eval"
@@ -219,7 +219,7 @@ def test_results_table_and_json_roundtrip(tmp_path):
         "paper-last-token" in table and "12.5000" in table and table.splitlines()[0].split()[:3] == ["task", "protocol", "metric"]
     )
     write_json(tmp_path / "r.json", rows)
-    assert read_json(tmp_path / "r.json") == rows
+    assert [EvalResult(**row) for row in json.loads((tmp_path / "r.json").read_text())] == rows
     assert set(json.loads((tmp_path / "r.json").read_text())[0]) == {"task", "protocol", "metric", "value", "model", "n", "date"}
 
 

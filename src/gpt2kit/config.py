@@ -25,9 +25,36 @@ GPT2_VOCAB_SIZE = 50257
 GPT2_EOT_ID = 50256
 
 
+def help_field(text: str, **kw):
+    """A dataclass field with its help text (`metadata["help"]`): the CLI's flag help (cli/flags.py)."""
+    return field(metadata={"help": text}, **kw)
+
+
+class DictConfig:
+    """The dict round trip every config dataclass shares: `to_dict`, `from_dict` (unknown keys refused by
+    name) and `replace`. `_NOUN` names a key in the error, e.g. "training option"."""
+
+    _NOUN = "field"
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        known = {f.name for f in dataclasses.fields(cls)}
+        if unknown := sorted(set(d) - known):
+            raise ConfigError(f"unknown {cls._NOUN}(s) {unknown}; known: {sorted(known)}.")
+        return cls(**d)
+
+
 @dataclass
-class GPTConfig:
+class GPTConfig(DictConfig):
     """The architecture of one GPT-2 model. Defaults are GPT-2 small (124M)."""
+
+    _NOUN = "GPTConfig field"
 
     vocab_size: int = field(default=GPT2_VOCAB_SIZE, metadata={"help": "rows of the token embedding (50257 for GPT-2's BPE)"})
     n_positions: int = field(default=1024, metadata={"help": "context length: rows of the learned position embedding"})
@@ -86,20 +113,7 @@ class GPTConfig:
         block = 2 * C + (3 * C * C + 3 * C) + (C * C + C) + 2 * C + (C * H + H) + (H * C + C)
         return embeddings + L * block + 2 * C
 
-    def replace(self, **changes) -> GPTConfig:
-        return dataclasses.replace(self, **changes)
-
-    # ---- our JSON ---------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GPTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"Unknown GPTConfig field(s) {unknown}; known fields are {sorted(known)}.")
-        return cls(**d)
+    # (our JSON: to_dict / from_dict, from DictConfig)
 
     # ---- Hugging Face's config.json ---------------------------------------------------------------
     def to_hf_dict(self) -> dict:
@@ -166,21 +180,28 @@ class GPTConfig:
     @classmethod
     def from_json_file(cls, path: str | os.PathLike) -> GPTConfig:
         """Read either form: a Hugging Face config.json (has `model_type`/`n_ctx`…) or our own dict."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                d = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); is it a config.json?") from None
-        if not isinstance(d, dict):
-            raise ConfigError(f"{path}: expected a JSON object, got {type(d).__name__}.")
+        d = read_json_object(path, "a model's config.json")
         if "model_type" in d or "architectures" in d or "layer_norm_epsilon" in d:
             return cls.from_hf_dict(d, source=str(path))
         try:
             return cls.from_dict(d)
         except ConfigError as e:
             raise ConfigError(f"{path}: {e}") from None
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in file `path`; `what` names the file in errors (e.g. "a JSON config of training options")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}).") from None
+    except UnicodeDecodeError as e:
+        byte = e.object[e.start]
+        raise ConfigError(f"{path}: not UTF-8 text (byte {byte:#04x} at offset {e.start}); expected {what}.") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path}: expected {what} (a JSON object), got {type(d).__name__}.")
+    return d
 
 
 PRESETS: dict[str, GPTConfig] = {
@@ -199,4 +220,3 @@ HUB_IDS: dict[str, str] = {
     "gpt2-xl": "openai-community/gpt2-xl",
     "distilgpt2": "distilbert/distilgpt2",
 }
-

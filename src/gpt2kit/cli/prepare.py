@@ -20,22 +20,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="output folder for the shards")
     p.add_argument("--val-tail", type=float, default=0.0, help="fraction at the end of EACH input that goes to val (e.g. 0.01)")
     p.add_argument("--val-files", nargs="+", default=[], help="files that go to val whole")
-    p.add_argument(
-        "--docs",
-        choices=["file", "paragraph"],
-        default="file",
-        help="a text file is one document, or each blank-line-separated block is",
-    )
+    p.add_argument("--docs", choices=["file", "paragraph"], default="file",
+                   help="a text file is one document, or each blank-line-separated block is")  # fmt: skip
     p.add_argument("--text-field", default="text", help="JSONL / dataset field holding the text")
     p.add_argument("--hf-dataset", help="a Hugging Face dataset NAME[:SPLIT] (needs `datasets` and network)")
     p.add_argument("--workers", type=int, default=0, help="tokenizer processes (0 = one per CPU core)")
     p.add_argument("--shard-tokens", type=int, default=100_000_000, help="tokens per shard file")
-    p.add_argument(
-        "--on-bad-input",
-        choices=["fail", "skip"],
-        default="fail",
-        help="empty/binary/non-UTF-8 input: stop, or skip it with a warning",
-    )
+    p.add_argument("--on-bad-input", choices=["fail", "skip"], default="fail",
+                   help="empty/binary/non-UTF-8 input: stop, or skip it with a warning")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace shards already in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

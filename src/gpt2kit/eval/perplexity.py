@@ -140,16 +140,10 @@ def text_perplexity(
 
 
 def files_perplexity(
-    model,
-    tokenizer,
-    paths: Iterable[str | os.PathLike],
-    stride: int | None = None,
-    bos: bool = True,
-    max_tokens: int | None = None,
-    batch_size: int = 8,
-    progress: bool = False,
+    model, tokenizer, paths: Iterable[str | os.PathLike], max_tokens: int | None = None, **options
 ) -> PerplexityResult:
-    """Each file is one document (its own EOT prefix); results add up. `max_tokens` caps the total."""
+    """Each file is one document (its own EOT prefix); results add up. `max_tokens` caps the total;
+    `options` are text_perplexity's (stride, bos, batch_size, progress)."""
     from gpt2kit.textfiles import read_text
 
     total: PerplexityResult | None = None
@@ -157,7 +151,7 @@ def files_perplexity(
     for path in paths:
         if left is not None and left <= 0:
             break
-        result = text_perplexity(model, tokenizer, read_text(path), stride, bos, left, batch_size, progress)
+        result = text_perplexity(model, tokenizer, read_text(path), max_tokens=left, **options)
         total = result if total is None else total + result
         if left is not None:
             left -= result.n_tokens

@@ -25,21 +25,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gpt2kit.config import GPT2_VOCAB_SIZE, GPTConfig
+from gpt2kit.config import GPT2_VOCAB_SIZE, DictConfig, GPTConfig
+from gpt2kit.config import help_field as _help
 from gpt2kit.errors import ConfigError
 from gpt2kit.train.config import TrainConfig
 
 Shape = tuple[int, int, int]  # (n_layer, n_embd, n_head)
 
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass(frozen=True)
-class LadderConfig:
+class LadderConfig(DictConfig):
     """A ladder of GPT-2 sizes and how each is trained. The presets below fit a machine each."""
 
     sizes: tuple[Shape, ...] = _help("(n_layer, n_embd, n_head) of each size", default=())
@@ -78,9 +75,6 @@ class LadderConfig:
             raise ConfigError("give a token budget: --tokens-per-param > 0 (e.g. 20), or a fixed --tokens > 0.")
         if not (self.batch_scale > 0 and self.lr_scale > 0 and 0 <= self.warmup_frac < 1):
             raise ConfigError("need batch_scale > 0, lr_scale > 0 and 0 <= warmup_frac < 1.")
-
-    def replace(self, **changes) -> LadderConfig:
-        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "sizes": [list(s) for s in self.sizes]}

@@ -8,11 +8,11 @@ Field help strings double as the CLI help.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from gpt2kit.config import PRESETS, GPTConfig
+from gpt2kit.config import PRESETS, DictConfig, GPTConfig, read_json_object
+from gpt2kit.config import help_field as _help
 from gpt2kit.errors import ConfigError
 from gpt2kit.fields import check_types
 
@@ -24,13 +24,11 @@ SMALL_PRESETS: dict[str, GPTConfig] = {
 }
 
 
-def _help(text: str, **kw):
-    return field(metadata={"help": text}, **kw)
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(DictConfig):
     """One training run. Defaults: a sensible small run; sizes are in tokens where that is what matters."""
+
+    _NOUN = "training option"
 
     # ---- what to train, on what
     data: str = _help("shards folder from `gpt2kit prepare`, or (fine-tuning) a prompt/completion .jsonl", default="")
@@ -190,18 +188,7 @@ class TrainConfig:
                 changes[name] = os.path.abspath(os.path.expanduser(value))
         return dataclasses.replace(self, **changes)
 
-    # ---- JSON ------------------------------------------------------------------------------------
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ConfigError(f"unknown training option(s) {unknown}; known options: {sorted(known)}.")
-        return cls(**d)
-
+    # ---- JSON (to_dict / from_dict: DictConfig) ----------------------------------------------------
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
         return cls.from_dict({**read_config_file(path), **overrides})
@@ -210,16 +197,9 @@ class TrainConfig:
 def read_config_file(path: str | os.PathLike) -> dict:
     """The fields of a JSON config file (keys starting with '_' are comments), unknown keys refused."""
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
+        d = read_json_object(path, "a JSON config of training options")
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (presets live in configs/).") from None
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}).") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start}); expected a JSON config.") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path}: expected a JSON object of training options.")
     d = {k: v for k, v in d.items() if not k.startswith("_")}
     unknown = sorted(set(d) - {f.name for f in dataclasses.fields(TrainConfig)})
     if unknown:
