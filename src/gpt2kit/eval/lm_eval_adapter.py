@@ -9,7 +9,8 @@ the class, and `lm_eval.simple_evaluate(model="gpt2kit", model_args="pretrained=
 
 The class implements lm-eval's TemplateLM: `loglikelihood` goes through our batched scorer (same
 numbers as HFLM, tested), `loglikelihood_rolling` through our rolling windows (<|endoftext|> prefix,
-non-overlapping n_positions windows, as HFLM), and `generate_until` is greedy decoding with our KV cache.
+non-overlapping n_positions windows, as HFLM), and `generate_until` is greedy decoding through the
+generation Engine (the one `gpt2kit generate` uses), stop strings included.
 lm-eval is an optional dependency: it is imported only when this module's functions run.
 """
 
@@ -30,7 +31,8 @@ def register():
     from gpt2kit.errors import ConfigError
     from gpt2kit.eval.loglikelihood import eval_mode, score_tokens
     from gpt2kit.eval.perplexity import window_requests
-    from gpt2kit.model.kv_cache import KVCache
+    from gpt2kit.generate.engine import Engine
+    from gpt2kit.generate.sampling import SamplingParams
     from gpt2kit.pretrained import from_pretrained
     from gpt2kit.tokenizer import Tokenizer
 
@@ -39,7 +41,8 @@ def register():
         """model_args: pretrained (preset, hub id or folder), device, dtype, batch_size, max_gen_toks."""
 
         def __init__(self, pretrained="gpt2", device="auto", dtype="float32", batch_size=8, max_gen_toks=256,
-                     max_batch_size=None, **unknown):  # fmt: skip  (lm-eval passes max_batch_size to every model; unused)
+                     max_batch_size=None, **unknown):  # fmt: skip
+            # (lm-eval passes max_batch_size to every model: accepted, unused)
             if unknown:
                 raise ConfigError(f"unknown gpt2kit model_args {', '.join(sorted(unknown))}: the adapter takes pretrained, "
                                   "device, dtype, batch_size and max_gen_toks, e.g. --model_args pretrained=./ckpt,dtype=bfloat16.")  # fmt: skip
@@ -48,6 +51,7 @@ def register():
             self.tokenizer = Tokenizer()
             self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> 8
             self.max_gen_toks = int(max_gen_toks)
+            self._engine: Engine | None = None  # built by the first generate_until
 
         @property
         def eot_token_id(self) -> int:
@@ -78,33 +82,20 @@ def register():
             return totals.tolist()
 
         def generate_until(self, requests, disable_tqdm: bool = False):
-            return [self._greedy(*req.args) for req in requests]
-
-        def _greedy(self, context: str, gen_kwargs: dict) -> str:
-            until = gen_kwargs.get("until") or [self.tokenizer.decode([GPT2_EOT_ID])]
-            until = [until] if isinstance(until, str) else list(until)
-            max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
-            ids = self.tok_encode(context)[-(self.max_length - max_new) :] or [GPT2_EOT_ID]
-            model = self.model
-            device = model.lm_head.weight.device
-            cache = KVCache(model.config, 1, min(self.max_length, len(ids) + max_new), device, model.lm_head.weight.dtype)
-            out: list[int] = []
-            with eval_mode(model):
-                x = torch.tensor([ids], device=device)
-                for _ in range(max_new):
-                    logits = model.lm_head(model.hidden_states(x, cache)[:, -1])  # (1, V)
-                    tok = int(logits.argmax(-1))  # one sync per token: the stop strings need the text
-                    if tok == GPT2_EOT_ID:
-                        break
-                    out.append(tok)
-                    text = self.tokenizer.decode(out)
-                    if any(u in text for u in until):
-                        break
-                    x = torch.tensor([[tok]], device=device)
-            text = self.tokenizer.decode(out)
-            for u in until:
-                text = text.split(u)[0]
-            return text
+            """Greedy continuations through the generation Engine, batched (batch_size rows); each stops at
+            <|endoftext|> or its first `until` string (generate/stopping.py), which is not part of the text."""
+            prompts, params = [], []
+            for context, gen_kwargs in (req.args for req in requests):
+                until = gen_kwargs.get("until") or [self.tokenizer.decode([GPT2_EOT_ID])]
+                max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
+                prompts.append(self.tok_encode(context)[-(self.max_length - max_new) :] or [GPT2_EOT_ID])
+                params.append(SamplingParams(max_new_tokens=max_new, temperature=0.0, stop=until))
+            if not prompts:
+                return []
+            if self._engine is None:
+                self._engine = Engine(self.model, max_batch=self.batch_size, token_bytes=self.tokenizer.token_bytes_table)
+            with eval_mode(self.model):
+                return [c.text for c in self._engine.generate(prompts, params)]
 
     return Gpt2kitLM
 

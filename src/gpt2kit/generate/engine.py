@@ -21,7 +21,7 @@ prefill) left, applies the stopping rules, then runs ONE batched decode forward 
 (only the contiguous row range that holds them, so a half-empty batch costs less). There is one
 device->host transfer per step (the new token ids, needed for stopping and streaming), never one per row.
 
-High-level API on the same machinery:
+High-level API, through the one scheduler (scheduler.py: a wait queue, admission into free slots, steps):
 
     engine.generate(prompts, params) -> list[Completion]      # all prompts, n samples each, queued when
     engine.stream(prompts, params, cancel=event) -> Iterator[TokenEvent]    # more than max_batch
@@ -47,21 +47,19 @@ Semantics:
 
 from __future__ import annotations
 
-import random
 import threading
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
 from gpt2kit.errors import ConfigError, InputError
-from gpt2kit.generate.content_filter import BannedPhraseFilter, VocabIndex
+from gpt2kit.generate.content_filter import VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
-from gpt2kit.generate.detok import IncrementalDetokenizer
-from gpt2kit.generate.logprobs import TokenLogprob, prompt_logprobs, step_logprobs, unpack_step
+from gpt2kit.generate.logprobs import TokenLogprob, step_logprobs, unpack_step
 from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams, draw, process_logits
-from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence
-from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
+from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_params, requests
+from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
+from gpt2kit.generate.stopping import FinishReason
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
 
@@ -107,7 +105,7 @@ class Engine:
         self.runner = DecodeRunner(model, weights, batch=max_batch)
         self._logits = torch.zeros(max_batch, self.n_vocab, device=self.device, dtype=torch.float32)  # (B, V)
         self._slots: list[_Sequence | None] = [None] * max_batch
-        self._vocab_index: VocabIndex | None = None
+        self.vocab_index: VocabIndex | None = None  # built by the first request with banned phrases
         self._lock = threading.Lock()  # add/step/cancel may come from different threads in a server
 
     # ---- slots ------------------------------------------------------------------------------------
@@ -146,14 +144,14 @@ class Engine:
         request_ids = list(request_ids) if request_ids is not None else [None] * n
         indices = list(indices) if indices is not None else [0] * n
         prompt_indices = list(prompt_indices) if prompt_indices is not None else list(range(n))
-        seqs = [self._new_sequence(p, sp, rid, bos, i, pi)
+        seqs = [new_sequence(self, p, sp, rid, bos, i, pi)
                 for p, sp, rid, i, pi in zip(prompts, params, request_ids, indices, prompt_indices)]  # fmt: skip
-        self._score_prompts(seqs)
+        score_prompts(self, seqs)
         with self._lock:
             free = self.free_slots
             if len(free) < n:
                 raise InputError(f"the engine has {len(free)} free slots, {n} requests were added; wait for a step to free some.")
-            block = _contiguous_block(free, n)
+            block = contiguous_block(free, n)
             T = max(len(s.context) for s in seqs)  # a left-padded prefill gives every row T columns
             if any(not s.params.sliding_window and T + s.params.max_new_tokens - 1 > self.max_len for s in seqs):
                 block = None  # padding would push a row past the cache: prefill row by row instead
@@ -249,7 +247,10 @@ class Engine:
         if s.cancelled:
             return self._finish(b, s, FinishReason.CANCELLED, None, token=None)
         if tok == NO_TOKEN:  # every token was excluded (or the logits were NaN), or sampling raised
-            s.error = s.error or "no token can be drawn: every token's logit is -inf or NaN (banned, biased to -inf, or a broken model)."
+            s.error = (
+                s.error
+                or "no token can be drawn: every token's logit is -inf or NaN (banned, biased to -inf, or a broken model)."
+            )
             return self._finish(b, s, FinishReason.ERROR, s.error, token=None)
         if len(s.output) >= p.max_new_tokens:  # max_new_tokens == 0
             return self._finish(b, s, FinishReason.LENGTH, None, token=None)
@@ -343,87 +344,6 @@ class Engine:
                 if self._slots[b] is None:
                     self.cache.reset_row(b)
 
-    # ---- request setup ----------------------------------------------------------------------------
-    def _score_prompts(self, seqs: list[_Sequence]) -> None:
-        """Prompt logprobs for the sequences that asked: one uncached forward per distinct prompt."""
-        done: dict[tuple[tuple[int, ...], int], list] = {}
-        for s in seqs:
-            k = s.params.prompt_logprobs
-            if k is None:
-                continue
-            if len(s.prompt) > self.config.n_positions:
-                raise InputError(
-                    f"prompt_logprobs needs the whole prompt in one forward pass, but it has {len(s.prompt)} tokens, "
-                    f"more than the model's context of {self.config.n_positions}. Shorten it or drop prompt_logprobs."
-                )
-            key = (tuple(s.prompt), k)
-            if key not in done:
-                done[key] = prompt_logprobs(self.model, s.prompt, k, self.n_vocab)
-            s.prompt_logprobs = done[key]
-
-    def _new_sequence(self, prompt: Sequence[int], p: SamplingParams, request_id: object, bos: bool, index: int,
-                      prompt_index: int) -> _Sequence:  # fmt: skip
-        if not isinstance(p, SamplingParams):
-            raise ConfigError(f"expected SamplingParams, got {type(p).__name__}.")
-        ids = [int(t) for t in prompt]
-        if bos:
-            ids = [self.eot_id] + ids
-        if not ids:
-            raise InputError(
-                "the prompt is empty: give at least one token, or use bos=True (CLI: --bos) to start from "
-                f"<|endoftext|> (id {self.eot_id}) for unconditional samples, as GPT-2 did."
-            )
-        V = self.config.vocab_size
-        bad = [t for t in ids if not 0 <= t < V]
-        if bad:
-            raise InputError(f"prompt token id {bad[0]} is outside the model's vocabulary [0, {V}).")
-        context = ids
-        if p.sliding_window:
-            if len(ids) > self.max_len:
-                context = ids[-self.window_keep :]
-        else:
-            if len(ids) > self.max_len:
-                raise InputError(
-                    f"the prompt has {len(ids)} tokens, more than the context of {self.max_len}. Shorten it, or set "
-                    "sliding_window=True (CLI: --sliding-window) to keep only its last part."
-                )
-            if len(ids) + p.max_new_tokens - 1 > self.max_len:
-                raise InputError(
-                    f"prompt ({len(ids)} tokens) + max_new_tokens ({p.max_new_tokens}) does not fit the context of "
-                    f"{self.max_len} tokens (the last token is never fed back, so up to {self.max_len - len(ids) + 1} "
-                    "new tokens fit). Lower max_new_tokens, shorten the prompt, or set sliding_window=True "
-                    "(CLI: --sliding-window) to keep generating past the context."
-                )
-        needs_text = p.stop or p.banned_phrases
-        if needs_text and self.token_bytes is None:
-            raise ConfigError(
-                "stop strings and banned phrases need the token-bytes table: create the Engine with token_bytes=..."
-            )
-        seed = p.seed + index if p.seed is not None else random.getrandbits(63)
-        gen = None
-        if not p.greedy:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(seed)
-        s = _Sequence(request_id=request_id, params=p, prompt=ids, generator=gen, context=list(context), index=index,
-                      prompt_index=prompt_index, logprobs=[] if p.logprobs is not None else None)  # fmt: skip
-        if self.token_bytes is not None:
-            s.stop = StopStringMatcher(p.stop)
-            s.detok = IncrementalDetokenizer(self.token_bytes)
-            if p.banned_phrases:
-                if self._vocab_index is None:
-                    self._vocab_index = VocabIndex(self.token_bytes[: self.n_vocab])
-                tail = b"".join(self.token_bytes[t] for t in ids[-64:] if t < self.n_vocab)
-                s.phrase_filter = BannedPhraseFilter(p.banned_phrases, self._vocab_index, tail)
-        if p.uses_counts:
-            s.context_counts = torch.zeros(self.n_vocab, device=self.device)
-            ctx = torch.tensor([t for t in ids if t < self.n_vocab], dtype=torch.long, device=self.device)
-            s.context_counts.index_add_(0, ctx, torch.ones(len(ctx), device=self.device))
-            s.output_counts = torch.zeros(self.n_vocab, device=self.device)
-        banned = [t for t in p.banned_token_ids if t < self.n_vocab]
-        if banned:
-            s.banned = torch.tensor(banned, dtype=torch.long, device=self.device)
-        return s
-
     # ---- high level -------------------------------------------------------------------------------
     def stream(
         self,
@@ -435,44 +355,17 @@ class Engine:
     ) -> Iterator[TokenEvent]:
         """Generate for every prompt (params.n samples each), yielding TokenEvents as tokens are made.
 
-        Requests beyond the free slots wait in a queue and join as slots free up (continuous batching).
-        `cancel` (an Event or a callable) ends everything at the next step; breaking out of the iterator
-        frees the slots. Use it while nothing else drives this engine's steps."""
-        params_list = _per_prompt(params, len(prompts))
-        queue = deque((pi, i, list(pr), sp) for pi, (pr, sp) in enumerate(zip(prompts, params_list)) for i in range(sp.n))
-        mine: set[int] = set()
-        is_cancelled = (cancel.is_set if isinstance(cancel, threading.Event) else cancel) if cancel is not None else None
-        try:
-            while queue or mine:
-                free = self.free_slots
-                if queue and free:
-                    batch = [queue.popleft() for _ in range(min(len(free), len(queue)))]
-                    slots = self.add_many([x[2] for x in batch], [x[3] for x in batch], bos=bos,
-                                          indices=[x[1] for x in batch], prompt_indices=[x[0] for x in batch])  # fmt: skip
-                    mine.update(slots)
-                if is_cancelled is not None and is_cancelled():
-                    queue.clear()
-                    for b in mine:
-                        self.cancel(b)
-                for ev in self.step():
-                    if ev.slot in mine:
-                        if ev.finished:
-                            mine.discard(ev.slot)
-                        yield ev
-        finally:
-            for b in mine:
-                self.remove(b)
+        Requests beyond the free slots wait in the scheduler's queue and join as slots free up (continuous
+        batching, scheduler.py). `cancel` (an Event or a callable) ends everything at the next step;
+        breaking out of the iterator frees the slots. Use it while nothing else drives this engine's steps."""
+        sched = Scheduler(self, bos=bos)
+        sched.submit(requests(prompts, params))
+        yield from sched.run(cancel.is_set if isinstance(cancel, threading.Event) else cancel)
 
-    def generate(
-        self,
-        prompts: Sequence[Sequence[int]],
-        params: SamplingParams | Sequence[SamplingParams] | None = None,
-        *,
-        bos: bool = False,
-        cancel: threading.Event | Callable[[], bool] | None = None,
-    ) -> list[Completion]:
-        """All completions, ordered by prompt, then sample index."""
-        done = [ev.completion for ev in self.stream(prompts, params, bos=bos, cancel=cancel) if ev.finished]
+    def generate(self, prompts: Sequence[Sequence[int]], params: SamplingParams | Sequence[SamplingParams] | None = None,
+                 **kw) -> list[Completion]:  # fmt: skip
+        """All completions, ordered by prompt, then sample index (keywords as `stream`)."""
+        done = [ev.completion for ev in self.stream(prompts, params, **kw) if ev.finished]
         return sorted(done, key=lambda c: (c.prompt_index, c.index))  # type: ignore[union-attr]
 
 
@@ -487,7 +380,7 @@ def generate(
     weights: str = "auto",
 ) -> list[Completion]:
     """One-shot: an Engine sized to this job (batch, cache length), then `Engine.generate`."""
-    params_list = _per_prompt(params, len(prompts))
+    params_list = per_prompt_params(params, len(prompts))
     batch = max(1, min(max_batch, sum(p.n for p in params_list)))
     # rows prefilled together are left-padded to the longest prompt
     need = max((len(p) for p in prompts), default=1) + int(bos) + max((sp.max_new_tokens for sp in params_list), default=1)
@@ -495,30 +388,3 @@ def generate(
     max_len = model.config.n_positions if slide else min(model.config.n_positions, max(need, 2))
     engine = Engine(model, max_batch=batch, max_len=max_len, token_bytes=token_bytes, weights=weights)
     return engine.generate(prompts, params_list, bos=bos)
-
-
-def _per_prompt(params: SamplingParams | Sequence[SamplingParams] | None, n: int) -> list[SamplingParams]:
-    if params is None:
-        return [SamplingParams()] * n
-    if isinstance(params, SamplingParams):
-        return [params] * n
-    params = list(params)
-    if len(params) != n:
-        raise ConfigError(f"got {n} prompts but {len(params)} SamplingParams; give one, or one per prompt.")
-    return params
-
-
-def _contiguous_block(free: list[int], n: int) -> int | None:
-    """The first row of n consecutive free rows, or None."""
-    if n == 1:
-        return free[0] if free else None
-    run_start, run_len, prev = None, 0, None
-    for b in free:
-        if prev is not None and b == prev + 1:
-            run_len += 1
-        else:
-            run_start, run_len = b, 1
-        if run_len == n:
-            return run_start
-        prev = b
-    return None

@@ -1,16 +1,17 @@
-"""The engine worker: one thread that owns the model and the generation Engine, and batches every request.
+"""The engine worker: owns the model's Engine and maps HTTP-free requests onto its one Scheduler.
 
-Continuous batching: requests are split into sequences (prompts x n choices) that wait in a bounded
-queue; between two decode steps the worker moves waiting sequences into free KV-cache slots (one
-left-padded prefill for all of them), then runs ONE batched `engine.step()` for every active slot, and
-hands each request its new text. Finished, cancelled and timed-out sequences leave the batch at once,
-so their slots are refilled on the next step. A sequence that fails inside a step (finish_reason
-"error") fails its own request only; the others in the batch go on. Nothing here knows about HTTP:
-the router submits token ids + SamplingParams and reads `Delta`s from an async iterator.
+Continuous batching itself is generate/scheduler.py (the same loop `Engine.generate` uses): sequences
+(prompts x n choices) wait in its queue, join free KV-cache slots between two decode steps (one left-padded
+prefill for all of them), and leave the batch when finished, so their slots are refilled on the next step.
+What the worker adds is the request side: a bounded queue (QueueFull -> 503), deadlines (RequestTimeout),
+cancellation (a client that leaves), per-request failures (a sequence that fails inside a step, or whose
+prompt cannot be admitted, fails its own request only; the others in the batch go on), and delivering each
+request's new text as `Delta`s to an async iterator. Nothing here knows about HTTP.
 
-Threading: the model runs in the worker thread (a forward pass would block the event loop); results are
-passed back with `loop.call_soon_threadsafe`, once per request per step. The asyncio side only appends
-to the queue / marks cancellations under a lock and wakes the worker.
+Threads: the engine loop (`EngineLoop`) steps every worker of a server in turn, on ONE thread: the main
+thread under `gpt2kit serve` (serve/app.py `serve()`), or a daemon thread started by `Worker.start()`
+(BackgroundServer, tests). The asyncio side only appends to the queue / marks cancellations under a lock
+and wakes the loop; results go back with `loop.call_soon_threadsafe`, once per request per step.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gpt2kit.errors import Gpt2kitError, InputError
 from gpt2kit.generate.engine import Engine
 from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.scheduler import Pending, Scheduler
 from gpt2kit.generate.stopping import FinishReason
 
 log = logging.getLogger("gpt2kit.serve")
@@ -78,14 +79,6 @@ class WorkerStats:
     running: int = 0  # sequences in a slot now
 
 
-@dataclass
-class _Seq:
-    job: Job
-    index: int  # choice index in the response: prompt_index * n + sample index
-    sample: int  # sample index within its prompt (seed + sample)
-    prompt: list[int]
-
-
 @dataclass(eq=False)
 class Job:
     """One request as the worker sees it. Iterate `deltas()` from the event loop; `cancel()` to abandon it."""
@@ -96,8 +89,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     deadline: float
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
-    slots: set[int] = field(default_factory=set)
-    waiting: int = 0  # sequences still in the wait queue
+    unfinished: int = 0  # choices not finished yet (engine loop thread only)
     done: bool = False  # set by the worker when every choice finished, failed or was cancelled
     first_token_at: float | None = None
 
@@ -118,7 +110,7 @@ class Job:
         self.worker._cancel(self)
 
     def _push(self, items: list) -> None:
-        """Worker thread -> event loop. A closed loop means nobody listens any more: cancel."""
+        """Engine loop thread -> event loop. A closed loop means nobody listens any more: cancel."""
         try:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, items)
         except RuntimeError:
@@ -126,48 +118,49 @@ class Job:
             self.worker._cancel(self)
 
 
-class Worker:
-    """Owns the Engine (and so the model); runs continuous batching in a background thread."""
+def _of(job: Job):
+    """Matches the scheduler request ids (job, choice index) of one job."""
+    return lambda rid: rid[0] is job
 
-    def __init__(
-        self,
-        engine: Engine,
-        *,
-        max_queue: int = 256,
-        request_timeout: float = 600.0,
-    ) -> None:
+
+class Worker:
+    """Owns the Engine (and so the model) and its Scheduler; stepped by an EngineLoop (module docstring)."""
+
+    def __init__(self, engine: Engine, *, max_queue: int = 256, request_timeout: float = 600.0,
+                 wake: threading.Condition | None = None) -> None:  # fmt: skip
         self.engine = engine
+        self.scheduler = Scheduler(engine, on_reject=self._rejected)  # request ids: (job, choice index)
         self.max_queue = max_queue
-        self._admitting = 0
         self.request_timeout = request_timeout
         self.stats = WorkerStats()
-        self._waiting: deque[_Seq] = deque()
         self._jobs: set[Job] = set()
-        self._owner: dict[int, tuple[Job, int]] = {}  # slot -> (job, choice index)
         self._cancels: list[Job] = []
-        self._cond = threading.Condition()
-        self._stop = False
+        # the lock of this worker's state, and what wakes its engine loop: one Condition shared by every
+        # worker of a server, so that one loop can wait for all of them
+        self._cond = wake or threading.Condition()
+        self._serving = False  # an engine loop is stepping this worker
+        self._loop: EngineLoop | None = None
         self._thread: threading.Thread | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> Worker:
+        """Step this worker on a daemon thread of its own (for callers that keep the main thread)."""
         if self._thread is None:
-            self._stop = False
-            self._thread = threading.Thread(target=self._run, name="gpt2kit-engine-worker", daemon=True)
+            self._loop = EngineLoop([self]).open()
+            self._thread = threading.Thread(target=self._loop.run, name="gpt2kit-engine-loop", daemon=True)
             self._thread.start()
         return self
 
     def close(self, timeout: float = 10.0) -> None:
-        with self._cond:
-            self._stop = True
-            self._cond.notify_all()
+        if self._loop is not None:
+            self._loop.stop()
         if self._thread is not None:
             self._thread.join(timeout)
-            self._thread = None
+            self._thread, self._loop = None, None
 
     @property
     def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
+        return self._serving
 
     @property
     def context_len(self) -> int:
@@ -182,107 +175,64 @@ class Worker:
             raise WorkerError("the engine worker is not running; restart the server.")
         n = params.n
         job = Job(self, params, len(prompts) * n, loop, time.monotonic() + (timeout or self.request_timeout))
-        seqs = [_Seq(job, p * n + i, i, list(ids)) for p, ids in enumerate(prompts) for i in range(n)]
+        seqs = [Pending(list(ids), params, (job, p * n + i), i, p * n + i) for p, ids in enumerate(prompts) for i in range(n)]
         with self._cond:
-            # slots free in the engine, less those already promised to sequences being admitted right now
-            capacity = self.max_queue + len(self.engine.free_slots) - self._admitting
-            if len(self._waiting) + len(seqs) > capacity:
+            # beyond the slots free now (less those being filled right now), at most max_queue wait
+            if self.scheduler.backlog + len(seqs) > self.max_queue:
                 self.stats.rejected += 1
                 raise QueueFull(
-                    f"the server is busy: {len(self._waiting)} sequences are waiting (queue limit {self.max_queue}) "
+                    f"the server is busy: {self.scheduler.waiting} sequences are waiting (queue limit {self.max_queue}) "
                     f"and this request adds {len(seqs)}. Retry after a moment.",
                     retry_after=1,
                 )
-            job.waiting = len(seqs)
-            self._waiting.extend(seqs)
+            job.unfinished = len(seqs)
             self._jobs.add(job)
-            self.stats.queued = len(self._waiting)
-            self._cond.notify()
+            self.scheduler.submit(seqs)
+            self.stats.queued = self.scheduler.waiting
+            self._cond.notify_all()
         return job
 
     def _cancel(self, job: Job) -> None:
         with self._cond:
             if job in self._jobs:
                 self._cancels.append(job)
-                self._cond.notify()
+                self._cond.notify_all()
 
-    # ---- the worker thread ------------------------------------------------------------------------
-    def _run(self) -> None:
-        while True:
-            with self._cond:
-                while not (self._stop or self._waiting or self._owner or self._cancels):
-                    self._cond.wait(timeout=0.5)
-                    self._expire()
-                if self._stop:
-                    break
-                cancels, self._cancels = self._cancels, []
-                for job in cancels:
-                    self._drop(job)
-                self._expire()
-                admit = []
-                free = len(self.engine.free_slots)
-                while self._waiting and len(admit) < free:
-                    admit.append(self._waiting.popleft())
-                self._admitting = len(admit)  # out of the queue, not yet in a slot: still counted by submit
-                self.stats.queued = len(self._waiting)
-            if admit:
-                try:
-                    self._admit(admit)
-                finally:
-                    with self._cond:
-                        self._admitting = 0
-            if self._owner:
-                self._step()
-            self.stats.running = len(self._owner)
-        self._fail_all(WorkerError("the server is shutting down."))
+    # ---- the engine loop thread ---------------------------------------------------------------------
+    def _has_work(self) -> bool:
+        """(lock held) Whether a tick would do anything."""
+        return bool(self._cancels) or self.scheduler.has_work
 
-    def _admit(self, seqs: list[_Seq]) -> None:
-        """Prefill waiting sequences into free slots: one batched prefill, or one by one if that fails
-        (so a single bad prompt fails its own request only)."""
-        for s in seqs:  # (worker thread: the only writer of job.waiting after submit)
-            s.job.waiting -= 1
-        try:
-            slots = self.engine.add_many([s.prompt for s in seqs], [s.job.params for s in seqs], [s.job for s in seqs],
-                                         indices=[s.sample for s in seqs], prompt_indices=[s.index for s in seqs])  # fmt: skip
-            pairs = list(zip(seqs, slots))
-        except Exception:  # noqa: BLE001 - isolate the culprit below
-            pairs = []
-            for s in seqs:
-                try:
-                    pairs.append((s, self.engine.add(s.prompt, s.job.params, s.job, index=s.sample)))
-                except Exception as e:  # noqa: BLE001
-                    self._fail(s.job, e if isinstance(e, InputError) else WorkerError(f"prefill failed: {type(e).__name__}: {e}"))
-        for s, slot in pairs:
-            if s.job.done:  # failed or cancelled meanwhile
-                self.engine.remove(slot)
-                continue
-            self._owner[slot] = (s.job, s.index)
-            s.job.slots.add(slot)
-            self.stats.prompt_tokens += len(s.prompt)
+    def _tick(self) -> None:
+        """Cancellations and deadlines, then admit + one engine step."""
+        with self._cond:
+            cancels, self._cancels = self._cancels, []
+            for job in cancels:
+                self._drop(job)
+            self._expire()
+        if self.scheduler.has_work:
+            self._step()
+        sched = self.scheduler
+        self.stats.queued, self.stats.running = sched.waiting, len(sched.running)
+        self.stats.steps, self.stats.step_rows, self.stats.prompt_tokens = sched.steps, sched.step_rows, sched.prompt_tokens
 
     def _step(self) -> None:
-        rows = len(self._owner)
         try:
-            events = self.engine.step()
-        except Exception as e:  # noqa: BLE001 - a bug must not kill the worker: fail the batch, go on
+            events = self.scheduler.step()
+        except Exception as e:  # noqa: BLE001 - a bug must not kill the loop: fail the batch, go on
             log.exception("engine step failed")
             self.stats.engine_errors += 1
-            for job in {j for j, _ in self._owner.values()}:
+            for job in {p.request_id[0] for p in self.scheduler.running.values()}:
                 self._fail(job, WorkerError(f"generation failed: {type(e).__name__}: {e}"))
             return
-        self.stats.steps += 1
-        self.stats.step_rows += rows
         out: dict[Job, list[Delta]] = {}
         failed: dict[Job, str] = {}
         now = time.monotonic()
         for ev in events:
-            owner = self._owner.get(ev.slot)
-            if owner is None:
+            job, index = ev.request_id
+            if job.done:
                 continue
-            job, index = owner
             if ev.finish_reason is FinishReason.ERROR:  # this sequence failed: its request fails, nobody else's
-                del self._owner[ev.slot]
-                job.slots.discard(ev.slot)
                 failed.setdefault(job, ev.error or "sampling failed")
                 continue
             if ev.token is not None:
@@ -292,8 +242,7 @@ class Worker:
             reason = None
             if ev.finished:
                 reason = ev.finish_reason.value if ev.finish_reason is not None else "stop"
-                del self._owner[ev.slot]
-                job.slots.discard(ev.slot)
+                job.unfinished -= 1
                 self.stats.sequences_finished += 1
             if ev.text or reason is not None or ev.logprob is not None or ev.prompt_logprobs is not None:
                 out.setdefault(job, []).append(Delta(index, ev.text, ev.token, reason, ev.logprob, ev.prompt_logprobs))
@@ -304,10 +253,16 @@ class Worker:
             self._fail(job, WorkerError(f"generation failed for this request: {why}"))
         for job, items in out.items():
             job._push(items)
-            if not job.slots and not job.waiting:
+            if job.unfinished == 0:
                 with self._cond:
                     job.done = True
                     self._jobs.discard(job)
+
+    def _rejected(self, pending: Pending, e: Exception) -> None:
+        """The scheduler could not admit this sequence (its prompt failed to prefill): fail its request."""
+        job = pending.request_id[0]
+        if not job.done:
+            self._fail(job, e if isinstance(e, InputError) else WorkerError(f"prefill failed: {type(e).__name__}: {e}"))
 
     def _expire(self) -> None:
         """(lock held) Cancel jobs past their deadline and tell their callers."""
@@ -315,19 +270,15 @@ class Worker:
         for job in [j for j in self._jobs if j.deadline < now]:
             self.stats.timeouts += 1
             self._drop(job)
-            job._push([RequestTimeout("the request took longer than its timeout and was cancelled; lower max_tokens or retry later.")])
+            job._push(
+                [RequestTimeout("the request took longer than its timeout and was cancelled; lower max_tokens or retry later.")]
+            )
 
     def _drop(self, job: Job) -> None:
         """(lock held) Remove a job everywhere: waiting sequences, slots (freed now), bookkeeping."""
         job.done = True
         self._jobs.discard(job)
-        if job.waiting:
-            self._waiting = deque(s for s in self._waiting if s.job is not job)
-            job.waiting = 0
-        for slot in list(job.slots):
-            self.engine.remove(slot)
-            self._owner.pop(slot, None)
-        job.slots.clear()
+        self.scheduler.drop(_of(job))
 
     def _fail(self, job: Job, error: BaseException) -> None:
         with self._cond:
@@ -341,9 +292,54 @@ class Worker:
             self._fail(job, error)
 
 
+class EngineLoop:
+    """Steps one or more workers (one per served model) in turn on the thread that calls `run()`; they must
+    share one wake Condition. `stop()` only sets a flag, so it is safe in a signal handler: the loop sees
+    it within one step, or within `poll_s` when idle."""
+
+    poll_s = 0.5  # idle wait: deadlines are checked and a stop is seen at least this often
+
+    def __init__(self, workers: Sequence[Worker]) -> None:
+        assert workers and all(w._cond is workers[0]._cond for w in workers), "the workers of one loop share a wake Condition"
+        self.workers = list(workers)
+        self._cond = workers[0]._cond
+        self._stop = False
+
+    def open(self) -> EngineLoop:
+        """Mark the workers as served (requests are accepted from now on; they wait for `run()`)."""
+        for w in self.workers:
+            w._serving = True
+        return self
+
+    def stop(self) -> None:
+        self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop
+
+    def run(self, until: Callable[[], bool] | None = None) -> None:
+        """Step until `stop()` (or until `until()` is true); then fail every request still pending."""
+        self.open()
+        try:
+            while not (self._stop or (until is not None and until())):
+                with self._cond:
+                    if not any(w._has_work() for w in self.workers):
+                        self._cond.wait(self.poll_s)
+                        for w in self.workers:
+                            w._expire()
+                        continue
+                for w in self.workers:
+                    w._tick()
+        finally:
+            for w in self.workers:
+                w._serving = False
+                w._fail_all(WorkerError("the server is shutting down."))
+
+
 @contextlib.contextmanager
 def running(worker: Worker):
-    """`with running(Worker(engine)) as w:` starts the thread and always stops it."""
+    """`with running(Worker(engine)) as w:` starts the engine loop thread and always stops it."""
     worker.start()
     try:
         yield worker
@@ -352,7 +348,8 @@ def running(worker: Worker):
 
 
 def build_worker(model, token_bytes: Sequence[bytes], *, max_batch_size: int = 32, max_model_len: int | None = None,
-                 max_queue: int = 256, request_timeout: float = 600.0) -> Worker:  # fmt: skip
-    """An Engine over `model` (one KV cache of max_batch_size x max_model_len) wrapped in a Worker (not started)."""
+                 max_queue: int = 256, request_timeout: float = 600.0, wake: threading.Condition | None = None) -> Worker:  # fmt: skip
+    """An Engine over `model` (one KV cache of max_batch_size x max_model_len) wrapped in a Worker (not started).
+    Workers stepped by one EngineLoop share `wake`."""
     engine = Engine(model, max_batch=max_batch_size, max_len=max_model_len, token_bytes=token_bytes)
-    return Worker(engine, max_queue=max_queue, request_timeout=request_timeout)
+    return Worker(engine, max_queue=max_queue, request_timeout=request_timeout, wake=wake)
