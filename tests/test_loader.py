@@ -1,5 +1,7 @@
 """ShardLoader: shifted targets, rank split = one big batch, exact resume, sequential walk, clear errors."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -86,3 +88,83 @@ def test_errors(data, tmp_path):
         ShardLoader(data, "val", B=64, T=64, order="sequential")
     with pytest.raises(ConfigError, match="rank 2 is outside world size 2"):
         ShardLoader(data, "train", 2, 8, rank=2, world=2)
+
+
+def _ramp(folder, split, *sizes):
+    """Shards whose token at position i is (shard number * 10000 + i), so a window names where it came from."""
+    for k, n in enumerate(sizes):
+        write_shard(folder / f"{split}_{k:06d}.bin", (k * 10000 + np.arange(n)).astype(np.uint16))
+    return folder
+
+
+def test_random_windows_start_where_the_seeded_draw_says(tmp_path):
+    _ramp(tmp_path, "train", 40, 30, 50)  # valid starts per shard: 40-T, 30-T, 50-T
+    T, B, seed = 8, 5, 7
+    ld = ShardLoader(tmp_path, "train", B=B, T=T, seed=seed)
+    cum = np.cumsum([40 - T, 30 - T, 50 - T])
+    for draw in range(4):
+        starts = np.random.default_rng([seed, draw]).integers(0, cum[-1], size=B)  # the documented seeding
+        want = []
+        for s in starts:
+            k = int(np.searchsorted(cum, s, side="right"))
+            want.append(k * 10000 + s - (cum[k - 1] if k else 0) + np.arange(T + 1))
+        x, y = ld.next_batch()
+        assert torch.equal(torch.cat([x, y[:, -1:]], 1), torch.tensor(np.stack(want), dtype=torch.int64))
+    assert ld.state_dict()["draws"] == 4
+    assert torch.equal(ShardLoader(tmp_path, "train", B=B, T=T).next_batch()[0],
+                       ShardLoader(tmp_path, "train", B=B, T=T, seed=0).next_batch()[0])  # fmt: skip
+
+
+def test_sequential_walks_shards_in_order_wraps_and_counts_epochs(tmp_path):
+    B, T = 2, 3  # a global batch reads B*T + 1 = 7 tokens and moves on by 6
+    _ramp(tmp_path, "train", 13, 7, 6, 7)  # 13 = two batches exactly; 6 is too short and skipped
+    ld = ShardLoader(tmp_path, "train", B=B, T=T, order="sequential")
+    assert ld.n_tokens == 13 + 7 + 7 and len(ld.shards) == 3 and ld.split == "train"
+    seen = []
+    for _ in range(8):
+        x, y = ld.next_batch()
+        assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[1:, 0], y[:-1, -1])  # rows continue each other
+        seen.append((int(x[0, 0]), ld.epoch))
+    assert seen == [(0, 0), (6, 0), (10000, 0), (30000, 1), (0, 1), (6, 1), (10000, 1), (30000, 2)]
+    assert ld.state_dict()["draws"] == 8
+    one = ShardLoader(tmp_path, "train", B=3, T=1, order="sequential")  # T = 1: windows of 2 tokens
+    assert one.next_batch()[0].tolist() == [[0], [1], [2]]
+
+
+def test_shards_just_long_enough_are_used_and_shorter_ones_are_refused(tmp_path):
+    _ramp(tmp_path / "seq", "val", 2 * 4 * 5 + 1)  # world * B * T + 1
+    assert ShardLoader(tmp_path / "seq", "val", B=4, T=5, world=2, order="sequential").n_tokens == 41
+    with pytest.raises(
+        DataError, match=re.escape("has 41 tokens in 1 shard(s), but one global batch needs 49 tokens in a single")
+    ):
+        ShardLoader(tmp_path / "seq", "val", B=4, T=6, world=2, order="sequential")
+    _ramp(tmp_path / "rnd", "val", 9)  # T + 1
+    assert ShardLoader(tmp_path / "rnd", "val", B=4, T=8).next_batch()[0].tolist() == [list(range(8))] * 4
+    with pytest.raises(DataError, match=re.escape("but one window needs T+1 = 10 tokens in a single shard")):
+        ShardLoader(tmp_path / "rnd", "val", B=4, T=9)
+
+
+def test_eval_batches_read_every_shard_once(tmp_path):
+    _ramp(tmp_path, "val", 7, 13)
+    ld = ShardLoader(tmp_path, "val", B=2, T=3, order="sequential")
+    assert [int(x[0, 0]) for x, _ in ld.eval_batches(10)] == [0, 10000, 10006]
+    with pytest.raises(ConfigError, match="^" + re.escape("eval_batches needs a sequential loader (order='sequential').") + "$"):
+        next(ShardLoader(tmp_path, "val", B=2, T=3).eval_batches(1))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"B": 0, "T": 8}, "batch size B=0 and sequence length T=8 must be positive."),
+        ({"B": 2, "T": 0}, "batch size B=2 and sequence length T=0 must be positive."),
+        ({"B": 2, "T": 8, "order": "shuffled"}, "order must be 'random' or 'sequential', got 'shuffled'."),
+    ],
+)
+def test_bad_settings_are_refused(data, kwargs, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        ShardLoader(data, "train", **kwargs)
+
+
+def test_one_row_and_one_token_windows_are_allowed(data):
+    x, y = ShardLoader(data, "val", B=1, T=1, order="sequential").next_batch()
+    assert x.tolist() == [[0]] and y.tolist() == [[1]]
