@@ -3,7 +3,7 @@
     gpt2kit serve --model gpt2 --adapter poems=ft/step_000300 --adapter qa=ft2/step_000500
 
 offers `gpt2` (the base, the default for a request without `model`), `poems` and `qa`. Each is an ordinary
-GPT with its own Worker (Engine, KV cache, thread): an adapter is merged into a copy of the base
+GPT with its own Worker (Engine, KV cache, scheduler): an adapter is merged into a copy of the base
 (`adapter.merged_copy`) that shares every tensor the adapter leaves alone (embeddings, LayerNorms,
 biases, untargeted layers) with the base.
 
@@ -12,8 +12,8 @@ engine's decode kernels read each layer's packed weight (generate/decode.py), an
 need a second, batched low-rank path in every projection; a merged model runs every fast path unchanged
 and its outputs are exactly `--adapter`'s. The cost is memory, per adapter: its merged layers (with the
 default targets c_attn, c_proj, c_fc that is 12 n_layer n_embd^2 parameters, 85M for 124M = 340 MB fp32,
-302M for 355M = 1.2 GB), plus that Engine's packed decode weights and its KV cache. Requests for
-different models run in their own threads and share the CPU cores.
+302M for 355M = 1.2 GB), plus that Engine's packed decode weights and its KV cache. One engine loop
+(worker.py `EngineLoop`) steps every model's batch in turn, on one thread (the main thread under `serve()`).
 """
 
 from __future__ import annotations
