@@ -6,13 +6,15 @@ import torch
 from gpt2kit import GPT, GPTConfig, KVCache
 from gpt2kit.errors import InputError
 
+from conftest import perturb_
+
 CFG = GPTConfig(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=500)
 
 
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return GPT(CFG).eval()
+    return perturb_(GPT(CFG)).eval()
 
 
 def test_prefill_then_decode_equals_full_forward(model):
@@ -76,3 +78,26 @@ def test_overflow_and_too_long_inputs_are_clear_errors(model):
             model(torch.tensor([[1, 2, 500]]))
         with pytest.raises(InputError, match="empty"):
             model(torch.zeros(1, 0, dtype=torch.long))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_update_writes_each_rows_own_column_in_every_dtype(dtype):
+    """Rows at different lengths write their new k, v at their own column (the 16-bit caches move bits)."""
+    cache = KVCache(CFG, 3, 16, dtype=dtype)
+    g = torch.Generator().manual_seed(3)
+    for b, n in enumerate((2, 5, 0)):  # give the rows different lengths
+        if n:
+            cache.rows(b, b + 1).plan(n)
+    plan = cache.plan(1)
+    nh, hs = CFG.n_head, CFG.head_dim
+    k = torch.randn(3, nh, 1, hs, generator=g).to(dtype)
+    v = torch.randn(3, nh, 1, hs, generator=g).to(dtype)
+    before_k, before_v = cache.k[1].clone(), cache.v[1].clone()
+    keys, values = cache.update(1, k, v, plan)
+    expect_k, expect_v = before_k.clone(), before_v.clone()
+    for b, col in enumerate((2, 5, 0)):
+        expect_k[b, :, col] = k[b, :, 0]
+        expect_v[b, :, col] = v[b, :, 0]
+    assert torch.equal(cache.k[1], expect_k) and torch.equal(cache.v[1], expect_v)
+    assert torch.equal(cache.k[0], torch.zeros_like(cache.k[0]))  # other layers untouched
+    assert keys.dtype == dtype and keys.shape == (3, nh, plan.n_keys, hs) and torch.equal(values, expect_v[:, :, : plan.n_keys])

@@ -164,6 +164,17 @@ class KVCache:
         B, nh, T, hs = k.shape
         index = plan.cols[:, None, :, None].expand(B, nh, T, hs)
         k_l, v_l = self.k[layer], self.v[layer]  # (B, nh, T_max, hs)
-        k_l.scatter_(2, index, k.to(k_l.dtype))
-        v_l.scatter_(2, index, v.to(v_l.dtype))
+        _bits(k_l).scatter_(2, index, _bits(k.to(k_l.dtype)))
+        _bits(v_l).scatter_(2, index, _bits(v.to(v_l.dtype)))
         return k_l[:, :, : plan.n_keys], v_l[:, :, : plan.n_keys]
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    """The same memory as integers of the same width. A scatter only moves values, and on the CPU torch's
+    scatter_ is 10-40x slower for bf16/fp16 than for integers of the same size (measured 31 us against 2.5 us
+    at batch 1 and 480 against 12 us at batch 8, per layer and tensor): moving the bits is exact and fast."""
+    return t.view(_BITS[t.element_size()]) if t.device.type == "cpu" and t.is_floating_point() else t
+
