@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -124,10 +124,29 @@ class _SamplingFields(_Strict):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
+    @classmethod
+    def parse(cls: type[_Request], body: bytes) -> _Request:
+        """Raw JSON body -> this request; any failure -> ProtocolError naming the first bad field."""
+        return _parse(cls, body)
 
-class CompletionRequest(_SamplingFields):
-    """POST /v1/completions."""
 
+_Request = TypeVar("_Request", bound=_SamplingFields)
+
+
+class _VllmExtensions(_Strict):
+    """Sampling parameters beyond OpenAI's that vLLM also accepts, by vLLM's names."""
+
+    top_k: int | None = None
+    min_p: Float | None = 0.0
+    repetition_penalty: Float | None = 1.0
+
+
+# Each endpoint lists OpenAI's fields for it, in its reference order: the two lists interleave shared and own
+# fields alphabetically, so they cannot share a base. The request class then adds the extensions: pydantic
+# collects fields from the bases right to left, so `Request(_VllmExtensions, _OpenAIFields)` puts them last.
+
+
+class _CompletionFields(_SamplingFields):
     model: str | None = None
     prompt: str | list[str] | list[int] | list[list[int]]
     best_of: int | None = None
@@ -146,14 +165,10 @@ class CompletionRequest(_SamplingFields):
     temperature: Float | None = 1.0
     top_p: Float | None = 1.0
     user: str | None = None
-    # extensions (vLLM's names)
-    top_k: int | None = None
-    min_p: Float | None = 0.0
-    repetition_penalty: Float | None = 1.0
 
-    @classmethod
-    def parse(cls, body: bytes) -> CompletionRequest:
-        return _parse(cls, body)
+
+class CompletionRequest(_VllmExtensions, _CompletionFields):
+    """POST /v1/completions."""
 
 
 class TextPart(_Strict):
@@ -175,9 +190,7 @@ class ResponseFormat(_Strict):
     type: Literal["text"]
 
 
-class ChatCompletionRequest(_SamplingFields):
-    """POST /v1/chat/completions."""
-
+class _ChatCompletionFields(_SamplingFields):
     messages: list[ChatMessage]
     model: str | None = None
     frequency_penalty: Float | None = 0.0
@@ -196,18 +209,13 @@ class ChatCompletionRequest(_SamplingFields):
     top_logprobs: int | None = None
     top_p: Float | None = 1.0
     user: str | None = None
-    # extensions (vLLM's names)
-    top_k: int | None = None
-    min_p: Float | None = 0.0
-    repetition_penalty: Float | None = 1.0
 
-    @classmethod
-    def parse(cls, body: bytes) -> ChatCompletionRequest:
-        return _parse(cls, body)
+
+class ChatCompletionRequest(_VllmExtensions, _ChatCompletionFields):
+    """POST /v1/chat/completions."""
 
 
 def _parse(cls: type[BaseModel], body: bytes) -> Any:
-    """Raw JSON body -> a request model; any failure -> ProtocolError naming the first bad field."""
     try:
         return cls.model_validate_json(body)
     except ValidationError as e:
