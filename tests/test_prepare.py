@@ -8,7 +8,7 @@ import tiktoken
 
 from gpt2kit.data.prepare import chunk_text, prepare, tail_cut
 from gpt2kit.data.shards import find_shards, open_shard
-from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.errors import ConfigError, DataError, Gpt2kitWarning
 from gpt2kit.tokenizer.gpt2_vocab import GPT2_PATTERN, mergeable_ranks
 
 EOT = 50256
@@ -94,7 +94,7 @@ def test_paragraph_documents_and_val_files(tmp_path, ref):
     assert s.train.documents == 3 and s.val.documents == 1
 
 
-def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys):
+def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path):
     good = tmp_path / "good.txt"
     good.write_text("Some good text. " * 50)
     cases = {
@@ -110,11 +110,12 @@ def test_bad_inputs_fail_naming_the_file_or_are_skipped_loudly(tmp_path, capsys)
         (tmp_path / name).write_bytes(data)
         with pytest.raises(DataError, match=message):
             prepare([good, tmp_path / name], tmp_path / f"out-{name}", workers=1, progress=False)
-    s = prepare([good, *(tmp_path / n for n in cases)], tmp_path / "skip", on_bad_input="skip", workers=1, progress=False)
+    with pytest.warns(Gpt2kitWarning) as warned:
+        s = prepare([good, *(tmp_path / n for n in cases)], tmp_path / "skip", on_bad_input="skip", workers=1, progress=False)
     assert s.train.documents == 1 and len(s.skipped) == 4
     assert s.val.shards == [] and not list((tmp_path / "skip").glob("val_*"))  # no val split asked: no (empty) val shard
-    err = capsys.readouterr().err
-    assert all(f"skipping {tmp_path / n}" in err for n in cases)
+    shown = " ".join(str(w.message) for w in warned)
+    assert all(f"skipping {tmp_path / n}" in shown for n in cases)
     with pytest.raises(DataError, match="does not exist"):
         prepare([tmp_path / "missing.txt"], tmp_path / "o", progress=False)
     with pytest.raises(ConfigError, match="val_tail"):

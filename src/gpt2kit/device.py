@@ -67,5 +67,5 @@ def bf16_emulation_note(device: torch.device, dtype: torch.dtype) -> str | None:
     """One line to show when bf16 on this CPU would be emulated (AVX2-only: no native bf16 kernels), else None."""
     if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_bf16():
         return None
-    return ("note: this CPU has no native bf16 (AVX2 only), so bf16 is emulated here and slower than fp32; "
+    return ("this CPU has no native bf16 (AVX2 only), so bf16 is emulated here and slower than fp32; "
             "use --dtype fp32 (or --weights int8 for faster approximate decoding)")  # fmt: skip

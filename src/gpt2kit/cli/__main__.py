@@ -7,6 +7,7 @@ dataclass describes are declared from it (cli/flags.py). Building the parser imp
 transformers, model weights) is imported inside `run`. Errors that gpt2kit raises on bad input
 (`Gpt2kitError`) print as one line on stderr with exit status 2, never as a traceback; so do the
 environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place), naming the path.
+Warnings print as one line each too: `gpt2kit: warning: ...` (`show_warning`).
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import importlib
 import io
 import os
 import sys
+import warnings
 
-from gpt2kit.errors import Gpt2kitError
+from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
 
 COMMANDS: dict[str, str] = {
     "info": "gpt2kit.cli.info",
@@ -63,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     stdout, sys.stdout = sys.stdout, _NamedStream(sys.stdout, STDOUT)
+    showwarning, warnings.showwarning = warnings.showwarning, show_warning
     try:
         status = int(args._run(args) or 0)
         sys.stdout.flush()  # inside the try: `gpt2kit generate … > /dev/full` fails here, not at exit
@@ -82,7 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gpt2kit {args.command}: error: {describe_os_error(e)}", file=sys.stderr)
         return 2
     finally:
-        sys.stdout = stdout
+        sys.stdout, warnings.showwarning = stdout, showwarning
+
+
+def show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning (gpt2kit.errors.warn, or a library's) as one line on stderr, without Python's file:line
+    and source echo: `gpt2kit: warning: ...`."""
+    kind = "" if issubclass(category, Gpt2kitWarning) else f"{category.__name__}: "
+    text = " ".join(str(message).split())
+    print(f"gpt2kit: warning: {kind}{text}", file=file or sys.stderr)
 
 
 _OS_HINTS = {

@@ -35,7 +35,7 @@ def load_model_and_tokenizer(args: argparse.Namespace, with_adapter: bool = True
     from gpt2kit.builtin import describe, is_builtin
     from gpt2kit.config import PRESETS
     from gpt2kit.device import bf16_emulation_note
-    from gpt2kit.errors import ConfigError
+    from gpt2kit.errors import ConfigError, warn
     from gpt2kit.pretrained import from_pretrained
     from gpt2kit.tokenizer import Tokenizer
 
@@ -48,7 +48,7 @@ def load_model_and_tokenizer(args: argparse.Namespace, with_adapter: bool = True
     model = from_pretrained(args.model, device=args.device, dtype=dtype)
     param = next(model.parameters())
     if note := bf16_emulation_note(param.device, param.dtype):
-        print(f"gpt2kit: {note}", file=sys.stderr)
+        warn(note)
     if is_builtin(args.model):
         print(f"gpt2kit: {describe()}", file=sys.stderr)
     if with_adapter and args.adapter:

@@ -16,7 +16,7 @@ anyway (`safe_cuts`), so chunks encode in parallel worker processes to exactly t
 text (tested against tiktoken on every shared corpus).
 
 Bad input (empty, binary, not UTF-8, malformed JSONL) raises DataError naming the file, or with
-`on_bad_input="skip"` is skipped with a warning on stderr and listed in the summary; never lost silently.
+`on_bad_input="skip"` is skipped with a warning (gpt2kit.errors.warn) and listed in the summary; never lost silently.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import numpy as np
 from gpt2kit.atomic import write_text
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.data.shards import DTYPE, EOT_PLACEMENT, VERSION, ShardWriter, tokenizer_id
-from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.errors import ConfigError, DataError, warn
 from gpt2kit.textfiles import read_jsonl, read_text
 
 TEXT_SUFFIXES = {".txt", ".text"}  # what a folder contributes; a file named explicitly may have any name
@@ -160,7 +160,7 @@ def _prepare_into(out: Path, train_files: list[Path], val_only: list[Path], val_
             except DataError as e:
                 if on_bad_input == "fail":
                     raise
-                print(f"gpt2kit prepare: warning: skipping {e}", file=sys.stderr)
+                warn(f"skipping {e}")
                 skipped.append(str(e))
         if hf_dataset:
             yield from _hf_tasks(hf_dataset, text_field, val_tail)

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from gpt2kit.atomic import write_text
-from gpt2kit.errors import ConfigError, DataError
+from gpt2kit.errors import ConfigError, DataError, warn
 from gpt2kit.scaling import report as R
 from gpt2kit.scaling.fit import bootstrap
 from gpt2kit.scaling.ladder import LadderConfig, Rung, plan_ladder
@@ -87,9 +87,7 @@ def run_ladder(cfg: LadderConfig, data: str | Path, out: str | Path, predict: in
     say = log or (lambda _: None)
     for r in rungs:
         if r.tokens > train_tokens:
-            say(
-                f"note: {r.name} trains on {r.tokens:,} tokens, {r.tokens / train_tokens:.1f} epochs of {data}'s {train_tokens:,}"
-            )
+            warn(f"{r.name} trains on {r.tokens:,} tokens, {r.tokens / train_tokens:.1f} epochs of {data}'s {train_tokens:,}")
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "ladder.json", json.dumps({"ladder": cfg.to_dict(), "data": str(data), "predict": predict}, indent=2) + "\n")
     total = sum(r.flops for r in rungs)

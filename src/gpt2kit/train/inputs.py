@@ -4,13 +4,12 @@ prompt/completion JSONL (supervised fine-tuning with a loss mask)."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 from pathlib import Path
 
 from gpt2kit.data.loader import ShardLoader
 from gpt2kit.data.prepare import INCOMPLETE
 from gpt2kit.data.sft import SFTLoader, is_prompt_completion_file, read_prompt_completion, split_pairs
-from gpt2kit.errors import DataError
+from gpt2kit.errors import DataError, warn
 from gpt2kit.train.config import TrainConfig
 from gpt2kit.train.distributed import DistInfo, barrier
 
@@ -52,10 +51,7 @@ def make_loaders(cfg: TrainConfig, T: int, info: DistInfo, log=print) -> tuple[o
         if any(data.glob("val_*.bin")):
             val = ShardLoader(data, "val", cfg.micro_batch, T, order="sequential", **kw)
         else:
-            print(
-                f"gpt2kit train: warning: {data} has no val shards; no validation loss (prepare with --val-tail 0.01).",
-                file=sys.stderr,
-            )
+            warn(f"{data} has no val shards; no validation loss (prepare with --val-tail 0.01).")
         log(f"data: {train.n_tokens:,} train tokens" + (f", {val.n_tokens:,} val tokens" if val else "") + f" from {data}")
         return train, val, "shards"
     if data.exists() and _is_text(data):  # plain text: tokenize once into out_dir/data, val = the tail of each file

@@ -29,7 +29,7 @@ import torch
 
 from gpt2kit.atomic import check_writable
 from gpt2kit.device import bf16_emulation_note, enable_tf32, resolve_device, resolve_dtype, seed_everything
-from gpt2kit.errors import ConfigError, Gpt2kitError
+from gpt2kit.errors import ConfigError, Gpt2kitError, warn
 from gpt2kit.eval.perplexity import batches_nll
 from gpt2kit.model import GPT
 from gpt2kit.model.vocab_pad import pad_vocab, unpadded
@@ -107,8 +107,8 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     dtype = _train_dtype(cfg.dtype, device)
     if device.type == "cuda":
         enable_tf32()
-    if note := bf16_emulation_note(device, dtype):
-        say(note)
+    if (note := bf16_emulation_note(device, dtype)) and info.is_main:
+        warn(note)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 from gpt2kit.atomic import atomic_path
+from gpt2kit.errors import warn
 
 
 class MetricsLog:
@@ -33,16 +33,14 @@ class MetricsLog:
 
                 self._tb = SummaryWriter(str(self.out_dir / "tb"))
             except ImportError:
-                print(
-                    "gpt2kit train: TensorBoard is not installed (pip install tensorboard); not logging to it.", file=sys.stderr
-                )
+                warn("TensorBoard is not installed (pip install tensorboard); not logging to it.", once=True)
         if wandb_project:
             try:
                 import wandb
 
                 self._wandb = wandb.init(project=wandb_project, config=run_config, dir=str(self.out_dir))
             except ImportError:
-                print("gpt2kit train: wandb is not installed (pip install wandb); not logging to it.", file=sys.stderr)
+                warn("wandb is not installed (pip install wandb); not logging to it.", once=True)
 
     def log(self, kind: str, step: int, **values) -> None:
         record = {"kind": kind, "step": step, **values}
@@ -104,7 +102,7 @@ def plot_losses(out_dir: str | os.PathLike) -> Path | None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        print("gpt2kit train: matplotlib is not installed (pip install gpt2kit[plot]); skipping loss.png.", file=sys.stderr)
+        warn("matplotlib is not installed (pip install gpt2kit[plot]); skipping loss.png.", once=True)
         return None
     out_dir = Path(out_dir)
     train = read_metrics(out_dir / "metrics.jsonl", "train")
