@@ -537,3 +537,16 @@ def test_engine_failure_fails_the_request_not_the_worker(server, client):
     assert "boom" in e.value.body["message"]
     assert client.completions.create(model=MODEL, prompt="x", max_tokens=3).choices[0].finish_reason
     assert metric(server, "gpt2kit_running_sequences") == 0
+
+
+def test_detect_route_judges_text_and_refuses_bad_input(server):
+    url = server.url + "/v1/gpt2kit/detect"
+    r = httpx.post(url, json={"text": "The cat sat on the mat, and then it slept."}, headers=AUTH, timeout=60)
+    assert r.status_code == 200, r.text
+    assert {"verdict", "probability", "evidence"} <= set(r.json()) and r.json()["evidence"]["n_tokens"] > 5
+    for body, status, param in [({"text": "  "}, 400, "text"), ({"text": "hi", "model": 5}, 400, "model"),
+                                ({"text": "hi", "model": "nope"}, 404, "model")]:  # fmt: skip
+        r = httpx.post(url, json=body, headers=AUTH, timeout=30)
+        assert r.status_code == status and r.json()["error"]["param"] == param, (body, r.text)
+    r = httpx.post(url, content=b"{not json", headers={**AUTH, "Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and "must be JSON" in r.json()["error"]["message"]
