@@ -46,8 +46,10 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
             k, v = k.to(q.dtype), v.to(q.dtype)
-        if self.record is not None or (T == 1 and mask is not None and dropout_p == 0.0):
-            y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))  # one query (decode), or maps asked for
+        if self.record is not None:  # attention maps asked for (record_attention)
+            y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))
+        elif T == 1 and mask is not None:  # one query (decode): the additive mask is made once per step, not per layer
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.attn_bias(q.dtype), dropout_p=dropout_p)
         elif mask is not None:
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
@@ -57,9 +59,8 @@ class CausalSelfAttention(nn.Module):
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + bias) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v;
-        bias (B, 1, T, K) additive (0 / -inf), None for plain causal attention. SDPA's math without its kernel
-        dispatch: for the one query of a decode step its CPU kernel costs more than these two small matmuls,
-        and `record_attention` needs the probabilities themselves."""
+        bias (B, 1, T, K) additive (0 / -inf), None for plain causal attention. SDPA's math, written out
+        because `record_attention` needs the probabilities themselves; every other path calls SDPA."""
         T, K = q.shape[2], k.shape[2]
         att = torch.matmul(q, k.transpose(-1, -2)).mul_(1.0 / math.sqrt(q.shape[-1]))  # (B, nh, T, K)
         if bias is None:  # causal over the last T of K keys
@@ -142,6 +143,21 @@ class GPT(nn.Module):
     def num_params(self) -> int:
         """Parameters, the tied head counted once."""
         return sum(p.numel() for p in self.parameters())
+
+    # ---- Hugging Face conventions: thin delegations to gpt2kit.pretrained ---------------------------
+    # (imported when called: the model package does not depend on the loading code, which depends on it)
+    @classmethod
+    def from_pretrained(cls, name_or_path, device=None, dtype=None) -> GPT:
+        """`gpt2kit.from_pretrained`: a preset, a Hugging Face repo id or a local folder, in eval mode."""
+        from gpt2kit.pretrained import from_pretrained
+
+        return from_pretrained(name_or_path, device=device, dtype=dtype)
+
+    def save_pretrained(self, folder, dtype=None, tokenizer_files: bool = True):
+        """`gpt2kit.save_pretrained(self, ...)`: a Hugging Face GPT-2 folder that transformers loads as-is."""
+        from gpt2kit.pretrained import save_pretrained
+
+        return save_pretrained(self, folder, dtype=dtype, tokenizer_files=tokenizer_files)
 
     # ---- forward ---------------------------------------------------------------------------------
     def hidden_states(
