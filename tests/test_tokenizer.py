@@ -8,7 +8,8 @@ from hypothesis import strategies as st
 
 from gpt2kit import Tokenizer
 from gpt2kit.errors import CheckpointError, InputError
-from gpt2kit.tokenizer import ReferenceBPE, gpt2_vocab
+from gpt2kit.tokenizer import gpt2_vocab
+from gpt2kit.tokenizer.bpe import ReferenceBPE
 
 TRICKY = [
     "",
