@@ -80,7 +80,7 @@ def main() -> None:
         "name": "gpt2kit-builtin",
         "shape": f"{c.n_layer} layers x {c.n_embd} wide, {c.n_head} heads, {c.n_positions} context",
         "params_millions": shipped.num_params() / 1e6,
-        "data": "../shared/corpora (41 MB of public-domain English)",
+        "data": "41 MB of public-domain English: State of the Union addresses, Jane Austen, the King James and World English Bibles, Shakespeare, Milton, Spurgeon's Treasury of David",
         "checkpoint": f"{args.run.name}/{ckpt.name}",
         "step": meta["step"],
         "tokens_seen": meta["tokens"],

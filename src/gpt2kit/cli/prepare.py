@@ -1,6 +1,6 @@
 """Tokenize text into GPT-2 token shards for `gpt2kit train` / `gpt2kit finetune`.
 
-  gpt2kit prepare ../shared/corpora --out data/corpora --val-tail 0.01
+  gpt2kit prepare my_texts/ --out data/corpora --val-tail 0.01
   gpt2kit prepare notes.jsonl --text-field body --out data/notes --val-tail 0.05
 
 Inputs: text files, folders of them (*.txt, *.jsonl, searched recursively), .jsonl files (one document per
