@@ -5,7 +5,7 @@
 
 Documents are EOT-prefixed GPT-2 ids, in our shard format (gpt2kit.data.shards), at most --max-tokens
 (2M tokens = 4 MB by default, small enough to carry to a machine that gets the repository alone). The
-default output, benchmarks/data/text.bin, is ignored by git: a GPU session carries it along, and
+default output, benchmarks/data/text.bin, is ignored by git: a GPU run carries it along, and
 gpu_check.sh writes a smaller one from the repository's fixtures when it is missing.
 """
 

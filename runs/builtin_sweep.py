@@ -33,7 +33,7 @@ from gpt2kit.config import GPTConfig
 from gpt2kit.eval.perplexity import shards_loss
 from gpt2kit.train.checkpoint import best_checkpoint, list_checkpoints, read_meta
 
-MAX_BYTES = 64_000_000  # the limit for the shipped bf16 weights ("<= 64 MB")
+MAX_BYTES = 64_000_000  # the limit on the shipped bf16 weights (at most 64 MB in the package)
 # name: "LAYERSxWIDTH:HEADS:DROPOUT". Each fits in 64 MB as bf16 at 1024 context (checked below).
 CANDIDATES = ["6x384:6:0.2", "12x320:5:0.2", "12x320:5:0.3"]
 

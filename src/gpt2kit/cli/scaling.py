@@ -68,7 +68,7 @@ def print_plan(cfg) -> None:
 
 
 class ProgressBar:
-    """One line on stderr: the whole ladder by FLOPs, the current size by steps, an ETA from this session's rate."""
+    """One line on stderr: the whole ladder by FLOPs, the current size by steps, an ETA from this run's rate."""
 
     def __init__(self, stream=sys.stderr) -> None:
         self.stream, self.tty = stream, stream.isatty()

@@ -62,7 +62,7 @@ class RunResult:
     val_tokens: int
     train_loss: float | None  # the loop's last logged train loss
     tokens: int  # tokens trained (the checkpoint's count)
-    train_seconds: float  # summed step times from metrics.jsonl, over every session of the run
+    train_seconds: float  # summed step times from metrics.jsonl, over every process that worked on it (a resumed run has several)
     trained_now: bool  # False when an earlier invocation had already finished it
 
     def to_dict(self) -> dict:
