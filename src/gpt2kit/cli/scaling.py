@@ -1,7 +1,7 @@
 """Train a ladder of GPT-2 sizes on your data, fit the scaling law, and predict a size before training it.
 
   gpt2kit prepare my_texts/ --out data/corpora --val-tail 0.01
-  gpt2kit scaling --data data/corpora --out runs/scaling --preset cpu --predict   # ~30 min on 2 cores
+  gpt2kit scaling --data data/corpora --out runs/scaling --preset cpu --predict   # ~30-40 min on 2 cores
   gpt2kit scaling --data data/corpora --out runs/scaling --preset cpu --plan      # show the ladder only
   gpt2kit scaling --data data/corpora --out runs/s2 --sizes 1x16 2x32 2x64 3x96 4x128 6x192 --tokens-per-param 10
 

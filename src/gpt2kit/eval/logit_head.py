@@ -8,7 +8,7 @@ two more of them. So on the CPU (float32 and bf16) the vocabulary is walked in b
 
   - each block's logits h @ W[a:b]^T go into one small reused buffer (1024 x 2048 x 4 B = 8 MB, which
     stays in a 32 MB L3), and an online log-sum-exp folds the block in while it is hot: the block max
-    (`amax`, ~10x faster than max-with-indices), then the running sum is rescaled to the new max and the
+    (`amax`, cheaper than max-with-indices: no indices), then the running sum is rescaled to the new max and the
     block's exp-sum added;
   - the target's logit is read from the block that holds it, so it comes from the same product as the
     normaliser, and "the target is the argmax" (torch.argmax's first index) is decided from that block's
@@ -83,7 +83,7 @@ class LogitHead:
                 target[rows] = tl[:, 0]
                 earlier = torch.arange(b - a)[None] < col  # (k, b - a)
                 beaten[rows] = ((own > tl) | ((own == tl) & earlier)).any(dim=1)
-            top = torch.amax(logits, dim=-1)  # (m,); amax is ~10x faster than max-with-indices here
+            top = torch.amax(logits, dim=-1)  # (m,); amax: no indices to compute
             tops[:, j] = top
             new_max = torch.maximum(run_max, top)
             logits.sub_(new_max[:, None]).exp_()

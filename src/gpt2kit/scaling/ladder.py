@@ -92,10 +92,10 @@ def _shapes(spec: list[tuple[int, int]], head_dim: int) -> tuple[Shape, ...]:
     return tuple((L, C, heads_for(C, head_dim)) for L, C in spec)
 
 
-# cpu-tiny: a smoke ladder (a fixed 8k tokens each, one checkpoint, ~20 s on 2 cores): every code path, no science.
-# cpu: 3.3k..113k non-embedding parameters (34x) at 20 tokens/param = 4.4M tokens, ~30 min on 2 idle cores.
-# gpu: 1.8M..85M (GPT-2 124M itself at the top), 1 token/param so the ladder fits ~10 min on one H100
-#      (not measured here: no GPU was available when it was written).
+# cpu-tiny: a smoke ladder (a fixed 8k tokens each, one checkpoint): every code path, no science.
+# cpu: 3.3k..113k non-embedding parameters (34x) at 20 tokens/param = 4.4M tokens, a ~30-40 min budget on 2 cores.
+# gpu: 1.8M..85M (GPT-2 124M itself at the top), 1 token/param, sized for one large GPU.
+# (Measured run times, and what is not measured yet: docs/scaling.md.)
 LADDER_PRESETS: dict[str, LadderConfig] = {
     "cpu-tiny": LadderConfig(
         sizes=_shapes([(1, 8), (1, 12), (1, 16), (2, 16), (2, 24), (3, 32)], head_dim=8), head_dim=8,
