@@ -1,10 +1,11 @@
-"""An OpenAI-compatible HTTP server for gpt2kit models, in three layers:
+"""An OpenAI-compatible HTTP server for gpt2kit models, in layers:
 
-    app.py (router: HTTP only) -> protocol.py (pydantic requests -> SamplingParams) -> worker.py (owns the
-    model, continuous batching over the generation engine; never sees an HTTP type)
+    routers.py (HTTP only) -> handlers.py (plain functions: request + ServerState -> body or SSE events)
+    -> protocol.py (pydantic requests -> SamplingParams) -> worker.py (owns the model, continuous batching
+    over the generation engine; never sees an HTTP type)
 
-`create_app(worker, config)` builds the FastAPI app; `serve(...)` runs it with uvicorn. Importing this
-package is light: fastapi and uvicorn are imported by app.py only.
+`create_app(worker, config)` (app.py) assembles the FastAPI app; `serve(...)` runs it with uvicorn.
+Importing this package is light: fastapi and uvicorn are imported only by the modules that serve HTTP.
 """
 
 from gpt2kit.serve.config import ServeConfig
