@@ -52,7 +52,7 @@ def save_checkpoint(root: str | os.PathLike, step: int, model: torch.nn.Module, 
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    for stale in root.glob(".tmp-step_*"):
+    for stale in [*root.glob(".tmp-step_*"), *root.glob(".tmp-old-step_*")]:  # a killed save's, or a killed swap's
         shutil.rmtree(stale, ignore_errors=True)
     final = step_dir(root, step)
     tmp = root / f".tmp-{final.name}-{os.getpid()}"
@@ -160,7 +160,7 @@ def load_training_state(folder: str | os.PathLike) -> tuple[dict, dict]:
 def prune(root: str | os.PathLike, keep_last: int) -> list[Path]:
     """Delete all but the last `keep_last` checkpoints and the best by val_loss; returns what was deleted."""
     found = list_checkpoints(root)
-    keep = {p for _, p in found[-keep_last:]}
+    keep = {p for _, p in found[max(len(found) - keep_last, 0) :]}  # not found[-keep_last:]: [-0:] is everything
     scored = []
     for _, p in found:
         try:
