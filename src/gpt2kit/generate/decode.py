@@ -4,8 +4,8 @@ Both are the model's own forward (`GPT.hidden_states` with the KV cache: one `Bl
 path) followed by the head on the last position only: a 32-token prompt would otherwise compute a
 (32, 50257) logits matrix to use one row. The speed comes from what that forward calls, not from a
 second copy of the math:
-  - the KV cache: a decode step reads the cached keys/values and attends with two small matmuls
-    (`CausalSelfAttention._explicit_attention`);
+  - the KV cache: a decode step writes one column per row and attends the cached keys/values with
+    SDPA under the step's additive mask (made once per step for all layers);
   - the linear layers: the runner works on an inference copy of the model (model/kernels.py) whose
     nn.Linear modules are KernelLinear modules, each using the kernel measured fastest on this machine
     for this shape, dtype and batch (exact by default; weight-only bf16 or int8 when asked for).
