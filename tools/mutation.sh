@@ -8,8 +8,15 @@
 # /tmp, never in the checkout. Two traps it avoids:
 #   - the editable install of gpt2kit (a .pth adding src/) would shadow mutmut's mutated copy: mutmut runs
 #     from a venv that sees .venv's packages but not that .pth, so gpt2kit imports only from mutants/src;
-#   - also_copy includes src (the rest of the package) and tests.
+#   - also_copy includes src (the rest of the package) and tests;
+#   - mutmut forks one child per mutant from a process that has already run the tests once: with an
+#     OpenMP team of 2 (tests/conftest.py sets 2 threads) a child waits forever at the team's barrier for
+#     a thread that fork did not copy, and with tqdm's monitor thread it waits for tqdm's lock; such a
+#     hang would be scored as a "timeout", i.e. as detected. A pytest plugin (mutation_threads, on the
+#     mutation venv's path) sets one torch thread after conftest has run and turns tqdm's monitor off,
+#     so a timeout means the mutant itself made the tests hang.
 set -euo pipefail
+export OMP_NUM_THREADS=1
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 MODULE="${1:?usage: tools/mutation.sh src/gpt2kit/<module>.py [test files...]}"
 shift
@@ -19,7 +26,25 @@ WORK="$(mktemp -d /tmp/gpt2kit-mutation.XXXXXX)"
 cp -r "$REPO/src" "$REPO/tests" "$REPO/pyproject.toml" "$WORK/"
 SITE="$("$REPO/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
 "$REPO/.venv/bin/python" -m venv --without-pip "$WORK/venv"
-echo "$SITE" >"$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/project-deps.pth"
+mkdir "$WORK/plugins"
+cat >"$WORK/plugins/mutation_threads.py" <<'PY'
+"""No helper threads in tools/mutation.sh's test runs: a forked child cannot take a lock that a thread of
+its parent held at the fork (an OpenMP team of 2, tqdm's monitor thread), and would hang."""
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_configure(config):
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        import tqdm
+    except ImportError:
+        return
+    tqdm.tqdm.monitor_interval = 0
+PY
+printf '%s\n%s\n' "$SITE" "$WORK/plugins" >"$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/project-deps.pth"
 if "$WORK/venv/bin/python" -c 'import gpt2kit' 2>/dev/null; then
   echo "tools/mutation.sh: gpt2kit is importable outside mutants/src; the mutants would not be tested" >&2
   exit 1
@@ -30,7 +55,7 @@ cat >>"$WORK/pyproject.toml" <<TOML
 [tool.mutmut]
 source_paths = ["$MODULE"]
 also_copy = ["src", "tests"]
-pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+pytest_add_cli_args = ["-p", "no:cacheprovider", "-p", "mutation_threads", "-q", "-x"]
 pytest_add_cli_args_test_selection = [$(quote "${TESTS[@]}")]
 TOML
 cd "$WORK"
