@@ -1,0 +1,305 @@
+"""kernels.py's choice by measurement, made deterministic: the timer is a fake clock or a fixed table, so each
+test knows which kernel must win, what is cached under which key and how many calls a measurement makes.
+The real timing, the engine parity and `gpt2kit info --kernels` are in test_kernels.py."""
+
+import json
+import re
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import tiny_gpt
+from gpt2kit.errors import ConfigError
+from gpt2kit.model import kernels as K
+from gpt2kit.model import linear as L
+
+CPU = torch.device("cpu")
+COST = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # microseconds per call, by kernel class
+
+
+@pytest.fixture
+def model():
+    return tiny_gpt(n_layer=5, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
+
+
+@pytest.fixture
+def fixed_times(monkeypatch, tmp_path):
+    """_time from COST (mkl wins, then onednn), every first call 1 us, every kernel available, the cache in tmp_path."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
+    monkeypatch.setattr(K, "_time", lambda ks, x: COST.get(type(ks[0]), 5.0))
+    clock = iter(range(10**9))
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
+    for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
+        monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
+    return tmp_path / "kernels.json"
+
+
+def test_cache_path_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path / "a"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "x"))
+    assert K.kernel_cache_path() == tmp_path / "a" / "kernels.json"
+    monkeypatch.delenv("GPT2KIT_CACHE_DIR")
+    assert K.kernel_cache_path() == tmp_path / "x" / "gpt2kit" / "kernels.json"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert K.kernel_cache_path() == tmp_path / "home" / ".cache" / "gpt2kit" / "kernels.json"
+
+
+def test_machine_key_names_the_cpu_flags_torch_and_threads(monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: avx2 fma\n\n"
+                    "processor\t: 1\nmodel name\t: Other CPU\nflags\t\t: sse\n")  # fmt: skip
+    real_path = K.Path
+    monkeypatch.setattr(K, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+    import hashlib
+
+    digest = hashlib.sha256(b"avx2 fma").hexdigest()[:12]
+    threads = torch.get_num_threads()
+    assert K.machine_key() == f"Test CPU 9000 | flags {digest} | torch {torch.__version__} | {threads} threads"
+    info.write_text("flags: sse\n")  # no model name (an ARM box): the platform's name instead
+    monkeypatch.setattr(K.platform, "processor", lambda: "")
+    monkeypatch.setattr(K.platform, "machine", lambda: "aarch64")
+    assert K.machine_key().startswith("aarch64 | flags " + hashlib.sha256(b"sse").hexdigest()[:12] + " | ")
+    monkeypatch.setattr(K.platform, "processor", lambda: "armv8")
+    assert K.machine_key().startswith("armv8 | ")
+    info.unlink()  # no /proc/cpuinfo (macOS, Windows): still a key
+    assert K.machine_key().startswith("armv8 | flags " + hashlib.sha256(b"").hexdigest()[:12])
+
+
+def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
+    choices = K.plan_kernels(model, batch=2)
+    assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.PREFILL_ROWS)]
+    assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
+    assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0} and choices[0].rejected == {}
+    store = json.loads(fixed_times.read_text())
+    table = store[K.machine_key()]
+    key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
+    assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": {}}
+    assert f"torch.float32 | auto | lm_head 96x16 | {K.PREFILL_ROWS} rows" in table and len(table) == 10
+    table[key]["kind"] = "onednn"  # what an earlier run measured is believed ...
+    fixed_times.write_text(json.dumps(store))
+    again = K.plan_kernels(model, batch=2)
+    assert again[0].kind == "onednn" and again[0].cached and all(c.cached for c in again)
+    assert K.plan_kernels(model, batch=2, remeasure=True)[0].kind == "mkl"  # ... until it is measured again
+    assert json.loads(fixed_times.read_text())[K.machine_key()][key]["kind"] == "mkl"
+    fresh = K.plan_kernels(model, batch=2, use_cache=False)
+    assert not any(c.cached for c in fresh)
+
+
+def test_batch_zero_plans_for_one_row(model, fixed_times):
+    assert {c.rows for c in K.plan_kernels(model, batch=0)} == {1, K.PREFILL_ROWS}
+
+
+def test_nothing_is_cached_when_a_kernel_is_forced(model, fixed_times, monkeypatch):
+    fixed_times.write_text(json.dumps({K.machine_key(): {}}))
+    monkeypatch.setenv("GPT2KIT_KERNEL", "onednn")
+    assert {c.kind for c in K.plan_kernels(model)} == {"onednn"}
+    assert json.loads(fixed_times.read_text()) == {K.machine_key(): {}}
+
+
+def test_weight_modes(model, fixed_times):
+    for bad in ("model", "fp8"):
+        with pytest.raises(ConfigError, match=re.escape(f"kernel weights must be one of ['auto', 'bf16', 'int8'], got {bad!r}.")):
+            K.plan_kernels(model, weights=bad)
+    int8 = {(c.role, c.rows): c for c in K.plan_kernels(model, batch=1, weights="int8")}
+    c = int8[("mlp.c_fc", 1)]
+    assert set(c.us) == {"int8", "int8-f32"} and c.kind in ("int8", "int8-f32")  # decode: only what was asked for
+    assert set(int8[("mlp.c_fc", K.PREFILL_ROWS)].us) == {"int8", "int8-f32", "linear", "mkl", "onednn"}
+    assert int8[("mlp.c_fc", K.PREFILL_ROWS)].kind == "mkl"  # prompt processing may still take an exact one
+
+
+def test_candidates():
+    cands = K._candidates
+    assert cands("auto", 1, torch.device("meta"), torch.float32, 64, None) == (["linear"], {})
+    assert cands("int8", 1, torch.device("meta"), torch.float32, 64, "mkl") == (["linear"], {})
+    kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
+    assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
+    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], {"bf16": "not available on this CPU/torch",
+                                                                    "bf16-onednn": "not available on this CPU/torch"})  # fmt: skip
+    kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
+    assert set(rejected) == {"bf16", "bf16-onednn"} and kinds == [
+        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16)
+    ]
+    kinds, rejected = cands("int8", 1, CPU, torch.float32, 40, None)
+    assert "int8" not in kinds and (rejected["int8"] == "does not support in_features=40" or "int8" in rejected)
+    assert cands("auto", 1, CPU, torch.float32, 64, "linear") == (["linear"], {})
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-onednn',")):
+        cands("auto", 1, CPU, torch.float32, 64, "fast")
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='bf16' does not run on this machine/shape; unset it")):
+        cands("auto", 1, CPU, torch.bfloat16, 64, "bf16")
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='int8' does not run on this machine/shape;")):
+        cands("auto", 1, CPU, torch.float32, 40, "int8")
+
+
+def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
+    monkeypatch.setattr(L._Int8, "available", classmethod(lambda cls, device, dtype: True))
+    kinds, rejected = K._candidates("int8", 1, CPU, torch.float32, 40, None)
+    assert rejected == {"int8": "does not support in_features=40"} and kinds == ["int8-f32"]
+
+
+def test_timed_weights():
+    lins = [torch.nn.Linear(8, 5000), torch.nn.Linear(8, 5000, bias=False)]
+    decode = K._timed_weights(lins, K.PREFILL_ROWS - 1)
+    assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
+    assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
+    (w, b), = K._timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
+    assert w.shape == (K.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:4096]) and torch.equal(b, lins[0].bias[:4096])
+    assert not w.requires_grad and not b.requires_grad
+    (w, b), = K._timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
+    assert b is None and K.PREFILL_OUT_TIMED == 4096
+
+
+def _linears(n=2, bias=True):
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(16, 24, bias=bias) for _ in range(n)]
+    with torch.no_grad():
+        for lin in lins:
+            if bias:
+                lin.bias.normal_()
+    return lins
+
+
+def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypatch):
+    class DropsBias(L._Mkl):
+        def __call__(self, x):
+            return torch.mm(x, self.wt)
+
+    class Nan(L._Linear):
+        def __call__(self, x):
+            return super().__call__(x) * float("nan")
+
+    monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
+    monkeypatch.setitem(L.KERNELS, "onednn", Nan)
+    monkeypatch.setattr(K, "_time", lambda ks, x: 2.0)
+    c = K._measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
+    assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
+    assert re.fullmatch(
+        r"output differs from the float32 reference by \d\.\d\de[-+]\d\d \(tolerance 0\.0001\)", c.rejected["mkl"]
+    )
+    assert c.rejected["onednn"] == "output differs from the float32 reference by nan (tolerance 0.0001)"
+    assert c.rejected["bf16"] == "why"
+
+
+def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(monkeypatch):
+    class Off(L._Linear):
+        exact = True
+
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 0.01 * (1 + y.abs().max())  # relative error 1e-2: wrong for float32, fine for bf16
+
+    monkeypatch.setitem(L.KERNELS, "linear", Off)
+    monkeypatch.setattr(K, "_time", lambda ks, x: 1.0)
+    assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+    bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
+    assert K._measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
+    monkeypatch.setattr(Off, "exact", False)
+    assert K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
+
+
+def test_measure_with_nothing_left_falls_back_to_linear(monkeypatch):
+    c = K._measure("r", _linears(), 2, ([], {}), torch.float32)
+    assert c.kind == "linear" and list(c.us) == ["linear"] and c.us["linear"] != c.us["linear"]  # NaN: not timed
+
+
+def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monkeypatch):
+    reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
+    timed = []
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
+    monkeypatch.setattr(K, "_time", lambda ks, x: timed.append(type(ks[0])) or 0.5)
+    c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
+
+
+def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch):
+    seen = []
+    monkeypatch.setattr(K, "_time", lambda ks, x: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
+    lins = _linears(3)
+    K._measure("r", lins, 5, (["mkl"], {}), torch.float32)
+    assert seen == [(3, (5, 16), torch.float32)]
+    c = K._measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
+    assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
+
+
+def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
+    now = {"t": 0.0}
+    durations = iter([0.001 * (i % 7 + 1) for i in range(1000)])
+
+    def perf_counter():
+        return now["t"]
+
+    calls = []
+
+    def kernel(name):
+        def run(x):
+            calls.append(name)
+            now["t"] += next(durations)
+
+        return run
+
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=perf_counter))
+    us = K._time([kernel("a"), kernel("b")], torch.zeros(1))
+    # warm-up: a, b (1 ms, 2 ms); then calls until the 8 ms budget is spent: 3 + 4 ms, then 5 ms: 3 calls
+    assert calls == ["a", "b", "a", "b", "a"]
+    import statistics
+
+    assert us == pytest.approx(statistics.quantiles([0.003, 0.004, 0.005], n=4)[0] * 1e6)
+
+
+def test_time_makes_at_least_three_and_at_most_200_calls(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    slow = []
+
+    def step(x, dt):
+        slow.append(1)
+        now["t"] += dt
+
+    K._time([lambda x: step(x, 1.0)], torch.zeros(1))  # each call longer than the whole budget
+    assert len(slow) == 1 + 3
+    slow.clear()
+    K._time([lambda x: step(x, 0.0)], torch.zeros(1))  # a clock that never moves
+    assert len(slow) == 1 + 200
+    assert K.TIME_BUDGET_S == 0.008
+
+
+def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_times, monkeypatch):
+    plans = {1: "mkl", K.PREFILL_ROWS: "onednn"}
+    monkeypatch.setattr(K, "plan_kernels", lambda m, b, w: [K.Choice(r, n, plans[n] if r != "lm_head" else "linear")
+                                                            for r in K.ROLES for n in (max(1, b), K.PREFILL_ROWS)])  # fmt: skip
+    copy = K.inference_copy(model, batch=1)
+    kl = copy.transformer.h[4].mlp.c_proj
+    assert isinstance(kl, L.KernelLinear) and kl.kinds == ("mkl", "onednn") and kl.rows == 4
+    assert copy.lm_head.kinds == ("linear", "linear") and copy.lm_head.small is copy.lm_head.large
+    assert K.kernels_in_use(copy) == {**{r: ("mkl", "onednn") for r in K.ROLES[:4]}, "lm_head": ("linear", "linear")}
+    assert K.kernels_in_use(model) == {}
+    plans[3] = "mkl"
+    assert K.inference_copy(model, batch=3).transformer.h[0].attn.c_attn.rows == 6
+    assert not copy.training
+    x = torch.randint(0, 96, (2, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_role_slots_and_linears(model):
+    slots = K._role_slots(model, "mlp.c_fc")
+    assert [(p, n, m) for p, n, m in slots] == [(b.mlp, "c_fc", b.mlp.c_fc) for b in model.transformer.h]
+    assert K._role_slots(model, "lm_head") == [(model, "lm_head", model.lm_head)]
+    assert K._role_linears(model, "attn.c_proj") == [b.attn.c_proj for b in model.transformer.h[:4]]
+    assert K.LAYERS_TIMED == 4
+
+
+def test_cache_file_read_and_write_failures(monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    assert K._read_cache() == {}
+    (tmp_path / "kernels.json").write_text("[1, 2]")
+    assert K._read_cache() == {}
+    (tmp_path / "kernels.json").write_text('{"m": {"k": 1}}')
+    assert K._read_cache() == {"m": {"k": 1}}
+    K._write_cache({"b": 1, "a": {"y": 2, "x": 1}})
+    text = (tmp_path / "kernels.json").read_text()
+    assert text == json.dumps({"a": {"x": 1, "y": 2}, "b": 1}, indent=1, sort_keys=True)
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path / "kernels.json"))  # a file where the folder should be
+    K._write_cache({"a": 1})  # no error: measured again next time

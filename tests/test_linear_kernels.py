@@ -1,0 +1,198 @@
+"""linear.py's kernels, unit by unit, against references written out here: F.linear in float32, bf16
+rounding of the weight, and the int8 quantisation the module docstring specifies. Fast (no model forward
+passes, no timing); the choice by measurement and the engine parity are in test_kernels.py."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2kit.model import linear as L
+
+CPU = torch.device("cpu")
+RUNNABLE = [k for k, c in L.KERNELS.items() if c.available(CPU, torch.float32) and c.supports(64)]
+
+
+def _data(out=48, inp=64, rows=5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(out, inp, generator=g), torch.randn(out, generator=g), torch.randn(rows, inp, generator=g)
+
+
+def _int8_reference(w, b, x, act_dtype):
+    """w ~ scale[o] * q[o, i] with q = round(w / scale) in [-127, 127], scale = max |w[o]| / 127."""
+    scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127)
+    y = F.linear(x.to(act_dtype).float(), q, None) * scale.to(act_dtype).float()
+    return y if b is None else y + b
+
+
+def test_the_kernel_table():
+    assert set(L.KERNELS) == {"linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32"}
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn"}
+    assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
+    assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None
+
+
+@pytest.mark.parametrize("kind", ["linear", "mkl", "onednn"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_exact_kernels_equal_f_linear(kind, bias):
+    if kind not in RUNNABLE:
+        pytest.skip(f"{kind} does not run on this CPU")
+    w, b, x = _data()
+    b = b if bias else None
+    y = L.make_kernel(kind, w, b)(x)
+    assert y.dtype == torch.float32 and y.shape == (5, 48)
+    torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+def test_linear_uses_the_weight_in_place_and_mkl_a_transposed_copy():
+    w, b, _ = _data()
+    assert L.make_kernel("linear", w, b).w is w
+    mkl = L.make_kernel("mkl", w, b)
+    assert mkl.wt.shape == (64, 48) and mkl.wt.is_contiguous() and mkl.b is b
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_rounds_the_weight_and_the_activations(bias):
+    w, b, x = _data()
+    b = b if bias else None
+    y = L.make_kernel("bf16", w, b)(x)
+    bf = torch.bfloat16
+    ref = F.linear(x.to(bf).float(), w.to(bf).float(), None if b is None else b.to(bf).float())
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, ref, atol=0.02, rtol=0.01)  # bf16 products, summed in bf16's precision
+    assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # and it is not the float32 product
+
+
+@pytest.mark.parametrize("kind", ["int8", "int8-f32"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_is_the_specified_quantisation(kind, bias):
+    if kind not in RUNNABLE:
+        pytest.skip(f"{kind} does not run on this CPU")
+    w, b, x = _data()
+    w[3] = 0.0  # an all-zero output channel: scale clamped, no division by zero
+    b = b if bias else None
+    k = L.make_kernel(kind, w, b)
+    assert k.q.dtype == torch.int8 and k.q.shape == (48, 64) and k.q.is_contiguous()
+    assert int(k.q.abs().max()) == 127 and k.q[3].eq(0).all()
+    assert k.scale.dtype == k.act_dtype
+    y = k(x)
+    assert y.dtype == torch.float32 and torch.isfinite(y).all()
+    tol = 1e-4 if kind == "int8-f32" else 0.05
+    torch.testing.assert_close(y, _int8_reference(w, b, x, k.act_dtype), atol=tol, rtol=tol)
+    if bias:
+        torch.testing.assert_close(y[:, 3], b[3].expand(5))
+
+
+def test_which_kernels_support_which_widths_and_dtypes():
+    assert all(c.supports(40) for k, c in L.KERNELS.items() if k != "int8")
+    assert not L.KERNELS["int8"].supports(40) and L.KERNELS["int8"].supports(64) and L.KERNELS["int8"].supports(16)
+    assert L._Linear.available(torch.device("meta"), torch.float16)
+    assert not L._Mkl.available(torch.device("meta"), torch.float32) and L._Mkl.available(CPU, torch.float32)
+    assert not L._OneDnn.available(torch.device("meta"), torch.float32)
+    assert L._Bf16.available(torch.device("meta"), torch.float32) and not L._Bf16.available(CPU, torch.bfloat16)
+    assert not L._Bf16OneDnn.available(CPU, torch.bfloat16)
+    assert not L._Int8.available(torch.device("meta"), torch.float32)
+
+
+def test_availability_follows_the_probe(monkeypatch):
+    monkeypatch.setattr(L, "_onednn_works", lambda dt: dt == torch.float32)
+    assert L._OneDnn.available(CPU, torch.float32) and not L._OneDnn.available(CPU, torch.bfloat16)
+    assert not L._Bf16OneDnn.available(CPU, torch.float32)  # it asks about bf16, whatever the model's dtype
+    monkeypatch.setattr(L, "_onednn_works", lambda dt: True)
+    assert L._Bf16OneDnn.available(CPU, torch.float32) and not L._Bf16OneDnn.available(CPU, torch.bfloat16)
+    monkeypatch.setattr(L, "_int8_works", lambda dt: dt == torch.float32)
+    assert L._Int8F32.available(CPU, torch.float32) and not L._Int8.available(CPU, torch.float32)
+
+
+def test_onednn_probe_checks_bf16_support(monkeypatch):
+    L._onednn_works.cache_clear()
+    try:
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+        assert not L._onednn_works(torch.bfloat16)
+        probed = []
+        monkeypatch.setattr(L, "_probe", lambda kernel, dtype: probed.append((kernel, dtype)) or True)
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+        L._onednn_works.cache_clear()
+        assert L._onednn_works(torch.bfloat16) and probed == [(L._OneDnn, torch.bfloat16)]
+        assert L._onednn_works(torch.float32) and probed[-1] == (L._OneDnn, torch.float32)
+        L._int8_works.cache_clear()
+        assert L._int8_works(torch.float32) and probed[-1] == (L._Int8F32, torch.float32)
+        assert L._int8_works(torch.bfloat16) and probed[-1] == (L._Int8, torch.float32)
+        monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
+        L._onednn_works.cache_clear()
+        assert not L._onednn_works(torch.float32)
+    finally:
+        L._onednn_works.cache_clear()
+        L._int8_works.cache_clear()
+
+
+class _Off(L._Linear):
+    """F.linear plus a relative error of `err` (of the output's scale)."""
+
+    err = 0.0
+
+    def __call__(self, x):
+        y = F.linear(x, self.w, self.b)
+        return y + self.err * (1 + y.abs().max())
+
+
+@pytest.mark.parametrize(
+    ("err", "exact", "dtype", "ok"),
+    [(0.0, True, torch.float32, True), (5e-5, True, torch.float32, True), (5e-4, True, torch.float32, False),
+     (5e-4, False, torch.float32, True), (0.04, False, torch.float32, True), (0.06, False, torch.float32, False),
+     (5e-4, True, torch.bfloat16, True), (float("nan"), False, torch.float32, False)],
+)  # fmt: skip
+def test_probe_tolerance(err, exact, dtype, ok):
+    kernel = type("K", (_Off,), {"err": err, "exact": exact})
+    assert L._probe(kernel, dtype) is ok
+
+
+@pytest.mark.parametrize("exc", [RuntimeError, TypeError, AttributeError, NotImplementedError])
+def test_probe_says_no_when_the_kernel_fails(exc):
+    class Fails(L._Linear):
+        def __call__(self, x):
+            raise exc("no kernel")
+
+    assert L._probe(Fails, torch.float32) is False
+
+
+def test_probe_runs_a_real_product(monkeypatch):
+    seen = []
+
+    class Spy(L._Linear):
+        def __call__(self, x):
+            seen.append((tuple(self.w.shape), tuple(self.b.shape), tuple(x.shape), x.dtype))
+            return super().__call__(x)
+
+    assert L._probe(Spy, torch.float32)
+    assert seen == [((48, 64), (48,), (3, 64), torch.float32)]
+    zero = type("Zero", (L._Linear,), {"__call__": lambda self, x: torch.zeros(3, 48)})
+    assert not L._probe(zero, torch.float32)
+
+
+def test_kernel_linear_routes_by_rows():
+    lin = torch.nn.Linear(64, 48)
+    with torch.no_grad():
+        lin.bias.normal_()
+    kl = L.KernelLinear(lin, "mkl", "linear", rows=4)
+    calls = []
+    for name in ("small", "large"):
+        k = getattr(kl, name)
+        setattr(kl, name, lambda x, k=k, name=name: calls.append((name, x.shape[0])) or k(x))
+    for shape in [(4, 64), (5, 64), (1, 4, 64), (2, 3, 64), (1, 1, 64)]:
+        x = torch.randn(shape)
+        y = kl(x)
+        assert y.shape == (*shape[:-1], 48)
+        torch.testing.assert_close(y, lin(x), atol=1e-5, rtol=1e-5)
+    assert calls == [("small", 4), ("large", 5), ("small", 4), ("large", 6), ("small", 1)]
+    assert kl.kinds == ("mkl", "linear") and (kl.in_features, kl.out_features, kl.rows) == (64, 48, 4)
+    assert kl.extra_repr() == "in=64, out=48, small=mkl (<= 4 rows), large=linear"
+
+
+def test_kernel_linear_packs_a_shared_kind_once_and_copes_without_bias():
+    lin = torch.nn.Linear(64, 48, bias=False)
+    kl = L.KernelLinear(lin, "mkl", "mkl", rows=2)
+    assert kl.small is kl.large and kl.small.b is None
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
+    assert not kl.small.wt.requires_grad

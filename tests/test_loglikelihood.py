@@ -1,0 +1,167 @@
+"""score_tokens and encode_pair against a naive reference: one full forward per request, log_softmax, argmax.
+
+Fast and self-contained (a 1-layer model, a character tokenizer); the lm-eval parity runs in test_eval_*.py.
+"""
+
+import re
+
+import pytest
+import torch
+
+from conftest import tiny_gpt
+from gpt2kit.config import GPT2_EOT_ID
+from gpt2kit.errors import InputError
+from gpt2kit.eval import loglikelihood as ll
+from gpt2kit.eval.loglikelihood import encode_pair, eval_mode, score_tokens
+
+V = 64
+
+
+def _model(n_positions=16):
+    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=n_positions, vocab_size=V)
+
+
+def _reference(model, ctx, cont):
+    """(summed log p(cont), greedy) from one unbatched, unpadded forward over the last n_positions + 1 tokens."""
+    whole = (list(ctx) + list(cont))[-(model.config.n_positions + 1) :]
+    with torch.no_grad():
+        logits = model(torch.tensor([whole[:-1]]))[0][0].double()  # (T, V)
+    logp = torch.log_softmax(logits, -1)[-len(cont) :]  # (k, V)
+    target = torch.tensor(whole[-len(cont) :])
+    return float(logp.gather(1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
+
+
+def test_scores_equal_the_naive_reference_in_request_order():
+    model = _model()
+    g = torch.Generator().manual_seed(0)
+    reqs = [(torch.randint(0, V, (n,), generator=g).tolist(), torch.randint(0, V, (k,), generator=g).tolist())
+            for n, k in [(3, 2), (9, 1), (1, 5), (20, 3), (5, 16), (2, 2)]]  # fmt: skip
+    with torch.no_grad():  # a request the model predicts greedily, so is_greedy is True somewhere
+        ctx = [1, 2, 3]
+        cont = [int(model(torch.tensor([ctx]))[0][0, -1].argmax())]
+    reqs.append((ctx, cont))
+    s = score_tokens(model, reqs, batch_size=3)
+    want = [_reference(model, c, k) for c, k in reqs]
+    assert s.logprob.dtype == torch.float64 and s.is_greedy.dtype == torch.bool
+    torch.testing.assert_close(s.logprob, torch.tensor([w[0] for w in want], dtype=torch.float64), rtol=1e-5, atol=1e-5)
+    assert s.is_greedy.tolist() == [w[1] for w in want] and s.is_greedy[-1]
+    assert s.n_tokens.tolist() == [2, 1, 5, 3, 16, 2, 1]
+
+
+def test_a_long_context_is_cut_from_the_left():
+    model = _model(n_positions=8)
+    ctx, cont = list(range(1, 13)), [5, 6]
+    s = score_tokens(model, [(ctx, cont), (ctx[-7:], cont)])
+    assert s.logprob[0] == s.logprob[1]  # the same 8 inputs: the first 5 context tokens are dropped
+    assert s.logprob[0].item() == pytest.approx(_reference(model, ctx, cont)[0], abs=1e-5)
+    full = score_tokens(model, [([1], list(range(2, 10)))])  # a continuation as long as the window
+    assert full.logprob.item() == pytest.approx(_reference(model, [1], list(range(2, 10)))[0], abs=1e-5)
+
+
+def test_bad_requests_are_refused_with_what_to_do():
+    model = _model(n_positions=8)
+    with pytest.raises(InputError, match=re.escape("batch_size must be >= 1, got 0.")):
+        score_tokens(model, [([1], [2])], batch_size=0)
+    with pytest.raises(InputError, match=re.escape("request 1: the continuation is empty; there is nothing to score.")):
+        score_tokens(model, [([1], [2]), ([1], [])])
+    with pytest.raises(
+        InputError, match=re.escape(f"request 0: the context is empty; start it with <|endoftext|> ({GPT2_EOT_ID}).")
+    ):
+        score_tokens(model, [([], [2])])
+    with pytest.raises(InputError, match=re.escape("request 0: continuation of 9 tokens is longer than the model's context 8.")):
+        score_tokens(model, [([1], list(range(9)))])
+    assert score_tokens(model, [([1], [2])], batch_size=1).n_tokens.tolist() == [1]
+
+
+def test_eval_mode_restores_the_training_flag_and_disables_grad():
+    model = _model()
+    for training in (True, False):
+        model.train(training)
+        with eval_mode(model):
+            assert not model.training and torch.is_inference_mode_enabled()
+        assert model.training is training
+    model.train()
+    with pytest.raises(KeyError), eval_mode(model):
+        raise KeyError
+    assert model.training
+    score_tokens(model, [([1], [2])])
+    assert model.training
+
+
+def test_cpu_batches_hold_at_most_cpu_batch_tokens(monkeypatch):
+    model = _model(n_positions=1024)
+    sizes = []
+    real = ll._score_batch
+
+    def spy(model, head, seqs, n_conts, device):
+        sizes.append([len(s) for s in seqs])
+        return real(model, head, seqs, n_conts, device)
+
+    monkeypatch.setattr(ll, "_score_batch", spy)
+    reqs = [([1] * 700, [2]), ([1] * 10, [2]), ([1] * 700, [3]), ([1] * 700, [4])]
+    s = score_tokens(model, reqs, batch_size=8)
+    assert sizes == [[701, 701], [701, 11]]  # longest first, 2048 // 700 = 2 per batch
+    assert s.logprob[0] != s.logprob[2] and s.logprob[2] != s.logprob[3]
+    assert ll.CPU_BATCH_TOKENS == 2048
+    sizes.clear()
+    for n in (683, 1024):  # inputs of n tokens: 2048 // 1024 = 2048 // 683 = 2 per batch
+        sizes.clear()
+        score_tokens(model, [([1] * n, [2])] * 3)
+        assert sizes == [[n + 1, n + 1], [n + 1]]
+    sizes.clear()
+    score_tokens(model, [([1], [2])] * 9)
+    assert [len(b) for b in sizes] == [8, 1]  # batch_size 8 by default
+
+
+def test_batches():
+    assert list(ll._batches([4, 2, 0], [5, 5, 5], 2, None)) == [[4, 2], [0]]
+    assert list(ll._batches([0, 1, 2, 3], [10, 10, 3, 3], 8, 20)) == [[0, 1], [2, 3]]
+    assert list(ll._batches([0, 1], [0, 0], 8, 1)) == [[0], [1]]  # empty inputs count as 1 token
+    assert list(ll._batches([0, 1, 2], [50, 1, 1], 8, 20)) == [[0], [1, 2]]
+    assert list(ll._batches([], [], 8, 20)) == []
+
+
+def test_progress_bar_only_when_asked(capsys):
+    model = _model()
+    score_tokens(model, [([1], [2])], desc="quiet-one")
+    assert "quiet-one" not in capsys.readouterr().err
+    score_tokens(model, [([1], [2])], progress=True, desc="loud-one")
+    err = capsys.readouterr().err
+    assert "loud-one" in err and "0/1" in err and "req" in err
+    score_tokens(model, [([1], [2])], progress=True)
+    assert "scoring" in capsys.readouterr().err
+
+
+class _Chars:
+    """encode_ordinary: one id per character, except that "ab" merges into one token (id 1000)."""
+
+    def encode_ordinary(self, text):
+        out, i = [], 0
+        while i < len(text):
+            if text[i : i + 2] == "ab":
+                out.append(1000)
+                i += 2
+            else:
+                out.append(ord(text[i]))
+                i += 1
+        return out
+
+
+class _Eot(_Chars):
+    def encode_ordinary(self, text):
+        return [GPT2_EOT_ID if c == "#" else ord(c) for c in text]
+
+
+def test_encode_pair_moves_trailing_space_to_the_continuation():
+    tok = _Chars()
+    assert encode_pair(tok, "The cat  ", "sat") == (tok.encode_ordinary("The cat"), tok.encode_ordinary("  sat"))
+    assert encode_pair(tok, "The cat\n", "sat") == (tok.encode_ordinary("The cat"), tok.encode_ordinary("\nsat"))
+    assert encode_pair(tok, "The cat", " sat") == (tok.encode_ordinary("The cat"), tok.encode_ordinary(" sat"))
+    assert encode_pair(tok, "xa", "bc") == ([ord("x"), ord("a")], [ord("c")])  # "ab" merged: what follows ctx's tokens
+
+
+def test_encode_pair_with_an_empty_context():
+    assert encode_pair(_Chars(), "", "hi") == ([GPT2_EOT_ID], [ord("h"), ord("i")])
+    assert encode_pair(_Eot(), "", "#hi") == ([GPT2_EOT_ID], [ord("h"), ord("i")])  # already starts with EOT
+    with pytest.raises(InputError, match="^" + re.escape("empty continuation: there is nothing to score.") + "$"):
+        encode_pair(_Chars(), "", "")
