@@ -63,6 +63,25 @@ def test_bf16_rounds_the_weight_and_the_activations(bias):
     assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # and it is not the float32 product
 
 
+@pytest.mark.parametrize("model_dtype", [torch.float32, torch.bfloat16])
+def test_onednn_runs_in_the_models_dtype_and_bf16_onednn_in_bf16(model_dtype):
+    w, b, x = _data()
+    for kind, dt in (("onednn", model_dtype), ("bf16-onednn", torch.bfloat16)):
+        if (
+            kind not in RUNNABLE
+            or not L.KERNELS[kind].available(CPU, torch.float32)
+            or (kind == "bf16-onednn" and model_dtype == torch.bfloat16)
+        ):
+            continue
+        k = L.make_kernel(kind, w.to(model_dtype), b.to(model_dtype))
+        assert k.b.dtype == dt
+        y = k(x.to(model_dtype))
+        assert y.dtype == model_dtype and y.shape == (5, 48)
+        ref = F.linear(x.to(dt).float(), w.to(dt).float(), b.to(dt).float())
+        tol = 1e-5 if dt == torch.float32 else 0.03
+        torch.testing.assert_close(y.float(), ref, atol=tol, rtol=tol)
+
+
 @pytest.mark.parametrize("kind", ["int8", "int8-f32"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_is_the_specified_quantisation(kind, bias):
@@ -147,6 +166,20 @@ def test_probe_tolerance(err, exact, dtype, ok):
     assert L._probe(kernel, dtype) is ok
 
 
+@pytest.mark.parametrize(("exact", "margin", "ok"), [(True, 0.5, False), (False, 0.5, False), (True, -0.5, True)])
+def test_probe_tolerance_is_relative_to_one_plus_the_largest_output(exact, margin, ok):
+    """An error of tol * (1 + margin + max |y|): refused just above the bound, accepted just below it."""
+
+    class Near(L._Linear):
+        def __call__(self, x):
+            y = F.linear(x, self.w, self.b)
+            tol = 1e-4 if exact else 0.05
+            return y + tol * (1 + margin + y.abs().max())
+
+    Near.exact = exact
+    assert L._probe(Near, torch.float32) is ok
+
+
 @pytest.mark.parametrize("exc", [RuntimeError, TypeError, AttributeError, NotImplementedError])
 def test_probe_says_no_when_the_kernel_fails(exc):
     class Fails(L._Linear):
@@ -175,6 +208,7 @@ def test_kernel_linear_routes_by_rows():
     with torch.no_grad():
         lin.bias.normal_()
     kl = L.KernelLinear(lin, "mkl", "linear", rows=4)
+    assert isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear) and type(kl.large) is not L._Mkl
     calls = []
     for name in ("small", "large"):
         k = getattr(kl, name)
