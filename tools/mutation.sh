@@ -11,9 +11,10 @@
 #   - also_copy includes src (the rest of the package) and tests;
 #   - mutmut forks one child per mutant from a process that has already run the tests once: with an
 #     OpenMP team of 2 (tests/conftest.py sets 2 threads) a child waits forever at the team's barrier for
-#     a thread that fork did not copy, and with tqdm's monitor thread it waits for tqdm's lock; such a
-#     hang would be scored as a "timeout", i.e. as detected. A pytest plugin (mutation_threads, on the
-#     mutation venv's path) sets one torch thread after conftest has run and turns tqdm's monitor off,
+#     a thread that fork did not copy, and tqdm's lock is a semaphore shared by all the children, so
+#     one child killed while holding it hangs every later one; such hangs would be scored as "timeout",
+#     i.e. as detected. A pytest plugin (mutation_threads, on the mutation venv's path) sets one torch
+#     thread after conftest has run, turns tqdm's monitor thread off and gives tqdm a per-process lock,
 #     so a timeout means the mutant itself made the tests hang.
 set -euo pipefail
 export OMP_NUM_THREADS=1
@@ -30,6 +31,8 @@ mkdir "$WORK/plugins"
 cat >"$WORK/plugins/mutation_threads.py" <<'PY'
 """No helper threads in tools/mutation.sh's test runs: a forked child cannot take a lock that a thread of
 its parent held at the fork (an OpenMP team of 2, tqdm's monitor thread), and would hang."""
+import threading
+
 import pytest
 
 
@@ -43,6 +46,9 @@ def pytest_configure(config):
     except ImportError:
         return
     tqdm.tqdm.monitor_interval = 0
+    # tqdm's default lock is a multiprocessing semaphore, shared by every forked child: a child killed for a
+    # timeout while holding it would hang every later one. A thread lock is copied per child instead.
+    tqdm.tqdm.set_lock(threading.RLock())
 PY
 printf '%s\n%s\n' "$SITE" "$WORK/plugins" >"$("$WORK/venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/project-deps.pth"
 if "$WORK/venv/bin/python" -c 'import gpt2kit' 2>/dev/null; then
