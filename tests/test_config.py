@@ -85,4 +85,3 @@ def test_config_file_errors(tmp_path):
     bad.write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 1, "activation_function": "relu"}))
     with pytest.raises(ConfigError, match="tanh GELU"):
         GPTConfig.from_json_file(bad)
-

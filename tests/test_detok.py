@@ -87,4 +87,3 @@ def test_matcher_equals_reference_on_any_split(text, stop, data):
         assert (out, hit) == (raw, None)
     else:
         assert (out, hit) == (raw[:i], stop)
-

@@ -47,4 +47,3 @@ def write_json(path: str | os.PathLike, results: list[EvalResult]) -> None:
     from gpt2kit.atomic import write_text
 
     write_text(path, json.dumps([r.to_dict() for r in results], indent=2) + "\n")
-
