@@ -235,6 +235,7 @@ def test_prune_without_val_losses_keeps_only_the_last(tmp_path):
         _fake(tmp_path, step, float("inf") if step == 1 else "absent")
     assert [p.name for p in ckpt.prune(tmp_path, keep_last=1)] == ["step_000001", "step_000002"]
     assert ckpt.best_checkpoint(tmp_path) is None
+    assert ckpt.prune(tmp_path, keep_last=5) == []  # fewer than keep_last: all kept
 
 
 def test_best_is_the_lowest_finite_val_loss(tmp_path):
