@@ -64,6 +64,9 @@ def test_parse_refusals_name_the_field():
     refused("invalid value for 'max_tokens': Input should be a valid integer (got '5').", "max_tokens", req, max_tokens="5")
     long = "x" * 70
     refused(f"invalid value for 'user': Input should be a valid string (got {[long]!r:.57}...).", "user", req, user=[long])
+    sixty, sixty_one = ["y" * 56], ["y" * 57]  # reprs of 60 and 61 characters: the first is shown whole
+    refused(f"invalid value for 'user': Input should be a valid string (got {sixty!r}).", "user", req, user=sixty)
+    refused(f"invalid value for 'user': Input should be a valid string (got {sixty_one!r:.57}...).", "user", req, user=sixty_one)
     e = refused("invalid value for 'prompt': Input should be a valid string (got 5).", "prompt", req, prompt=5)
     assert "str" not in e.param
     refused("invalid value for 'messages.0.role': Input should be 'system', 'developer', 'user' or 'assistant' (got 'bot').",
@@ -218,6 +221,8 @@ def test_completion_refusals():
     refused("3 prompts x n=6 = 18 choices; at most 16 per request.", "prompt", P.plan_completion, req(prompt=["a", "b", "c"], n=6),
             TOK, CFG, CTX)  # fmt: skip
     assert P.plan_completion(req(prompt=["a", "b"], n=8), TOK, CFG, CTX).params.n == 8
+    refused("max_tokens=1025 is out of range: it must be between 0 and 1024 on this server.", "max_tokens",
+            P.plan_completion, req(max_tokens=1025), TOK, CFG, 4000)  # fmt: skip
 
 
 def test_prompt_forms():
@@ -291,6 +296,10 @@ def test_chat_plan():
 
 def test_chat_logprobs_and_limits():
     assert P.plan_chat(chat(logprobs=True), TOK, CFG, CTX).logprobs == 0
+    assert P.plan_chat(chat(logprobs=True, top_logprobs=0), TOK, CFG, CTX).params.logprobs == 0
+    assert P.plan_chat(chat(stream=True, stream_options={"include_usage": True}), TOK, CFG, CTX).include_usage
+    refused("max_tokens=1025 is out of range: it must be between 0 and 1024 on this server.", "max_tokens",
+            P.plan_chat, chat(max_tokens=1025), TOK, CFG, 4000)  # fmt: skip
     plan = P.plan_chat(chat(logprobs=True, top_logprobs=20), TOK, CFG, CTX)
     assert plan.logprobs == plan.params.logprobs == 20 and plan.params.prompt_logprobs is None
     assert P.plan_chat(chat(logprobs=False), TOK, CFG, CTX).params.logprobs is None
@@ -330,6 +339,7 @@ def test_response_builders():
     body = P.completion_body("i", 5, "m", [ch], None)
     assert body == {"id": "i", "object": "text_completion", "created": 5, "model": "m", "choices": [ch]}
     assert list(P.completion_body("i", 5, "m", [], {"u": 1})) == ["id", "object", "created", "model", "choices", "usage"]
+    assert P.completion_body("i", 5, "m", [], {"u": 1})["usage"] == {"u": 1}
     cc = P.chat_choice(0, "yo", "length")
     assert cc == {"index": 0, "message": {"role": "assistant", "content": "yo", "refusal": None}, "logprobs": None,
                   "finish_reason": "length"}  # fmt: skip
