@@ -15,7 +15,7 @@ from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 
 CPU = torch.device("cpu")
-COST = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # microseconds per call, by kernel class
+COST = {L._Linear: 3.0, L._Mkl: 1.004, L._OneDnn: 2.0}  # microseconds per call, by kernel class
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_cache_path_precedence(monkeypatch, tmp_path):
 
 def test_machine_key_names_the_cpu_flags_torch_and_threads(monkeypatch, tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: avx2 fma\n\n"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000: rev 2\nflags\t\t: avx2 fma\n\n"
                     "processor\t: 1\nmodel name\t: Other CPU\nflags\t\t: sse\n")  # fmt: skip
     real_path = K.Path
     monkeypatch.setattr(K, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
@@ -57,7 +57,7 @@ def test_machine_key_names_the_cpu_flags_torch_and_threads(monkeypatch, tmp_path
 
     digest = hashlib.sha256(b"avx2 fma").hexdigest()[:12]
     threads = torch.get_num_threads()
-    assert K.machine_key() == f"Test CPU 9000 | flags {digest} | torch {torch.__version__} | {threads} threads"
+    assert K.machine_key() == f"Test CPU 9000: rev 2 | flags {digest} | torch {torch.__version__} | {threads} threads"
     info.write_text("flags: sse\n")  # no model name (an ARM box): the platform's name instead
     monkeypatch.setattr(K.platform, "processor", lambda: "")
     monkeypatch.setattr(K.platform, "machine", lambda: "aarch64")
@@ -72,7 +72,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     choices = K.plan_kernels(model, batch=2)
     assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.PREFILL_ROWS)]
     assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
-    assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0} and choices[0].rejected == {}
+    assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0} and choices[0].rejected == {}  # rounded to 0.01 us
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
     key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
@@ -81,15 +81,17 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     table[key]["kind"] = "onednn"  # what an earlier run measured is believed ...
     fixed_times.write_text(json.dumps(store))
     again = K.plan_kernels(model, batch=2)
-    assert again[0].kind == "onednn" and again[0].cached and all(c.cached for c in again)
+    assert again[0].kind == "onednn" and again[0].cached and all(c.cached for c in again) and len(again) == 10
     assert K.plan_kernels(model, batch=2, remeasure=True)[0].kind == "mkl"  # ... until it is measured again
     assert json.loads(fixed_times.read_text())[K.machine_key()][key]["kind"] == "mkl"
+    before = fixed_times.read_text()
     fresh = K.plan_kernels(model, batch=2, use_cache=False)
-    assert not any(c.cached for c in fresh)
+    assert not any(c.cached for c in fresh) and fixed_times.read_text() == before  # not read, not written
 
 
 def test_batch_zero_plans_for_one_row(model, fixed_times):
     assert {c.rows for c in K.plan_kernels(model, batch=0)} == {1, K.PREFILL_ROWS}
+    assert {c.rows for c in K.plan_kernels(model)} == {1, K.PREFILL_ROWS}  # batch 1 by default
 
 
 def test_nothing_is_cached_when_a_kernel_is_forced(model, fixed_times, monkeypatch):
@@ -108,6 +110,16 @@ def test_weight_modes(model, fixed_times):
     assert set(c.us) == {"int8", "int8-f32"} and c.kind in ("int8", "int8-f32")  # decode: only what was asked for
     assert set(int8[("mlp.c_fc", K.PREFILL_ROWS)].us) == {"int8", "int8-f32", "linear", "mkl", "onednn"}
     assert int8[("mlp.c_fc", K.PREFILL_ROWS)].kind == "mkl"  # prompt processing may still take an exact one
+
+
+def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
+    bf16 = tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=96).to(torch.bfloat16)
+    choices = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1, weights="bf16")}
+    c = choices[("mlp.c_fc", 1)]
+    assert c.rejected == {"bf16": "not available on this CPU/torch"}  # weight-only bf16 of a bf16 model: nothing to do
+    assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows" in json.loads(fixed_times.read_text())[K.machine_key()]
+    exact = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1)}
+    assert exact[("mlp.c_fc", 1)].kind == "mkl" and not exact[("mlp.c_fc", 1)].rejected  # bf16 products pass at 0.05
 
 
 def test_candidates():
@@ -190,8 +202,17 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
             y = super().__call__(x)
             return y + 0.01 * (1 + y.abs().max())  # relative error 1e-2: wrong for float32, fine for bf16
 
+    class FarOff(L._Linear):
+        exact = False
+
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 0.5 * (1 + y.abs().max())  # wrong even for an approximation
+
+    monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
     monkeypatch.setitem(L.KERNELS, "linear", Off)
     monkeypatch.setattr(K, "_time", lambda ks, x: 1.0)
+    assert "bf16" in K._measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
     assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
     bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
     assert K._measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
@@ -211,10 +232,16 @@ def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monk
     monkeypatch.setattr(K, "_time", lambda ks, x: timed.append(type(ks[0])) or 0.5)
     c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
+    reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
+    timed.clear()
+    c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    assert timed == [L._Linear, L._Mkl]
 
 
 def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch):
     seen = []
+    clock = iter(range(10**6))
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
     monkeypatch.setattr(K, "_time", lambda ks, x: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
     lins = _linears(3)
     K._measure("r", lins, 5, (["mkl"], {}), torch.float32)
@@ -240,12 +267,17 @@ def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
         return run
 
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=perf_counter))
-    us = K._time([kernel("a"), kernel("b")], torch.zeros(1))
-    # warm-up: a, b (1 ms, 2 ms); then calls until the 8 ms budget is spent: 3 + 4 ms, then 5 ms: 3 calls
-    assert calls == ["a", "b", "a", "b", "a"]
+    us = K._time([kernel("a"), kernel("b"), kernel("c")], torch.zeros(1))
+    # warm-up: a, b, c (1, 2, 3 ms); then calls until the 8 ms budget is spent: 4 + 5 ms, then 6 ms: 3 calls
+    assert calls == ["a", "b", "c", "a", "b", "c"]
     import statistics
 
-    assert us == pytest.approx(statistics.quantiles([0.003, 0.004, 0.005], n=4)[0] * 1e6)
+    assert us == pytest.approx(statistics.quantiles([0.004, 0.005, 0.006], n=4)[0] * 1e6)
+
+
+def test_time_runs_real_kernels_on_the_input():
+    w, b, x = torch.randn(8, 16), torch.randn(8), torch.randn(2, 16)
+    assert K._time([L.make_kernel("linear", w, b), L.make_kernel("mkl", w, b)], x) > 0
 
 
 def test_time_makes_at_least_three_and_at_most_200_calls(monkeypatch):
@@ -266,10 +298,22 @@ def test_time_makes_at_least_three_and_at_most_200_calls(monkeypatch):
 
 
 def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_times, monkeypatch):
-    plans = {1: "mkl", K.PREFILL_ROWS: "onednn"}
-    monkeypatch.setattr(K, "plan_kernels", lambda m, b, w: [K.Choice(r, n, plans[n] if r != "lm_head" else "linear")
-                                                            for r in K.ROLES for n in (max(1, b), K.PREFILL_ROWS)])  # fmt: skip
-    copy = K.inference_copy(model, batch=1)
+    plans, asked = {1: "mkl", K.PREFILL_ROWS: "onednn"}, []
+
+    def plan(m, b, w):
+        asked.append((m, b, w))
+        return [K.Choice(r, n, plans[n] if r != "lm_head" else "linear") for r in K.ROLES for n in (max(1, b), K.PREFILL_ROWS)]
+
+    monkeypatch.setattr(K, "plan_kernels", plan)
+    assert K.inference_copy(model, weights="model") is model and asked == []
+    copy = K.inference_copy(model)
+    assert asked == [(model, 1, "auto")]
+    assert (
+        copy.transformer.wte.weight is model.transformer.wte.weight
+        and copy.transformer.ln_f.weight is model.transformer.ln_f.weight
+    )
+    K.inference_copy(model, 1, "int8")
+    assert asked[-1] == (model, 1, "int8")
     kl = copy.transformer.h[4].mlp.c_proj
     assert isinstance(kl, L.KernelLinear) and kl.kinds == ("mkl", "onednn") and kl.rows == 4
     assert copy.lm_head.kinds == ("linear", "linear") and copy.lm_head.small is copy.lm_head.large
