@@ -4,6 +4,7 @@ next token is fixed by position (conftest.ScriptedRunner), so every test knows t
 to run once per mutant. The numerics (cached == uncached, batch == alone) are in test_engine.py."""
 
 import re
+import threading
 
 import pytest
 import torch
@@ -44,6 +45,8 @@ class Spy(ScriptedRunner):
         return super().prefill(idx, cache, mask, logits)
 
     def decode(self, tokens, cache, mask):
+        if mask is not None:
+            assert mask.dtype == torch.long and mask.shape == tokens.shape, (mask.dtype, mask.shape)
         self.calls.append(("decode", tokens[:, 0].tolist(), cache.batch_size, None if mask is None else mask[:, 0].tolist()))
         return super().decode(tokens, cache, mask)
 
@@ -110,6 +113,7 @@ def test_slots_fill_and_free(model):
     assert eng.free_slots == [3] and eng.has_capacity and eng.cache.row_length(3) == 0
     assert eng.add([5, 6], GREEDY, request_id="z") == 3
     assert eng._slots[3].request_id == "z" and eng._slots[3].params is GREEDY
+    assert (eng._slots[3].index, eng._slots[3].prompt_index, eng._slots[3].prompt) == (0, 0, [5, 6])
     with pytest.raises(ConfigError, match=re.escape("got 2 prompts but 1 SamplingParams; give one per prompt.")):
         eng.add_many([[1], [2]], [GREEDY])
 
@@ -119,7 +123,8 @@ def test_add_many_defaults_and_bos(model):
     eng.add_many([[5], [5]], [GREEDY, GREEDY], bos=True)
     s0, s1 = eng._slots[0], eng._slots[1]
     assert (s0.request_id, s0.index, s0.prompt_index, s1.prompt_index) == (None, 0, 0, 1) and s0.prompt == [EOT, 5]
-    eng.add([5], GREEDY, index=2, request_id=7)
+    eng.add([5], GREEDY, index=2, request_id=7, bos=True)
+    assert eng._slots[2].prompt == [EOT, 5]
     assert (eng._slots[2].index, eng._slots[2].prompt_index, eng._slots[2].request_id) == (2, 0, 7)
     eng.add_many([[5]], [GREEDY], indices=[4], prompt_indices=[9])
     assert (eng._slots[3].index, eng._slots[3].prompt_index) == (4, 9)
@@ -185,6 +190,21 @@ def test_each_step_decodes_only_the_row_range_that_goes_on(model):
     assert eng.runner.calls[-1][0] == "decode" and len([c for c in eng.runner.calls if c[0] == "decode"]) == 4
 
 
+def test_the_decoded_range_starts_at_the_first_row_that_goes_on(model):
+    eng = engine(model, [9, A, B, C, D, A, B, C])
+    p = [SamplingParams(max_new_tokens=n, temperature=0) for n in (1, 5, 5, 5)]
+    eng.add_many([[9]] * 4, p)
+    eng.step()  # row 0 ends: rows 1..3 go on
+    assert eng.runner.calls[-1] == ("decode", [A, A, A], 3, None)
+    eng.remove(2)
+    eng.step()
+    assert eng.runner.calls[-1] == ("decode", [B, 0, B], 3, [1, 0, 1])
+    assert [eng.cache.row_length(b) for b in range(4)] == [0, 3, 0, 3]
+    eng.remove(1)
+    eng.step()
+    assert eng.runner.calls[-1] == ("decode", [C], 1, None) and eng.cache.row_length(3) == 4
+
+
 def test_idle_rows_inside_the_range_get_their_column_back(model):
     eng = engine(model, [9, A, B, C, D, A, B, C])
     eng.add_many([[9], [9], [9]], [SamplingParams(max_new_tokens=4, temperature=0)] * 3)
@@ -225,6 +245,14 @@ def test_a_stop_string_ends_the_text_before_it(model):
     assert (last.token, last.finished, last.finish_reason) == (NL, True, FinishReason.STOP)
     assert last.completion.token_ids == [A, B, NL, NL] and last.completion.text == "ab" and last.completion.stop_reason == "\n\n"
     assert [e.text for e in events] == ["a", "b", "", ""]
+
+
+def test_held_back_bytes_are_released_at_endoftext(model):
+    eng = engine(model, [5, A, NL, EOT])
+    eng.add([5], SamplingParams(max_new_tokens=5, temperature=0, stop=["\nX"]))
+    events = run(eng)
+    assert [e.text for e in events] == ["a", "", "\n"] and events[-1].completion.text == "a\n"
+    assert events[-1].completion.stop_reason == EOT
 
 
 def test_held_back_bytes_are_released_when_the_sequence_ends_otherwise(model):
@@ -314,9 +342,17 @@ def test_a_sampling_failure_ends_that_sequence_alone(model, monkeypatch):
 
 def test_nothing_drawable_is_an_error_event(model):
     eng = engine(model, [5, A, B])
+    eng.add([5], GREEDY)
     eng.add([5], SamplingParams(max_new_tokens=3, temperature=1.0, seed=0, logit_bias={i: -float("inf") for i in range(V)}))
-    (ev,) = eng.step()
-    assert ev.finish_reason == FinishReason.ERROR and ev.error.startswith("no token can be drawn: every token's logit is -inf")
+    ev = eng.step()[1]
+    msg = "no token can be drawn: every token's logit is -inf or NaN (banned, biased to -inf, or a broken model)."
+    assert (ev.slot, ev.finish_reason, ev.error, ev.completion.error, ev.completion.stop_reason) == (
+        1,
+        FinishReason.ERROR,
+        msg,
+        msg,
+        msg,
+    )
 
 
 def test_sampled_rows_apply_bans_and_phrase_filters(model):
@@ -330,6 +366,61 @@ def test_sampled_rows_apply_bans_and_phrase_filters(model):
             eng.add([5], SamplingParams(max_new_tokens=2, temperature=temperature, seed=1, **ban))
             toks = [e.token for e in run(eng)]
             assert toks[0] == A and toks[1] not in (B, None), (ban, temperature, toks)
+
+
+class Flat:
+    """A runner whose logits never change: A 1.0, B 0.8, every other token -1e9 (penalties decide)."""
+
+    def _logits(self, n):
+        out = torch.full((n, V), -1e9)
+        out[:, A], out[:, B] = 1.0, 0.8
+        return out
+
+    def prefill(self, idx, cache, mask, logits=True):
+        cache.plan(idx.shape[1], mask)
+        return self._logits(idx.shape[0]) if logits else None
+
+    def decode(self, tokens, cache, mask):
+        cache.plan(1, mask)
+        return self._logits(tokens.shape[0])
+
+
+def flat(model, **kw):
+    eng = Engine(model, token_bytes=TABLE, eot_id=EOT, **kw)
+    eng.runner = Flat()
+    return eng
+
+
+def test_penalties_see_the_prompt_and_the_output(model):
+    eng = flat(model)
+    eng.add([A], SamplingParams(max_new_tokens=1, temperature=0, repetition_penalty=2.0))  # A in the prompt: 1.0 / 2
+    eng.add([5], SamplingParams(max_new_tokens=2, temperature=0, frequency_penalty=0.5))  # A once in the output: 0.5
+    eng.add([5], GREEDY)
+    assert [e.token for e in eng.step()] == [B, A, A]
+    assert [e.token for e in eng.step()] == [B, A]
+
+
+def test_ids_and_phrases_are_banned_together(model):
+    for temperature in (0, 1.0):
+        eng = flat(model)
+        eng.add(
+            [5], SamplingParams(max_new_tokens=3, temperature=temperature, seed=0, banned_token_ids=[A], banned_phrases=["bc"])
+        )
+        assert [e.token for e in run(eng)] == [B, B, B]  # A by id; C would complete "bc", but nothing but A, B is likely
+
+
+def test_seeded_sampling_uses_the_requests_generator(model):
+    def sample(seed, index=0):
+        eng = engine(model, [5] * 30)
+        eng.runner = Spy([5] * 30)
+        eng.runner._logits = lambda positions: torch.zeros(len(positions), V)  # uniform over the vocabulary
+        eng.add([5], SamplingParams(max_new_tokens=12, temperature=1.0, seed=seed), index=index)
+        return [e.token for e in run(eng)]
+
+    torch.manual_seed(0)
+    a = sample(3)
+    torch.manual_seed(1)
+    assert sample(3) == a and sample(4) != a and sample(3, index=1) == sample(4)  # sample i uses seed + i
 
 
 def test_counts_follow_the_output(model):
@@ -365,6 +456,12 @@ def test_stream_cancel_by_callable_and_generate_order(model):
     for ev in eng.stream([[5]], SamplingParams(max_new_tokens=8, temperature=0), cancel=lambda: len(seen) >= 2):
         seen.append(ev)
     assert seen[-1].finish_reason == FinishReason.CANCELLED and len(seen) == 3
+    stop, seen = threading.Event(), []
+    eng = engine(model, [EOT, 5, A, B, C, D, A, B, C, D])
+    for ev in eng.stream([[5]], SamplingParams(max_new_tokens=8, temperature=0), cancel=stop, bos=True):
+        seen.append(ev)
+        stop.set()
+    assert [e.finish_reason for e in seen] == [None, FinishReason.CANCELLED] and seen[-1].completion.prompt_ids == [EOT, 5]
     eng = engine(model, [5, A, B, C, D])
     out = eng.generate(
         [[5], [5]], [SamplingParams(max_new_tokens=3, temperature=0, n=2), SamplingParams(max_new_tokens=1, temperature=0)]
@@ -382,13 +479,14 @@ def test_generate_sizes_the_engine_to_the_job(big, monkeypatch):
     model = big
     import gpt2kit.generate.engine as E
 
-    made = []
+    made, weights = [], []
     real = E.Engine
 
     class Recording(real):
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw)
             made.append((self.max_batch, self.max_len))
+            weights.append(kw["weights"])
 
     monkeypatch.setattr(E, "Engine", Recording)
     p = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
@@ -396,8 +494,11 @@ def test_generate_sizes_the_engine_to_the_job(big, monkeypatch):
     assert made[-1] == (2, 4 + 3) and [len(c.token_ids) for c in out] == [3, 3]
     generate(model, [[1, 2]], [SamplingParams(max_new_tokens=3, temperature=0, n=5)], max_batch=4)
     assert made[-1] == (4, 5)
-    generate(model, [[1]], SamplingParams(max_new_tokens=1, temperature=0), bos=True)
-    assert made[-1] == (1, 3)  # 1 + bos + 1
+    out = generate(model, [[1]], SamplingParams(max_new_tokens=1, temperature=0), bos=True, token_bytes=TABLE, weights="model")
+    assert made[-1] == (1, 3) and out[0].prompt_ids == [50256, 1]  # 1 + bos + 1
+    assert out[0].text is not None and weights[-1] == "model" and weights[0] == "auto"
+    generate(model, [[1]] * 9, SamplingParams(max_new_tokens=1, temperature=0))
+    assert made[-1][0] == 8  # max_batch 8 by default
     generate(model, [[1]], SamplingParams(max_new_tokens=0, temperature=0))
     assert made[-1] == (1, 2)  # at least 2
     generate(model, [[1]], SamplingParams(max_new_tokens=30, temperature=0, sliding_window=True, ignore_eos=True))
