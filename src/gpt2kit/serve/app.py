@@ -26,12 +26,10 @@ A client that disconnects cancels its request, which frees its batch slots befor
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
-from gpt2kit.errors import Gpt2kitError
+from gpt2kit.errors import Gpt2kitError, warn
 from gpt2kit.serve import protocol as P
 from gpt2kit.serve import routers
 from gpt2kit.serve.config import ServeConfig
@@ -44,8 +42,6 @@ from gpt2kit.serve.security import EdgeGuard
 from gpt2kit.serve.state import ServerState
 from gpt2kit.serve.worker import Worker
 from gpt2kit.tokenizer import Tokenizer
-
-log = logging.getLogger("gpt2kit.serve")
 
 
 def create_app(worker: Worker | ModelRegistry, config: ServeConfig, tokenizer: Tokenizer | None = None) -> FastAPI:
@@ -80,10 +76,9 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
     from gpt2kit.serve.worker import EngineLoop, build_worker
 
     if config.is_public and not config.api_key:
-        log.warning(
-            "serving on %s without an API key: anyone who can reach this address can use the model. "
-            "Set --api-key (or $GPT2KIT_API_KEY).",
-            config.host,
+        warn(  # a warning to whoever starts the server (gpt2kit.errors.warn); the request log stays logging's
+            f"serving on {config.host} without an API key: anyone who can reach this address can use the model. "
+            "Set --api-key (or $GPT2KIT_API_KEY)."
         )
     tok = tokenizer or Tokenizer()
     table, wake = tok.token_bytes_table, threading.Condition()  # one wake-up for every model's worker
