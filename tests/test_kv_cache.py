@@ -3,10 +3,9 @@
 import pytest
 import torch
 
+from conftest import perturb_
 from gpt2kit import GPT, GPTConfig, KVCache
 from gpt2kit.errors import InputError
-
-from conftest import perturb_
 
 CFG = GPTConfig(n_layer=3, n_embd=64, n_head=4, n_positions=64, vocab_size=500)
 
