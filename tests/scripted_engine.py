@@ -24,6 +24,8 @@ class Spy(ScriptedRunner):
         self.calls = []
 
     def prefill(self, idx, cache, mask, logits=True):
+        if mask is not None:  # the runner's contract: (B, T) long, 1 for real tokens, 0 for left padding
+            assert mask.dtype == torch.long and mask.shape == idx.shape and set(mask.unique().tolist()) <= {0, 1}, mask
         self.calls.append(("prefill", idx.tolist(), cache.batch_size, mask is not None, logits))
         return super().prefill(idx, cache, mask, logits)
 
