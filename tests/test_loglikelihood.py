@@ -113,12 +113,37 @@ def test_cpu_batches_hold_at_most_cpu_batch_tokens(monkeypatch):
     assert [len(b) for b in sizes] == [8, 1]  # batch_size 8 by default
 
 
+def test_every_tensor_is_made_on_the_models_device(monkeypatch):
+    """The meta device stands in for a GPU: a tensor made on the CPU by mistake meets the model's tensors and
+    fails with a device error. Done right, scoring runs to the final copy of the results to the host, which
+    meta tensors (having no data) cannot make; and the CPU's cap on padded tokens is not applied."""
+    from gpt2kit.eval.logit_head import LogitHead
+
+    model = _model(n_positions=1024).to("meta")
+    sizes = []
+    real = ll._score_batch
+
+    def spy(model, head, seqs, n_conts, device):
+        sizes.append([len(s) for s in seqs])
+        lp, wr = real(model, head, seqs, n_conts, device)
+        assert lp.device.type == wr.device.type == "meta" and lp.dtype == torch.float64 and wr.dtype == torch.float32
+        return lp, wr
+
+    monkeypatch.setattr(ll, "_score_batch", spy)
+    with pytest.raises(NotImplementedError, match="^Cannot copy out of meta tensor"):
+        score_tokens(model, [([1] * 700, [2])] * 3 + [([3], [4, 5])], batch_size=8)
+    assert sizes == [[701, 701, 701, 3]]
+    lp, wr = real(model, LogitHead(model), [[1, 2, 3], [4, 5]], [2, 1], torch.device("meta"))
+    assert lp.shape == wr.shape == (2,) and lp.device.type == "meta"
+
+
 def test_batches():
     assert list(ll._batches([4, 2, 0], [5, 5, 5], 2, None)) == [[4, 2], [0]]
     assert list(ll._batches([0, 1, 2, 3], [10, 10, 3, 3], 8, 20)) == [[0, 1], [2, 3]]
     assert list(ll._batches([0, 1], [0, 0], 8, 1)) == [[0], [1]]  # empty inputs count as 1 token
     assert list(ll._batches([0, 1, 2], [50, 1, 1], 8, 20)) == [[0], [1, 2]]
     assert list(ll._batches([], [], 8, 20)) == []
+    assert list(ll._batches(list(range(5)), [1] * 5, 8, 4)) == [[0, 1, 2, 3], [4]]  # 4 // 1
 
 
 def test_progress_bar_only_when_asked(capsys):
@@ -127,9 +152,10 @@ def test_progress_bar_only_when_asked(capsys):
     assert "quiet-one" not in capsys.readouterr().err
     score_tokens(model, [([1], [2])], progress=True, desc="loud-one")
     err = capsys.readouterr().err
-    assert "loud-one" in err and "0/1" in err and "req" in err
+    assert re.match(r"\rloud-one: +0%.* 0/1 \[.*\?req/s\]", err), err
+    assert err.endswith("\r") and "\n" not in err  # the bar is wiped when scoring ends (leave=False)
     score_tokens(model, [([1], [2])], progress=True)
-    assert "scoring" in capsys.readouterr().err
+    assert capsys.readouterr().err.startswith("\rscoring: ")
 
 
 class _Chars:
