@@ -220,6 +220,16 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
     assert K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
 
 
+def test_measure_error_is_relative_to_one_plus_the_largest_output(monkeypatch):
+    class Near(L._Linear):  # an error of tol * (1.5 + max |y|): just above the bound tol * (1 + max |y|)
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 1e-4 * (1.5 + y.abs().max())
+
+    monkeypatch.setitem(L.KERNELS, "linear", Near)
+    assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+
+
 def test_measure_with_nothing_left_falls_back_to_linear(monkeypatch):
     c = K._measure("r", _linears(), 2, ([], {}), torch.float32)
     assert c.kind == "linear" and list(c.us) == ["linear"] and c.us["linear"] != c.us["linear"]  # NaN: not timed
@@ -272,7 +282,7 @@ def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
     assert calls == ["a", "b", "c", "a", "b", "c"]
     import statistics
 
-    assert us == pytest.approx(statistics.quantiles([0.004, 0.005, 0.006], n=4)[0] * 1e6)
+    assert us == pytest.approx(statistics.quantiles([0.004, 0.005, 0.006], n=4)[0] * 1e6, rel=1e-9)  # microseconds
 
 
 def test_time_runs_real_kernels_on_the_input():
