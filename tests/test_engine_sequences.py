@@ -23,8 +23,10 @@ def big():
 
 def test_endoftext_stop_tokens_and_ignore_eos(model):
     eng = engine(model, [5, A, B, EOT, C, D])
+    eng.add([5], GREEDY)
     eng.add([5], SamplingParams(max_new_tokens=9, temperature=0))
     ev = run(eng)[-1]
+    assert ev.slot == 1
     assert (ev.token, ev.finish_reason, ev.completion.stop_reason, ev.completion.token_ids) == (
         None,
         FinishReason.STOP,
@@ -49,6 +51,16 @@ def test_a_stop_string_ends_the_text_before_it(model):
     assert (last.token, last.finished, last.finish_reason) == (NL, True, FinishReason.STOP)
     assert last.completion.token_ids == [A, B, NL, NL] and last.completion.text == "ab" and last.completion.stop_reason == "\n\n"
     assert [e.text for e in events] == ["a", "b", "", ""]
+
+
+def test_text_before_a_stop_string_inside_the_last_token(model):
+    eng = engine(model, [5, 5, A, 30, B])  # "f", "a", then token 30 = "#30": the stop "0" cuts it after "#3"
+    eng.add([5], GREEDY)
+    eng.add([5], SamplingParams(max_new_tokens=9, temperature=0, stop=["0"], logprobs=1))
+    last = [e for e in run(eng) if e.slot == 1][-1]
+    assert (last.token, last.text, last.completion.text, last.completion.stop_reason) == (30, "#3", "fa#3", "0")
+    assert last.finish_reason == FinishReason.STOP
+    assert last.logprob is not None and last.logprob.token == 30 and last.completion.logprobs[-1] is last.logprob
 
 
 def test_held_back_bytes_are_released_at_endoftext(model):

@@ -38,7 +38,9 @@ def test_max_batch_must_be_a_positive_int(model, bad):
 def test_cache_length_and_window(model):
     assert Engine(model, max_batch=1).max_len == 16 and Engine(model, max_batch=1, max_len=40).max_len == 16
     eng = Engine(model, max_batch=3, max_len=2)
-    assert (eng.max_len, eng.window_keep, eng.max_batch, eng.cache.batch_size) == (2, 1, 3, 3)
+    assert (eng.max_len, eng.window_keep, eng.max_batch, eng.cache.batch_size, eng.cache.max_len) == (2, 1, 3, 3, 2)
+    assert eng.cache.k.dtype == torch.float32 and Engine(model.to(torch.bfloat16), max_batch=1).cache.k.dtype == torch.bfloat16
+    model.float()
     assert Engine(model, max_batch=1, max_len=9).window_keep == 4
     assert Engine(model, max_batch=1, max_len=9, window_keep=8).window_keep == 8
     with pytest.raises(ConfigError, match=re.escape("Engine max_len must be >= 2, got 1.")):
@@ -120,6 +122,9 @@ def test_rows_that_would_overflow_when_padded_are_prefilled_alone(model):
     short = SamplingParams(max_new_tokens=7, temperature=0)  # 10 + 7 - 1 = 16: fits
     eng.add_many([list(range(1, 11)), [7]], [long, short])
     assert len(eng.runner.calls) == 1
+    eng = engine(model, [1] * 20)
+    eng.add_many([list(range(1, 11)), [7]], [long, SamplingParams(max_new_tokens=8, temperature=0)])  # 17: one too many
+    assert len(eng.runner.calls) == 2
     eng = engine(model, [1] * 20)
     slide = SamplingParams(max_new_tokens=40, temperature=0, sliding_window=True)
     eng.add_many([list(range(1, 11)), [7]], [long, slide])  # a sliding row never overflows
