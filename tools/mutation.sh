@@ -29,7 +29,7 @@ SITE="$("$REPO/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths
 "$REPO/.venv/bin/python" -m venv --without-pip "$WORK/venv"
 mkdir "$WORK/plugins"
 cat >"$WORK/plugins/mutation_threads.py" <<'PY'
-"""No helper threads in tools/mutation.sh's test runs: a forked child cannot take a lock that a thread of
+"""No extra threads in tools/mutation.sh's test runs: a forked child cannot take a lock that a thread of
 its parent held at the fork (an OpenMP team of 2, tqdm's monitor thread), and would hang."""
 import threading
 
