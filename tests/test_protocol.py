@@ -75,6 +75,16 @@ def test_parse_refusals_name_the_field():
             "stream_options.include_usage", req, stream_options={"include_usage": 1})  # fmt: skip
 
 
+
+def test_a_nested_object_of_the_wrong_type_is_named_not_called_the_body():
+    """Only the body itself not being an object gets the "request body" message; a field that should hold an
+    object (stream_options, a message) names that field."""
+    for fn, fields, param in ((req, {"stream_options": 5}, "stream_options"), (chat, {"messages": [5]}, "messages.0")):
+        with pytest.raises(ProtocolError) as e:
+            fn(**fields)
+        assert e.value.param == param
+        assert str(e.value).startswith(f"invalid value for '{param}': ") and "request body" not in str(e.value)
+
 def test_type_tags():
     assert all(P._is_type_tag(t) for t in ("str", "int", "float", "bool", "list[int]", "function-after", "constrained-str"))
     assert not any(P._is_type_tag(t) for t in ("prompt", 0, "strs", "lists", "xlist[", "function", "dict[str,float]"))

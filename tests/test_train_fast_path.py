@@ -26,7 +26,7 @@ def _run(data, tmp_path, **kw):
     return train(cfg, log=lambda *_: None)
 
 
-@pytest.mark.parametrize("setting, compiled", [("on", True), ("off", False), ("auto", False)])  # auto: only on CUDA
+@pytest.mark.parametrize("setting, compiled", [("on", True), ("off", False), ("auto", False)])  # auto: a 1-step CPU run is not compiled
 def test_compile_is_chosen_by_config(data, tmp_path, monkeypatch, setting, compiled):
     seen = []
 
@@ -37,6 +37,17 @@ def test_compile_is_chosen_by_config(data, tmp_path, monkeypatch, setting, compi
     monkeypatch.setattr(torch, "compile", spy)
     _run(data, tmp_path, compile=setting)
     assert seen == (["GPT"] if compiled else [])
+
+
+@pytest.mark.parametrize(
+    "setting, device, steps, minutes, compiled",
+    [("auto", "cuda", 1, 0.0, True), ("auto", "cpu", 200, 0.0, True), ("auto", "cpu", 199, 0.0, False),
+     ("auto", "cpu", 5000, 5.0, False), ("auto", "cpu", 5000, 10.0, True), ("auto", "mps", 5000, 0.0, False),
+     ("off", "cuda", 5000, 0.0, False), ("on", "cpu", 1, 0.0, True)],
+)  # fmt: skip
+def test_auto_compiles_where_it_pays_back(setting, device, steps, minutes, compiled):
+    cfg = TrainConfig(data="-", compile=setting, max_steps=steps, max_minutes=minutes)
+    assert cfg.use_compile(device) is compiled
 
 
 @pytest.mark.parametrize("device, fused", [("cuda", True), ("cpu", False)])

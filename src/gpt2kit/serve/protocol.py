@@ -224,7 +224,7 @@ def _parse(cls: type[BaseModel], body: bytes) -> Any:
         kind = err["type"]
         if kind == "json_invalid":
             raise ProtocolError(f"the request body is not valid JSON ({err['msg']}). Send a JSON object with Content-Type: application/json.") from None
-        if kind == "model_type" or (kind.endswith("_type") and not loc):
+        if kind.endswith("_type") and not loc:  # the body itself; a nested object of the wrong type falls through
             raise ProtocolError("the request body must be a JSON object, e.g. {\"prompt\": \"Hello\", \"max_tokens\": 16}.") from None
         if kind == "missing":
             raise ProtocolError(f"'{loc}' is a required property.", loc) from None

@@ -74,7 +74,11 @@ class TrainConfig(DictConfig):
     dtype: str = _help(
         "auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto"
     )
-    compile: str = _help("torch.compile the model: auto (on for CUDA), on, off", default="auto")
+    compile: str = _help(
+        "torch.compile the model: auto (on for CUDA; on the CPU for runs of 200+ steps without a time limit under "
+        "10 minutes, where its 20-30 s of compiling pays back), on, off",
+        default="auto",
+    )
     pad_vocab: int = _help(
         "round the token embedding/head rows up to a multiple of this for evenly tiled GPU matmuls (64: 50257 -> 50304); "
         "the padded rows start at zero, are left out of the softmax and dropped from checkpoints, so the loss is the "
@@ -158,6 +162,16 @@ class TrainConfig(DictConfig):
             raise ConfigError("LoRA adapts pretrained weights: use `gpt2kit finetune --model BASE --lora-r N` (or --init-from).")
         if self.fsdp:
             raise ConfigError("LoRA and --fsdp do not combine; LoRA's point is that the frozen model fits without sharding.")
+
+    def use_compile(self, device_type: str) -> bool:
+        """Whether the training forward is compiled. On the CPU inductor's fused kernels make a step faster
+        (measured in benchmarks/RESULTS.md, train) after tens of seconds of compiling, which a short run (the
+        tests, a smoke run, a tight time budget) would not win back."""
+        if self.compile != "auto":
+            return self.compile == "on"
+        if device_type == "cuda":
+            return True
+        return device_type == "cpu" and self.max_steps >= 200 and not (0 < self.max_minutes < 10)
 
     @property
     def lora_target_list(self) -> tuple[str, ...]:

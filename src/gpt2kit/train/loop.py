@@ -144,7 +144,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
         train_loader.load_state_dict(meta["loader"])
         step, best_val, bad_evals = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("bad_evals", 0)
         say(f"resumed from {resume_from} at step {step}")
-    use_compile = cfg.compile == "on" or (cfg.compile == "auto" and device.type == "cuda")
+    use_compile = cfg.use_compile(device.type)
     runner = torch.compile(model) if use_compile else model
     if not fsdp:
         runner = D.wrap_model(runner, info, device, fsdp=False)  # DDP around the compiled module (nanoGPT's order)
