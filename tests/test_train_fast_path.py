@@ -45,9 +45,17 @@ def test_compile_is_chosen_by_config(data, tmp_path, monkeypatch, setting, compi
      ("auto", "cpu", 5000, 5.0, False), ("auto", "cpu", 5000, 10.0, True), ("auto", "mps", 5000, 0.0, False),
      ("off", "cuda", 5000, 0.0, False), ("on", "cpu", 1, 0.0, True)],
 )  # fmt: skip
-def test_auto_compiles_where_it_pays_back(setting, device, steps, minutes, compiled):
+def test_auto_compiles_where_it_pays_back(monkeypatch, setting, device, steps, minutes, compiled):
+    monkeypatch.setattr("gpt2kit.train.config._cpp_compiler_found", lambda: True)
     cfg = TrainConfig(data="-", compile=setting, max_steps=steps, max_minutes=minutes)
     assert cfg.use_compile(device) is compiled
+
+
+def test_auto_trains_eagerly_on_a_cpu_without_a_cpp_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler")
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    assert TrainConfig(data="-", compile="auto", max_steps=5000).use_compile("cpu") is False
+    assert TrainConfig(data="-", compile="on", max_steps=5000).use_compile("cpu") is True
 
 
 @pytest.mark.parametrize("device, fused", [("cuda", True), ("cpu", False)])

@@ -171,7 +171,8 @@ class TrainConfig(DictConfig):
             return self.compile == "on"
         if device_type == "cuda":
             return True
-        return device_type == "cpu" and self.max_steps >= 200 and not (0 < self.max_minutes < 10)
+        long_run = self.max_steps >= 200 and not (0 < self.max_minutes < 10)
+        return device_type == "cpu" and long_run and _cpp_compiler_found()
 
     @property
     def lora_target_list(self) -> tuple[str, ...]:
@@ -206,6 +207,14 @@ class TrainConfig(DictConfig):
     @classmethod
     def from_json_file(cls, path: str | os.PathLike, **overrides) -> TrainConfig:
         return cls.from_dict({**read_config_file(path), **overrides})
+
+
+def _cpp_compiler_found() -> bool:
+    """inductor builds its CPU kernels with a C++ compiler ($CXX, else g++ or clang++): without one, `auto`
+    trains eagerly instead of failing at the first step."""
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "clang++"))
 
 
 def read_config_file(path: str | os.PathLike) -> dict:
