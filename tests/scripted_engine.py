@@ -2,9 +2,10 @@
 vocabulary whose bytes are known, a mock runner whose next token is fixed by position and that records every
 forward pass, and one whose logits never change (so penalties and bans alone decide)."""
 
+import pytest
 import torch
 
-from conftest import ScriptedRunner
+from conftest import ScriptedRunner, tiny_gpt
 from gpt2kit.generate import Engine, SamplingParams
 
 V, EOT = 64, 63
@@ -14,6 +15,18 @@ TABLE = (
 )
 A, B, C, D, SP, NL = 0, 1, 2, 3, 26, 27
 GREEDY = SamplingParams(max_new_tokens=6, temperature=0)
+
+
+@pytest.fixture(scope="module", name="model")
+def model_fixture():
+    """A real (perturbed) model of the scripted vocabulary: the runner decides the tokens, the model the shapes."""
+    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=V)
+
+
+@pytest.fixture(scope="module", name="big")
+def big_fixture():
+    """GPT-2's vocabulary (so <|endoftext|> is a token) and room for the default 64 new tokens."""
+    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=72)
 
 
 class Spy(ScriptedRunner):

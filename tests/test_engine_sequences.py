@@ -5,20 +5,8 @@ step API's rows and slots: test_engine_steps.py."""
 import pytest
 import torch
 
-from conftest import tiny_gpt
 from gpt2kit.generate import Engine, FinishReason, SamplingParams
-from scripted_engine import EOT, GREEDY, NL, SP, A, B, C, D, Spy, V, engine, flat, run
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=V)
-
-
-@pytest.fixture(scope="module")
-def big():
-    """GPT-2's vocabulary (so <|endoftext|> is a token) and room for the default 64 new tokens."""
-    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=72)
+from scripted_engine import EOT, GREEDY, NL, SP, A, B, C, D, Spy, V, big_fixture, engine, flat, model_fixture, run  # noqa: F401 (fixtures)
 
 
 def test_endoftext_stop_tokens_and_ignore_eos(model):

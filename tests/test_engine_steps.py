@@ -9,22 +9,9 @@ import threading
 import pytest
 import torch
 
-from conftest import tiny_gpt
 from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate import Engine, FinishReason, SamplingParams, generate
-from scripted_engine import EOT, GREEDY, TABLE, A, B, C, D, V, engine, run
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=16, vocab_size=V)
-
-
-@pytest.fixture(scope="module")
-def big():
-    """GPT-2's vocabulary (so <|endoftext|> is a token) and room for the default 64 new tokens."""
-    return tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=72)
-
+from scripted_engine import EOT, GREEDY, TABLE, A, B, C, D, V, big_fixture, engine, model_fixture, run  # noqa: F401 (fixtures)
 
 # ---- settings ---------------------------------------------------------------------------------------
 

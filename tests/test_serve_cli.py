@@ -22,6 +22,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, limit_s: float = 90.0, output=None) -> None:
+    """Poll /health until the server answers; fail with the server's output (`output()`, else its pipe) if the
+    process dies, or when limit_s passes (a hang guard, not a measurement)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(output() if output else (proc.stdout or proc.stderr).read())
+        try:
+            if httpx.get(url + "/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, f"the server did not come up in {limit_s:g} s"
+        time.sleep(0.1)
+
+
 def test_cli_serves_a_model_folder(tmp_path):
     torch.manual_seed(0)
     folder = save_pretrained(tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=128), tmp_path / "tiny")
@@ -32,16 +48,7 @@ def test_cli_serves_a_model_folder(tmp_path):
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up in 60 s"
-            time.sleep(0.2)
+        wait_healthy(url, proc, 60)
         assert httpx.post(url + "/v1/completions", json={"prompt": "hi"}).status_code == 401  # key from the env var
         r = httpx.post(url + "/v1/completions", headers={"Authorization": "Bearer sk-cli"},
                        json={"model": "tiny", "prompt": "hi", "max_tokens": 4, "temperature": 0}, timeout=30)  # fmt: skip

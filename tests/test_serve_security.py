@@ -20,6 +20,7 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.serve.background import BackgroundServer
 from gpt2kit.serve.config import ServeConfig
 from gpt2kit.serve.security import is_loopback_host
+from test_serve_cli import wait_healthy
 
 KEY = "sk-edge-0123"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -202,16 +203,7 @@ def cli_server(tmp_path_factory):
         proc = subprocess.Popen(cmd, env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=out, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up in 90 s"
-            time.sleep(0.2)
+        wait_healthy(url, proc, 90, output=log.read_text)
         yield url, port, log, folder
     finally:
         proc.terminate()

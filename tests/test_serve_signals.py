@@ -17,23 +17,10 @@ import pytest
 import gpt2kit
 from conftest import tiny_gpt
 from gpt2kit.generate import Engine
-from test_serve_cli import free_port
+from test_serve_cli import free_port, wait_healthy
 
 TOK = gpt2kit.Tokenizer()
 BODY = {"prompt": "Once upon a time", "max_tokens": 8, "temperature": 0, "logit_bias": {"50256": -100}}
-
-
-def wait_healthy(url: str, proc: subprocess.Popen | None = None, limit_s: float = 90.0) -> None:
-    deadline = time.monotonic() + limit_s  # a hang guard, not a measurement
-    while True:
-        assert proc is None or proc.poll() is None, proc.stderr.read()
-        try:
-            if httpx.get(url + "/health", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "the server did not come up"
-        time.sleep(0.1)
 
 
 def complete_and_stream(url: str, model: str | None = None) -> None:
