@@ -7,8 +7,9 @@ gpt2kit: `gpt2kit.generate.generate` (what `gpt2kit generate` runs), fp32, 32-to
 onnxruntime: examples/onnx_generate.py's loop over `gpt2kit export onnx`'s graph, same prompt.
 For both, decode tok/s = 128 / (time for 129 new tokens - time for 1), the median of 3 after a warm-up,
 so the prompt's prefill is not counted. llama.cpp: `llama-bench -p 0 -n 128 -r 3` (tg128, from an empty
-context) on `gpt2kit export gguf` files, f32 / f16 / q8_0 (q8_0 with --repack 0). Same thread count everywhere. Prints one JSON
-object (with the CPU's name) and a markdown table.
+context) on `gpt2kit export gguf` files, f32 / f16 / q8_0 (q8_0 with --repack 0). Same thread count everywhere. Appends one JSON
+line to benchmarks/results/export_decode.jsonl (harness.record: CPU model, torch, threads, command) and prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -80,6 +81,10 @@ def main() -> None:
         for t in ("f32", "f16", "q8_0"):
             f = export_gguf(model, Path(tmp) / f"m-{t}.gguf", type=t)
             result["tok_per_s"][f"llama.cpp {t.upper()}"] = harness.llama_bench(f, args.threads, N, repeats=3)
+    sides = {k: {"figure": round(v, 2), "unit": "tok/s"} for k, v in result["tok_per_s"].items()}
+    ours_fig, best_peer = result["tok_per_s"]["gpt2kit fp32"], result["tok_per_s"]["llama.cpp F32"]
+    harness.record("export_decode", ["python", "benchmarks/peers/export_decode.py", *sys.argv[1:]], args.threads, sides,
+                   round(ours_fig / best_peer, 3), model=label)  # ratio: gpt2kit fp32 / llama.cpp F32  # fmt: skip
     print(json.dumps(result))
     print(f"\n{label}, batch 1, {args.threads} threads, {result['cpu']}\n\n| runtime | decode tok/s |\n| --- | --- |")
     for k, v in result["tok_per_s"].items():
