@@ -12,8 +12,8 @@ Everything a run needs is derived here, from its shape, by three documented rule
   the token embedding, so it adds compute but no parameters.
 - **Tokens.** D = tokens_per_param x N (Hoffmann et al. 2022: ~20 tokens per parameter is compute-optimal),
   or the same fixed `tokens` for every size.
-- **Batch and learning rate.** batch (tokens) = sqrt(batch_scale x D), rounded in log space to a power-of-two
-  multiple of the micro-batch and capped at max_batch_tokens, so steps = D / batch grow as sqrt(D): bigger
+- **Batch and learning rate.** batch (tokens) = sqrt(batch_scale x D), rounded to a whole number of
+  micro-batches and capped at max_batch_tokens, so steps = D / batch grow as sqrt(D): bigger
   budgets reach lower losses, where the critical batch is larger (Kaplan 2020 section 5.1, B_crit grows as
   the loss falls), and small budgets still get enough steps. Peak lr = lr_scale x (0.003239 - 0.0001395 ln N),
   Kaplan 2020's fit of the best learning rate against N (their eq. D.1); cosine decay to lr/10 (Hoffmann
@@ -93,7 +93,8 @@ def _shapes(spec: list[tuple[int, int]], head_dim: int) -> tuple[Shape, ...]:
 
 
 # cpu-tiny: a smoke ladder (a fixed 8k tokens each, one checkpoint): every code path, no science.
-# cpu: 3.3k..113k non-embedding parameters (34x) at 20 tokens/param = 4.4M tokens, a ~30-40 min budget on 2 cores.
+# cpu: 3.8k..119k non-embedding parameters (31x) at 20 tokens/param = 4.8M tokens, a ~30-40 min budget on 2 cores;
+#   depth grows with width (C/L 6-9, no 1-layer sizes: they fall off the trend), micro-batch 4 keeps steps ~ sqrt(D).
 # gpu: 1.8M..85M (GPT-2 124M itself at the top), 1 token/param, sized for one large GPU.
 # (Measured run times, and what is not measured yet: docs/scaling.md.)
 LADDER_PRESETS: dict[str, LadderConfig] = {
@@ -103,8 +104,8 @@ LADDER_PRESETS: dict[str, LadderConfig] = {
         device="cpu", dtype="fp32", lr_scale=3.0,
     ),
     "cpu": LadderConfig(
-        sizes=_shapes([(1, 16), (1, 24), (2, 24), (2, 32), (2, 48), (3, 56)], head_dim=16), head_dim=16,
-        block_size=64, micro_batch=8, tokens_per_param=20.0, batch_scale=4.0, max_batch_tokens=8192,
+        sizes=_shapes([(2, 12), (2, 16), (3, 20), (3, 28), (4, 36), (5, 44)], head_dim=16), head_dim=16,
+        block_size=64, micro_batch=4, tokens_per_param=20.0, batch_scale=4.0, max_batch_tokens=8192,
         device="cpu", dtype="fp32", lr_scale=3.0,  # val loss, L1-C16: 7.82 at 1x Kaplan's lr, 7.14 at 3x, 7.13 at 6x; L2-C24: 6.61 at 3x, 6.64 at 6x
     ),
     "gpu": LadderConfig(
@@ -183,12 +184,10 @@ def kaplan_lr(n_params: int) -> float:
 
 
 def batch_for(tokens: float, cfg: LadderConfig) -> int:
-    """sqrt(batch_scale x D) tokens, as micro-batch tokens x a power of two (nearest in log space), capped."""
+    """sqrt(batch_scale x D) tokens, rounded to a whole number of micro-batches (at least one), capped."""
     micro = cfg.micro_batch * cfg.block_size
-    k = max(0, round(math.log2(max(math.sqrt(cfg.batch_scale * tokens) / micro, 1.0))))
-    while k > 0 and micro * 2**k > cfg.max_batch_tokens:
-        k -= 1
-    return micro * 2**k
+    k = max(1, round(math.sqrt(cfg.batch_scale * tokens) / micro))
+    return micro * max(1, min(k, cfg.max_batch_tokens // micro))
 
 
 def plan_rung(shape: Shape, cfg: LadderConfig) -> Rung:
