@@ -2,7 +2,7 @@
 
     cfg = LADDER_PRESETS["cpu"]                     # or LadderConfig(sizes=(...), ...)
     rungs = plan_ladder(cfg)                        # smallest first
-    rungs[0].train_config(data="data/corpora", out_dir="runs/scaling/L1-C16-H1")   # a TrainConfig for `gpt2kit train`
+    rungs[0].train_config(data="data/corpora", out_dir="runs/scaling/L2-C12-H1")   # a TrainConfig for `gpt2kit train`
 
 Everything a run needs is derived here, from its shape, by three documented rules:
 
@@ -93,7 +93,7 @@ def _shapes(spec: list[tuple[int, int]], head_dim: int) -> tuple[Shape, ...]:
 
 
 # cpu-tiny: a smoke ladder (a fixed 8k tokens each, one checkpoint): every code path, no science.
-# cpu: 3.8k..119k non-embedding parameters (31x) at 20 tokens/param = 4.8M tokens, a ~30-40 min budget on 2 cores;
+# cpu: 3.8k..119k non-embedding parameters (31x) at 20 tokens/param = 4.8M tokens, ~30 min measured on 2 cores;
 #   depth grows with width (C/L 6-9, no 1-layer sizes: they fall off the trend), micro-batch 4 keeps steps ~ sqrt(D).
 # gpu: 1.8M..85M (GPT-2 124M itself at the top), 1 token/param, sized for one large GPU.
 # (Measured run times, and what is not measured yet: docs/scaling.md.)
@@ -106,7 +106,7 @@ LADDER_PRESETS: dict[str, LadderConfig] = {
     "cpu": LadderConfig(
         sizes=_shapes([(2, 12), (2, 16), (3, 20), (3, 28), (4, 36), (5, 44)], head_dim=16), head_dim=16,
         block_size=64, micro_batch=4, tokens_per_param=20.0, batch_scale=4.0, max_batch_tokens=8192,
-        device="cpu", dtype="fp32", lr_scale=3.0,  # val loss, L1-C16: 7.82 at 1x Kaplan's lr, 7.14 at 3x, 7.13 at 6x; L2-C24: 6.61 at 3x, 6.64 at 6x
+        device="cpu", dtype="fp32", lr_scale=3.0,  # val loss on the earlier ladder's L1-C16: 7.82 at 1x Kaplan's lr, 7.14 at 3x, 7.13 at 6x; L2-C24: 6.61 at 3x, 6.64 at 6x
     ),
     "gpu": LadderConfig(
         sizes=_shapes([(4, 192), (4, 256), (6, 320), (6, 448), (8, 576), (12, 768)], head_dim=64), head_dim=64,
