@@ -100,3 +100,38 @@ def test_update_writes_each_rows_own_column_in_every_dtype(dtype):
     assert torch.equal(cache.k[1], expect_k) and torch.equal(cache.v[1], expect_v)
     assert torch.equal(cache.k[0], torch.zeros_like(cache.k[0]))  # other layers untouched
     assert keys.dtype == dtype and keys.shape == (3, nh, plan.n_keys, hs) and torch.equal(values, expect_v[:, :, : plan.n_keys])
+
+
+def test_plan_takes_the_unmasked_path_only_where_the_mask_is_plain_causal(model):
+    """Aligned, unpadded rows write one slice and attend unmasked; padding, uneven rows or a prompt that
+    continues a cache fall back to the masked path, and a reset row is aligned again."""
+    cache = KVCache(CFG, 2, 32)
+    p = cache.plan(4)  # a prompt into empty rows: causal
+    assert (p.col, p.causal) == (0, True)
+    p = cache.plan(1)  # one query: it sees every key
+    assert (p.col, p.causal) == (4, True) and bool(p.attn_mask.all())
+    p = cache.plan(3)  # a prompt after cached tokens: same columns, but the mask is offset causal
+    assert (p.col, p.causal) == (5, False)
+    cache.rows(0, 1).plan(1)  # rows at different lengths
+    p = cache.plan(1)
+    assert (p.col, p.causal) == (None, False)
+    cache.reset()
+    p = cache.plan(3, torch.tensor([[0, 1, 1], [1, 1, 1]]))  # left padding in row 0
+    assert (p.col, p.causal) == (None, False)
+    assert (cache.row(1).plan(1).causal, cache.row(0).plan(1).causal) == (True, False)  # the padded row stays padded
+    cache.reset_row(0)
+    assert cache.row(0).plan(2).causal
+
+
+def test_unmasked_fast_path_matches_the_masked_one(model):
+    """The same decode through the unmasked path and through the masked one (a static cache attends all its
+    columns under the mask) agrees, and the static plans never claim plain causal attention."""
+    idx = torch.randint(0, 500, (1, 12), generator=torch.Generator().manual_seed(4))
+    outs = []
+    for static in (False, True):
+        cache = KVCache(CFG, 1, 32, static=static)
+        with torch.no_grad():
+            model(idx[:, :8], kv_cache=cache)
+            outs.append(torch.cat([model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(8, 12)], 1))
+        assert cache.plan(1).causal is not static
+    assert (outs[0] - outs[1]).abs().max().item() < 1e-5

@@ -25,8 +25,32 @@ def _int8_reference(w, b, x, act_dtype):
     return y if b is None else y + b
 
 
+def _int8_dynamic_reference(w, b, x):
+    """int8 weights per output channel as above; x quantized per call to 7-bit unsigned (reduce_range) with
+    an asymmetric zero point over [min(x, 0), max(x, 0)]."""
+    scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127)
+    lo, hi = min(x.min().item(), 0.0), max(x.max().item(), 0.0)
+    sx = (hi - lo) / 127
+    zp = min(max(round(-lo / sx), 0), 127)
+    xq = torch.clamp(torch.round(x / sx) + zp, 0, 127)
+    return F.linear((xq - zp) * sx, q * scale[:, None], b)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_dynamic_is_the_specified_quantisation(bias):
+    if "int8-dynamic" not in RUNNABLE:
+        pytest.skip("torch's quantized engine does not run on this CPU")
+    w, b, x = _data()
+    b = b + 3.0 if bias else None  # a bias the size of the outputs: dropping or doubling it shows
+    y = L.make_kernel("int8-dynamic", w, b)(x)
+    assert y.dtype == torch.float32 and y.shape == (5, 48)
+    torch.testing.assert_close(y, _int8_dynamic_reference(w, b, x), atol=1e-4, rtol=1e-4)
+    assert (y - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max()  # and still close to fp32
+
+
 def test_the_kernel_table():
-    assert set(L.KERNELS) == {"linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32"}
+    assert set(L.KERNELS) == {"linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic"}
     assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn"}
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
     assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None

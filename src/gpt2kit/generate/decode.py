@@ -47,4 +47,5 @@ class DecodeRunner:
     @torch.inference_mode()
     def decode(self, tokens: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
         """(B, 1) ids -> (B, V) logits, appending one column per row to the cache."""
-        return self.model.lm_head(self.model.hidden_states(tokens, cache, mask)[:, -1])  # (B, V)
+        plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
+        return self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)

@@ -48,6 +48,8 @@ class CausalSelfAttention(nn.Module):
             k, v = k.to(q.dtype), v.to(q.dtype)
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))
+        elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout_p)
         elif T == 1 and mask is not None:  # one query (decode): the additive mask is made once per step, not per layer
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=plan.attn_bias(q.dtype), dropout_p=dropout_p)
         elif mask is not None:
@@ -165,24 +167,25 @@ class GPT(nn.Module):
         idx: torch.Tensor,
         kv_cache: KVCache | None = None,
         attention_mask: torch.Tensor | None = None,
+        plan: StepPlan | None = None,
     ) -> torch.Tensor:
         """Token ids (B, T) -> final hidden states after ln_f (B, T, C).
 
         kv_cache: continue from (and append to) the cached keys/values; positions continue per row.
         attention_mask: (B, T) with 1 for real tokens and 0 for left padding: padded tokens are
             neither attended to nor counted in positions, so each row computes what it would alone.
+        plan: the step `kv_cache.plan(T, attention_mask)` already made by the caller, which then answers for
+            the ids (the decode runner: the engine samples them from the vocabulary).
         """
-        self._check_input(idx, kv_cache)
         B, T = idx.shape
-        plan = None
-        if kv_cache is not None:
-            plan = kv_cache.plan(T, attention_mask)
-            position_ids = plan.position_ids  # (B, T)
-        elif attention_mask is not None:
-            plan = _padding_plan(attention_mask.to(idx.device))
-            position_ids = plan.position_ids  # (B, T)
-        else:
-            position_ids = torch.arange(T, device=idx.device)[None]  # (1, T)
+        if plan is None:
+            self._check_input(idx, kv_cache)
+            if kv_cache is not None:
+                plan = kv_cache.plan(T, attention_mask)
+            elif attention_mask is not None:
+                plan = _padding_plan(attention_mask.to(idx.device))
+        # (B, T) per row from the plan; (1, T) for a plain forward
+        position_ids = plan.position_ids if plan is not None else torch.arange(T, device=idx.device)[None]
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
         x = self.transformer.drop(x)
         for layer, block in enumerate(self.transformer.h):

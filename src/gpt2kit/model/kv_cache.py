@@ -29,6 +29,11 @@ class StepPlan:
     position_ids: torch.Tensor  # (B, T) long: position embedding index of each new token
     attn_mask: torch.Tensor  # (B, 1, T, K) bool: True where a query may attend a key column
     n_keys: int  # K: how many leading cache columns attention reads
+    # Set when every row wrote the same columns and none holds padding: `col` is the first column this step
+    # writes in every row (the cache update is then one slice copy), and `causal` says the mask is plain
+    # causal attention over the K keys (one query, or a prompt into empty rows), which SDPA runs unmasked.
+    col: int | None = None
+    causal: bool = False
     _bias: dict = field(default_factory=dict, repr=False)
 
     def attn_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -41,13 +46,14 @@ class StepPlan:
 
 
 class _HostLengths:
-    """Host-side copy of every row's written-column count, shared by a cache and its row views, so
-    that sizing a step never reads a device tensor (no host sync per token)."""
+    """Host-side copy of every row's written-column count and whether it holds padding, shared by a cache
+    and its row views, so that sizing a step never reads a device tensor (no host sync per token)."""
 
-    __slots__ = ("values",)
+    __slots__ = ("values", "padded")
 
     def __init__(self, batch_size: int) -> None:
         self.values = [0] * batch_size
+        self.padded = [False] * batch_size
 
 
 class KVCache:
@@ -103,6 +109,7 @@ class KVCache:
         self.pos.zero_()
         for r in self._rows:
             self._host.values[r] = 0
+            self._host.padded[r] = False
 
     def row(self, b: int) -> KVCache:
         """A one-row view (B=1) that reads and writes row b of this cache in place."""
@@ -125,6 +132,7 @@ class KVCache:
         self.lengths[b] = 0
         self.pos[b] = 0
         self._host.values[self._rows[b]] = 0
+        self._host.padded[self._rows[b]] = False
 
     def plan(self, T: int, attention_mask: torch.Tensor | None = None) -> StepPlan:
         """Reserve T columns in every row for the next forward pass and advance the counters.
@@ -137,6 +145,9 @@ class KVCache:
                 "Generate fewer tokens, shorten the prompt, or use the sliding-window mode."
             )
         B, device = self.lengths.shape[0], self.lengths.device
+        before = [self._host.values[r] for r in self._rows]
+        self._mark_padding(attention_mask)
+        aligned = all(n == before[0] for n in before) and not any(self._host.padded[r] for r in self._rows)
         ar = torch.arange(T, device=device)
         cols = self.lengths[:, None] + ar  # (B, T)
         if attention_mask is None:
@@ -157,15 +168,32 @@ class KVCache:
         causal = keys[None, None, :] <= cols[:, :, None]  # (B, T, K)
         diagonal = keys[None, None, :] == cols[:, :, None]  # a padded query still sees itself: no empty rows
         attn_mask = (causal & self.valid[:, None, :K]) | diagonal  # (B, T, K)
-        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=K)
+        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=K,
+                        col=before[0] if aligned else None, causal=aligned and not self.static and (T == 1 or before[0] == 0))  # fmt: skip
+
+    def _mark_padding(self, attention_mask: torch.Tensor | None) -> None:
+        """Record which rows this step pads. A mask on the CPU is read (free); one on a GPU marks every row,
+        rather than sync the device to look."""
+        if attention_mask is None:
+            return
+        if attention_mask.device.type == "cpu":
+            pads = (attention_mask == 0).any(dim=1).tolist()  # (B,)
+        else:
+            pads = [True] * len(self._rows)
+        for r, pad in zip(self._rows, pads):
+            self._host.padded[r] = self._host.padded[r] or pad
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's k, v (B, nh, T, hs) for `layer`; return the keys/values to attend (B, nh, K, hs)."""
         B, nh, T, hs = k.shape
-        index = plan.cols[:, None, :, None].expand(B, nh, T, hs)
         k_l, v_l = self.k[layer], self.v[layer]  # (B, nh, T_max, hs)
-        _bits(k_l).scatter_(2, index, _bits(k.to(k_l.dtype)))
-        _bits(v_l).scatter_(2, index, _bits(v.to(v_l.dtype)))
+        if plan.col is not None:  # every row writes the same T columns
+            k_l.narrow(2, plan.col, T).copy_(k)
+            v_l.narrow(2, plan.col, T).copy_(v)
+        else:
+            index = plan.cols[:, None, :, None].expand(B, nh, T, hs)
+            _bits(k_l).scatter_(2, index, _bits(k.to(k_l.dtype)))
+            _bits(v_l).scatter_(2, index, _bits(v.to(v_l.dtype)))
         return k_l[:, :, : plan.n_keys], v_l[:, :, : plan.n_keys]
 
 

@@ -13,13 +13,16 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
              exist and give the right numbers before the kernel is ever offered;
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
              where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
-  - int8:    weight-only int8, one scale per output channel (`_weight_int8pack_mm`), activations in bf16
-             (`int8`) or float32 (`int8-f32`); approximate, only when asked for.
+  - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
+             in bf16 (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call
+             (`int8-dynamic`, torch's quantized engine); approximate, only when asked for.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import warnings
 
 import torch
 import torch.nn as nn
@@ -143,10 +146,34 @@ class _Int8F32(_Int8):
     act_dtype = torch.float32
 
 
+class _Int8Dynamic(_Linear):
+    """int8 weights (one scale per output channel) and int8 activations, quantized per call (one scale for
+    the call's rows): torch's quantized engine (`quantized::linear_dynamic`, fbgemm's or oneDNN's VNNI/AMX kernels),
+    the same scheme as llama.cpp's Q8_0 products. Activations stay 8-bit in range (reduce_range), so CPUs
+    without VNNI cannot saturate their 16-bit sums."""
+
+    exact = False
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        w = weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()  # (out,)
+        with _quantized_engine(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+            qw = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.quantized.linear_dynamic(x.float(), self.packed, True).to(x.dtype)
+
+    @staticmethod
+    def available(device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cpu" and _quantized_engine_name() is not None and _probe(_Int8Dynamic, torch.float32)
+
+
 KERNELS: dict[str, type] = {
     "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn,
     "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn,
-    "int8": _Int8, "int8-f32": _Int8F32,
+    "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic,
 }  # fmt: skip
 
 
@@ -186,6 +213,24 @@ def _onednn_works(dtype: torch.dtype) -> bool:
         if check is None or not check():  # AVX2-only CPUs: oneDNN's bf16 kernels refuse to run
             return False
     return _probe(_OneDnn, dtype)
+
+
+@functools.cache
+def _quantized_engine_name() -> str | None:
+    """torch's quantized engine for x86 (x86, else fbgemm), None where it has neither (e.g. ARM builds)."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm") if e in engines), None)
+
+
+@contextlib.contextmanager
+def _quantized_engine():
+    """Pack with the x86 engine without changing the process-wide setting for good."""
+    before = torch.backends.quantized.engine
+    torch.backends.quantized.engine = _quantized_engine_name()
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = before
 
 
 @functools.cache

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,7 +63,8 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
     """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun.
 
     on_step(step, max_steps), if given, is called after every optimizer step (for a caller's progress bar)."""
-    check_writable(Path(cfg.out_dir) / "metrics.jsonl")  # an out_dir that is a file or read-only: one line now
+    if os.environ.get("RANK", "0") == "0":  # one process checks: the check's own folders would race between ranks
+        check_writable(Path(cfg.out_dir) / "metrics.jsonl")  # an out_dir that is a file or read-only: one line now
     threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
