@@ -25,10 +25,12 @@ def model():
 
 @pytest.fixture
 def fixed_times(monkeypatch, tmp_path):
-    """_time from COST (mkl wins, then onednn), every first call 1 us, every kernel available, the cache in tmp_path."""
+    """_time and _time_step from COST (mkl wins, then onednn), every first call 1 us, every kernel available, the
+    cache in tmp_path."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
     monkeypatch.setattr(K, "_time", lambda ks, x: COST.get(type(ks[0]), 5.0))
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: COST.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
     clock = iter(range(10**9))
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
     for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
@@ -365,3 +367,57 @@ def test_cache_file_read_and_write_failures(monkeypatch, tmp_path):
     assert text == json.dumps({"a": {"x": 1, "y": 2}, "b": 1}, indent=1, sort_keys=True)
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path / "kernels.json"))  # a file where the folder should be
     K._write_cache({"a": 1})  # no error: measured again next time
+
+
+def _step_todo(model, kinds=("linear", "mkl")):
+    return {role: (K._role_linears(model, role), (list(kinds), {})) for role in K.ROLES}
+
+
+def test_measure_step_runs_each_kind_through_the_step_in_model_order(model, monkeypatch):
+    """Block by block (c_attn, attn.c_proj, c_fc, mlp.c_proj), the head last, each call on its own layer's input
+    width; the per-role figures choose per role."""
+    seen = []
+
+    def fake(calls, best):
+        seen.append([(role, type(k), tuple(x.shape)) for role, k, x in calls])
+        cost = {L._Linear: {"lm_head": 1.0}, L._Mkl: {"lm_head": 2.0}}[type(calls[0][1])]
+        return {role: cost.get(role, 3.0 if type(calls[0][1]) is L._Linear else 1.5) for role, _, _ in calls}, 0.01
+
+    monkeypatch.setattr(K, "_time_step", fake)
+    choices = K._measure_step(_step_todo(model), 2, torch.float32)
+    n = model.config.n_layer
+    assert [r for r, _, _ in seen[0]] == [*K.ROLES[:4]] * n + ["lm_head"]
+    assert {k for _, k, _ in seen[0]} == {L._Linear} and {k for _, k, _ in seen[1]} == {L._Mkl}
+    assert seen[0][2] == ("mlp.c_fc", L._Linear, (2, 16)) and seen[0][3] == ("mlp.c_proj", L._Linear, (2, 64))
+    assert {r: c.kind for r, c in choices.items()} == {**{r: "mkl" for r in K.ROLES[:4]}, "lm_head": "linear"}
+    assert choices["lm_head"].us == {"linear": 1.0, "mkl": 2.0} and choices["lm_head"].rows == 2
+
+
+def test_measure_step_rejects_wrong_numbers_per_role(model, monkeypatch):
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    real = L._Mkl.__call__
+    monkeypatch.setattr(L._Mkl, "__call__", lambda self, x: real(self, x) + (self.wt.shape[1] == 96))  # wrong on the head
+    choices = K._measure_step(_step_todo(model, ("mkl", "linear")), 1, torch.float32)
+    assert "output differs from the float32 reference" in choices["lm_head"].rejected["mkl"]
+    assert choices["lm_head"].kind == "linear" and choices["mlp.c_fc"].kind == "mkl" and not choices["mlp.c_fc"].rejected
+
+
+def test_time_step_skips_the_warm_up_and_stops_a_slow_kind(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+
+    durations = {"a": iter([9.0, 1.0, 1.0, 1.0]), "b": iter([9.0, 2.0, 2.0, 2.0])}  # a slow warm-up pass, left out
+
+    def kernel(name):
+        def run(x):
+            now["t"] += next(durations[name])
+
+        return run
+
+    calls = [("a", kernel("a"), None), ("b", kernel("b"), None)]  # each pass outlasts the budget: 1 + 3 passes
+    per_role, pass_s = K._time_step(calls, float("inf"))
+    assert per_role == {"a": pytest.approx(1e6), "b": pytest.approx(2e6)} and pass_s == pytest.approx(3.0)
+    ran = []
+    slow = [("a", lambda x: ran.append(1) or now.update(t=now["t"] + 0.2), None)]  # 0.2 s > 10 x 0.01 and > 50 ms
+    per_role, pass_s = K._time_step(slow, 0.01)
+    assert len(ran) == 1 and per_role == {"a": pytest.approx(2e5)} and pass_s == pytest.approx(0.2)

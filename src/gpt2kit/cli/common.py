@@ -102,7 +102,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     add_config_flags(e, GenerateOptions, exclude=("window_keep",), flags={  # (GenerateOptions' fields carry no help)
         "max_batch": Flag(help="sequences decoded together"),
         "weights": Flag(choices=("auto", "model", "bf16", "int8"), help="decode weights: auto (exact, packed for speed), model "
-                        "(the model's own modules), bf16 or int8 (weight-only, faster on CPU, approximate)"),
+                        "(the model's own modules), bf16 or int8 (8-bit weights; faster on CPU, approximate)"),
         "bos": Flag(help="prepend <|endoftext|> to each prompt (allows an empty prompt)"),
     })  # fmt: skip
 

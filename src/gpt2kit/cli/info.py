@@ -17,7 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="time the candidate linear kernels on this machine for MODEL (or read the cached choice) and show them")  # fmt: skip
     p.add_argument("--batch", type=int, default=1, help="--kernels: decode batch size to measure for")
     p.add_argument("--dtype", default="fp32", help="--kernels: the model's dtype (fp32, bf16)")
-    p.add_argument("--weights", default="auto", choices=["auto", "bf16", "int8"], help="--kernels: exact (auto) or weight-only kernels")
+    p.add_argument("--weights", default="auto", choices=["auto", "bf16", "int8"], help="--kernels: exact (auto) or approximate (bf16, int8) kernels")
     p.add_argument("--remeasure", action="store_true", help="--kernels: measure again and replace the cached choice")
 
 

@@ -8,7 +8,7 @@ second copy of the math:
     SDPA under the step's additive mask (made once per step for all layers);
   - the linear layers: the runner works on an inference copy of the model (model/kernels.py) whose
     nn.Linear modules are KernelLinear modules, each using the kernel measured fastest on this machine
-    for this shape, dtype and batch (exact by default; weight-only bf16 or int8 when asked for).
+    for this shape, dtype and batch (exact by default; bf16 or int8 weights when asked for).
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides.
 """
@@ -27,7 +27,7 @@ __all__ = ["WEIGHT_MODES", "DecodeRunner"]
 
 class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
-    'model' (the model's own modules, no copy), 'bf16' or 'int8' (weight-only, approximate, measured)."""
+    'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured)."""
 
     def __init__(self, model: GPT, weights: str = "auto", batch: int = 1) -> None:
         if weights not in WEIGHT_MODES:

@@ -34,7 +34,7 @@ class GenerateOptions:
     """Engine-level options (per run, not per request)."""
 
     max_batch: int = 8  # sequences decoded together
-    weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (weight-only)
+    weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (8-bit weights)
     bos: bool = False  # prepend <|endoftext|> to every prompt (allows empty prompts: unconditional samples)
     window_keep: int | None = None  # sliding window: tokens kept when the context is full (default: half)
 
