@@ -167,7 +167,7 @@ class _Int8Dynamic(_Linear):
 
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
-        return device.type == "cpu" and _quantized_engine_name() is not None and _probe(_Int8Dynamic, torch.float32)
+        return device.type == "cpu" and _int8_dynamic_works()
 
 
 KERNELS: dict[str, type] = {
@@ -220,6 +220,11 @@ def _quantized_engine_name() -> str | None:
     """torch's quantized engine for x86 (x86, else fbgemm), None where it has neither (e.g. ARM builds)."""
     engines = torch.backends.quantized.supported_engines
     return next((e for e in ("x86", "fbgemm") if e in engines), None)
+
+
+@functools.cache
+def _int8_dynamic_works() -> bool:
+    return _quantized_engine_name() is not None and _probe(_Int8Dynamic, torch.float32)
 
 
 @contextlib.contextmanager
