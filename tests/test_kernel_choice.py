@@ -421,3 +421,157 @@ def test_time_step_skips_the_warm_up_and_stops_a_slow_kind(monkeypatch):
     slow = [("a", lambda x: ran.append(1) or now.update(t=now["t"] + 0.2), None)]  # 0.2 s > 10 x 0.01 and > 50 ms
     per_role, pass_s = K._time_step(slow, 0.01)
     assert len(ran) == 1 and per_role == {"a": pytest.approx(2e5)} and pass_s == pytest.approx(0.2)
+
+
+def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, fixed_times, monkeypatch):
+    """The decode row count goes through _measure_step (here onednn wins there), prompt processing through
+    _measure (mkl); a batch of PREFILL_ROWS or more is not a decode step: both row counts go through _measure."""
+    step_cost = {L._Linear: 3.0, L._Mkl: 2.0, L._OneDnn: 1.0}
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    kinds = {(c.role, c.rows): c.kind for c in K.plan_kernels(model, batch=2, use_cache=False)}
+    assert kinds == {**{(r, 2): "onednn" for r in K.ROLES}, **{(r, K.PREFILL_ROWS): "mkl" for r in K.ROLES}}
+    for batch in (K.PREFILL_ROWS, K.PREFILL_ROWS + 1):
+        choices = K.plan_kernels(model, batch=batch, use_cache=False)
+        assert {c.rows for c in choices} == {batch, K.PREFILL_ROWS} and {c.kind for c in choices} == {"mkl"}
+
+
+def test_a_cached_choice_stands_only_if_it_judged_every_candidate_offered_now():
+    cands = (["linear", "mkl", "onednn"], {"bf16": "not available on this CPU/torch"})
+    assert K._covers({"us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "wrong numbers"}}, cands)
+    assert not K._covers({"us": {"linear": 3.0, "mkl": 1.0}, "rejected": {}}, cands)  # onednn is new: measure
+    assert not K._covers({"us": {"linear": 3.0}, "rejected": {"mkl": "wrong", "bf16": "not available"}}, cands)
+    assert K._covers({"us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"}))  # unavailable: nothing to judge
+    assert not K._covers({"role": "r", "rows": 1, "kind": "linear"}, cands)  # an entry that judged nothing
+    assert K._covers({"role": "r", "rows": 1, "kind": "linear"}, ([], {"bf16": "not available"}))
+
+
+def test_a_kernel_rejected_for_wrong_numbers_is_not_measured_again(model, fixed_times, monkeypatch):
+    real = L._Mkl.__call__
+    monkeypatch.setattr(L._Mkl, "__call__", lambda self, x: real(self, x) + 1)
+    first = K.plan_kernels(model, batch=2)
+    assert {c.kind for c in first} == {"onednn"} and all("mkl" in c.rejected for c in first)
+    assert all(c.cached for c in K.plan_kernels(model, batch=2))
+    store = json.loads(fixed_times.read_text())
+    key = "torch.float32 | auto | mlp.c_fc 64x16 | 2 rows"
+    store[K.machine_key()][key] = {"role": "mlp.c_fc", "rows": 2, "kind": "linear"}  # judged nothing: measured again
+    fixed_times.write_text(json.dumps(store))
+    again = {(c.role, c.rows): c for c in K.plan_kernels(model, batch=2)}
+    assert not again[("mlp.c_fc", 2)].cached and again[("mlp.c_fc", 2)].kind == "onednn"
+    assert again[("mlp.c_proj", 2)].cached
+
+
+def test_measure_step_keeps_block_order_with_two_layers(monkeypatch):
+    two = tiny_gpt(n_layer=2, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
+    seen = []
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: seen.append([r for r, _, _ in calls]) or ({}, 0.01))
+    K._measure_step(_step_todo(two, ("linear",)), 1, torch.float32)
+    assert seen == [[*K.ROLES[:4]] * 2 + ["lm_head"]]
+
+
+def test_measure_step_times_a_kind_only_where_it_is_a_candidate_and_passes_on_the_best_pass(model, monkeypatch):
+    """A kind offered for some roles only is timed on those; each kind's _time_step is told the fastest pass of
+    the kinds before it."""
+    bests, passes = [], iter([0.03, 0.01, 0.02])
+
+    def fake(calls, best):
+        bests.append(best)
+        return {r: 1.0 for r, _, _ in calls}, next(passes)
+
+    monkeypatch.setattr(K, "_time_step", fake)
+    todo = _step_todo(model, ("linear", "mkl", "onednn"))
+    todo["lm_head"] = (todo["lm_head"][0], (["linear"], {"mkl": "why"}))
+    choices = K._measure_step(todo, 1, torch.float32)
+    assert bests == [float("inf"), 0.03, 0.01]
+    assert set(choices["lm_head"].us) == {"linear"} and choices["lm_head"].rejected == {"mkl": "why"}
+    assert set(choices["mlp.c_fc"].us) == {"linear", "mkl", "onednn"}
+
+
+def test_measure_step_rejects_small_float32_errors_and_goes_on_with_the_next_roles(model, monkeypatch):
+    """An exact kernel 1e-2 off in float32 is wrong (the 0.05 tolerance is for approximations and bf16); a
+    kind wrong on one role is still timed on the roles after it."""
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    real = L._Mkl.__call__
+
+    def off(self, x):
+        y = real(self, x)
+        return y + 0.01 * (1 + y.abs().max()) if self.wt.shape[1] == 64 else y  # wrong on mlp.c_fc only
+
+    monkeypatch.setattr(L._Mkl, "__call__", off)
+    choices = K._measure_step(_step_todo(model, ("mkl", "linear")), 1, torch.float32)
+    assert "tolerance 0.0001" in choices["mlp.c_fc"].rejected["mkl"] and set(choices["mlp.c_fc"].us) == {"linear"}
+    for role in ("attn.c_attn", "attn.c_proj", "mlp.c_proj", "lm_head"):
+        assert set(choices[role].us) == {"mkl", "linear"} and not choices[role].rejected
+
+
+def _step_clock(monkeypatch, durations):
+    """A fake clock that moves only when a fake kernel runs: kernel(name) takes the next of durations[name]."""
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    inputs = []
+
+    def kernel(name):
+        def run(x):
+            inputs.append((name, x))
+            now["t"] += next(durations[name])
+
+        return run
+
+    return kernel, inputs
+
+
+def test_time_step_passes_until_the_budget_per_role_is_spent(monkeypatch):
+    """After the warm-up pass: at least 3 passes, then more while TIME_BUDGET_S x roles lasts (a pass that would
+    start at the deadline is not made), 20 at most."""
+    monkeypatch.setattr(K, "TIME_BUDGET_S", 1.0)
+    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.25] * 100), "b": iter([0.25] * 100)})
+    xa, xb = torch.zeros(1), torch.ones(1)
+    per_role, pass_s = K._time_step([("a", kernel("a"), xa), ("b", kernel("b"), xb)], float("inf"))
+    # warm-up ends at 0.5 s, deadline 0.5 + 2 x 1.0 s; passes end at 1.0, 1.5, 2.0 and 2.5 (= the deadline)
+    assert len(inputs) == 2 * 5 and all(x is {"a": xa, "b": xb}[name] for name, x in inputs)
+    assert per_role == {"a": 0.25e6, "b": 0.25e6} and pass_s == 0.5
+    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.0] * 100)})  # a clock that never moves
+    K._time_step([("a", kernel("a"), xa)], float("inf"))
+    assert len(inputs) == 1 + 20
+
+
+def test_time_step_takes_the_lower_quartile_of_the_timed_passes(monkeypatch):
+    import statistics
+
+    kernel, _ = _step_clock(monkeypatch, {"a": iter([9.0, 1.0, 2.0, 4.0])})  # each pass outlasts the budget
+    per_role, pass_s = K._time_step([("a", kernel("a"), None)], float("inf"))
+    assert per_role == {"a": statistics.quantiles([1.0, 2.0, 4.0], n=4)[0] * 1e6} == {"a": 1e6} and pass_s == 1.0
+
+
+def test_time_step_stops_after_a_warm_up_over_both_bounds_only(monkeypatch):
+    """The warm-up pass is the figure itself only when it is over 10x the best pass and over
+    SLOW_FIRST_CALL_US; at either bound exactly it is timed."""
+
+    def passes(warm_up, best):
+        kernel, inputs = _step_clock(monkeypatch, {"a": iter([warm_up] + [1.0] * 10)})
+        per_role, pass_s = K._time_step([("a", kernel("a"), None)], best)
+        return len(inputs), per_role["a"], pass_s
+
+    assert passes(1.3125, 0.125) == (1, 1.3125e6, 1.3125)  # 10.5x the best: not timed further
+    assert passes(1.25, 0.125)[0] == 4  # exactly 10x: timed
+    assert K.SLOW_FIRST_CALL_US == 50_000
+    assert passes(0.05, 0.001)[0] == 4  # exactly 50 ms: timed
+    assert passes(0.0625, 0.001) == (1, 0.0625e6, 0.0625)
+
+
+def test_time_stops_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(K, "TIME_BUDGET_S", 4.0)
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    calls = []
+    K._time([lambda x: calls.append(1) or now.update(t=now["t"] + 1.0)], torch.zeros(1))
+    assert len(calls) == 1 + 4  # warm-up ends at 1 s, deadline 5 s: calls end at 2, 3, 4 and 5 s
+
+
+def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
+    """The inputs are drawn from a generator of their own: a seeded run samples the same tokens whether its
+    kernel choice was measured or read from the cache."""
+    torch.manual_seed(0)
+    expected = torch.rand(4)
+    torch.manual_seed(0)
+    K.plan_kernels(model, batch=2, use_cache=False)  # decode through _measure_step, prefill through _measure
+    assert torch.equal(torch.rand(4), expected)
