@@ -437,10 +437,13 @@ def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, 
 
 def test_a_cached_choice_stands_only_if_it_judged_every_candidate_offered_now():
     cands = (["linear", "mkl", "onednn"], {"bf16": "not available on this CPU/torch"})
-    assert K._covers({"us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "wrong numbers"}}, cands)
-    assert not K._covers({"us": {"linear": 3.0, "mkl": 1.0}, "rejected": {}}, cands)  # onednn is new: measure
-    assert not K._covers({"us": {"linear": 3.0}, "rejected": {"mkl": "wrong", "bf16": "not available"}}, cands)
-    assert K._covers({"us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"}))  # unavailable: nothing to judge
+    assert K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "wrong numbers"}}, cands)
+    assert not K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {}}, cands)  # onednn is new: measure
+    assert not K._covers({"kind": "linear", "us": {"linear": 3.0}, "rejected": {"mkl": "wrong", "bf16": "not available"}}, cands)
+    assert K._covers({"kind": "linear", "us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"}))  # unavailable: nothing to judge
+    # a kernel no longer offered (e.g. int8-f32 where int8 runs) is not kept, whatever was judged
+    assert not K._covers({"kind": "int8-f32", "us": {"int8": 2.0, "int8-f32": 1.0, "int8-dynamic": 3.0}}, (["int8", "int8-dynamic"], {}))
+    assert K._covers({"kind": "int8", "us": {"int8": 2.0, "int8-f32": 9.0, "int8-dynamic": 3.0}}, (["int8", "int8-dynamic"], {}))
     assert not K._covers({"role": "r", "rows": 1, "kind": "linear"}, cands)  # an entry that judged nothing
     assert K._covers({"role": "r", "rows": 1, "kind": "linear"}, ([], {"bf16": "not available"}))
 

@@ -184,9 +184,10 @@ def _candidates(
 
 def _covers(entry: dict, cands: tuple[list[str], dict[str, str]]) -> bool:
     """A cached choice still stands if it judged every candidate this torch and CPU offer now (a kernel
-    added to gpt2kit since then is measured, not ignored)."""
+    added to gpt2kit since then is measured, not ignored) and its kernel is still offered (or is the
+    `linear` reference)."""
     judged = set(entry.get("us", {})) | set(entry.get("rejected", {}))
-    return set(cands[0]) <= judged
+    return set(cands[0]) <= judged and entry.get("kind") in {*cands[0], "linear"}
 
 
 def _timed_weights(linears: list[nn.Linear], rows: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:

@@ -190,19 +190,10 @@ class KVCache:
         if plan.col is not None:  # every row writes the same T columns
             k_l.narrow(2, plan.col, T).copy_(k)
             v_l.narrow(2, plan.col, T).copy_(v)
-        else:
-            index = plan.cols[:, None, :, None].expand(B, nh, T, hs)
-            _bits(k_l).scatter_(2, index, _bits(k.to(k_l.dtype)))
-            _bits(v_l).scatter_(2, index, _bits(v.to(v_l.dtype)))
+        else:  # each row its own columns: an indexed write (2x faster than scatter_ on the CPU, and in 16 bits
+            # too, where scatter_ is 10-40x slower than for integers of the same width)
+            rows = torch.arange(B, device=k.device)[:, None]  # (B, 1), against plan.cols (B, T)
+            k_l[rows, :, plan.cols] = k.to(k_l.dtype).transpose(1, 2)  # (B, T, nh, hs) at [b, :, cols[b, t]]
+            v_l[rows, :, plan.cols] = v.to(v_l.dtype).transpose(1, 2)
         return k_l[:, :, : plan.n_keys], v_l[:, :, : plan.n_keys]
-
-
-_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}
-
-
-def _bits(t: torch.Tensor) -> torch.Tensor:
-    """The same memory as integers of the same width. A scatter only moves values, and on the CPU torch's
-    scatter_ is 10-40x slower for bf16/fp16 than for integers of the same size (measured 31 us against 2.5 us
-    at batch 1 and 480 against 12 us at batch 8, per layer and tensor): moving the bits is exact and fast."""
-    return t.view(_BITS[t.element_size()]) if t.device.type == "cpu" and t.is_floating_point() else t
 
