@@ -39,8 +39,8 @@ def _int8_dynamic_reference(w, b, x):
 
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_dynamic_is_the_specified_quantisation(bias):
-    if "int8-dynamic" not in RUNNABLE:
-        pytest.skip("torch's quantized engine does not run on this CPU")
+    if L._quantized_engine_name() is None:  # only a missing engine skips: a kernel that fails its probe fails here
+        pytest.skip("this torch build has no x86 quantized engine (fbgemm/x86)")
     w, b, x = _data()
     b = b + 3.0 if bias else None  # a bias the size of the outputs: dropping or doubling it shows
     y = L.make_kernel("int8-dynamic", w, b)(x)

@@ -1,0 +1,224 @@
+"""How kernels.py times candidates: `_time` (one role's layers, prompt processing) and `_measure_step` /
+`_time_step` (a whole decode step in model order), on fake clocks so each test knows the calls and figures."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import tiny_gpt
+from gpt2kit.model import kernels as K
+from gpt2kit.model import linear as L
+
+
+@pytest.fixture
+def model():
+    return tiny_gpt(n_layer=5, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
+
+
+def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
+    now = {"t": 0.0}
+    durations = iter([0.001 * (i % 7 + 1) for i in range(1000)])
+
+    def perf_counter():
+        return now["t"]
+
+    calls = []
+
+    def kernel(name):
+        def run(x):
+            calls.append(name)
+            now["t"] += next(durations)
+
+        return run
+
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=perf_counter))
+    us = K._time([kernel("a"), kernel("b"), kernel("c")], torch.zeros(1))
+    # warm-up: a, b, c (1, 2, 3 ms); then calls until the 8 ms budget is spent: 4 + 5 ms, then 6 ms: 3 calls
+    assert calls == ["a", "b", "c", "a", "b", "c"]
+    import statistics
+
+    assert us == pytest.approx(statistics.quantiles([0.004, 0.005, 0.006], n=4)[0] * 1e6, rel=1e-9)  # microseconds
+
+
+def test_time_runs_real_kernels_on_the_input():
+    w, b, x = torch.randn(8, 16), torch.randn(8), torch.randn(2, 16)
+    assert K._time([L.make_kernel("linear", w, b), L.make_kernel("mkl", w, b)], x) > 0
+
+
+def test_time_makes_at_least_three_and_at_most_200_calls(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    slow = []
+
+    def step(x, dt):
+        slow.append(1)
+        now["t"] += dt
+
+    K._time([lambda x: step(x, 1.0)], torch.zeros(1))  # each call longer than the whole budget
+    assert len(slow) == 1 + 3
+    slow.clear()
+    K._time([lambda x: step(x, 0.0)], torch.zeros(1))  # a clock that never moves
+    assert len(slow) == 1 + 200
+    assert K.TIME_BUDGET_S == 0.008
+
+
+def _step_todo(model, kinds=("linear", "mkl")):
+    return {role: (K._role_linears(model, role), (list(kinds), {})) for role in K.ROLES}
+
+
+def test_measure_step_runs_each_kind_through_the_step_in_model_order(model, monkeypatch):
+    """Block by block (c_attn, attn.c_proj, c_fc, mlp.c_proj), the head last, each call on its own layer's input
+    width; the per-role figures choose per role."""
+    seen = []
+
+    def fake(calls, best):
+        seen.append([(role, type(k), tuple(x.shape)) for role, k, x in calls])
+        cost = {L._Linear: {"lm_head": 1.0}, L._Mkl: {"lm_head": 2.0}}[type(calls[0][1])]
+        return {role: cost.get(role, 3.0 if type(calls[0][1]) is L._Linear else 1.5) for role, _, _ in calls}, 0.01
+
+    monkeypatch.setattr(K, "_time_step", fake)
+    choices = K._measure_step(_step_todo(model), 2, torch.float32)
+    n = model.config.n_layer
+    assert [r for r, _, _ in seen[0]] == [*K.ROLES[:4]] * n + ["lm_head"]
+    assert {k for _, k, _ in seen[0]} == {L._Linear} and {k for _, k, _ in seen[1]} == {L._Mkl}
+    assert seen[0][2] == ("mlp.c_fc", L._Linear, (2, 16)) and seen[0][3] == ("mlp.c_proj", L._Linear, (2, 64))
+    assert {r: c.kind for r, c in choices.items()} == {**{r: "mkl" for r in K.ROLES[:4]}, "lm_head": "linear"}
+    assert choices["lm_head"].us == {"linear": 1.0, "mkl": 2.0} and choices["lm_head"].rows == 2
+
+
+def test_measure_step_rejects_wrong_numbers_per_role(model, monkeypatch):
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    real = L._Mkl.__call__
+    monkeypatch.setattr(L._Mkl, "__call__", lambda self, x: real(self, x) + (self.wt.shape[1] == 96))  # wrong on the head
+    choices = K._measure_step(_step_todo(model, ("mkl", "linear")), 1, torch.float32)
+    assert "output differs from the float32 reference" in choices["lm_head"].rejected["mkl"]
+    assert choices["lm_head"].kind == "linear" and choices["mlp.c_fc"].kind == "mkl" and not choices["mlp.c_fc"].rejected
+
+
+def test_time_step_skips_the_warm_up_and_stops_a_slow_kind(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+
+    durations = {"a": iter([9.0, 1.0, 1.0, 1.0]), "b": iter([9.0, 2.0, 2.0, 2.0])}  # a slow warm-up pass, left out
+
+    def kernel(name):
+        def run(x):
+            now["t"] += next(durations[name])
+
+        return run
+
+    calls = [("a", kernel("a"), None), ("b", kernel("b"), None)]  # each pass outlasts the budget: 1 + 3 passes
+    per_role, pass_s = K._time_step(calls, float("inf"))
+    assert per_role == {"a": pytest.approx(1e6), "b": pytest.approx(2e6)} and pass_s == pytest.approx(3.0)
+    ran = []
+    slow = [("a", lambda x: ran.append(1) or now.update(t=now["t"] + 0.2), None)]  # 0.2 s > 10 x 0.01 and > 50 ms
+    per_role, pass_s = K._time_step(slow, 0.01)
+    assert len(ran) == 1 and per_role == {"a": pytest.approx(2e5)} and pass_s == pytest.approx(0.2)
+
+
+def test_measure_step_keeps_block_order_with_two_layers(monkeypatch):
+    two = tiny_gpt(n_layer=2, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
+    seen = []
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: seen.append([r for r, _, _ in calls]) or ({}, 0.01))
+    K._measure_step(_step_todo(two, ("linear",)), 1, torch.float32)
+    assert seen == [[*K.ROLES[:4]] * 2 + ["lm_head"]]
+
+
+def test_measure_step_times_a_kind_only_where_it_is_a_candidate_and_passes_on_the_best_pass(model, monkeypatch):
+    """A kind offered for some roles only is timed on those; each kind's _time_step is told the fastest pass of
+    the kinds before it."""
+    bests, passes = [], iter([0.03, 0.01, 0.02])
+
+    def fake(calls, best):
+        bests.append(best)
+        return {r: 1.0 for r, _, _ in calls}, next(passes)
+
+    monkeypatch.setattr(K, "_time_step", fake)
+    todo = _step_todo(model, ("linear", "mkl", "onednn"))
+    todo["lm_head"] = (todo["lm_head"][0], (["linear"], {"mkl": "why"}))
+    choices = K._measure_step(todo, 1, torch.float32)
+    assert bests == [float("inf"), 0.03, 0.01]
+    assert set(choices["lm_head"].us) == {"linear"} and choices["lm_head"].rejected == {"mkl": "why"}
+    assert set(choices["mlp.c_fc"].us) == {"linear", "mkl", "onednn"}
+
+
+def test_measure_step_rejects_small_float32_errors_and_goes_on_with_the_next_roles(model, monkeypatch):
+    """An exact kernel 1e-2 off in float32 is wrong (the 0.05 tolerance is for approximations and bf16); a
+    kind wrong on one role is still timed on the roles after it."""
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    real = L._Mkl.__call__
+
+    def off(self, x):
+        y = real(self, x)
+        return y + 0.01 * (1 + y.abs().max()) if self.wt.shape[1] == 64 else y  # wrong on mlp.c_fc only
+
+    monkeypatch.setattr(L._Mkl, "__call__", off)
+    choices = K._measure_step(_step_todo(model, ("mkl", "linear")), 1, torch.float32)
+    assert "tolerance 0.0001" in choices["mlp.c_fc"].rejected["mkl"] and set(choices["mlp.c_fc"].us) == {"linear"}
+    for role in ("attn.c_attn", "attn.c_proj", "mlp.c_proj", "lm_head"):
+        assert set(choices[role].us) == {"mkl", "linear"} and not choices[role].rejected
+
+
+def _step_clock(monkeypatch, durations):
+    """A fake clock that moves only when a fake kernel runs: kernel(name) takes the next of durations[name]."""
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    inputs = []
+
+    def kernel(name):
+        def run(x):
+            inputs.append((name, x))
+            now["t"] += next(durations[name])
+
+        return run
+
+    return kernel, inputs
+
+
+def test_time_step_passes_until_the_budget_per_role_is_spent(monkeypatch):
+    """After the warm-up pass: at least 3 passes, then more while TIME_BUDGET_S x roles lasts (a pass that would
+    start at the deadline is not made), 20 at most."""
+    monkeypatch.setattr(K, "TIME_BUDGET_S", 1.0)
+    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.25] * 100), "b": iter([0.25] * 100)})
+    xa, xb = torch.zeros(1), torch.ones(1)
+    per_role, pass_s = K._time_step([("a", kernel("a"), xa), ("b", kernel("b"), xb)], float("inf"))
+    # warm-up ends at 0.5 s, deadline 0.5 + 2 x 1.0 s; passes end at 1.0, 1.5, 2.0 and 2.5 (= the deadline)
+    assert len(inputs) == 2 * 5 and all(x is {"a": xa, "b": xb}[name] for name, x in inputs)
+    assert per_role == {"a": 0.25e6, "b": 0.25e6} and pass_s == 0.5
+    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.0] * 100)})  # a clock that never moves
+    K._time_step([("a", kernel("a"), xa)], float("inf"))
+    assert len(inputs) == 1 + 20
+
+
+def test_time_step_takes_the_lower_quartile_of_the_timed_passes(monkeypatch):
+    import statistics
+
+    kernel, _ = _step_clock(monkeypatch, {"a": iter([9.0, 1.0, 2.0, 4.0])})  # each pass outlasts the budget
+    per_role, pass_s = K._time_step([("a", kernel("a"), None)], float("inf"))
+    assert per_role == {"a": statistics.quantiles([1.0, 2.0, 4.0], n=4)[0] * 1e6} == {"a": 1e6} and pass_s == 1.0
+
+
+def test_time_step_stops_after_a_warm_up_over_both_bounds_only(monkeypatch):
+    """The warm-up pass is the figure itself only when it is over 10x the best pass and over
+    SLOW_FIRST_CALL_US; at either bound exactly it is timed."""
+
+    def passes(warm_up, best):
+        kernel, inputs = _step_clock(monkeypatch, {"a": iter([warm_up] + [1.0] * 10)})
+        per_role, pass_s = K._time_step([("a", kernel("a"), None)], best)
+        return len(inputs), per_role["a"], pass_s
+
+    assert passes(1.3125, 0.125) == (1, 1.3125e6, 1.3125)  # 10.5x the best: not timed further
+    assert passes(1.25, 0.125)[0] == 4  # exactly 10x: timed
+    assert K.SLOW_FIRST_CALL_US == 50_000
+    assert passes(0.05, 0.001)[0] == 4  # exactly 50 ms: timed
+    assert passes(0.0625, 0.001) == (1, 0.0625e6, 0.0625)
+
+
+def test_time_stops_at_the_deadline(monkeypatch):
+    monkeypatch.setattr(K, "TIME_BUDGET_S", 4.0)
+    now = {"t": 0.0}
+    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    calls = []
+    K._time([lambda x: calls.append(1) or now.update(t=now["t"] + 1.0)], torch.zeros(1))
+    assert len(calls) == 1 + 4  # warm-up ends at 1 s, deadline 5 s: calls end at 2, 3, 4 and 5 s
