@@ -231,6 +231,31 @@ def test_banned_phrase_on_the_real_model(tiny):
     assert top not in generate(tiny, [prompt], p)[0].token_ids
 
 
+def test_greedy_rows_with_biases_and_bans_in_one_batch_equal_alone(tiny, monkeypatch):
+    """Greedy rows with logit biases or banned ids are drawn in one batched pass: each row gives what it
+    gives alone, and if that pass fails the rows are drawn one by one with the same result."""
+    import gpt2kit.generate.engine as E
+
+    torch.manual_seed(3)
+    prompts = [torch.randint(0, 50257, (n,)).tolist() for n in (5, 9, 5, 7)]
+    free = generate(tiny, [prompts[0]], SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True))[0].token_ids
+    params = [  # the first row ends early: then a row's place among the active rows is not its slot
+        SamplingParams(max_new_tokens=1, temperature=0, ignore_eos=True),
+        SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logit_bias={free[1]: 50.0}),
+        SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, banned_token_ids=[free[0]]),
+        SamplingParams(max_new_tokens=6, temperature=0, ignore_eos=True, logit_bias={free[2]: 9.0}, banned_token_ids=[free[3]]),
+    ]
+    alone = [generate(tiny, [pr], p)[0].token_ids for pr, p in zip(prompts, params)]
+    assert alone[1] == [free[1]] * 6 and free[0] not in alone[2] and alone[2] != free
+    assert [c.token_ids for c in generate(tiny, prompts, params)] == alone
+
+    def broken(*a):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(E, "greedy_tokens", broken)
+    assert [c.token_ids for c in generate(tiny, prompts, params)] == alone
+
+
 def test_max_new_tokens_zero_and_length(tiny):
     c = generate(tiny, [[1, 2, 3]], SamplingParams(max_new_tokens=0))[0]
     assert c.token_ids == [] and c.finish_reason == FinishReason.LENGTH

@@ -14,6 +14,7 @@ from gpt2kit.generate.sampling import (
     apply_top_k,
     apply_top_p,
     draw,
+    greedy_tokens,
     process_logits,
 )
 
@@ -100,6 +101,24 @@ def test_seeded_draws_reproducible_and_respect_the_mask():
 def test_greedy_is_argmax():
     logits = torch.tensor([0.1, 0.7, 0.2])
     assert int(draw(process_logits(logits, SamplingParams(temperature=0)), SamplingParams(temperature=0), None)) == 1
+
+
+def test_batched_greedy_equals_row_by_row():
+    """greedy_tokens over rows with different biases and bans == process_logits + draw on each row alone,
+    including NaN / inf logits, a bias on an id past the vocabulary and a row with nothing drawable."""
+    torch.manual_seed(0)
+    logits = torch.randn(6, 50)
+    logits[1, 7] = math.nan
+    logits[2, 3] = math.inf
+    logits[3] = math.nan
+    biases = [{}, {7: 30.0, 60: 5.0}, {3: -1.0, 4: 2.5}, {}, {i: -math.inf for i in range(50)}, {9: 8.0}]
+    banned = [None, torch.tensor([2]), None, None, None, torch.tensor([9, int(logits[5].argmax())])]
+    rows = [
+        draw(process_logits(logits[i], SamplingParams(temperature=0, logit_bias=biases[i]), banned=banned[i]), SamplingParams(temperature=0), None)
+        for i in range(6)
+    ]  # fmt: skip
+    assert greedy_tokens(logits, biases, banned).tolist() == [int(t) for t in rows]
+    assert [int(t) for t in rows][3:5] == [-1, -1] and int(rows[2]) == 3  # all NaN, all -inf; +inf wins
 
 
 @pytest.mark.parametrize(

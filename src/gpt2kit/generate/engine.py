@@ -56,7 +56,7 @@ from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate.content_filter import VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.generate.logprobs import TokenLogprob, step_logprobs, unpack_step
-from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams, draw, process_logits
+from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams, draw, greedy_tokens, process_logits
 from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_params, requests
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
 from gpt2kit.generate.stopping import FinishReason
@@ -197,14 +197,17 @@ class Engine:
             return events
 
     def _draw(self, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
-        # (B, V) logits -> one token per active row (and its logprobs where asked). Plain greedy rows share one argmax.
+        # (B, V) logits -> one token per active row (and its logprobs where asked). Greedy rows are drawn
+        # together: plain ones by one argmax, those with a logit bias or banned ids by one batched pass.
         argmax = None
-        toks: list[torch.Tensor] = []
-        for b, s in active:
+        toks = self._draw_biased_greedy(active)
+        for i, (b, s) in enumerate(active):
+            if toks[i] is not None:
+                continue
             if s.plain_greedy:
                 if argmax is None:
                     argmax = self._logits.argmax(-1)  # (B,)
-                toks.append(argmax[b])
+                toks[i] = argmax[b]
                 continue
             try:  # a failure here ends this sequence alone (finish_reason "error"), never its neighbours
                 banned = s.banned
@@ -212,10 +215,10 @@ class Engine:
                     extra = s.phrase_filter.banned_ids(self.device)
                     banned = extra if banned is None else torch.cat([banned, extra])
                 logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
-                toks.append(draw(logits, s.params, s.generator))  # NO_TOKEN when nothing can be drawn
+                toks[i] = draw(logits, s.params, s.generator)  # NO_TOKEN when nothing can be drawn
             except Exception as e:  # noqa: BLE001 - reported on the sequence's last event
                 s.error = f"sampling failed: {type(e).__name__}: {e}"
-                toks.append(torch.tensor(NO_TOKEN, device=self.device))
+                toks[i] = torch.tensor(NO_TOKEN, device=self.device)
         drawn = torch.stack(toks)  # (n,) long, on the device
         n = len(active)
         asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
@@ -233,6 +236,25 @@ class Engine:
         for i, rec in zip(asked, unpack_step(flat[n:], [tokens[i] for i in asked], ks, k)):
             out[i] = rec
         return tokens, out
+
+    def _draw_biased_greedy(self, active: list[tuple[int, _Sequence]]) -> list[torch.Tensor | None]:
+        """The greedy rows with a logit bias or banned ids, in one batched pass: their () token tensors, None
+        for every other row (and for these too if the pass fails, so that each is then drawn alone)."""
+        toks: list[torch.Tensor | None] = [None] * len(active)
+        biased = [i for i, (_, s) in enumerate(active) if s.batchable_greedy and not s.plain_greedy]
+        if not biased:
+            return toks
+        seqs = [active[i][1] for i in biased]
+        rows = torch.tensor([active[i][0] for i in biased], device=self.device)  # (m,)
+        try:
+            drawn = greedy_tokens(
+                self._logits.index_select(0, rows), [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
+            )
+        except Exception:  # noqa: BLE001 - the caller draws these rows one by one, each failing alone
+            return toks
+        for i, tok in zip(biased, drawn):
+            toks[i] = tok
+        return toks
 
     def _advance(self, b: int, s: _Sequence, tok: int, lp: TokenLogprob | None = None) -> TokenEvent:
         """Apply one drawn token to a sequence: stopping rules, text, counters, logprobs."""

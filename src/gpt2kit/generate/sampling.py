@@ -21,6 +21,7 @@ drop every token); and `draw` returns NO_TOKEN instead of raising when nothing c
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -189,14 +190,25 @@ def _finite(logits: torch.Tensor, neginf: float = -math.inf) -> torch.Tensor:
 
 
 def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tensor | None) -> torch.Tensor:
-    """Add logit_bias; set banned ids (a (n,) long tensor) to -inf."""
-    if bias:
-        ids = torch.tensor(list(bias), device=logits.device)
-        ids_ok = ids < logits.shape[-1]
-        vals = torch.tensor(list(bias.values()), device=logits.device, dtype=logits.dtype)
-        logits = logits.index_add(0, ids[ids_ok], vals[ids_ok])
-    if banned is not None and banned.numel():
-        logits = logits.index_fill(0, banned, -math.inf)
+    """Add logit_bias; set banned ids (a (n,) long tensor) to -inf. One row of `apply_bias_rows`."""
+    return apply_bias_rows(logits[None], [bias], [banned])[0]
+
+
+def apply_bias_rows(
+    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None]
+) -> torch.Tensor:
+    """(n, V) logits -> (n, V): row i gets biases[i] added (ids past V ignored) and banned[i] (a (k,) long
+    tensor, or None) set to -inf, in one indexed write each for all rows."""
+    V = logits.shape[-1]
+    entries = [(i, t, v) for i, bias in enumerate(biases) for t, v in bias.items() if t < V]
+    if entries:
+        rows, ids, vals = zip(*entries)
+        index = (torch.tensor(rows, device=logits.device), torch.tensor(ids, device=logits.device))
+        logits = logits.index_put(index, torch.tensor(vals, device=logits.device, dtype=logits.dtype), accumulate=True)
+    bans = [(i, b) for i, b in enumerate(banned) if b is not None and b.numel()]
+    if bans:
+        rows_b = torch.cat([torch.full_like(b, i) for i, b in bans])  # (k,) row of each banned id
+        logits = logits.index_put((rows_b, torch.cat([b for _, b in bans])), torch.tensor(-math.inf, dtype=logits.dtype))
     return logits
 
 
@@ -261,12 +273,25 @@ def draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | N
     """(V,) processed logits -> () long token id: argmax if greedy, else a multinomial draw; NO_TOKEN when
     every logit is -inf or NaN. Never raises on bad numbers and never syncs with the device: multinomial
     is given a valid distribution in every case (a uniform stand-in when nothing may be drawn)."""
+    if p.greedy:
+        return greedy_draw(logits[None])[0]
     logits = _finite(logits)
     ok = (logits > -math.inf).any()  # () bool, on the device
-    if p.greedy:
-        tok = torch.argmax(logits)
-    else:
-        probs = torch.softmax(torch.where(ok, logits, 0.0), dim=-1)  # softmax subtracts the max: stable
-        tok = torch.multinomial(probs, 1, generator=generator)[0]
+    probs = torch.softmax(torch.where(ok, logits, 0.0), dim=-1)  # softmax subtracts the max: stable
+    tok = torch.multinomial(probs, 1, generator=generator)[0]
     return torch.where(ok, tok, NO_TOKEN)
 
+
+def greedy_draw(logits: torch.Tensor) -> torch.Tensor:
+    """(n, V) processed logits -> (n,) long: each row's argmax, NO_TOKEN for a row that is all -inf or NaN."""
+    logits = _finite(logits)
+    ok = (logits > -math.inf).any(-1)  # (n,) bool
+    return torch.where(ok, logits.argmax(-1), NO_TOKEN)
+
+
+def greedy_tokens(
+    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None]
+) -> torch.Tensor:
+    """(n, V) raw logits of n greedy rows that use no penalties -> (n,) long: what `process_logits` and
+    `draw` give row by row (bias and banned ids, finite, argmax), as one batched pass."""
+    return greedy_draw(_finite(apply_bias_rows(logits.float(), biases, banned)))

@@ -83,9 +83,14 @@ class _Sequence:
     error: str | None = None  # set when this sequence fails; it then ends with finish_reason "error"
 
     @property
+    def batchable_greedy(self) -> bool:
+        """Greedy with at most a logit bias and banned ids: drawn in one batched pass with its neighbours."""
+        return self.params.greedy and not self.params.uses_counts and self.phrase_filter is None
+
+    @property
     def plain_greedy(self) -> bool:
-        p = self.params
-        return p.greedy and not p.uses_counts and not p.logit_bias and self.banned is None and self.phrase_filter is None
+        """Greedy on the raw logits: one argmax shared by the batch."""
+        return self.batchable_greedy and not self.params.logit_bias and self.banned is None
 
 
 def new_sequence(engine: Engine, prompt: Sequence[int], p: SamplingParams, request_id: object, bos: bool, index: int,
