@@ -45,7 +45,8 @@ class CausalSelfAttention(nn.Module):
         mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
-            k, v = k.to(q.dtype), v.to(q.dtype)
+            if k.dtype != q.dtype:  # a cache kept in another dtype than the model's
+                k, v = k.to(q.dtype), v.to(q.dtype)
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
@@ -56,7 +57,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side again
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again (a copy unless T == 1)
         return self.resid_dropout(self.c_proj(y))
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -77,7 +78,7 @@ class CausalSelfAttention(nn.Module):
     def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """c_attn's output (B, T, 3C) -> q, k, v, each a (B, nh, T, hs) view of it."""
         B, T, _ = qkv.shape
-        return tuple(t.view(B, T, self.n_head, self.n_embd // self.n_head).transpose(1, 2) for t in qkv.split(self.n_embd, dim=2))
+        return qkv.view(B, T, 3, self.n_head, self.n_embd // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
 
 
 class MLP(nn.Module):
