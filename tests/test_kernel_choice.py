@@ -160,10 +160,10 @@ def test_timed_weights():
     assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
     (w, b), = K._timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
-    assert w.shape == (K.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:4096]) and torch.equal(b, lins[0].bias[:4096])
+    assert w.shape == (K.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
     assert not w.requires_grad and not b.requires_grad
     (w, b), = K._timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and K.PREFILL_OUT_TIMED == 4096
+    assert b is None and K.PREFILL_OUT_TIMED == 2048
 
 
 def _linears(n=2, bias=True):
@@ -274,7 +274,7 @@ def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch
 def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_times, monkeypatch):
     plans, asked = {1: "mkl", K.PREFILL_ROWS: "onednn"}, []
 
-    def plan(m, b, w):
+    def plan(m, b, w, packed=None):
         asked.append((m, b, w))
         return [K.Choice(r, n, plans[n] if r != "lm_head" else "linear") for r in K.ROLES for n in (max(1, b), K.PREFILL_ROWS)]
 
@@ -339,9 +339,13 @@ def test_a_cached_choice_stands_only_if_it_judged_every_candidate_offered_now():
     assert K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "wrong numbers"}}, cands)
     assert not K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {}}, cands)  # onednn is new: measure
     assert not K._covers({"kind": "linear", "us": {"linear": 3.0}, "rejected": {"mkl": "wrong", "bf16": "not available"}}, cands)
-    assert K._covers({"kind": "linear", "us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"}))  # unavailable: nothing to judge
+    assert K._covers(
+        {"kind": "linear", "us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"})
+    )  # unavailable: nothing to judge
     # a kernel no longer offered (e.g. int8-f32 where int8 runs) is not kept, whatever was judged
-    assert not K._covers({"kind": "int8-f32", "us": {"int8": 2.0, "int8-f32": 1.0, "int8-dynamic": 3.0}}, (["int8", "int8-dynamic"], {}))
+    assert not K._covers(
+        {"kind": "int8-f32", "us": {"int8": 2.0, "int8-f32": 1.0, "int8-dynamic": 3.0}}, (["int8", "int8-dynamic"], {})
+    )
     assert K._covers({"kind": "int8", "us": {"int8": 2.0, "int8-f32": 9.0, "int8-dynamic": 3.0}}, (["int8", "int8-dynamic"], {}))
     assert not K._covers({"role": "r", "rows": 1, "kind": "linear"}, cands)  # an entry that judged nothing
     assert K._covers({"role": "r", "rows": 1, "kind": "linear"}, ([], {"bf16": "not available"}))
@@ -370,3 +374,25 @@ def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
     torch.manual_seed(0)
     K.plan_kernels(model, batch=2, use_cache=False)  # decode through _measure_step, prefill through _measure
     assert torch.equal(torch.rand(4), expected)
+
+
+def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, monkeypatch):
+    """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
+    kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
+    step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # mkl wins at decode; timed after linear, before onednn
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    made = []
+    real = K.make_kernel
+    monkeypatch.setattr(K, "make_kernel", lambda kind, w, b: made.append(real(kind, w, b)) or made[-1])
+    copy = K.inference_copy(model, batch=2)
+    small = [m.small for m in copy.modules() if isinstance(m, L.KernelLinear)]
+    assert len(small) == 4 * 5 + 1 and all(type(k) is L._Mkl for k in small)
+    assert all(any(k is m for m in made) for k in small)  # the measured objects themselves
+    x = torch.randint(0, 96, (2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+    fixed_times.unlink()
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    made.clear()
+    again = [m.small for m in K.inference_copy(model, batch=2).modules() if isinstance(m, L.KernelLinear)]
+    assert all(type(k) is L._Mkl for k in again) and not any(k is m for k in again for m in made)

@@ -108,7 +108,7 @@ def test_time_step_skips_the_warm_up_and_stops_a_slow_kind(monkeypatch):
 
         return run
 
-    calls = [("a", kernel("a"), None), ("b", kernel("b"), None)]  # each pass outlasts the budget: 1 + 3 passes
+    calls = [("a", kernel("a"), None), ("b", kernel("b"), None)]  # each pass outlasts the budget: 1 + 2 passes
     per_role, pass_s = K._time_step(calls, float("inf"))
     assert per_role == {"a": pytest.approx(1e6), "b": pytest.approx(2e6)} and pass_s == pytest.approx(3.0)
     ran = []
@@ -177,7 +177,7 @@ def _step_clock(monkeypatch, durations):
 
 
 def test_time_step_passes_until_the_budget_per_role_is_spent(monkeypatch):
-    """After the warm-up pass: at least 3 passes, then more while TIME_BUDGET_S x roles lasts (a pass that would
+    """After the warm-up pass: at least MIN_TIMED_PASSES passes, then more while TIME_BUDGET_S x roles lasts (a pass that would
     start at the deadline is not made), 20 at most."""
     monkeypatch.setattr(K, "TIME_BUDGET_S", 1.0)
     kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.25] * 100), "b": iter([0.25] * 100)})
@@ -194,9 +194,14 @@ def test_time_step_passes_until_the_budget_per_role_is_spent(monkeypatch):
 def test_time_step_takes_the_lower_quartile_of_the_timed_passes(monkeypatch):
     import statistics
 
+    monkeypatch.setattr(K, "MIN_TIMED_PASSES", 3)
     kernel, _ = _step_clock(monkeypatch, {"a": iter([9.0, 1.0, 2.0, 4.0])})  # each pass outlasts the budget
     per_role, pass_s = K._time_step([("a", kernel("a"), None)], float("inf"))
     assert per_role == {"a": statistics.quantiles([1.0, 2.0, 4.0], n=4)[0] * 1e6} == {"a": 1e6} and pass_s == 1.0
+    monkeypatch.setattr(K, "MIN_TIMED_PASSES", 2)
+    kernel, inputs = _step_clock(monkeypatch, {"a": iter([9.0, 3.0, 2.0, 4.0])})
+    per_role, pass_s = K._time_step([("a", kernel("a"), None)], float("inf"))
+    assert len(inputs) == 3 and per_role == {"a": statistics.quantiles([3.0, 2.0], n=4)[0] * 1e6} and pass_s == 2.0
 
 
 def test_time_step_stops_after_a_warm_up_over_both_bounds_only(monkeypatch):
@@ -209,9 +214,10 @@ def test_time_step_stops_after_a_warm_up_over_both_bounds_only(monkeypatch):
         return len(inputs), per_role["a"], pass_s
 
     assert passes(1.3125, 0.125) == (1, 1.3125e6, 1.3125)  # 10.5x the best: not timed further
-    assert passes(1.25, 0.125)[0] == 4  # exactly 10x: timed
+    assert K.MIN_TIMED_PASSES == 2
+    assert passes(1.25, 0.125)[0] == 3  # exactly 10x: timed
     assert K.SLOW_FIRST_CALL_US == 50_000
-    assert passes(0.05, 0.001)[0] == 4  # exactly 50 ms: timed
+    assert passes(0.05, 0.001)[0] == 3  # exactly 50 ms: timed
     assert passes(0.0625, 0.001) == (1, 0.0625e6, 0.0625)
 
 

@@ -49,10 +49,14 @@ ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
 PREFILL_ROWS = 256
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
+MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
 # At PREFILL_ROWS a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
-PREFILL_OUT_TIMED = 4096
+PREFILL_OUT_TIMED = 2048
+# The inference copy reuses the kernels the decode measurement packed for models of up to this many bytes of
+# weights; larger ones pack their winners again rather than hold two packed copies at once while measuring.
+KEEP_PACKED_BYTES = 2 << 30
 
 
 @dataclass
@@ -88,9 +92,13 @@ def machine_key() -> str:
     return f"{name} | flags {digest} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
-def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True, remeasure: bool = False) -> list[Choice]:
+def plan_kernels(
+    model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True, remeasure: bool = False, packed: dict | None = None
+) -> list[Choice]:
     """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks (all of
-    it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured."""
+    it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured. `packed`, a dict,
+    receives the decode winners' kernels the measurement already packed, {(kind, id(weight)): kernel}, for
+    the inference copy to use instead of packing them again (only for models of up to KEEP_PACKED_BYTES)."""
     if weights not in WEIGHT_MODES or weights == "model":
         raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
     param = next(model.parameters())
@@ -114,8 +122,13 @@ def plan_kernels(model: GPT, batch: int = 1, weights: str = "auto", use_cache: b
                 todo[(role, rows)] = (key, linears, cands)
     step_rows = rows_list[0]
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
-    for role, c in _measure_step(step, step_rows, dtype).items():
+    small = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
+    kept: dict[str, tuple[str, dict[int, object]]] = {}
+    for role, c in _measure_step(step, step_rows, dtype, kept if small else None).items():
         choices[(role, step_rows)] = c
+    for role, (kind, kernels) in kept.items():
+        for i, kernel in kernels.items():
+            packed[(kind, id(step[role][0][i].weight))] = kernel
     for (role, rows), (key, linears, cands) in todo.items():
         if (role, rows) not in choices:
             choices[(role, rows)] = _measure(role, linears, rows, cands, dtype)
@@ -132,14 +145,15 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
     if weights == "model":
         return model
-    choices = {(c.role, c.rows): c.kind for c in plan_kernels(model, batch, weights)}
+    packed: dict = {}  # kernels the measurement packed already
+    choices = {(c.role, c.rows): c.kind for c in plan_kernels(model, batch, weights, packed=packed)}
     small = max(1, batch)
     shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
     clone = copy.deepcopy(model, shared).eval()
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     for role in ROLES:
         for parent, name, lin in _role_slots(clone, role):
-            setattr(parent, name, KernelLinear(lin, choices[(role, small)], choices[(role, PREFILL_ROWS)], threshold))
+            setattr(parent, name, KernelLinear(lin, choices[(role, small)], choices[(role, PREFILL_ROWS)], threshold, packed))
     return clone
 
 
@@ -199,7 +213,9 @@ def _timed_weights(linears: list[nn.Linear], rows: int) -> list[tuple[torch.Tens
     return [(w, None if b is None else b.detach()[:PREFILL_OUT_TIMED])]
 
 
-def _measure(role: str, linears: list[nn.Linear], rows: int, cands: tuple[list[str], dict[str, str]], dtype: torch.dtype) -> Choice:
+def _measure(
+    role: str, linears: list[nn.Linear], rows: int, cands: tuple[list[str], dict[str, str]], dtype: torch.dtype
+) -> Choice:
     kinds, rejected = cands
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, linears[0].in_features, generator=g).to(dtype)  # (rows, in)
@@ -242,11 +258,13 @@ def _choose(role: str, rows: int, us: dict[str, float], rejected: dict[str, str]
 StepTodo = dict[str, tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  # role -> (layers, (kinds, rejected))
 
 
-def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype) -> dict[str, Choice]:
+def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | None = None) -> dict[str, Choice]:
     """The decode products, timed as a step runs them: each candidate kind goes through every layer of every
     role in model order (block by block, the head last), so each weight streams from memory as in a real
     step. Timed one role at a time, its layers can sit in the cache, where a compute-heavy kernel looks faster
-    than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone, 1.38x apart over a 124M step)."""
+    than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone, 1.38x apart over a 124M step).
+    `kept`, a dict, receives each role's fastest kind so far with its kernels, {role: (kind, {layer: kernel})}:
+    at most one packed copy besides the one being timed."""
     g = torch.Generator().manual_seed(0)
     xs, refs, us = {}, {}, {role: {} for role in todo}
     rejected = {role: dict(cands[1]) for role, (_, cands) in todo.items()}
@@ -262,7 +280,7 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype) -> dict[str, Ch
     best_pass = float("inf")
     with torch.inference_mode():
         for kind in dict.fromkeys(k for _, (kinds, _) in todo.values() for k in kinds):
-            calls = []  # (role, kernel, input) in step order
+            calls, made = [], {}  # (role, kernel, input) in step order; (role, layer) -> kernel
             for role, i in order:
                 lin = todo[role][0][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
@@ -271,23 +289,26 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype) -> dict[str, Ch
                         rejected[role][kind] = wrong
                         continue
                     calls.append((role, kernel, xs[lin.in_features]))  # layer 0 comes first: a rejection skips the rest
+                    made[(role, i)] = kernel
             if calls:
                 per_role, pass_s = _time_step(calls, best_pass)
                 best_pass = min(best_pass, pass_s)
                 for role, t in per_role.items():
+                    if kept is not None and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first, as _choose
+                        kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
                     us[role][kind] = t
     return {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
 
 
 def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
     """({role: microseconds per call}, seconds per pass) over passes through `calls` in order: the lower
-    quartile of each role's calls (as in _time), after a warm-up pass, over at least 3 passes and more while
+    quartile of each role's calls (as in _time), after a warm-up pass, over MIN_TIMED_PASSES passes and more while
     TIME_BUDGET_S per role lasts (20 at most). A warm-up pass over 10x the best pass so far and over
     SLOW_FIRST_CALL_US is the figure itself (int8-f32: not worth more time)."""
     n_roles = len({role for role, _, _ in calls})
     passes: list[tuple[float, dict[str, list[float]]]] = []  # (seconds, {role: [seconds per call]})
     deadline = float("inf")
-    while len(passes) < 4 or (time.perf_counter() < deadline and len(passes) < 21):
+    while len(passes) < 1 + MIN_TIMED_PASSES or (time.perf_counter() < deadline and len(passes) < 21):
         per_role: dict[str, list[float]] = {}
         start = time.perf_counter()
         for role, kernel, x in calls:

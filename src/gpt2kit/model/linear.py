@@ -185,13 +185,18 @@ class KernelLinear(nn.Module):
     """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
     (prefill, scoring). Both are packed once; the same kind is packed once for both."""
 
-    def __init__(self, linear: nn.Linear, small: str, large: str, rows: int) -> None:
+    def __init__(self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.kinds, self.rows = (small, large), rows
         bias = None if linear.bias is None else linear.bias.detach()
-        self.small = make_kernel(small, linear.weight.detach(), bias)
-        self.large = self.small if large == small else make_kernel(large, linear.weight.detach(), bias)
+
+        def kernel(kind: str):  # packed already (by the measurement: {(kind, id(weight)): kernel}), else now
+            made = (packed or {}).get((kind, id(linear.weight)))
+            return made if made is not None else make_kernel(kind, linear.weight.detach(), bias)
+
+        self.small = kernel(small)
+        self.large = self.small if large == small else kernel(large)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., out)
@@ -200,7 +205,9 @@ class KernelLinear(nn.Module):
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
+        return (
+            f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
+        )
 
 
 @functools.cache
