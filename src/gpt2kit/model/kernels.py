@@ -153,7 +153,8 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     for role in ROLES:
         for parent, name, lin in _role_slots(clone, role):
-            setattr(parent, name, KernelLinear(lin, choices[(role, small)], choices[(role, PREFILL_ROWS)], threshold, packed))
+            kinds = choices[(role, small)], choices[(role, PREFILL_ROWS)]
+            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS)))
     return clone
 
 
@@ -225,7 +226,7 @@ def _measure(
     us = {}
     with torch.inference_mode():
         for kind in kinds:
-            ks = [make_kernel(kind, w, b) for w, b in timed]
+            ks = [make_kernel(kind, w, b, rows) for w, b in timed]
             t0 = time.perf_counter()
             y = ks[0](x).float()
             first_us = (time.perf_counter() - t0) * 1e6
@@ -284,7 +285,7 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
             for role, i in order:
                 lin = todo[role][0][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
-                    kernel = make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach())
+                    kernel = make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
                     if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
