@@ -1,0 +1,57 @@
+# ruff: noqa: F811 - the fixtures imported from test_kernel_choice are redefined as test arguments
+"""How the inference copy's kernels are packed: for the rows each one serves (oneDNN's layout depends on the row
+count), and, for the decode winners, once: the copy takes the kernels the measurement already packed."""
+
+import torch
+
+from gpt2kit.model import kernels as K
+from gpt2kit.model import linear as L
+from test_kernel_choice import COST, fixed_times, model  # noqa: F401 (fixtures, used as arguments)
+
+
+def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, monkeypatch):
+    """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
+    kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
+    step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # mkl wins at decode; timed after linear, before onednn
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    made = []
+    real = K.make_kernel
+    monkeypatch.setattr(K, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    copy = K.inference_copy(model, batch=2)
+    small = [m.small for m in copy.modules() if isinstance(m, L.KernelLinear)]
+    assert len(small) == 4 * 5 + 1 and all(type(k) is L._Mkl for k in small)
+    assert all(any(k is m for m in made) for k in small)  # the measured objects themselves
+    x = torch.randint(0, 96, (2, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+    fixed_times.unlink()
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    made.clear()
+    again = [m.small for m in K.inference_copy(model, batch=2).modules() if isinstance(m, L.KernelLinear)]
+    assert all(type(k) is L._Mkl for k in again) and not any(k is m for k in again for m in made)
+
+
+def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypatch):
+    """oneDNN's layout depends on the row count it is packed for: the measurement packs each candidate for the
+    rows it times, and the copy packs its decode kernels for the batch and its prefill kernels for PREFILL_ROWS."""
+    packed_for = []
+
+    class Spy(L._OneDnn):
+        def __init__(self, weight, bias, rows=1):
+            packed_for.append(rows)
+            super().__init__(weight, bias, rows)
+
+    monkeypatch.setitem(L.KERNELS, "onednn", Spy)
+    monkeypatch.setitem(COST, Spy, 0.5)  # onednn wins both row counts
+    copy = K.inference_copy(model, batch=3, weights="auto")
+    assert set(packed_for) == {3, K.PREFILL_ROWS}  # measured at both row counts
+    assert all(m.kinds == ("onednn", "onednn") for m in copy.modules() if isinstance(m, L.KernelLinear))
+    packed_for.clear()
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    fixed_times.unlink()
+    step_cost = {**COST, L._Mkl: 0.1}  # mkl wins at decode now; prefill still goes to onednn
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
+    copy = K.inference_copy(model, batch=3, weights="auto")
+    kl = copy.transformer.h[0].mlp.c_fc
+    assert kl.kinds == ("mkl", "onednn")
+    assert packed_for[-21:] == [K.PREFILL_ROWS] * 21  # the copy's prefill kernels: 4 roles x 5 blocks + the head
