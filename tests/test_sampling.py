@@ -119,6 +119,8 @@ def test_batched_greedy_equals_row_by_row():
     ]  # fmt: skip
     assert greedy_tokens(logits, biases, banned).tolist() == [int(t) for t in rows]
     assert [int(t) for t in rows][3:5] == [-1, -1] and int(rows[2]) == 3  # all NaN, all -inf; +inf wins
+    ties = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -math.inf, 2.0], [-math.inf, 5.0, math.nan, 5.0]])
+    assert greedy_tokens(ties, [{}] * 3, [None] * 3).tolist() == [1, 0, 1]  # torch.argmax's rule: the first maximum
 
 
 @pytest.mark.parametrize(
