@@ -139,7 +139,10 @@ def test_batched_greedy_equals_row_by_row():
         draw(process_logits(logits[i], SamplingParams(temperature=0, logit_bias=biases[i]), banned=banned[i]), SamplingParams(temperature=0), None)
         for i in range(6)
     ]  # fmt: skip
+    before = logits.clone()
     assert greedy_tokens(logits, biases, banned).tolist() == [int(t) for t in rows]
+    assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # not the caller's scratch: left as it was
+    assert greedy_tokens(logits, biases, banned, scratch=True).tolist() == [int(t) for t in rows]
     assert [int(t) for t in rows][3:5] == [-1, -1] and int(rows[2]) == 3  # all NaN, all -inf; +inf wins
     ties = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -math.inf, 2.0], [-math.inf, 5.0, math.nan, 5.0]])
     assert greedy_tokens(ties, [{}] * 3, [None] * 3).tolist() == [1, 0, 1]  # torch.argmax's rule: the first maximum

@@ -247,9 +247,8 @@ class Engine:
         seqs = [active[i][1] for i in biased]
         rows = torch.tensor([active[i][0] for i in biased], device=self.device)  # (m,)
         try:
-            drawn = greedy_tokens(
-                self._logits.index_select(0, rows), [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
-            )
+            biases, banned = [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
+            drawn = greedy_tokens(self._logits.index_select(0, rows), biases, banned, scratch=True)  # a copy: ours
         except Exception:  # noqa: BLE001 - the caller draws these rows one by one, each failing alone
             return toks
         for i, tok in zip(biased, drawn):

@@ -195,20 +195,21 @@ def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tenso
 
 
 def apply_bias_rows(
-    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None]
+    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None], inplace: bool = False
 ) -> torch.Tensor:
     """(n, V) logits -> (n, V): row i gets biases[i] added (ids past V ignored) and banned[i] (a (k,) long
-    tensor, or None) set to -inf, in one indexed write each for all rows."""
+    tensor, or None) set to -inf, in one indexed write each for all rows; into `logits` itself with `inplace`."""
     V = logits.shape[-1]
+    put = torch.Tensor.index_put_ if inplace else torch.Tensor.index_put
     entries = [(i, t, v) for i, bias in enumerate(biases) for t, v in bias.items() if t < V]
     if entries:
         rows, ids, vals = zip(*entries)
         index = (torch.tensor(rows, device=logits.device), torch.tensor(ids, device=logits.device))
-        logits = logits.index_put(index, torch.tensor(vals, device=logits.device, dtype=logits.dtype), accumulate=True)
+        logits = put(logits, index, torch.tensor(vals, device=logits.device, dtype=logits.dtype), accumulate=True)
     bans = [(i, b) for i, b in enumerate(banned) if b is not None and b.numel()]
     if bans:
         rows_b = torch.cat([torch.full_like(b, i) for i, b in bans])  # (k,) row of each banned id
-        logits = logits.index_put((rows_b, torch.cat([b for _, b in bans])), torch.tensor(-math.inf, dtype=logits.dtype))
+        logits = put(logits, (rows_b, torch.cat([b for _, b in bans])), torch.tensor(-math.inf, dtype=logits.dtype))
     return logits
 
 
@@ -295,14 +296,23 @@ def inverse_cdf(probs: torch.Tensor, generator: torch.Generator | None) -> torch
 
 def greedy_draw(logits: torch.Tensor) -> torch.Tensor:
     """(n, V) processed logits -> (n,) long: each row's argmax (its first maximum), NO_TOKEN for a row that is
-    all -inf or NaN. `max` gives argmax's index and the value with it, in a third of argmax's time on a CPU."""
-    best, tok = _finite(logits).max(-1)  # (n,), (n,)
-    return torch.where(best > -math.inf, tok, NO_TOKEN)
+    all -inf or NaN."""
+    return _first_max(_finite(logits))
 
 
 def greedy_tokens(
-    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None]
+    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None], scratch: bool = False
 ) -> torch.Tensor:
     """(n, V) raw logits of n greedy rows that use no penalties -> (n,) long: what `process_logits` and
-    `draw` give row by row (bias and banned ids, finite, argmax), as one batched pass."""
-    return greedy_draw(_finite(apply_bias_rows(logits.float(), biases, banned)))
+    `draw` give row by row (bias and banned ids, finite, argmax), as one batched pass. `scratch`: the caller's
+    copy, which the pass may overwrite (no copy of the (n, V) logits is made then)."""
+    x = logits.float() if scratch else logits.float().clone()  # (n, V), overwritten below
+    x = apply_bias_rows(x, biases, banned, inplace=True)
+    return _first_max(torch.nan_to_num(x, nan=-math.inf, posinf=_FMAX, neginf=-math.inf, out=x))  # _finite, in place
+
+
+def _first_max(logits: torch.Tensor) -> torch.Tensor:
+    """(n, V) logits without NaN -> (n,) long: argmax's index (torch.max's is the same first maximum, in a
+    third of argmax's time on a CPU), NO_TOKEN where the whole row is -inf."""
+    best, tok = logits.max(-1)  # (n,), (n,)
+    return torch.where(best > -math.inf, tok, NO_TOKEN)
