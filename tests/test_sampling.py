@@ -51,6 +51,34 @@ def test_top_p_smallest_set_reaching_p():
     assert torch.isfinite(apply_top_p(logits, 1e-9)).sum() == 1  # never empty
 
 
+def test_top_p_among_the_top_candidates_equals_the_full_sort(monkeypatch):
+    """On a CPU top-p looks for the nucleus among the 256, then the 4096 most likely tokens, and sorts the whole
+    vocabulary only when they do not hold top_p: the kept set is the full sort's every time."""
+    from gpt2kit.generate import sampling as S
+
+    def reference(logits, top_p):  # the definition: the smallest descending prefix holding top_p
+        probs, order = torch.sort(torch.softmax(logits.double(), -1), descending=True)
+        n = int(((torch.cumsum(probs, 0) - probs) < top_p * (1 - 1e-6)).sum())
+        return set(order[: max(1, n)].tolist())
+
+    sorts = []
+    real_sort = torch.sort
+    monkeypatch.setattr(torch, "sort", lambda *a, **kw: sorts.append(1) or real_sort(*a, **kw))
+    base = torch.randn(50257, generator=torch.Generator().manual_seed(0))
+    # nuclei of 1, 22, 49 (among the first 256), 1832 and 1056 (among 4096), 30680 and 19207 tokens (the full sort)
+    cases = [(8.0, 0.9, 256), (8.0, 0.999, 256), (3.0, 0.5, 256), (3.0, 0.9, 4096), (2.0, 0.5, 4096), (1.0, 0.9, None), (0.3, 0.5, None)]
+    for scale, top_p, stage in cases:
+        logits = base * scale
+        sorts.clear()
+        out = S.apply_top_p(logits, top_p)
+        sorted_all = len(sorts) > 0
+        kept = set(torch.nonzero(torch.isfinite(out)).flatten().tolist())
+        assert kept == reference(logits, top_p), (scale, top_p)
+        assert torch.equal(out[list(kept)], logits[list(kept)])
+        assert sorted_all == (stage is None), (scale, top_p, len(kept))  # the full sort only when needed
+        assert stage is None or len(kept) <= stage
+
+
 def test_min_p_relative_to_top_token():
     logits = probs_logits([0.5, 0.3, 0.15, 0.05])
     assert allowed_tokens(logits, SamplingParams(min_p=0.5)) == {0, 1}  # >= 0.25
