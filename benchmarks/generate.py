@@ -7,11 +7,13 @@
     python benchmarks/generate.py --prompt-len 512 --new-tokens 1     # prompt processing (time to first token)
     python benchmarks/generate.py --llamacpp              # + llama.cpp (F32 / F16 for bf16 / Q8_0 for int8)
     python benchmarks/generate.py --quality --model builtin           # logit/NLL change of bf16/int8 vs fp32
+    python benchmarks/generate.py --temperature 1                     # sampled, as `gpt2kit generate` is by default
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
 fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.from_pretrained`), runs
 one short untimed generation (gpt2kit measures and caches its kernel choice there, as a user's first run
-does), then times B x N greedy tokens, prefill included. Sides alternate --repeat times; medians are
+does), then times B x N greedy tokens (or sampled ones with --temperature, seeded, on both sides: the tokens then
+differ, each side drawing with its own method), prefill included. Sides alternate --repeat times; medians are
 compared. The same run measures the memory-read bandwidth and reports decode as a fraction of the bound
 (bandwidth / bytes of weights read per step). One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
@@ -52,10 +54,13 @@ def worker(args) -> None:
 
         model = transformers.GPT2LMHeadModel.from_pretrained(args.folder, torch_dtype=dtype).eval().to(args.device)
 
+        sampling = dict(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0) if args.temperature else dict(do_sample=False)  # top_k 0: off (transformers defaults to 50)
+
         def run(n: int) -> list[list[int]]:
+            torch.manual_seed(0)
             with torch.inference_mode():
                 out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n,
-                                     do_sample=False, pad_token_id=50256)  # fmt: skip
+                                     pad_token_id=50256, **sampling)  # fmt: skip
             return out[:, P:].tolist()
     else:
         import gpt2kit
@@ -65,7 +70,7 @@ def worker(args) -> None:
         engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights)  # what `gpt2kit generate` builds
 
         def run(n: int) -> list[list[int]]:
-            params = SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True)
+            params = SamplingParams(max_new_tokens=n, temperature=args.temperature, top_p=args.top_p, ignore_eos=True, seed=0)
             return [c.token_ids for c in engine.generate(ids.tolist(), params)]
 
     run(min(N, 8))  # warm-up: allocations, oneDNN primitives, gpt2kit's kernel measurement (cached after)
@@ -115,12 +120,12 @@ def bench(args) -> None:
         transformers.GPT2LMHeadModel(transformers.GPT2Config(**SHAPES[args.shape])).save_pretrained(folder)
         common = [__file__, "--folder", folder, "--dtype", args.dtype, "--batch", str(args.batch), "--prompt-len",
                   str(args.prompt_len), "--new-tokens", str(args.new_tokens), "--threads", str(args.threads),
-                  "--device", args.device]  # fmt: skip
+                  "--device", args.device, "--temperature", str(args.temperature), "--top-p", str(args.top_p)]  # fmt: skip
         sides = {
             "transformers": [*common, "--side", "transformers", "--dtype", args.hf_dtype or args.dtype],
             "gpt2kit": [*common, "--side", "gpt2kit", "--weights", args.weights],
         }
-        if args.llamacpp and args.batch == 1:  # llama-bench measures one sequence
+        if args.llamacpp and args.batch == 1 and not args.temperature:  # llama-bench: one sequence, no sampling
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         bw = harness.read_bandwidth_gbs(args.threads, device=args.device)
         runs = harness.alternate(sides, args.repeat)
@@ -133,7 +138,8 @@ def bench(args) -> None:
         {n: {"figure": round(f, 2), "unit": "tok/s", "runs": [round(r["rate"], 2) for r in runs[n]]} for n, f in figures.items()},
         round(figures["gpt2kit"] / figures["transformers"], 3),
         config=dict(shape=args.shape, device=args.device, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
-                    batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens),
+                    batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
+                    temperature=args.temperature, top_p=args.top_p),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         bandwidth_gbs=round(bw, 2), bytes_per_step=nbytes,
@@ -184,6 +190,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new-tokens", type=int, default=128, help="1 measures prompt processing (prompt tokens / s)")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy (the same tokens on both sides); > 0: sampled")
+    ap.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling with --temperature (1: off)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--quality", action="store_true", help="measure bf16/int8 logit and perplexity change instead")

@@ -234,7 +234,7 @@ def test_banned_phrase_on_the_real_model(tiny):
 def test_greedy_rows_with_biases_and_bans_in_one_batch_equal_alone(tiny, monkeypatch):
     """Greedy rows with logit biases or banned ids are drawn in one batched pass: each row gives what it
     gives alone, and if that pass fails the rows are drawn one by one with the same result."""
-    import gpt2kit.generate.engine as E
+    import gpt2kit.generate.step_draw as E
 
     torch.manual_seed(3)
     prompts = [torch.randint(0, 50257, (n,)).tolist() for n in (5, 9, 5, 7)]

@@ -114,7 +114,7 @@ def test_logprobs_only_for_the_rows_that_ask(model):
 
 
 def test_a_sampling_failure_ends_that_sequence_alone(model, monkeypatch):
-    import gpt2kit.generate.engine as E
+    import gpt2kit.generate.step_draw as E
 
     eng = engine(model, [5, A, B, C])
     eng.add_many([[5], [5]], [GREEDY, SamplingParams(max_new_tokens=6, temperature=1.0, seed=0)])

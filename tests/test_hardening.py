@@ -129,7 +129,7 @@ def test_a_poisoned_request_ends_alone_in_its_batch(tiny):
 
 
 def test_a_row_whose_sampling_raises_ends_alone(tiny, monkeypatch):
-    import gpt2kit.generate.engine as engine_mod
+    import gpt2kit.generate.step_draw as engine_mod
 
     real = engine_mod.process_logits
     poison = SamplingParams(max_new_tokens=6, temperature=0.5, seed=99)
@@ -170,7 +170,7 @@ def test_the_server_fails_only_the_poisoned_request(tiny, monkeypatch):
     gets a 500 (or an error event when streaming), the three get exactly what they get alone."""
     from fastapi.testclient import TestClient
 
-    import gpt2kit.generate.engine as engine_mod
+    import gpt2kit.generate.step_draw as engine_mod
     from gpt2kit.serve.app import create_app
     from gpt2kit.serve.config import ServeConfig
     from gpt2kit.serve.worker import build_worker, running

@@ -55,10 +55,11 @@ import torch
 from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate.content_filter import VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
-from gpt2kit.generate.logprobs import TokenLogprob, step_logprobs, unpack_step
-from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams, draw, greedy_tokens, process_logits
+from gpt2kit.generate.logprobs import TokenLogprob
+from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams
 from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_params, requests
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
+from gpt2kit.generate.step_draw import draw_step
 from gpt2kit.generate.stopping import FinishReason
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
@@ -197,63 +198,7 @@ class Engine:
             return events
 
     def _draw(self, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
-        # (B, V) logits -> one token per active row (and its logprobs where asked). Greedy rows are drawn
-        # together: plain ones by one argmax, those with a logit bias or banned ids by one batched pass.
-        argmax = None
-        toks = self._draw_biased_greedy(active)
-        for i, (b, s) in enumerate(active):
-            if toks[i] is not None:
-                continue
-            if s.plain_greedy:
-                if argmax is None:
-                    argmax = self._logits.max(-1).indices  # (B,): argmax's first maximum, 2.5x faster on a CPU
-                toks[i] = argmax[b]
-                continue
-            try:  # a failure here ends this sequence alone (finish_reason "error"), never its neighbours
-                banned = s.banned
-                if s.phrase_filter is not None:
-                    extra = s.phrase_filter.banned_ids(self.device)
-                    banned = extra if banned is None else torch.cat([banned, extra])
-                logits = process_logits(self._logits[b], s.params, s.context_counts, s.output_counts, banned)
-                toks[i] = draw(logits, s.params, s.generator)  # NO_TOKEN when nothing can be drawn
-            except Exception as e:  # noqa: BLE001 - reported on the sequence's last event
-                s.error = f"sampling failed: {type(e).__name__}: {e}"
-                toks[i] = torch.tensor(NO_TOKEN, device=self.device)
-        drawn = torch.stack(toks)  # (n,) long, on the device
-        n = len(active)
-        asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
-        if not asked:
-            return drawn.tolist(), [None] * n
-        # Logprobs of the raw logits, for the rows that asked only, packed with the drawn ids so the
-        # step still makes one device->host transfer (ids < 2**24 are exact in float32).
-        m, ks = len(asked), [active[i][1].params.logprobs for i in asked]
-        k = max(ks)
-        ix = torch.tensor(asked + [active[i][0] for i in asked], device=self.device)  # (2m,): positions, rows
-        packed = step_logprobs(self._logits, ix[m:], drawn.index_select(0, ix[:m]).clamp(min=0), k)  # (m, 1 + 2k)
-        flat = torch.cat([drawn.float(), packed.flatten()]).tolist()
-        tokens = [int(t) for t in flat[:n]]
-        out: list[TokenLogprob | None] = [None] * n
-        for i, rec in zip(asked, unpack_step(flat[n:], [tokens[i] for i in asked], ks, k)):
-            out[i] = rec
-        return tokens, out
-
-    def _draw_biased_greedy(self, active: list[tuple[int, _Sequence]]) -> list[torch.Tensor | None]:
-        """The greedy rows with a logit bias or banned ids, in one batched pass: their () token tensors, None
-        for every other row (and for these too if the pass fails, so that each is then drawn alone)."""
-        toks: list[torch.Tensor | None] = [None] * len(active)
-        biased = [i for i, (_, s) in enumerate(active) if s.batchable_greedy and not s.plain_greedy]
-        if not biased:
-            return toks
-        seqs = [active[i][1] for i in biased]
-        rows = torch.tensor([active[i][0] for i in biased], device=self.device)  # (m,)
-        try:
-            biases, banned = [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
-            drawn = greedy_tokens(self._logits.index_select(0, rows), biases, banned, scratch=True)  # a copy: ours
-        except Exception:  # noqa: BLE001 - the caller draws these rows one by one, each failing alone
-            return toks
-        for i, tok in zip(biased, drawn):
-            toks[i] = tok
-        return toks
+        return draw_step(self._logits, active, self.device)  # one host transfer for the whole batch
 
     def _advance(self, b: int, s: _Sequence, tok: int, lp: TokenLogprob | None = None) -> TokenEvent:
         """Apply one drawn token to a sequence: stopping rules, text, counters, logprobs."""

@@ -1,0 +1,82 @@
+"""One token for every active row of an engine step, from the (B, V) logits the step's forward left.
+
+Greedy rows are drawn together: plain ones (no bias, bans or penalties) by one max over the batch, those with
+a logit bias or banned ids by one batched pass (sampling.greedy_tokens: the same steps as row by row). Every
+other row (sampled, penalised, with a banned-phrase filter) goes through `process_logits` and `draw` alone,
+with its own generator; if that raises, the row gets NO_TOKEN and an error, and its neighbours go on. The
+rows that asked for logprobs get them from the raw logits, packed with the drawn ids into the step's one
+device -> host transfer.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gpt2kit.generate.logprobs import TokenLogprob, step_logprobs, unpack_step
+from gpt2kit.generate.sampling import NO_TOKEN, draw, greedy_tokens, process_logits
+from gpt2kit.generate.sequence import _Sequence
+
+
+def draw_step(
+    logits: torch.Tensor, active: list[tuple[int, _Sequence]], device: torch.device
+) -> tuple[list[int], list[TokenLogprob | None]]:
+    """(B, V) logits and the active (row, sequence) pairs -> one token id per pair (NO_TOKEN where nothing can
+    be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked)."""
+    argmax = None
+    toks = _draw_biased_greedy(logits, active, device)
+    for i, (b, s) in enumerate(active):
+        if toks[i] is not None:
+            continue
+        if s.plain_greedy:
+            if argmax is None:
+                argmax = logits.max(-1).indices  # (B,): argmax's first maximum, 2.5x faster on a CPU
+            toks[i] = argmax[b]
+            continue
+        try:  # a failure here ends this sequence alone (finish_reason "error"), never its neighbours
+            banned = s.banned
+            if s.phrase_filter is not None:
+                extra = s.phrase_filter.banned_ids(device)
+                banned = extra if banned is None else torch.cat([banned, extra])
+            row = process_logits(logits[b], s.params, s.context_counts, s.output_counts, banned)
+            toks[i] = draw(row, s.params, s.generator)  # NO_TOKEN when nothing can be drawn
+        except Exception as e:  # noqa: BLE001 - reported on the sequence's last event
+            s.error = f"sampling failed: {type(e).__name__}: {e}"
+            toks[i] = torch.tensor(NO_TOKEN, device=device)
+    drawn = torch.stack(toks)  # (n,) long, on the device
+    n = len(active)
+    asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
+    if not asked:
+        return drawn.tolist(), [None] * n
+    # Logprobs of the raw logits, for the rows that asked only, packed with the drawn ids so the
+    # step still makes one device->host transfer (ids < 2**24 are exact in float32).
+    m, ks = len(asked), [active[i][1].params.logprobs for i in asked]
+    k = max(ks)
+    ix = torch.tensor(asked + [active[i][0] for i in asked], device=device)  # (2m,): positions, rows
+    packed = step_logprobs(logits, ix[m:], drawn.index_select(0, ix[:m]).clamp(min=0), k)  # (m, 1 + 2k)
+    flat = torch.cat([drawn.float(), packed.flatten()]).tolist()
+    tokens = [int(t) for t in flat[:n]]
+    out: list[TokenLogprob | None] = [None] * n
+    for i, rec in zip(asked, unpack_step(flat[n:], [tokens[i] for i in asked], ks, k)):
+        out[i] = rec
+    return tokens, out
+
+
+def _draw_biased_greedy(
+    logits: torch.Tensor, active: list[tuple[int, _Sequence]], device: torch.device
+) -> list[torch.Tensor | None]:
+    """The greedy rows with a logit bias or banned ids, in one batched pass: their () token tensors, None
+    for every other row (and for these too if the pass fails, so that each is then drawn alone)."""
+    toks: list[torch.Tensor | None] = [None] * len(active)
+    biased = [i for i, (_, s) in enumerate(active) if s.batchable_greedy and not s.plain_greedy]
+    if not biased:
+        return toks
+    seqs = [active[i][1] for i in biased]
+    rows = torch.tensor([active[i][0] for i in biased], device=device)  # (m,)
+    try:
+        biases, banned = [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
+        drawn = greedy_tokens(logits.index_select(0, rows), biases, banned, scratch=True)  # a copy: ours
+    except Exception:  # noqa: BLE001 - the caller draws these rows one by one, each failing alone
+        return toks
+    for i, tok in zip(biased, drawn):
+        toks[i] = tok
+    return toks
