@@ -55,3 +55,21 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     kl = copy.transformer.h[0].mlp.c_fc
     assert kl.kinds == ("mkl", "onednn")
     assert packed_for[-21:] == [K.PREFILL_ROWS] * 21  # the copy's prefill kernels: 4 roles x 5 blocks + the head
+
+
+def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, monkeypatch):
+    """A model of exactly KEEP_PACKED_BYTES keeps the measured kernels, one byte more does not; when two kinds
+    time the same, the first is chosen (as _choose does) and its kernels are the ones kept."""
+    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 1.0))  # all equal
+    made = []
+    real = K.make_kernel
+    monkeypatch.setattr(K, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    for limit, reused in ((size, True), (size - 1, False)):
+        fixed_times.unlink(missing_ok=True)
+        monkeypatch.setattr(K, "KEEP_PACKED_BYTES", limit)
+        made.clear()
+        copy = K.inference_copy(model, batch=2)
+        small = [m.small for m in copy.modules() if isinstance(m, L.KernelLinear)]
+        assert {m.kinds[0] for m in copy.modules() if isinstance(m, L.KernelLinear)} == {K.EXACT[0]}  # the first timed
+        assert all(any(k is m for m in made) for k in small) == reused, limit  # made by the measurement (K.make_kernel), not the copy
