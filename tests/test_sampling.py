@@ -49,6 +49,7 @@ def test_top_p_smallest_set_reaching_p():
     assert allowed_tokens(logits, SamplingParams(top_p=0.81)) == {1, 2, 3}
     assert allowed_tokens(logits, SamplingParams(top_p=1.0)) == {0, 1, 2, 3}
     assert torch.isfinite(apply_top_p(logits, 1e-9)).sum() == 1  # never empty
+    assert torch.isfinite(apply_top_p(torch.tensor([0.0, -40.0]), 1.0)).all()  # 1 keeps even a 4e-18 tail
 
 
 def test_top_p_among_the_top_candidates_equals_the_full_sort(monkeypatch):
@@ -141,6 +142,11 @@ def test_inverse_cdf_draws_each_token_at_its_probability_and_never_a_zero():
     assert abs(share - 0.25) < 0.03
 
 
+def test_inverse_cdf_never_draws_a_leading_zero_probability_token(monkeypatch):
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.tensor(0.0, dtype=torch.float64))  # u = 0 exactly
+    assert int(inverse_cdf(torch.tensor([0.0, 0.0, 0.5, 0.5]), None)) == 2
+
+
 def test_inverse_cdf_never_runs_past_the_last_drawable_token(monkeypatch):
     """A uniform number that rounds up to the total would land past every token; it is kept below the total,
     so the draw is the last token of non-zero probability, not the zero-probability tail."""
@@ -161,13 +167,14 @@ def test_batched_greedy_equals_row_by_row():
     logits[1, 7] = math.nan
     logits[2, 3] = math.inf
     logits[3] = math.nan
-    biases = [{}, {7: 30.0, 60: 5.0}, {3: -1.0, 4: 2.5}, {}, {i: -math.inf for i in range(50)}, {9: 8.0}]
+    biases = [{}, {7: 30.0, 60: 5.0, 50: 9.0}, {3: -1.0, 4: 2.5}, {}, {i: -math.inf for i in range(50)}, {9: 8.0}]  # 50, 60: past V
     banned = [None, torch.tensor([2]), None, None, None, torch.tensor([9, int(logits[5].argmax())])]
+    before = logits.clone()
     rows = [
         draw(process_logits(logits[i], SamplingParams(temperature=0, logit_bias=biases[i]), banned=banned[i]), SamplingParams(temperature=0), None)
         for i in range(6)
     ]  # fmt: skip
-    before = logits.clone()
+    assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # the one-row steps return new tensors
     assert greedy_tokens(logits, biases, banned).tolist() == [int(t) for t in rows]
     assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # not the caller's scratch: left as it was
     assert greedy_tokens(logits, biases, banned, scratch=True).tolist() == [int(t) for t in rows]
