@@ -55,6 +55,11 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     kl = copy.transformer.h[0].mlp.c_fc
     assert kl.kinds == ("mkl", "onednn")
     assert packed_for[-21:] == [K.PREFILL_ROWS] * 21  # the copy's prefill kernels: 4 roles x 5 blocks + the head
+    fixed_times.unlink()
+    step_cost[Spy] = 0.01  # onednn wins at decode too, and nothing measured is kept: the copy packs for the batch
+    packed_for.clear()
+    K.inference_copy(model, batch=3, weights="auto")
+    assert packed_for[-21:] == [3] * 21  # one kernel for both row counts (the same kind), packed for the decode rows
 
 
 def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, monkeypatch):

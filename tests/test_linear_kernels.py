@@ -49,6 +49,20 @@ def test_int8_dynamic_is_the_specified_quantisation(bias):
     assert (y - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max()  # and still close to fp32
 
 
+def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
+    """A bf16 model with --weights int8: the activations go to the engine in float32 and come back in bf16."""
+    if L._quantized_engine_name() is None:
+        pytest.skip("this torch build has no x86 quantized engine (fbgemm/x86)")
+    w, b, x = _data()
+    kernel = L.make_kernel("int8-dynamic", w, b + 3.0)
+    xb = x.to(torch.bfloat16)
+    y = kernel(xb)
+    assert y.dtype == torch.bfloat16 and y.shape == (5, 48)
+    # the float32 product (checked against the specification above) of the same activations, rounded to bf16
+    assert torch.equal(y, kernel(xb.float()).to(torch.bfloat16))
+    assert (y.float() - F.linear(xb.float(), w, b + 3.0)).abs().max() < 0.05 * F.linear(x, w, b + 3.0).abs().max()
+
+
 def test_the_kernel_table():
     assert set(L.KERNELS) == {"linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic"}
     assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn"}
