@@ -122,9 +122,9 @@ def plan_kernels(
                 todo[(role, rows)] = (key, linears, cands)
     step_rows = rows_list[0]
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
-    small = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
+    keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     kept: dict[str, tuple[str, dict[int, object]]] = {}
-    for role, c in _measure_step(step, step_rows, dtype, kept if small else None).items():
+    for role, c in _measure_step(step, step_rows, dtype, kept if keep else None).items():
         choices[(role, step_rows)] = c
     for role, (kind, kernels) in kept.items():
         for i, kernel in kernels.items():
