@@ -185,10 +185,10 @@ def apply_penalties(
     return logits
 
 
-def _finite(logits: torch.Tensor, neginf: float = -math.inf) -> torch.Tensor:
+def _finite(logits: torch.Tensor, neginf: float = -math.inf, out: torch.Tensor | None = None) -> torch.Tensor:
     """inf -> the largest float32 (so softmax never computes inf - inf), NaN -> -inf (never drawn).
-    -inf stays by default: it is how the steps mark a token that may not be drawn."""
-    return torch.nan_to_num(logits, nan=-math.inf, posinf=_FMAX, neginf=neginf)
+    -inf stays by default: it is how the steps mark a token that may not be drawn. `out=logits`: in place."""
+    return torch.nan_to_num(logits, nan=-math.inf, posinf=_FMAX, neginf=neginf, out=out)
 
 
 def apply_bias(logits: torch.Tensor, bias: dict[int, float], banned: torch.Tensor | None) -> torch.Tensor:
@@ -321,7 +321,7 @@ def greedy_tokens(
     copy, which the pass may overwrite (no copy of the (n, V) logits is made then)."""
     x = logits.float() if scratch else logits.float().clone()  # (n, V), overwritten below
     x = apply_bias_rows(x, biases, banned, inplace=True)
-    return _first_max(torch.nan_to_num(x, nan=-math.inf, posinf=_FMAX, neginf=-math.inf, out=x))  # _finite, in place
+    return _first_max(_finite(x, out=x))
 
 
 def _first_max(logits: torch.Tensor) -> torch.Tensor:

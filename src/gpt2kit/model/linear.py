@@ -130,7 +130,7 @@ class _Int8(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)  # (out,)
+        scale = _channel_scale(w)  # (out,)
         self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
         self.scale = scale.to(self.act_dtype)
         self.b = bias
@@ -158,7 +158,7 @@ class _Int8Dynamic(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         w = weight.detach().float()
-        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12).double()  # (out,)
+        scale = _channel_scale(w).double()  # (out,)
         with _quantized_engine(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
             qw = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
@@ -172,6 +172,11 @@ class _Int8Dynamic(_Linear):
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
         return device.type == "cpu" and _int8_dynamic_works()
+
+
+def _channel_scale(w: torch.Tensor) -> torch.Tensor:
+    """(out, in) float32 weight -> (out,) the int8 scale of each output channel: its largest |w| maps to 127."""
+    return (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
 
 
 KERNELS: dict[str, type] = {

@@ -28,11 +28,18 @@ class DistInfo:
         return self.world > 1
 
 
-def init_distributed(device_type: str) -> DistInfo:
-    """Join the process group if torchrun started us; one-process DistInfo otherwise."""
+def env_info() -> DistInfo:
+    """This process's place as torchrun set it (a one-process DistInfo without torchrun), before any group."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return DistInfo()
-    info = DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+    return DistInfo(int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0")), int(os.environ["WORLD_SIZE"]))
+
+
+def init_distributed(device_type: str) -> DistInfo:
+    """Join the process group if torchrun started us; one-process DistInfo otherwise."""
+    info = env_info()
+    if not info.enabled:
+        return info
     if not dist.is_initialized():
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,7 +62,7 @@ def train(cfg: TrainConfig, eval_hooks: Sequence[EvalHook] = (), log: Callable[[
     """Train (or fine-tune) as `cfg` says; returns where it ended. Works alone or under torchrun.
 
     on_step(step, max_steps), if given, is called after every optimizer step (for a caller's progress bar)."""
-    if os.environ.get("RANK", "0") == "0":  # one process checks: the check's own folders would race between ranks
+    if D.env_info().is_main:  # one process checks: the check's own folders would race between ranks
         check_writable(Path(cfg.out_dir) / "metrics.jsonl")  # an out_dir that is a file or read-only: one line now
     threads = torch.get_num_threads()
     if cfg.threads:
