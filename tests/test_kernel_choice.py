@@ -18,13 +18,13 @@ CPU = torch.device("cpu")
 COST = {L._Linear: 3.0, L._Mkl: 1.004, L._OneDnn: 2.0}  # microseconds per call, by kernel class
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(name="model")
+def model_fixture():
     return tiny_gpt(n_layer=5, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
 
 
-@pytest.fixture
-def fixed_times(monkeypatch, tmp_path):
+@pytest.fixture(name="fixed_times")
+def fixed_times_fixture(monkeypatch, tmp_path):
     """_time and _time_step from COST (mkl wins, then onednn), every first call 1 us, every kernel available, the
     cache in tmp_path."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))

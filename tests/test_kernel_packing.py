@@ -1,4 +1,3 @@
-# ruff: noqa: F811 - the fixtures imported from test_kernel_choice are redefined as test arguments
 """How the inference copy's kernels are packed: for the rows each one serves (oneDNN's layout depends on the row
 count), and, for the decode winners, once: the copy takes the kernels the measurement already packed."""
 
@@ -6,7 +5,7 @@ import torch
 
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
-from test_kernel_choice import COST, fixed_times, model  # noqa: F401 (fixtures, used as arguments)
+from test_kernel_choice import COST, fixed_times_fixture, model_fixture  # noqa: F401 (fixtures)
 
 
 def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, monkeypatch):

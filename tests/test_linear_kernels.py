@@ -37,10 +37,13 @@ def _int8_dynamic_reference(w, b, x):
     return F.linear((xq - zp) * sx, q * scale[:, None], b)
 
 
+# only a missing engine skips: an int8-dynamic kernel that fails its probe fails these tests
+needs_x86_engine = pytest.mark.skipif(L._quantized_engine_name() is None, reason="this torch build has no x86 quantized engine (fbgemm/x86)")
+
+
+@needs_x86_engine
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_dynamic_is_the_specified_quantisation(bias):
-    if L._quantized_engine_name() is None:  # only a missing engine skips: a kernel that fails its probe fails here
-        pytest.skip("this torch build has no x86 quantized engine (fbgemm/x86)")
     w, b, x = _data()
     b = b + 3.0 if bias else None  # a bias the size of the outputs: dropping or doubling it shows
     y = L.make_kernel("int8-dynamic", w, b)(x)
@@ -49,10 +52,9 @@ def test_int8_dynamic_is_the_specified_quantisation(bias):
     assert (y - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max()  # and still close to fp32
 
 
+@needs_x86_engine
 def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
     """A bf16 model with --weights int8: the activations go to the engine in float32 and come back in bf16."""
-    if L._quantized_engine_name() is None:
-        pytest.skip("this torch build has no x86 quantized engine (fbgemm/x86)")
     w, b, x = _data()
     kernel = L.make_kernel("int8-dynamic", w, b + 3.0)
     xb = x.to(torch.bfloat16)
