@@ -6,6 +6,11 @@ loads its model, warms up untimed, then times one measurement and prints it as a
 process for both sides would let each side's allocations change the other's speed (glibc raises its mmap
 threshold when a large block is freed: ~10 % on the transformers eval loop, measured). The sides alternate
 `repeat` times, so a shared host's drift slows both alike, and the medians are compared.
+
+Every process a benchmark starts (each side, the bandwidth probe, llama.cpp's tools) gets the environment
+the `gpt2kit` command gives itself: huge pages where Linux offers them (src/gpt2kit/hugepages.py). The peers
+get them too, so the comparison is of code on the same machine, and the bandwidth bound is the machine's
+best (a 1 GiB read is ~1.5x faster with 2 MiB pages in a virtual machine).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # gpt2kit.hugepages (no torch import)
+from gpt2kit import hugepages  # noqa: E402
+
 RESULTS = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "fma")
 
@@ -30,7 +38,7 @@ def gpu_name() -> str | None:
 
 
 def machine(threads: int) -> dict:
-    """CPU model (lscpu) and the flags that decide kernels, torch version, threads, date."""
+    """CPU model (lscpu) and the flags that decide kernels, torch version, threads, the workers' pages, date."""
     import torch
 
     info = {}
@@ -47,12 +55,30 @@ def machine(threads: int) -> dict:
         "gpu": gpu_name(),
         "torch": torch.__version__,
         "threads": threads,
+        "huge_pages": _pages(),
         "date": datetime.date.today().isoformat(),
     }
 
 
+def _pages() -> str:
+    """The workers' pages: "THP <mode>" plus how glibc asks for them."""
+    env, mode = worker_env(), hugepages.thp_mode()
+    asked = "glibc.malloc.hugetlb=1" in env.get("GLIBC_TUNABLES", "")
+    return "none" if mode is None else f"THP {mode}" + (", GLIBC_TUNABLES=glibc.malloc.hugetlb=1" if asked else "")
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    """The environment of every process a benchmark starts: this one's, with huge pages as `gpt2kit` starts itself."""
+    return {**(hugepages.environment() or os.environ), **extra}
+
+
 def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu") -> float:
-    """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s)."""
+    """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s), measured
+    in a fresh process with the workers' environment."""
+    return run_worker([__file__, "--bandwidth", str(threads), str(gib), str(repeats), device])["gbs"]
+
+
+def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:
     import time
 
     import torch
@@ -72,7 +98,8 @@ def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device
 
 def run_worker(argv: list[str], timeout: float = 1800) -> dict:
     """One fresh process; its last stdout line is the measurement (JSON)."""
-    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, timeout=timeout).stdout
+    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, timeout=timeout,
+                         env=worker_env()).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -111,5 +138,10 @@ def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: 
     work = ["-p", str(prompt_tokens), "-n", str(new_tokens)]
     repack = ["--repack", "0"] if "q8_0" in Path(gguf).name.lower() else []
     cmd = [str(bindir / "llama-bench"), "-m", str(gguf), *work, "-r", str(repeats), "-t", str(threads), "-o", "json", *repack]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800).stdout
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800, env=worker_env()).stdout
     return json.loads(out)[0]["avg_ts"]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--bandwidth"]:
+    threads, gib, repeats, device = sys.argv[2:6]
+    print(json.dumps({"gbs": _bandwidth(int(threads), float(gib), int(repeats), device)}))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -59,7 +58,7 @@ def main() -> int:
         sides = {}
         for dtype, weights in CONFIGS:
             with tempfile.TemporaryDirectory() as cache:
-                env = {**os.environ, "GPT2KIT_CACHE_DIR": cache}
+                env = harness.worker_env(GPT2KIT_CACHE_DIR=cache)
                 out = subprocess.run([sys.executable, __file__, "--threads", str(args.threads), "--worker", model_name, dtype, weights],
                                      env=env, capture_output=True, text=True, check=True, timeout=600)  # fmt: skip
             got = json.loads(out.stdout.strip().splitlines()[-1])

@@ -110,7 +110,7 @@ def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
     cmd = [sys.executable, "-m", "gpt2kit", "serve", "--model", args.folder, "--port", str(port), "--device", args.device,
            "--dtype", args.dtype, "--max-batch-size", str(args.n), "--max-model-len", str(32 + args.max_tokens + 1),
            "--max-tokens-limit", str(args.max_tokens), "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)} if args.threads else None
+    env = harness.worker_env(**({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:

@@ -5,16 +5,46 @@
     tok = gpt2kit.Tokenizer()
     [c] = gpt2kit.TextGenerator(model, tok).complete(["Hello"], gpt2kit.SamplingParams(max_new_tokens=20))
     model.save_pretrained("my-gpt2")              # or gpt2kit.save_pretrained(model, "my-gpt2")
+
+The names below are imported on first use, so that `gpt2kit.errors` or `gpt2kit.hugepages` load without
+torch: the `gpt2kit` command decides how to start its process before anything heavy is imported.
 """
 
-from gpt2kit.config import PRESETS, GPTConfig
-from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
-from gpt2kit.generate import Engine, SamplingParams
-from gpt2kit.generate.text import TextGenerator
-from gpt2kit.model import GPT, KVCache
-from gpt2kit.pretrained import from_pretrained, save_pretrained
-from gpt2kit.tokenizer import Tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
+
+_WHERE = {
+    "PRESETS": "gpt2kit.config", "GPTConfig": "gpt2kit.config",
+    "Gpt2kitError": "gpt2kit.errors", "Gpt2kitWarning": "gpt2kit.errors",
+    "Engine": "gpt2kit.generate", "SamplingParams": "gpt2kit.generate", "TextGenerator": "gpt2kit.generate.text",
+    "GPT": "gpt2kit.model", "KVCache": "gpt2kit.model",
+    "from_pretrained": "gpt2kit.pretrained", "save_pretrained": "gpt2kit.pretrained",
+    "Tokenizer": "gpt2kit.tokenizer",
+}  # fmt: skip
 __all__ = ["GPT", "GPTConfig", "Engine", "Gpt2kitError", "Gpt2kitWarning", "KVCache", "PRESETS", "SamplingParams", "TextGenerator",
-           "Tokenizer", "from_pretrained", "save_pretrained"]  # fmt: skip
+           "Tokenizer", "from_pretrained", "save_pretrained"]  # fmt: skip  (the names of _WHERE; a test keeps them equal)
+
+if TYPE_CHECKING:
+    from gpt2kit.config import PRESETS, GPTConfig
+    from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
+    from gpt2kit.generate import Engine, SamplingParams
+    from gpt2kit.generate.text import TextGenerator
+    from gpt2kit.model import GPT, KVCache
+    from gpt2kit.pretrained import from_pretrained, save_pretrained
+    from gpt2kit.tokenizer import Tokenizer
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module 'gpt2kit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

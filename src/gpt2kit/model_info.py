@@ -36,6 +36,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
                   remeasure: bool = False) -> dict:  # fmt: skip
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
     read from the per-machine cache), with every candidate's time and why any was left out."""
+    from gpt2kit import hugepages
     from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels
     from gpt2kit.pretrained import from_pretrained
 
@@ -45,6 +46,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "model": name_or_path,
         "machine": machine_key(),
         "cache": str(kernel_cache_path()),
+        "huge_pages": hugepages.status(),
         "choices": [
             {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "rejected": c.rejected, "cached": c.cached}
             for c in choices

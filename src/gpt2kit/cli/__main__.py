@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 
+from gpt2kit import hugepages
 from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
 
 COMMANDS: dict[str, str] = {
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
+
+
+def console() -> None:
+    """The `gpt2kit` command (and `python -m gpt2kit`): `main` in a process started with huge pages for the
+    weights where Linux offers them (hugepages.py), before torch is imported."""
+    hugepages.relaunch()
+    sys.exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,4 +162,4 @@ def _silence(stream) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
