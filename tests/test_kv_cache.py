@@ -109,7 +109,7 @@ def test_plan_takes_the_unmasked_path_only_where_the_mask_is_plain_causal(model)
     p = cache.plan(4)  # a prompt into empty rows: causal
     assert (p.col, p.causal) == (0, True)
     p = cache.plan(1)  # one query: it sees every key
-    assert (p.col, p.causal) == (4, True) and bool(p.attn_mask.all())
+    assert (p.col, p.causal) == (4, True) and p.attn_mask is None  # SDPA attends every key unmasked
     p = cache.plan(3)  # a prompt after cached tokens: same columns, but the mask is offset causal
     assert (p.col, p.causal) == (5, False)
     cache.rows(0, 1).plan(1)  # rows at different lengths
@@ -135,3 +135,23 @@ def test_unmasked_fast_path_matches_the_masked_one(model):
             outs.append(torch.cat([model(idx[:, t : t + 1], kv_cache=cache)[0] for t in range(8, 12)], 1))
         assert cache.plan(1).causal is not static
     assert (outs[0] - outs[1]).abs().max().item() < 1e-5
+
+
+def test_attention_recorded_over_the_cache_is_the_full_passes(model):
+    """record_attention through cached steps (a causal prompt, then one query, which run without a mask)
+    gives the rows of the full pass's attention maps."""
+    from gpt2kit.model.gpt import record_attention
+
+    idx = torch.randint(0, 500, (1, 7), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(CFG, 1, 16)
+    with torch.no_grad(), record_attention(model) as full:
+        model(idx)
+    with torch.no_grad(), record_attention(model) as steps:
+        model(idx[:, :5], kv_cache=cache)
+        model(idx[:, 5:6], kv_cache=cache)
+        model(idx[:, 6:], kv_cache=cache)
+    for layer in range(CFG.n_layer):
+        prompt, one, two = steps[layer]  # (1, nh, 5, 5), (1, nh, 1, 6), (1, nh, 1, 7)
+        torch.testing.assert_close(prompt, full[layer][0][:, :, :5, :5])
+        torch.testing.assert_close(one, full[layer][0][:, :, 5:6, :6])
+        torch.testing.assert_close(two, full[layer][0][:, :, 6:, :])

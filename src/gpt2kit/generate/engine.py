@@ -293,16 +293,14 @@ class Engine:
                 self.cache.reset_row(b)
                 self.runner.prefill(torch.tensor([keep], device=self.device), self.cache.row(b), None, logits=False)
         lo, hi = go_on[0][0], go_on[-1][0] + 1
-        tokens = torch.zeros(hi - lo, 1, dtype=torch.long)
+        ids, real = [0] * (hi - lo), [0] * (hi - lo)  # built in Python: one tensor each, not an op per row
         for b, s in go_on:
-            tokens[b - lo, 0] = s.pending
+            ids[b - lo], real[b - lo] = s.pending, 1
             s.context.append(s.pending)
+        tokens = torch.tensor(ids, dtype=torch.long)[:, None]  # (hi-lo, 1)
         mask = None
         if len(go_on) < hi - lo:  # idle rows inside the range: fed a masked dummy token
-            mask = torch.zeros(hi - lo, 1, dtype=torch.long)
-            for b, _ in go_on:
-                mask[b - lo, 0] = 1
-            mask = mask.to(self.device)
+            mask = torch.tensor(real, dtype=torch.long, device=self.device)[:, None]  # (hi-lo, 1)
         logits = self.runner.decode(tokens.to(self.device), self.cache.rows(lo, hi), mask)  # (hi-lo, V')
         self._logits[lo:hi] = logits[:, : self.n_vocab]
         if mask is not None:  # the dummy writes used a column of each idle row: give it back

@@ -24,6 +24,12 @@ from gpt2kit.model.head_loss import lm_head_loss
 from gpt2kit.model.kv_cache import KVCache, StepPlan
 
 
+def _dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """nn.Dropout's function without a module per use: in inference it is the identity, and a decode step
+    would otherwise make 37 module calls that return their input."""
+    return F.dropout(x, p, training=True) if training and p > 0 else x
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
@@ -32,7 +38,6 @@ class CausalSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
-        self.resid_dropout = nn.Dropout(config.dropout)
         self.record: list[torch.Tensor] | None = None  # set by record_attention: each forward appends its probabilities
 
     def forward(
@@ -42,13 +47,13 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         q, k, v = self.split_heads(self.c_attn(x))  # 3 x (B, nh, T, hs)
         dropout_p = self.dropout if self.training else 0.0
-        mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal
+        mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
             if k.dtype != q.dtype:  # a cache kept in another dtype than the model's
                 k, v = k.to(q.dtype), v.to(q.dtype)
         if self.record is not None:  # attention maps asked for (record_attention)
-            y = self._explicit_attention(q, k, v, None if plan is None else plan.attn_bias(q.dtype))
+            y = self._explicit_attention(q, k, v, None if plan is None or plan.causal else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
             y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1, dropout_p=dropout_p)
         elif T == 1 and mask is not None:  # one query (decode): the additive mask is made once per step, not per layer
@@ -58,7 +63,7 @@ class CausalSelfAttention(nn.Module):
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again (a copy unless T == 1)
-        return self.resid_dropout(self.c_proj(y))
+        return _dropout(self.c_proj(y), self.dropout, self.training)
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + bias) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v;
@@ -86,12 +91,12 @@ class MLP(nn.Module):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, config.mlp_dim)
         self.c_proj = nn.Linear(config.mlp_dim, config.n_embd)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = config.dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, C) -> (B, T, 4C) -> (B, T, C). GPT-2's GELU is the tanh approximation ("gelu_new"),
         # not the exact erf form: using the exact one shifts logits by ~1e-3 against the real weights.
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return _dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
 
 
 class Block(nn.Module):
@@ -117,7 +122,6 @@ class GPT(nn.Module):
             dict(
                 wte=nn.Embedding(config.vocab_size, config.n_embd),
                 wpe=nn.Embedding(config.n_positions, config.n_embd),
-                drop=nn.Dropout(config.dropout),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
             )
@@ -188,7 +192,7 @@ class GPT(nn.Module):
         # (B, T) per row from the plan; (1, T) for a plain forward
         position_ids = plan.position_ids if plan is not None else torch.arange(T, device=idx.device)[None]
         x = self.transformer.wte(idx) + self.transformer.wpe(position_ids)  # (B, T, C)
-        x = self.transformer.drop(x)
+        x = _dropout(x, self.config.dropout, self.training)
         for layer, block in enumerate(self.transformer.h):
             x = block(x, layer, kv_cache, plan)
         return self.transformer.ln_f(x)  # (B, T, C)

@@ -27,13 +27,13 @@ class StepPlan:
 
     cols: torch.Tensor  # (B, T) long: cache column each new token is written to
     position_ids: torch.Tensor  # (B, T) long: position embedding index of each new token
-    attn_mask: torch.Tensor  # (B, 1, T, K) bool: True where a query may attend a key column
+    attn_mask: torch.Tensor | None  # (B, 1, T, K) bool: True where a query may attend a key column; None when `causal`
     n_keys: int  # K: how many leading cache columns attention reads
     # Set when every row wrote the same columns and none holds padding: `col` is the first column this step
     # writes in every row (the cache update is then one slice copy), and `causal` says the mask is plain
     # causal attention over the K keys (one query, or a prompt into empty rows), which SDPA runs unmasked.
     col: int | None = None
-    causal: bool = False
+    causal: bool = False  # then attn_mask is None: no layer reads it
     _bias: dict = field(default_factory=dict, repr=False)
 
     def attn_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -164,12 +164,16 @@ class KVCache:
             self._host.values[r] += T
 
         K = self.max_len if self.static else self.seq_len  # static: unwritten columns are masked, not cut
-        keys = torch.arange(K, device=device)  # (K,)
+        causal = aligned and not self.static and (T == 1 or before[0] == 0)
+        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
+                        col=before[0] if aligned else None, causal=causal)  # fmt: skip
+
+    def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
+        """(B, T) write columns -> (B, 1, T, K) bool: each query sees the valid keys up to its own column."""
+        keys = torch.arange(K, device=cols.device)  # (K,)
         causal = keys[None, None, :] <= cols[:, :, None]  # (B, T, K)
         diagonal = keys[None, None, :] == cols[:, :, None]  # a padded query still sees itself: no empty rows
-        attn_mask = (causal & self.valid[:, None, :K]) | diagonal  # (B, T, K)
-        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=attn_mask[:, None], n_keys=K,
-                        col=before[0] if aligned else None, causal=aligned and not self.static and (T == 1 or before[0] == 0))  # fmt: skip
+        return ((causal & self.valid[:, None, :K]) | diagonal)[:, None]  # (B, 1, T, K)
 
     def _mark_padding(self, attention_mask: torch.Tensor | None) -> None:
         """Record which rows this step pads. A mask on the CPU is read (free); one on a GPU marks every row,
@@ -195,5 +199,5 @@ class KVCache:
             rows = torch.arange(B, device=k.device)[:, None]  # (B, 1), against plan.cols (B, T)
             k_l[rows, :, plan.cols] = k.to(k_l.dtype).transpose(1, 2)  # (B, T, nh, hs) at [b, :, cols[b, t]]
             v_l[rows, :, plan.cols] = v.to(v_l.dtype).transpose(1, 2)
-        return k_l[:, :, : plan.n_keys], v_l[:, :, : plan.n_keys]
+        return k_l.narrow(2, 0, plan.n_keys), v_l.narrow(2, 0, plan.n_keys)
 
