@@ -35,6 +35,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import harness  # noqa: E402
 
+SMALL = "gpt2kit, default pages"  # the side without huge pages (--small-pages)
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
@@ -127,8 +128,13 @@ def bench(args) -> None:
         }
         if args.llamacpp and args.batch == 1 and not args.temperature:  # llama-bench: one sequence, no sampling
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
+        envs = {}
+        if args.small_pages:  # gpt2kit again, in a process with the system's default pages
+            sides[SMALL] = sides["gpt2kit"]
+            envs[SMALL] = harness.small_pages_env()
         bw = harness.read_bandwidth_gbs(args.threads, device=args.device)
-        runs = harness.alternate(sides, args.repeat)
+        bw_small = harness.read_bandwidth_gbs(args.threads, device=args.device, huge=False) if args.small_pages else None
+        runs = harness.alternate(sides, args.repeat, envs)
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
     decode = args.new_tokens > 1
@@ -143,6 +149,7 @@ def bench(args) -> None:
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         bandwidth_gbs=round(bw, 2), bytes_per_step=nbytes,
+        bandwidth_small_pages_gbs=None if bw_small is None else round(bw_small, 2),
         bound=None if bound is None else round(bound, 2),
         fraction_of_bound={n: round(f / bound, 3) for n, f in figures.items()} if bound else None,
     )  # fmt: skip
@@ -199,6 +206,8 @@ def main() -> None:
     ap.add_argument("--model", default="builtin", help="--quality: a trained model")
     ap.add_argument("--text", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpora" / "austen.txt"))
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's llama-bench on a GGUF export (tools/llamacpp.sh builds it)")
+    ap.add_argument("--small-pages", action="store_true",
+                    help=f"also gpt2kit with the system's default pages ('{SMALL}' side) and their bandwidth")
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()

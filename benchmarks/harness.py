@@ -72,10 +72,19 @@ def worker_env(**extra: str) -> dict[str, str]:
     return {**(hugepages.environment() or os.environ), **extra}
 
 
-def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu") -> float:
+def small_pages_env() -> dict[str, str]:
+    """This environment without glibc's hugetlb tunable, and with gpt2kit's relaunch turned off: the pages a
+    process gets by default (to show what huge pages change; under THP "always" they are huge anyway)."""
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
+    return env | ({"GLIBC_TUNABLES": ":".join(kept)} if kept else {}) | {hugepages.OPT_OUT: "0"}
+
+
+def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu", huge: bool = True) -> float:
     """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s), measured
-    in a fresh process with the workers' environment."""
-    return run_worker([__file__, "--bandwidth", str(threads), str(gib), str(repeats), device])["gbs"]
+    in a fresh process with the workers' environment (huge=False: with the system's default pages)."""
+    argv = [__file__, "--bandwidth", str(threads), str(gib), str(repeats), device]
+    return run_worker(argv, env=None if huge else small_pages_env())["gbs"]
 
 
 def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:
@@ -96,19 +105,20 @@ def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:
     return buf.numel() * 4 / best / 1e9
 
 
-def run_worker(argv: list[str], timeout: float = 1800) -> dict:
-    """One fresh process; its last stdout line is the measurement (JSON)."""
+def run_worker(argv: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict:
+    """One fresh process (in `env`, default worker_env()); its last stdout line is the measurement (JSON)."""
     out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, timeout=timeout,
-                         env=worker_env()).stdout  # fmt: skip
+                         env=env or worker_env()).stdout  # fmt: skip
     return json.loads(out.strip().splitlines()[-1])
 
 
-def alternate(sides: dict[str, list[str]], repeat: int) -> dict[str, list[dict]]:
-    """Run each side's worker argv `repeat` times, alternating sides; {side: [measurement, ...]}."""
+def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict]]:
+    """Run each side's worker argv `repeat` times, alternating sides; {side: [measurement, ...]}. envs: a
+    side's own environment (default worker_env())."""
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(repeat):
         for name, argv in sides.items():
-            runs[name].append(run_worker(argv))
+            runs[name].append(run_worker(argv, env=(envs or {}).get(name)))
     return runs
 
 
