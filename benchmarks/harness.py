@@ -7,10 +7,9 @@ process for both sides would let each side's allocations change the other's spee
 threshold when a large block is freed: ~10 % on the transformers eval loop, measured). The sides alternate
 `repeat` times, so a shared host's drift slows both alike, and the medians are compared.
 
-Every process a benchmark starts (each side, the bandwidth probe, llama.cpp's tools) gets the environment
-the `gpt2kit` command gives itself: huge pages where Linux offers them (src/gpt2kit/hugepages.py). The peers
-get them too, so the comparison is of code on the same machine, and the bandwidth bound is the machine's
-best (a 1 GiB read is ~1.5x faster with 2 MiB pages in a virtual machine).
+Every process a benchmark starts runs in this one's environment, with the pages the system gives by default,
+as a user's does. `huge_pages_env()` is the environment of GPT2KIT_HUGEPAGES=1 (src/gpt2kit/hugepages.py),
+for a side that shows what huge pages change (benchmarks/generate.py --huge-pages).
 """
 
 from __future__ import annotations
@@ -61,30 +60,27 @@ def machine(threads: int) -> dict:
 
 
 def _pages() -> str:
-    """The workers' pages: "THP <mode>" plus how glibc asks for them."""
-    env, mode = worker_env(), hugepages.thp_mode()
-    asked = "glibc.malloc.hugetlb=1" in env.get("GLIBC_TUNABLES", "")
+    """The workers' pages: "THP <mode>", and the tunable if this environment already asks glibc for them."""
+    mode, asked = hugepages.thp_mode(), "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
     return "none" if mode is None else f"THP {mode}" + (", GLIBC_TUNABLES=glibc.malloc.hugetlb=1" if asked else "")
 
 
 def worker_env(**extra: str) -> dict[str, str]:
-    """The environment of every process a benchmark starts: this one's, with huge pages as `gpt2kit` starts itself."""
-    return {**(hugepages.environment() or os.environ), **extra}
+    """The environment of every process a benchmark starts: this one's, plus `extra`."""
+    return {**os.environ, **extra}
 
 
-def small_pages_env() -> dict[str, str]:
-    """This environment without glibc's hugetlb tunable, and with gpt2kit's relaunch turned off: the pages a
-    process gets by default (to show what huge pages change; under THP "always" they are huge anyway)."""
-    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
-    kept = [t for t in os.environ.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.hugetlb=")]
-    return env | ({"GLIBC_TUNABLES": ":".join(kept)} if kept else {}) | {hugepages.OPT_OUT: "0"}
+def huge_pages_env() -> dict[str, str] | None:
+    """The environment GPT2KIT_HUGEPAGES=1 starts gpt2kit in; None where it changes nothing (THP "always" or
+    "never", no glibc 2.35+, or this environment already has the tunable)."""
+    return hugepages.environment({**os.environ, hugepages.SWITCH: "1"})
 
 
-def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu", huge: bool = True) -> float:
+def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device: str = "cpu", huge: bool = False) -> float:
     """Memory-read bandwidth: the best of `repeats` torch.sum over a `gib` GiB float32 buffer (GB/s), measured
-    in a fresh process with the workers' environment (huge=False: with the system's default pages)."""
+    in a fresh process with the workers' environment (huge: with huge_pages_env())."""
     argv = [__file__, "--bandwidth", str(threads), str(gib), str(repeats), device]
-    return run_worker(argv, env=None if huge else small_pages_env())["gbs"]
+    return run_worker(argv, env=huge_pages_env() if huge else None)["gbs"]
 
 
 def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:

@@ -1,5 +1,5 @@
-"""Huge pages: when the `gpt2kit` command starts itself again with glibc's hugetlb tunable, and that it does
-so before torch is imported and ends up with its memory in 2 MiB pages."""
+"""Huge pages on request: when GPT2KIT_HUGEPAGES=1 makes the `gpt2kit` command start itself again with glibc's
+hugetlb tunable, and that it does so before torch is imported and ends up with its memory in 2 MiB pages."""
 
 from __future__ import annotations
 
@@ -13,30 +13,31 @@ import pytest
 import gpt2kit
 from gpt2kit import hugepages
 
-MADVISE, GLIBC = "madvise", (2, 36)
+MADVISE, GLIBC, ASKED = "madvise", (2, 36), {"GPT2KIT_HUGEPAGES": "1"}
 
 
 def test_asks_for_huge_pages_where_the_kernel_gives_them_on_request():
-    env = hugepages.environment({"PATH": "/bin"}, MADVISE, GLIBC)
-    assert env == {"PATH": "/bin", "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+    env = hugepages.environment({"PATH": "/bin", **ASKED}, MADVISE, GLIBC)
+    assert env == {"PATH": "/bin", **ASKED, "GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
 
 
 def test_keeps_the_users_other_tunables():
-    env = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}, MADVISE, GLIBC)
+    env = hugepages.environment({"GLIBC_TUNABLES": "glibc.malloc.arena_max=2", **ASKED}, MADVISE, GLIBC)
     assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
 
 
 @pytest.mark.parametrize(
     "environ, mode, glibc",
     [
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}, MADVISE, GLIBC),  # already started with it: no loop
-        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0"}, MADVISE, GLIBC),  # the user chose otherwise
-        ({"GPT2KIT_HUGEPAGES": "0"}, MADVISE, GLIBC),  # turned off
-        ({}, "always", GLIBC),  # every large block has them already
-        ({}, "never", GLIBC),
-        ({}, None, GLIBC),  # no THP (not Linux)
-        ({}, MADVISE, (2, 34)),  # glibc before the tunable
-        ({}, MADVISE, None),  # musl, macOS, Windows
+        ({}, MADVISE, GLIBC),  # not asked for: the default
+        ({"GPT2KIT_HUGEPAGES": "0"}, MADVISE, GLIBC),
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1", **ASKED}, MADVISE, GLIBC),  # already started with it: no loop
+        ({"GLIBC_TUNABLES": "glibc.malloc.hugetlb=0", **ASKED}, MADVISE, GLIBC),  # the user chose otherwise
+        (ASKED, "always", GLIBC),  # every large block has them already
+        (ASKED, "never", GLIBC),
+        (ASKED, None, GLIBC),  # no THP (not Linux)
+        (ASKED, MADVISE, (2, 34)),  # glibc before the tunable
+        (ASKED, MADVISE, None),  # musl, macOS, Windows
     ],
 )
 def test_leaves_the_process_alone(environ, mode, glibc):
@@ -63,6 +64,13 @@ def test_lazy_names_are_the_public_ones():
         gpt2kit.nope  # noqa: B018
 
 
+def test_submodules_are_attributes_of_the_package_as_before():
+    """`import gpt2kit; gpt2kit.device.resolve_dtype(...)` worked when the package imported everything at once."""
+    code = "import gpt2kit; print(gpt2kit.device.resolve_dtype('bf16'), gpt2kit.eval.perplexity.__name__)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["torch.bfloat16", "gpt2kit.eval.perplexity"]
+
+
 needs_madvise = pytest.mark.skipif(
     hugepages.thp_mode() != MADVISE or (hugepages.glibc_version() or (0, 0)) < (2, 35),
     reason="needs Linux transparent huge pages in madvise mode and glibc 2.35+",
@@ -77,9 +85,9 @@ def _info(tmp_path, **env) -> dict:
 
 
 @needs_madvise
-def test_the_command_runs_with_its_weights_in_huge_pages(tmp_path):
-    on = _info(tmp_path)["huge_pages"]
+def test_the_command_asked_for_huge_pages_runs_with_its_weights_in_them(tmp_path):
+    on = _info(tmp_path, GPT2KIT_HUGEPAGES="1")["huge_pages"]
     assert on.startswith("on (THP madvise, GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"), on
     assert int(on.split(", ")[-1].split()[0].replace(",", "")) > 0, on  # MiB of the process in huge pages
-    off = _info(tmp_path, GPT2KIT_HUGEPAGES="0")["huge_pages"]
-    assert off.startswith("off (GPT2KIT_HUGEPAGES=0), 0 MiB"), off
+    off = _info(tmp_path)["huge_pages"]
+    assert off.startswith("off (THP madvise; GPT2KIT_HUGEPAGES=1 turns them on), 0 MiB"), off

@@ -13,6 +13,7 @@ torch: the `gpt2kit` command decides how to start its process before anything he
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -39,9 +40,13 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str):
-    if name not in _WHERE:
+    """A public name (GPT, Engine, ...) or a submodule (gpt2kit.device, ...), imported when first asked for."""
+    if name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
         raise AttributeError(f"module 'gpt2kit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
     globals()[name] = value  # looked up once
     return value
 

@@ -1,17 +1,23 @@
-"""Huge pages for the weights: the `gpt2kit` command runs with 2 MiB pages where Linux offers them.
+"""Huge pages for the weights, on request: GPT2KIT_HUGEPAGES=1 runs the `gpt2kit` command with 2 MiB pages.
 
 Decoding one token streams every weight from memory once, so tokens/s is memory bandwidth over weight
 bytes. With 4 KiB pages that stream misses the TLB every 4 KiB, and in a virtual machine each miss walks
 two page tables: on a 2-core Xeon VM a float32 `sum` over 1 GiB reads at 20 GB/s with 4 KiB pages and at
-30 GB/s with 2 MiB ones, and every product kernel gains with it (benchmarks/RESULTS.md).
+28-30 GB/s with 2 MiB ones, and decode gains with it (benchmarks/RESULTS.md, the "huge pages" sides).
+
+It is not the default because fresh huge pages can be slow to get: on that same VM, whose host takes back
+the guest's free 2 MiB blocks (virtio-balloon free page reporting), the first write to each fresh 2 MiB
+page cost ~1.4 ms, against ~0.1 ms of zeroing. Loading and packing a 124M model then took 1-2.5 s longer,
+more than 128 decoded tokens saved, and a one-shot `gpt2kit generate` was slower end to end. A long run on
+such a machine, or any run where the kernel hands out huge pages cheaply (most bare-metal Linux), gains.
 
 Linux gives a process transparent huge pages for memory it asks for (THP mode "madvise", the common
 default) or for all of it (mode "always"). glibc 2.35+ asks for them on every block malloc takes from the
 kernel when the process starts with GLIBC_TUNABLES=glibc.malloc.hugetlb=1. That one setting covers torch's
 tensors, the KV cache and the packed weights of MKL, oneDNN and fbgemm alike (fbgemm allocates its own).
-glibc reads a tunable only at start-up, so the `gpt2kit` command starts itself again once with it
-(`relaunch`), before torch is imported. GPT2KIT_HUGEPAGES=0 turns this off. A program that uses gpt2kit
-as a library gets the same by starting Python with `environment()`'s variable set.
+glibc reads a tunable only at start-up, so with GPT2KIT_HUGEPAGES=1 the `gpt2kit` command starts itself
+again once with it (`relaunch`), before torch is imported. A program that uses gpt2kit as a library gets
+the same by starting Python with that variable set.
 
 No torch here: this runs before anything heavy is imported.
 """
@@ -24,7 +30,7 @@ import sys
 from collections.abc import Mapping
 
 TUNABLE = "glibc.malloc.hugetlb=1"
-OPT_OUT = "GPT2KIT_HUGEPAGES"  # "0": run with the pages the system gives by default
+SWITCH = "GPT2KIT_HUGEPAGES"  # "1": start the command with glibc's hugetlb tunable
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 
 
@@ -53,11 +59,11 @@ _THIS_MACHINE = "this machine's"
 
 def environment(environ: Mapping[str, str] = os.environ, mode: str | None = _THIS_MACHINE,
                 glibc: tuple[int, int] | None | str = _THIS_MACHINE) -> dict[str, str] | None:  # fmt: skip
-    """The environment to start gpt2kit with for huge pages; None when nothing needs to change: already set,
-    turned off (GPT2KIT_HUGEPAGES=0), THP "always" (every large block has them) or "never", or no glibc 2.35+.
-    mode (thp_mode) and glibc (glibc_version) are this machine's unless given."""
+    """The environment to start gpt2kit with when GPT2KIT_HUGEPAGES=1 asks for huge pages; None when nothing
+    needs to change: not asked for, already set, THP "always" (every large block has them) or "never", or no
+    glibc 2.35+. mode (thp_mode) and glibc (glibc_version) are this machine's unless given."""
     tunables = environ.get("GLIBC_TUNABLES", "")
-    if environ.get(OPT_OUT) == "0" or "glibc.malloc.hugetlb=" in tunables:
+    if environ.get(SWITCH) != "1" or "glibc.malloc.hugetlb=" in tunables:
         return None
     mode = thp_mode() if mode == _THIS_MACHINE else mode
     glibc = glibc_version() if glibc == _THIS_MACHINE else glibc
@@ -94,5 +100,4 @@ def status(smaps: str = "/proc/self/smaps_rollup") -> str:
         return f"on (the kernel's THP mode is always){held}"
     if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""):
         return f"on (THP {mode}, GLIBC_TUNABLES={TUNABLE}){held}"
-    why = f"{OPT_OUT}=0" if os.environ.get(OPT_OUT) == "0" else f"THP {mode}, started without GLIBC_TUNABLES={TUNABLE}"
-    return f"off ({why}){held}"
+    return f"off (THP {mode}; {SWITCH}=1 turns them on){held}"

@@ -63,8 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def console() -> None:
-    """The `gpt2kit` command (and `python -m gpt2kit`): `main` in a process started with huge pages for the
-    weights where Linux offers them (hugepages.py), before torch is imported."""
+    """The `gpt2kit` command (and `python -m gpt2kit`): `main`, in a process started again with huge pages for
+    the weights first when GPT2KIT_HUGEPAGES=1 asks for them (hugepages.py), before torch is imported."""
     hugepages.relaunch()
     sys.exit(main())
 
