@@ -130,9 +130,9 @@ def bench(args) -> None:
         if args.llamacpp and args.batch == 1 and not args.temperature:  # llama-bench: one sequence, no sampling
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         envs = {}
-        if args.huge_pages and harness.huge_pages_env():  # gpt2kit again, as GPT2KIT_HUGEPAGES=1 runs it
-            sides[HUGE] = sides["gpt2kit"]
-            envs[HUGE] = harness.huge_pages_env()
+        huge_env = harness.huge_pages_env() if args.huge_pages else None
+        if huge_env:  # gpt2kit again, as GPT2KIT_HUGEPAGES=1 runs it
+            sides[HUGE], envs[HUGE] = sides["gpt2kit"], huge_env
         bw_default = harness.read_bandwidth_gbs(args.threads, device=args.device)
         bw_huge = harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True) if HUGE in envs else None
         bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read, whichever pages gave it

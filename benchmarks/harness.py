@@ -23,8 +23,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))  # gpt2kit.hugepages (no torch import)
-from gpt2kit import hugepages  # noqa: E402
+from gpt2kit import hugepages  # the environment GPT2KIT_HUGEPAGES=1 gives (no torch import)
 
 RESULTS = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "fma")
@@ -61,8 +60,8 @@ def machine(threads: int) -> dict:
 
 def _pages() -> str:
     """The workers' pages: "THP <mode>", and the tunable if this environment already asks glibc for them."""
-    mode, asked = hugepages.thp_mode(), "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", "")
-    return "none" if mode is None else f"THP {mode}" + (", GLIBC_TUNABLES=glibc.malloc.hugetlb=1" if asked else "")
+    mode = hugepages.thp_mode()
+    return "none" if mode is None else f"THP {mode}" + (f", GLIBC_TUNABLES={hugepages.TUNABLE}" if hugepages.in_use() else "")
 
 
 def worker_env(**extra: str) -> dict[str, str]:

@@ -91,3 +91,12 @@ def test_the_command_asked_for_huge_pages_runs_with_its_weights_in_them(tmp_path
     assert int(on.split(", ")[-1].split()[0].replace(",", "")) > 0, on  # MiB of the process in huge pages
     off = _info(tmp_path)["huge_pages"]
     assert off.startswith("off (THP madvise; GPT2KIT_HUGEPAGES=1 turns them on), 0 MiB"), off
+
+
+@pytest.mark.parametrize(
+    "tunables, on",
+    [("glibc.malloc.hugetlb=1", True), ("glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1", True),
+     ("glibc.malloc.hugetlb=0", False), ("glibc.malloc.hugetlb=10", False), ("", False)],
+)  # fmt: skip
+def test_knows_when_glibc_asks_for_huge_pages(tunables, on):
+    assert hugepages.in_use({"GLIBC_TUNABLES": tunables}) is on

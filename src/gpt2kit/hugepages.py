@@ -72,6 +72,11 @@ def environment(environ: Mapping[str, str] = os.environ, mode: str | None = _THI
     return {**environ, "GLIBC_TUNABLES": f"{tunables}:{TUNABLE}" if tunables else TUNABLE}
 
 
+def in_use(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a process started with `environ` has glibc ask for huge pages (the tunable is set to 1)."""
+    return TUNABLE in environ.get("GLIBC_TUNABLES", "").split(":")
+
+
 def relaunch() -> None:
     """Replace this process by the same command started with huge pages, when `environment()` asks for it.
     Call it first thing in a command's entry point: nothing is done twice, the new process finds the
@@ -98,6 +103,6 @@ def status(smaps: str = "/proc/self/smaps_rollup") -> str:
         held = ""
     if mode == "always":
         return f"on (the kernel's THP mode is always){held}"
-    if "glibc.malloc.hugetlb=1" in os.environ.get("GLIBC_TUNABLES", ""):
+    if in_use():
         return f"on (THP {mode}, GLIBC_TUNABLES={TUNABLE}){held}"
     return f"off (THP {mode}; {SWITCH}=1 turns them on){held}"

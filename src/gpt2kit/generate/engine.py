@@ -198,7 +198,7 @@ class Engine:
             return events
 
     def _draw(self, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
-        return draw_step(self._logits, active, self.device)  # one host transfer for the whole batch
+        return draw_step(self._logits, active)  # one host transfer for the whole batch
 
     def _advance(self, b: int, s: _Sequence, tok: int, lp: TokenLogprob | None = None) -> TokenEvent:
         """Apply one drawn token to a sequence: stopping rules, text, counters, logprobs."""

@@ -17,13 +17,11 @@ from gpt2kit.generate.sampling import NO_TOKEN, draw, greedy_tokens, process_log
 from gpt2kit.generate.sequence import _Sequence
 
 
-def draw_step(
-    logits: torch.Tensor, active: list[tuple[int, _Sequence]], device: torch.device
-) -> tuple[list[int], list[TokenLogprob | None]]:
+def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
     """(B, V) logits and the active (row, sequence) pairs -> one token id per pair (NO_TOKEN where nothing can
     be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked)."""
-    argmax = None
-    toks = _draw_biased_greedy(logits, active, device)
+    argmax, device = None, logits.device
+    toks = _draw_biased_greedy(logits, active)
     for i, (b, s) in enumerate(active):
         if toks[i] is not None:
             continue
@@ -61,9 +59,7 @@ def draw_step(
     return tokens, out
 
 
-def _draw_biased_greedy(
-    logits: torch.Tensor, active: list[tuple[int, _Sequence]], device: torch.device
-) -> list[torch.Tensor | None]:
+def _draw_biased_greedy(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> list[torch.Tensor | None]:
     """The greedy rows with a logit bias or banned ids, in one batched pass: their () token tensors, None
     for every other row (and for these too if the pass fails, so that each is then drawn alone)."""
     toks: list[torch.Tensor | None] = [None] * len(active)
@@ -71,7 +67,7 @@ def _draw_biased_greedy(
     if not biased:
         return toks
     seqs = [active[i][1] for i in biased]
-    rows = torch.tensor([active[i][0] for i in biased], device=device)  # (m,)
+    rows = torch.tensor([active[i][0] for i in biased], device=logits.device)  # (m,)
     try:
         biases, banned = [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
         drawn = greedy_tokens(logits.index_select(0, rows), biases, banned, scratch=True)  # a copy: ours
