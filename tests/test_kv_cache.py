@@ -92,7 +92,7 @@ def test_update_writes_each_rows_own_column_in_every_dtype(dtype):
     k = torch.randn(3, nh, 1, hs, generator=g).to(dtype)
     v = torch.randn(3, nh, 1, hs, generator=g).to(dtype)
     before_k, before_v = cache.k[1].clone(), cache.v[1].clone()
-    keys, values = cache.update(1, k, v, plan)
+    keys, values = cache.update(1, torch.stack([k, v]), plan)
     expect_k, expect_v = before_k.clone(), before_v.clone()
     for b, col in enumerate((2, 5, 0)):
         expect_k[b, :, col] = k[b, :, 0]

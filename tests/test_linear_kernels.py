@@ -243,6 +243,18 @@ def test_probe_runs_a_real_product(monkeypatch):
     assert not L._probe(zero, torch.float32)
 
 
+@pytest.mark.parametrize("kind", RUNNABLE)
+def test_every_kernel_takes_leading_dimensions_as_they_are(kind):
+    """KernelLinear hands (..., in) inputs to its kernels unflattened: each answers (..., out), row for row
+    what it answers for the same rows as a matrix (a kernel that mixed up rows or dropped the bias on the
+    3-D path would differ here)."""
+    w, b, x = _data(rows=6)
+    kernel = L.make_kernel(kind, w, b + 3.0)
+    y = kernel(x.view(2, 3, 64))
+    assert y.shape == (2, 3, 48)
+    torch.testing.assert_close(y.view(6, 48), kernel(x), atol=1e-5, rtol=1e-5)
+
+
 def test_kernel_linear_routes_by_rows():
     lin = torch.nn.Linear(64, 48)
     with torch.no_grad():
@@ -252,7 +264,7 @@ def test_kernel_linear_routes_by_rows():
     calls = []
     for name in ("small", "large"):
         k = getattr(kl, name)
-        setattr(kl, name, lambda x, k=k, name=name: calls.append((name, x.shape[0])) or k(x))
+        setattr(kl, name, lambda x, k=k, name=name: calls.append((name, x.numel() // x.shape[-1])) or k(x))
     for shape in [(4, 64), (5, 64), (1, 4, 64), (2, 3, 64), (1, 1, 64)]:
         x = torch.randn(shape)
         y = kl(x)

@@ -73,7 +73,8 @@ class _ConcatCache:
         return StepPlan(cols=position_ids, position_ids=position_ids, attn_mask=causal[None, None].expand(B, 1, T, P + T),
                         n_keys=P + T)  # fmt: skip
 
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, layer: int, kv: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        k, v = kv.unbind(0)  # (2, B, nh, T, hs) -> keys, values
         past_k, past_v = self.past[layer]
         k = torch.cat([past_k, k.to(past_k.dtype)], dim=2)  # (B, nh, P + T, hs)
         v = torch.cat([past_v, v.to(past_v.dtype)], dim=2)

@@ -45,13 +45,16 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         # x: (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        q, k, v = self.split_heads(self.c_attn(x))  # 3 x (B, nh, T, hs)
+        qkv = self.split_heads(self.c_attn(x))  # (3, B, nh, T, hs)
+        q = qkv[0]
         dropout_p = self.dropout if self.training else 0.0
         mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
         if kv_cache is not None:
-            k, v = kv_cache.update(layer, k, v, plan)  # (B, nh, K, hs): everything this row has seen
+            k, v = kv_cache.update(layer, qkv[1:], plan)  # (B, nh, K, hs): everything this row has seen
             if k.dtype != q.dtype:  # a cache kept in another dtype than the model's
                 k, v = k.to(q.dtype), v.to(q.dtype)
+        else:
+            k, v = qkv[1], qkv[2]
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None or plan.causal else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
@@ -80,10 +83,10 @@ class CausalSelfAttention(nn.Module):
             self.record.append(probs.detach())
         return torch.matmul(probs, v)  # (B, nh, T, hs)
 
-    def split_heads(self, qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """c_attn's output (B, T, 3C) -> q, k, v, each a (B, nh, T, hs) view of it."""
+    def split_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """c_attn's output (B, T, 3C) -> (3, B, nh, T, hs), a view of it: q, k, v stacked."""
         B, T, _ = qkv.shape
-        return qkv.view(B, T, 3, self.n_head, self.n_embd // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        return qkv.view(B, T, 3, self.n_head, self.n_embd // self.n_head).permute(2, 0, 3, 1, 4)
 
 
 class MLP(nn.Module):
