@@ -94,3 +94,30 @@ def test_sharded_safetensors_load_like_transformers(tmp_path, tiny_hf_dir):
     (tmp_path / "sharded" / shards[-1]).unlink()
     with pytest.raises((CheckpointError, ModelNotFoundError), match=shards[-1]):
         gpt2kit.from_pretrained(tmp_path / "sharded")
+
+
+def test_loading_initialises_nothing_and_stays_light():
+    """from_pretrained builds the model on the meta device and assigns the file's weights: no random init runs.
+    torch's init of a meta tensor imports torch._dynamo (1.5 s of every load), so a load must not import it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gpt2kit; m = gpt2kit.from_pretrained('builtin'); "
+        "assert 'torch._dynamo' not in sys.modules, 'loading imported torch._dynamo'; "
+        "assert not any(p.is_meta for p in m.parameters()); print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_a_model_built_on_meta_is_empty_and_one_built_anywhere_else_is_initialised():
+    with torch.device("meta"):
+        empty = gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32))
+    assert all(p.is_meta for p in empty.parameters())
+    assert empty.lm_head.weight is empty.transformer.wte.weight  # still tied
+    torch.manual_seed(0)
+    m = gpt2kit.GPT(gpt2kit.GPTConfig(n_layer=2, n_embd=64, n_head=2, vocab_size=128, n_positions=32))
+    assert abs(m.transformer.wte.weight.std().item() - 0.02) < 0.003  # GPT-2's init, not nn.Embedding's N(0, 1)
+    assert abs(m.transformer.wpe.weight.std().item() - 0.02) < 0.003
+    assert abs(m.transformer.h[0].attn.c_proj.weight.std().item() - 0.02 / 2) < 0.002  # 0.02 / sqrt(2 L)

@@ -121,16 +121,25 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig) -> None:
         super().__init__()
         self.config = config
+        # Built inside `with torch.device("meta")` (from_pretrained: the weights come from the file), nothing is
+        # initialised: torch's random init of a meta tensor imports torch._dynamo, 1.5 s of every model load.
+        meta = torch.empty(0).is_meta
+
+        def embedding(rows: int) -> nn.Embedding:  # (rows, C)
+            return nn.Embedding(rows, config.n_embd, _weight=torch.empty(rows, config.n_embd) if meta else None)
+
         self.transformer = nn.ModuleDict(
             dict(
-                wte=nn.Embedding(config.vocab_size, config.n_embd),
-                wpe=nn.Embedding(config.n_positions, config.n_embd),
+                wte=embedding(config.vocab_size),
+                wpe=embedding(config.n_positions),
                 h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
                 ln_f=nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps),
             )
         )
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight  # tied: one (V, C) matrix embeds and unembeds
+        if meta:
+            return
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections that write into the residual stream by 1/sqrt(2 L):
         # each block adds two of them, and the stream's variance should not grow with depth.
