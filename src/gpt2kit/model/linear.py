@@ -56,12 +56,9 @@ class _Mkl(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         self.wt = weight.detach().t().contiguous()  # (in, out)
-        self.b = bias
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, x.shape[-1])  # (M, in): addmm multiplies matrices only
-        y = torch.addmm(self.b, x2, self.wt) if self.b is not None else torch.mm(x2, self.wt)
-        return y.view(*x.shape[:-1], y.shape[-1])
+        # F.linear on the (out, in) view of it: torch's linear is then addmm(b, x, wt) on the (in, out) memory,
+        # bit for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here
+        self.w, self.b = self.wt.t(), bias
 
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
