@@ -81,7 +81,7 @@ class KVCache:
         self.config = config
         if _views is not None:  # a view of rows of another cache (see `row`)
             self.kv, self.valid, self.lengths, self.pos, self._host, self._rows, self.max_len, self.static = _views
-            self._views()
+            self._make_views()
             return
         self.static = static  # attend all T_max columns every step (masked): fixed shapes for CUDA graphs
         T_max = max_len if max_len is not None else config.n_positions
@@ -95,9 +95,9 @@ class KVCache:
         self.pos = torch.zeros(batch_size, dtype=torch.long, device=device)
         self._host = _HostLengths(batch_size)
         self._rows = range(batch_size)  # which entries of the shared host lengths are this cache's rows
-        self._views()
+        self._make_views()
 
-    def _views(self) -> None:
+    def _make_views(self) -> None:
         """The views every step reads, made once: k, v and each layer's (2, B, nh, T_max, hs) slice."""
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]  # (L, B, nh, T_max, hs)
         self._layers = self.kv.unbind(0)
@@ -211,5 +211,4 @@ class KVCache:
             # too, where scatter_ is 10-40x slower than for integers of the same width)
             rows = torch.arange(kv.shape[1], device=kv.device)[:, None]  # (B, 1), against plan.cols (B, T)
             kv_l[:, rows, :, plan.cols] = kv.to(kv_l.dtype).permute(1, 3, 0, 2, 4)  # (B, T, 2, nh, hs) at [:, b, :, cols[b, t]]
-        k, v = kv_l.narrow(3, 0, plan.n_keys).unbind(0)
-        return k, v
+        return kv_l.narrow(3, 0, plan.n_keys).unbind(0)  # keys, values

@@ -55,10 +55,14 @@ class _Mkl(_Linear):
     exact = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        self.wt = weight.detach().t().contiguous()  # (in, out)
-        # F.linear on the (out, in) view of it: torch's linear is then addmm(b, x, wt) on the (in, out) memory,
-        # bit for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here
-        self.w, self.b = self.wt.t(), bias
+        # an (out, in) view of an (in, out) copy: F.linear on it is addmm(b, x, wt) on the (in, out) memory, bit
+        # for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here
+        self.w, self.b = weight.detach().t().contiguous().t(), bias
+
+    @property
+    def wt(self) -> torch.Tensor:
+        """The pre-transposed (in, out) weight, contiguous."""
+        return self.w.t()
 
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
