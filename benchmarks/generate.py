@@ -15,8 +15,10 @@ one short untimed generation (gpt2kit measures and caches its kernel choice ther
 does), then times B x N greedy tokens (or sampled ones with --temperature, seeded, on both sides: the tokens then
 differ, each side drawing with its own method), prefill included. Sides alternate --repeat times; medians are
 compared. The same run measures the memory-read bandwidth and reports decode as a fraction of the bound
-(bandwidth / bytes of weights read per step); with --huge-pages the bound is the better of the reads with
-default and with huge pages, and a third side runs gpt2kit as GPT2KIT_HUGEPAGES=1 does. One JSON line per configuration goes to
+(bandwidth / bytes of weights read per step). The gpt2kit side builds its Engine as `gpt2kit generate
+--max-new-tokens N` does (huge pages "auto": on from 256 tokens); with --huge-pages a third side builds it
+with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
+the memory reads with 4 KiB and with 2 MiB pages. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
 """
 
@@ -36,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import harness  # noqa: E402
 
-HUGE = "gpt2kit, huge pages"  # the side with GPT2KIT_HUGEPAGES=1's environment (--huge-pages)
+HUGE = "gpt2kit, huge pages"  # the side whose Engine moves the decode step's memory into huge pages (--huge-pages)
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
@@ -67,9 +69,11 @@ def worker(args) -> None:
     else:
         import gpt2kit
         from gpt2kit.generate import Engine, SamplingParams
+        from gpt2kit.hugepages import wants_huge_pages
 
         model = gpt2kit.from_pretrained(args.folder, device=args.device, dtype=dtype)
-        engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights)  # what `gpt2kit generate` builds
+        huge = wants_huge_pages(args.engine_huge_pages, N)  # "auto" decides as `gpt2kit generate` does for N tokens
+        engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights, huge_pages=huge)  # what `gpt2kit generate` builds
 
         def run(n: int) -> list[list[int]]:
             params = SamplingParams(max_new_tokens=n, temperature=args.temperature, top_p=args.top_p, ignore_eos=True, seed=0)
@@ -129,14 +133,12 @@ def bench(args) -> None:
         }
         if args.llamacpp and args.batch == 1 and not args.temperature:  # llama-bench: one sequence, no sampling
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
-        envs = {}
-        huge_env = harness.huge_pages_env() if args.huge_pages else None
-        if huge_env:  # gpt2kit again, as GPT2KIT_HUGEPAGES=1 runs it
-            sides[HUGE], envs[HUGE] = sides["gpt2kit"], huge_env
+        if args.huge_pages and args.device == "cpu":  # gpt2kit again, its engine's hot memory in huge pages
+            sides[HUGE] = [*sides["gpt2kit"], "--engine-huge-pages", "on"]
         bw_default = harness.read_bandwidth_gbs(args.threads, device=args.device)
-        bw_huge = harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True) if HUGE in envs else None
+        bw_huge = harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True) if HUGE in sides else None
         bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read, whichever pages gave it
-        runs = harness.alternate(sides, args.repeat, envs)
+        runs = harness.alternate(sides, args.repeat)
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
     decode = args.new_tokens > 1
@@ -209,7 +211,8 @@ def main() -> None:
     ap.add_argument("--text", default=str(Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "corpora" / "austen.txt"))
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's llama-bench on a GGUF export (tools/llamacpp.sh builds it)")
     ap.add_argument("--huge-pages", action="store_true",
-                    help=f"also gpt2kit as GPT2KIT_HUGEPAGES=1 runs it ('{HUGE}' side), and the read bandwidth with huge pages")
+                    help=f"also gpt2kit with its engine's hot memory in huge pages ('{HUGE}' side), and the read bandwidth with them")
+    ap.add_argument("--engine-huge-pages", default="auto", choices=["auto", "on", "off"], help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()

@@ -9,7 +9,7 @@ threshold when a large block is freed: ~10 % on the transformers eval loop, meas
 
 Every process a benchmark starts runs in this one's environment, with the pages the system gives by default,
 as a user's does. `huge_pages_env()` is the environment of GPT2KIT_HUGEPAGES=1 (src/gpt2kit/hugepages.py),
-for a side that shows what huge pages change (benchmarks/generate.py --huge-pages).
+in which the memory-read bandwidth is measured again with 2 MiB pages (benchmarks/generate.py --huge-pages).
 """
 
 from __future__ import annotations

@@ -348,3 +348,48 @@ def test_engine_on_cuda_matches_cpu(tiny):
     s = SamplingParams(max_new_tokens=16, temperature=1.0, seed=3, ignore_eos=True)
     model = copy.deepcopy(tiny).cuda()
     assert [c.token_ids for c in generate(model, prompts, s)] == [c.token_ids for c in generate(model, prompts, s)]
+
+
+# ---- huge pages ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained():
+    import gpt2kit
+
+    return gpt2kit.from_pretrained("builtin")
+
+
+@pytest.mark.parametrize("weights", ["auto", "int8"])
+def test_huge_pages_change_no_number_and_leave_the_cache_empty(trained, weights):
+    """The probe step that finds the hot memory writes into the engine's cache; the engine must then start
+    from an empty cache, and moving pages must not change a token."""
+    from gpt2kit import hugepages
+
+    prompts = [TOK.encode_ordinary("It is a truth universally acknowledged"), TOK.encode_ordinary("In the beginning")]
+    params = SamplingParams(max_new_tokens=12, temperature=0)
+    plain = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights)
+    huge = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
+    assert plain.huge_pages.skipped == "not asked for"
+    if hugepages.collapse([]).skipped is None:  # Linux 6.1+ with THP: something was moved
+        assert huge.huge_pages.bytes > 0 and huge.huge_pages.skipped is None, huge.huge_pages
+    assert huge.cache.lengths.tolist() == [0, 0] and not huge.cache.valid.any()
+    assert [c.token_ids for c in huge.generate(prompts, params)] == [c.token_ids for c in plain.generate(prompts, params)]
+
+
+def test_text_generator_and_chat_decide_huge_pages_by_how_long_they_run(trained, monkeypatch):
+    from gpt2kit import hugepages
+    from gpt2kit.generate.chat import ChatSession
+    from gpt2kit.generate.text import GenerateOptions, TextGenerator
+
+    asked = []
+    monkeypatch.setattr(DecodeRunner, "collapse_hot", lambda self, cache: asked.append(True) or hugepages.Collapsed())
+    short = TextGenerator(trained, TOK)
+    short.complete(["Hello"], SamplingParams(max_new_tokens=2))
+    assert asked == []  # a 2-token run: the one-time cost would not pay
+    TextGenerator(trained, TOK).engine(hugepages.LONG_RUN_STEPS)
+    assert asked == [True]
+    TextGenerator(trained, TOK, GenerateOptions(huge_pages="off")).engine(None)
+    assert asked == [True]
+    assert ChatSession(trained, TOK)._tg.options.huge_pages == "on"  # a chat lives on
+    assert ChatSession(trained, TOK, options=GenerateOptions(huge_pages="off"))._tg.options.huge_pages == "off"

@@ -1,9 +1,13 @@
-"""Huge pages on request: when GPT2KIT_HUGEPAGES=1 makes the `gpt2kit` command start itself again with glibc's
-hugetlb tunable, and that it does so before torch is imported and ends up with its memory in 2 MiB pages."""
+"""Huge pages: when GPT2KIT_HUGEPAGES=1 makes the `gpt2kit` command start itself again with glibc's hugetlb
+tunable (before torch is imported, ending up with its memory in 2 MiB pages), and how an engine moves the
+memory a decode step reads into huge pages in place (find it, collapse it, decide when it pays)."""
 
 from __future__ import annotations
 
+import ctypes
+import hashlib
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -100,3 +104,100 @@ def test_the_command_asked_for_huge_pages_runs_with_its_weights_in_them(tmp_path
 )  # fmt: skip
 def test_knows_when_glibc_asks_for_huge_pages(tunables, on):
     assert hugepages.in_use({"GLIBC_TUNABLES": tunables}) is on
+
+
+# ---- moving the memory a decode step reads into huge pages (MADV_COLLAPSE) -------------------------------
+
+
+def _private_buffer(nbytes: int):
+    """A private anonymous mapping filled with a pattern, and its address (what malloc hands torch and fbgemm)."""
+    m = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    m.write(bytes(range(256)) * (nbytes // 256))
+    buf = (ctypes.c_char * nbytes).from_buffer(m)
+    return m, buf, ctypes.addressof(buf)
+
+
+def _huge_kib(address: int) -> int:
+    """AnonHugePages of the mapping that holds `address`, from /proc/self/smaps."""
+    inside = False
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:
+                lo, hi = (int(x, 16) for x in fields[0].split("-"))
+                inside = lo <= address < hi
+            elif inside and fields[0] == "AnonHugePages:":
+                return int(fields[1])
+    raise AssertionError("address not mapped")
+
+
+CAN_COLLAPSE = hugepages.thp_mode() not in (None, "never") and hugepages.collapse([]).skipped is None
+needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ with transparent huge pages")
+
+
+@needs_collapse
+def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
+    m, buf, address = _private_buffer(8 * hugepages.HUGE_PAGE)
+    before = hashlib.sha256(bytes(buf)).hexdigest()
+    assert _huge_kib(address) == 0  # written through 4 KiB pages: THP is asked for nowhere here
+    end, page = address + 8 * hugepages.HUGE_PAGE, hugepages.HUGE_PAGE
+    whole = end // page - -(-address // page)  # 8 where the kernel aligned the mapping to 2 MiB, else 7
+    done = hugepages.collapse([(address, end)])
+    assert done.skipped is None and done.refused == 0
+    assert done.bytes == whole * page  # partial pages at the ends stay as they are
+    assert _huge_kib(address) == whole * 2048
+    assert hashlib.sha256(bytes(buf)).hexdigest() == before
+    del buf
+    m.close()
+
+
+@needs_collapse
+def test_referenced_counts_what_the_run_touched():
+    m, buf, address = _private_buffer(16 * hugepages.HUGE_PAGE)
+
+    def regions():
+        return {(r.start, r.end): r.referenced for r in found if r.start <= address < r.end}
+
+    found = hugepages.referenced(lambda: bytes(buf[: 8 * hugepages.HUGE_PAGE]))  # reads half of it
+    [touched] = regions().values()
+    assert 8 * hugepages.HUGE_PAGE <= touched < 9 * hugepages.HUGE_PAGE
+    found = hugepages.referenced(lambda: None)
+    assert list(regions().values()) == [0]
+    del buf
+    m.close()
+
+
+def test_hot_regions_are_those_a_step_mostly_read():
+    page = hugepages.HUGE_PAGE
+    regions = [
+        hugepages.Region(0, 100 * page, 30 * page),  # a quarter or more: hot
+        hugepages.Region(200 * page, 300 * page, 20 * page),  # a fifth: cold (a prefill-only copy, an embedding)
+        hugepages.Region(400 * page, 401 * page, page // 2),  # less than one huge page: nothing to gain
+    ]
+    assert hugepages.hot(regions) == [(0, 100 * page)]
+
+
+@pytest.mark.parametrize("mode, why", [("never", "THP mode is never"), (None, "no transparent huge pages")])
+def test_collapse_asks_nothing_where_the_kernel_has_no_huge_pages(mode, why):
+    done = hugepages.collapse([(0, 64 * hugepages.HUGE_PAGE)], mode=mode)
+    assert done.bytes == 0 and why in done.skipped
+    assert done.describe().startswith("not used (")
+
+
+@pytest.mark.parametrize(
+    "mode, steps, on",
+    [("on", 1, True), ("off", None, False), ("off", 10_000, False), ("auto", None, True),
+     ("auto", hugepages.LONG_RUN_STEPS, True), ("auto", hugepages.LONG_RUN_STEPS - 1, False), ("auto", 64, False)],
+)  # fmt: skip
+def test_auto_collapses_for_engines_that_run_long(mode, steps, on):
+    assert hugepages.wants_huge_pages(mode, steps) is on
+
+
+def test_a_bad_huge_pages_value_says_what_is_allowed():
+    from gpt2kit.errors import ConfigError
+    from gpt2kit.generate.text import GenerateOptions
+    from gpt2kit.serve.config import ServeConfig
+
+    for make in (lambda: GenerateOptions(huge_pages="yes"), lambda: ServeConfig(huge_pages="yes")):
+        with pytest.raises(ConfigError, match=r"huge_pages must be one of \('auto', 'on', 'off'\), got 'yes'"):
+            make()

@@ -86,6 +86,7 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
     from gpt2kit.cli.flags import Flag, add_config_flags
     from gpt2kit.generate import SamplingParams
     from gpt2kit.generate.text import GenerateOptions
+    from gpt2kit.hugepages import HUGE_PAGE_MODES, LONG_RUN_STEPS
 
     g = p.add_argument_group("sampling")
     repeat = " (repeatable)"
@@ -104,6 +105,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 
         "weights": Flag(choices=("auto", "model", "bf16", "int8"), help="decode weights: auto (exact, packed for speed), model "
                         "(the model's own modules), bf16 or int8 (8-bit weights; faster on CPU, approximate)"),
         "bos": Flag(help="prepend <|endoftext|> to each prompt (allows an empty prompt)"),
+        "huge_pages": Flag(choices=HUGE_PAGE_MODES, help="move the memory a decode step reads into 2 MiB pages before "
+                           f"decoding (a one-time cost); auto: for {LONG_RUN_STEPS}+ new tokens and for chat"),
     })  # fmt: skip
 
 

@@ -19,6 +19,7 @@ HELP = "serve a model over an OpenAI-compatible HTTP API, with a web playground"
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.cli.flags import Flag, add_config_flags
+    from gpt2kit.hugepages import HUGE_PAGE_MODES
 
     add_model_arguments(p)
     repeat = " (repeat the flag for several)"
@@ -26,6 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "banned_phrases": Flag(name="--banned-phrase", metavar="TEXT", help_suffix=repeat),
         "cors_origins": Flag(name="--cors-origin", metavar="ORIGIN", help_suffix=repeat),
         "model_name": Flag(default=None, help_suffix=" (default: the --model value; a local folder's own name)"),
+        "huge_pages": Flag(choices=HUGE_PAGE_MODES),
     })  # fmt: skip
     p.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn's log level"

@@ -29,7 +29,10 @@ class ChatSession:
     turns: list[tuple[str, str]] = field(default_factory=list)  # (user message, assistant reply), oldest first
 
     def __post_init__(self) -> None:
-        self._tg = TextGenerator(self.model, self.tokenizer, self.options)
+        options = self.options or GenerateOptions()
+        if options.huge_pages == "auto":  # a chat lives on: its engine pays the one-time cost
+            options = dataclasses.replace(options, huge_pages="on")
+        self._tg = TextGenerator(self.model, self.tokenizer, options)
         stops = tuple(dict.fromkeys((*self.params.stop, *self.template.stop)))  # the caller's first, as the server does
         self.params = dataclasses.replace(self.params, stop=stops, n=1)
 

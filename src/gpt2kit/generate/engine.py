@@ -61,6 +61,7 @@ from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_p
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
 from gpt2kit.generate.step_draw import draw_step
 from gpt2kit.generate.stopping import FinishReason
+from gpt2kit.hugepages import Collapsed, wants_huge_pages
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
 
@@ -82,6 +83,7 @@ class Engine:
         window_keep: int | None = None,
         weights: str = "auto",
         static_cache: bool = False,
+        huge_pages: bool = False,
     ) -> None:
         cfg = model.config
         if not (isinstance(max_batch, int) and max_batch >= 1):
@@ -104,6 +106,8 @@ class Engine:
         # static_cache: every step attends all max_len columns (masked), so a decode step has one fixed shape
         self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.dtype, static=static_cache)
         self.runner = DecodeRunner(model, weights, batch=max_batch)
+        # huge_pages: the memory a decode step reads moved into 2 MiB pages now (a one-time cost; decode.py)
+        self.huge_pages = self.runner.collapse_hot(self.cache) if huge_pages else Collapsed(skipped="not asked for")
         self._logits = torch.zeros(max_batch, self.n_vocab, device=self.device, dtype=torch.float32)  # (B, V)
         self._slots: list[_Sequence | None] = [None] * max_batch
         self.vocab_index: VocabIndex | None = None  # built by the first request with banned phrases
@@ -342,13 +346,16 @@ def generate(
     max_batch: int = 8,
     bos: bool = False,
     weights: str = "auto",
+    huge_pages: str = "auto",
 ) -> list[Completion]:
-    """One-shot: an Engine sized to this job (batch, cache length), then `Engine.generate`."""
+    """One-shot: an Engine sized to this job (batch, cache length, huge pages for long runs), then `Engine.generate`."""
     params_list = per_prompt_params(params, len(prompts))
     batch = max(1, min(max_batch, sum(p.n for p in params_list)))
     # rows prefilled together are left-padded to the longest prompt
     need = max((len(p) for p in prompts), default=1) + int(bos) + max((sp.max_new_tokens for sp in params_list), default=1)
     slide = any(sp.sliding_window for sp in params_list)
     max_len = model.config.n_positions if slide else min(model.config.n_positions, max(need, 2))
-    engine = Engine(model, max_batch=batch, max_len=max_len, token_bytes=token_bytes, weights=weights)
+    steps = max((sp.max_new_tokens for sp in params_list), default=0)
+    engine = Engine(model, max_batch=batch, max_len=max_len, token_bytes=token_bytes, weights=weights,
+                    huge_pages=wants_huge_pages(huge_pages, steps))  # fmt: skip
     return engine.generate(prompts, params_list, bos=bos)

@@ -18,6 +18,7 @@ from gpt2kit.errors import ConfigError, GenerationError
 from gpt2kit.fields import check_types
 from gpt2kit.generate.engine import Completion, Engine
 from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.hugepages import wants_huge_pages
 from gpt2kit.model.gpt import GPT
 
 
@@ -37,9 +38,11 @@ class GenerateOptions:
     weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (8-bit weights)
     bos: bool = False  # prepend <|endoftext|> to every prompt (allows empty prompts: unconditional samples)
     window_keep: int | None = None  # sliding window: tokens kept when the context is full (default: half)
+    huge_pages: str = "auto"  # the decode step's memory in 2 MiB pages: on, off, auto (runs of 256+ tokens)
 
     def __post_init__(self) -> None:
         check_types(self)
+        wants_huge_pages(self.huge_pages, None)  # a bad value fails here, not at the first prompt
 
 
 class TextGenerator:
@@ -51,12 +54,12 @@ class TextGenerator:
         self.table = tokenizer.token_bytes_table
         self._engine: Engine | None = None
 
-    @property
-    def engine(self) -> Engine:
+    def engine(self, steps: int | None = None) -> Engine:
+        """The one Engine, built on first use for runs of `steps` decode steps (None: it lives on)."""
         if self._engine is None:
             o = self.options
             self._engine = Engine(self.model, max_batch=o.max_batch, token_bytes=self.table, eot_id=self.tokenizer.eot_token,
-                                  window_keep=o.window_keep, weights=o.weights)  # fmt: skip
+                                  window_keep=o.window_keep, weights=o.weights, huge_pages=wants_huge_pages(o.huge_pages, steps))  # fmt: skip
         return self._engine
 
     def encode(self, text: str) -> list[int]:
@@ -64,7 +67,8 @@ class TextGenerator:
 
     def complete(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         ids = [self.encode(p) for p in prompts]
-        completions = self.engine.generate(ids, params, bos=self.options.bos)
+        steps = max(p.max_new_tokens for p in ([params] if isinstance(params, SamplingParams) else params))
+        completions = self.engine(steps).generate(ids, params, bos=self.options.bos)
         for c in completions:
             if c.error is not None:
                 raise GenerationError(f"prompt {c.prompt_index + 1}, sample {c.index + 1}: {c.error}")
@@ -74,7 +78,7 @@ class TextGenerator:
         """Text pieces of ONE completion as they are generated (their concatenation is the final text)."""
         if params.n != 1:
             raise ConfigError(f"streaming text needs n=1 (got n={params.n}); use complete() or JSONL output for several samples.")
-        for ev in self.engine.stream([self.encode(prompt)], params, bos=self.options.bos, cancel=cancel):
+        for ev in self.engine(params.max_new_tokens).stream([self.encode(prompt)], params, bos=self.options.bos, cancel=cancel):
             if ev.error is not None:
                 raise GenerationError(ev.error)
             if ev.text:

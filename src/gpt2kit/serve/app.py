@@ -83,7 +83,8 @@ def serve(model, config: ServeConfig, tokenizer: Tokenizer | None = None, log_le
     tok = tokenizer or Tokenizer()
     table, wake = tok.token_bytes_table, threading.Condition()  # one wake-up for every model's worker
     workers = {name: build_worker(m, table, max_batch_size=config.max_batch_size, max_model_len=config.max_model_len,
-                                  max_queue=config.max_queue, request_timeout=config.request_timeout, wake=wake)
+                                  max_queue=config.max_queue, request_timeout=config.request_timeout, wake=wake,
+                                  huge_pages=config.huge_pages)
                for name, m in (model if isinstance(model, dict) else {config.model_name: model}).items()}  # fmt: skip
     app = create_app(ModelRegistry(workers), config, tok)
     loop = EngineLoop(list(workers.values()))

@@ -92,7 +92,7 @@ class BackgroundServer:
         self.tokenizer = tokenizer or Tokenizer()
         self.worker = worker or build_worker(model, self.tokenizer.token_bytes_table, max_batch_size=config.max_batch_size,
                                              max_model_len=config.max_model_len, max_queue=config.max_queue,
-                                             request_timeout=config.request_timeout)  # fmt: skip
+                                             request_timeout=config.request_timeout, huge_pages=config.huge_pages)  # fmt: skip
         self.app = create_app(self.worker, config, self.tokenizer)
         self.http = UvicornThread(self.app, config, "warning", lifespan="off", timeout_graceful_shutdown=2)
         self.url = ""

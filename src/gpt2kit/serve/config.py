@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from gpt2kit.errors import ConfigError
 from gpt2kit.fields import check_types
+from gpt2kit.hugepages import wants_huge_pages
 
 API_KEY_ENV = "GPT2KIT_API_KEY"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
@@ -42,6 +43,7 @@ class ServeConfig:
     body_timeout: float = field(default=30.0, metadata={"help": "seconds a request may take to send its body (408 and close beyond)"})
     keep_alive_timeout: float = field(default=5.0, metadata={"help": "seconds an idle keep-alive connection stays open"})
     max_connections: int = field(default=256, metadata={"help": "open connections at most; requests beyond get 503"})
+    huge_pages: str = field(default="auto", metadata={"help": "the memory a decode step reads in 2 MiB pages, moved once at start (auto: on for a server)"})
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -69,6 +71,7 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ConfigError(f"ServeConfig.{name} must be a positive number of seconds, got {value!r}.")
+        wants_huge_pages(self.huge_pages, None)  # says what is allowed when it is not
         self.banned_phrases = tuple(self.banned_phrases)
         if not all(isinstance(p, str) and p for p in self.banned_phrases):
             raise ConfigError(f"ServeConfig.banned_phrases must be non-empty strings, got {list(self.banned_phrases)!r}.")

@@ -30,6 +30,7 @@ from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.scheduler import Pending, Scheduler
 from gpt2kit.generate.stopping import FinishReason
+from gpt2kit.hugepages import wants_huge_pages
 
 log = logging.getLogger("gpt2kit.serve")
 
@@ -348,8 +349,10 @@ def running(worker: Worker):
 
 
 def build_worker(model, token_bytes: Sequence[bytes], *, max_batch_size: int = 32, max_model_len: int | None = None,
-                 max_queue: int = 256, request_timeout: float = 600.0, wake: threading.Condition | None = None) -> Worker:  # fmt: skip
+                 max_queue: int = 256, request_timeout: float = 600.0, wake: threading.Condition | None = None,
+                 huge_pages: str = "auto") -> Worker:  # fmt: skip
     """An Engine over `model` (one KV cache of max_batch_size x max_model_len) wrapped in a Worker (not started).
-    Workers stepped by one EngineLoop share `wake`."""
-    engine = Engine(model, max_batch=max_batch_size, max_len=max_model_len, token_bytes=token_bytes)
+    Workers stepped by one EngineLoop share `wake`. A server lives on, so "auto" huge pages are on."""
+    engine = Engine(model, max_batch=max_batch_size, max_len=max_model_len, token_bytes=token_bytes,
+                    huge_pages=wants_huge_pages(huge_pages, None))  # fmt: skip
     return Worker(engine, max_queue=max_queue, request_timeout=request_timeout, wake=wake)
