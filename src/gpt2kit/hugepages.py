@@ -45,7 +45,7 @@ TUNABLE = "glibc.malloc.hugetlb=1"
 SWITCH = "GPT2KIT_HUGEPAGES"  # "1": start the command with glibc's hugetlb tunable
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGE_PAGE = 2 << 20  # a transparent huge page with 4 KiB base pages (x86-64, most arm64 kernels)
-MADV_HUGEPAGE, MADV_COLLAPSE = 14, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
+MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
 HUGE_PAGE_MODES = ("auto", "on", "off")
 # "auto" moves the hot memory into huge pages for engines that decode at least this many steps, or live on
 # (a server, a chat). It costs ~3-9 ms per 2 MiB once (1-2.5 s for a 124M model on a 2-core Xeon VM) and
@@ -54,7 +54,8 @@ HUGE_PAGE_MODES = ("auto", "on", "off")
 # generate/decode.py, DecodeRunner.collapse_hot.)
 LONG_RUN_STEPS = 256
 
-HOT_SHARE = 0.25  # a region is hot when a step touched at least this share of it (and a whole huge page)
+HOT_SHARE = 0.25  # a region (of one huge page or more) is hot when a step touched at least this share of it
+SPLIT_CHUNK = 4 << 20  # `referenced` tells apart the pieces of this size of a large mapping
 
 
 def thp_mode(path: str = THP_ENABLED) -> str | None:
@@ -159,29 +160,62 @@ class Collapsed:
 def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> list[Region]:
     """This process's anonymous writable regions with the bytes `run()` touched in each: the referenced bits
     of every page are cleared (/proc/self/clear_refs), `run()` runs, and smaps counts what is referenced
-    again. [] where Linux does not offer this (then `run()` still runs)."""
+    again. smaps counts per mapping, and the heap is one mapping that holds everything malloc gave out
+    (fbgemm's packed weights among it), so large mappings are first cut into SPLIT_CHUNK pieces (see
+    `_split`). [] where Linux does not offer this (then `run()` still runs)."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+            _split(smaps)
             f.write("1")
     except OSError:
         run()
         return []
     run()
-    regions, current = [], None
+    return [Region(lo, hi, ref) for lo, hi, ref, _ in _anonymous(smaps)]
+
+
+def _anonymous(smaps: str) -> list[tuple[int, int, int, set[str]]]:
+    """(start, end, bytes referenced, VmFlags) of every anonymous writable mapping (the heap included)."""
+    found, current = [], None
     with open(smaps, encoding="ascii", errors="replace") as f:
         for line in f:
             fields = line.split()
             if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
                 anon = fields[1] == "rw-p" and (len(fields) == 5 or fields[5] == "[heap]")
-                current = tuple(int(x, 16) for x in fields[0].split("-")) if anon else None
+                current = [*(int(x, 16) for x in fields[0].split("-")), 0, set()] if anon else None
+                if current:
+                    found.append(current)
             elif current and fields[:1] == ["Referenced:"]:
-                regions.append(Region(*current, int(fields[1]) << 10))
-    return regions
+                current[2] = int(fields[1]) << 10
+            elif current and fields[:1] == ["VmFlags:"]:
+                current[3] = set(fields[1:])
+    return [tuple(m) for m in found]
+
+
+def _split(smaps: str) -> None:
+    """Cut every large anonymous mapping that has no huge-page advice yet into SPLIT_CHUNK pieces, so that
+    smaps counts each piece: every other piece is advised MADV_NOHUGEPAGE, and mappings whose flags differ
+    stay apart. Under THP "madvise" (the only mode this runs in) such a piece got no huge pages anyway; the
+    pieces found hot are advised MADV_HUGEPAGE when they are collapsed."""
+    if thp_mode() != "madvise":
+        return
+    madvise = _libc().madvise
+    for lo, hi, _, flags in _anonymous(smaps):
+        if hi - lo > 2 * SPLIT_CHUNK and not flags & {"hg", "nh"}:
+            first = (lo + SPLIT_CHUNK - 1) // SPLIT_CHUNK * SPLIT_CHUNK + SPLIT_CHUNK
+            for piece in range(first, hi - SPLIT_CHUNK + 1, 2 * SPLIT_CHUNK):
+                madvise(piece, SPLIT_CHUNK, MADV_NOHUGEPAGE)
+
+
+def _libc():
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return libc
 
 
 def hot(regions: Iterable[Region], share: float = HOT_SHARE) -> list[tuple[int, int]]:
-    """(start, end) of the regions of which at least `share`, and at least one huge page, was referenced."""
-    return [(r.start, r.end) for r in regions if r.referenced >= max(HUGE_PAGE, share * (r.end - r.start))]
+    """(start, end) of the regions of at least one huge page of which at least `share` was referenced."""
+    return [(r.start, r.end) for r in regions if r.end - r.start >= HUGE_PAGE and r.referenced >= share * (r.end - r.start)]
 
 
 def collapse(ranges: Iterable[tuple[int, int]], mode: str | None = _THIS_MACHINE) -> Collapsed:
@@ -200,8 +234,7 @@ def collapse(ranges: Iterable[tuple[int, int]], mode: str | None = _THIS_MACHINE
             spans[-1][1] = max(spans[-1][1], hi)
         else:
             spans.append([lo, hi])
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc = _libc()
     if libc.madvise(HUGE_PAGE, 0, MADV_COLLAPSE) != 0:  # an empty range: only whether the advice exists (EINVAL)
         return Collapsed(skipped="this kernel has no MADV_COLLAPSE (Linux 6.1+)")
     done = refused = 0
