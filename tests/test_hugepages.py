@@ -142,7 +142,7 @@ def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
     assert _huge_kib(address) == 0  # written through 4 KiB pages: THP is asked for nowhere here
     end, page = address + 8 * hugepages.HUGE_PAGE, hugepages.HUGE_PAGE
     whole = end // page - -(-address // page)  # 8 where the kernel aligned the mapping to 2 MiB, else 7
-    done = hugepages.collapse([(address, end)])
+    done = hugepages.collapse([hugepages.Region(address, end, 0)])
     assert done.skipped is None and done.refused == 0
     assert done.bytes == whole * page  # partial pages at the ends stay as they are
     assert _huge_kib(address) == whole * 2048
@@ -162,10 +162,33 @@ def test_referenced_counts_what_the_run_touched_piece_by_piece():
     assert len(found) >= 4  # cut into pieces, smaps counting each
     assert all(r.referenced == 0 for r in found if r.start >= address + half)
     hot = hugepages.hot(found)
-    assert hot and all(hi <= address + half for _, hi in hot)  # the cold half is not moved
+    assert hot and all(r.start < address + half for r in hot)  # nothing from the cold half alone is moved
     untouched = [r for r in hugepages.referenced(lambda: None) if address <= r.start < address + size]
     assert [r.referenced for r in untouched] == [0] * len(untouched)
     view.release()
+    del buf
+    m.close()
+
+
+@needs_collapse
+def test_a_file_mapped_copy_on_write_is_replaced_by_huge_pages_with_the_same_bytes(tmp_path):
+    """safetensors maps the weights file copy-on-write and the tensors are views of it: the kernel cannot
+    collapse such a mapping, so its bytes move into anonymous huge pages at the same addresses."""
+    size = 16 * hugepages.HUGE_PAGE
+    data = bytes(range(256)) * (size // 256)
+    (tmp_path / "weights.bin").write_bytes(data)
+    with open(tmp_path / "weights.bin", "r+b") as f:
+        m = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    buf = (ctypes.c_char * size).from_buffer(m)
+    address = ctypes.addressof(buf)
+    [region] = [r for r in hugepages.referenced(lambda: bytes(buf)) if r.start <= address < r.end]
+    assert region.file and region.referenced >= size - (64 << 10)
+    assert hugepages.hot([region]) == [region]
+    done = hugepages.collapse([region])
+    assert done.refused == 0 and done.bytes >= 14 * hugepages.HUGE_PAGE, done
+    assert bytes(buf) == data and _huge_kib(address) >= 14 * 2048  # same bytes, same address, huge pages
+    buf[0] = b"x"  # still private: the file keeps its bytes
+    assert (tmp_path / "weights.bin").read_bytes()[:1] == data[:1]
     del buf
     m.close()
 
@@ -178,12 +201,12 @@ def test_hot_regions_are_those_a_step_mostly_read():
         hugepages.Region(400 * page, 402 * page, page // 2),  # a quarter, of a piece `referenced` cut: hot
         hugepages.Region(500 * page, 500 * page + page // 2, page // 2),  # less than one huge page: nothing to gain
     ]
-    assert hugepages.hot(regions) == [(0, 100 * page), (400 * page, 402 * page)]
+    assert hugepages.hot(regions) == [regions[0], regions[2]]
 
 
 @pytest.mark.parametrize("mode, why", [("never", "THP mode is never"), (None, "no transparent huge pages")])
 def test_collapse_asks_nothing_where_the_kernel_has_no_huge_pages(mode, why):
-    done = hugepages.collapse([(0, 64 * hugepages.HUGE_PAGE)], mode=mode)
+    done = hugepages.collapse([hugepages.Region(0, 64 * hugepages.HUGE_PAGE, 0)], mode=mode)
     assert done.bytes == 0 and why in done.skipped
     assert done.describe().startswith("not used (")
 

@@ -134,11 +134,13 @@ def status(smaps: str = "/proc/self/smaps_rollup") -> str:
 
 @dataclass(frozen=True)
 class Region:
-    """One anonymous, writable mapping of this process (the heap included) and how much of it was touched."""
+    """One private mapping of this process and how much of it was touched: anonymous memory (the heap
+    included), or a file mapped copy-on-write (safetensors maps the weights file so: the tensors are views of it)."""
 
     start: int
     end: int
     referenced: int  # bytes
+    file: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,11 +160,11 @@ class Collapsed:
 
 
 def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> list[Region]:
-    """This process's anonymous writable regions with the bytes `run()` touched in each: the referenced bits
-    of every page are cleared (/proc/self/clear_refs), `run()` runs, and smaps counts what is referenced
-    again. smaps counts per mapping, and the heap is one mapping that holds everything malloc gave out
-    (fbgemm's packed weights among it), so large mappings are first cut into SPLIT_CHUNK pieces (see
-    `_split`). [] where Linux does not offer this (then `run()` still runs)."""
+    """This process's private mappings with the bytes `run()` touched in each: the referenced bits of every
+    page are cleared (/proc/self/clear_refs), `run()` runs, and smaps counts what is referenced again. smaps
+    counts per mapping, and the heap is one mapping that holds everything malloc gave out (fbgemm's packed
+    weights among it), so large anonymous mappings are first cut into SPLIT_CHUNK pieces (see `_split`).
+    [] where Linux does not offer this (then `run()` still runs)."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             _split(smaps)
@@ -171,25 +173,34 @@ def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> li
         run()
         return []
     run()
-    return [Region(lo, hi, ref) for lo, hi, ref, _ in _anonymous(smaps)]
+    return _mappings(smaps)
 
 
-def _anonymous(smaps: str) -> list[tuple[int, int, int, set[str]]]:
-    """(start, end, bytes referenced, VmFlags) of every anonymous writable mapping (the heap included)."""
+def _mappings(smaps: str) -> list[Region]:
+    """Every private mapping in `smaps` that can hold data: anonymous read-write ones (the heap included)
+    and files mapped copy-on-write, with what their Referenced: line says (VmFlags on the side, for _split)."""
     found, current = [], None
     with open(smaps, encoding="ascii", errors="replace") as f:
         for line in f:
             fields = line.split()
             if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
-                anon = fields[1] == "rw-p" and (len(fields) == 5 or fields[5] == "[heap]")
-                current = [*(int(x, 16) for x in fields[0].split("-")), 0, set()] if anon else None
+                perms, name = fields[1], fields[5] if len(fields) > 5 else ""
+                anon = perms == "rw-p" and name in ("", "[heap]")
+                file = perms == "rw-p" and name.startswith("/") and not _LIBRARY.search(name)
+                current = {"span": [int(x, 16) for x in fields[0].split("-")], "ref": 0, "flags": set(), "file": file} if anon or file else None
                 if current:
                     found.append(current)
             elif current and fields[:1] == ["Referenced:"]:
-                current[2] = int(fields[1]) << 10
+                current["ref"] = int(fields[1]) << 10
             elif current and fields[:1] == ["VmFlags:"]:
-                current[3] = set(fields[1:])
-    return [tuple(m) for m in found]
+                current["flags"] = set(fields[1:])
+    _FLAGS.clear()
+    _FLAGS.update({m["span"][0]: m["flags"] for m in found})
+    return [Region(*m["span"], m["ref"], m["file"]) for m in found]
+
+
+_FLAGS: dict[int, set[str]] = {}  # start -> VmFlags of the mappings _mappings read last
+_LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")  # a shared library's data segment is no weights file
 
 
 def _split(smaps: str) -> None:
@@ -200,52 +211,79 @@ def _split(smaps: str) -> None:
     if thp_mode() != "madvise":
         return
     madvise = _libc().madvise
-    for lo, hi, _, flags in _anonymous(smaps):
-        if hi - lo > 2 * SPLIT_CHUNK and not flags & {"hg", "nh"}:
-            first = (lo + SPLIT_CHUNK - 1) // SPLIT_CHUNK * SPLIT_CHUNK + SPLIT_CHUNK
-            for piece in range(first, hi - SPLIT_CHUNK + 1, 2 * SPLIT_CHUNK):
+    for r in _mappings(smaps):
+        if not r.file and r.end - r.start > 2 * SPLIT_CHUNK and not _FLAGS[r.start] & {"hg", "nh"}:
+            first = (r.start + SPLIT_CHUNK - 1) // SPLIT_CHUNK * SPLIT_CHUNK + SPLIT_CHUNK
+            for piece in range(first, r.end - SPLIT_CHUNK + 1, 2 * SPLIT_CHUNK):
                 madvise(piece, SPLIT_CHUNK, MADV_NOHUGEPAGE)
 
 
 def _libc():
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.mremap.restype = ctypes.c_void_p
+    libc.mremap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
     return libc
 
 
-def hot(regions: Iterable[Region], share: float = HOT_SHARE) -> list[tuple[int, int]]:
-    """(start, end) of the regions of at least one huge page of which at least `share` was referenced."""
-    return [(r.start, r.end) for r in regions if r.end - r.start >= HUGE_PAGE and r.referenced >= share * (r.end - r.start)]
+def hot(regions: Iterable[Region], share: float = HOT_SHARE) -> list[Region]:
+    """The regions of at least one huge page of which at least `share` was referenced."""
+    return [r for r in regions if r.end - r.start >= HUGE_PAGE and r.referenced >= share * (r.end - r.start)]
 
 
-def collapse(ranges: Iterable[tuple[int, int]], mode: str | None = _THIS_MACHINE) -> Collapsed:
-    """Move the whole huge pages inside `ranges` ((start, end) byte addresses of this process's memory) into
-    huge pages, in place: the contents stay, the addresses stay. Partial pages at the ends are left as they
-    are. Marks the ranges MADV_HUGEPAGE first, so the kernel keeps them so. Where the kernel cannot (not
-    Linux, THP off or "never", a kernel before 6.1) nothing happens and `skipped` says why."""
+def collapse(regions: Iterable[Region], mode: str | None = _THIS_MACHINE) -> Collapsed:
+    """Move the whole huge pages inside `regions` into huge pages, keeping their contents and addresses.
+    Anonymous memory is collapsed in place (MADV_COLLAPSE, advised MADV_HUGEPAGE first so the kernel keeps
+    it so); partial pages at the ends are left as they are. A file mapped copy-on-write, which the kernel
+    cannot collapse, is copied into new anonymous huge pages that then replace it at the same addresses
+    (`_replace`). Where the kernel cannot (not Linux, THP off or "never", a kernel before 6.1) nothing
+    happens and `skipped` says why."""
     mode = thp_mode() if mode == _THIS_MACHINE else mode
     if mode in (None, "never"):
         return Collapsed(skipped="no transparent huge pages on this system" if mode is None else "THP mode is never")
-    spans: list[list[int]] = []
-    for lo, hi in sorted(((lo + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE, hi // HUGE_PAGE * HUGE_PAGE) for lo, hi in ranges):
-        if hi <= lo:
-            continue
-        if spans and lo <= spans[-1][1]:
-            spans[-1][1] = max(spans[-1][1], hi)
-        else:
-            spans.append([lo, hi])
     libc = _libc()
     if libc.madvise(HUGE_PAGE, 0, MADV_COLLAPSE) != 0:  # an empty range: only whether the advice exists (EINVAL)
         return Collapsed(skipped="this kernel has no MADV_COLLAPSE (Linux 6.1+)")
     done = refused = 0
     start = time.perf_counter()
-    for lo, hi in spans:
-        libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
-        if libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0:
-            done += hi - lo
-        else:  # no huge page free now, pages in use, a mapping that cannot have them: the rest may still work
-            refused += hi - lo
+    for r in regions:
+        lo, hi = (r.start + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE, r.end // HUGE_PAGE * HUGE_PAGE
+        if hi <= lo:
+            continue
+        if r.file:
+            ok = _replace(libc, r)
+        else:
+            libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
+            ok = libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0
+        # not ok: no huge page free now, pages in use, a mapping that cannot have them; the rest may still work
+        done, refused = (done + hi - lo, refused) if ok else (done, refused + hi - lo)
     return Collapsed(done, refused, time.perf_counter() - start)
+
+
+PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 0x02, 0x20, 1, 2
+
+
+def _replace(libc, r: Region) -> bool:
+    """Replace the whole mapping r (a file mapped copy-on-write) by anonymous memory holding the same bytes,
+    advised MADV_HUGEPAGE before it is written, so it is made of huge pages: mapped at the same offset within
+    a huge page, copied into, then moved over r by mremap (the file's pages are unmapped in the same call)."""
+    size = r.end - r.start
+    new = libc.mmap(None, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+    if new in (None, ctypes.c_void_p(-1).value):
+        return False
+    at = new + (r.start - new) % HUGE_PAGE  # the same offset within a huge page as r.start
+    libc.madvise(at, size, MADV_HUGEPAGE)
+    ctypes.memmove(at, r.start, size)
+    if libc.mremap(at, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, r.start) != r.start:
+        libc.munmap(new, size + HUGE_PAGE)
+        return False
+    for lo, hi in ((new, at), (at + size, new + size + HUGE_PAGE)):  # what is left of the new mapping either side
+        if hi > lo:
+            libc.munmap(lo, hi - lo)
+    return True
 
 
 def wants_huge_pages(mode: str, steps: int | None) -> bool:
