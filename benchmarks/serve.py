@@ -109,7 +109,7 @@ def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
         port = sock.getsockname()[1]
     cmd = [sys.executable, "-m", "gpt2kit", "serve", "--model", args.folder, "--port", str(port), "--device", args.device,
            "--dtype", args.dtype, "--max-batch-size", str(args.n), "--max-model-len", str(32 + args.max_tokens + 1),
-           "--max-tokens-limit", str(args.max_tokens), "--log-level", "warning"]  # fmt: skip
+           "--max-tokens-limit", str(args.max_tokens), "--huge-pages", args.huge_pages, "--log-level", "warning"]  # fmt: skip
     env = harness.worker_env(**({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}))
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
@@ -166,6 +166,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests timed one at a time (transformers, generate)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--huge-pages", default="auto", choices=["auto", "on", "off"], help="the server's --huge-pages (auto: on)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--side", choices=["transformers", "generate", "server"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -180,7 +181,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         save_pretrained(GPT(GPTConfig()).eval(), tmp, tokenizer_files=False)  # random-weight GPT-2 124M
         common = [__file__, "--folder", tmp, "--max-tokens", str(args.max_tokens), "--device", args.device, "--dtype", args.dtype,
-                  "--baseline-requests", str(args.baseline_requests), "--threads", str(args.threads)]  # fmt: skip
+                  "--baseline-requests", str(args.baseline_requests), "--threads", str(args.threads), "--huge-pages", args.huge_pages]  # fmt: skip
         sides = {"transformers": [*common, "--side", "transformers"], "generate": [*common, "--side", "generate"]}
         sides |= {f"server-{n}": [*common, "--side", "server", "--n", str(n)] for n in args.clients}
         runs = harness.alternate(sides, args.repeat)
