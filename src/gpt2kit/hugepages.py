@@ -1,11 +1,12 @@
-"""Huge pages for the weights, on request: GPT2KIT_HUGEPAGES=1 runs the `gpt2kit` command with 2 MiB pages.
+"""Huge pages for the weights: moved in place after an engine is built (`collapse`), or for the whole process
+from the start (GPT2KIT_HUGEPAGES=1 runs the `gpt2kit` command with glibc asking for 2 MiB pages).
 
 Decoding one token streams every weight from memory once, so tokens/s is memory bandwidth over weight
 bytes. With 4 KiB pages that stream misses the TLB every 4 KiB, and in a virtual machine each miss walks
 two page tables: on a 2-core Xeon VM a float32 `sum` over 1 GiB reads at 20 GB/s with 4 KiB pages and at
 28-30 GB/s with 2 MiB ones, and decode gains with it (benchmarks/RESULTS.md, the "huge pages" sides).
 
-It is not the default because fresh huge pages can be slow to get: on that same VM, whose host takes back
+The whole process is not the default because fresh huge pages can be slow to get: on that same VM, whose host takes back
 the guest's free 2 MiB blocks (virtio-balloon free page reporting), the first write to each fresh 2 MiB
 page cost ~1.4 ms, against ~0.1 ms of zeroing. Loading and packing a 124M model then took 1-2.5 s longer,
 more than 128 decoded tokens saved, and a one-shot `gpt2kit generate` was slower end to end. A long run on
@@ -19,12 +20,12 @@ glibc reads a tunable only at start-up, so with GPT2KIT_HUGEPAGES=1 the `gpt2kit
 again once with it (`relaunch`), before torch is imported. A program that uses gpt2kit as a library gets
 the same by starting Python with that variable set.
 
-The second way needs no restart and costs far less: `collapse` moves memory that already holds data into
-huge pages (madvise MADV_COLLAPSE, Linux 6.1+). An Engine uses it on just the memory a decode step reads,
-found with `referenced`: clear the process's referenced bits, run one step, read which regions it touched
-(/proc/self/smaps "Referenced:"). That finds the packed weights too, which fbgemm and oneDNN allocate
-themselves. On the same VM it made batch-1 decode of a 124M model 1.3-1.8x faster (fp32, bf16 and int8
-weights) for a one-time 1-2.5 s at start (docs/generation.md, "Huge pages").
+The second way needs no restart and costs less: `collapse` moves memory that already holds data into huge
+pages, at the same addresses (madvise MADV_COLLAPSE, Linux 6.1+; a file mapped copy-on-write, as safetensors
+maps the weights, is copied into new huge pages that replace it). An Engine uses it on just the memory a
+decode step reads, found with `referenced`: clear the process's referenced bits, run one step, read which
+mappings it touched (/proc/self/smaps "Referenced:"). That finds the packed weights too, which fbgemm and
+oneDNN allocate themselves. Figures: docs/generation.md, "Huge pages".
 
 No torch here: this runs before anything heavy is imported.
 """
