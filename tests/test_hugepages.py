@@ -181,7 +181,7 @@ def test_a_file_mapped_copy_on_write_is_replaced_by_huge_pages_with_the_same_byt
         m = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     buf = (ctypes.c_char * size).from_buffer(m)
     address = ctypes.addressof(buf)
-    [region] = [r for r in hugepages.referenced(lambda: bytes(buf)) if r.start <= address < r.end]
+    [region] = [r for r in hugepages.referenced(lambda b=buf: bytes(b)) if r.start <= address < r.end]
     assert region.file and region.referenced >= size - (64 << 10)
     assert hugepages.hot([region]) == [region]
     done = hugepages.collapse([region])
