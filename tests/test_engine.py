@@ -371,7 +371,7 @@ def test_huge_pages_change_no_number_and_leave_the_cache_empty(trained, weights)
     plain = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights)
     huge = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
     assert plain.huge_pages.skipped == "not asked for"
-    if hugepages.collapse([]).skipped is None:  # Linux 6.1+ with THP: something was moved
+    if hugepages.collapse([]).skipped is None and hugepages.referenced(lambda: None):  # Linux 6.1+ with THP, smaps: something was moved
         assert huge.huge_pages.bytes > 0 and huge.huge_pages.skipped is None, huge.huge_pages
     assert huge.cache.lengths.tolist() == [0, 0] and not huge.cache.valid.any()
     assert [c.token_ids for c in huge.generate(prompts, params)] == [c.token_ids for c in plain.generate(prompts, params)]
