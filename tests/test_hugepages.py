@@ -132,7 +132,8 @@ def _huge_kib(address: int) -> int:
 
 
 CAN_COLLAPSE = hugepages.thp_mode() not in (None, "never") and hugepages.collapse([]).skipped is None
-needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ with transparent huge pages")
+CAN_COLLAPSE = CAN_COLLAPSE and bool(hugepages.referenced(lambda: None))  # and the process may clear its referenced bits
+needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ with transparent huge pages and /proc/self/clear_refs")
 
 
 @needs_collapse
