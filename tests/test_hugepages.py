@@ -94,7 +94,7 @@ def test_the_command_asked_for_huge_pages_runs_with_its_weights_in_them(tmp_path
     assert on.startswith("on (THP madvise, GLIBC_TUNABLES=glibc.malloc.hugetlb=1)"), on
     assert int(on.split(", ")[-1].split()[0].replace(",", "")) > 0, on  # MiB of the process in huge pages
     off = _info(tmp_path)["huge_pages"]
-    assert off.startswith("off (THP madvise; GPT2KIT_HUGEPAGES=1 turns them on), 0 MiB"), off
+    assert off.startswith("off for the whole process (THP madvise; GPT2KIT_HUGEPAGES=1 turns them on; an engine moves its hot memory: --huge-pages), 0 MiB"), off
 
 
 @pytest.mark.parametrize(

@@ -130,7 +130,7 @@ def status(smaps: str = "/proc/self/smaps_rollup") -> str:
         return f"on (the kernel's THP mode is always){held}"
     if in_use():
         return f"on (THP {mode}, GLIBC_TUNABLES={TUNABLE}){held}"
-    return f"off (THP {mode}; {SWITCH}=1 turns them on){held}"
+    return f"off for the whole process (THP {mode}; {SWITCH}=1 turns them on; an engine moves its hot memory: --huge-pages){held}"
 
 
 @dataclass(frozen=True)
