@@ -142,6 +142,7 @@ class Region:
     end: int
     referenced: int  # bytes
     file: bool = False
+    flags: frozenset[str] = frozenset()  # its VmFlags ("hg": advised MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, ...)
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> li
 
 def _mappings(smaps: str) -> list[Region]:
     """Every private mapping in `smaps` that can hold data: anonymous read-write ones (the heap included)
-    and files mapped copy-on-write, with what their Referenced: line says (VmFlags on the side, for _split)."""
+    and files mapped copy-on-write, with what their Referenced: and VmFlags: lines say."""
     found, current = [], None
     with open(smaps, encoding="ascii", errors="replace") as f:
         for line in f:
@@ -188,19 +189,16 @@ def _mappings(smaps: str) -> list[Region]:
                 perms, name = fields[1], fields[5] if len(fields) > 5 else ""
                 anon = perms == "rw-p" and name in ("", "[heap]")
                 file = perms == "rw-p" and name.startswith("/") and not _LIBRARY.search(name)
-                current = {"span": [int(x, 16) for x in fields[0].split("-")], "ref": 0, "flags": set(), "file": file} if anon or file else None
+                current = {"span": [int(x, 16) for x in fields[0].split("-")], "ref": 0, "flags": frozenset(), "file": file} if anon or file else None
                 if current:
                     found.append(current)
             elif current and fields[:1] == ["Referenced:"]:
                 current["ref"] = int(fields[1]) << 10
             elif current and fields[:1] == ["VmFlags:"]:
-                current["flags"] = set(fields[1:])
-    _FLAGS.clear()
-    _FLAGS.update({m["span"][0]: m["flags"] for m in found})
-    return [Region(*m["span"], m["ref"], m["file"]) for m in found]
+                current["flags"] = frozenset(fields[1:])
+    return [Region(*m["span"], m["ref"], m["file"], m["flags"]) for m in found]
 
 
-_FLAGS: dict[int, set[str]] = {}  # start -> VmFlags of the mappings _mappings read last
 _LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")  # a shared library's data segment is no weights file
 
 
@@ -213,7 +211,7 @@ def _split(smaps: str) -> None:
         return
     madvise = _libc().madvise
     for r in _mappings(smaps):
-        if not r.file and r.end - r.start > 2 * SPLIT_CHUNK and not _FLAGS[r.start] & {"hg", "nh"}:
+        if not r.file and r.end - r.start > 2 * SPLIT_CHUNK and not r.flags & {"hg", "nh"}:
             first = (r.start + SPLIT_CHUNK - 1) // SPLIT_CHUNK * SPLIT_CHUNK + SPLIT_CHUNK
             for piece in range(first, r.end - SPLIT_CHUNK + 1, 2 * SPLIT_CHUNK):
                 madvise(piece, SPLIT_CHUNK, MADV_NOHUGEPAGE)
