@@ -212,7 +212,7 @@ def main() -> None:
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's llama-bench on a GGUF export (tools/llamacpp.sh builds it)")
     ap.add_argument("--huge-pages", action="store_true",
                     help=f"also gpt2kit with its engine's hot memory in huge pages ('{HUGE}' side), and the read bandwidth with them")
-    ap.add_argument("--engine-huge-pages", default="auto", choices=["auto", "on", "off"], help=argparse.SUPPRESS)
+    ap.add_argument("--engine-huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     args = ap.parse_args()

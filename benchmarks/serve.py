@@ -166,7 +166,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--baseline-requests", type=int, default=4, help="requests timed one at a time (transformers, generate)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--huge-pages", default="auto", choices=["auto", "on", "off"], help="the server's --huge-pages (auto: on)")
+    ap.add_argument("--huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help="the server's --huge-pages (auto: on)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--side", choices=["transformers", "generate", "server"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)

@@ -33,6 +33,7 @@ No torch here: this runs before anything heavy is imported.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import re
 import sys
@@ -47,6 +48,7 @@ SWITCH = "GPT2KIT_HUGEPAGES"  # "1": start the command with glibc's hugetlb tuna
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGE_PAGE = 2 << 20  # a transparent huge page with 4 KiB base pages (x86-64, most arm64 kernels)
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
+PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 0x02, 0x20, 1, 2  # <sys/mman.h>
 HUGE_PAGE_MODES = ("auto", "on", "off")
 # "auto" moves the hot memory into huge pages for engines that decode at least this many steps, or live on
 # (a server, a chat). It costs ~3-9 ms per 2 MiB once (1-2.5 s for a 124M model on a 2-core Xeon VM) and
@@ -217,7 +219,9 @@ def _split(smaps: str) -> None:
                 madvise(piece, SPLIT_CHUNK, MADV_NOHUGEPAGE)
 
 
+@functools.cache
 def _libc():
+    """The C library, with the signatures of the memory calls used here."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mmap.restype = ctypes.c_void_p
@@ -261,8 +265,6 @@ def collapse(regions: Iterable[Region], mode: str | None = _THIS_MACHINE) -> Col
         done, refused = (done + hi - lo, refused) if ok else (done, refused + hi - lo)
     return Collapsed(done, refused, time.perf_counter() - start)
 
-
-PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 0x02, 0x20, 1, 2
 
 
 def _replace(libc, r: Region) -> bool:

@@ -18,6 +18,7 @@ from gpt2kit.errors import ConfigError, GenerationError
 from gpt2kit.fields import check_types
 from gpt2kit.generate.engine import Completion, Engine
 from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.scheduler import per_prompt_params
 from gpt2kit.hugepages import wants_huge_pages
 from gpt2kit.model.gpt import GPT
 
@@ -67,7 +68,7 @@ class TextGenerator:
 
     def complete(self, prompts: Sequence[str], params: SamplingParams | Sequence[SamplingParams]) -> list[Completion]:
         ids = [self.encode(p) for p in prompts]
-        steps = max(p.max_new_tokens for p in ([params] if isinstance(params, SamplingParams) else params))
+        steps = max(p.max_new_tokens for p in per_prompt_params(params, len(ids)))
         completions = self.engine(steps).generate(ids, params, bos=self.options.bos)
         for c in completions:
             if c.error is not None:
