@@ -361,20 +361,27 @@ def trained():
 
 
 @pytest.mark.parametrize("weights", ["auto", "int8"])
-def test_huge_pages_change_no_number_and_leave_the_cache_empty(trained, weights):
+def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path):
     """The probe step that finds the hot memory writes into the engine's cache; the engine must then start
-    from an empty cache, and moving pages must not change a token."""
+    from an empty cache, and moving pages must not change a token. Moving is done to the model's own memory
+    (its float32 weights are a file mapping that gets replaced), so the reference tokens come first, from a
+    freshly loaded model that no huge-page engine has touched."""
+    import gpt2kit
     from gpt2kit import hugepages
 
+    gpt2kit.save_pretrained(gpt2kit.from_pretrained("builtin"), tmp_path, tokenizer_files=False)
+    model = gpt2kit.from_pretrained(tmp_path)  # float32 safetensors: the tensors are views of the mapped file
     prompts = [TOK.encode_ordinary("It is a truth universally acknowledged"), TOK.encode_ordinary("In the beginning")]
     params = SamplingParams(max_new_tokens=12, temperature=0)
-    plain = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights)
-    huge = Engine(trained, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
+    plain = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights)
     assert plain.huge_pages.skipped == "not asked for"
+    expected = [c.token_ids for c in plain.generate(prompts, params)]
+    huge = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
     if hugepages.collapse([]).skipped is None and hugepages.referenced(lambda: None):  # Linux 6.1+ with THP, smaps: something was moved
         assert huge.huge_pages.bytes > 0 and huge.huge_pages.skipped is None, huge.huge_pages
     assert huge.cache.lengths.tolist() == [0, 0] and not huge.cache.valid.any()
-    assert [c.token_ids for c in huge.generate(prompts, params)] == [c.token_ids for c in plain.generate(prompts, params)]
+    assert [c.token_ids for c in huge.generate(prompts, params)] == expected
+    assert [c.token_ids for c in plain.generate(prompts, params)] == expected  # the plain engine reads the moved weights too
 
 
 def test_text_generator_and_chat_decide_huge_pages_by_how_long_they_run(trained, monkeypatch):
