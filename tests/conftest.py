@@ -110,6 +110,20 @@ def perturb_(model: torch.nn.Module, scale: float = 0.1, seed: int = 1234) -> to
     return model
 
 
+def huge_kib(lo: int, hi: int) -> int:
+    """KiB of anonymous huge pages in this process's mappings that overlap lo..hi (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
+                start, end = (int(x, 16) for x in fields[0].split("-"))
+                inside = start < hi and lo < end
+            elif inside and fields[0] == "AnonHugePages:":
+                total += int(fields[1])
+    return total
+
+
 def tiny_gpt(seed: int = 0, **config):
     """A random-weight GPT (ours) in eval mode, biases and LayerNorms perturbed (see perturb_)."""
     from gpt2kit import GPT, GPTConfig

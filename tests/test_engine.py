@@ -361,7 +361,7 @@ def trained():
 
 
 @pytest.mark.parametrize("weights", ["auto", "int8"])
-def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path):
+def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path, monkeypatch):
     """The probe step that finds the hot memory writes into the engine's cache; the engine must then start
     from an empty cache, and moving pages must not change a token. Moving is done to the model's own memory
     (its float32 weights are a file mapping that gets replaced), so the reference tokens come first, from a
@@ -375,10 +375,15 @@ def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path
     params = SamplingParams(max_new_tokens=12, temperature=0)
     plain = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights)
     assert plain.huge_pages.skipped == "not asked for"
+    moved = []  # the regions the engine asks to move
+    monkeypatch.setattr(hugepages, "collapse", lambda regions, collapse=hugepages.collapse: collapse(moved.extend(regions) or moved))
     expected = [c.token_ids for c in plain.generate(prompts, params)]
     huge = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
     if hugepages.collapse([]).skipped is None and hugepages.referenced(lambda: None):  # Linux 6.1+ with THP, smaps: something was moved
-        assert huge.huge_pages.bytes > 0 and huge.huge_pages.skipped is None, huge.huge_pages
+        assert huge.huge_pages.bytes > huge.huge_pages.code > 0 and huge.huge_pages.skipped is None, huge.huge_pages
+        kv = huge.cache.kv.untyped_storage()
+        lo, hi = kv.data_ptr(), kv.data_ptr() + kv.nbytes()
+        assert moved and not any(r.start < hi and lo < r.end for r in moved)  # the KV cache is left as it is
     assert huge.cache.lengths.tolist() == [0, 0] and not huge.cache.valid.any()
     assert [c.token_ids for c in huge.generate(prompts, params)] == expected
     assert [c.token_ids for c in plain.generate(prompts, params)] == expected  # the plain engine reads the moved weights too

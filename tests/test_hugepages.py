@@ -15,6 +15,7 @@ import sys
 import pytest
 
 import gpt2kit
+from conftest import huge_kib
 from gpt2kit import hugepages
 
 MADVISE, GLIBC, ASKED = "madvise", (2, 36), {"GPT2KIT_HUGEPAGES": "1"}
@@ -117,20 +118,6 @@ def _private_buffer(nbytes: int):
     return m, buf, ctypes.addressof(buf)
 
 
-def _huge_kib(address: int) -> int:
-    """AnonHugePages of the mapping that holds `address`, from /proc/self/smaps."""
-    inside = False
-    with open("/proc/self/smaps", encoding="ascii", errors="replace") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:
-                lo, hi = (int(x, 16) for x in fields[0].split("-"))
-                inside = lo <= address < hi
-            elif inside and fields[0] == "AnonHugePages:":
-                return int(fields[1])
-    raise AssertionError("address not mapped")
-
-
 CAN_COLLAPSE = hugepages.thp_mode() not in (None, "never") and hugepages.collapse([]).skipped is None
 CAN_COLLAPSE = CAN_COLLAPSE and bool(hugepages.referenced(lambda: None))  # and the process may clear its referenced bits
 needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ with transparent huge pages and /proc/self/clear_refs")
@@ -140,13 +127,13 @@ needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ w
 def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
     m, buf, address = _private_buffer(8 * hugepages.HUGE_PAGE)
     before = hashlib.sha256(bytes(buf)).hexdigest()
-    assert _huge_kib(address) == 0  # written through 4 KiB pages: THP is asked for nowhere here
+    assert huge_kib(address, address + 1) == 0  # written through 4 KiB pages: THP is asked for nowhere here
     end, page = address + 8 * hugepages.HUGE_PAGE, hugepages.HUGE_PAGE
     whole = end // page - -(-address // page)  # 8 where the kernel aligned the mapping to 2 MiB, else 7
     done = hugepages.collapse([hugepages.Region(address, end, 0)])
     assert done.skipped is None and done.refused == 0
     assert done.bytes == whole * page  # partial pages at the ends stay as they are
-    assert _huge_kib(address) == whole * 2048
+    assert huge_kib(address, address + 1) == whole * 2048
     assert hashlib.sha256(bytes(buf)).hexdigest() == before
     del buf
     m.close()
@@ -154,11 +141,13 @@ def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
 
 @needs_collapse
 def test_referenced_counts_what_the_run_touched_piece_by_piece():
-    """A large mapping is cut into pieces, so that a step's weights inside a big heap are found as hot."""
+    """A large mapping is cut into pieces, so that a step's weights inside a big heap are found as hot. The
+    run reads one byte of each 4 KiB page of the first half: a copy of all of it would be a new mapping that
+    the kernel may place next to the buffer and merge with its last piece."""
     size, half = 32 << 20, 16 << 20
     m, buf, address = _private_buffer(size)
     view = memoryview(buf).cast("B")
-    found = [r for r in hugepages.referenced(lambda: bytes(view[:half])) if address <= r.start < address + size]
+    found = [r for r in hugepages.referenced(lambda: bytes(view[:half:4096])) if address <= r.start < address + size]
     assert sum(r.referenced for r in found) >= half - (64 << 10)  # the first half, read (4 KiB pages)
     assert len(found) >= 4  # cut into pieces, smaps counting each
     assert all(r.referenced == 0 for r in found if r.start >= address + half)
@@ -182,27 +171,102 @@ def test_a_file_mapped_copy_on_write_is_replaced_by_huge_pages_with_the_same_byt
         m = mmap.mmap(f.fileno(), size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     buf = (ctypes.c_char * size).from_buffer(m)
     address = ctypes.addressof(buf)
-    [region] = [r for r in hugepages.referenced(lambda b=buf: bytes(b)) if r.start <= address < r.end]
-    assert region.file and region.referenced >= size - (64 << 10)
-    assert hugepages.hot([region]) == [region]
-    done = hugepages.collapse([region])
-    assert done.refused == 0 and done.bytes >= 14 * hugepages.HUGE_PAGE, done
-    assert bytes(buf) == data and _huge_kib(address) >= 14 * 2048  # same bytes, same address, huge pages
+    pieces = [r for r in hugepages.referenced(lambda b=buf: bytes(b)) if address <= r.start < address + size]
+    assert len(pieces) >= 4 and {r.kind for r in pieces} == {"file"}  # cut into pieces, as the heap is
+    assert sum(r.referenced for r in pieces) >= size - (64 << 10)
+    assert hugepages.hot(pieces) == pieces
+    done = hugepages.collapse(pieces)
+    assert done.refused == 0 and done.code == 0 and done.bytes >= 14 * hugepages.HUGE_PAGE, done
+    assert bytes(buf) == data and huge_kib(address, address + size) >= 14 * 2048  # same bytes, same address, huge pages
     buf[0] = b"x"  # still private: the file keeps its bytes
     assert (tmp_path / "weights.bin").read_bytes()[:1] == data[:1]
     del buf
     m.close()
 
 
-def test_hot_regions_are_those_a_step_mostly_read():
+# Run in a fresh process: it moves libtorch's own code. It checks that the pieces of code a torch call ran are
+# found, that they move into huge pages with the bytes the library file has at those places, and that the
+# same call then runs from them and gives the same numbers.
+_MOVE_CODE = """
+import ctypes, json, sys, torch
+from gpt2kit import hugepages
+sys.path.insert(0, sys.argv[1])
+from conftest import huge_kib
+x, w = torch.randn(8, 64, generator=torch.Generator().manual_seed(0)), torch.randn(64, 64)
+run = lambda: torch.nn.functional.gelu(x @ w).sum().item()
+before = run()
+code = [r for r in hugepages.hot(hugepages.referenced(run)) if r.kind == "code"]
+pieces = []  # libtorch's code, as `referenced` cut it: (start, end, offset in the file, path)
+for line in open("/proc/self/maps"):
+    f = line.split()
+    if len(f) > 5 and f[1] == "r-xp" and f[5].endswith("libtorch_cpu.so"):
+        pieces.append((*(int(v, 16) for v in f[0].split("-")), int(f[2], 16), f[5]))
+ours = [r for r in code if any(p[0] <= r.start < p[1] for p in pieces)]
+done = hugepages.collapse(ours)
+lo = min((r.start + hugepages.HUGE_PAGE - 1) // hugepages.HUGE_PAGE * hugepages.HUGE_PAGE for r in ours)
+start, _, offset, path = min(pieces)
+with open(path, "rb") as f:
+    f.seek(offset + lo - start)
+    same = f.read(hugepages.HUGE_PAGE) == ctypes.string_at(lo, hugepages.HUGE_PAGE)
+print(json.dumps(dict(pieces=len(ours), code=done.code, refused=done.refused, same=same,
+                      huge=huge_kib(start, max(p[1] for p in pieces)), before=before, after=run())))
+"""
+
+
+@needs_collapse
+def test_the_machine_code_a_step_runs_moves_into_huge_pages_and_still_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", _MOVE_CODE, os.path.dirname(__file__)], capture_output=True, text=True,
+                         env=env, timeout=300, check=True).stdout  # fmt: skip
+    got = json.loads(out.strip().splitlines()[-1])
+    assert got["pieces"] > 0 and got["refused"] == 0, got  # found; moved
+    assert got["code"] >= got["pieces"] * hugepages.HUGE_PAGE // 2 and got["huge"] * 1024 >= got["code"], got
+    assert got["same"] and got["after"] == got["before"], got
+
+
+def test_a_system_that_forbids_executable_memory_keeps_the_code_where_it_was():
+    """Where mprotect(PROT_EXEC) on anonymous memory is refused (SELinux execmem), nothing moves and the
+    new memory is handed back."""
+
+    class Refusing:
+        def __init__(self):
+            self.unmapped, self.libc = [], hugepages._libc()
+
+        def __getattr__(self, name):
+            return getattr(self.libc, name)
+
+        def mprotect(self, *args):
+            return -1
+
+        def mremap(self, *args):
+            raise AssertionError("nothing may move without its protection")
+
+        def munmap(self, at, size):
+            self.unmapped.append(size)
+            return self.libc.munmap(at, size)
+
+    m, buf, address = _private_buffer(4 * hugepages.HUGE_PAGE)
+    lo = (address + hugepages.HUGE_PAGE - 1) // hugepages.HUGE_PAGE * hugepages.HUGE_PAGE
+    libc = Refusing()
+    assert hugepages._replace(libc, lo, lo + hugepages.HUGE_PAGE, hugepages.PROT_READ | hugepages.PROT_EXEC) is False
+    assert libc.unmapped == [2 * hugepages.HUGE_PAGE]  # the whole new mapping, given back
+    del buf
+    m.close()
+
+
+def test_hot_regions_are_the_pieces_a_step_touched_and_the_mappings_it_mostly_read():
     page = hugepages.HUGE_PAGE
     regions = [
-        hugepages.Region(0, 100 * page, 30 * page),  # a quarter or more: hot
+        hugepages.Region(0, 100 * page, 30 * page),  # a mapping not cut, a quarter or more read: hot
         hugepages.Region(200 * page, 300 * page, 20 * page),  # a fifth: cold (a prefill-only copy, an embedding)
-        hugepages.Region(400 * page, 402 * page, page // 2),  # a quarter, of a piece `referenced` cut: hot
+        hugepages.Region(400 * page, 402 * page, 4096),  # a piece `referenced` cut, touched once: hot
+        hugepages.Region(402 * page, 404 * page, 0, "code"),  # a piece not touched
         hugepages.Region(500 * page, 500 * page + page // 2, page // 2),  # less than one huge page: nothing to gain
+        hugepages.Region(600 * page, 601 * page, page, "code"),  # machine code the step ran
+        hugepages.Region(700 * page, 702 * page, page),  # inside an excluded range (a KV cache)
     ]
-    assert hugepages.hot(regions) == [regions[0], regions[2]]
+    assert hugepages.hot(regions, exclude=[(701 * page, 800 * page)]) == [regions[0], regions[2], regions[5]]
+    assert hugepages.hot(regions)[-1] == regions[6]
 
 
 @pytest.mark.parametrize("mode, why", [("never", "THP mode is never"), (None, "no transparent huge pages")])

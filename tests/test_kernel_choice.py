@@ -281,13 +281,15 @@ def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_
     monkeypatch.setattr(K, "plan_kernels", plan)
     assert K.inference_copy(model, weights="model") is model and asked == []
     copy = K.inference_copy(model)
-    assert asked == [(model, 1, "auto")]
-    assert (
-        copy.transformer.wte.weight is model.transformer.wte.weight
-        and copy.transformer.ln_f.weight is model.transformer.ln_f.weight
-    )
+    assert [(b, w) for _, b, w in asked] == [(1, "auto")]
+    assert asked[0][0] is copy  # the kernels are measured and packed from the copy's own weights and biases
+    assert copy.transformer.wte.weight is model.transformer.wte.weight  # the matrices are shared
+    originals = dict(model.named_parameters())
+    vectors = {n: p for n, p in copy.named_parameters() if p.dim() == 1}  # the LayerNorms (and biases): copied, side by side
+    assert len(vectors) == 4 * 5 + 2 and len({p.untyped_storage().data_ptr() for p in vectors.values()}) == 1
+    assert all(torch.equal(p, originals[n]) and p.data_ptr() != originals[n].data_ptr() for n, p in vectors.items())
     K.inference_copy(model, 1, "int8")
-    assert asked[-1] == (model, 1, "int8")
+    assert [(b, w) for _, b, w in asked][-1] == (1, "int8")
     kl = copy.transformer.h[4].mlp.c_proj
     assert isinstance(kl, L.KernelLinear) and kl.kinds == ("mkl", "onednn") and kl.rows == 4
     assert copy.lm_head.kinds == ("linear", "linear") and copy.lm_head.small is copy.lm_head.large

@@ -48,7 +48,7 @@ SWITCH = "GPT2KIT_HUGEPAGES"  # "1": start the command with glibc's hugetlb tuna
 THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
 HUGE_PAGE = 2 << 20  # a transparent huge page with 4 KiB base pages (x86-64, most arm64 kernels)
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
-PROT_READ, PROT_WRITE, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 0x02, 0x20, 1, 2  # <sys/mman.h>
+PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 4, 0x02, 0x20, 1, 2  # <sys/mman.h>
 HUGE_PAGE_MODES = ("auto", "on", "off")
 # "auto" moves the hot memory into huge pages for engines that decode at least this many steps, or live on
 # (a server, a chat). It costs ~3-9 ms per 2 MiB once (1-2.5 s for a 124M model on a 2-core Xeon VM) and
@@ -57,8 +57,8 @@ HUGE_PAGE_MODES = ("auto", "on", "off")
 # generate/decode.py, DecodeRunner.collapse_hot.)
 LONG_RUN_STEPS = 256
 
-HOT_SHARE = 0.25  # a region (of one huge page or more) is hot when a step touched at least this share of it
-SPLIT_CHUNK = 4 << 20  # `referenced` tells apart the pieces of this size of a large mapping
+HOT_SHARE = 0.25  # a mapping `referenced` did not cut is hot when a step touched at least this share of it
+PIECE = HUGE_PAGE  # `referenced` tells apart the pieces of this size of a large mapping
 
 
 def thp_mode(path: str = THP_ENABLED) -> str | None:
@@ -137,38 +137,43 @@ def status(smaps: str = "/proc/self/smaps_rollup") -> str:
 
 @dataclass(frozen=True)
 class Region:
-    """One private mapping of this process and how much of it was touched: anonymous memory (the heap
-    included), or a file mapped copy-on-write (safetensors maps the weights file so: the tensors are views of it)."""
+    """One private mapping of this process (or a piece `referenced` cut from one) and how much of it was
+    touched. kind: "anon", anonymous memory (the heap included); "file", a file mapped copy-on-write
+    (safetensors maps the weights file so: the tensors are views of it); "code", a program's or library's
+    machine code (libtorch's, the interpreter's)."""
 
     start: int
     end: int
     referenced: int  # bytes
-    file: bool = False
+    kind: str = "anon"
     flags: frozenset[str] = frozenset()  # its VmFlags ("hg": advised MADV_HUGEPAGE, "nh": MADV_NOHUGEPAGE, ...)
 
 
 @dataclass(frozen=True)
 class Collapsed:
-    """What `collapse` did: bytes moved into huge pages, bytes the kernel refused, and how long it took."""
+    """What `collapse` did: bytes moved into huge pages (of them, machine code), bytes the kernel refused,
+    and how long it took."""
 
     bytes: int = 0
     refused: int = 0
     seconds: float = 0.0
     skipped: str | None = None  # why nothing was asked of the kernel (None: it was asked)
+    code: int = 0
 
     def describe(self) -> str:
         if self.skipped:
             return f"not used ({self.skipped})"
+        code = f" ({self.code / 2**20:,.0f} MiB of it machine code)" if self.code else ""
         refused = f", {self.refused / 2**20:,.0f} MiB refused" if self.refused else ""
-        return f"{self.bytes / 2**20:,.0f} MiB read by a decode step moved into huge pages in {self.seconds:.2f} s{refused}"
+        return f"{self.bytes / 2**20:,.0f} MiB read by a decode step{code} moved into huge pages in {self.seconds:.2f} s{refused}"
 
 
 def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> list[Region]:
     """This process's private mappings with the bytes `run()` touched in each: the referenced bits of every
     page are cleared (/proc/self/clear_refs), `run()` runs, and smaps counts what is referenced again. smaps
-    counts per mapping, and the heap is one mapping that holds everything malloc gave out (fbgemm's packed
-    weights among it), so large anonymous mappings are first cut into SPLIT_CHUNK pieces (see `_split`).
-    [] where Linux does not offer this (then `run()` still runs)."""
+    counts per mapping, and one mapping can be large and mostly cold (the heap, which holds everything
+    malloc gave out, fbgemm's packed weights among it; libtorch's 300 MiB of code), so large mappings are
+    first cut into PIECE pieces (see `_split`). [] where Linux does not offer this (then `run()` still runs)."""
     try:
         with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
             _split(smaps)
@@ -181,42 +186,51 @@ def referenced(run: Callable[[], object], smaps: str = "/proc/self/smaps") -> li
 
 
 def _mappings(smaps: str) -> list[Region]:
-    """Every private mapping in `smaps` that can hold data: anonymous read-write ones (the heap included)
-    and files mapped copy-on-write, with what their Referenced: and VmFlags: lines say."""
+    """Every private mapping in `smaps` that a step reads from memory: anonymous read-write ones (the heap
+    included), files mapped copy-on-write, and machine code, with what their Referenced: and VmFlags: lines say."""
     found, current = [], None
     with open(smaps, encoding="ascii", errors="replace") as f:
         for line in f:
             fields = line.split()
             if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:  # a mapping's header line
-                perms, name = fields[1], fields[5] if len(fields) > 5 else ""
-                anon = perms == "rw-p" and name in ("", "[heap]")
-                file = perms == "rw-p" and name.startswith("/") and not _LIBRARY.search(name)
-                current = {"span": [int(x, 16) for x in fields[0].split("-")], "ref": 0, "flags": frozenset(), "file": file} if anon or file else None
+                kind = _kind(fields[1], fields[5] if len(fields) > 5 else "")
+                current = {"span": [int(x, 16) for x in fields[0].split("-")], "ref": 0, "flags": frozenset(), "kind": kind} if kind else None
                 if current:
                     found.append(current)
             elif current and fields[:1] == ["Referenced:"]:
                 current["ref"] = int(fields[1]) << 10
             elif current and fields[:1] == ["VmFlags:"]:
                 current["flags"] = frozenset(fields[1:])
-    return [Region(*m["span"], m["ref"], m["file"], m["flags"]) for m in found]
+    return [Region(*m["span"], m["ref"], m["kind"], m["flags"]) for m in found]
+
+
+def _kind(perms: str, name: str) -> str | None:
+    """A mapping's Region kind from its permissions and name; None for those left alone (shared, read-only
+    data, a library's data segment, the kernel's [vdso] and [stack])."""
+    if perms == "rw-p" and name in ("", "[heap]"):
+        return "anon"
+    if perms == "rw-p" and name.startswith("/") and not _LIBRARY.search(name):
+        return "file"
+    if perms == "r-xp" and name.startswith("/"):
+        return "code"
+    return None
 
 
 _LIBRARY = re.compile(r"\.so(\.[0-9.]+)?$")  # a shared library's data segment is no weights file
 
 
 def _split(smaps: str) -> None:
-    """Cut every large anonymous mapping that has no huge-page advice yet into SPLIT_CHUNK pieces, so that
-    smaps counts each piece: every other piece is advised MADV_NOHUGEPAGE, and mappings whose flags differ
-    stay apart. Under THP "madvise" (the only mode this runs in) such a piece got no huge pages anyway; the
-    pieces found hot are advised MADV_HUGEPAGE when they are collapsed."""
-    if thp_mode() != "madvise":
-        return
-    madvise = _libc().madvise
+    """Cut every large mapping that has no huge-page advice yet into PIECE pieces, so that smaps counts each
+    piece: every other piece is advised MADV_NOHUGEPAGE, and mappings whose flags differ stay apart. A file's
+    pages (weights, code) get no transparent huge pages in any THP mode, so that advice changes nothing for
+    them; anonymous memory is cut only under THP "madvise", where such a piece got no huge pages anyway. The
+    pieces found touched are advised MADV_HUGEPAGE when they are collapsed."""
+    madvise, anon_too = _libc().madvise, thp_mode() == "madvise"
     for r in _mappings(smaps):
-        if not r.file and r.end - r.start > 2 * SPLIT_CHUNK and not r.flags & {"hg", "nh"}:
-            first = (r.start + SPLIT_CHUNK - 1) // SPLIT_CHUNK * SPLIT_CHUNK + SPLIT_CHUNK
-            for piece in range(first, r.end - SPLIT_CHUNK + 1, 2 * SPLIT_CHUNK):
-                madvise(piece, SPLIT_CHUNK, MADV_NOHUGEPAGE)
+        if (anon_too or r.kind != "anon") and r.end - r.start > 2 * PIECE and not r.flags & {"hg", "nh"}:
+            first = (r.start + PIECE - 1) // PIECE * PIECE + PIECE
+            for piece in range(first, r.end - PIECE + 1, 2 * PIECE):
+                madvise(piece, PIECE, MADV_NOHUGEPAGE)
 
 
 @functools.cache
@@ -224,6 +238,7 @@ def _libc():
     """The C library, with the signatures of the memory calls used here."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     libc.mremap.restype = ctypes.c_void_p
@@ -232,59 +247,66 @@ def _libc():
     return libc
 
 
-def hot(regions: Iterable[Region], share: float = HOT_SHARE) -> list[Region]:
-    """The regions of at least one huge page of which at least `share` was referenced."""
-    return [r for r in regions if r.end - r.start >= HUGE_PAGE and r.referenced >= share * (r.end - r.start)]
+def hot(regions: Iterable[Region], share: float = HOT_SHARE, exclude: Iterable[tuple[int, int]] = ()) -> list[Region]:
+    """The regions of at least one huge page that a step read: a piece (of at most two huge pages) when the
+    step touched anything in it, a larger mapping (one `referenced` did not cut) when it touched at least
+    `share` of it. None that overlaps a range in `exclude` (start, end), such as a KV cache."""
+    exclude = list(exclude)
+
+    def read(r: Region) -> bool:
+        return r.referenced > 0 if r.end - r.start <= 2 * PIECE else r.referenced >= share * (r.end - r.start)
+
+    return [r for r in regions if r.end - r.start >= HUGE_PAGE and read(r) and not any(lo < r.end and r.start < hi for lo, hi in exclude)]
 
 
 def collapse(regions: Iterable[Region], mode: str | None = _THIS_MACHINE) -> Collapsed:
-    """Move the whole huge pages inside `regions` into huge pages, keeping their contents and addresses.
-    Anonymous memory is collapsed in place (MADV_COLLAPSE, advised MADV_HUGEPAGE first so the kernel keeps
-    it so); partial pages at the ends are left as they are. A file mapped copy-on-write, which the kernel
-    cannot collapse, is copied into new anonymous huge pages that then replace it at the same addresses
-    (`_replace`). Where the kernel cannot (not Linux, THP off or "never", a kernel before 6.1) nothing
-    happens and `skipped` says why."""
+    """Move the whole huge pages inside `regions` into huge pages, keeping their contents and addresses;
+    partial pages at the ends are left as they are. Anonymous memory is collapsed in place (MADV_COLLAPSE,
+    advised MADV_HUGEPAGE first so the kernel keeps it so). A file's pages, which the kernel cannot collapse
+    (a file mapped copy-on-write, machine code), are copied into new anonymous huge pages that then replace
+    them at the same addresses (`_replace`). Where the kernel cannot (not Linux, THP off or "never", a kernel
+    before 6.1) nothing happens and `skipped` says why."""
     mode = thp_mode() if mode == _THIS_MACHINE else mode
     if mode in (None, "never"):
         return Collapsed(skipped="no transparent huge pages on this system" if mode is None else "THP mode is never")
     libc = _libc()
     if libc.madvise(HUGE_PAGE, 0, MADV_COLLAPSE) != 0:  # an empty range: only whether the advice exists (EINVAL)
         return Collapsed(skipped="this kernel has no MADV_COLLAPSE (Linux 6.1+)")
-    done = refused = 0
+    done = refused = code = 0
     start = time.perf_counter()
     for r in regions:
         lo, hi = (r.start + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE, r.end // HUGE_PAGE * HUGE_PAGE
         if hi <= lo:
             continue
-        if r.file:
-            ok = _replace(libc, r)
-        else:
+        if r.kind == "anon":
             libc.madvise(lo, hi - lo, MADV_HUGEPAGE)
             ok = libc.madvise(lo, hi - lo, MADV_COLLAPSE) == 0
+        else:
+            ok = _replace(libc, lo, hi, PROT_READ | (PROT_EXEC if r.kind == "code" else PROT_WRITE))
         # not ok: no huge page free now, pages in use, a mapping that cannot have them; the rest may still work
         done, refused = (done + hi - lo, refused) if ok else (done, refused + hi - lo)
-    return Collapsed(done, refused, time.perf_counter() - start)
+        code += hi - lo if ok and r.kind == "code" else 0
+    return Collapsed(done, refused, time.perf_counter() - start, code=code)
 
 
-
-def _replace(libc, r: Region) -> bool:
-    """Replace the whole mapping r (a file mapped copy-on-write) by anonymous memory holding the same bytes,
-    advised MADV_HUGEPAGE before it is written, so it is made of huge pages: mapped at the same offset within
-    a huge page, copied into, then moved over r by mremap (the file's pages are unmapped in the same call)."""
-    size = r.end - r.start
+def _replace(libc, lo: int, hi: int, prot: int) -> bool:
+    """Replace the pages lo..hi (whole huge pages of a file's mapping) by anonymous memory holding the same
+    bytes, advised MADV_HUGEPAGE before it is written, so it is made of huge pages: copied into, given the
+    protection `prot` (read and execute for machine code), then moved over lo..hi by mremap (the file's pages
+    are unmapped in the same call). The bytes are the same, so code running there goes on unaware; a system
+    that forbids executable anonymous memory refuses the protection, and the code stays where it was."""
+    size = hi - lo
     new = libc.mmap(None, size + HUGE_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
     if new in (None, ctypes.c_void_p(-1).value):
         return False
-    at = new + (r.start - new) % HUGE_PAGE  # the same offset within a huge page as r.start
+    at = (new + HUGE_PAGE - 1) // HUGE_PAGE * HUGE_PAGE
     libc.madvise(at, size, MADV_HUGEPAGE)
-    ctypes.memmove(at, r.start, size)
-    if libc.mremap(at, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, r.start) != r.start:
-        libc.munmap(new, size + HUGE_PAGE)
-        return False
-    for lo, hi in ((new, at), (at + size, new + size + HUGE_PAGE)):  # what is left of the new mapping either side
-        if hi > lo:
-            libc.munmap(lo, hi - lo)
-    return True
+    ctypes.memmove(at, lo, size)
+    moved = libc.mprotect(at, size, prot) == 0 and libc.mremap(at, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, lo) == lo
+    for a, b in ((new, at), (at + size, new + size + HUGE_PAGE)) if moved else ((new, new + size + HUGE_PAGE),):
+        if b > a:  # what is left of the new mapping either side (all of it when nothing moved)
+            libc.munmap(a, b - a)
+    return moved
 
 
 def wants_huge_pages(mode: str, steps: int | None) -> bool:

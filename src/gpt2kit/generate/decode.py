@@ -53,8 +53,10 @@ class DecodeRunner:
         return self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
 
     def collapse_hot(self, cache: KVCache) -> hugepages.Collapsed:
-        """Move the memory a decode step reads, the kernels' weights wherever their libraries put them, into
-        2 MiB pages: streaming them through 4 KiB pages misses the TLB every 4 KiB, and in a virtual machine
+        """Move the memory a decode step reads into 2 MiB pages: the kernels' weights wherever their libraries
+        put them, the interpreter's and torch's own data, and the machine code that runs (libtorch's, the
+        interpreter's). Streaming the weights through 4 KiB pages misses the TLB every 4 KiB, and each step's
+        few hundred small operations find their code and data evicted by that stream; in a virtual machine
         each miss walks two page tables. Found by running one prefill and one decode step into `cache`, which
         is emptied again. The cache itself is left as it is (collapsing it paid nothing measurable up to 512
         tokens, and a server's cache can be gigabytes)."""
@@ -70,4 +72,5 @@ class DecodeRunner:
 
         regions = hugepages.referenced(step)
         cache.reset()
-        return hugepages.collapse(hugepages.hot(regions))
+        kv = cache.kv.untyped_storage()
+        return hugepages.collapse(hugepages.hot(regions, exclude=[(kv.data_ptr(), kv.data_ptr() + kv.nbytes())]))

@@ -145,17 +145,30 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
     if weights == "model":
         return model
-    packed: dict = {}  # kernels the measurement packed already
-    choices = {(c.role, c.rows): c.kind for c in plan_kernels(model, batch, weights, packed=packed)}
+    clone = _copy_sharing_matrices(model)
+    packed: dict = {}  # kernels the measurement packed already (from the clone's weights and biases)
+    choices = {(c.role, c.rows): c.kind for c in plan_kernels(clone, batch, weights, packed=packed)}
     small = max(1, batch)
-    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
-    clone = copy.deepcopy(model, shared).eval()
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     for role in ROLES:
         for parent, name, lin in _role_slots(clone, role):
             kinds = choices[(role, small)], choices[(role, PREFILL_ROWS)]
             setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS)))
     return clone
+
+
+def _copy_sharing_matrices(model: GPT) -> GPT:
+    """A copy of `model` in eval mode that shares its matrices (weights, embeddings) and holds its vectors
+    (biases, LayerNorms: a few hundred KB that every step reads) side by side in one buffer of their own.
+    A safetensors load leaves each vector a view into the mapped file, between the matrices, so a step would
+    read them from a page each (a TLB miss each, in a decode step that evicts everything between two reads)."""
+    shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+    vectors = [p for p in model.parameters() if p.dim() == 1]
+    if vectors and len({(p.dtype, p.device) for p in vectors}) == 1:
+        flat = torch.cat([p.detach().reshape(-1) for p in vectors])  # (sum of their sizes,)
+        for p, v in zip(vectors, flat.split([p.numel() for p in vectors])):
+            shared[id(p)] = nn.Parameter(v, requires_grad=False)
+    return copy.deepcopy(model, shared).eval()
 
 
 def kernels_in_use(model: nn.Module) -> dict[str, tuple[str, str]]:
