@@ -16,7 +16,7 @@ does), then times B x N greedy tokens (or sampled ones with --temperature, seede
 differ, each side drawing with its own method), prefill included. Sides alternate --repeat times; medians are
 compared. The same run measures the memory-read bandwidth and reports decode as a fraction of the bound
 (bandwidth / bytes of weights read per step). The gpt2kit side builds its Engine as `gpt2kit generate
---max-new-tokens N` does (huge pages "auto": on from 256 tokens); with --huge-pages a third side builds it
+--max-new-tokens N` does (huge pages "auto": on from 512 tokens); with --huge-pages a third side builds it
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
 the memory reads with 4 KiB and with 2 MiB pages. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.

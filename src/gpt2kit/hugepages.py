@@ -1,10 +1,14 @@
-"""Huge pages for the weights: moved in place after an engine is built (`collapse`), or for the whole process
-from the start (GPT2KIT_HUGEPAGES=1 runs the `gpt2kit` command with glibc asking for 2 MiB pages).
+"""Huge pages for what a decode step reads: moved in place after an engine is built (`collapse`), or for the
+whole process from the start (GPT2KIT_HUGEPAGES=1 runs the `gpt2kit` command with glibc asking for 2 MiB pages).
 
 Decoding one token streams every weight from memory once, so tokens/s is memory bandwidth over weight
 bytes. With 4 KiB pages that stream misses the TLB every 4 KiB, and in a virtual machine each miss walks
 two page tables: on a 2-core Xeon VM a float32 `sum` over 1 GiB reads at 20 GB/s with 4 KiB pages and at
-28-30 GB/s with 2 MiB ones, and decode gains with it (benchmarks/RESULTS.md, the "huge pages" sides).
+28-30 GB/s with 2 MiB ones. Between two weight products a step runs a dozen small operations (LayerNorm,
+attention, the cache write), and the stream has by then evicted their code, their data and the page tables
+that map them: each of those operations took 20-60 us there instead of 3-12. So the weights are not all
+a step reads from memory that matters; its machine code (libtorch's, the interpreter's) and the
+interpreter's scattered data do too.
 
 The whole process is not the default because fresh huge pages can be slow to get: on that same VM, whose host takes back
 the guest's free 2 MiB blocks (virtio-balloon free page reporting), the first write to each fresh 2 MiB
@@ -15,17 +19,19 @@ such a machine, or any run where the kernel hands out huge pages cheaply (most b
 Linux gives a process transparent huge pages for memory it asks for (THP mode "madvise", the common
 default) or for all of it (mode "always"). glibc 2.35+ asks for them on every block malloc takes from the
 kernel when the process starts with GLIBC_TUNABLES=glibc.malloc.hugetlb=1. That one setting covers torch's
-tensors, the KV cache and the packed weights of MKL, oneDNN and fbgemm alike (fbgemm allocates its own).
-glibc reads a tunable only at start-up, so with GPT2KIT_HUGEPAGES=1 the `gpt2kit` command starts itself
-again once with it (`relaunch`), before torch is imported. A program that uses gpt2kit as a library gets
-the same by starting Python with that variable set.
+tensors, the KV cache and the packed weights of MKL, oneDNN and fbgemm alike (fbgemm allocates its own),
+but not machine code. glibc reads a tunable only at start-up, so with GPT2KIT_HUGEPAGES=1 the `gpt2kit`
+command starts itself again once with it (`relaunch`), before torch is imported. A program that uses
+gpt2kit as a library gets the same by starting Python with that variable set.
 
-The second way needs no restart and costs less: `collapse` moves memory that already holds data into huge
-pages, at the same addresses (madvise MADV_COLLAPSE, Linux 6.1+; a file mapped copy-on-write, as safetensors
-maps the weights, is copied into new huge pages that replace it). An Engine uses it on just the memory a
-decode step reads, found with `referenced`: clear the process's referenced bits, run one step, read which
-mappings it touched (/proc/self/smaps "Referenced:"). That finds the packed weights too, which fbgemm and
-oneDNN allocate themselves. Figures: docs/generation.md, "Huge pages".
+The second way needs no restart and moves only what a step touches: `collapse` moves memory that already
+holds data into huge pages, at the same addresses (madvise MADV_COLLAPSE, Linux 6.1+). A file's pages,
+which the kernel cannot collapse (the weights file safetensors maps copy-on-write, a library's code), are
+copied into new anonymous huge pages that replace them at the same addresses (mremap; code keeps running,
+as its bytes are the same). An Engine uses it on the memory found with `referenced`: cut large mappings into
+2 MiB pieces, clear the process's referenced bits, run one step, read which pieces it touched
+(/proc/self/smaps "Referenced:"). That finds the packed weights, which fbgemm and oneDNN allocate
+themselves, and the code of whatever library ran. Figures: docs/generation.md, "Huge pages".
 
 No torch here: this runs before anything heavy is imported.
 """
@@ -50,12 +56,12 @@ HUGE_PAGE = 2 << 20  # a transparent huge page with 4 KiB base pages (x86-64, mo
 MADV_HUGEPAGE, MADV_NOHUGEPAGE, MADV_COLLAPSE = 14, 15, 25  # <linux/mman.h>; MADV_COLLAPSE since Linux 6.1
 PROT_READ, PROT_WRITE, PROT_EXEC, MAP_PRIVATE, MAP_ANONYMOUS, MREMAP_MAYMOVE, MREMAP_FIXED = 1, 2, 4, 0x02, 0x20, 1, 2  # <sys/mman.h>
 HUGE_PAGE_MODES = ("auto", "on", "off")
-# "auto" moves the hot memory into huge pages for engines that decode at least this many steps, or live on
-# (a server, a chat). It costs ~3-9 ms per 2 MiB once (1-2.5 s for a 124M model on a 2-core Xeon VM) and
-# saved 4-11 ms a token there: it paid after ~150-200 tokens when the VM's memory was slow, after ~400-600
-# when it was fast. A one-shot 64-token `gpt2kit generate` would lose. (The engine's side:
-# generate/decode.py, DecodeRunner.collapse_hot.)
-LONG_RUN_STEPS = 256
+# "auto" moves what a decode step reads into huge pages for engines that decode at least this many steps, or
+# live on (a server, a chat). For a 124M model on a 2-core Xeon VM it cost 1-2.5 s once (~3-9 ms per 2 MiB)
+# and saved 2-7 ms a token; a whole one-shot `gpt2kit generate --max-new-tokens 512` took about as long either
+# way (medians of three, alternating: int8 11.2 s without, 11.1 with; fp32 21.9 and 22.5). A 64-token one would
+# lose. (The engine's side: generate/decode.py, DecodeRunner.collapse_hot.)
+LONG_RUN_STEPS = 512
 
 HOT_SHARE = 0.25  # a mapping `referenced` did not cut is hot when a step touched at least this share of it
 PIECE = HUGE_PAGE  # `referenced` tells apart the pieces of this size of a large mapping

@@ -39,7 +39,7 @@ class GenerateOptions:
     weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (8-bit weights)
     bos: bool = False  # prepend <|endoftext|> to every prompt (allows empty prompts: unconditional samples)
     window_keep: int | None = None  # sliding window: tokens kept when the context is full (default: half)
-    huge_pages: str = "auto"  # the decode step's memory in 2 MiB pages: on, off, auto (runs of 256+ tokens)
+    huge_pages: str = "auto"  # the decode step's memory in 2 MiB pages: on, off, auto (runs of 512+ tokens)
 
     def __post_init__(self) -> None:
         check_types(self)
