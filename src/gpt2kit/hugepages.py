@@ -260,8 +260,8 @@ def _libc():
 
 def hot(regions: Iterable[Region], share: float = HOT_SHARE, exclude: Iterable[tuple[int, int]] = ()) -> list[Region]:
     """The regions of at least one huge page that a step read: a piece (of at most two huge pages) when the
-    step touched anything in it (PIECE_TOUCHED bytes), a larger mapping (one `referenced` did not cut) when it touched at least
-    `share` of it. None that overlaps a range in `exclude` (start, end), such as a KV cache."""
+    step touched anything in it (PIECE_TOUCHED bytes), a larger mapping (one `referenced` did not cut) when
+    it touched at least `share` of it. None that overlaps a range in `exclude` (start, end), such as a KV cache."""
     exclude = list(exclude)
 
     def read(r: Region) -> bool:
