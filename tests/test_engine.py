@@ -368,6 +368,7 @@ def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path
     freshly loaded model that no huge-page engine has touched."""
     import gpt2kit
     from gpt2kit import hugepages
+    from gpt2kit.generate import decode
 
     gpt2kit.save_pretrained(gpt2kit.from_pretrained("builtin"), tmp_path, tokenizer_files=False)
     model = gpt2kit.from_pretrained(tmp_path)  # float32 safetensors: the tensors are views of the mapped file
@@ -381,12 +382,20 @@ def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path
     huge = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
     if hugepages.collapse([]).skipped is None and hugepages.referenced(lambda: None):  # Linux 6.1+ with THP, smaps: something was moved
         assert huge.huge_pages.bytes > huge.huge_pages.code > 0 and huge.huge_pages.skipped is None, huge.huge_pages
-        kv = huge.cache.kv.untyped_storage()
-        lo, hi = kv.data_ptr(), kv.data_ptr() + kv.nbytes()
-        assert moved and not any(r.start < hi and lo < r.end for r in moved)  # the KV cache is left as it is
+        assert _overlaps(moved, huge.cache)  # a cache sized to a run moves too
+        moved.clear()
+        monkeypatch.setattr(decode, "KV_CACHE_MOVED_MAX", 0)
+        large = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
+        assert moved and not _overlaps(moved, large.cache)  # a larger one (a server's) is left as it is
+        assert [c.token_ids for c in large.generate(prompts, params)] == expected
     assert huge.cache.lengths.tolist() == [0, 0] and not huge.cache.valid.any()
     assert [c.token_ids for c in huge.generate(prompts, params)] == expected
     assert [c.token_ids for c in plain.generate(prompts, params)] == expected  # the plain engine reads the moved weights too
+
+
+def _overlaps(regions, cache) -> bool:
+    kv = cache.kv.untyped_storage()
+    return any(r.start < kv.data_ptr() + kv.nbytes() and kv.data_ptr() < r.end for r in regions)
 
 
 def test_text_generator_and_chat_decide_huge_pages_by_how_long_they_run(trained, monkeypatch):
