@@ -65,11 +65,6 @@ LONG_RUN_STEPS = 512
 
 HOT_SHARE = 0.25  # a mapping `referenced` did not cut is hot when a step touched at least this share of it
 PIECE = HUGE_PAGE  # `referenced` tells apart the pieces of this size of a large mapping
-# A piece is moved when a step touched anything in it. Keeping only the pieces a step touched 16 pages or more
-# of (a 64 KiB threshold) moved 206-236 MiB instead of 350-412 for a 124M int8 engine, but its steps were
-# 1.3-2.3 ms slower (12.9-14.9 against 11.2-13.3 ms, alternating runs on a 2-core Xeon VM): the interpreter's
-# and the libraries' sparse pages count too.
-PIECE_TOUCHED = 1
 
 
 def thp_mode(path: str = THP_ENABLED) -> str | None:
@@ -260,12 +255,16 @@ def _libc():
 
 def hot(regions: Iterable[Region], share: float = HOT_SHARE, exclude: Iterable[tuple[int, int]] = ()) -> list[Region]:
     """The regions of at least one huge page that a step read: a piece (of at most two huge pages) when the
-    step touched anything in it (PIECE_TOUCHED bytes), a larger mapping (one `referenced` did not cut) when
-    it touched at least `share` of it. None that overlaps a range in `exclude` (start, end), such as a KV cache."""
+    step touched anything in it, a larger mapping (one `referenced` did not cut) when it touched at least
+    `share` of it. None that overlaps a range in `exclude` (start, end), such as a KV cache.
+
+    Any touch counts for a piece: keeping only the pieces a step touched 16 pages or more of moved 206-236 MiB
+    instead of 350-412 for a 124M int8 engine, but its steps were 1.3-2.3 ms slower (12.9-14.9 against
+    11.2-13.3 ms, alternating runs on a 2-core Xeon VM): the interpreter's and the libraries' sparse pages count too."""
     exclude = list(exclude)
 
     def read(r: Region) -> bool:
-        return r.referenced >= (PIECE_TOUCHED if r.end - r.start <= 2 * PIECE else share * (r.end - r.start))
+        return r.referenced > 0 if r.end - r.start <= 2 * PIECE else r.referenced >= share * (r.end - r.start)
 
     return [r for r in regions if r.end - r.start >= HUGE_PAGE and read(r) and not any(lo < r.end and r.start < hi for lo, hi in exclude)]
 
