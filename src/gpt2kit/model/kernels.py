@@ -265,8 +265,9 @@ def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.d
 def _choose(role: str, rows: int, us: dict[str, float], rejected: dict[str, str]) -> Choice:
     if not us:  # nothing passed: the reference itself always works
         us["linear"] = float("nan")
+    us = {k: round(v, 2) for k, v in us.items()}  # chosen from the figures it records: a tie there keeps the first
     best = min(us, key=lambda k: (us[k] != us[k], us[k]))
-    return Choice(role, rows, best, {k: round(v, 2) for k, v in us.items()}, rejected)
+    return Choice(role, rows, best, us, rejected)
 
 
 StepTodo = dict[str, tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  # role -> (layers, (kinds, rejected))
@@ -308,6 +309,7 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
                 per_role, pass_s = _time_step(calls, best_pass)
                 best_pass = min(best_pass, pass_s)
                 for role, t in per_role.items():
+                    t = round(t, 2)  # as _choose compares them
                     if kept is not None and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first, as _choose
                         kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
                     us[role][kind] = t
