@@ -35,6 +35,9 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
     for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
         monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
+    # gemv.c is built only where the CPU has AVX-512: left out, so every machine sees the same candidates
+    monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if k != "gemv"))
+    monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if k != "bf16-gemv") for w, ks in K.APPROX.items()})
     return tmp_path / "kernels.json"
 
 
@@ -131,16 +134,18 @@ def test_candidates():
     assert cands("int8", 1, torch.device("meta"), torch.float32, 64, "mkl") == (["linear"], {})
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
     assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
-    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], {"bf16": "not available on this CPU/torch",
-                                                                    "bf16-onednn": "not available on this CPU/torch"})  # fmt: skip
+    no = "not available on this CPU/torch"
+    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], {"bf16": no, "bf16-onednn": no, "bf16-gemv": no})
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
-    assert set(rejected) == {"bf16", "bf16-onednn"} and kinds == [
-        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16)
+    assert {"bf16", "bf16-onednn", "bf16-gemv"} <= set(rejected) and kinds == [
+        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and k != "gemv"
     ]
+    if L.KERNELS["gemv"].available(CPU, torch.bfloat16):
+        assert rejected["gemv"] == "for products of up to 8 rows"  # 9 rows: a matrix product, not a decode step
     kinds, rejected = cands("int8", 1, CPU, torch.float32, 40, None)
     assert "int8" not in kinds and (rejected["int8"] == "does not support in_features=40" or "int8" in rejected)
     assert cands("auto", 1, CPU, torch.float32, 64, "linear") == (["linear"], {})
-    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-onednn',")):
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-gemv', 'bf16-onednn',")):
         cands("auto", 1, CPU, torch.float32, 64, "fast")
     with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='bf16' does not run on this machine/shape; unset it")):
         cands("auto", 1, CPU, torch.bfloat16, 64, "bf16")

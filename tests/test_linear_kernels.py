@@ -66,8 +66,11 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 
 
 def test_the_kernel_table():
-    assert set(L.KERNELS) == {"linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic"}
-    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn"}
+    assert set(L.KERNELS) == {
+        "linear", "mkl", "onednn", "gemv", "bf16", "bf16-onednn", "bf16-gemv", "int8", "int8-f32", "int8-dynamic"
+    }  # fmt: skip
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "gemv"}
+    assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == {"gemv", "bf16-gemv"}
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
     assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None
 
@@ -150,6 +153,7 @@ def test_which_kernels_support_which_widths_and_dtypes():
     assert not L._OneDnn.available(torch.device("meta"), torch.float32)
     assert L._Bf16.available(torch.device("meta"), torch.float32) and not L._Bf16.available(CPU, torch.bfloat16)
     assert not L._Bf16OneDnn.available(CPU, torch.bfloat16)
+    assert not L._Gemv.available(torch.device("meta"), torch.float32) and not L._Bf16Gemv.available(CPU, torch.bfloat16)
     assert not L._Int8.available(torch.device("meta"), torch.float32)
 
 
@@ -238,9 +242,11 @@ def test_probe_runs_a_real_product(monkeypatch):
             return super().__call__(x)
 
     assert L._probe(Spy, torch.float32)
-    assert seen == [((48, 64), (48,), (3, 64), torch.float32)]
-    zero = type("Zero", (L._Linear,), {"__call__": lambda self, x: torch.zeros(3, 48)})
+    assert seen == [((40, 80), (40,), (3, 80), torch.float32)]
+    zero = type("Zero", (L._Linear,), {"__call__": lambda self, x: torch.zeros(3, 40)})
     assert not L._probe(zero, torch.float32)
+    short = type("Short", (L._Linear,), {"__call__": lambda self, x: super(type(self), self).__call__(x)[:, :32]})
+    assert not L._probe(short, torch.float32)  # a wrong shape is a no, not a crash
 
 
 @pytest.mark.parametrize("kind", RUNNABLE)

@@ -40,8 +40,8 @@ from gpt2kit.model.gpt import GPT
 from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
-EXACT = ("linear", "mkl", "onednn")
-APPROX = {"bf16": ("bf16", "bf16-onednn"), "int8": ("int8", "int8-dynamic")}
+EXACT = ("linear", "mkl", "onednn", "gemv")
+APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv"), "int8": ("int8", "int8-dynamic")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}
@@ -200,7 +200,9 @@ def _candidates(
     ok, rejected = [], {}
     for k in kinds:
         if not KERNELS[k].available(device, dtype):
-            rejected[k] = "not available on this CPU/torch"
+            rejected[k] = KERNELS[k].why_unavailable(device, dtype)
+        elif KERNELS[k].max_rows is not None and rows > KERNELS[k].max_rows:
+            rejected[k] = f"for products of up to {KERNELS[k].max_rows} rows"
         elif not KERNELS[k].supports(in_f):
             rejected[k] = f"does not support in_features={in_f}"
         else:

@@ -11,8 +11,10 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
   - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU backend
              uses), multiplied by `mkldnn._linear_pointwise`; private ops, so `available()` checks that they
              exist and give the right numbers before the kernel is ever offered;
+  - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
+             (AVX-512; bf16 needs AVX-512 BF16), in the model's dtype;
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
-             where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
+             or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
   - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
              in bf16 (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call
              (`int8-dynamic`, torch's quantized engine); approximate, only when asked for.
@@ -28,11 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2kit.model import gemv
+
 
 class _Linear:
     """F.linear on the weight as it is: the reference."""
 
     exact = True
+    max_rows: int | None = None  # offered for products of at most this many rows (None: any)
 
     @classmethod
     def supports(cls, in_features: int) -> bool:
@@ -47,6 +52,10 @@ class _Linear:
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
         return True
+
+    @classmethod
+    def why_unavailable(cls, device: torch.device, dtype: torch.dtype) -> str:
+        return "not available on this CPU/torch"
 
 
 class _Mkl(_Linear):
@@ -110,6 +119,39 @@ class _Bf16(_Linear):
 
 class _Bf16OneDnn(_OneDnn):
     """Weight-only bf16 in oneDNN's packed layout (needs native bf16: AVX-512 BF16 or AMX)."""
+
+    exact = False
+    compute_dtype = torch.bfloat16
+
+    @classmethod
+    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
+        return dtype != torch.bfloat16 and super().available(device, dtype)
+
+
+class _Gemv(_Linear):
+    """gemv.c in the model's dtype (float32 or bf16)."""
+
+    exact = True
+    max_rows = 8  # one pass over the weight serves every row, but the arithmetic grows with the rows
+    compute_dtype: torch.dtype | None = None  # None: the model's dtype
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
+        self.packed = gemv.Packed(weight, bias, self.compute_dtype or weight.dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        return self.packed(x.to(self.packed.dtype), x.dtype)
+
+    @classmethod
+    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
+        return device.type == "cpu" and _gemv_works(cls.compute_dtype or dtype, dtype)
+
+    @classmethod
+    def why_unavailable(cls, device: torch.device, dtype: torch.dtype) -> str:
+        return gemv.unavailable(cls.compute_dtype or dtype) or super().why_unavailable(device, dtype)
+
+
+class _Bf16Gemv(_Gemv):
+    """Weight-only bf16 over a float32 model through gemv.c (needs AVX-512 BF16); float32 out."""
 
     exact = False
     compute_dtype = torch.bfloat16
@@ -184,8 +226,8 @@ def _channel_scale(w: torch.Tensor) -> torch.Tensor:
 
 
 KERNELS: dict[str, type] = {
-    "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn,
-    "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn,
+    "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn, "gemv": _Gemv,
+    "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn, "bf16-gemv": _Bf16Gemv,
     "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic,
 }  # fmt: skip
 
@@ -244,6 +286,14 @@ def _onednn_works(dtype: torch.dtype) -> bool:
 
 
 @functools.cache
+def _gemv_works(compute: torch.dtype, dtype: torch.dtype) -> bool:
+    """gemv.c built here, runs `compute` products and gives F.linear's numbers."""
+    if gemv.unavailable(compute) is not None:
+        return False
+    return _probe(_Bf16Gemv if compute != dtype else _Gemv, dtype)
+
+
+@functools.cache
 def _quantized_engine_name() -> str | None:
     """torch's quantized engine for x86 (x86, else fbgemm), None where it has neither (e.g. ARM builds)."""
     engines = torch.backends.quantized.supported_engines
@@ -274,11 +324,11 @@ def _int8_works(act_dtype: torch.dtype) -> bool:
 def _probe(kernel: type, dtype: torch.dtype) -> bool:
     """True when `kernel` runs on a small random product in `dtype` and matches float32 F.linear."""
     g = torch.Generator().manual_seed(0)
-    w, b, x = (torch.randn(s, generator=g) for s in ((48, 64), (48,), (3, 64)))
+    w, b, x = (torch.randn(s, generator=g) for s in ((40, 80), (40,), (3, 80)))  # not whole blocks of gemv.c
     try:
         y = kernel(w.to(dtype), b.to(dtype))(x.to(dtype)).float()
     except (RuntimeError, TypeError, AttributeError, NotImplementedError):
         return False
     ref = F.linear(x, w, b)
     tol = 1e-4 if dtype == torch.float32 and kernel.exact else 0.05
-    return bool(torch.isfinite(y).all() and (y - ref).abs().max() <= tol * (1 + ref.abs().max()))
+    return y.shape == ref.shape and bool(torch.isfinite(y).all() and (y - ref).abs().max() <= tol * (1 + ref.abs().max()))

@@ -1,0 +1,141 @@
+"""gemv.c and its build (model/gemv.py): products against F.linear on shapes that end mid-block, the packed
+layout, and every way the kernel can be unavailable (each with its one-line reason)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2kit.model import gemv
+from gpt2kit.model import linear as L
+
+CPU = torch.device("cpu")
+BF = torch.bfloat16
+
+
+def _needs(dtype):
+    why = gemv.unavailable(dtype)
+    return pytest.mark.skipif(why is not None, reason=f"gemv.c for {dtype}: {why}")
+
+
+def _data(out, inp, lead, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w, b, x = torch.randn(out, inp, generator=g), torch.randn(out, generator=g) + 2.0, torch.randn(*lead, inp, generator=g)
+    return w, b, x
+
+
+# (out, in): whole blocks, outputs ending mid-block (16 rows a block), inputs ending mid-chunk (16 floats or 32 bf16)
+SHAPES = [(64, 64), (50, 40), (7, 100), (33, 16), (96, 200)]
+
+
+@_needs(torch.float32)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 4), ()])
+@pytest.mark.parametrize("bias", [True, False])
+def test_f32_equals_f_linear(shape, lead, bias):
+    w, b, x = _data(*shape, lead)
+    b = b if bias else None
+    y = L.make_kernel("gemv", w, b)(x)
+    assert y.shape == (*lead, shape[0]) and y.dtype == torch.float32
+    torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@_needs(BF)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("lead", [(1,), (5,)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_bf16_is_the_float32_sum_of_bf16_products_rounded_once(shape, lead, bias):
+    w, b, x = (t.to(BF) for t in _data(*shape, lead))
+    b = b if bias else None
+    y = L.make_kernel("gemv", w, b)(x)
+    assert y.dtype == BF and y.shape == (*lead, shape[0])
+    ref = F.linear(x.double(), w.double(), None if b is None else b.double())  # exact products, summed in float64
+    # summed in float32 then rounded to bf16 once: within one bf16 step (2^-7 relative) of the exact sum
+    assert ((y.double() - ref).abs() <= ref.abs() * 2**-7 + 1e-3).all()
+
+
+@_needs(BF)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
+    w, b, x = _data(*shape, (3,))
+    y = L.make_kernel("bf16-gemv", w, b)(x)
+    assert y.dtype == torch.float32
+    ref = F.linear(x.to(BF).float(), w.to(BF).float(), b)  # bf16 weights and activations, float32 bias and sum
+    torch.testing.assert_close(y, ref, atol=1e-4, rtol=1e-5)
+    assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # and it is not the float32 product
+
+
+@_needs(torch.float32)
+def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded():
+    w, b, _ = _data(20, 40, ())
+    p = gemv.Packed(w, b, torch.float32)
+    assert p.w.shape == (2, 3, 16, 16) and p.w.is_contiguous()  # (N'/16 blocks, K'/16 chunks, 16 rows, 16 lanes)
+    assert torch.equal(p.w[0, 1, 5], w[5, 16:32]) and torch.equal(p.w[1, 2, 3, :8], w[19, 32:40])
+    assert p.w[1, :, 4:].eq(0).all() and p.w[:, 2, :, 8:].eq(0).all()  # the padding is zeros
+    assert p.b.dtype == torch.float32 and torch.equal(p.b, b)
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A build into an empty cache directory, forgotten again afterwards."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    gemv._build.cache_clear()
+    L._gemv_works.cache_clear()
+    yield tmp_path
+    gemv._build.cache_clear()
+    L._gemv_works.cache_clear()
+
+
+def test_switched_off_it_is_never_offered(fresh_build, monkeypatch):
+    monkeypatch.setenv(gemv.SWITCH, "0")
+    assert gemv.unavailable(torch.float32) == "turned off (GPT2KIT_GEMV=0)"
+    assert not L._Gemv.available(CPU, torch.float32) and not L._Bf16Gemv.available(CPU, torch.float32)
+    assert L._Gemv.why_unavailable(CPU, torch.float32) == "turned off (GPT2KIT_GEMV=0)"
+    assert not list(fresh_build.iterdir())  # nothing was built
+
+
+def test_without_avx512_a_source_or_a_compiler_or_with_a_failing_build_it_says_why(fresh_build, monkeypatch):
+    def why(**patch):
+        gemv._build.cache_clear()
+        for name, value in patch.items():
+            monkeypatch.setattr(gemv, name, value)
+        return gemv.unavailable(torch.float32)
+
+    assert why(_cpu_flags=lambda: "fpu sse2 avx2 fma") == "the CPU has no AVX-512"
+    monkeypatch.setattr(gemv, "_cpu_flags", lambda: "fpu avx2 avx512f")
+    assert why(SOURCE=gemv.SOURCE.with_name("missing.c")) == "missing.c is missing from the installed package"
+    monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    assert why() == "no C compiler ('no-such-compiler-here' not found; set CC)"
+    monkeypatch.setenv("CC", "false")  # a compiler that fails
+    assert why().startswith("the build failed")
+    assert not list((fresh_build / "gemv").iterdir())  # no half-written library left behind
+
+
+@_needs(torch.float32)
+def test_the_library_is_built_once_and_then_loaded_from_the_cache(fresh_build, monkeypatch):
+    assert gemv.unavailable(torch.float32) is None
+    built = list((fresh_build / "gemv").glob("gemv-*.so"))
+    assert len(built) == 1
+    gemv._build.cache_clear()
+
+    def no_compiler(*a, **k):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(gemv.subprocess, "run", no_compiler)
+    assert gemv.unavailable(torch.float32) is None  # loaded from the cache
+    w, b, x = _data(24, 48, (2,))
+    torch.testing.assert_close(L.make_kernel("gemv", w, b)(x), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, BF])
+def test_nothing_past_the_end_of_x_is_read(dtype):
+    """An input that ends mid-chunk is followed in memory by NaNs: the kernel must mask its last load (weights
+    padded with zeros do not help: NaN * 0 is NaN)."""
+    if gemv.unavailable(dtype):
+        pytest.skip(f"gemv.c for {dtype}: {gemv.unavailable(dtype)}")
+    w, b, x = (t.to(dtype) for t in _data(40, 72, (1,)))  # 72 = 4.5 bf16 chunks, 4.5 float32 chunks
+    buf = torch.full((72 + 64,), float("nan"), dtype=dtype)
+    buf[:72] = x[0]
+    y = L.make_kernel("gemv", w, b)(buf[:72])  # contiguous, NaNs right after it
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.float(), F.linear(x[0].float(), w.float(), b.float()), atol=0.05, rtol=0.02)
