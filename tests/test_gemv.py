@@ -139,3 +139,46 @@ def test_nothing_past_the_end_of_x_is_read(dtype):
     y = L.make_kernel("gemv", w, b)(buf[:72])  # contiguous, NaNs right after it
     assert torch.isfinite(y).all()
     torch.testing.assert_close(y.float(), F.linear(x[0].float(), w.float(), b.float()), atol=0.05, rtol=0.02)
+
+
+def _int8_reference(w, b, x):
+    """The scheme gemv.c's int8 product computes: w ~ scale[n] q[n], q = round(w / scale) in [-127, 127], scale =
+    max |w[n]| / 127; x ~ s[m] p[m], p = round(x / s), s = max |x[m]| / 127, per row; float32 sums."""
+    scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    q = torch.round(w / scale[:, None]).clamp(-127, 127)
+    s = x.abs().amax(-1, keepdim=True) / 127
+    p = torch.round(x / torch.where(s > 0, s, 1.0)).clamp(-127, 127)
+    return F.linear(p.double() * s.double(), q.double() * scale.double()[:, None], None if b is None else b.double())
+
+
+@_needs(torch.int8)
+@pytest.mark.parametrize("shape", SHAPES + [(20, 130)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_int8_is_the_specified_quantisation(shape, bias):
+    w, b, x = _data(*shape, (4,))
+    w[3] = 0.0  # an all-zero output channel
+    x[1] = 0.0  # an all-zero row: its scale is 0, its outputs the bias alone
+    b = b if bias else None
+    y = L.make_kernel("int8-gemv", w, b)(x)
+    assert y.dtype == torch.float32 and y.shape == (4, shape[0]) and torch.isfinite(y).all()
+    torch.testing.assert_close(y.double(), _int8_reference(w, b, x), atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(y[1], torch.zeros(shape[0]) if b is None else b)
+    ref = F.linear(x, w, b)
+    assert (y - ref).abs().max() < 0.03 * ref.abs().max()  # and still close to float32
+
+
+@_needs(torch.int8)
+def test_int8_takes_bf16_activations_and_answers_in_bf16():
+    w, b, x = _data(50, 72, (2,))
+    kernel = L.make_kernel("int8-gemv", w, b)
+    y = kernel(x.to(BF))
+    assert y.dtype == BF and torch.equal(y, kernel(x.to(BF).float()).to(BF))
+
+
+@_needs(torch.int8)
+def test_int8_reads_nothing_past_the_end_of_x():
+    w, b, x = _data(40, 72, (1,))
+    buf = torch.full((72 + 64,), float("nan"))
+    buf[:72] = x[0]
+    y = L.make_kernel("int8-gemv", w, b)(buf[:72])
+    torch.testing.assert_close(y.double(), _int8_reference(w, b, x[0]), atol=1e-4, rtol=1e-5)

@@ -37,7 +37,7 @@ def fixed_times_fixture(monkeypatch, tmp_path):
         monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
     # gemv.c is built only where the CPU has AVX-512: left out, so every machine sees the same candidates
     monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if k != "gemv"))
-    monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if k != "bf16-gemv") for w, ks in K.APPROX.items()})
+    monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if not k.endswith("gemv")) for w, ks in K.APPROX.items()})
     return tmp_path / "kernels.json"
 
 
@@ -156,7 +156,9 @@ def test_candidates():
 def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
     monkeypatch.setattr(L._Int8, "available", classmethod(lambda cls, device, dtype: True))
     kinds, rejected = K._candidates("int8", 1, CPU, torch.float32, 40, None)
-    assert rejected == {"int8": "does not support in_features=40"} and kinds == ["int8-dynamic", "int8-f32"]  # the fallback
+    gemv = ["int8-gemv"] if L._Int8Gemv.available(CPU, torch.float32) else []
+    assert rejected.pop("int8") == "does not support in_features=40" and kinds == ["int8-dynamic", *gemv, "int8-f32"]  # the fallback
+    assert rejected in ({}, {"int8-gemv": L._Int8Gemv.why_unavailable(CPU, torch.float32)})
 
 
 def test_timed_weights():

@@ -81,11 +81,12 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         so = ctypes.CDLL(str(lib))
     except OSError as e:
         return None, f"the library did not load: {e}"
-    for name, args in (("gk_gemv_f32", [_P, _P, _P, _P, _I64, _I64, _I64, _INT]),
-                       ("gk_gemv_bf16", [_P, _P, _P, _P, _I64, _I64, _I64, _INT, _INT])):  # fmt: skip
+    tail = [_P, _P, _I64, _INT]  # x, y, M, threads
+    for name, head in (("gk_gemv_f32", [_P, _P, _I64, _I64]), ("gk_gemv_bf16", [_P, _P, _INT, _I64, _I64]),
+                       ("gk_gemv_s8", [_P, _P, _P, _P, _I64, _I64])):  # fmt: skip
         if hasattr(so, name):
             fn = getattr(so, name)
-            fn.argtypes, fn.restype = args, None
+            fn.argtypes, fn.restype = head + tail, None
     return so, ""
 
 
@@ -94,42 +95,53 @@ def unavailable(dtype: torch.dtype) -> str | None:
     so, why = _build()
     if so is None:
         return why
-    if dtype == torch.bfloat16 and not hasattr(so, "gk_gemv_bf16"):
-        return "the CPU has no AVX-512 BF16"
-    if dtype not in (torch.float32, torch.bfloat16):
+    need = {torch.float32: ("gk_gemv_f32", ""), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
+            torch.int8: ("gk_gemv_s8", "the CPU has no AVX-512 VNNI")}  # fmt: skip
+    if dtype not in need:
         return f"no kernel for {dtype}"
-    return None
+    return None if hasattr(so, need[dtype][0]) else need[dtype][1]
 
 
-def _lanes(dtype: torch.dtype) -> int:
-    so = _build()[0]
-    return so.gk_lanes_bf16() if dtype == torch.bfloat16 else so.gk_lanes_f32()
+def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
 class Packed:
-    """A weight packed for gemv.c, with its bias in float32: call with (..., K) -> (..., N)."""
+    """A weight packed for gemv.c, with its bias in float32: call with (..., K) -> (..., N).
+    dtype float32 or bfloat16: the weight in that dtype; int8: `weight` holds the int8 q of w ~ scale[n] q[n, k]."""
 
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> None:
+    def __init__(
+        self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor | None = None
+    ) -> None:
         so = _build()[0]
         self.dtype, self.n, self.k = dtype, *weight.shape
-        rows, lanes = so.gk_rows(), _lanes(dtype)
+        kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
+        rows, lanes = so.gk_rows(), getattr(so, f"gk_lanes_{kind}")()
         w = weight.detach().to(dtype)
-        n_pad, k_pad = -self.n % rows, -self.k % lanes
-        w = torch.nn.functional.pad(w, (0, k_pad, 0, n_pad))  # (N', K') zero rows and columns
+        w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))  # (N', K') zero rows and columns
         self.w = w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2).contiguous()  # (N'/rows, K'/lanes, rows, lanes)
         self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
-        self._f32, self._bf16 = getattr(so, "gk_gemv_f32", None), getattr(so, "gk_gemv_bf16", None)
+        size = (_I64(self.n), _I64(self.k))
+        if dtype == torch.int8:
+            self.scale = scale.detach().float().contiguous()  # (N,)
+            self.qsum = weight.sum(1, dtype=torch.int32)  # (N,): sum_k q[n, k], for the unsigned activations' offset
+            bound = (_ptr(self.w), _ptr(self.scale), _ptr(self.qsum), _ptr(self.b), *size)
+        elif dtype == torch.bfloat16:
+            bound = (_ptr(self.w), _ptr(self.b), None, *size)  # None: the out_f32 flag, set per call
+        else:
+            bound = (_ptr(self.w), _ptr(self.b), *size)
+        # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
+        # saved, of ~50 a step)
+        self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
 
     def __call__(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """x (..., K) in the packed dtype -> (..., N) in out_dtype (float32, or bf16 for bf16 weights)."""
-        x2 = x.reshape(-1, self.k)
-        if not x2.is_contiguous():
-            x2 = x2.contiguous()
-        y = torch.empty(x2.shape[0], self.n, dtype=out_dtype)  # (M, N)
-        b = None if self.b is None else self.b.data_ptr()
-        args = (x2.data_ptr(), self.w.data_ptr(), b, y.data_ptr(), x2.shape[0], self.n, self.k)
+        """x (..., K) -> (..., N) in out_dtype. x in the packed dtype (float32 for int8 weights); out_dtype
+        float32, or bf16 for bf16 weights."""
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty((*x.shape[:-1], self.n), dtype=out_dtype)  # (..., N)
+        bound = self._bound
         if self.dtype == torch.bfloat16:
-            self._bf16(*args, int(out_dtype == torch.float32), torch.get_num_threads())
-        else:
-            self._f32(*args, torch.get_num_threads())
-        return y.view(*x.shape[:-1], self.n)
+            bound = (*bound[:2], out_dtype == torch.float32, *bound[3:])
+        self._fn(*bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        return y

@@ -41,7 +41,7 @@ from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 EXACT = ("linear", "mkl", "onednn", "gemv")
-APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv"), "int8": ("int8", "int8-dynamic")}
+APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv"), "int8": ("int8", "int8-dynamic", "int8-gemv")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}

@@ -17,7 +17,8 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
              or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
   - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
              in bf16 (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call
-             (`int8-dynamic`, torch's quantized engine); approximate, only when asked for.
+             (`int8-dynamic`, torch's quantized engine; `int8-gemv`, gemv.c with AVX-512 VNNI); approximate,
+             only when asked for.
 """
 
 from __future__ import annotations
@@ -139,7 +140,8 @@ class _Gemv(_Linear):
         self.packed = gemv.Packed(weight, bias, self.compute_dtype or weight.dtype)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        return self.packed(x.to(self.packed.dtype), x.dtype)
+        d = self.packed.dtype
+        return self.packed(x if x.dtype == d else x.to(d), x.dtype)
 
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
@@ -159,6 +161,26 @@ class _Bf16Gemv(_Gemv):
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
         return dtype != torch.bfloat16 and super().available(device, dtype)
+
+
+class _Int8Gemv(_Gemv):
+    """int8 weights (one scale per output channel, as `int8`) and float32 activations quantized per call, one
+    scale per row (symmetric, 8 bits), through gemv.c's VNNI product (needs AVX-512 VNNI); float32 sums, the
+    bias added in float32."""
+
+    exact = False
+    compute_dtype = torch.int8
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
+        w = weight.detach().float()
+        scale = _channel_scale(w)  # (out,)
+        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
+        self.packed = gemv.Packed(q, bias, torch.int8, scale)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+        if x.dtype == torch.float32:
+            return self.packed(x, torch.float32)
+        return self.packed(x.float(), torch.float32).to(x.dtype)
 
 
 class _Int8(_Linear):
@@ -228,7 +250,7 @@ def _channel_scale(w: torch.Tensor) -> torch.Tensor:
 KERNELS: dict[str, type] = {
     "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn, "gemv": _Gemv,
     "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn, "bf16-gemv": _Bf16Gemv,
-    "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic,
+    "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic, "int8-gemv": _Int8Gemv,
 }  # fmt: skip
 
 
@@ -290,7 +312,7 @@ def _gemv_works(compute: torch.dtype, dtype: torch.dtype) -> bool:
     """gemv.c built here, runs `compute` products and gives F.linear's numbers."""
     if gemv.unavailable(compute) is not None:
         return False
-    return _probe(_Bf16Gemv if compute != dtype else _Gemv, dtype)
+    return _probe({torch.bfloat16: _Bf16Gemv, torch.int8: _Int8Gemv}.get(compute) if compute != dtype else _Gemv, dtype)
 
 
 @functools.cache
