@@ -5,6 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import huge_kib
+from gpt2kit import hugepages
 from gpt2kit.model import gemv
 from gpt2kit.model import linear as L
 
@@ -72,6 +74,17 @@ def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded():
     assert torch.equal(p.w[0, 1, 5], w[5, 16:32]) and torch.equal(p.w[1, 2, 3, :8], w[19, 32:40])
     assert p.w[1, :, 4:].eq(0).all() and p.w[:, 2, :, 8:].eq(0).all()  # the padding is zeros
     assert p.b.dtype == torch.float32 and torch.equal(p.b, b)
+
+
+@_needs(torch.float32)
+@pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
+def test_packed_weights_of_a_huge_page_or_more_are_written_into_huge_pages():
+    big_weight = torch.randn(1024, 1024)
+    big = gemv.Packed(big_weight, None, torch.float32)  # 4 MiB
+    lo = big.w.data_ptr()
+    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + big.w.nbytes) >= 2048
+    w = torch.randn(1024, 1024)
+    torch.testing.assert_close(big(w[:3], torch.float32), w[:3] @ big_weight.t(), atol=1e-4, rtol=1e-5)
 
 
 @pytest.fixture

@@ -123,6 +123,19 @@ CAN_COLLAPSE = CAN_COLLAPSE and bool(hugepages.referenced(lambda: None))  # and 
 needs_collapse = pytest.mark.skipif(not CAN_COLLAPSE, reason="needs Linux 6.1+ with transparent huge pages and /proc/self/clear_refs")
 
 
+@pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
+def test_anonymous_memory_starts_on_a_huge_page_and_is_made_of_them():
+    size = 6 * hugepages.HUGE_PAGE
+    buf, offset = hugepages.anonymous(size)
+    address = ctypes.addressof(ctypes.c_char.from_buffer(buf)) + offset
+    assert address % hugepages.HUGE_PAGE == 0 and len(buf) >= offset + size
+    view = memoryview(buf)[offset : offset + size]
+    view[:] = bytes(size)  # the first write: the kernel backs it now
+    assert huge_kib(address, address + size) >= 2048  # 2 MiB pages (all six where the kernel has them free)
+    view.release()
+    buf.close()
+
+
 @needs_collapse
 def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
     m, buf, address = _private_buffer(8 * hugepages.HUGE_PAGE)
