@@ -113,8 +113,9 @@ def test_without_avx512_a_source_or_a_compiler_or_with_a_failing_build_it_says_w
             monkeypatch.setattr(gemv, name, value)
         return gemv.unavailable(torch.float32)
 
-    assert why(_cpu_flags=lambda: "fpu sse2 avx2 fma") == "the CPU has no AVX-512"
-    monkeypatch.setattr(gemv, "_cpu_flags", lambda: "fpu avx2 avx512f")
+    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu sse2 avx2 fma"})
+    assert why() == "the CPU has no AVX-512"
+    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 avx512f"})
     assert why(SOURCE=gemv.SOURCE.with_name("missing.c")) == "missing.c is missing from the installed package"
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
     monkeypatch.setenv("CC", "no-such-compiler-here")

@@ -56,8 +56,7 @@ def test_machine_key_names_the_cpu_flags_torch_and_threads(monkeypatch, tmp_path
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000: rev 2\nflags\t\t: avx2 fma\n\n"
                     "processor\t: 1\nmodel name\t: Other CPU\nflags\t\t: sse\n")  # fmt: skip
-    real_path = K.Path
-    monkeypatch.setattr(K, "Path", lambda p: real_path(info) if p == "/proc/cpuinfo" else real_path(p))
+    monkeypatch.setattr(K.machine, "CPUINFO", str(info))
     import hashlib
 
     digest = hashlib.sha256(b"avx2 fma").hexdigest()[:12]

@@ -29,28 +29,12 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit import hugepages
+from gpt2kit import hugepages, machine
 from gpt2kit.atomic import atomic_path
 
 SOURCE = Path(__file__).with_name("gemv.c")
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-
-
-def cache_root() -> Path:
-    """$GPT2KIT_CACHE_DIR, else $XDG_CACHE_HOME/gpt2kit, else ~/.cache/gpt2kit."""
-    root = os.environ.get("GPT2KIT_CACHE_DIR")
-    return Path(root) if root else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2kit"
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return ""
 
 
 @functools.cache
@@ -60,7 +44,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         return None, f"turned off ({SWITCH}=0)"
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None, "built only on x86-64 Linux"
-    flags = _cpu_flags().split()
+    flags = machine.cpu_info().get("flags", "").split()
     if "avx512f" not in flags:
         return None, "the CPU has no AVX-512"
     if not SOURCE.is_file():
@@ -69,7 +53,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if shutil.which(cc) is None:
         return None, f"no C compiler ({cc!r} not found; set CC)"
     digest = hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
-    lib = cache_root() / "gemv" / f"gemv-{digest}.so"
+    lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
         try:
             with atomic_path(lib) as tmp:

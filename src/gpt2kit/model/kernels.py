@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2kit import machine
 from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.gpt import GPT
@@ -72,20 +73,14 @@ class Choice:
 
 
 def kernel_cache_path() -> Path:
-    """$GPT2KIT_CACHE_DIR, else $XDG_CACHE_HOME/gpt2kit, else ~/.cache/gpt2kit; file kernels.json."""
-    root = os.environ.get("GPT2KIT_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt2kit"
-    return Path(root) / "kernels.json"
+    """kernels.json in the user cache directory (machine.cache_dir: $GPT2KIT_CACHE_DIR, else
+    $XDG_CACHE_HOME/gpt2kit, else ~/.cache/gpt2kit)."""
+    return machine.cache_dir() / "kernels.json"
 
 
 def machine_key() -> str:
     """CPU model and a hash of its flags, torch version, threads: choices are reused only on the same."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())  # the first processor's
-    except OSError:
-        pass
+    fields = machine.cpu_info()
     name = fields.get("model name") or platform.processor() or platform.machine()
     flags = fields.get("flags", "")
     digest = hashlib.sha256(flags.encode()).hexdigest()[:12]
