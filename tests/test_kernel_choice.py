@@ -344,9 +344,12 @@ def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, 
 
 def test_a_cached_choice_stands_only_if_it_judged_every_candidate_offered_now():
     cands = (["linear", "mkl", "onednn"], {"bf16": "not available on this CPU/torch"})
-    assert K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "wrong numbers"}}, cands)
+    wrong = K.WRONG + " by 1e-2 (tolerance 1e-4)"
+    assert K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": wrong}}, cands)
     assert not K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {}}, cands)  # onednn is new: measure
-    assert not K._covers({"kind": "linear", "us": {"linear": 3.0}, "rejected": {"mkl": "wrong", "bf16": "not available"}}, cands)
+    assert not K._covers({"kind": "linear", "us": {"linear": 3.0}, "rejected": {"mkl": wrong, "bf16": "not available"}}, cands)
+    # onednn could not run then (unavailable, turned off) and runs now: measured, not left out for good
+    assert not K._covers({"kind": "mkl", "us": {"linear": 3.0, "mkl": 1.0}, "rejected": {"onednn": "turned off"}}, cands)
     assert K._covers(
         {"kind": "linear", "us": {"linear": 3.0}}, (["linear"], {"bf16": "not available"})
     )  # unavailable: nothing to judge

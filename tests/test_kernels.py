@@ -161,9 +161,15 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     assert report["machine"] == K.machine_key() and report["cache"] == str(tmp_path / "kernels.json")
     assert {c["role"] for c in report["choices"]} == set(K.ROLES)
     assert all(c["chosen"] in c["us"] and not c["cached"] for c in report["choices"])
+    from gpt2kit.model import gemv
+
+    why = gemv.unavailable(torch.float32)
+    assert report["gemv"] == (f"not available: {why}" if why else gemv.status()) and "\n" not in report["gemv"]
+    if why is None:  # built: where, and for which weights
+        assert report["gemv"].startswith("built for this CPU (float32") and report["gemv"].endswith(".so")
     assert main(["info", "--kernels"]) in (0, None)
     out = capsys.readouterr().out
-    assert "lm_head" in out and "(cached)" in out
+    assert "lm_head" in out and "(cached)" in out and f"gemv.c:     {report['gemv']}" in out
 
 
 def test_bf16_is_said_to_be_emulated_only_where_it_is(monkeypatch):

@@ -37,6 +37,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
     read from the per-machine cache), with every candidate's time and why any was left out."""
     from gpt2kit import hugepages
+    from gpt2kit.model import gemv
     from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels
     from gpt2kit.pretrained import from_pretrained
 
@@ -47,6 +48,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "machine": machine_key(),
         "cache": str(kernel_cache_path()),
         "huge_pages": hugepages.status(),
+        "gemv": gemv.status(),
         "choices": [
             {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "rejected": c.rejected, "cached": c.cached}
             for c in choices

@@ -103,6 +103,19 @@ def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
 
+def status() -> str:
+    """One line for `gpt2kit info --kernels`: where the library was built and for which weights, or why not."""
+    so, why = _build()
+    if so is None:
+        return f"not available: {why}"
+    kinds = [
+        name
+        for dtype, name in ((torch.float32, "float32"), (torch.bfloat16, "bf16"), (torch.int8, "int8"))
+        if unavailable(dtype) is None
+    ]
+    return f"built for this CPU ({', '.join(kinds)} weights): {so._name}"
+
+
 class Packed:
     """A weight packed for gemv.c, with its bias in float32: call with (..., K) -> (..., N).
     dtype float32 or bfloat16: the weight in that dtype; int8: `weight` holds the int8 q of w ~ scale[n] q[n, k]."""

@@ -48,6 +48,7 @@ APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv"), "int8": ("int8", "int8-d
 FALLBACK = {"int8": "int8-f32"}
 ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
 PREFILL_ROWS = 256
+WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
@@ -210,8 +211,9 @@ def _candidates(
 def _covers(entry: dict, cands: tuple[list[str], dict[str, str]]) -> bool:
     """A cached choice still stands if it judged every candidate this torch and CPU offer now (a kernel
     added to gpt2kit since then is measured, not ignored) and its kernel is still offered (or is the
-    `linear` reference)."""
-    judged = set(entry.get("us", {})) | set(entry.get("rejected", {}))
+    `linear` reference). Judged: timed, or rejected for its numbers; a kernel that could not run then (no
+    compiler for gemv.c, GPT2KIT_GEMV=0) and runs now is measured."""
+    judged = set(entry.get("us", {})) | {k for k, why in entry.get("rejected", {}).items() if why.startswith(WRONG)}
     return set(cands[0]) <= judged and entry.get("kind") in {*cands[0], "linear"}
 
 
@@ -256,7 +258,7 @@ def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.d
     """Why `kind`'s output y is not the float32 reference's (None: it is, within the kernel's tolerance)."""
     tol = 1e-4 if (KERNELS[kind].exact and dtype == torch.float32) else 0.05
     err = float((y - ref).abs().max()) / (1 + float(ref.abs().max()))
-    return None if err <= tol else f"output differs from the float32 reference by {err:.2e} (tolerance {tol:g})"  # NaN: wrong
+    return None if err <= tol else f"{WRONG} by {err:.2e} (tolerance {tol:g})"  # NaN: wrong
 
 
 def _choose(role: str, rows: int, us: dict[str, float], rejected: dict[str, str]) -> Choice:
