@@ -114,8 +114,8 @@ def test_without_avx512_a_source_or_a_compiler_or_with_a_failing_build_it_says_w
         return gemv.unavailable(torch.float32)
 
     monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu sse2 avx2 fma"})
-    assert why() == "the CPU has no AVX-512"
-    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 avx512f"})
+    assert why() == "the CPU has no AVX-512 (F, BW and VL)"
+    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 avx512f avx512bw avx512vl"})
     assert why(SOURCE=gemv.SOURCE.with_name("missing.c")) == "missing.c is missing from the installed package"
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
     monkeypatch.setenv("CC", "no-such-compiler-here")
@@ -196,3 +196,17 @@ def test_int8_reads_nothing_past_the_end_of_x():
     buf[:72] = x[0]
     y = L.make_kernel("int8-gemv", w, b)(buf[:72])
     torch.testing.assert_close(y.double(), _int8_reference(w, b, x[0]), atol=1e-4, rtol=1e-5)
+
+
+def test_it_builds_wherever_it_can():
+    """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX-512
+    and there is a compiler, float32 weights are supported, and bf16 / int8 ones where the CPU has the
+    instructions."""
+    flags = gemv.machine.cpu_info().get("flags", "").split()
+    if not {"avx512f", "avx512bw", "avx512vl"} <= set(flags) or gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
+        pytest.skip("no AVX-512 or no C compiler here: gemv.c is not built")
+    if gemv.os.environ.get(gemv.SWITCH) == "0":
+        pytest.skip("gemv.c turned off (GPT2KIT_GEMV=0)")
+    assert gemv.unavailable(torch.float32) is None
+    assert (gemv.unavailable(BF) is None) == ("avx512_bf16" in flags)
+    assert (gemv.unavailable(torch.int8) is None) == ("avx512_vnni" in flags)

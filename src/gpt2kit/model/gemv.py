@@ -45,8 +45,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None, "built only on x86-64 Linux"
     flags = machine.cpu_info().get("flags", "").split()
-    if "avx512f" not in flags:
-        return None, "the CPU has no AVX-512"
+    if not {"avx512f", "avx512bw", "avx512vl"} <= set(flags):
+        return None, "the CPU has no AVX-512 (F, BW and VL)"
     if not SOURCE.is_file():
         return None, f"{SOURCE.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
@@ -81,7 +81,7 @@ def unavailable(dtype: torch.dtype) -> str | None:
     so, why = _build()
     if so is None:
         return why
-    need = {torch.float32: ("gk_gemv_f32", ""), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
+    need = {torch.float32: ("gk_gemv_f32", "the CPU has no AVX-512 (F, BW and VL)"), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
             torch.int8: ("gk_gemv_s8", "the CPU has no AVX-512 VNNI")}  # fmt: skip
     if dtype not in need:
         return f"no kernel for {dtype}"
