@@ -118,8 +118,9 @@ class _Bf16(_Linear):
         return dtype != torch.bfloat16
 
 
-class _Bf16OneDnn(_OneDnn):
-    """Weight-only bf16 in oneDNN's packed layout (needs native bf16: AVX-512 BF16 or AMX)."""
+class _WeightOnlyBf16:
+    """Mixed in before a kernel class: that kernel with bf16 weights under a float32 (or fp16) model, the
+    activations cast to bf16 at the product; nothing to offer a bf16 model."""
 
     exact = False
     compute_dtype = torch.bfloat16
@@ -127,6 +128,10 @@ class _Bf16OneDnn(_OneDnn):
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
         return dtype != torch.bfloat16 and super().available(device, dtype)
+
+
+class _Bf16OneDnn(_WeightOnlyBf16, _OneDnn):
+    """Weight-only bf16 in oneDNN's packed layout (needs native bf16: AVX-512 BF16 or AMX)."""
 
 
 class _Gemv(_Linear):
@@ -152,15 +157,8 @@ class _Gemv(_Linear):
         return gemv.unavailable(cls.compute_dtype or dtype) or super().why_unavailable(device, dtype)
 
 
-class _Bf16Gemv(_Gemv):
+class _Bf16Gemv(_WeightOnlyBf16, _Gemv):
     """Weight-only bf16 over a float32 model through gemv.c (needs AVX-512 BF16); float32 out."""
-
-    exact = False
-    compute_dtype = torch.bfloat16
-
-    @classmethod
-    def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
-        return dtype != torch.bfloat16 and super().available(device, dtype)
 
 
 class _Int8Gemv(_Gemv):
