@@ -76,15 +76,17 @@ def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded():
     assert p.b.dtype == torch.float32 and torch.equal(p.b, b)
 
 
-@_needs(torch.float32)
 @pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
-def test_packed_weights_of_a_huge_page_or_more_are_written_into_huge_pages():
-    big_weight = torch.randn(1024, 1024)
-    big = gemv.Packed(big_weight, None, torch.float32)  # 4 MiB
-    lo = big.w.data_ptr()
-    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + big.w.nbytes) >= 2048
+@pytest.mark.parametrize("kind", ["gemv", "mkl"])
+def test_packed_weights_of_a_huge_page_or_more_are_written_into_huge_pages(kind):
+    if not L.KERNELS[kind].available(CPU, torch.float32):
+        pytest.skip(f"{kind} does not run here")
     w = torch.randn(1024, 1024)
-    torch.testing.assert_close(big(w[:3], torch.float32), w[:3] @ big_weight.t(), atol=1e-4, rtol=1e-5)
+    kernel = L.make_kernel(kind, w, None)  # 4 MiB
+    packed = kernel.packed.w if kind == "gemv" else kernel.wt
+    lo = packed.data_ptr()
+    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + packed.nbytes) >= 2048
+    torch.testing.assert_close(kernel(w[:3]), w[:3] @ w.t(), atol=1e-4, rtol=1e-5)
 
 
 @pytest.fixture

@@ -136,6 +136,18 @@ def test_anonymous_memory_starts_on_a_huge_page_and_is_made_of_them():
     buf.close()
 
 
+@pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
+def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages():
+    import torch
+
+    big = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # 4 MiB
+    lo = big.data_ptr()
+    assert big.shape == (1024, 1024) and big.dtype == torch.float32 and big.is_contiguous()
+    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + big.nbytes) >= 2048 and float(big.sum()) == 1.5 * 2**20
+    small = hugepages.empty((8, 8), torch.bfloat16)  # torch's own allocation
+    assert small.shape == (8, 8) and small.dtype == torch.bfloat16 and small.untyped_storage().nbytes() == 128
+
+
 @needs_collapse
 def test_collapse_moves_a_range_into_huge_pages_and_keeps_its_contents():
     m, buf, address = _private_buffer(8 * hugepages.HUGE_PAGE)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -88,17 +87,6 @@ def unavailable(dtype: torch.dtype) -> str | None:
     return None if hasattr(so, need[dtype][0]) else need[dtype][1]
 
 
-def _huge_empty(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised tensor in fresh memory advised for 2 MiB pages (hugepages.anonymous), when it holds
-    at least one: the weights a decode step streams, read without a TLB miss every 4 KiB, at no cost over
-    4 KiB pages (they are written once, here, either way)."""
-    nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < hugepages.HUGE_PAGE:
-        return torch.empty(shape, dtype=dtype)
-    buf, offset = hugepages.anonymous(nbytes)
-    return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset).view(dtype).view(shape)  # keeps `buf` alive
-
-
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
     return None if t is None else ctypes.c_void_p(t.data_ptr())
 
@@ -130,7 +118,7 @@ class Packed:
         w = weight.detach().to(dtype)
         w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))  # (N', K') zero rows and columns
         blocked = w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2)  # (N'/rows, K'/lanes, rows, lanes)
-        self.w = _huge_empty(blocked.shape, dtype).copy_(blocked)
+        self.w = hugepages.empty(blocked.shape, dtype).copy_(blocked)
         self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
         size = (_I64(self.n), _I64(self.k))
         if dtype == torch.int8:

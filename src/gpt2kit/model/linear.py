@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gpt2kit import hugepages
 from gpt2kit.model import gemv
 
 
@@ -66,8 +67,10 @@ class _Mkl(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         # an (out, in) view of an (in, out) copy: F.linear on it is addmm(b, x, wt) on the (in, out) memory, bit
-        # for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here
-        self.w, self.b = weight.detach().t().contiguous().t(), bias
+        # for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here; the copy
+        # in memory advised for 2 MiB pages (hugepages.empty)
+        w = weight.detach()
+        self.w, self.b = hugepages.empty((w.shape[1], w.shape[0]), w.dtype).copy_(w.t()).t(), bias
 
     @property
     def wt(self) -> torch.Tensor:
