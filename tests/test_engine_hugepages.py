@@ -20,27 +20,14 @@ def trained():
 
 
 def _step_runs_code_in_file_pages(engine) -> bool:
-    """Whether the engine's decode step (as DecodeRunner.collapse_hot runs it) touches machine code still in a
-    library's file pages, which an engine asking for huge pages then moves."""
-    import torch
-
+    """Whether the engine's decode step touches machine code still in a library's file pages (a whole huge
+    page of it: what collapse moves), which an engine asking for huge pages then moves."""
     from gpt2kit import hugepages
 
-    tokens = torch.zeros(engine.cache.kv.shape[2], 1, dtype=torch.long)
-
-    def step():
-        engine.cache.reset()
-        engine.runner.prefill(tokens, engine.cache, None, logits=False)
-        engine.runner.decode(tokens, engine.cache, None)
-
-    step()
-
-    def whole(r) -> bool:  # holds a whole huge page: what collapse moves
+    def whole(r) -> bool:
         return -(-r.start // hugepages.HUGE_PAGE) < r.end // hugepages.HUGE_PAGE
 
-    code = any(r.kind == "code" and whole(r) for r in hugepages.hot(hugepages.referenced(step)))
-    engine.cache.reset()
-    return code
+    return any(r.kind == "code" and whole(r) for r in hugepages.hot(engine.runner.hot_regions(engine.cache)))
 
 
 @pytest.mark.parametrize("weights", ["auto", "int8"])
@@ -73,7 +60,9 @@ def test_huge_pages_change_no_number_and_leave_the_cache_empty(weights, tmp_path
     huge = Engine(model, max_batch=2, token_bytes=TABLE, weights=weights, huge_pages=True)
     if hugepages.collapse([]).skipped is None and hugepages.referenced(lambda: None):  # Linux 6.1+ with THP, smaps: something was moved
         assert huge.huge_pages.bytes > huge.huge_pages.code >= 0 and huge.huge_pages.skipped is None, huge.huge_pages
-        assert (huge.huge_pages.code > 0) == code_left, huge.huge_pages
+        # where the step still runs code in a library's file pages, that code moves (where an earlier engine in
+        # this process moved it all, nothing is left to move; a step may also touch code the probe step did not)
+        assert huge.huge_pages.code > 0 or not code_left, huge.huge_pages
         assert _overlaps(moved, huge.cache)  # a cache sized to a run moves too
         moved.clear()
         monkeypatch.setattr(decode, "KV_CACHE_MOVED_MAX", 0)

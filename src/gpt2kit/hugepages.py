@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import math
 import mmap
 import os
 import re
@@ -340,8 +341,6 @@ def empty(shape: tuple[int, ...], dtype):
     own): for weights a decode step streams, written once when a kernel packs them, then read without a TLB
     miss every 4 KiB (a 124M fp32 step's products: ~20.5 ms against ~23.7 with 4 KiB pages, MKL's and
     gemv.c's alike, on the 2-core Xeon VM above)."""
-    import math
-
     import torch  # here, not at the top: this module runs before torch is imported (relaunch)
 
     nbytes = math.prod(shape) * dtype.itemsize

@@ -58,26 +58,32 @@ class DecodeRunner:
         plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
         return self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
 
-    def collapse_hot(self, cache: KVCache) -> hugepages.Collapsed:
-        """Move the memory a decode step reads into 2 MiB pages: the kernels' weights wherever their libraries
-        put them, the interpreter's and torch's own data, the machine code that runs (libtorch's, the
-        interpreter's) and the KV cache, unless it is larger than KV_CACHE_MOVED_MAX. Streaming the weights
-        through 4 KiB pages misses the TLB every 4 KiB, and each step's few hundred small operations find their
-        code and data evicted by that stream; in a virtual machine each miss walks two page tables. Found by
-        running one prefill and one decode step into `cache`, which is emptied again."""
-        device = cache.kv.device
-        if device.type != "cpu":
-            return hugepages.Collapsed(skipped="the model is not on the CPU")
-        tokens = torch.zeros(cache.kv.shape[2], 1, dtype=torch.long, device=device)  # (B, 1)
+    def hot_regions(self, cache: KVCache) -> list[hugepages.Region]:
+        """The memory one prefill and one decode step into `cache` read (hugepages.referenced), after one such
+        step unwatched: first calls run code and touch memory that later steps do not (oneDNN builds its
+        primitives). `cache` is emptied again."""
+        tokens = torch.zeros(cache.kv.shape[2], 1, dtype=torch.long, device=cache.kv.device)  # (B, 1)
 
         def step() -> None:
             cache.reset()
             self.prefill(tokens, cache, None, logits=False)
             self.decode(tokens, cache, None)
 
-        step()  # first calls run code and touch memory that later steps do not (oneDNN builds its primitives)
+        step()
         regions = hugepages.referenced(step)
         cache.reset()
+        return regions
+
+    def collapse_hot(self, cache: KVCache) -> hugepages.Collapsed:
+        """Move the memory a decode step reads into 2 MiB pages: the kernels' weights wherever their libraries
+        put them, the interpreter's and torch's own data, the machine code that runs (libtorch's, the
+        interpreter's) and the KV cache, unless it is larger than KV_CACHE_MOVED_MAX. Streaming the weights
+        through 4 KiB pages misses the TLB every 4 KiB, and each step's few hundred small operations find their
+        code and data evicted by that stream; in a virtual machine each miss walks two page tables. Found by
+        `hot_regions`."""
+        if cache.kv.device.type != "cpu":
+            return hugepages.Collapsed(skipped="the model is not on the CPU")
+        regions = self.hot_regions(cache)
         kv = cache.kv.untyped_storage()
         exclude = [(kv.data_ptr(), kv.data_ptr() + kv.nbytes())] if kv.nbytes() > KV_CACHE_MOVED_MAX else []
         return hugepages.collapse(hugepages.hot(regions, exclude=exclude))

@@ -105,14 +105,21 @@ def status() -> str:
 
 
 class Packed:
-    """A weight packed for gemv.c, with its bias in float32: call with (..., K) -> (..., N).
-    dtype float32 or bfloat16: the weight in that dtype; int8: `weight` holds the int8 q of w ~ scale[n] q[n, k]."""
+    """A weight packed for gemv.c, with its bias in float32: call with x (..., K) in `in_dtype` -> (..., N) in
+    `out_dtype`. dtype float32 or bfloat16: the weight in that dtype, x too; int8: `weight` holds the int8 q
+    of w ~ scale[n] q[n, k], x is float32. out_dtype: float32, or bf16 for bf16 weights."""
 
     def __init__(
-        self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, scale: torch.Tensor | None = None
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        dtype: torch.dtype,
+        out_dtype: torch.dtype = torch.float32,
+        scale: torch.Tensor | None = None,
     ) -> None:
         so = _build()[0]
-        self.dtype, self.n, self.k = dtype, *weight.shape
+        self.n, self.k = weight.shape
+        self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
         kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
         rows, lanes = so.gk_rows(), getattr(so, f"gk_lanes_{kind}")()
         w = weight.detach().to(dtype)
@@ -126,21 +133,17 @@ class Packed:
             self.qsum = weight.sum(1, dtype=torch.int32)  # (N,): sum_k q[n, k], for the unsigned activations' offset
             bound = (_ptr(self.w), _ptr(self.scale), _ptr(self.qsum), _ptr(self.b), *size)
         elif dtype == torch.bfloat16:
-            bound = (_ptr(self.w), _ptr(self.b), None, *size)  # None: the out_f32 flag, set per call
+            bound = (_ptr(self.w), _ptr(self.b), _INT(out_dtype == torch.float32), *size)
         else:
             bound = (_ptr(self.w), _ptr(self.b), *size)
         # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
         # saved, of ~50 a step)
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
 
-    def __call__(self, x: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
-        """x (..., K) -> (..., N) in out_dtype. x in the packed dtype (float32 for int8 weights); out_dtype
-        float32, or bf16 for bf16 weights."""
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., K) in_dtype -> (..., N) out_dtype."""
         if not x.is_contiguous():
             x = x.contiguous()
-        y = torch.empty((*x.shape[:-1], self.n), dtype=out_dtype)  # (..., N)
-        bound = self._bound
-        if self.dtype == torch.bfloat16:
-            bound = (*bound[:2], out_dtype == torch.float32, *bound[3:])
-        self._fn(*bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
+        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
         return y

@@ -145,15 +145,17 @@ class _Gemv(_Linear):
     compute_dtype: torch.dtype | None = None  # None: the model's dtype
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        self.packed = gemv.Packed(weight, bias, self.compute_dtype or weight.dtype)
+        dtype = self.compute_dtype or weight.dtype  # a bf16 model's products answer in bf16, the rest in float32
+        self.packed = gemv.Packed(weight, bias, dtype, out_dtype=weight.dtype if dtype == weight.dtype else torch.float32)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        d = self.packed.dtype
-        return self.packed(x if x.dtype == d else x.to(d), x.dtype)
+        p = self.packed
+        y = p(x if x.dtype == p.in_dtype else x.to(p.in_dtype))
+        return y if y.dtype == x.dtype else y.to(x.dtype)
 
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
-        return device.type == "cpu" and _gemv_works(cls.compute_dtype or dtype, dtype)
+        return device.type == "cpu" and _gemv_works(cls, dtype)
 
     @classmethod
     def why_unavailable(cls, device: torch.device, dtype: torch.dtype) -> str:
@@ -173,15 +175,8 @@ class _Int8Gemv(_Gemv):
     compute_dtype = torch.int8
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        w = weight.detach().float()
-        scale = _channel_scale(w)  # (out,)
-        q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8)  # (out, in)
-        self.packed = gemv.Packed(q, bias, torch.int8, scale)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
-        if x.dtype == torch.float32:
-            return self.packed(x, torch.float32)
-        return self.packed(x.float(), torch.float32).to(x.dtype)
+        q, scale = _quantize_int8(weight)
+        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale)
 
 
 class _Int8(_Linear):
@@ -197,9 +192,7 @@ class _Int8(_Linear):
         return cls.act_dtype != torch.bfloat16 or in_features % 16 == 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        w = weight.detach().float()
-        scale = _channel_scale(w)  # (out,)
-        self.q = torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # (out, in)
+        self.q, scale = _quantize_int8(weight)  # (out, in), (out,)
         self.scale = scale.to(self.act_dtype)
         self.b = bias
 
@@ -241,6 +234,13 @@ class _Int8Dynamic(_Linear):
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
         return device.type == "cpu" and _int8_dynamic_works()
+
+
+def _quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) weight -> (q, scale): q (out, in) int8 in [-127, 127] with w ~ scale[o] * q[o, i], scale (out,) float32."""
+    w = weight.detach().float()
+    scale = _channel_scale(w)  # (out,)
+    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale
 
 
 def _channel_scale(w: torch.Tensor) -> torch.Tensor:
@@ -309,11 +309,9 @@ def _onednn_works(dtype: torch.dtype) -> bool:
 
 
 @functools.cache
-def _gemv_works(compute: torch.dtype, dtype: torch.dtype) -> bool:
-    """gemv.c built here, runs `compute` products and gives F.linear's numbers."""
-    if gemv.unavailable(compute) is not None:
-        return False
-    return _probe({torch.bfloat16: _Bf16Gemv, torch.int8: _Int8Gemv}.get(compute) if compute != dtype else _Gemv, dtype)
+def _gemv_works(kernel: type, dtype: torch.dtype) -> bool:
+    """gemv.c built here, runs this kernel's products and gives F.linear's numbers for a `dtype` model."""
+    return gemv.unavailable(kernel.compute_dtype or dtype) is None and _probe(kernel, dtype)
 
 
 @functools.cache
