@@ -25,8 +25,11 @@ if has eval; then
 fi
 if has serve; then python benchmarks/serve.py --threads "$T" --clients 1 32; fi
 if has train; then
-  python benchmarks/train.py --device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --dtype fp32 --threads "$T"
-  python benchmarks/train.py --device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --dtype bf16 --threads "$T"
+  TRAIN=(--device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --threads "$T" --steps 3)
+  python benchmarks/train.py "${TRAIN[@]}" --dtype fp32 --compile off
+  python benchmarks/train.py "${TRAIN[@]}" --dtype fp32 --compile on                   # what `gpt2kit train` runs for 200+ steps
+  python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --hf-dtype fp32 --compile on   # bf16 against transformers fp32
+  python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --compile off
 fi
 if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
 python benchmarks/report.py

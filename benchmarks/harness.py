@@ -100,20 +100,65 @@ def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:
     return buf.numel() * 4 / best / 1e9
 
 
+def matmul_roof_tflops(threads: int, dtype: str = "fp32", device: str = "cpu", n: int = 2048, repeats: int = 10) -> float:
+    """The machine's matrix-multiply roof: the best of `repeats` torch.mm of two n x n `dtype` matrices
+    (TFLOP/s, 2 n^3 FLOP each), measured in a fresh process with the workers' environment."""
+    return run_worker([__file__, "--matmul", str(threads), dtype, device, str(n), str(repeats)])["tflops"]
+
+
+def _matmul(threads: int, dtype: str, device: str, n: int, repeats: int) -> float:
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
+    a, b = (torch.randn(n, n, device=device).to(dt) for _ in range(2))
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    torch.mm(a, b)  # warm-up: the library's set-up for this shape
+    best = float("inf")
+    for _ in range(repeats):
+        sync()
+        t = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e12
+
+
+class WorkerFailed(Exception):
+    """A worker process exited with an error; the message is the tail of what it printed."""
+
+
 def run_worker(argv: list[str], timeout: float = 1800, env: dict[str, str] | None = None) -> dict:
     """One fresh process (in `env`, default worker_env()); its last stdout line is the measurement (JSON)."""
-    out = subprocess.run([sys.executable, *argv], check=True, capture_output=True, text=True, timeout=timeout,
-                         env=env or worker_env()).stdout  # fmt: skip
-    return json.loads(out.strip().splitlines()[-1])
+    try:
+        done = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, env=env or worker_env())
+    except subprocess.TimeoutExpired:
+        raise WorkerFailed(f"timed out after {timeout:.0f} s") from None
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise WorkerFailed(f"exit {done.returncode}: " + " | ".join(tail))
+    return json.loads(lines[-1])
 
 
-def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str, str]] | None = None) -> dict[str, list[dict]]:
+def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str, str]] | None = None,
+              timeout: float = 1800, failed: dict[str, str] | None = None) -> dict[str, list[dict]]:  # fmt: skip
     """Run each side's worker argv `repeat` times, alternating sides; {side: [measurement, ...]}. envs: a
-    side's own environment (default worker_env())."""
+    side's own environment (default worker_env()). A failing worker raises WorkerFailed, unless `failed` (a
+    dict) is given: it then receives {side: why}, that side is not run again, and the others go on."""
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(repeat):
         for name, argv in sides.items():
-            runs[name].append(run_worker(argv, env=(envs or {}).get(name)))
+            if failed is not None and name in failed:
+                continue
+            try:
+                runs[name].append(run_worker(argv, timeout, env=(envs or {}).get(name)))
+            except WorkerFailed as e:
+                if failed is None:
+                    raise
+                failed[name] = str(e)
     return runs
 
 
@@ -121,14 +166,16 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def record(bench: str, command: list[str] | str, threads: int, sides: dict[str, dict], ratio: float | None, **extra) -> dict:
-    """Append one measurement to benchmarks/results/<bench>.jsonl and return it.
+def record(bench: str, command: list[str] | str, threads: int, sides: dict[str, dict], ratio: float | None,
+           out: Path | None = None, **extra) -> dict:  # fmt: skip
+    """Append one measurement to `out` (default benchmarks/results/<bench>.jsonl) and return it.
 
     sides: {side name: {"figure": median, "unit": ..., "runs": [...]}}; ratio: gpt2kit / the reference."""
     cmd = command if isinstance(command, str) else " ".join(shlex.quote(c) for c in command)
     line = {"bench": bench, **machine(threads), "command": cmd, "sides": sides, "ratio": ratio, **extra}
-    RESULTS.mkdir(exist_ok=True)
-    with open(RESULTS / f"{bench}.jsonl", "a", encoding="utf-8") as f:
+    out = Path(out) if out else RESULTS / f"{bench}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "a", encoding="utf-8") as f:
         f.write(json.dumps(line) + "\n")
     return line
 
@@ -150,3 +197,6 @@ def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: 
 if __name__ == "__main__" and sys.argv[1:2] == ["--bandwidth"]:
     threads, gib, repeats, device = sys.argv[2:6]
     print(json.dumps({"gbs": _bandwidth(int(threads), float(gib), int(repeats), device)}))
+elif __name__ == "__main__" and sys.argv[1:2] == ["--matmul"]:
+    threads, dtype, device, n, repeats = sys.argv[2:7]
+    print(json.dumps({"tflops": _matmul(int(threads), dtype, device, int(n), int(repeats))}))

@@ -11,12 +11,18 @@ The three steps (one micro-batch each: forward with loss, backward, clip to 1.0,
   transformers  GPT2LMHeadModel(attn_implementation="sdpa"), eager, labels=x (it shifts inside), fused AdamW
   nanogpt       nanoGPT's model and train.py step (benchmarks/nanogpt_step.py names the commit): vocab 50304,
                 torch.compile, fused AdamW, flash attention, bias=False as its recipe runs
-Every side: bf16 autocast (--dtype), TF32, the same random tokens, --warmup steps (compilation), then
---repeat blocks of --steps steps with one device sync per block (no per-step host sync); ms/step is the
-median block's. MFU uses one FLOP count for all sides (6 N + 12 L C T per token, N = the unpadded
-parameter count) against the card's bf16 dense peak (989 TFLOP/s for H100/H200, metrics.estimate_mfu).
-Peak memory: torch.cuda.max_memory_allocated on a GPU, the process's peak RSS on a CPU. Each result is
-one JSON line, printed and appended to --out (benchmarks/results/train.jsonl).
+Every side: autocast to --dtype (bf16 on CUDA by default, fp32 on the CPU; transformers in --hf-dtype when
+given, e.g. gpt2kit bf16 against transformers fp32), TF32, the same random tokens.
+Each measurement is a fresh process (this script with --worker) that runs --warmup steps (compilation),
+then --blocks blocks of --steps steps with one device sync per block (no per-step host sync), and reports
+its median block. The sides alternate --repeat times (>= 3; benchmarks/harness.py) and the medians are
+compared: ratio is gpt2kit's tokens/s over transformers'.
+
+The same run measures the machine's matrix-multiply roof in each side's dtype (harness.matmul_roof_tflops:
+the best torch.mm of two 2048 x 2048 matrices on the CPU, 8192 on a GPU) and reports each side's share of it, with
+one FLOP count for all sides (6 N + 12 L C T per token, N the unpadded parameter count). Peak memory:
+torch.cuda.max_memory_allocated on a GPU, the process's peak RSS on a CPU. One JSON line per run, printed
+and appended to benchmarks/results/train.jsonl (or --out); benchmarks/report.py makes RESULTS.md from it.
 """
 
 from __future__ import annotations
@@ -25,19 +31,19 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
+import harness  # noqa: E402
 import torch  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 IMPLS = ("gpt2kit", "transformers", "nanogpt")
 
 
@@ -126,14 +132,13 @@ def _autocast(device, dtype):
 
 
 def worker(args) -> dict:
-    """Time one implementation in this process -> its result row."""
+    """Time one implementation in this process -> its measurement: the median of --blocks blocks."""
     from gpt2kit.device import enable_tf32, resolve_device, resolve_dtype
-    from gpt2kit.train.metrics import estimate_mfu
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype if args.dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32"))
+    dtype = resolve_dtype(_dtype_name(args, device))
     if device.type == "cuda":
         enable_tf32()
     torch.manual_seed(0)
@@ -152,7 +157,7 @@ def worker(args) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     blocks = []
-    for _ in range(args.repeat):
+    for _ in range(args.blocks):
         sync()
         t0 = time.perf_counter()
         for _ in range(args.steps):
@@ -160,40 +165,59 @@ def worker(args) -> dict:
         sync()
         blocks.append((time.perf_counter() - t0) / args.steps)
     sec = statistics.median(blocks)
-    tokens = args.batch * args.block
-    flops = 6 * shape.num_params() + 12 * shape.n_layer * shape.n_embd * args.block
-    mfu = estimate_mfu(flops, tokens / sec, device)
     if device.type == "cuda":
         peak_mb = torch.cuda.max_memory_allocated(device) / 2**20
     else:
         peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    return {
-        "impl": args.worker, "ms_per_step": round(1000 * sec, 2), "tok_per_s": round(tokens / sec, 1),
-        "mfu": None if mfu is None else round(mfu, 4), "peak_mem_mb": round(peak_mb, 1),
-        "peak_mem_kind": "cuda_max_allocated" if device.type == "cuda" else "process_max_rss",
-        "ms_blocks": [round(1000 * b, 2) for b in blocks], "warmup_s": round(warmup_s, 1),
-        "loss_first": round(first, 4), "loss_last": round(float(loss), 4), "dtype": str(dtype).removeprefix("torch."),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-    }  # fmt: skip
+    return {"tok_per_s": args.batch * args.block / sec, "ms_per_step": 1000 * sec, "peak_mem_mb": peak_mb,
+            "warmup_s": warmup_s, "loss_first": first, "loss_last": float(loss)}  # fmt: skip
 
 
-def _env(args, argv: list[str]) -> dict:
-    import importlib.metadata as md
+def _dtype_name(args, device, impl: str | None = None) -> str:
+    """The dtype `impl` (default this worker's) computes in: --hf-dtype for transformers when given, else --dtype."""
+    name = args.hf_dtype if (impl or args.worker) == "transformers" and args.hf_dtype else args.dtype
+    return name if name != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
-    def version(name):
-        try:
-            return md.version(name)
-        except md.PackageNotFoundError:
-            return None
 
-    cpu = platform.processor()
-    with contextlib.suppress(OSError):
-        cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), cpu)
-    return {"bench": "train", "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpu_name": cpu,
-            "torch": torch.__version__, "transformers": version("transformers"), "model": args.model,
-            "params_M": round(_shape(args).num_params() / 1e6, 1), "batch": args.batch, "block": args.block,
-            "compile": args.compile, "pad_vocab": args.pad_vocab, "loss": args.loss,
-            "command": " ".join(["python", "benchmarks/train.py", *argv])}  # fmt: skip
+def flops_per_token(shape, block: int) -> float:
+    """A training step's FLOPs per token, the same count for every side: 6 N (forward and backward through
+    the weights, N the unpadded parameter count) + 12 L C T (attention scores and their weighted sum)."""
+    return 6 * shape.num_params() + 12 * shape.n_layer * shape.n_embd * block
+
+
+def bench(args, argv: list[str]) -> int:
+    """Each side in its own processes, alternating --repeat times; one JSON line with the medians."""
+    from gpt2kit.device import resolve_device
+
+    device = resolve_device(args.device)
+    sides = {impl: [__file__, *argv, "--worker", impl] for impl in args.impls.split(",")}
+    dtypes = {impl: _dtype_name(args, device, impl) for impl in sides}
+    failed: dict[str, str] = {}
+    threads = args.threads or torch.get_num_threads()
+    roofs = {dt: harness.matmul_roof_tflops(threads, dt, device.type, n=8192 if device.type == "cuda" else 2048)
+             for dt in dict.fromkeys(dtypes.values())}  # fmt: skip
+    runs = harness.alternate(sides, args.repeat, timeout=args.timeout, failed=failed)
+    ok = {impl: r for impl, r in runs.items() if r and impl not in failed}
+    figures = {impl: harness.median(r, "tok_per_s") for impl, r in ok.items()}
+    flops = flops_per_token(_shape(args), args.block)
+    ref = "transformers" if "transformers" in figures else None
+    line = harness.record(
+        "train", ["python", "benchmarks/train.py", *argv], threads,
+        {impl: {"figure": round(f, 1), "unit": "tok/s", "runs": [round(r["tok_per_s"], 1) for r in ok[impl]]} for impl, f in figures.items()},
+        round(figures["gpt2kit"] / figures[ref], 3) if ref and "gpt2kit" in figures else None,
+        out=args.out or None,
+        config=dict(model=args.model, params_M=round(_shape(args).num_params() / 1e6, 1), device=device.type, dtype=dtypes,
+                    batch=args.batch, block=args.block, compile=args.compile, pad_vocab=args.pad_vocab, loss=args.loss),
+        ms_per_step={impl: round(harness.median(r, "ms_per_step"), 1) for impl, r in ok.items()},
+        matmul_roof_tflops={dt: round(r, 3) for dt, r in roofs.items()},
+        roof_share={impl: round(f * flops / (roofs[dtypes[impl]] * 1e12), 3) for impl, f in figures.items()},
+        peak_mem_mb={impl: round(harness.median(r, "peak_mem_mb")) for impl, r in ok.items()},
+        loss_first_last={impl: f"{r[0]['loss_first']:.4f} -> {r[0]['loss_last']:.4f}" for impl, r in ok.items()},
+        speedup_vs_nanogpt=round(figures["gpt2kit"] / figures["nanogpt"], 3) if {"gpt2kit", "nanogpt"} <= set(figures) else None,
+        **({"error": failed} if failed else {}),
+    )  # fmt: skip
+    print(json.dumps(line), flush=True)
+    return 1 if failed else 0
 
 
 def main(argv=None) -> int:
@@ -201,59 +225,31 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="gpt2", help="a TrainConfig model: tiny, cpu-small, gpt2, gpt2-medium, gpt2-xl, ...")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--block", type=int, default=1024)
-    ap.add_argument("--dtype", default="auto", help="auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16")
+    ap.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="auto: bf16 on CUDA, fp32 on the CPU")
+    ap.add_argument("--hf-dtype", default=None, choices=["fp32", "bf16", "fp16"], help="transformers' dtype (default: --dtype)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--impls", default=",".join(IMPLS), help=f"comma list of {', '.join(IMPLS)}")
     ap.add_argument("--steps", type=int, default=10, help="steps per timed block")
-    ap.add_argument("--repeat", type=int, default=3, help="timed blocks (>= 3); ms/step is the median block's")
+    ap.add_argument("--blocks", type=int, default=3, help="timed blocks per process; a process's figure is the median block's")
+    ap.add_argument("--repeat", type=int, default=3, help="processes per side, alternating (>= 3); the figure is their median")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps first (compilation, allocator)")
     ap.add_argument("--compile", default="auto", choices=["auto", "on", "off"], help="gpt2kit and nanoGPT (auto: on for CUDA)")
     ap.add_argument("--pad-vocab", type=int, default=64, help="gpt2kit: head rows padded to a multiple of this (0 = off)")
     ap.add_argument("--loss", default="chunked", choices=["chunked", "forward"], help="gpt2kit: lm_head_loss, or the model's own loss")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--timeout", type=float, default=900, help="seconds per implementation's process")
-    results = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or HERE / "results")
-    ap.add_argument("--out", default=str(results / "train.jsonl"), help="append JSON lines here ('' = print only)")
+    ap.add_argument("--timeout", type=float, default=900, help="seconds per worker process")
+    ap.add_argument("--out", default="", help="append the JSON line here (default: benchmarks/results/train.jsonl)")
     ap.add_argument("--worker", choices=IMPLS, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.repeat < 3 and args.worker is None:
-        ap.error("--repeat must be >= 3: the reported figure is a median")
     if args.worker:
-        print("RESULT " + json.dumps(worker(args)), flush=True)
+        print(json.dumps(worker(args)), flush=True)
         return 0
-    argv = list(sys.argv[1:] if argv is None else argv)
-    env = _env(args, argv)
-    rows = {}
-    for impl in args.impls.split(","):
-        if impl not in IMPLS:
-            ap.error(f"unknown implementation {impl!r}; choose from {', '.join(IMPLS)}")
-        rows[impl] = _run_worker(impl, argv, args.timeout)
-    for impl, row in rows.items():
-        row = {**env, **row}
-        for ref in ("nanogpt", "transformers"):
-            if impl != ref and "tok_per_s" in row and "tok_per_s" in rows.get(ref, {}):
-                row[f"speedup_vs_{ref}"] = round(row["tok_per_s"] / rows[ref]["tok_per_s"], 3)
-        print(json.dumps(row), flush=True)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            with open(args.out, "a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-    return 0 if all("error" not in r for r in rows.values()) else 1
-
-
-def _run_worker(impl: str, argv: list[str], timeout: float) -> dict:
-    """One implementation in a fresh process (its own allocator, compile caches and peak memory)."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", impl]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(HERE.parent / "src"), os.environ.get("PYTHONPATH")]))}
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return {"impl": impl, "error": f"timed out after {timeout:.0f} s"}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
-    return {"impl": impl, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    if args.repeat < 3:
+        ap.error("--repeat must be >= 3: the reported figure is a median of processes")
+    unknown = set(args.impls.split(",")) - set(IMPLS)
+    if unknown or "gpt2kit" not in args.impls.split(","):
+        ap.error(f"--impls: a comma list of {', '.join(IMPLS)} that includes gpt2kit (unknown: {', '.join(sorted(unknown)) or 'none'})")
+    return bench(args, list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -70,10 +70,23 @@ def _compute_dtype(h: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(h.dtype, weight.dtype)
 
 
-def _chunk_logits(h_c: torch.Tensor, w: torch.Tensor, n_valid: int) -> torch.Tensor:
-    """(n, C) @ (V, C)^T -> (n, V) float32 logits, rounded to the compute dtype first; padding -> -inf."""
-    logits = (h_c @ w.t()).float()  # (n, V)
-    if n_valid < logits.shape[1]:
+def _chunk_logits(h_c: torch.Tensor, w: torch.Tensor, n_valid: int, bufs: dict) -> torch.Tensor:
+    """(n, C) @ (V, C)^T -> (n, V) float32 logits, rounded to the compute dtype first; padding -> -inf. The
+    products are written into buffers kept in `bufs` for every chunk ({dtype: (chunk, V)}): a fresh 258 MB
+    block per chunk would fault in every page again (glibc hands blocks that large back to the kernel)."""
+    n, V = h_c.shape[0], w.shape[0]
+
+    def buf(dtype: torch.dtype) -> torch.Tensor:  # (n, V)
+        if dtype not in bufs:
+            bufs[dtype] = torch.empty(n, V, dtype=dtype, device=w.device)
+        return bufs[dtype][:n]
+
+    logits = buf(torch.float32)
+    if w.dtype == torch.float32:
+        torch.mm(h_c, w.t(), out=logits)
+    else:
+        logits.copy_(torch.mm(h_c, w.t(), out=buf(w.dtype)))
+    if n_valid < V:
         logits[:, n_valid:] = float("-inf")
     return logits
 
@@ -97,14 +110,18 @@ class _HeadLoss(torch.autograd.Function):
             total = torch.zeros((), dtype=torch.float32, device=h.device)
             grad_h = torch.empty(hc.shape, dtype=h.dtype, device=h.device) if want_h else None  # (N, C)
             grad_w = torch.zeros(wc.shape, dtype=torch.float32, device=h.device) if want_w else None  # (V, C)
+            bufs: dict = {}  # the chunks' logits buffers (_chunk_logits)
             for a in range(0, N, chunk_rows):
                 b = min(a + chunk_rows, N)
-                logits = _chunk_logits(hc[a:b], wc, n_valid)  # (n, V)
-                lse = torch.logsumexp(logits, dim=1)  # (n,)
+                logits = _chunk_logits(hc[a:b], wc, n_valid, bufs)  # (n, V)
                 picked = logits.gather(1, safe[a:b, None]).squeeze(1)  # (n,)
-                total += torch.where(counted[a:b], lse - picked, 0.0).sum()
+                # the softmax in place, its normaliser kept: exp(x - max) / sum, lse = max + log(sum)
+                top = logits.amax(dim=1)  # (n,)
+                e = logits.sub_(top[:, None]).exp_()  # (n, V); padding: exp(-inf) = 0
+                sums = e.sum(dim=1)  # (n,)
+                total += torch.where(counted[a:b], top + sums.log() - picked, 0.0).sum()
                 if want_h or want_w:
-                    _chunk_grads(logits, lse, safe[a:b], row_scale[a:b], hc[a:b], wc, grad_h, grad_w, a, b)
+                    _chunk_grads(e, sums, safe[a:b], row_scale[a:b], hc[a:b], wc, grad_h, grad_w, a, b)
             loss = total / n_counted  # 0/0 = nan when nothing counts, like F.cross_entropy
         ctx.save_for_backward(grad_h, None if grad_w is None else grad_w.to(weight.dtype))
         return loss
@@ -117,12 +134,13 @@ class _HeadLoss(torch.autograd.Function):
                 None if grad_w is None else grad_w * scale.to(grad_w.dtype), None, None, None)  # fmt: skip
 
 
-def _chunk_grads(logits, lse, targets, row_scale, h_c, w, grad_h, grad_w, a: int, b: int) -> None:
-    """The chunk's d loss / d logits = (softmax - onehot) * row_scale, rounded to the compute dtype as the
-    plain path's Linear backward sees it, then grad_h[a:b] = it @ W and grad_W += it^T @ h_c."""
-    d = logits.sub_(lse[:, None]).exp_()  # (n, V) softmax, in place; padding: exp(-inf) = 0
-    d.scatter_add_(1, targets[:, None], torch.full_like(lse[:, None], -1.0))  # - onehot
-    d = d.mul_(row_scale[:, None]).to(w.dtype)
+def _chunk_grads(e, sums, targets, row_scale, h_c, w, grad_h, grad_w, a: int, b: int) -> None:
+    """The chunk's d loss / d logits = (softmax - onehot) * row_scale, from e = exp(logits - max) and its row
+    sums, in place in e, rounded to the compute dtype as the plain path's Linear backward sees it, then
+    grad_h[a:b] = it @ W and grad_W += it^T @ h_c."""
+    d = e.mul_((row_scale / sums)[:, None])  # (n, V) softmax * row_scale
+    d.scatter_add_(1, targets[:, None], -row_scale[:, None].to(d.dtype))  # - onehot * row_scale
+    d = d.to(w.dtype)
     if grad_h is not None:
         grad_h[a:b] = d @ w  # (n, C)
     if grad_w is not None:
