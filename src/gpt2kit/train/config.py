@@ -75,8 +75,8 @@ class TrainConfig(DictConfig):
         "auto (bf16 autocast on GPUs that have it, fp16+GradScaler on older GPUs, fp32 on CPU), fp32, bf16, fp16", default="auto"
     )
     compile: str = _help(
-        "torch.compile the model: auto (on for CUDA; on the CPU for runs of 200+ steps without a time limit under "
-        "10 minutes, where its 20-30 s of compiling pays back), on, off",
+        "torch.compile the model: auto (on for CUDA; on the CPU, for runs of 200+ steps without a time limit under "
+        "10 minutes, the first steps are timed eager and compiled and the faster is kept), on, off",
         default="auto",
     )
     pad_vocab: int = _help(
@@ -164,15 +164,20 @@ class TrainConfig(DictConfig):
             raise ConfigError("LoRA and --fsdp do not combine; LoRA's point is that the frozen model fits without sharding.")
 
     def use_compile(self, device_type: str) -> bool:
-        """Whether the training forward is compiled. On the CPU inductor's fused kernels make a step faster
-        (measured in benchmarks/RESULTS.md, train) after tens of seconds of compiling, which a short run (the
-        tests, a smoke run, a tight time budget) would not win back."""
+        """Whether the training forward may be compiled. On the CPU whether compiling makes a step faster
+        depends on the machine, so `auto` then measures it in the run's first steps (compile_trial.py) and only
+        where the tens of seconds of compiling can pay back; a short run (the tests, a smoke run, a tight time
+        budget) trains eagerly."""
         if self.compile != "auto":
             return self.compile == "on"
         if device_type == "cuda":
             return True
         long_run = self.max_steps >= 200 and not (0 < self.max_minutes < 10)
         return device_type == "cpu" and long_run and _cpp_compiler_found()
+
+    def measures_compile(self, device_type: str) -> bool:
+        """Whether `auto` times eager and compiled steps before it compiles for good (on the CPU)."""
+        return self.compile == "auto" and device_type == "cpu" and self.use_compile(device_type)
 
     @property
     def lora_target_list(self) -> tuple[str, ...]:

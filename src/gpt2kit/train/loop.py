@@ -35,6 +35,7 @@ from gpt2kit.model import GPT
 from gpt2kit.model.vocab_pad import pad_vocab, unpadded
 from gpt2kit.train import checkpoint as ckpt
 from gpt2kit.train import distributed as D
+from gpt2kit.train.compile_trial import SPAN, CompileTrial
 from gpt2kit.train.config import TrainConfig
 from gpt2kit.train.eval_hooks import EvalHook, config_eval_hooks
 from gpt2kit.train.inputs import make_loaders
@@ -146,7 +147,10 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
         step, best_val, bad_evals = meta["step"], meta.get("best_val_loss") or math.inf, meta.get("bad_evals", 0)
         say(f"resumed from {resume_from} at step {step}")
     use_compile = cfg.use_compile(device.type)
-    runner = torch.compile(model) if use_compile else model
+    trial = None  # --compile auto on the CPU: eager and compiled steps timed, the faster kept (compile_trial.py)
+    if cfg.measures_compile(device.type) and not info.enabled:
+        trial = CompileTrial(model, say, meta)
+    runner = trial.runner if trial else torch.compile(model) if use_compile else model
     if not fsdp:
         runner = D.wrap_model(runner, info, device, fsdp=False)  # DDP around the compiled module (nanoGPT's order)
     if meta is not None:
@@ -155,7 +159,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     n_params = model.num_params()
     flops_per_token = 6 * n_params + 12 * model.config.n_layer * model.config.n_embd * T
     say(f"model: {n_params / 1e6:.1f}M parameters, T={T}, {dtype} on {device}{' x' + str(info.world) if info.enabled else ''}"
-        f"{', compiled' if use_compile else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
+        f"{', compiled' if use_compile and not trial else ', compile timed' if trial and not trial.decided else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
     logger = MetricsLog(out, cfg.tensorboard, cfg.wandb_project, cfg.to_dict()) if info.is_main else None
     if logger and meta is not None:  # records a killed run wrote after its last checkpoint are not this run's
         logger.truncate_after(step)
@@ -174,6 +178,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
     # fit_to_time: fitted once after warm-up, then again at each eval from the recent rate (which changes when
     # other jobs share the device); the checkpoints save fit_to_time=False, so a resume keeps the schedule.
     fitting, max_steps_cap, fit_from = cfg.fit_to_time and cfg.max_minutes > 0, cfg.max_steps, None
+    fit0 = start_step + (SPAN if trial and not trial.decided else 0)  # the compile trial's steps are not timed for the fit
     while step < cfg.max_steps:
         lr = get_lr(
             step, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps, schedule=cfg.schedule
@@ -198,12 +203,13 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        runner = trial.step_done() if trial else runner
         steps_since_log += 1
         if on_step is not None:
             on_step(step, cfg.max_steps)
-        if fitting and step == start_step + _FIT_FROM:
+        if fitting and step == fit0 + _FIT_FROM:
             fit_from = (step, time.perf_counter())  # the steps before this one paid for compilation and warm-up
-        if fitting and (step == start_step + _FIT_AT or step > start_step + _FIT_AT and step % cfg.eval_interval == 0):
+        if fitting and (step == fit0 + _FIT_AT or step > fit0 + _FIT_AT and step % cfg.eval_interval == 0):
             cfg = _fit_schedule(cfg, step, fit_from, max_steps_cap, deadline, info, device, say)
             fit_from = (step, time.perf_counter())  # the next fit uses the rate since this one (it may change)
         last_step = step == cfg.max_steps
@@ -340,6 +346,7 @@ def _save(cfg, model, runner, optimizer, scaler, loader, info, root, step, batch
             "world_size": info.world,
             "train_config": cfg.resolved().to_dict(),  # absolute paths: --resume works from any directory
             "torch_version": torch.__version__,
+            "compiled": hasattr(getattr(runner, "module", runner), "_orig_mod"),  # the step's model (DDP's inside)
         }
         state = {
             "optimizer": optim_state or optimizer.state_dict(),
