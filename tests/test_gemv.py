@@ -1,5 +1,7 @@
 """gemv.c and its build (model/gemv.py): products against F.linear on shapes that end mid-block, the packed
-layout, and every way the kernel can be unavailable (each with its one-line reason)."""
+layout, and every way the kernel can be unavailable (each with its one-line reason). Where the CPU has
+AVX-512, the AVX2 kernels are built too (GPT2KIT_GEMV_CFLAGS="-mno-avx512f", and without AVX-VNNI) and get
+the same float32 and int8 tests."""
 
 import pytest
 import torch
@@ -19,6 +21,24 @@ def _needs(dtype):
     return pytest.mark.skipif(why is not None, reason=f"gemv.c for {dtype}: {why}")
 
 
+def _builds() -> list[str]:
+    """The builds this CPU can test: its own, and the AVX2 ones (with and without AVX-VNNI) it can also run."""
+    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    extra = ["-mno-avx512f"] if "avx512f" in flags and {"avx2", "fma"} <= flags else []
+    return ["", *extra, *(["-mno-avx512f -mno-avxvnni"] if "avx_vnni" in flags else [])]
+
+
+@pytest.fixture(params=_builds(), ids=lambda f: f or "native")
+def build(request, monkeypatch):
+    """gemv.c built with these extra compiler flags (in the user cache, as a user's build), forgotten after."""
+    monkeypatch.setenv(gemv.CFLAGS, request.param)
+    gemv._build.cache_clear()
+    L._gemv_works.cache_clear()
+    yield request.param
+    gemv._build.cache_clear()
+    L._gemv_works.cache_clear()
+
+
 def _data(out, inp, lead, seed=0):
     g = torch.Generator().manual_seed(seed)
     w, b, x = torch.randn(out, inp, generator=g), torch.randn(out, generator=g) + 2.0, torch.randn(*lead, inp, generator=g)
@@ -33,7 +53,8 @@ SHAPES = [(64, 64), (50, 40), (7, 100), (33, 16), (96, 200)]
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("lead", [(1,), (3,), (2, 4), ()])
 @pytest.mark.parametrize("bias", [True, False])
-def test_f32_equals_f_linear(shape, lead, bias):
+def test_f32_equals_f_linear(build, shape, lead, bias):
+    assert gemv.unavailable(torch.float32) is None, build
     w, b, x = _data(*shape, lead)
     b = b if bias else None
     y = L.make_kernel("gemv", w, b)(x)
@@ -67,12 +88,14 @@ def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
 
 
 @_needs(torch.float32)
-def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded():
+def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded(build):
     w, b, _ = _data(20, 40, ())
     p = gemv.Packed(w, b, torch.float32)
-    assert p.w.shape == (2, 3, 16, 16) and p.w.is_contiguous()  # (N'/16 blocks, K'/16 chunks, 16 rows, 16 lanes)
-    assert torch.equal(p.w[0, 1, 5], w[5, 16:32]) and torch.equal(p.w[1, 2, 3, :8], w[19, 32:40])
-    assert p.w[1, :, 4:].eq(0).all() and p.w[:, 2, :, 8:].eq(0).all()  # the padding is zeros
+    rows = 8 if "-mno-avx512f" in build or "avx512f" not in gemv.machine.cpu_info().get("flags", "") else 16
+    blocks = -(-20 // rows)
+    assert p.w.shape == (blocks, 3, rows, 16) and p.w.is_contiguous()  # (N'/rows blocks, K'/16 chunks, rows, 16 lanes)
+    assert torch.equal(p.w[0, 1, 5], w[5, 16:32]) and torch.equal(p.w[19 // rows, 2, 19 % rows, :8], w[19, 32:40])
+    assert p.w[-1, :, 20 % rows :].eq(0).all() and p.w[:, 2, :, 8:].eq(0).all()  # the padding is zeros
     assert p.b.dtype == torch.float32 and torch.equal(p.b, b)
 
 
@@ -108,16 +131,16 @@ def test_switched_off_it_is_never_offered(fresh_build, monkeypatch):
     assert not list(fresh_build.iterdir())  # nothing was built
 
 
-def test_without_avx512_a_source_or_a_compiler_or_with_a_failing_build_it_says_why(fresh_build, monkeypatch):
+def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why(fresh_build, monkeypatch):
     def why(**patch):
         gemv._build.cache_clear()
         for name, value in patch.items():
             monkeypatch.setattr(gemv, name, value)
         return gemv.unavailable(torch.float32)
 
-    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu sse2 avx2 fma"})
-    assert why() == "the CPU has no AVX-512 (F, BW and VL)"
-    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 avx512f avx512bw avx512vl"})
+    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu sse2 sse4_2 avx avx2"})  # AVX2 without FMA
+    assert why() == "the CPU has neither AVX2 with FMA nor AVX-512"
+    monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 fma"})
     assert why(SOURCE=gemv.SOURCE.with_name("missing.c")) == "missing.c is missing from the installed package"
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
     monkeypatch.setenv("CC", "no-such-compiler-here")
@@ -144,7 +167,7 @@ def test_the_library_is_built_once_and_then_loaded_from_the_cache(fresh_build, m
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, BF])
-def test_nothing_past_the_end_of_x_is_read(dtype):
+def test_nothing_past_the_end_of_x_is_read(build, dtype):
     """An input that ends mid-chunk is followed in memory by NaNs: the kernel must mask its last load (weights
     padded with zeros do not help: NaN * 0 is NaN)."""
     if gemv.unavailable(dtype):
@@ -170,7 +193,8 @@ def _int8_reference(w, b, x):
 @_needs(torch.int8)
 @pytest.mark.parametrize("shape", SHAPES + [(20, 130)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_int8_is_the_specified_quantisation(shape, bias):
+def test_int8_is_the_specified_quantisation(build, shape, bias):
+    assert gemv.unavailable(torch.int8) is None, build
     w, b, x = _data(*shape, (4,))
     w[3] = 0.0  # an all-zero output channel
     x[1] = 0.0  # an all-zero row: its scale is 0, its outputs the bias alone
@@ -192,7 +216,7 @@ def test_int8_takes_bf16_activations_and_answers_in_bf16():
 
 
 @_needs(torch.int8)
-def test_int8_reads_nothing_past_the_end_of_x():
+def test_int8_reads_nothing_past_the_end_of_x(build):
     w, b, x = _data(40, 72, (1,))
     buf = torch.full((72 + 64,), float("nan"))
     buf[:72] = x[0]
@@ -201,14 +225,15 @@ def test_int8_reads_nothing_past_the_end_of_x():
 
 
 def test_it_builds_wherever_it_can():
-    """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX-512
-    and there is a compiler, float32 weights are supported, and bf16 / int8 ones where the CPU has the
-    instructions."""
-    flags = gemv.machine.cpu_info().get("flags", "").split()
-    if not {"avx512f", "avx512bw", "avx512vl"} <= set(flags) or gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
-        pytest.skip("no AVX-512 or no C compiler here: gemv.c is not built")
+    """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX2 with
+    FMA or AVX-512 and there is a compiler, float32 and int8 weights are supported, and bf16 ones where the
+    CPU has AVX-512 BF16."""
+    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    avx512 = {"avx512f", "avx512bw", "avx512vl"} <= flags
+    if not ({"avx2", "fma"} <= flags or avx512) or gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
+        pytest.skip("no AVX2 with FMA, no AVX-512 or no C compiler here: gemv.c is not built")
     if gemv.os.environ.get(gemv.SWITCH) == "0":
         pytest.skip("gemv.c turned off (GPT2KIT_GEMV=0)")
-    assert gemv.unavailable(torch.float32) is None
-    assert (gemv.unavailable(BF) is None) == ("avx512_bf16" in flags)
-    assert (gemv.unavailable(torch.int8) is None) == ("avx512_vnni" in flags)
+    assert gemv.unavailable(torch.float32) is None and gemv.unavailable(torch.int8) is None
+    assert (gemv.unavailable(BF) is None) == (avx512 and "avx512_bf16" in flags)
+    assert ("AVX-512" in gemv.status()) == avx512

@@ -11,22 +11,27 @@
 
    Built by gemv.py for the CPU that runs it (-march=native), with OpenMP, whose runtime is the one torch
    already loaded (the same libgomp.so.1), so it shares torch's threads. Functions exist only where the CPU
-   has the instructions: gk_gemv_f32 needs AVX-512F, gk_gemv_bf16 AVX-512 BF16 (vdpbf16ps: bf16 pairs
-   multiplied and summed into float32), gk_gemv_s8 AVX-512 VNNI (vpdpbusd: unsigned by signed bytes, four
-   at a time, summed into int32). */
+   has the instructions. With AVX-512 (F, BW, VL): gk_gemv_f32 (zmm FMA), gk_gemv_bf16 with AVX-512 BF16
+   (vdpbf16ps: bf16 pairs multiplied and summed into float32) and gk_gemv_s8 with AVX-512 VNNI (vpdpbusd:
+   unsigned by signed bytes, four at a time, summed into int32). With AVX2 and FMA alone (most laptops and
+   AMD CPUs before Zen 4), or for int8 on AVX-512 CPUs without VNNI: gk_gemv_f32 and gk_gemv_s8 on 32-byte
+   registers, 8 rows a block (below). Each kind says its block height (gk_rows_<kind>). */
 
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 
-#define ROWS 16
 #ifndef PREFETCH
 #define PREFETCH 4096
 #endif
 
-int gk_rows(void) { return ROWS; }
+/* The products: each thread takes whole blocks (schedule static: one contiguous stream each). Every product
+   takes the packed weight's arguments first (what gemv.py binds once), then x, y, M, threads. */
+#define FOR_BLOCKS(nb, N, rows) \
+  _Pragma("omp parallel for num_threads(threads) schedule(static)") for (int64_t nb = 0; nb < ((N) + (rows) - 1) / (rows); ++nb)
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define ROWS 16
 #define HAVE_F32 1
 #if defined(__AVX512BF16__)
 #define HAVE_BF16 1
@@ -102,31 +107,28 @@ static inline __attribute__((always_inline)) void block(enum kind kind, const ch
 
 static inline __mmask64 tail_bytes(int64_t bytes) { return bytes % 64 ? ((__mmask64)1 << (bytes % 64)) - 1 : ~(__mmask64)0; }
 
-/* The products: each thread takes whole blocks (schedule static: one contiguous stream each). Every product
-   takes the packed weight's arguments first (what gemv.py binds once), then x, y, M, threads. */
-#define FOR_BLOCKS(nb, N) \
-  _Pragma("omp parallel for num_threads(threads) schedule(static)") for (int64_t nb = 0; nb < ((N) + ROWS - 1) / ROWS; ++nb)
-
 /* float32: LANES = 16; x (M, K) float32, b (N) or NULL, y (M, N) float32. */
 int gk_lanes_f32(void) { return 16; }
+int gk_rows_f32(void) { return ROWS; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
                  int threads) {
   const int64_t chunks = (K + 15) / 16;
   const struct out o = {b, 0, 0, 0, 0, y};
-  FOR_BLOCKS(nb, N) block(F32, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 4 * K, chunks,
+  FOR_BLOCKS(nb, N, ROWS) block(F32, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 4 * K, chunks,
                           tail_bytes(4 * K), M, nb * ROWS, N, &o);
 }
 
 #ifdef HAVE_BF16
 /* bf16: LANES = 32; x (M, K) bf16, b (N) float32 or NULL; y (M, N) bf16, or float32 when out_f32. */
 int gk_lanes_bf16(void) { return 32; }
+int gk_rows_bf16(void) { return ROWS; }
 
 void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
                   int64_t M, int threads) {
   const int64_t chunks = (K + 31) / 32;
   const struct out o = {b, 0, 0, 0, !out_f32, y};
-  FOR_BLOCKS(nb, N) block(BF16, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 2 * K, chunks,
+  FOR_BLOCKS(nb, N, ROWS) block(BF16, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 2 * K, chunks,
                           tail_bytes(2 * K), M, nb * ROWS, N, &o);
 }
 #endif
@@ -137,6 +139,7 @@ void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int
    even), and stored as p + 128 (vpdpbusd multiplies unsigned by signed bytes), zero-padded to whole chunks.
    Then y[m, n] = s[m] scale[n] (sum_k (p + 128) q - 128 qsum[n]) + b[n], exact in int32 up to K = 66000. */
 int gk_lanes_s8(void) { return 64; }
+int gk_rows_s8(void) { return ROWS; }
 
 static void quantize_rows(const float *x, uint8_t *xq, float *xs, int64_t M, int64_t K, int64_t Kp) {
   for (int64_t m = 0; m < M; ++m) {
@@ -166,10 +169,147 @@ void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const 
   float *xs = malloc(M * sizeof(float));
   quantize_rows(x, xq, xs, M, K, Kp);
   const struct out o = {b, scale, qsum, xs, 0, y};
-  FOR_BLOCKS(nb, N) block(S8, (const char *)w + nb * chunks * ROWS * 64, (const char *)xq, Kp, chunks,
+  FOR_BLOCKS(nb, N, ROWS) block(S8, (const char *)w + nb * chunks * ROWS * 64, (const char *)xq, Kp, chunks,
                           ~(__mmask64)0, M, nb * ROWS, N, &o);
   free(xq);
   free(xs);
 }
+#endif  /* HAVE_S8 */
+#endif  /* AVX-512 */
+
+#if defined(__AVX2__) && defined(__FMA__) && !(defined(HAVE_F32) && defined(HAVE_S8))
+/* ---- AVX2 (32-byte registers): float32 and int8 where AVX-512 does not give them ----------------------
+   The same packed layout, 64-byte chunks of a row, in blocks of ROWS2 = 8 rows: 8 accumulators, each chunk
+   two registers wide, leave room for x's chunk in the 16 registers. int8 has no vpdpbusd here (unless the
+   CPU has AVX-VNNI): the bytes are multiplied by vpmaddubsw, unsigned by signed into pairs of int16, which
+   would overflow with x stored as p + 128 (2 x 255 x 127 > 32767). So x is kept signed, p in [-127, 127],
+   and multiplied as |p| by q with p's sign (vpsignb): pairs of at most 2 x 127 x 127 = 32258. */
+#define ROWS2 8
+
+static inline __m256i lanes_upto(int64_t n) {  /* int32 lanes 0..n-1 set (n clamped to 0..8) */
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+static inline float sum8(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_hadd_ps(s, s);
+  return _mm_cvtss_f32(_mm_hadd_ps(s, s));
+}
+
+static inline int32_t sum8i(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_hadd_epi32(s, s);
+  return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
+}
+
+#ifndef HAVE_F32
+int gk_lanes_f32(void) { return 16; }
+int gk_rows_f32(void) { return ROWS2; }
+
+/* One block of ROWS2 rows from n, for every row of x: float32 (M, K) x, x_row floats apart. */
+static void block_f32_avx2(const float *wb, const float *x, int64_t K, int64_t M, int64_t n, int64_t N,
+                           const float *b, float *y) {
+  const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
+  const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
+  const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
+  for (int64_t m = 0; m < M; ++m) {
+    __m256 acc[ROWS2];
+    for (int r = 0; r < ROWS2; ++r) acc[r] = _mm256_setzero_ps();
+    const float *xm = x + m * K;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m256 x0 = c < chunks - 1 ? _mm256_loadu_ps(xm + 16 * c) : _mm256_maskload_ps(xm + last, m0);
+      const __m256 x1 = c < chunks - 1 ? _mm256_loadu_ps(xm + 16 * c + 8) : _mm256_maskload_ps(xm + last + 8, m1);
+      const float *wc = wb + c * ROWS2 * 16;
+      for (int r = 0; r < ROWS2; ++r) _mm_prefetch((const char *)(wc + 16 * r) + PREFETCH, _MM_HINT_T0);
+      for (int r = 0; r < ROWS2; ++r) {
+        acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wc + 16 * r), x0, acc[r]);
+        acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wc + 16 * r + 8), x1, acc[r]);
+      }
+    }
+    for (int r = 0; r < valid; ++r) y[m * N + n + r] = sum8(acc[r]) + (b ? b[n + r] : 0.0f);
+  }
+}
+
+void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
+                 int threads) {
+  const int64_t chunks = (K + 15) / 16;
+  FOR_BLOCKS(nb, N, ROWS2) block_f32_avx2(w + nb * chunks * ROWS2 * 16, x, K, M, nb * ROWS2, N, b, y);
+}
+#endif  /* !HAVE_F32 */
+
+#ifndef HAVE_S8
+/* int8 weights as for the AVX-512 kernel (w ~ scale[n] q[n, k]); x quantized per row, x ~ s[m] p[m, k], p
+   signed here, zero-padded to whole chunks; y[m, n] = s[m] scale[n] sum_k p q + b[n]. qsum is not needed. */
+int gk_lanes_s8(void) { return 64; }
+int gk_rows_s8(void) { return ROWS2; }
+
+static void quantize_rows_avx2(const float *x, int8_t *xq, float *xs, int64_t M, int64_t K, int64_t Kp) {
+  const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);  /* undoes the packs' lane interleave */
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    const float *xm = x + m * K;
+    __m256 amax = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K; k += 8)
+      amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, _mm256_maskload_ps(xm + k, lanes_upto(K - k))));
+    __m128 t = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    t = _mm_max_ps(t, _mm_movehl_ps(t, t));
+    const float top = _mm_cvtss_f32(_mm_max_ss(t, _mm_movehdup_ps(t)));
+    const __m256 inv = _mm256_set1_ps(top > 0 ? 127.0f / top : 0.0f);
+    xs[m] = top / 127.0f;
+    for (int64_t k = 0; k < Kp; k += 32) {
+      __m256i p[4];
+      for (int j = 0; j < 4; ++j) {  /* rounded to nearest even, as the AVX-512 kernel does; |p| <= 127 */
+        const __m256 v = _mm256_mul_ps(_mm256_maskload_ps(xm + k + 8 * j, lanes_upto(K - k - 8 * j)), inv);
+        p[j] = _mm256_min_epi32(_mm256_max_epi32(_mm256_cvtps_epi32(v), _mm256_set1_epi32(-127)), _mm256_set1_epi32(127));
+      }
+      const __m256i bytes = _mm256_packs_epi16(_mm256_packs_epi32(p[0], p[1]), _mm256_packs_epi32(p[2], p[3]));
+      _mm256_storeu_si256((__m256i *)(xq + m * Kp + k), _mm256_permutevar8x32_epi32(bytes, order));
+    }
+  }
+}
+
+static inline __m256i dot_s8(__m256i acc, __m256i ax, __m256i w) {  /* acc += |p| (q sign(p)), 4 at a time */
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(acc, ax, w);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, w), _mm256_set1_epi16(1)));
 #endif
-#endif
+}
+
+static void block_s8_avx2(const int8_t *wb, const int8_t *xq, int64_t Kp, int64_t M, int64_t n, int64_t N,
+                          const float *scale, const float *xs, const float *b, float *y) {
+  const int64_t chunks = Kp / 64;
+  const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
+  for (int64_t m = 0; m < M; ++m) {
+    __m256i acc[ROWS2];
+    for (int r = 0; r < ROWS2; ++r) acc[r] = _mm256_setzero_si256();
+    const int8_t *xm = xq + m * Kp;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xm + 64 * c));
+      const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xm + 64 * c + 32));
+      const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
+      const int8_t *wc = wb + c * ROWS2 * 64;
+      for (int r = 0; r < ROWS2; ++r) _mm_prefetch((const char *)(wc + 64 * r) + PREFETCH, _MM_HINT_T0);
+      for (int r = 0; r < ROWS2; ++r) {
+        acc[r] = dot_s8(acc[r], a0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wc + 64 * r)), x0));
+        acc[r] = dot_s8(acc[r], a1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wc + 64 * r + 32)), x1));
+      }
+    }
+    for (int r = 0; r < valid; ++r)
+      y[m * N + n + r] = xs[m] * scale[n + r] * (float)sum8i(acc[r]) + (b ? b[n + r] : 0.0f);
+  }
+}
+
+void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
+                const float *x, float *y, int64_t M, int threads) {
+  (void)qsum;
+  const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
+  int8_t *xq = aligned_alloc(64, M * Kp);
+  float *xs = malloc(M * sizeof(float));
+  quantize_rows_avx2(x, xq, xs, M, K, Kp);
+  FOR_BLOCKS(nb, N, ROWS2) block_s8_avx2(w + nb * chunks * ROWS2 * 64, xq, Kp, M, nb * ROWS2, N, scale, xs, b, y);
+  free(xq);
+  free(xs);
+}
+#endif  /* !HAVE_S8 */
+#endif  /* AVX2 */

@@ -7,11 +7,13 @@ stream, prefetched ahead: see gemv.c). It is a candidate like any other: kernels
 F.linear, MKL and oneDNN on the real shapes and keeps it only where it is fastest, and it is offered only
 where it built and gave F.linear's numbers on this machine.
 
-The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fopenmp, about a second, once per CPU
-(the library is cached under the user cache directory, named by a hash of the source, the compiler and the
-CPU's flags, and written atomically). No compiler, a compile error or a CPU without AVX-512 leaves the
-kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it off.
-The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
+The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fopenmp, plus $GPT2KIT_GEMV_CFLAGS
+(e.g. "-mno-avx512f" builds the AVX2 kernels on an AVX-512 CPU, as the tests do), about a second, once per
+CPU (the library is cached under the user cache directory, named by a hash of the source, the compiler, the
+flags and the CPU's flags, and written atomically). It needs AVX2 with FMA (float32 and int8 weights) or
+AVX-512 (F, BW, VL; bf16 weights need AVX-512 BF16). No compiler, a compile error or an older CPU leaves
+the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
+off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
 torch.get_num_threads().
 """
 
@@ -22,6 +24,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,7 +36,11 @@ from gpt2kit.atomic import atomic_path
 
 SOURCE = Path(__file__).with_name("gemv.c")
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
+CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+NO_SIMD = "the CPU has neither AVX2 with FMA nor AVX-512"
 
 
 @functools.cache
@@ -44,19 +51,20 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return None, "built only on x86-64 Linux"
     flags = machine.cpu_info().get("flags", "").split()
-    if not {"avx512f", "avx512bw", "avx512vl"} <= set(flags):
-        return None, "the CPU has no AVX-512 (F, BW and VL)"
+    if not ({"avx2", "fma"} <= set(flags) or {"avx512f", "avx512bw", "avx512vl"} <= set(flags)):
+        return None, NO_SIMD
     if not SOURCE.is_file():
         return None, f"{SOURCE.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         return None, f"no C compiler ({cc!r} not found; set CC)"
-    digest = hashlib.sha256(SOURCE.read_bytes() + cc.encode() + " ".join(flags).encode()).hexdigest()[:16]
+    extra = shlex.split(os.environ.get(CFLAGS, ""))
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *extra, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
         try:
             with atomic_path(lib) as tmp:
-                cmd = [cc, "-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(tmp)]
+                cmd = [cc, "-O3", "-march=native", *extra, "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(tmp)]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
                 if done.returncode != 0:
                     raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"{cc} failed")
@@ -80,8 +88,8 @@ def unavailable(dtype: torch.dtype) -> str | None:
     so, why = _build()
     if so is None:
         return why
-    need = {torch.float32: ("gk_gemv_f32", "the CPU has no AVX-512 (F, BW and VL)"), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
-            torch.int8: ("gk_gemv_s8", "the CPU has no AVX-512 VNNI")}  # fmt: skip
+    need = {torch.float32: ("gk_gemv_f32", NO_SIMD), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
+            torch.int8: ("gk_gemv_s8", NO_SIMD)}  # fmt: skip
     if dtype not in need:
         return f"no kernel for {dtype}"
     return None if hasattr(so, need[dtype][0]) else need[dtype][1]
@@ -97,8 +105,8 @@ def status() -> str:
     if so is None:
         return f"not available: {why}"
     kinds = [
-        name
-        for dtype, name in ((torch.float32, "float32"), (torch.bfloat16, "bf16"), (torch.int8, "int8"))
+        f"{name} ({'AVX-512' if getattr(so, f'gk_rows_{kind}')() == 16 else 'AVX2'})"
+        for dtype, name, kind in ((torch.float32, "float32", "f32"), (torch.bfloat16, "bf16", "bf16"), (torch.int8, "int8", "s8"))
         if unavailable(dtype) is None
     ]
     return f"built for this CPU ({', '.join(kinds)} weights): {so._name}"
@@ -121,7 +129,7 @@ class Packed:
         self.n, self.k = weight.shape
         self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
         kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
-        rows, lanes = so.gk_rows(), getattr(so, f"gk_lanes_{kind}")()
+        rows, lanes = getattr(so, f"gk_rows_{kind}")(), getattr(so, f"gk_lanes_{kind}")()
         w = weight.detach().to(dtype)
         w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))  # (N', K') zero rows and columns
         blocked = w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2)  # (N'/rows, K'/lanes, rows, lanes)

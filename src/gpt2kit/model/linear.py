@@ -12,12 +12,12 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
              uses), multiplied by `mkldnn._linear_pointwise`; private ops, so `available()` checks that they
              exist and give the right numbers before the kernel is ever offered;
   - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
-             (AVX-512; bf16 needs AVX-512 BF16), in the model's dtype;
+             (AVX2 with FMA, or AVX-512; bf16 needs AVX-512 BF16), in the model's dtype;
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
              or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
   - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
              in bf16 (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call
-             (`int8-dynamic`, torch's quantized engine; `int8-gemv`, gemv.c with AVX-512 VNNI); approximate,
+             (`int8-dynamic`, torch's quantized engine; `int8-gemv`, gemv.c on AVX-512 VNNI, AVX-VNNI or AVX2); approximate,
              only when asked for.
 """
 
@@ -168,7 +168,7 @@ class _Bf16Gemv(_WeightOnlyBf16, _Gemv):
 
 class _Int8Gemv(_Gemv):
     """int8 weights (one scale per output channel, as `int8`) and float32 activations quantized per call, one
-    scale per row (symmetric, 8 bits), through gemv.c's VNNI product (needs AVX-512 VNNI); float32 sums, the
+    scale per row (symmetric, 8 bits), through gemv.c's int8 product (AVX-512 VNNI, AVX-VNNI or AVX2); float32 sums, the
     bias added in float32."""
 
     exact = False
