@@ -7,8 +7,9 @@ trains the adapters only. The model is GPT-2-shaped with random weights (default
 
 Each measurement is a new Python process (`--worker`): its peak RSS (getrusage ru_maxrss) covers building
 the model, the optimizer state and the steps, and nothing one side allocated can speed up or inflate the
-other. Sides alternate, `--repeat` times each; the medians of ms/step and peak RSS are reported. One JSON
-line per side is appended to --out with the CPU model (lscpu), torch version, threads and the command.
+other. Sides alternate, `--repeat` times each (benchmarks/harness.py); the medians of ms/step and peak RSS are
+reported, the ratio is LoRA's ms/step over full fine-tuning's. One JSON line goes to benchmarks/results/lora.jsonl
+(or --out) with the machine (CPU model and flags), torch version, threads and the command.
 
   python benchmarks/lora.py                                   # gpt2-medium, batch 2 x 256 tokens, 3 repeats
   python benchmarks/lora.py --shape tiny --steps 2 --out /tmp/lora.jsonl     # a quick check that it runs
@@ -19,16 +20,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import harness  # noqa: E402
 
 
 def worker(args) -> dict:
@@ -73,14 +74,6 @@ def worker(args) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor() or "unknown"
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shape", default="gpt2-medium", help="a TrainConfig model preset: gpt2-medium (355M), gpt2, tiny, ...")
@@ -90,48 +83,26 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocations, first-touch page faults)")
     ap.add_argument("--repeat", type=int, default=3, help="processes per side (medians over them)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    ap.add_argument("--out", default=str(HERE / "results" / "lora.jsonl"), help="JSON lines appended here")
+    ap.add_argument("--out", default="", help="append the JSON line here (default: benchmarks/results/lora.jsonl)")
     ap.add_argument("--worker", choices=["full", "lora"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)), flush=True)
         return
-
-    runs: dict[str, list[dict]] = {"full": [], "lora": []}
-    base = [sys.executable, str(Path(__file__).resolve()), "--shape", args.shape, "--batch", str(args.batch), "--block", str(args.block),
+    base = [str(Path(__file__).resolve()), "--shape", args.shape, "--batch", str(args.batch), "--block", str(args.block),
             "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads)]  # fmt: skip
-    for r in range(args.repeat):
-        for side in ("full", "lora"):  # alternate, so a slow spell of the machine hits both sides
-            proc = subprocess.run(
-                [*base, "--worker", side], capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}
-            )
-            if proc.returncode != 0:
-                sys.exit(f"{side} run {r + 1} failed:\n{proc.stderr[-3000:]}")
-            run = json.loads(proc.stdout.strip().splitlines()[-1])
-            runs[side].append(run)
-            print(json.dumps({"repeat": r + 1, **run}), file=sys.stderr, flush=True)
-    env = {"cpu": cpu_model(), "cores": os.cpu_count(), "torch": runs["full"][0]["torch"], "threads": runs["full"][0]["threads"],
-           "shape": args.shape, "batch": args.batch, "block": args.block, "steps": args.steps, "warmup": args.warmup,
-           "repeat": args.repeat, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "command": shlex.join(["python", "benchmarks/lora.py", *sys.argv[1:]])}  # fmt: skip
-    rows = []
-    for side, rs in runs.items():
-        rows.append({"bench": "lora_vs_full_finetune", "side": side, **env,
-                     "ms_per_step": statistics.median(r["ms_per_step"] for r in rs),
-                     "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in rs),
-                     "params": rs[0]["params"], "trainable_params": rs[0]["trainable_params"],
-                     "runs_ms_per_step": [r["ms_per_step"] for r in rs], "runs_peak_rss_mb": [r["peak_rss_mb"] for r in rs]})  # fmt: skip
-    full, lora = rows
-    lora["vs_full"] = {
-        "time": round(lora["ms_per_step"] / full["ms_per_step"], 3),
-        "memory": round(lora["peak_rss_mb"] / full["peak_rss_mb"], 3),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "a", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    for row in rows:
-        print(json.dumps(row))
+    runs = harness.alternate({side: [*base, "--worker", side] for side in ("full", "lora")}, args.repeat)  # a slow spell hits both
+    ms = {side: harness.median(r, "ms_per_step") for side, r in runs.items()}
+    rss = {side: harness.median(r, "peak_rss_mb") for side, r in runs.items()}
+    line = harness.record(
+        "lora", ["python", "benchmarks/lora.py", *sys.argv[1:]], runs["full"][0]["threads"],
+        {side: {"figure": ms[side], "unit": "ms/step", "runs": [r["ms_per_step"] for r in rs]} for side, rs in runs.items()},
+        round(ms["lora"] / ms["full"], 3), out=args.out or None,
+        config=dict(shape=args.shape, batch=args.batch, block=args.block, steps=args.steps, warmup=args.warmup),
+        peak_rss_mb=rss, memory_ratio=round(rss["lora"] / rss["full"], 3),
+        trainable_params={side: rs[0]["trainable_params"] for side, rs in runs.items()}, params=runs["full"][0]["params"],
+    )  # fmt: skip
+    print(json.dumps(line))
 
 
 if __name__ == "__main__":

@@ -63,9 +63,27 @@ def result_of(line: dict) -> str:
     return "; ".join(str(p) for p in parts).replace("|", "\\|")
 
 
+def coverage(lines: list[dict]) -> str:
+    """Which machines the lines come from, and the kinds of machine none comes from (their rows are missing)."""
+    machines = sorted({machine_of(line) for line in lines})
+    cpus = [line for line in lines if not machine_of(line).startswith("GPU")]
+    missing = []
+    if not any(machine_of(line).startswith("GPU") for line in lines):
+        missing.append("a GPU (`benchmarks/gpu_check.sh` runs those measurements)")
+    if not any("avx512f" not in line.get("cpu_flags", ["avx512f"]) for line in cpus):
+        missing.append("a CPU without AVX-512 (AVX2 only): gemv.c's AVX2 kernels and emulated bf16 are unmeasured there")
+    if not any("amx_bf16" in line.get("cpu_flags", []) or "avx512_bf16" in line.get("cpu_flags", []) for line in cpus):
+        missing.append("a CPU with native bf16 (AVX-512 BF16 or AMX): the bf16 targets need one")
+    out = "\nMeasured on: " + "; ".join(machines) + "."
+    return out + ("\n\nNot measured on: " + "; ".join(missing) + ".\n" if missing else "\n")
+
+
 def render() -> str:
     out = [HEADER]
-    for path in sorted(RESULTS.glob("*.jsonl")):
+    files = sorted(RESULTS.glob("*.jsonl"))
+    everything = [json.loads(raw) for path in files for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
+    out.append(coverage(everything))
+    for path in files:
         lines = [json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
         by_machine: dict[str, list[dict]] = defaultdict(list)
         for line in lines:

@@ -23,3 +23,15 @@ def test_a_line_renders_its_machine_sides_and_ratio():
     cell = report.result_of(line)
     assert "transformers **40** tok/s" in cell and "gpt2kit **50** tok/s" in cell and "ratio **1.25x**" in cell
     assert "fraction_of_bound: gpt2kit 0.8" in cell
+
+
+def test_the_kinds_of_machine_no_line_comes_from_are_named():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import report
+
+    avx512 = {"cpu": "A", "cores": 2, "cpu_flags": ["avx2", "avx512f", "amx_bf16"]}
+    text = report.coverage([avx512])
+    assert "Measured on: CPU: A (2 cores; avx2, avx512f, amx_bf16)." in text
+    assert "a GPU" in text and "without AVX-512" in text and "native bf16" not in text
+    text = report.coverage([avx512, {"cpu": "B", "cpu_flags": ["avx2", "fma"]}, {"gpu": "NVIDIA H200"}])
+    assert "Not measured on" not in text and "GPU: NVIDIA H200" in text
