@@ -202,38 +202,71 @@ static inline int32_t sum8i(__m256i v) {
   return _mm_cvtsi128_si32(_mm_hadd_epi32(s, s));
 }
 
+static inline __m256i dot_s8(__m256i acc, __m256i ax, __m256i w) {  /* acc += |p| (q sign(p)), 4 at a time */
+#ifdef __AVXVNNI__
+  return _mm256_dpbusd_avx_epi32(acc, ax, w);
+#else
+  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, w), _mm256_set1_epi16(1)));
+#endif
+}
+
+/* How a block's sums are finished and stored (int8: y = s[m] scale[n] sum + b; float32: y = sum + b). */
+struct out2 {
+  const float *b;      /* (N) float32 bias, or NULL */
+  const float *scale;  /* int8: (N) weight scales */
+  const float *xs;     /* int8: (M) each x row's scale */
+  float *y;            /* (M, N) float32 */
+};
+
+/* One block of ROWS2 rows (from n), for every row of x, x rows x_row bytes apart: float32 (s8 = 0; m0 and m1
+   mask the last chunk's floats past K) or int8 (s8 = 1; x quantized and zero-padded to whole chunks). */
+static inline __attribute__((always_inline)) void block2(int s8, const char *wb, const char *x, int64_t x_row,
+                                                         int64_t chunks, __m256i m0, __m256i m1, int64_t M, int64_t n,
+                                                         int64_t N, const struct out2 *o) {
+  const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
+  for (int64_t m = 0; m < M; ++m) {
+    __m256 acc[ROWS2];  /* float32 sums, or int32 ones in the same registers (int8) */
+    for (int r = 0; r < ROWS2; ++r) acc[r] = _mm256_setzero_ps();
+    const char *xm = x + m * x_row;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const char *xc = xm + 64 * c, *wc = wb + c * ROWS2 * 64;
+      const int whole = s8 || c < chunks - 1;
+      const __m256i x0 = whole ? _mm256_loadu_si256((const __m256i *)xc)
+                               : _mm256_castps_si256(_mm256_maskload_ps((const float *)xc, m0));
+      const __m256i x1 = whole ? _mm256_loadu_si256((const __m256i *)(xc + 32))
+                               : _mm256_castps_si256(_mm256_maskload_ps((const float *)(xc + 32), m1));
+      const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);  /* int8: |p| */
+      for (int r = 0; r < ROWS2; ++r) _mm_prefetch(wc + 64 * r + PREFETCH, _MM_HINT_T0);
+      for (int r = 0; r < ROWS2; ++r) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r + 32));
+        if (s8) {
+          const __m256i d = dot_s8(_mm256_castps_si256(acc[r]), a0, _mm256_sign_epi8(w0, x0));
+          acc[r] = _mm256_castsi256_ps(dot_s8(d, a1, _mm256_sign_epi8(w1, x1)));
+        } else {
+          acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(w0), _mm256_castsi256_ps(x0), acc[r]);
+          acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(w1), _mm256_castsi256_ps(x1), acc[r]);
+        }
+      }
+    }
+    for (int r = 0; r < valid; ++r) {
+      const float v = s8 ? o->xs[m] * o->scale[n + r] * (float)sum8i(_mm256_castps_si256(acc[r])) : sum8(acc[r]);
+      o->y[m * N + n + r] = v + (o->b ? o->b[n + r] : 0.0f);
+    }
+  }
+}
+
 #ifndef HAVE_F32
 int gk_lanes_f32(void) { return 16; }
 int gk_rows_f32(void) { return ROWS2; }
 
-/* One block of ROWS2 rows from n, for every row of x: float32 (M, K) x, x_row floats apart. */
-static void block_f32_avx2(const float *wb, const float *x, int64_t K, int64_t M, int64_t n, int64_t N,
-                           const float *b, float *y) {
-  const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
-  const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
-  const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
-  for (int64_t m = 0; m < M; ++m) {
-    __m256 acc[ROWS2];
-    for (int r = 0; r < ROWS2; ++r) acc[r] = _mm256_setzero_ps();
-    const float *xm = x + m * K;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m256 x0 = c < chunks - 1 ? _mm256_loadu_ps(xm + 16 * c) : _mm256_maskload_ps(xm + last, m0);
-      const __m256 x1 = c < chunks - 1 ? _mm256_loadu_ps(xm + 16 * c + 8) : _mm256_maskload_ps(xm + last + 8, m1);
-      const float *wc = wb + c * ROWS2 * 16;
-      for (int r = 0; r < ROWS2; ++r) _mm_prefetch((const char *)(wc + 16 * r) + PREFETCH, _MM_HINT_T0);
-      for (int r = 0; r < ROWS2; ++r) {
-        acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wc + 16 * r), x0, acc[r]);
-        acc[r] = _mm256_fmadd_ps(_mm256_loadu_ps(wc + 16 * r + 8), x1, acc[r]);
-      }
-    }
-    for (int r = 0; r < valid; ++r) y[m * N + n + r] = sum8(acc[r]) + (b ? b[n + r] : 0.0f);
-  }
-}
-
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
                  int threads) {
-  const int64_t chunks = (K + 15) / 16;
-  FOR_BLOCKS(nb, N, ROWS2) block_f32_avx2(w + nb * chunks * ROWS2 * 16, x, K, M, nb * ROWS2, N, b, y);
+  const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
+  const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
+  const struct out2 o = {b, 0, 0, y};
+  FOR_BLOCKS(nb, N, ROWS2) block2(0, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 4 * K, chunks, m0,
+                                  m1, M, nb * ROWS2, N, &o);
 }
 #endif  /* !HAVE_F32 */
 
@@ -268,38 +301,6 @@ static void quantize_rows_avx2(const float *x, int8_t *xq, float *xs, int64_t M,
   }
 }
 
-static inline __m256i dot_s8(__m256i acc, __m256i ax, __m256i w) {  /* acc += |p| (q sign(p)), 4 at a time */
-#ifdef __AVXVNNI__
-  return _mm256_dpbusd_avx_epi32(acc, ax, w);
-#else
-  return _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(ax, w), _mm256_set1_epi16(1)));
-#endif
-}
-
-static void block_s8_avx2(const int8_t *wb, const int8_t *xq, int64_t Kp, int64_t M, int64_t n, int64_t N,
-                          const float *scale, const float *xs, const float *b, float *y) {
-  const int64_t chunks = Kp / 64;
-  const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
-  for (int64_t m = 0; m < M; ++m) {
-    __m256i acc[ROWS2];
-    for (int r = 0; r < ROWS2; ++r) acc[r] = _mm256_setzero_si256();
-    const int8_t *xm = xq + m * Kp;
-    for (int64_t c = 0; c < chunks; ++c) {
-      const __m256i x0 = _mm256_loadu_si256((const __m256i *)(xm + 64 * c));
-      const __m256i x1 = _mm256_loadu_si256((const __m256i *)(xm + 64 * c + 32));
-      const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);
-      const int8_t *wc = wb + c * ROWS2 * 64;
-      for (int r = 0; r < ROWS2; ++r) _mm_prefetch((const char *)(wc + 64 * r) + PREFETCH, _MM_HINT_T0);
-      for (int r = 0; r < ROWS2; ++r) {
-        acc[r] = dot_s8(acc[r], a0, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wc + 64 * r)), x0));
-        acc[r] = dot_s8(acc[r], a1, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)(wc + 64 * r + 32)), x1));
-      }
-    }
-    for (int r = 0; r < valid; ++r)
-      y[m * N + n + r] = xs[m] * scale[n + r] * (float)sum8i(acc[r]) + (b ? b[n + r] : 0.0f);
-  }
-}
-
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
                 const float *x, float *y, int64_t M, int threads) {
   (void)qsum;
@@ -307,7 +308,10 @@ void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const 
   int8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
   quantize_rows_avx2(x, xq, xs, M, K, Kp);
-  FOR_BLOCKS(nb, N, ROWS2) block_s8_avx2(w + nb * chunks * ROWS2 * 64, xq, Kp, M, nb * ROWS2, N, scale, xs, b, y);
+  const struct out2 o = {b, scale, xs, y};
+  const __m256i all = _mm256_set1_epi32(-1);
+  FOR_BLOCKS(nb, N, ROWS2) block2(1, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)xq, Kp, chunks, all,
+                                  all, M, nb * ROWS2, N, &o);
   free(xq);
   free(xs);
 }
