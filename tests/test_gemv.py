@@ -150,6 +150,20 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
     assert not list((fresh_build / "gemv").iterdir())  # no half-written library left behind
 
 
+def test_a_source_that_does_not_compile_cleanly_is_refused_with_the_compiler_error(fresh_build, monkeypatch, tmp_path):
+    """An intrinsic the compiler does not know would otherwise build (a warning) into a library that cannot load."""
+    if gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None or gemv.unavailable(torch.float32) is not None:
+        pytest.skip("gemv.c is not built here")
+    built = set((fresh_build / "gemv").glob("*.so"))  # the real source's library, built by the check above
+    bad = tmp_path / "gemv.c"
+    bad.write_text(gemv.SOURCE.read_text().replace("_mm_prefetch(", "_mm_no_such_intrinsic(", 1))
+    monkeypatch.setattr(gemv, "SOURCE", bad)
+    gemv._build.cache_clear()
+    why = gemv.unavailable(torch.float32)
+    assert why.startswith("the build failed: ") and "_mm_no_such_intrinsic" in why and "error:" in why, why
+    assert set((fresh_build / "gemv").glob("*.so")) == built  # nothing built for the bad source
+
+
 @_needs(torch.float32)
 def test_the_library_is_built_once_and_then_loaded_from_the_cache(fresh_build, monkeypatch):
     assert gemv.unavailable(torch.float32) is None

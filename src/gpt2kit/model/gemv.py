@@ -58,16 +58,19 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc = os.environ.get("CC", "cc")
     if shutil.which(cc) is None:
         return None, f"no C compiler ({cc!r} not found; set CC)"
-    extra = shlex.split(os.environ.get(CFLAGS, ""))
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([cc, *extra, *flags]).encode()).hexdigest()[:16]
+    # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
+    cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
+           "-fopenmp", "-shared", "-fPIC", str(SOURCE)]  # fmt: skip
+    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
         try:
             with atomic_path(lib) as tmp:
-                cmd = [cc, "-O3", "-march=native", *extra, "-fopenmp", "-shared", "-fPIC", str(SOURCE), "-o", str(tmp)]
+                cmd += ["-o", str(tmp)]
                 done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-                if done.returncode != 0:
-                    raise OSError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"{cc} failed")
+                if done.returncode != 0:  # the compiler's first error, else its last line
+                    lines = done.stderr.strip().splitlines() or [f"{cc} failed"]
+                    raise subprocess.SubprocessError(next((ln for ln in lines if "error:" in ln), lines[-1]).strip())
         except (OSError, subprocess.SubprocessError) as e:
             return None, f"the build failed: {e}"
     try:
