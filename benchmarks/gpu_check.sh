@@ -15,7 +15,9 @@
 # fails does not stop the others; the sections run in priority order and a time budget (BUDGET_S, default
 # 540 s; DRY 2400 s, with 4x the section limits) cuts the last ones short, so the call returns in time with
 # what it has. Expected on an H200 (estimates, nothing has run there yet): train_check ~70 s, train_bench
-# ~170 s (two compilations), train_355m ~90 s, train_xl ~60 s; each generation row ~30 s.
+# ~300 s (three processes per side, alternating: six compilations, the later ones from inductor's cache),
+# train_355m ~120 s, train_xl ~120 s; each generation row ~30 s. train_bench alone fits the budget; the
+# other training rows need their own call (ONLY=train_355m ...).
 #
 # Training (gpt2kit, transformers, nanoGPT; GPT-2 124M at 16 x 1024, bf16):
 #   train_check   fast step (padded vocab, chunked loss, compiled) vs plain step: same-batch loss, 50 steps
@@ -88,7 +90,7 @@ if wanted train_check train && [ ! -s "$SHARD" ]; then  # not carried along: the
     $PY benchmarks/make_text_shard.py --src tests/fixtures/corpora --out "$SHARD" >"$OUT/data.log" 2>&1
 fi
 section train_check train 150 $PY benchmarks/train_check.py --device $DEV "${SHAPE_TRAIN[@]}" "${CHECK[@]}" --data "$SHARD" --out "$OUT/train_check.jsonl"
-section train_bench train 300 $PY benchmarks/train.py --device $DEV "${SHAPE_TRAIN[@]}" "${BENCH[@]}" --out "$OUT/train.jsonl"
+section train_bench train 420 $PY benchmarks/train.py --device $DEV "${SHAPE_TRAIN[@]}" "${BENCH[@]}" --out "$OUT/train.jsonl"
 
 # ---- generation (benchmarks/generate.py and serve.py: gpt2kit and transformers in one run) -----------
 G=($PY benchmarks/generate.py --device $DEV --dtype bf16 --prompt-len 32 "${GEN[@]}")
