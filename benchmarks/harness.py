@@ -83,21 +83,28 @@ def read_bandwidth_gbs(threads: int, gib: float = 1.0, repeats: int = 20, device
 
 
 def _bandwidth(threads: int, gib: float, repeats: int, device: str) -> float:
-    import time
-
     import torch
 
     torch.set_num_threads(threads)
     buf = torch.ones(int(gib * 2**30) // 4, device=device)
+    return buf.numel() * 4 / _best_seconds(buf.sum, repeats, device) / 1e9
+
+
+def _best_seconds(run, repeats: int, device: str) -> float:
+    """The fastest of `repeats` calls of run(), each timed alone (the GPU synchronised around it)."""
+    import time
+
+    import torch
+
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     best = float("inf")
     for _ in range(repeats):
         sync()
         t = time.perf_counter()
-        buf.sum()
+        run()
         sync()
         best = min(best, time.perf_counter() - t)
-    return buf.numel() * 4 / best / 1e9
+    return best
 
 
 def matmul_roof_tflops(threads: int, dtype: str = "fp32", device: str = "cpu", n: int = 2048, repeats: int = 10) -> float:
@@ -107,23 +114,13 @@ def matmul_roof_tflops(threads: int, dtype: str = "fp32", device: str = "cpu", n
 
 
 def _matmul(threads: int, dtype: str, device: str, n: int, repeats: int) -> float:
-    import time
-
     import torch
 
     torch.set_num_threads(threads)
     dt = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     a, b = (torch.randn(n, n, device=device).to(dt) for _ in range(2))
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     torch.mm(a, b)  # warm-up: the library's set-up for this shape
-    best = float("inf")
-    for _ in range(repeats):
-        sync()
-        t = time.perf_counter()
-        torch.mm(a, b)
-        sync()
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e12
+    return 2 * n**3 / _best_seconds(lambda: torch.mm(a, b), repeats, device) / 1e12
 
 
 class WorkerFailed(Exception):

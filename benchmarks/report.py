@@ -80,11 +80,10 @@ def coverage(lines: list[dict]) -> str:
 
 def render() -> str:
     out = [HEADER]
-    files = sorted(RESULTS.glob("*.jsonl"))
-    everything = [json.loads(raw) for path in files for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
-    out.append(coverage(everything))
-    for path in files:
-        lines = [json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
+    files = {path: [json.loads(raw) for raw in path.read_text(encoding="utf-8").splitlines() if raw.strip()]
+             for path in sorted(RESULTS.glob("*.jsonl"))}  # fmt: skip
+    out.append(coverage([line for lines in files.values() for line in lines]))
+    for path, lines in files.items():
         by_machine: dict[str, list[dict]] = defaultdict(list)
         for line in lines:
             by_machine[machine_of(line)].append(line)

@@ -179,15 +179,10 @@ def _dtype_name(args, device, impl: str | None = None) -> str:
     return name if name != "auto" else ("bf16" if device.type == "cuda" else "fp32")
 
 
-def flops_per_token(shape, block: int) -> float:
-    """A training step's FLOPs per token, the same count for every side: 6 N (forward and backward through
-    the weights, N the unpadded parameter count) + 12 L C T (attention scores and their weighted sum)."""
-    return 6 * shape.num_params() + 12 * shape.n_layer * shape.n_embd * block
-
-
 def bench(args, argv: list[str]) -> int:
     """Each side in its own processes, alternating --repeat times; one JSON line with the medians."""
     from gpt2kit.device import resolve_device
+    from gpt2kit.train.metrics import flops_per_token
 
     device = resolve_device(args.device)
     sides = {impl: [__file__, *argv, "--worker", impl] for impl in args.impls.split(",")}
@@ -199,14 +194,15 @@ def bench(args, argv: list[str]) -> int:
     runs = harness.alternate(sides, args.repeat, timeout=args.timeout, failed=failed)
     ok = {impl: r for impl, r in runs.items() if r and impl not in failed}
     figures = {impl: harness.median(r, "tok_per_s") for impl, r in ok.items()}
-    flops = flops_per_token(_shape(args), args.block)
+    shape = _shape(args)
+    flops = flops_per_token(shape.num_params(), shape.n_layer, shape.n_embd, args.block)  # the same count for every side
     ref = "transformers" if "transformers" in figures else None
     line = harness.record(
         "train", ["python", "benchmarks/train.py", *argv], threads,
         {impl: {"figure": round(f, 1), "unit": "tok/s", "runs": [round(r["tok_per_s"], 1) for r in ok[impl]]} for impl, f in figures.items()},
         round(figures["gpt2kit"] / figures[ref], 3) if ref and "gpt2kit" in figures else None,
         out=args.out or None,
-        config=dict(model=args.model, params_M=round(_shape(args).num_params() / 1e6, 1), device=device.type, dtype=dtypes,
+        config=dict(model=args.model, params_M=round(shape.num_params() / 1e6, 1), device=device.type, dtype=dtypes,
                     batch=args.batch, block=args.block, compile=args.compile, pad_vocab=args.pad_vocab, loss=args.loss),
         ms_per_step={impl: round(harness.median(r, "ms_per_step"), 1) for impl, r in ok.items()},
         matmul_roof_tflops={dt: round(r, 3) for dt, r in roofs.items()},

@@ -28,6 +28,17 @@ def _builds() -> list[str]:
     return ["", *extra, *(["-mno-avx512f -mno-avxvnni"] if "avx_vnni" in flags else [])]
 
 
+def _not_buildable() -> str | None:
+    """Why gemv.c is not expected to build here, from the CPU's flags, the compiler and the switch alone (None:
+    it must build, so a failed build fails the tests that ask this rather than skipping them)."""
+    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
+        return "no AVX2 with FMA and no AVX-512 here: gemv.c is not built"
+    if gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
+        return "no C compiler here: gemv.c is not built"
+    return "gemv.c turned off (GPT2KIT_GEMV=0)" if gemv.os.environ.get(gemv.SWITCH) == "0" else None
+
+
 @pytest.fixture(params=_builds(), ids=lambda f: f or "native")
 def build(request, monkeypatch):
     """gemv.c built with these extra compiler flags (in the user cache, as a user's build), forgotten after."""
@@ -152,9 +163,9 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
 
 def test_a_source_that_does_not_compile_cleanly_is_refused_with_the_compiler_error(fresh_build, monkeypatch, tmp_path):
     """An intrinsic the compiler does not know would otherwise build (a warning) into a library that cannot load."""
-    if gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None or gemv.unavailable(torch.float32) is not None:
-        pytest.skip("gemv.c is not built here")
-    built = set((fresh_build / "gemv").glob("*.so"))  # the real source's library, built by the check above
+    if why := _not_buildable():
+        pytest.skip(why)
+    built = set((fresh_build / "gemv").glob("*.so"))
     bad = tmp_path / "gemv.c"
     bad.write_text(gemv.SOURCE.read_text().replace("_mm_prefetch(", "_mm_no_such_intrinsic(", 1))
     monkeypatch.setattr(gemv, "SOURCE", bad)
@@ -242,12 +253,10 @@ def test_it_builds_wherever_it_can():
     """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX2 with
     FMA or AVX-512 and there is a compiler, float32 and int8 weights are supported, and bf16 ones where the
     CPU has AVX-512 BF16."""
+    if why := _not_buildable():
+        pytest.skip(why)
     flags = set(gemv.machine.cpu_info().get("flags", "").split())
     avx512 = {"avx512f", "avx512bw", "avx512vl"} <= flags
-    if not ({"avx2", "fma"} <= flags or avx512) or gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
-        pytest.skip("no AVX2 with FMA, no AVX-512 or no C compiler here: gemv.c is not built")
-    if gemv.os.environ.get(gemv.SWITCH) == "0":
-        pytest.skip("gemv.c turned off (GPT2KIT_GEMV=0)")
     assert gemv.unavailable(torch.float32) is None and gemv.unavailable(torch.int8) is None
     assert (gemv.unavailable(BF) is None) == (avx512 and "avx512_bf16" in flags)
     assert ("AVX-512" in gemv.status()) == avx512

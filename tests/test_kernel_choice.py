@@ -35,7 +35,7 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
     for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
         monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
-    # gemv.c is built only where the CPU has AVX-512: left out, so every machine sees the same candidates
+    # gemv.c is built only where the CPU has AVX2 or AVX-512 and a compiler: left out, so every machine sees the same candidates
     monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if k != "gemv"))
     monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if not k.endswith("gemv")) for w, ks in K.APPROX.items()})
     return tmp_path / "kernels.json"

@@ -39,7 +39,7 @@ from gpt2kit.train.compile_trial import SPAN, CompileTrial
 from gpt2kit.train.config import TrainConfig
 from gpt2kit.train.eval_hooks import EvalHook, config_eval_hooks
 from gpt2kit.train.inputs import make_loaders
-from gpt2kit.train.metrics import MetricsLog, estimate_mfu, format_eta, plot_losses
+from gpt2kit.train.metrics import MetricsLog, estimate_mfu, flops_per_token, format_eta, plot_losses
 from gpt2kit.train.optim import get_lr, make_optimizer, set_lr
 
 
@@ -157,7 +157,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
         ckpt.restore_rng(rng_state)  # last: building the model and loaders must not shift the RNG streams
 
     n_params = model.num_params()
-    flops_per_token = 6 * n_params + 12 * model.config.n_layer * model.config.n_embd * T
+    token_flops = flops_per_token(n_params, model.config.n_layer, model.config.n_embd, T)
     say(f"model: {n_params / 1e6:.1f}M parameters, T={T}, {dtype} on {device}{' x' + str(info.world) if info.enabled else ''}"
         f"{', compiled' if use_compile and not trial else ', compile timed' if trial and not trial.decided else ''}; batch {batch_tokens:,} tokens = {cfg.micro_batch} x {T} x {info.world} x {accum} accum")  # fmt: skip
     logger = MetricsLog(out, cfg.tensorboard, cfg.wandb_project, cfg.to_dict()) if info.is_main else None
@@ -232,7 +232,7 @@ def _train(cfg, eval_hooks, say, info, device, out, ckpt_root, on_step=None) -> 
                 )
             dt = time.perf_counter() - t_log
             tok_s = steps_since_log * batch_tokens / dt
-            mfu = estimate_mfu(flops_per_token, tok_s, device)
+            mfu = estimate_mfu(token_flops, tok_s, device)
             eta = min((cfg.max_steps - step) * dt / steps_since_log, deadline - time.perf_counter())
             norm = float(grad_norm) if grad_norm is not None else None
             if logger:

@@ -132,6 +132,12 @@ def format_eta(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+def flops_per_token(n_params: int, n_layer: int, n_embd: int, T: int) -> float:
+    """A training step's FLOPs per token (forward and backward): 6 N through the weights plus 12 L C T for the
+    attention scores and their weighted sum, for blocks of T tokens."""
+    return 6 * n_params + 12 * n_layer * n_embd * T
+
+
 def estimate_mfu(flops_per_token: float, tokens_per_s: float, device) -> float | None:
     """Model FLOPs utilisation against the GPU's bf16 dense peak (None off-GPU or for an unknown GPU)."""
     if getattr(device, "type", "") != "cuda":
