@@ -1,22 +1,27 @@
 #!/usr/bin/env bash
 # Every CPU measurement behind benchmarks/RESULTS.md, in one run on one idle machine; then regenerate RESULTS.md.
-#   benchmarks/cpu_suite.sh            # all (about 40 minutes on 2 cores)
+#   benchmarks/cpu_suite.sh            # all (about an hour on 2 cores)
 #   ONLY="generate eval" benchmarks/cpu_suite.sh
 # llama.cpp joins the batch-1 rows when tools/llamacpp.sh has built it. Nothing else may run meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ONLY="${ONLY:-generate eval serve train prepare}"
+ONLY="${ONLY:-generate eval serve train prepare kernels lora export}"
 T="${THREADS:-2}"
 LLAMA=()
 if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
 has() { [[ " $ONLY " == *" $1 "* ]]; }
 if has generate; then
-  python benchmarks/generate.py --threads "$T" "${LLAMA[@]}"                              # fp32, batch 1
-  python benchmarks/generate.py --threads "$T" --dtype bf16 "${LLAMA[@]}"                 # native bf16 where the CPU has it
-  python benchmarks/generate.py --threads "$T" --weights int8 --hf-dtype fp32 "${LLAMA[@]}"
+  # batch 1 from a one-token prompt, as llama-bench's tg128 decodes; five alternating runs a side (a VM's memory
+  # speed can differ from one process to the next)
+  ONE=(--threads "$T" --prompt-len 1 --huge-pages --repeat 5 "${LLAMA[@]}")
+  python benchmarks/generate.py "${ONE[@]}"                                               # fp32
+  python benchmarks/generate.py "${ONE[@]}" --dtype bf16                                  # native bf16 where the CPU has it
+  python benchmarks/generate.py "${ONE[@]}" --weights int8 --hf-dtype fp32
   python benchmarks/generate.py --threads "$T" --batch 8
   python benchmarks/generate.py --threads "$T" --batch 8 --dtype bf16
   python benchmarks/generate.py --threads "$T" --prompt-len 512 --new-tokens 1 "${LLAMA[@]}"  # prompt processing
+  python benchmarks/generate.py --threads "$T" --temperature 1                           # sampled, as `gpt2kit generate` is by default
+  python benchmarks/generate.py --threads "$T" --weights int8 --hf-dtype fp32 --temperature 0.8 --top-p 0.95
   python benchmarks/generate.py --quality --model builtin                                 # int8 / bf16 perplexity change
 fi
 if has eval; then
@@ -32,4 +37,10 @@ if has train; then
   python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --compile off
 fi
 if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
+if has kernels; then python benchmarks/kernel_choice.py --threads "$T"; fi               # the first run's kernel measurement
+if has lora; then python benchmarks/lora.py; fi
+if has export && [[ ${#LLAMA[@]} -gt 0 ]]; then                                          # gpt2kit against its own exports
+  python benchmarks/peers/export_decode.py --threads "$T"
+  python benchmarks/peers/export_decode.py --threads "$T" --shape 124m
+fi
 python benchmarks/report.py
