@@ -142,6 +142,16 @@ def test_switched_off_it_is_never_offered(fresh_build, monkeypatch):
     assert not list(fresh_build.iterdir())  # nothing was built
 
 
+def test_a_kernel_the_flags_leave_out_says_so(fresh_build, monkeypatch):
+    """An AVX2 build on an AVX-512 CPU has no bf16 kernel: the reason names the flags, not the CPU."""
+    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    if _not_buildable() or not {"avx512f", "avx2", "fma"} <= flags:
+        pytest.skip(_not_buildable() or "needs an AVX-512 CPU (to build its AVX2 kernels)")
+    monkeypatch.setenv(gemv.CFLAGS, "-mno-avx512f")
+    assert gemv.unavailable(torch.float32) is None
+    assert gemv.unavailable(BF) == "not in this build (GPT2KIT_GEMV_CFLAGS='-mno-avx512f')"
+
+
 def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why(fresh_build, monkeypatch):
     def why(**patch):
         gemv._build.cache_clear()

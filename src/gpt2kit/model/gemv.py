@@ -95,7 +95,10 @@ def unavailable(dtype: torch.dtype) -> str | None:
             torch.int8: ("gk_gemv_s8", NO_SIMD)}  # fmt: skip
     if dtype not in need:
         return f"no kernel for {dtype}"
-    return None if hasattr(so, need[dtype][0]) else need[dtype][1]
+    if hasattr(so, need[dtype][0]):
+        return None
+    extra = os.environ.get(CFLAGS, "").strip()  # flags that can leave out what the CPU has (-mno-avx512f)
+    return f"not in this build ({CFLAGS}={extra!r})" if extra else need[dtype][1]
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
