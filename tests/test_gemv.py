@@ -1,7 +1,9 @@
 """gemv.c and its build (model/gemv.py): products against F.linear on shapes that end mid-block, the packed
 layout, and every way the kernel can be unavailable (each with its one-line reason). Where the CPU has
 AVX-512, the AVX2 kernels are built too (GPT2KIT_GEMV_CFLAGS="-mno-avx512f", and without AVX-VNNI) and get
-the same float32 and int8 tests."""
+the same float32 and int8 tests. Tests that must run wherever gemv.c can be built skip only on
+`gemv.not_buildable()` (the switch, the platform, the CPU's flags, the source, the compiler: checked without
+building), never on the build's own result, so a failed build fails them."""
 
 import pytest
 import torch
@@ -23,20 +25,9 @@ def _needs(dtype):
 
 def _builds() -> list[str]:
     """The builds this CPU can test: its own, and the AVX2 ones (with and without AVX-VNNI) it can also run."""
-    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    flags = gemv.cpu_flags()
     extra = ["-mno-avx512f"] if "avx512f" in flags and {"avx2", "fma"} <= flags else []
     return ["", *extra, *(["-mno-avx512f -mno-avxvnni"] if "avx_vnni" in flags else [])]
-
-
-def _not_buildable() -> str | None:
-    """Why gemv.c is not expected to build here, from the CPU's flags, the compiler and the switch alone (None:
-    it must build, so a failed build fails the tests that ask this rather than skipping them)."""
-    flags = set(gemv.machine.cpu_info().get("flags", "").split())
-    if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
-        return "no AVX2 with FMA and no AVX-512 here: gemv.c is not built"
-    if gemv.shutil.which(gemv.os.environ.get("CC", "cc")) is None:
-        return "no C compiler here: gemv.c is not built"
-    return "gemv.c turned off (GPT2KIT_GEMV=0)" if gemv.os.environ.get(gemv.SWITCH) == "0" else None
 
 
 @pytest.fixture(params=_builds(), ids=lambda f: f or "native")
@@ -102,7 +93,7 @@ def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
 def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded(build):
     w, b, _ = _data(20, 40, ())
     p = gemv.Packed(w, b, torch.float32)
-    rows = 8 if "-mno-avx512f" in build or "avx512f" not in gemv.machine.cpu_info().get("flags", "") else 16
+    rows = 8 if "-mno-avx512f" in build or "avx512f" not in gemv.cpu_flags() else 16
     blocks = -(-20 // rows)
     assert p.w.shape == (blocks, 3, rows, 16) and p.w.is_contiguous()  # (N'/rows blocks, K'/16 chunks, rows, 16 lanes)
     assert torch.equal(p.w[0, 1, 5], w[5, 16:32]) and torch.equal(p.w[19 // rows, 2, 19 % rows, :8], w[19, 32:40])
@@ -144,9 +135,8 @@ def test_switched_off_it_is_never_offered(fresh_build, monkeypatch):
 
 def test_a_kernel_the_flags_leave_out_says_so(fresh_build, monkeypatch):
     """An AVX2 build on an AVX-512 CPU has no bf16 kernel: the reason names the flags, not the CPU."""
-    flags = set(gemv.machine.cpu_info().get("flags", "").split())
-    if _not_buildable() or not {"avx512f", "avx2", "fma"} <= flags:
-        pytest.skip(_not_buildable() or "needs an AVX-512 CPU (to build its AVX2 kernels)")
+    if gemv.not_buildable() or not {"avx512f", "avx2", "fma"} <= gemv.cpu_flags():
+        pytest.skip(gemv.not_buildable() or "needs an AVX-512 CPU (to build its AVX2 kernels)")
     monkeypatch.setenv(gemv.CFLAGS, "-mno-avx512f")
     assert gemv.unavailable(torch.float32) is None
     assert gemv.unavailable(BF) == "not in this build (GPT2KIT_GEMV_CFLAGS='-mno-avx512f')"
@@ -173,7 +163,7 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
 
 def test_a_source_that_does_not_compile_cleanly_is_refused_with_the_compiler_error(fresh_build, monkeypatch, tmp_path):
     """An intrinsic the compiler does not know would otherwise build (a warning) into a library that cannot load."""
-    if why := _not_buildable():
+    if why := gemv.not_buildable():
         pytest.skip(why)
     built = set((fresh_build / "gemv").glob("*.so"))
     bad = tmp_path / "gemv.c"
@@ -263,9 +253,9 @@ def test_it_builds_wherever_it_can():
     """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX2 with
     FMA or AVX-512 and there is a compiler, float32 and int8 weights are supported, and bf16 ones where the
     CPU has AVX-512 BF16."""
-    if why := _not_buildable():
+    if why := gemv.not_buildable():
         pytest.skip(why)
-    flags = set(gemv.machine.cpu_info().get("flags", "").split())
+    flags = gemv.cpu_flags()
     avx512 = {"avx512f", "avx512bw", "avx512vl"} <= flags
     assert gemv.unavailable(torch.float32) is None and gemv.unavailable(torch.int8) is None
     assert (gemv.unavailable(BF) is None) == (avx512 and "avx512_bf16" in flags)

@@ -43,21 +43,33 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 NO_SIMD = "the CPU has neither AVX2 with FMA nor AVX-512"
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo)."""
+    return set(machine.cpu_info().get("flags", "").split())
+
+
+def not_buildable() -> str | None:
+    """Why gemv.c cannot be built here, from the switch, the platform, the CPU's flags, the source and the
+    compiler alone, without building it (None: it must build)."""
+    if os.environ.get(SWITCH) == "0":
+        return f"turned off ({SWITCH}=0)"
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return "built only on x86-64 Linux"
+    flags = cpu_flags()
+    if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
+        return NO_SIMD
+    if not SOURCE.is_file():
+        return f"{SOURCE.name} is missing from the installed package"
+    cc = os.environ.get("CC", "cc")
+    return f"no C compiler ({cc!r} not found; set CC)" if shutil.which(cc) is None else None
+
+
 @functools.cache
 def _build() -> tuple[ctypes.CDLL | None, str]:
     """(the loaded library, "") or (None, why not)."""
-    if os.environ.get(SWITCH) == "0":
-        return None, f"turned off ({SWITCH}=0)"
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return None, "built only on x86-64 Linux"
-    flags = machine.cpu_info().get("flags", "").split()
-    if not ({"avx2", "fma"} <= set(flags) or {"avx512f", "avx512bw", "avx512vl"} <= set(flags)):
-        return None, NO_SIMD
-    if not SOURCE.is_file():
-        return None, f"{SOURCE.name} is missing from the installed package"
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None:
-        return None, f"no C compiler ({cc!r} not found; set CC)"
+    if why := not_buildable():
+        return None, why
+    cc, flags = os.environ.get("CC", "cc"), sorted(cpu_flags())
     # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
            "-fopenmp", "-shared", "-fPIC", str(SOURCE)]  # fmt: skip
@@ -91,14 +103,16 @@ def unavailable(dtype: torch.dtype) -> str | None:
     so, why = _build()
     if so is None:
         return why
-    need = {torch.float32: ("gk_gemv_f32", NO_SIMD), torch.bfloat16: ("gk_gemv_bf16", "the CPU has no AVX-512 BF16"),
-            torch.int8: ("gk_gemv_s8", NO_SIMD)}  # fmt: skip
-    if dtype not in need:
+    name = {torch.float32: "gk_gemv_f32", torch.bfloat16: "gk_gemv_bf16", torch.int8: "gk_gemv_s8"}.get(dtype)
+    if name is None:
         return f"no kernel for {dtype}"
-    if hasattr(so, need[dtype][0]):
+    if hasattr(so, name):
         return None
-    extra = os.environ.get(CFLAGS, "").strip()  # flags that can leave out what the CPU has (-mno-avx512f)
-    return f"not in this build ({CFLAGS}={extra!r})" if extra else need[dtype][1]
+    # float32 and int8 are built wherever the library is; bf16 needs AVX-512 BF16
+    if not {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= cpu_flags():
+        return "the CPU has no AVX-512 BF16"
+    extra = os.environ.get(CFLAGS, "").strip()  # flags that leave out what the CPU has (-mno-avx512f)
+    return f"not in this build ({CFLAGS}={extra!r})" if extra else "not in this build (the compiler left it out)"
 
 
 def _ptr(t: torch.Tensor | None) -> ctypes.c_void_p | None:
