@@ -89,6 +89,22 @@ def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
     assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # and it is not the float32 product
 
 
+@pytest.mark.parametrize(
+    "kind, dtype", [("gemv", torch.float32), ("gemv", BF), ("bf16-gemv", torch.float32), ("int8-gemv", torch.float32)]
+)
+def test_prefetching_into_l2_changes_no_number(build, kind, dtype):
+    """`gemv-l2` and its bf16 and int8 forms differ from the plain kernels only in where they prefetch: the same
+    numbers, bit for bit, on shapes that end mid-block and mid-chunk."""
+    weights = L.KERNELS[kind].compute_dtype or dtype
+    if why := gemv.unavailable(weights):
+        pytest.skip(f"gemv.c for {weights}: {why}")
+    for shape in SHAPES:
+        w, b, x = (t.to(dtype) for t in _data(*shape, (3,)))
+        plain, l2 = L.make_kernel(kind, w, b), L.make_kernel(f"{kind}-l2", w, b)
+        assert (plain.packed.l2, l2.packed.l2) == (0, 1)
+        assert torch.equal(plain(x), l2(x)) and torch.equal(plain(x[:1]), l2(x[:1]))
+
+
 @_needs(torch.float32)
 def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded(build):
     w, b, _ = _data(20, 40, ())

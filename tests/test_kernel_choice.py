@@ -36,8 +36,8 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
         monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
     # gemv.c is built only where the CPU has AVX2 or AVX-512 and a compiler: left out, so every machine sees the same candidates
-    monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if k != "gemv"))
-    monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if not k.endswith("gemv")) for w, ks in K.APPROX.items()})
+    monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if "gemv" not in k))
+    monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if "gemv" not in k) for w, ks in K.APPROX.items()})
     return tmp_path / "kernels.json"
 
 
@@ -134,17 +134,20 @@ def test_candidates():
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
     assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
     no = "not available on this CPU/torch"
-    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], {"bf16": no, "bf16-onednn": no, "bf16-gemv": no})
+    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == (
+        [], {"bf16": no, "bf16-onednn": no, "bf16-gemv": no, "bf16-gemv-l2": no}
+    )  # fmt: skip
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
-    assert {"bf16", "bf16-onednn", "bf16-gemv"} <= set(rejected) and kinds == [
-        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and k != "gemv"
+    assert {"bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"} <= set(rejected) and kinds == [
+        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k
     ]
-    if L.KERNELS["gemv"].available(CPU, torch.bfloat16):
-        assert rejected["gemv"] == "for products of up to 8 rows"  # 9 rows: a matrix product, not a decode step
+    for k in ("gemv", "gemv-l2"):
+        if L.KERNELS[k].available(CPU, torch.bfloat16):
+            assert rejected[k] == "for products of up to 8 rows"  # 9 rows: a matrix product, not a decode step
     kinds, rejected = cands("int8", 1, CPU, torch.float32, 40, None)
     assert "int8" not in kinds and (rejected["int8"] == "does not support in_features=40" or "int8" in rejected)
     assert cands("auto", 1, CPU, torch.float32, 64, "linear") == (["linear"], {})
-    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-gemv', 'bf16-onednn',")):
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-gemv', 'bf16-gemv-l2', 'bf16-onednn',")):
         cands("auto", 1, CPU, torch.float32, 64, "fast")
     with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='bf16' does not run on this machine/shape; unset it")):
         cands("auto", 1, CPU, torch.bfloat16, 64, "bf16")
@@ -155,9 +158,10 @@ def test_candidates():
 def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
     monkeypatch.setattr(L._Int8, "available", classmethod(lambda cls, device, dtype: True))
     kinds, rejected = K._candidates("int8", 1, CPU, torch.float32, 40, None)
-    gemv = ["int8-gemv"] if L._Int8Gemv.available(CPU, torch.float32) else []
+    gemv = ["int8-gemv", "int8-gemv-l2"] if L._Int8Gemv.available(CPU, torch.float32) else []
     assert rejected.pop("int8") == "does not support in_features=40" and kinds == ["int8-dynamic", *gemv, "int8-f32"]  # the fallback
-    assert rejected in ({}, {"int8-gemv": L._Int8Gemv.why_unavailable(CPU, torch.float32)})
+    why = L._Int8Gemv.why_unavailable(CPU, torch.float32)
+    assert rejected in ({}, {"int8-gemv": why, "int8-gemv-l2": why})
 
 
 def test_timed_weights():

@@ -66,11 +66,13 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 
 
 def test_the_kernel_table():
+    gemv = {"gemv", "bf16-gemv", "int8-gemv", "gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
     assert set(L.KERNELS) == {
-        "linear", "mkl", "onednn", "gemv", "bf16", "bf16-onednn", "bf16-gemv", "int8", "int8-f32", "int8-dynamic", "int8-gemv"
+        "linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
     }  # fmt: skip
-    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "gemv"}
-    assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == {"gemv", "bf16-gemv", "int8-gemv"}
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "gemv", "gemv-l2"}
+    assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == gemv
+    assert {k for k, c in L.KERNELS.items() if getattr(c, "l2", False)} == {"gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
     assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None
 

@@ -14,7 +14,8 @@ flags and the CPU's flags, and written atomically). It needs AVX2 with FMA (floa
 AVX-512 (F, BW, VL; bf16 weights need AVX-512 BF16). No compiler, a compile error or an older CPU leaves
 the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
 off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
-torch.get_num_threads().
+torch.get_num_threads(). Each weight is read with its prefetches into L1 or into L2 only (`Packed(l2=...)`):
+which reads faster depends on the CPU, so linear.py offers each as its own kernel and the measurement picks.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         so = ctypes.CDLL(str(lib))
     except OSError as e:
         return None, f"the library did not load: {e}"
-    tail = [_P, _P, _I64, _INT]  # x, y, M, threads
+    tail = [_P, _P, _I64, _INT, _INT]  # x, y, M, threads, l2
     for name, head in (("gk_gemv_f32", [_P, _P, _I64, _I64]), ("gk_gemv_bf16", [_P, _P, _INT, _I64, _I64]),
                        ("gk_gemv_s8", [_P, _P, _P, _P, _I64, _I64])):  # fmt: skip
         if hasattr(so, name):
@@ -144,6 +145,7 @@ class Packed:
         dtype: torch.dtype,
         out_dtype: torch.dtype = torch.float32,
         scale: torch.Tensor | None = None,
+        l2: bool = False,
     ) -> None:
         so = _build()[0]
         self.n, self.k = weight.shape
@@ -167,11 +169,12 @@ class Packed:
         # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
         # saved, of ~50 a step)
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
+        self.l2 = int(l2)  # prefetch the weight's stream into L2 only (else into L1)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """x (..., K) in_dtype -> (..., N) out_dtype."""
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
-        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads())
+        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.l2)
         return y

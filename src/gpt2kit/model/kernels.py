@@ -41,8 +41,8 @@ from gpt2kit.model.gpt import GPT
 from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
-EXACT = ("linear", "mkl", "onednn", "gemv")
-APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv"), "int8": ("int8", "int8-dynamic", "int8-gemv")}
+EXACT = ("linear", "mkl", "onednn", "gemv", "gemv-l2")
+APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"), "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}
