@@ -322,16 +322,16 @@ def test_role_slots_and_linears(model):
 
 def test_cache_file_read_and_write_failures(monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
-    assert K._read_cache() == {}
+    assert K.read_choices() == {}
     (tmp_path / "kernels.json").write_text("[1, 2]")
-    assert K._read_cache() == {}
+    assert K.read_choices() == {}
     (tmp_path / "kernels.json").write_text('{"m": {"k": 1}}')
-    assert K._read_cache() == {"m": {"k": 1}}
-    K._write_cache({"b": 1, "a": {"y": 2, "x": 1}})
+    assert K.read_choices() == {"m": {"k": 1}}
+    K.write_choices({"b": 1, "a": {"y": 2, "x": 1}})
     text = (tmp_path / "kernels.json").read_text()
     assert text == json.dumps({"a": {"x": 1, "y": 2}, "b": 1}, indent=1, sort_keys=True)
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path / "kernels.json"))  # a file where the folder should be
-    K._write_cache({"a": 1})  # no error: measured again next time
+    K.write_choices({"a": 1})  # no error: measured again next time
 
 
 def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, fixed_times, monkeypatch):

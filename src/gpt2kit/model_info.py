@@ -35,14 +35,21 @@ def model_report(name_or_path: str) -> dict:
 def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "fp32", weights: str = "auto",
                   remeasure: bool = False) -> dict:  # fmt: skip
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
-    read from the per-machine cache), with every candidate's time and why any was left out."""
+    read from the per-machine cache), with every candidate's time and why any was left out; for a 16-bit
+    model also the dtype its decode attention runs in (over a cache of one full-context row per batch row)."""
+    import torch
+
     from gpt2kit import hugepages
     from gpt2kit.model import gemv
+    from gpt2kit.model.attention_plan import FLOAT32_CACHE_MAX, cache_bytes, plan_attention
     from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels
     from gpt2kit.pretrained import from_pretrained
 
     model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
     choices = plan_kernels(model, batch, weights, remeasure=remeasure)
+    if next(model.parameters()).dtype != torch.float32:  # a float32 model's attention has nothing to choose
+        float32_cache = cache_bytes(model, batch, model.config.n_positions, torch.float32) <= FLOAT32_CACHE_MAX
+        choices.append(plan_attention(model, batch, float32_cache, remeasure=remeasure))
     return {
         "model": name_or_path,
         "machine": machine_key(),

@@ -9,6 +9,8 @@ second copy of the math:
   - the linear layers: the runner works on an inference copy of the model (model/kernels.py) whose
     nn.Linear modules are KernelLinear modules, each using the kernel measured fastest on this machine
     for this shape, dtype and batch (exact by default; bf16 or int8 weights when asked for).
+  - attention: in a 16-bit model the copy's attention runs in float32 where this machine runs that faster
+    (model/attention_plan.py, measured too), and the cache is then kept in float32 (`cache_dtype`).
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides, and the pages they sit in matter
 too: `collapse_hot` moves what a step reads into 2 MiB pages (hugepages.py).
@@ -20,6 +22,7 @@ import torch
 
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
+from gpt2kit.model.attention_plan import FLOAT32_CACHE_MAX, cache_bytes, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
 from gpt2kit.model.kv_cache import KVCache
@@ -35,16 +38,28 @@ KV_CACHE_MOVED_MAX = 512 << 20
 
 class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
-    'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured)."""
+    'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured). max_len: the
+    cache's columns per row (sizes the cache for the attention choice; None: the model's context)."""
 
-    def __init__(self, model: GPT, weights: str = "auto", batch: int = 1) -> None:
+    def __init__(self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None) -> None:
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"decode weights must be one of {WEIGHT_MODES}, got {weights!r}.")
-        device = next(model.parameters()).device
-        if weights == "int8" and device.type != "cpu":
+        param = next(model.parameters())
+        if weights == "int8" and param.device.type != "cpu":
             raise ConfigError("int8 weights run on the CPU only; on a GPU use --dtype bf16 instead.")
         self.weights = weights
         self.model = inference_copy(model, batch, weights)
+        # the dtype of the cache the engine makes for this runner: the model's, or float32 with float32 attention
+        self.cache_dtype = param.dtype
+        self.attention = None  # the attention Choice (None: the model's own modules, nothing chosen)
+        if self.model is not model:
+            rows = max_len or model.config.n_positions
+            float32_cache = cache_bytes(model, batch, rows, torch.float32) <= FLOAT32_CACHE_MAX
+            self.attention = plan_attention(self.model, batch, float32_cache)
+            if self.attention.kind == "float32":
+                for block in self.model.transformer.h:
+                    block.attn.compute_dtype = torch.float32
+                self.cache_dtype = torch.float32 if float32_cache else param.dtype
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:

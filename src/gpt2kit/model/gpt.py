@@ -39,6 +39,9 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd)  # q, k, v for all heads in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd)
         self.record: list[torch.Tensor] | None = None  # set by record_attention: each forward appends its probabilities
+        # the dtype attention runs in (None: the model's); a decode runner's inference copy sets float32 where this
+        # machine runs float32 attention faster than 16-bit (model/attention_plan.py)
+        self.compute_dtype: torch.dtype | None = None
 
     def forward(
         self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None
@@ -46,15 +49,24 @@ class CausalSelfAttention(nn.Module):
         # x: (B, T, C) -> (B, T, C)
         B, T, C = x.shape
         qkv = self.split_heads(self.c_attn(x))  # (3, B, nh, T, hs)
-        q = qkv[0]
-        dropout_p = self.dropout if self.training else 0.0
-        mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
         if kv_cache is not None:
             k, v = kv_cache.update(layer, qkv[1:], plan)  # (B, nh, K, hs): everything this row has seen
-            if k.dtype != q.dtype:  # a cache kept in another dtype than the model's
-                k, v = k.to(q.dtype), v.to(q.dtype)
         else:
             k, v = qkv[1], qkv[2]
+        y = self.attend(qkv[0], k, v, plan).transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return _dropout(self.c_proj(y if y.dtype == x.dtype else y.to(x.dtype)), self.dropout, self.training)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan | None) -> torch.Tensor:
+        """(B, nh, T, hs) queries, (B, nh, K, hs) keys and values -> (B, nh, T, hs), in compute_dtype (else q's
+        dtype; a cache kept in another dtype is converted). plan: the step's masks (None: plain causal)."""
+        dt = self.compute_dtype or q.dtype
+        if q.dtype != dt:
+            q = q.to(dt)
+        if k.dtype != dt:
+            k, v = k.to(dt), v.to(dt)
+        T = q.shape[2]
+        dropout_p = self.dropout if self.training else 0.0
+        mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None or plan.causal else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
@@ -65,8 +77,7 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again (a copy unless T == 1)
-        return _dropout(self.c_proj(y), self.dropout, self.training)
+        return y  # (B, nh, T, hs)
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + bias) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v;

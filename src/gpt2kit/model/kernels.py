@@ -101,7 +101,7 @@ def plan_kernels(
     device, dtype = param.device, param.dtype
     rows_list = (max(1, batch), PREFILL_ROWS)
     forced = os.environ.get("GPT2KIT_KERNEL")
-    store = _read_cache() if use_cache and device.type == "cpu" and not forced else {}
+    store = read_choices() if use_cache and device.type == "cpu" and not forced else {}
     mkey = machine_key()
     table = store.setdefault(mkey, {})
     todo: dict[tuple[str, int], tuple[str, list[nn.Linear], tuple[list[str], dict[str, str]]]] = {}
@@ -131,7 +131,7 @@ def plan_kernels(
         if use_cache and device.type == "cpu" and not forced:
             table[key] = {k: v for k, v in asdict(choices[(role, rows)]).items() if k != "cached"}
     if todo and use_cache and device.type == "cpu" and not forced:
-        _write_cache(store)
+        write_choices(store)
     return [choices[(role, rows)] for role in ROLES for rows in rows_list]
 
 
@@ -368,7 +368,8 @@ def _role_linears(model: GPT, role: str) -> list[nn.Linear]:
     return [m for _, _, m in _role_slots(model, role)]
 
 
-def _read_cache() -> dict:
+def read_choices() -> dict:
+    """Every cached choice, {machine_key: {choice key: Choice fields}} ({} when there is none yet)."""
     try:
         data = json.loads(kernel_cache_path().read_text(encoding="utf-8"))
         return data if isinstance(data, dict) else {}
@@ -376,7 +377,8 @@ def _read_cache() -> dict:
         return {}  # missing or unreadable: measure again
 
 
-def _write_cache(store: dict) -> None:
+def write_choices(store: dict) -> None:
+    """Replace the cached choices with `store` (atomically)."""
     try:
         write_text(kernel_cache_path(), json.dumps(store, indent=1, sort_keys=True))
     except OSError:

@@ -1,0 +1,93 @@
+"""The dtype of a 16-bit model's decode attention (model/attention_plan.py): measured once per machine and
+cached, forced by GPT2KIT_ATTENTION, applied to the decode runner's inference copy only, and the cache then
+kept in float32 (or not, past FLOAT32_CACHE_MAX); cached decode equals the uncached forward either way."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import tiny_gpt
+from gpt2kit.errors import ConfigError
+from gpt2kit.generate import Engine
+from gpt2kit.generate import decode as D
+from gpt2kit.generate.decode import DecodeRunner
+from gpt2kit.model import attention_plan as A
+from gpt2kit.model import kernels as K
+from gpt2kit.model.kv_cache import KVCache
+
+BF = torch.bfloat16
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv(A.ENV, raising=False)
+    monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
+    return tmp_path
+
+
+def _tiny(dtype=BF):
+    return tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=64).to(dtype)
+
+
+def test_measured_once_then_cached(cache_dir):
+    model = _tiny()
+    c = A.plan_attention(model, 1, float32_cache=True)
+    assert c.role == "attention" and set(c.us) == set(A.CANDIDATES) and c.kind == min(c.us, key=c.us.get)
+    assert not c.cached and all(t > 0 for t in c.us.values())
+    table = json.loads((cache_dir / "kernels.json").read_text())[K.machine_key()]
+    assert table["torch.bfloat16 | attention 4x16 | 1 rows | float32 cache"]["kind"] == c.kind
+    again = A.plan_attention(model, 1, float32_cache=True)
+    assert again.cached and again.kind == c.kind and again.us == c.us
+    assert not A.plan_attention(model, 1, float32_cache=False).cached  # another variant: measured on its own
+    assert not A.plan_attention(model, 1, float32_cache=True, remeasure=True).cached
+    assert all(b.attn.compute_dtype is None for b in model.transformer.h)  # measuring leaves the model as it was
+
+
+def test_nothing_to_choose_for_float32_and_a_forced_choice(cache_dir, monkeypatch):
+    assert A.plan_attention(_tiny(torch.float32), 1, True) == K.Choice("attention", 1, "model")
+    assert not (cache_dir / "kernels.json").exists()  # nothing measured
+    monkeypatch.setenv(A.ENV, "float32")
+    assert A.plan_attention(_tiny(), 1, True).kind == "float32"
+    monkeypatch.setenv(A.ENV, "fast")
+    with pytest.raises(ConfigError, match=r"^GPT2KIT_ATTENTION='fast' is not an attention dtype; use one of \['model', 'float32'\]\.$"):
+        A.plan_attention(_tiny(), 1, True)
+
+
+@pytest.mark.parametrize("kind, float32_cache", [("model", True), ("float32", True), ("float32", False)])
+def test_the_runner_applies_the_choice_to_its_copy_only(cache_dir, monkeypatch, kind, float32_cache):
+    monkeypatch.setenv(A.ENV, kind)
+    if not float32_cache:  # a cache too large to hold in float32 stays in bf16; attention converts what it reads
+        monkeypatch.setattr(D, "FLOAT32_CACHE_MAX", A.cache_bytes(_tiny(), 1, 64, torch.float32) - 1)
+    model = _tiny()
+    runner = DecodeRunner(model, "auto", max_len=64)
+    assert runner.attention.kind == kind and all(b.attn.compute_dtype is None for b in model.transformer.h)
+    want = torch.float32 if kind == "float32" else None
+    assert all(b.attn.compute_dtype == want for b in runner.model.transformer.h)
+    assert runner.cache_dtype == (torch.float32 if kind == "float32" and float32_cache else BF)
+    engine = Engine(model, max_batch=1, max_len=64)
+    assert engine.cache.kv.dtype == runner.cache_dtype
+    assert DecodeRunner(model, "model").attention is None and DecodeRunner(model, "model").cache_dtype == BF
+
+
+@pytest.mark.parametrize("kind, float32_cache", [("model", True), ("float32", True), ("float32", False)])
+def test_cached_decode_equals_the_uncached_forward(cache_dir, monkeypatch, kind, float32_cache):
+    """Prefill and one-token steps through the runner (its cache in its dtype) against the inference copy's own
+    forward over the whole sequence without a cache, and both against the float32 model within bf16's error."""
+    monkeypatch.setenv(A.ENV, kind)
+    if not float32_cache:
+        monkeypatch.setattr(D, "FLOAT32_CACHE_MAX", 0)
+    model = _tiny()
+    runner = DecodeRunner(model, "auto", max_len=64)
+    seq = torch.randint(0, 50257, (1, 24), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(model.config, 1, 64, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        logits = [runner.prefill(seq[:, :8], cache, None)]
+        logits += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(8, 24)]
+        full = runner.model.lm_head(runner.model.hidden_states(seq))[0, 7:]  # (17, V): the same modules, no cache
+        ref = _tiny(torch.float32)(seq)[0][0, 7:]  # (17, V)
+    got = torch.stack([lg[0] for lg in logits])  # (17, V)
+    assert got.dtype == BF
+    torch.testing.assert_close(got.float(), full.float(), atol=0.05, rtol=0.02)
+    assert (got.float() - ref).abs().max() < 0.05 * ref.abs().max()
