@@ -12,7 +12,7 @@ if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
 has() { [[ " $ONLY " == *" $1 "* ]]; }
 if has generate; then
   # batch 1 from a one-token prompt, as llama-bench's tg128 decodes; five alternating runs a side (a VM's memory
-  # speed can differ from one process to the next)
+  # speed can change from one second to the next)
   ONE=(--threads "$T" --prompt-len 1 --huge-pages --repeat 5 "${LLAMA[@]}")
   python benchmarks/generate.py "${ONE[@]}"                                               # fp32
   python benchmarks/generate.py "${ONE[@]}" --dtype bf16                                  # native bf16 where the CPU has it
