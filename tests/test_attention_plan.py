@@ -10,7 +10,6 @@ import torch
 from conftest import tiny_gpt
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine
-from gpt2kit.generate import decode as D
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.model import attention_plan as A
 from gpt2kit.model import kernels as K
@@ -51,7 +50,8 @@ def test_nothing_to_choose_for_float32_and_a_forced_choice(cache_dir, monkeypatc
     monkeypatch.setenv(A.ENV, "float32")
     assert A.plan_attention(_tiny(), 1, True).kind == "float32"
     monkeypatch.setenv(A.ENV, "fast")
-    with pytest.raises(ConfigError, match=r"^GPT2KIT_ATTENTION='fast' is not an attention dtype; use one of \['model', 'float32'\]\.$"):
+    wrong = r"^GPT2KIT_ATTENTION='fast' is not an attention dtype; use one of \['model', 'float32'\]\.$"
+    with pytest.raises(ConfigError, match=wrong):
         A.plan_attention(_tiny(), 1, True)
 
 
@@ -59,7 +59,7 @@ def test_nothing_to_choose_for_float32_and_a_forced_choice(cache_dir, monkeypatc
 def test_the_runner_applies_the_choice_to_its_copy_only(cache_dir, monkeypatch, kind, float32_cache):
     monkeypatch.setenv(A.ENV, kind)
     if not float32_cache:  # a cache too large to hold in float32 stays in bf16; attention converts what it reads
-        monkeypatch.setattr(D, "FLOAT32_CACHE_MAX", A.cache_bytes(_tiny(), 1, 64, torch.float32) - 1)
+        monkeypatch.setattr(A, "FLOAT32_CACHE_MAX", A.cache_bytes(_tiny(), 1, 64, torch.float32) - 1)
     model = _tiny()
     runner = DecodeRunner(model, "auto", max_len=64)
     assert runner.attention.kind == kind and all(b.attn.compute_dtype is None for b in model.transformer.h)
@@ -77,7 +77,7 @@ def test_cached_decode_equals_the_uncached_forward(cache_dir, monkeypatch, kind,
     forward over the whole sequence without a cache, and both against the float32 model within bf16's error."""
     monkeypatch.setenv(A.ENV, kind)
     if not float32_cache:
-        monkeypatch.setattr(D, "FLOAT32_CACHE_MAX", 0)
+        monkeypatch.setattr(A, "FLOAT32_CACHE_MAX", 0)
     model = _tiny()
     runner = DecodeRunner(model, "auto", max_len=64)
     seq = torch.randint(0, 50257, (1, 24), generator=torch.Generator().manual_seed(3))

@@ -22,7 +22,7 @@ import torch
 
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
-from gpt2kit.model.attention_plan import FLOAT32_CACHE_MAX, cache_bytes, plan_attention
+from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
 from gpt2kit.model.kv_cache import KVCache
@@ -53,8 +53,7 @@ class DecodeRunner:
         self.cache_dtype = param.dtype
         self.attention = None  # the attention Choice (None: the model's own modules, nothing chosen)
         if self.model is not model:
-            rows = max_len or model.config.n_positions
-            float32_cache = cache_bytes(model, batch, rows, torch.float32) <= FLOAT32_CACHE_MAX
+            float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
             self.attention = plan_attention(self.model, batch, float32_cache)
             if self.attention.kind == "float32":
                 for block in self.model.transformer.h:

@@ -42,6 +42,11 @@ def cache_bytes(model: GPT, batch: int, max_len: int, dtype: torch.dtype) -> int
     return c.n_layer * 2 * batch * max_len * c.n_embd * torch.empty(0, dtype=dtype).element_size()
 
 
+def float32_cache_fits(model: GPT, batch: int, max_len: int) -> bool:
+    """Whether a float32 choice keeps the engine's cache of `batch` rows of `max_len` in float32."""
+    return cache_bytes(model, batch, max_len, torch.float32) <= FLOAT32_CACHE_MAX
+
+
 def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool = False) -> Choice:
     """The measured (or cached) Choice for `model`'s decode attention at `batch` rows: kind 'model' or 'float32'.
     float32_cache: whether a float32 choice would read a float32 cache (else it converts a 16-bit one)."""
