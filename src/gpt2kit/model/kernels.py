@@ -9,13 +9,14 @@ and PREFILL_ROWS (prompt processing, scoring). The fastest candidate whose outpu
 threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
-  - auto:  the exact kernels (linear, mkl, onednn) in the model's dtype; with `--dtype bf16` these are
-           the CPU's native bf16 kernels where it has them;
+  - auto:  the exact kernels (linear, mkl, onednn, gemv, gemv-l2) in the model's dtype; with `--dtype bf16`
+           these are the CPU's native bf16 kernels where it has them;
   - bf16 / int8: approximate kernels (linear.py: 16- or 8-bit weights; int8-dynamic also rounds the
            activations to 8 bits), offered only when asked for; prompt processing may still pick an exact
            kernel when that is faster;
   - model: no copy, the model's own nn.Linear modules.
-Off the CPU (CUDA, MPS) the only candidate is `linear`.
+Off the CPU (CUDA, MPS) the only candidate is `linear`. The dtype of a 16-bit model's decode attention is
+chosen the same way, in attention_plan.py, and cached in the same file.
 """
 
 from __future__ import annotations
