@@ -39,7 +39,7 @@ FLOAT32_CACHE_MAX = 1 << 30  # bytes: a float32 KV cache for a 16-bit model is k
 def cache_bytes(model: GPT, batch: int, max_len: int, dtype: torch.dtype) -> int:
     """Bytes of a (L, 2, batch, nh, max_len, hs) KV cache in `dtype`."""
     c = model.config
-    return c.n_layer * 2 * batch * max_len * c.n_embd * torch.empty(0, dtype=dtype).element_size()
+    return c.n_layer * 2 * batch * max_len * c.n_embd * dtype.itemsize
 
 
 def float32_cache_fits(model: GPT, batch: int, max_len: int) -> bool:
