@@ -1,6 +1,6 @@
-"""The dtype of a 16-bit model's decode attention (model/attention_plan.py): measured once per machine and
-cached, forced by GPT2KIT_ATTENTION, applied to the decode runner's inference copy only, and the cache then
-kept in float32 (or not, past FLOAT32_CACHE_MAX); cached decode equals the uncached forward either way."""
+"""How a decode step attends (model/attention_plan.py): measured once per machine and cached, forced by
+GPT2KIT_ATTENTION, applied to the decode runner's inference copy only, a 16-bit model's cache then kept in
+float32 for `float32` (or not, past FLOAT32_CACHE_MAX); cached decode equals the uncached forward every way."""
 
 import json
 
@@ -12,10 +12,12 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.model import attention_plan as A
+from gpt2kit.model import gemv
 from gpt2kit.model import kernels as K
 from gpt2kit.model.kv_cache import KVCache
 
 BF = torch.bfloat16
+GEMV = pytest.mark.skipif(gemv.not_buildable() is not None, reason=f"gemv.c: {gemv.not_buildable()}")
 
 
 @pytest.fixture
@@ -33,29 +35,52 @@ def _tiny(dtype=BF):
 def test_measured_once_then_cached(cache_dir):
     model = _tiny()
     c = A.plan_attention(model, 1, float32_cache=True)
-    assert c.role == "attention" and set(c.us) == set(A.CANDIDATES) and c.kind == min(c.us, key=c.us.get)
-    assert not c.cached and all(t > 0 for t in c.us.values())
+    usable = [k for k, why in A.candidates(BF).items() if why is None]
+    assert c.role == "attention" and set(c.us) == set(usable) and c.kind == min(c.us, key=c.us.get)
+    assert not c.cached and all(t > 0 for t in c.us.values()) and not c.rejected
     table = json.loads((cache_dir / "kernels.json").read_text())[K.machine_key()]
     assert table["torch.bfloat16 | attention 4x16 | 1 rows | float32 cache"]["kind"] == c.kind
     again = A.plan_attention(model, 1, float32_cache=True)
     assert again.cached and again.kind == c.kind and again.us == c.us
     assert not A.plan_attention(model, 1, float32_cache=False).cached  # another variant: measured on its own
     assert not A.plan_attention(model, 1, float32_cache=True, remeasure=True).cached
-    assert all(b.attn.compute_dtype is None for b in model.transformer.h)  # measuring leaves the model as it was
+    assert all(b.attn.compute_dtype is None and b.attn.one_query is None for b in model.transformer.h)  # left as it was
 
 
-def test_nothing_to_choose_for_float32_and_a_forced_choice(cache_dir, monkeypatch):
-    assert A.plan_attention(_tiny(torch.float32), 1, True) == K.Choice("attention", 1, "model")
-    assert not (cache_dir / "kernels.json").exists()  # nothing measured
+@GEMV
+def test_a_float32_model_chooses_between_sdpa_and_gemv(cache_dir):
+    c = A.plan_attention(_tiny(torch.float32), 1, True)
+    assert set(c.us) == {"model", "gemv"} and c.kind == min(c.us, key=c.us.get)
+    assert c.rejected == {"float32": "the model is float32 already"}
+
+
+def test_a_candidate_whose_output_is_wrong_is_rejected(cache_dir, monkeypatch):
+    monkeypatch.setattr(gemv, "attend", lambda q, k, v, bias=None: torch.zeros_like(q))
+    c = A.plan_attention(_tiny(torch.float32), 1, True)
+    assert c.kind == "model" and "gemv" not in c.us
+    if gemv.not_buildable() is None:
+        assert c.rejected["gemv"] == "its output differs from float64 SDPA's over 64 keys"
+
+
+def test_a_forced_choice_and_what_cannot_be_forced(cache_dir, monkeypatch):
     monkeypatch.setenv(A.ENV, "float32")
-    assert A.plan_attention(_tiny(), 1, True).kind == "float32"
+    assert A.plan_attention(_tiny(), 1, True) == K.Choice("attention", 1, "float32")
+    assert not (cache_dir / "kernels.json").exists()  # nothing measured
+    with pytest.raises(ConfigError, match=r"^GPT2KIT_ATTENTION='float32' does not run here \(the model is float32 already\)"):
+        A.plan_attention(_tiny(torch.float32), 1, True)
+    monkeypatch.setenv(A.ENV, "gemv")
+    with pytest.raises(ConfigError, match=r"^GPT2KIT_ATTENTION='gemv' does not run here \(gemv.c attends in float32 and bf16"):
+        A.plan_attention(_tiny(torch.float16), 1, True)
     monkeypatch.setenv(A.ENV, "fast")
-    wrong = r"^GPT2KIT_ATTENTION='fast' is not an attention dtype; use one of \['model', 'float32'\]\.$"
+    wrong = r"^GPT2KIT_ATTENTION='fast' is not an attention kind; use one of \['model', 'float32', 'gemv'\]\.$"
     with pytest.raises(ConfigError, match=wrong):
         A.plan_attention(_tiny(), 1, True)
 
 
-@pytest.mark.parametrize("kind, float32_cache", [("model", True), ("float32", True), ("float32", False)])
+KINDS = [("model", True), ("float32", True), ("float32", False), pytest.param("gemv", True, marks=GEMV)]
+
+
+@pytest.mark.parametrize("kind, float32_cache", KINDS)
 def test_the_runner_applies_the_choice_to_its_copy_only(cache_dir, monkeypatch, kind, float32_cache):
     monkeypatch.setenv(A.ENV, kind)
     if not float32_cache:  # a cache too large to hold in float32 stays in bf16; attention converts what it reads
@@ -65,13 +90,14 @@ def test_the_runner_applies_the_choice_to_its_copy_only(cache_dir, monkeypatch, 
     assert runner.attention.kind == kind and all(b.attn.compute_dtype is None for b in model.transformer.h)
     want = torch.float32 if kind == "float32" else None
     assert all(b.attn.compute_dtype == want for b in runner.model.transformer.h)
+    assert all(b.attn.one_query is (gemv.attend if kind == "gemv" else None) for b in runner.model.transformer.h)
     assert runner.cache_dtype == (torch.float32 if kind == "float32" and float32_cache else BF)
     engine = Engine(model, max_batch=1, max_len=64)
     assert engine.cache.kv.dtype == runner.cache_dtype
     assert DecodeRunner(model, "model").attention is None and DecodeRunner(model, "model").cache_dtype == BF
 
 
-@pytest.mark.parametrize("kind, float32_cache", [("model", True), ("float32", True), ("float32", False)])
+@pytest.mark.parametrize("kind, float32_cache", KINDS)
 def test_cached_decode_equals_the_uncached_forward(cache_dir, monkeypatch, kind, float32_cache):
     """Prefill and one-token steps through the runner (its cache in its dtype) against the inference copy's own
     forward over the whole sequence without a cache, and both against the float32 model within bf16's error."""
@@ -91,3 +117,26 @@ def test_cached_decode_equals_the_uncached_forward(cache_dir, monkeypatch, kind,
     assert got.dtype == BF
     torch.testing.assert_close(got.float(), full.float(), atol=0.05, rtol=0.02)
     assert (got.float() - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@GEMV
+@pytest.mark.parametrize("dtype", [torch.float32, BF])
+def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monkeypatch, dtype):
+    """Two rows, one left-padded (its steps then attend under the additive mask), through gemv.c's attention,
+    against each row alone, unpadded, through the plain model's uncached forward."""
+    monkeypatch.setenv(A.ENV, "gemv")
+    model = _tiny(dtype)
+    runner = DecodeRunner(model, "auto", batch=2, max_len=64)
+    assert all(b.attn.one_query is gemv.attend for b in runner.model.transformer.h)
+    seq = torch.randint(0, 50257, (2, 20), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0  # row 0: a 5-token prompt, left-padded to 8
+    cache = KVCache(model.config, 2, 64, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        logits = [runner.prefill(seq[:, :8], cache, mask)]
+        logits += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(8, 20)]
+        for row, start in ((0, 3), (1, 0)):
+            ref = model(seq[row : row + 1, start:])[0][0, 7 - start :].float()  # (13, V)
+            got = torch.stack([lg[row] for lg in logits]).float()  # (13, V)
+            tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+            torch.testing.assert_close(got, ref, **tol)

@@ -283,3 +283,59 @@ def test_it_builds_wherever_it_can():
     assert gemv.unavailable(torch.float32) is None and gemv.unavailable(torch.int8) is None
     assert (gemv.unavailable(BF) is None) == (avx512 and "avx512_bf16" in flags)
     assert ("AVX-512" in gemv.status()) == avx512
+
+
+# ---- attend.c: one query per row ------------------------------------------------------------------------
+_buildable = pytest.mark.skipif(gemv.not_buildable() is not None, reason=f"gemv.c: {gemv.not_buildable()}")
+
+
+def _attention_case(B, nh, K, hs, dtype, masked, seed=0):
+    """q as a decode step has it (a view of c_attn's (B, 1, 3C) output), k and v as the first K of T_max columns
+    of a (2, B, nh, T_max, hs) cache, and (masked) a (B, 1, 1, K) float32 bias hiding a different set of keys
+    per row (never the last); plus the float64 SDPA of the same numbers."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(B, 1, 3, nh, hs, generator=g) * 2).to(dtype)  # scores of a few units: a peaked softmax
+    q = qkv.permute(2, 0, 3, 1, 4)[0]  # (B, nh, 1, hs), strided
+    cache = torch.randn(2, B, nh, K + 5, hs, generator=g).to(dtype)
+    k, v = cache[0, :, :, :K], cache[1, :, :, :K]  # (B, nh, K, hs): rows of T_max, not K
+    bias = None
+    if masked:
+        hide = torch.rand(B, 1, 1, K, generator=g) < 0.4
+        hide[..., -1] = False
+        bias = torch.zeros(B, 1, 1, K).masked_fill_(hide, -torch.inf)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=None if bias is None else bias.double())
+    return q, k, v, bias, ref
+
+
+@_buildable
+@pytest.mark.parametrize("B, nh, K, hs", [(1, 12, 64, 64), (3, 4, 1, 16), (2, 3, 5, 24), (1, 2, 17, 80), (2, 1, 130, 8)])
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "masked"])
+def test_attend_f32_is_sdpa(build, B, nh, K, hs, masked):
+    q, k, v, bias, ref = _attention_case(B, nh, K, hs, torch.float32, masked)
+    y = gemv.attend(q, k, v, bias)
+    assert y.shape == (B, nh, 1, hs) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref, atol=2e-6, rtol=1e-5)
+    heads_side_by_side = y.transpose(1, 2).reshape(B, 1, nh * hs)  # what the model does next: a view, no copy
+    assert heads_side_by_side.data_ptr() == y.data_ptr() and heads_side_by_side.is_contiguous()
+
+
+@_buildable
+@pytest.mark.parametrize("B, nh, K, hs", [(1, 12, 64, 64), (2, 3, 5, 24), (1, 2, 300, 80)])
+@pytest.mark.parametrize("masked", [False, True], ids=["causal", "masked"])
+def test_attend_bf16_is_sdpa_in_float32_rounded_once(build, B, nh, K, hs, masked):
+    """bf16 inputs, float32 arithmetic, one rounding to nearest even at the end: within half a bf16 step of the
+    float64 result (truncating instead, or rounding q, the scores or the weights on the way, is further off)."""
+    q, k, v, bias, ref = _attention_case(B, nh, K, hs, BF, masked)
+    y = gemv.attend(q, k, v, bias)
+    assert y.dtype == BF
+    half_step = torch.exp2(torch.floor(torch.log2(ref.abs())) - 8)  # half a bf16 step at |ref| (8 bits of precision)
+    assert ((y.double() - ref).abs() <= half_step + 1e-6).all()  # + float32 arithmetic on values of ~1
+
+
+@_buildable
+def test_attend_converts_a_cache_in_another_dtype_and_refuses_what_it_cannot_run():
+    q, k, v, _, ref = _attention_case(1, 4, 9, 32, torch.float32, False)
+    torch.testing.assert_close(gemv.attend(q, k.to(BF), v.to(BF)).double(), F.scaled_dot_product_attention(
+        q.double(), k.to(BF).double(), v.to(BF).double()), atol=2e-6, rtol=1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match="float32 and bf16"):
+        gemv.attend(q.half(), k.half(), v.half())

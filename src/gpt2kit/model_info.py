@@ -35,9 +35,8 @@ def model_report(name_or_path: str) -> dict:
 def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "fp32", weights: str = "auto",
                   remeasure: bool = False) -> dict:  # fmt: skip
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
-    read from the per-machine cache), with every candidate's time and why any was left out; for a 16-bit
-    model also the dtype its decode attention runs in (over a cache of one full-context row per batch row)."""
-    import torch
+    read from the per-machine cache), with every candidate's time and why any was left out, and how its decode
+    attention runs (over a cache of one full-context row per batch row)."""
 
     from gpt2kit import hugepages
     from gpt2kit.model import gemv
@@ -47,9 +46,8 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
 
     model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
     choices = plan_kernels(model, batch, weights, remeasure=remeasure)
-    if next(model.parameters()).dtype != torch.float32:  # a float32 model's attention has nothing to choose
-        fits = float32_cache_fits(model, batch, model.config.n_positions)
-        choices.append(plan_attention(model, batch, fits, remeasure=remeasure))
+    fits = float32_cache_fits(model, batch, model.config.n_positions)
+    choices.append(plan_attention(model, batch, fits, remeasure=remeasure))
     return {
         "model": name_or_path,
         "machine": machine_key(),

@@ -70,7 +70,8 @@ def print_plan(cfg) -> None:
 class ProgressBar:
     """One line on stderr: the whole ladder by FLOPs, the current size by steps, an ETA from this run's rate."""
 
-    def __init__(self, stream=sys.stderr) -> None:
+    def __init__(self, stream=None) -> None:
+        stream = stream or sys.stderr  # read at each call: a default bound at import outlives a redirected stderr
         self.stream, self.tty = stream, stream.isatty()
         self.t0, self.done0, self.last, self.width = time.perf_counter(), None, 0.0, 0
 

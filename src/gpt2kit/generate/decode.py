@@ -9,8 +9,9 @@ second copy of the math:
   - the linear layers: the runner works on an inference copy of the model (model/kernels.py) whose
     nn.Linear modules are KernelLinear modules, each using the kernel measured fastest on this machine
     for this shape, dtype and batch (exact by default; bf16 or int8 weights when asked for).
-  - attention: in a 16-bit model the copy's attention runs in float32 where this machine runs that faster
-    (model/attention_plan.py, measured too), and the cache is then kept in float32 (`cache_dtype`).
+  - attention: a decode step's one-query attention runs as this machine runs it fastest (model/attention_plan.py,
+    measured too): SDPA in the model's dtype, SDPA in float32 (16-bit models; the cache is then kept in float32,
+    `cache_dtype`) or gemv.c's kernel.
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides, and the pages they sit in matter
 too: `collapse_hot` moves what a step reads into 2 MiB pages (hugepages.py).
@@ -22,6 +23,7 @@ import torch
 
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
+from gpt2kit.model.attention_plan import apply as apply_attention
 from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
@@ -55,10 +57,10 @@ class DecodeRunner:
         if self.model is not model:
             float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
             self.attention = plan_attention(self.model, batch, float32_cache)
-            if self.attention.kind == "float32":
-                for block in self.model.transformer.h:
-                    block.attn.compute_dtype = torch.float32
-                self.cache_dtype = torch.float32 if float32_cache else param.dtype
+            for block in self.model.transformer.h:
+                apply_attention(block.attn, self.attention.kind)
+            if self.attention.kind == "float32" and float32_cache:
+                self.cache_dtype = torch.float32
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:

@@ -1,18 +1,24 @@
-"""The dtype a 16-bit model's decode attention runs in: the model's own or float32, whichever this machine runs faster.
+"""How a decode step attends: torch's SDPA in the model's dtype, SDPA in float32, or gemv.c's one-query kernel.
 
-A decode step attends one query per row to every cached key and value (SDPA). In a bf16 or fp16 model that
-attention can run in the model's dtype or in float32, and which is faster depends on the CPU's kernels, not
-on the math. On a 2-core AMD EPYC VM (Zen 4: AVX-512 BF16, no AMX; torch 2.13, 12 heads of 64), SDPA for one
-bf16 query took 72 us over 64 cached keys and 743 us over 1024: torch's flash kernel multiplies the 16-bit
-blocks with a generic loop there. In float32, over a float32 cache, it took 19 and 110 us. So, as for the
-linear kernels (kernels.py), both are timed the first time a model shape, dtype and batch runs on a machine,
-through the model's own `CausalSelfAttention.attend`, and the faster is kept: cached with the kernel choices
-(kernels.json), shown by `gpt2kit info --kernels`, forced by GPT2KIT_ATTENTION=model|float32. A float32 model,
-and any model off the CPU, has nothing to choose.
+A decode step attends one query per row to every cached key and value. Which implementation is fastest
+depends on the CPU and on torch's kernels, not on the math, so, as for the linear kernels (kernels.py), each
+candidate is timed the first time a model shape, dtype and batch runs on a machine, through the model's own
+`CausalSelfAttention.attend` on one query over 64 and over 512 cached keys, and checked against float64 SDPA.
+The fastest that matches is kept: cached with the kernel choices (kernels.json), shown by `gpt2kit info
+--kernels`, forced by GPT2KIT_ATTENTION. Off the CPU there is nothing to choose. The candidates:
+  - `model`: SDPA in the model's dtype;
+  - `float32` (16-bit models): SDPA in float32. On a 2-core AMD EPYC VM (Zen 4: AVX-512 BF16, no AMX; torch
+    2.13, 12 heads of 64) SDPA for one bf16 query took 72 us over 64 cached keys and 743 over 1024 (torch's
+    flash kernel multiplies 16-bit blocks with a generic loop there); in float32, over a float32 cache, 19 and 110;
+  - `gemv` (float32 and bf16 models, where gemv.c builds): gemv.c's kernel for one query (`gemv.attend`), the
+    scores, softmax and weighted sum in float32 over a cache in the model's dtype. On the same VM, warm, it took
+    15 us over 64 bf16 keys and 90 over 1024 (SDPA 45 and 667), and about SDPA's time in float32; inside a
+    decode step, where the weights' stream has evicted the cache between layers, it took ~0.15 ms less a token.
 
-With float32 chosen, the engine keeps its KV cache in float32, which holds twice the bytes of a 16-bit cache,
-when that cache is at most FLOAT32_CACHE_MAX; a larger one (a server's many long rows) stays in the model's
-dtype, and each layer converts the keys and values it reads. The measurement times the variant that will run.
+With `float32` chosen, the engine keeps its KV cache in float32, which holds twice the bytes of a 16-bit
+cache, when that cache is at most FLOAT32_CACHE_MAX; a larger one (a server's many long rows) stays in the
+model's dtype, and each layer converts the keys and values it reads. The measurement times the variant that
+will run. Prefill (many queries) always runs SDPA; only the one-query calls of decode steps change.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import time
 from dataclasses import asdict
 
 import torch
+import torch.nn.functional as F
 
 from gpt2kit.errors import ConfigError
+from gpt2kit.model import gemv
 from gpt2kit.model.gpt import GPT, CausalSelfAttention
 from gpt2kit.model.kernels import Choice, machine_key, read_choices, write_choices
 from gpt2kit.model.kv_cache import StepPlan
 
-CANDIDATES = ("model", "float32")
+CANDIDATES = ("model", "float32", "gemv")
 ENV = "GPT2KIT_ATTENTION"
 KEYS_TIMED = (64, 512)  # cached keys one query attends: early in a generation, and well into it
 CALLS_TIMED = 15  # per candidate and key count, alternating candidates; the median counts
@@ -47,17 +55,36 @@ def float32_cache_fits(model: GPT, batch: int, max_len: int) -> bool:
     return cache_bytes(model, batch, max_len, torch.float32) <= FLOAT32_CACHE_MAX
 
 
+def candidates(dtype: torch.dtype) -> dict[str, str | None]:
+    """kind -> None where it can run for a `dtype` model on this CPU, else why not."""
+    gemv_why = (
+        gemv.unavailable(torch.float32)
+        if dtype in gemv.ATTEND_DTYPES
+        else f"gemv.c attends in float32 and bf16 only, not {dtype}"
+    )
+    return {"model": None, "float32": None if dtype != torch.float32 else "the model is float32 already", "gemv": gemv_why}
+
+
+def apply(attn: CausalSelfAttention, kind: str) -> None:
+    """Make `attn` (an inference copy's module) attend one query per row as `kind` does."""
+    attn.compute_dtype = torch.float32 if kind == "float32" else None
+    attn.one_query = gemv.attend if kind == "gemv" else None
+
+
 def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool = False) -> Choice:
-    """The measured (or cached) Choice for `model`'s decode attention at `batch` rows: kind 'model' or 'float32'.
+    """The measured (or cached) Choice of `model`'s decode attention at `batch` rows: a kind of CANDIDATES.
     float32_cache: whether a float32 choice would read a float32 cache (else it converts a 16-bit one)."""
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    if dtype == torch.float32 or device.type != "cpu":
+    if device.type != "cpu":
         return Choice("attention", batch, "model")
+    usable = candidates(dtype)
     forced = os.environ.get(ENV)
     if forced:
         if forced not in CANDIDATES:
-            raise ConfigError(f"{ENV}={forced!r} is not an attention dtype; use one of {list(CANDIDATES)}.")
+            raise ConfigError(f"{ENV}={forced!r} is not an attention kind; use one of {list(CANDIDATES)}.")
+        if usable[forced]:
+            raise ConfigError(f"{ENV}={forced!r} does not run here ({usable[forced]}); unset it to choose by measurement.")
         return Choice("attention", batch, forced)
     c = model.config
     key = f"{dtype} | attention {c.n_head}x{c.head_dim} | {batch} rows | {'float32' if float32_cache else 'model'} cache"
@@ -65,37 +92,46 @@ def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool 
     table = store.setdefault(machine_key(), {})
     if key in table and not remeasure and table[key].get("kind") in CANDIDATES:
         return Choice(**{**table[key], "cached": True})
-    us = _measure(model.transformer.h[0].attn, batch, dtype, float32_cache)
-    choice = Choice("attention", batch, min(us, key=us.get), us=us)
+    kinds = [k for k, why in usable.items() if why is None]
+    us, wrong = _measure(model.transformer.h[0].attn, batch, dtype, float32_cache, kinds)
+    rejected = {k: why for k, why in usable.items() if why} | wrong
+    us = {k: t for k, t in us.items() if k not in rejected}
+    choice = Choice("attention", batch, min(us, key=us.get) if us else "model", us=us, rejected=rejected)
     table[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
     write_choices(store)
     return choice
 
 
-def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_cache: bool) -> dict[str, float]:
-    """Median microseconds of one decode step's attention call per candidate, summed over KEYS_TIMED."""
+def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_cache: bool,
+             kinds: list[str]) -> tuple[dict[str, float], dict[str, str]]:  # fmt: skip
+    """(median microseconds of one decode step's attention call per kind, summed over KEYS_TIMED; {kind: why
+    rejected} for a kind whose output is not float64 SDPA's within its dtype's error)."""
     g = torch.Generator().manual_seed(0)
     nh, hs = attn.n_head, attn.n_embd // attn.n_head
-    us = dict.fromkeys(CANDIDATES, 0.0)
-    before = attn.compute_dtype
+    us, wrong = dict.fromkeys(kinds, 0.0), {}
+    before = attn.compute_dtype, attn.one_query
     try:
         for K in KEYS_TIMED:
             q = torch.randn(batch, nh, 1, hs, generator=g).to(dtype)  # (B, nh, 1, hs)
             kv = torch.randn(2, batch, nh, K, hs, generator=g).to(dtype)  # (2, B, nh, K, hs): a cache's keys, values
-            caches = {"model": kv, "float32": kv.float() if float32_cache else kv}
+            caches = {kind: kv.float() if kind == "float32" and float32_cache else kv for kind in kinds}
             plan = StepPlan(cols=torch.full((batch, 1), K - 1), position_ids=torch.full((batch, 1), K - 1),
                             attn_mask=None, n_keys=K, col=K - 1, causal=True)  # fmt: skip
-            times: dict[str, list[float]] = {kind: [] for kind in CANDIDATES}
+            ref = F.scaled_dot_product_attention(*(t.double() for t in (q, *kv.unbind(0))))  # (B, nh, 1, hs)
+            tol = 1e-5 if dtype == torch.float32 else 0.02  # float32's error, or a 16-bit rounding of the output
+            times: dict[str, list[float]] = {kind: [] for kind in kinds}
             for i in range(CALLS_TIMED + 2):  # the first two calls of each are warm-up
-                for kind in CANDIDATES:
-                    attn.compute_dtype = torch.float32 if kind == "float32" else None
+                for kind in kinds:
+                    apply(attn, kind)
                     k, v = caches[kind].unbind(0)
                     t0 = time.perf_counter()
-                    attn.attend(q, k, v, plan)
+                    y = attn.attend(q, k, v, plan)
                     if i >= 2:
                         times[kind].append(time.perf_counter() - t0)
-            for kind in CANDIDATES:
+                    elif i == 0 and not (y.shape == ref.shape and (y.double() - ref).abs().max() <= tol * (1 + ref.abs().max())):
+                        wrong.setdefault(kind, f"its output differs from float64 SDPA's over {K} keys")
+            for kind in kinds:
                 us[kind] += statistics.median(times[kind]) * 1e6
     finally:
-        attn.compute_dtype = before
-    return {kind: round(t, 1) for kind, t in us.items()}
+        attn.compute_dtype, attn.one_query = before
+    return {kind: round(t, 1) for kind, t in us.items()}, wrong

@@ -9,13 +9,16 @@ where it built and gave F.linear's numbers on this machine.
 
 The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fopenmp, plus $GPT2KIT_GEMV_CFLAGS
 (e.g. "-mno-avx512f" builds the AVX2 kernels on an AVX-512 CPU, as the tests do), about a second, once per
-CPU (the library is cached under the user cache directory, named by a hash of the source, the compiler, the
+CPU (the library is cached under the user cache directory, named by a hash of the sources, the compiler, the
 flags and the CPU's flags, and written atomically). It needs AVX2 with FMA (float32 and int8 weights) or
 AVX-512 (F, BW, VL; bf16 weights need AVX-512 BF16). No compiler, a compile error or an older CPU leaves
 the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
 off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
 torch.get_num_threads(). Each weight is read with its prefetches into L1 or into L2 only (`Packed(l2=...)`):
 which reads faster depends on the CPU, so linear.py offers each as its own kernel and the measurement picks.
+
+The same library holds attend.c: attention for one query per row (`attend`), a candidate for a decode step's
+attention that attention_plan.py times against torch's SDPA.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from gpt2kit import hugepages, machine
 from gpt2kit.atomic import atomic_path
 
 SOURCE = Path(__file__).with_name("gemv.c")
+ATTEND_SOURCE = Path(__file__).with_name("attend.c")  # one-query attention (`attend`), built into the same library
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -59,8 +63,9 @@ def not_buildable() -> str | None:
     flags = cpu_flags()
     if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
         return NO_SIMD
-    if not SOURCE.is_file():
-        return f"{SOURCE.name} is missing from the installed package"
+    for source in (SOURCE, ATTEND_SOURCE):
+        if not source.is_file():
+            return f"{source.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
     return f"no C compiler ({cc!r} not found; set CC)" if shutil.which(cc) is None else None
 
@@ -73,8 +78,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc, flags = os.environ.get("CC", "cc"), sorted(cpu_flags())
     # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
-           "-fopenmp", "-shared", "-fPIC", str(SOURCE)]  # fmt: skip
-    digest = hashlib.sha256(SOURCE.read_bytes() + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
+           "-fopenmp", "-shared", "-fPIC", str(SOURCE), str(ATTEND_SOURCE)]  # fmt: skip
+    code = SOURCE.read_bytes() + ATTEND_SOURCE.read_bytes()
+    digest = hashlib.sha256(code + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
         try:
@@ -96,6 +102,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         if hasattr(so, name):
             fn = getattr(so, name)
             fn.argtypes, fn.restype = head + tail, None
+    for name in ("gk_attend_f32", "gk_attend_bf16"):  # q, its 2 strides, k, v, their 2, bias, y, B, nh, K, hs, threads
+        fn = getattr(so, name)
+        fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT], None
     return so, ""
 
 
@@ -178,3 +187,29 @@ class Packed:
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
         self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.l2)
         return y
+
+
+ATTEND_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """Attention for one query per row (gemv.c's `gk_attend_*`): q (B, nh, 1, hs), k and v (B, nh, K, hs), all in
+    one dtype of ATTEND_DTYPES; bias None (every key seen) or (B, 1, 1, K) float32, added to the scores (0 or
+    -inf) -> (B, nh, 1, hs), a view of a (B, 1, nh, hs) tensor (so heads side by side again is free)."""
+    if q.dtype not in ATTEND_DTYPES:
+        raise ValueError(f"gemv.attend runs float32 and bf16, not {q.dtype}")
+    B, nh, _, hs = q.shape
+    K = k.shape[2]
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.stride(-1) != 1 or k.stride(-2) != hs or v.stride() != k.stride():  # each key's hs values, keys in a row
+        k, v = k.contiguous(), v.contiguous()
+    if k.dtype != q.dtype:  # a cache kept in another dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    if bias is not None:
+        bias = bias.float().contiguous()  # (B, 1, 1, K)
+    y = torch.empty(B, 1, nh, hs, dtype=q.dtype)  # (B, 1, nh, hs)
+    fn = getattr(_build()[0], "gk_attend_bf16" if q.dtype == torch.bfloat16 else "gk_attend_f32")
+    fn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
+       None if bias is None else bias.data_ptr(), y.data_ptr(), B, nh, K, hs, torch.get_num_threads())  # fmt: skip
+    return y.transpose(1, 2)  # (B, nh, 1, hs)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn as nn
@@ -42,6 +42,9 @@ class CausalSelfAttention(nn.Module):
         # the dtype attention runs in (None: the model's); a decode runner's inference copy sets float32 where this
         # machine runs float32 attention faster than 16-bit (model/attention_plan.py)
         self.compute_dtype: torch.dtype | None = None
+        # a kernel for one query per row (q, k, v, float32 additive bias or None) -> (B, nh, 1, hs), where a decode
+        # runner's copy measured one faster than SDPA (gemv.attend; model/attention_plan.py); None: SDPA
+        self.one_query: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None
@@ -67,6 +70,8 @@ class CausalSelfAttention(nn.Module):
         T = q.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
+        if self.one_query is not None and T == 1 and self.record is None and dropout_p == 0.0:
+            return self.one_query(q, k, v, None if plan is None or plan.causal else plan.attn_bias(torch.float32))
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None or plan.causal else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key

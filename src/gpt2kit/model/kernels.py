@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from gpt2kit import machine
 from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
+from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
 
@@ -138,8 +139,9 @@ def plan_kernels(
 
 def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
-    every nn.Linear replaced by a KernelLinear of the measured kinds. 'model' returns the model itself.
-    Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
+    every nn.Linear replaced by a KernelLinear of the measured kinds, its modules called directly (direct.py).
+    'model' returns the model itself. Packed kernels hold a snapshot of the weights: build the copy after the
+    weights are final."""
     if weights == "model":
         return model
     clone = _copy_sharing_matrices(model)
@@ -151,7 +153,7 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
         for parent, name, lin in _role_slots(clone, role):
             kinds = choices[(role, small)], choices[(role, PREFILL_ROWS)]
             setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS)))
-    return clone
+    return call_directly(clone)
 
 
 def _copy_sharing_matrices(model: GPT) -> GPT:
