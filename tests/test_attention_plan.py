@@ -47,6 +47,15 @@ def test_measured_once_then_cached(cache_dir):
     assert all(b.attn.compute_dtype is None and b.attn.one_query is None for b in model.transformer.h)  # left as it was
 
 
+def test_a_choice_measured_before_a_candidate_existed_is_measured_again(cache_dir):
+    key = "torch.bfloat16 | attention 4x16 | 1 rows | float32 cache"
+    old = {"role": "attention", "rows": 1, "kind": "float32", "us": {"model": 9.0, "float32": 1.0}, "rejected": {}}
+    K.write_choices({K.machine_key(): {key: old}})
+    c = A.plan_attention(_tiny(), 1, float32_cache=True)
+    assert not c.cached and {*c.us, *c.rejected} == set(A.CANDIDATES)
+    assert A.plan_attention(_tiny(), 1, float32_cache=True).cached
+
+
 @GEMV
 def test_a_float32_model_chooses_between_sdpa_and_gemv(cache_dir):
     c = A.plan_attention(_tiny(torch.float32), 1, True)

@@ -90,8 +90,13 @@ def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool 
     key = f"{dtype} | attention {c.n_head}x{c.head_dim} | {batch} rows | {'float32' if float32_cache else 'model'} cache"
     store = read_choices()
     table = store.setdefault(machine_key(), {})
-    if key in table and not remeasure and table[key].get("kind") in CANDIDATES:
-        return Choice(**{**table[key], "cached": True})
+    entry = table.get(key, {})
+    if (
+        not remeasure
+        and entry.get("kind") in CANDIDATES
+        and {*entry.get("us", ()), *entry.get("rejected", ())} == set(CANDIDATES)
+    ):
+        return Choice(**{**entry, "cached": True})  # measured with every candidate there is now
     kinds = [k for k, why in usable.items() if why is None]
     us, wrong = _measure(model.transformer.h[0].attn, batch, dtype, float32_cache, kinds)
     rejected = {k: why for k, why in usable.items() if why} | wrong
