@@ -15,8 +15,9 @@ Candidates, by what the user asked for (`weights`):
            activations to 8 bits), offered only when asked for; prompt processing may still pick an exact
            kernel when that is faster;
   - model: no copy, the model's own nn.Linear modules.
-Off the CPU (CUDA, MPS) the only candidate is `linear`. The dtype of a 16-bit model's decode attention is
-chosen the same way, in attention_plan.py, and cached in the same file.
+Off the CPU (CUDA, MPS) the only candidate is `linear`. How a decode step attends (SDPA in the model's dtype
+or in float32, or gemv.c's one-query kernel) is chosen the same way, in attention_plan.py, and cached in the
+same file. The copy's modules are called directly (direct.py).
 """
 
 from __future__ import annotations
