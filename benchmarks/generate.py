@@ -177,7 +177,7 @@ def quality(args) -> None:
                                  ("fp32 + bf16 weights", torch.float32, "bf16"), ("fp32 + int8 weights", torch.float32, "int8")):  # fmt: skip
         model = ref_model if dtype == torch.float32 else gpt2kit.from_pretrained(args.model, dtype=dtype)
         runner = DecodeRunner(model, weights)
-        cache = KVCache(model.config, 1, len(toks), dtype=dtype)
+        cache = KVCache(model.config, 1, len(toks), dtype=runner.cache_dtype)  # as the engine makes it
         with torch.inference_mode():
             logits = [runner.prefill(x[None, :1], cache, None)]
             logits += [runner.decode(x[None, t : t + 1], cache, None) for t in range(1, len(toks) - 1)]
