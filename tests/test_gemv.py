@@ -177,6 +177,8 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
     monkeypatch.setattr(gemv.machine, "cpu_info", lambda: {"flags": "fpu avx2 fma"})
     assert why(SOURCE=gemv.SOURCE.with_name("missing.c")) == "missing.c is missing from the installed package"
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
+    assert why(ATTEND_SOURCE=gemv.SOURCE.with_name("gone.c")) == "gone.c is missing from the installed package"
+    monkeypatch.setattr(gemv, "ATTEND_SOURCE", gemv.SOURCE.with_name("attend.c"))
     monkeypatch.setenv("CC", "no-such-compiler-here")
     assert why() == "no C compiler ('no-such-compiler-here' not found; set CC)"
     monkeypatch.setenv("CC", "false")  # a compiler that fails

@@ -193,7 +193,7 @@ ATTEND_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """Attention for one query per row (gemv.c's `gk_attend_*`): q (B, nh, 1, hs), k and v (B, nh, K, hs), all in
+    """Attention for one query per row (attend.c's `gk_attend_*`): q (B, nh, 1, hs), k and v (B, nh, K, hs), all in
     one dtype of ATTEND_DTYPES; bias None (every key seen) or (B, 1, 1, K) float32, added to the scores (0 or
     -inf) -> (B, nh, 1, hs), a view of a (B, 1, nh, hs) tensor (so heads side by side again is free)."""
     if q.dtype not in ATTEND_DTYPES:
