@@ -57,6 +57,25 @@ def test_a_choice_measured_before_a_candidate_existed_is_measured_again(cache_di
 
 
 @GEMV
+def test_a_cached_choice_is_measured_again_when_what_runs_here_changed(cache_dir, monkeypatch):
+    key = "torch.float32 | attention 4x16 | 1 rows | float32 cache"
+    off = {"gemv": "turned off (GPT2KIT_GEMV=0)", "float32": "the model is float32 already"}
+    K.write_choices(
+        {K.machine_key(): {key: {"role": "attention", "rows": 1, "kind": "model", "us": {"model": 5.0}, "rejected": off}}}
+    )
+    assert not A.plan_attention(_tiny(torch.float32), 1, True).cached  # gemv could not run then; it can now
+    K.write_choices({K.machine_key(): {key: {"role": "attention", "rows": 1, "kind": "gemv", "us": {"model": 9.0, "gemv": 1.0},
+                                            "rejected": {"float32": "the model is float32 already"}}}})  # fmt: skip
+    monkeypatch.setenv(gemv.SWITCH, "0")
+    gemv._build.cache_clear()
+    try:
+        c = A.plan_attention(_tiny(torch.float32), 1, True)  # the cached kind cannot run now
+        assert not c.cached and c.kind == "model" and c.rejected["gemv"] == "turned off (GPT2KIT_GEMV=0)"
+    finally:
+        gemv._build.cache_clear()
+
+
+@GEMV
 def test_a_float32_model_chooses_between_sdpa_and_gemv(cache_dir):
     c = A.plan_attention(_tiny(torch.float32), 1, True)
     assert set(c.us) == {"model", "gemv"} and c.kind == min(c.us, key=c.us.get)

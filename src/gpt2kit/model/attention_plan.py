@@ -91,12 +91,8 @@ def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool 
     store = read_choices()
     table = store.setdefault(machine_key(), {})
     entry = table.get(key, {})
-    if (
-        not remeasure
-        and entry.get("kind") in CANDIDATES
-        and {*entry.get("us", ()), *entry.get("rejected", ())} == set(CANDIDATES)
-    ):
-        return Choice(**{**entry, "cached": True})  # measured with every candidate there is now
+    if not remeasure and _current(entry, usable):
+        return Choice(**{**entry, "cached": True})
     kinds = [k for k, why in usable.items() if why is None]
     us, wrong = _measure(model.transformer.h[0].attn, batch, dtype, float32_cache, kinds)
     rejected = {k: why for k, why in usable.items() if why} | wrong
@@ -105,6 +101,17 @@ def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool 
     table[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
     write_choices(store)
     return choice
+
+
+def _current(entry: dict, usable: dict[str, str | None]) -> bool:
+    """Whether a cached choice still holds: its kind runs here, and every candidate that runs here now was
+    judged then (timed, or rejected for its output; one that could not run then was not judged: gemv.c
+    once a compiler is installed)."""
+    if entry.get("kind") not in CANDIDATES or usable.get(entry["kind"]) is not None:
+        return False
+    rejected = entry.get("rejected", {})
+    judged = {*entry.get("us", ()), *(k for k, why in rejected.items() if why.startswith("its output"))}
+    return all(k in judged for k, why in usable.items() if why is None)
 
 
 def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_cache: bool,
