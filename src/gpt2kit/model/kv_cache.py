@@ -36,6 +36,10 @@ class StepPlan:
     # causal attention over the K keys (one query, or a prompt into empty rows), which SDPA runs unmasked.
     col: int | None = None
     causal: bool = False  # then attn_mask is None: no layer reads it
+    # With `col`: every layer's write slice (2, B, nh, T, hs) and its keys and values to attend (B, nh, K, hs),
+    # made once per step rather than by two views per layer
+    writes: tuple[torch.Tensor, ...] | None = None  # (L,) of (2, B, nh, T, hs)
+    reads: tuple[torch.Tensor, ...] | None = None  # (2L,): layer l's keys at 2l, its values at 2l + 1
     _bias: dict = field(default_factory=dict, repr=False)
 
     def attn_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -178,8 +182,12 @@ class KVCache:
 
         K = self.max_len if self.static else self.seq_len  # static: unwritten columns are masked, not cut
         causal = aligned and not self.static and (T == 1 or before[0] == 0)
-        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
+        plan = StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
                         col=before[0] if aligned else None, causal=causal)  # fmt: skip
+        if aligned and not self.static:
+            plan.writes = self.kv.narrow(4, before[0], T).unbind(0)
+            plan.reads = self.kv.narrow(4, 0, K).flatten(0, 1).unbind(0)
+        return plan
 
     def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
         """(B, T) write columns -> (B, 1, T, K) bool: each query sees the valid keys up to its own column."""
@@ -203,6 +211,9 @@ class KVCache:
     def update(self, layer: int, kv: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys and values kv (2, B, nh, T, hs) for `layer`; return the keys and values to
         attend, each (B, nh, K, hs)."""
+        if plan.writes is not None:  # every row writes the same T columns: one slice copy, the views made already
+            plan.writes[layer].copy_(kv)
+            return plan.reads[2 * layer], plan.reads[2 * layer + 1]
         T = kv.shape[3]
         kv_l = self._layers[layer]  # (2, B, nh, T_max, hs)
         if plan.col is not None:  # every row writes the same T columns: one slice copy
