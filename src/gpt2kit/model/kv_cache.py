@@ -36,10 +36,10 @@ class StepPlan:
     # causal attention over the K keys (one query, or a prompt into empty rows), which SDPA runs unmasked.
     col: int | None = None
     causal: bool = False  # then attn_mask is None: no layer reads it
-    # With `col`: every layer's write slice (2, B, nh, T, hs) and its keys and values to attend (B, nh, K, hs),
-    # made once per step rather than by two views per layer
-    writes: tuple[torch.Tensor, ...] | None = None  # (L,) of (2, B, nh, T, hs)
-    reads: tuple[torch.Tensor, ...] | None = None  # (2L,): layer l's keys at 2l, its values at 2l + 1
+    # The views every layer's update uses, made once per step rather than per layer (KVCache.plan): the keys and
+    # values to attend, and with `col` the slice to write
+    reads: tuple[torch.Tensor, ...] = ()  # (2L,) of (B, nh, K, hs): layer l's keys at 2l, its values at 2l + 1
+    writes: tuple[torch.Tensor, ...] | None = None  # (L,) of (2, B, nh, T, hs); None: each row its own columns
     _bias: dict = field(default_factory=dict, repr=False)
 
     def attn_bias(self, dtype: torch.dtype) -> torch.Tensor:
@@ -184,9 +184,9 @@ class KVCache:
         causal = aligned and not self.static and (T == 1 or before[0] == 0)
         plan = StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
                         col=before[0] if aligned else None, causal=causal)  # fmt: skip
-        if aligned and not self.static:
+        plan.reads = self.kv.narrow(4, 0, K).flatten(0, 1).unbind(0)
+        if aligned:
             plan.writes = self.kv.narrow(4, before[0], T).unbind(0)
-            plan.reads = self.kv.narrow(4, 0, K).flatten(0, 1).unbind(0)
         return plan
 
     def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
@@ -211,15 +211,11 @@ class KVCache:
     def update(self, layer: int, kv: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys and values kv (2, B, nh, T, hs) for `layer`; return the keys and values to
         attend, each (B, nh, K, hs)."""
-        if plan.writes is not None:  # every row writes the same T columns: one slice copy, the views made already
+        if plan.writes is not None:  # every row writes the same T columns: one slice copy
             plan.writes[layer].copy_(kv)
-            return plan.reads[2 * layer], plan.reads[2 * layer + 1]
-        T = kv.shape[3]
-        kv_l = self._layers[layer]  # (2, B, nh, T_max, hs)
-        if plan.col is not None:  # every row writes the same T columns: one slice copy
-            kv_l.narrow(3, plan.col, T).copy_(kv)
         else:  # each row its own columns: an indexed write (2x faster than scatter_ on the CPU, and in 16 bits
             # too, where scatter_ is 10-40x slower than for integers of the same width)
+            kv_l = self._layers[layer]  # (2, B, nh, T_max, hs)
             rows = torch.arange(kv.shape[1], device=kv.device)[:, None]  # (B, 1), against plan.cols (B, T)
             kv_l[:, rows, :, plan.cols] = kv.to(kv_l.dtype).permute(1, 3, 0, 2, 4)  # (B, T, 2, nh, hs) at [:, b, :, cols[b, t]]
-        return kv_l.narrow(3, 0, plan.n_keys).unbind(0)  # keys, values
+        return plan.reads[2 * layer], plan.reads[2 * layer + 1]  # keys, values
