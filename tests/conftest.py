@@ -136,3 +136,12 @@ def tiny_gpt(seed: int = 0, **config):
 def tiny_hf_dir(tmp_path_factory) -> Path:
     """A 2-layer, 64-wide random GPT-2 in Hugging Face format (model.safetensors + config.json + vocab)."""
     return save_hf_gpt2(tmp_path_factory.mktemp("tiny_hf"))
+
+
+def gemv_buildable() -> pytest.MarkDecorator:
+    """Skip only where gemv.c (and attend.c) cannot be built here: the switch, the platform, the CPU's flags, the
+    sources, the compiler, checked without building. Never on the build's own result, so a failed build fails."""
+    from gpt2kit.model import gemv
+
+    why = gemv.not_buildable()
+    return pytest.mark.skipif(why is not None, reason=f"gemv.c: {why}")

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import tiny_gpt
+from conftest import gemv_buildable, tiny_gpt
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine
 from gpt2kit.generate.decode import DecodeRunner
@@ -17,7 +17,7 @@ from gpt2kit.model import kernels as K
 from gpt2kit.model.kv_cache import KVCache
 
 BF = torch.bfloat16
-GEMV = pytest.mark.skipif(gemv.not_buildable() is not None, reason=f"gemv.c: {gemv.not_buildable()}")
+GEMV = gemv_buildable()
 
 
 @pytest.fixture

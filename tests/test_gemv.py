@@ -9,13 +9,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import huge_kib
+from conftest import gemv_buildable, huge_kib
 from gpt2kit import hugepages
 from gpt2kit.model import gemv
 from gpt2kit.model import linear as L
 
 CPU = torch.device("cpu")
 BF = torch.bfloat16
+_buildable = gemv_buildable()
 
 
 def _needs(dtype):
@@ -95,14 +96,13 @@ def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
     assert (y - F.linear(x, w, b)).abs().max() > 1e-4  # and it is not the float32 product
 
 
+@_buildable
 @pytest.mark.parametrize(
     "kind, dtype", [("gemv", torch.float32), ("gemv", BF), ("bf16-gemv", torch.float32), ("int8-gemv", torch.float32)]
 )
 def test_prefetching_into_l2_changes_no_number(build, kind, dtype):
     """`gemv-l2` and its bf16 and int8 forms differ from the plain kernels only in where they prefetch: the same
     numbers, bit for bit, on shapes that end mid-block and mid-chunk."""
-    if why := gemv.not_buildable():
-        pytest.skip(why)
     if (L.KERNELS[kind].compute_dtype or dtype) == BF and not _bf16_in(build):
         pytest.skip("no bf16 kernel in this build (the CPU has no AVX-512 BF16, or the build turns AVX-512 off)")
     for shape in SHAPES:
@@ -288,9 +288,6 @@ def test_it_builds_wherever_it_can():
 
 
 # ---- attend.c: one query per row ------------------------------------------------------------------------
-_buildable = pytest.mark.skipif(gemv.not_buildable() is not None, reason=f"gemv.c: {gemv.not_buildable()}")
-
-
 def _attention_case(B, nh, K, hs, dtype, masked, seed=0):
     """q as a decode step has it (a view of c_attn's (B, 1, 3C) output), k and v as the first K of T_max columns
     of a (2, B, nh, T_max, hs) cache, and (masked) a (B, 1, 1, K) float32 bias hiding a different set of keys

@@ -11,7 +11,7 @@ second copy of the math:
     for this shape, dtype and batch (exact by default; bf16 or int8 weights when asked for).
   - attention: a decode step's one-query attention runs as this machine runs it fastest (model/attention_plan.py,
     measured too): SDPA in the model's dtype, SDPA in float32 (16-bit models; the cache is then kept in float32,
-    `cache_dtype`) or gemv.c's kernel.
+    `cache_dtype`) or attend.c's one-query kernel.
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides, and the pages they sit in matter
 too: `collapse_hot` moves what a step reads into 2 MiB pages (hugepages.py).

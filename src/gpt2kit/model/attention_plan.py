@@ -13,7 +13,7 @@ The fastest that matches is kept: cached with the kernel choices (kernels.json),
   - `gemv` (float32 and bf16 models, where gemv.c builds): gemv.c's kernel for one query (`gemv.attend`), the
     scores, softmax and weighted sum in float32 over a cache in the model's dtype. On the same VM, warm, it took
     15 us over 64 bf16 keys and 90 over 1024 (SDPA 45 and 667), and about SDPA's time in float32; inside a
-    decode step, where the weights' stream has evicted the cache between layers, it took ~0.15 ms less a token.
+    decode step (124M, int8 weights, one process, alternating) a token took 5.25 against SDPA's 5.73 ms.
 
 With `float32` chosen, the engine keeps its KV cache in float32, which holds twice the bytes of a 16-bit
 cache, when that cache is at most FLOAT32_CACHE_MAX; a larger one (a server's many long rows) stays in the

@@ -4,8 +4,8 @@ A batch-1 decode step of a 124M model makes about 160 module calls and 160 attri
 parameters, each through nn.Module: `__call__` goes through `_wrapped_call_impl` and `_call_impl`, which look
 for hooks in eight dicts, and `self.ln_1` falls back to `nn.Module.__getattr__`, which searches three dicts.
 Between two weight products these few microseconds each run with the caches just emptied by the weight stream.
-On a 2-core Zen 4 VM (124M, int8 weights, one process, alternating) a token took 5.28 against 5.56 ms with
-both left out, and 8.19 against 8.68 in bf16; the attribute reads were most of it.
+On a 2-core Zen 4 VM (124M, one process, alternating, fast-memory phase) a token took 5.39 against 5.73 ms with
+both left out (int8 weights), and 7.93 against 8.22 in bf16; the attribute reads were most of it.
 
 `call_directly` does this to a copy that only runs inference and that nothing registers hooks on (kernels.py's
 `inference_copy`): every module's class becomes a subclass of it whose `__call__` is its `forward`, and every
