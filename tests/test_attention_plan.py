@@ -166,5 +166,6 @@ def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monk
         for row, start in ((0, 3), (1, 0)):
             ref = model(seq[row : row + 1, start:])[0][0, 7 - start :].float()  # (13, V)
             got = torch.stack([lg[row] for lg in logits]).float()  # (13, V)
-            tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+            # bf16: within two bf16 steps of logits below 1 (a padded key seen moves row 0 by three)
+            tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.008, rtol=0.0)
             torch.testing.assert_close(got, ref, **tol)

@@ -10,7 +10,7 @@ The fastest that matches is kept: cached with the kernel choices (kernels.json),
   - `float32` (16-bit models): SDPA in float32. On a 2-core AMD EPYC VM (Zen 4: AVX-512 BF16, no AMX; torch
     2.13, 12 heads of 64) SDPA for one bf16 query took 72 us over 64 cached keys and 743 over 1024 (torch's
     flash kernel multiplies 16-bit blocks with a generic loop there); in float32, over a float32 cache, 19 and 110;
-  - `gemv` (float32 and bf16 models, where gemv.c builds): gemv.c's kernel for one query (`gemv.attend`), the
+  - `gemv` (float32 and bf16 models, where gemv.c builds): attend.c, in gemv.c's library (`gemv.attend`), the
     scores, softmax and weighted sum in float32 over a cache in the model's dtype. On the same VM, warm, it took
     15 us over 64 bf16 keys and 90 over 1024 (SDPA 45 and 667), and about SDPA's time in float32; inside a
     decode step (124M, int8 weights, one process, alternating) a token took 5.25 against SDPA's 5.73 ms.
