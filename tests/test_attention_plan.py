@@ -153,6 +153,8 @@ def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monk
     """Two rows, one left-padded (its steps then attend under the additive mask), through gemv.c's attention,
     against each row alone, unpadded, through the plain model's uncached forward."""
     monkeypatch.setenv(A.ENV, "gemv")
+    if dtype == BF and A.causal_candidates(_tiny())["gemv"] is None:  # and the aligned prefill through causal.c
+        monkeypatch.setenv(A.CAUSAL_ENV, "gemv")
     model = _tiny(dtype)
     runner = DecodeRunner(model, "auto", batch=2, max_len=64)
     assert all(b.attn.one_query is gemv.attend for b in runner.model.transformer.h)
@@ -169,3 +171,88 @@ def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monk
             # bf16: within two bf16 steps of logits below 1 (a padded key seen moves row 0 by three)
             tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.008, rtol=0.0)
             torch.testing.assert_close(got, ref, **tol)
+
+
+# ---- many queries: prefill and scoring (plan_causal) -------------------------------------------------------
+CAUSAL = A.causal_candidates(_tiny())["gemv"] is None  # causal.c runs here (bf16: AVX-512 BF16)
+needs_causal = pytest.mark.skipif(not CAUSAL, reason=f"causal.c: {A.causal_candidates(_tiny())['gemv']}")
+
+
+@pytest.fixture
+def causal_env(cache_dir, monkeypatch):
+    monkeypatch.delenv(A.CAUSAL_ENV, raising=False)
+    return cache_dir
+
+
+@needs_causal
+def test_many_queries_are_measured_once_then_cached(causal_env):
+    model = _tiny()
+    c = A.plan_causal(model)
+    assert c.role == "causal attention" and set(c.us) == {"model", "gemv"} and c.kind == min(c.us, key=c.us.get)
+    table = json.loads((causal_env / "kernels.json").read_text())[K.machine_key()]
+    assert table["torch.bfloat16 | causal attention 4x16"]["kind"] == c.kind
+    assert A.plan_causal(model).cached and not A.plan_causal(model, remeasure=True).cached
+    assert all(b.attn.many_query is None for b in model.transformer.h)  # left as it was
+
+
+def test_a_float32_model_has_one_candidate_and_measures_nothing(causal_env):
+    c = A.plan_causal(_tiny(torch.float32))
+    assert c.kind == "model" and not c.us and c.rejected == {"gemv": "causal.c runs bf16 only, not torch.float32"}
+    assert not (causal_env / "kernels.json").exists()
+
+
+def test_many_queries_forced_and_what_cannot_be_forced(causal_env, monkeypatch):
+    monkeypatch.setenv(A.CAUSAL_ENV, "model")
+    assert A.plan_causal(_tiny()) == K.Choice("causal attention", 1, "model")
+    monkeypatch.setenv(A.CAUSAL_ENV, "gemv")
+    with pytest.raises(ConfigError, match=r"^GPT2KIT_CAUSAL_ATTENTION='gemv' does not run here \(causal.c runs bf16 only"):
+        A.plan_causal(_tiny(torch.float32))
+    monkeypatch.setenv(A.CAUSAL_ENV, "float32")
+    with pytest.raises(ConfigError, match=r"is not an attention kind; use one of \['model', 'gemv'\]\.$"):
+        A.plan_causal(_tiny())
+
+
+@needs_causal
+def test_many_queries_with_a_wrong_output_are_rejected(causal_env, monkeypatch):
+    monkeypatch.setattr(gemv, "causal", lambda q, k, v: torch.zeros_like(q))
+    c = A.plan_causal(_tiny())
+    assert c.kind == "model" and c.rejected == {"gemv": "its output differs from float64 SDPA's over 64 queries"}
+
+
+def test_many_queries_run_the_kernel_in_inference_only():
+    """The kernel stands in for plain causal SDPA without a gradient; training, recorded maps and a padded
+    batch's mask run SDPA."""
+    model = _tiny(torch.float32)
+    calls = []
+    for b in model.transformer.h:
+        b.attn.many_query = lambda q, k, v: calls.append(q.shape) or torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    x = torch.randint(0, 50257, (2, 9), generator=torch.Generator().manual_seed(0))
+    model.train()
+    model(x)[0].sum().backward()
+    assert calls == []
+    model.eval()
+    with torch.inference_mode():
+        model(x)
+        model(x[:, :1])  # one query: not this kernel's
+    assert calls == [(2, 4, 9, 16)] * 2
+
+
+@needs_causal
+@pytest.mark.parametrize("causal", ["model", "gemv"])
+def test_prefill_through_either_kind_equals_the_uncached_forward(causal_env, monkeypatch, causal):
+    """A 40-token prompt (more than one tile of 32 queries) into the runner's cache, then decode steps: against
+    the float32 model, within bf16's error; the copy's modules hold the kernel, the model's do not."""
+    monkeypatch.setenv(A.CAUSAL_ENV, causal)
+    monkeypatch.setenv(A.ENV, "model")
+    model = _tiny()
+    runner = DecodeRunner(model, "auto", max_len=64)
+    assert all(b.attn.many_query is (gemv.causal if causal == "gemv" else None) for b in runner.model.transformer.h)
+    assert all(b.attn.many_query is None for b in model.transformer.h)
+    seq = torch.randint(0, 50257, (1, 48), generator=torch.Generator().manual_seed(7))
+    cache = KVCache(model.config, 1, 64, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        logits = [runner.prefill(seq[:, :40], cache, None)]
+        logits += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(40, 48)]
+        ref = _tiny(torch.float32)(seq)[0][0, 39:]  # (9, V)
+    got = torch.stack([lg[0] for lg in logits]).float()
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()

@@ -179,6 +179,8 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
     monkeypatch.setattr(gemv, "SOURCE", gemv.SOURCE.with_name("gemv.c"))
     assert why(ATTEND_SOURCE=gemv.SOURCE.with_name("gone.c")) == "gone.c is missing from the installed package"
     monkeypatch.setattr(gemv, "ATTEND_SOURCE", gemv.SOURCE.with_name("attend.c"))
+    assert why(CAUSAL_SOURCE=gemv.SOURCE.with_name("lost.c")) == "lost.c is missing from the installed package"
+    monkeypatch.setattr(gemv, "CAUSAL_SOURCE", gemv.SOURCE.with_name("causal.c"))
     monkeypatch.setenv("CC", "no-such-compiler-here")
     assert why() == "no C compiler ('no-such-compiler-here' not found; set CC)"
     monkeypatch.setenv("CC", "false")  # a compiler that fails
@@ -338,3 +340,74 @@ def test_attend_converts_a_cache_in_another_dtype_and_refuses_what_it_cannot_run
         q.double(), k.to(BF).double(), v.to(BF).double()), atol=2e-6, rtol=1e-5)  # fmt: skip
     with pytest.raises(ValueError, match="float32 and bf16"):
         gemv.attend(q.half(), k.half(), v.half())
+
+
+# ---- causal.c: many queries per row, bf16 ----------------------------------------------------------------
+def _needs_causal(hs=64):
+    """Skips only where the CPU's flags or the build's switch rule causal.c out, never on the build's result."""
+    why = gemv.not_buildable() or (None if {"avx512f", "avx512bw", "avx512_bf16"} <= gemv.cpu_flags() else "no AVX-512 BF16")
+    return pytest.mark.skipif(why is not None, reason=f"causal.c: {why}")
+
+
+def _causal_case(B, nh, T, K, hs, seed=0):
+    """q as prefill has it (a view of c_attn's (B, T, 3C) output), k and v the first K columns of a (2, B, nh,
+    K + 7, hs) cache (K = T: c_attn's own k and v views), bf16; plus float64 attention of the same numbers,
+    query i seeing keys j <= K - T + i."""
+    g = torch.Generator().manual_seed(seed)
+    qkv = (torch.randn(B, T, 3, nh, hs, generator=g) * 2).to(BF)  # scores of a few units: a peaked softmax
+    q = qkv.permute(2, 0, 3, 1, 4)[0]  # (B, nh, T, hs), strided
+    if K == T:
+        k, v = qkv.permute(2, 0, 3, 1, 4)[1:]
+    else:
+        cache = (torch.randn(2, B, nh, K + 7, hs, generator=g) * 2).to(BF)
+        k, v = cache[0, :, :, :K], cache[1, :, :, :K]
+    seen = torch.ones(T, K, dtype=torch.bool).tril(K - T)  # (T, K)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), attn_mask=seen)
+    return q, k, v, ref
+
+
+# T and K ending mid-tile (32 queries) and mid-block (64 keys), heads of 16 to 128 values (1-4 vectors at once)
+CAUSAL_SHAPES = [(1, 12, 100, 100, 64), (2, 3, 37, 50, 64), (1, 2, 5, 5, 32), (1, 2, 70, 130, 48), (1, 1, 1, 9, 16),
+                 (1, 2, 65, 200, 128), (2, 1, 96, 96, 80), (1, 1, 33, 33, 16)]  # fmt: skip
+
+
+@_needs_causal()
+@pytest.mark.parametrize("B, nh, T, K, hs", CAUSAL_SHAPES)
+def test_causal_is_attention_with_bf16_probabilities(B, nh, T, K, hs):
+    """Float32 scores and sums; each probability rounded to bf16 before the weighted sum (as torch's bf16 SDPA
+    rounds them), the output once: within 2^-9 of the largest value plus half a bf16 step of the float64
+    result. Each query sees exactly its keys: an unseen key's value of 1000 would show."""
+    q, k, v, ref = _causal_case(B, nh, T, K, hs)
+    y = gemv.causal(q, k, v)
+    assert y.shape == (B, nh, T, hs) and y.dtype == BF
+    half_step = torch.exp2(torch.floor(torch.log2(ref.abs())) - 8)
+    assert ((y.double() - ref).abs() <= half_step + 2**-9 * v.abs().max().double() + 1e-6).all()
+    heads_side_by_side = y.transpose(1, 2).reshape(B, T, nh * hs)  # what the model does next: a view, no copy
+    assert heads_side_by_side.data_ptr() == y.data_ptr() and heads_side_by_side.is_contiguous()
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, -1] = q[:, :, -1] * 4  # the last key, seen by the last query alone: made to score high and weigh 1000
+    v2[:, :, -1] = 1000.0
+    y2 = gemv.causal(q, k2, v2)
+    assert torch.equal(y2[:, :, :-1], y[:, :, :-1]) and (y2[:, :, -1] - y[:, :, -1]).abs().max() > 100
+
+
+@_needs_causal()
+def test_causal_converts_what_it_can_and_refuses_what_it_cannot():
+    q, k, v, ref = _causal_case(1, 2, 20, 30, 32)
+    half_step = torch.exp2(torch.floor(torch.log2(ref.abs())) - 8)
+    y = gemv.causal(q, k.float(), v.float().contiguous())  # a float32 cache, strides unlike the keys'
+    assert ((y.double() - ref).abs() <= half_step + 2**-9 * v.abs().max().double() + 1e-6).all()
+    with pytest.raises(ValueError, match="runs bf16, not torch.float32"):
+        gemv.causal(q.float(), k.float(), v.float())
+    with pytest.raises(ValueError, match="at least as many keys as queries, got 30 keys for 31 queries"):
+        gemv.causal(torch.zeros(1, 2, 31, 32, dtype=BF), k, v)
+    assert gemv.causal_unavailable(64) is None
+    assert gemv.causal_unavailable(40) == "causal.c takes heads of a multiple of 16 values, not 40"
+
+
+def test_causal_without_avx512_bf16_says_why(fresh_build, monkeypatch):
+    if gemv.not_buildable() or "avx512f" not in gemv.cpu_flags():
+        pytest.skip("needs a CPU where the library builds with and without AVX-512")
+    monkeypatch.setenv(gemv.CFLAGS, "-mno-avx512f")
+    gemv._build.cache_clear()
+    assert gemv.causal_unavailable(64) == "not in this build (GPT2KIT_GEMV_CFLAGS='-mno-avx512f')"

@@ -159,8 +159,11 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     assert main(["info", "--kernels", "--json"]) in (0, None)
     report = json.loads(capsys.readouterr().out)
     assert report["machine"] == K.machine_key() and report["cache"] == str(tmp_path / "kernels.json")
-    assert {c["role"] for c in report["choices"]} == {*K.ROLES, "attention"}  # a float32 model's attention is measured too
-    assert all(c["chosen"] in c["us"] and not c["cached"] for c in report["choices"])
+    assert {c["role"] for c in report["choices"]} == {*K.ROLES, "attention", "causal attention"}  # a float32 model's
+    causal = report["choices"][-1]  # decode attention is measured too; its many queries have one candidate, SDPA
+    assert causal["role"] == "causal attention" and causal["chosen"] == "model" and not causal["us"]
+    assert causal["rejected"] == {"gemv": "causal.c runs bf16 only, not torch.float32"}
+    assert all(c["chosen"] in c["us"] and not c["cached"] for c in report["choices"][:-1])
     from gpt2kit.model import gemv
 
     why = gemv.unavailable(torch.float32)

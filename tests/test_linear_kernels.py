@@ -290,3 +290,34 @@ def test_kernel_linear_packs_a_shared_kind_once_and_copes_without_bias():
     x = torch.randn(3, 64)
     torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
     assert not kl.small.wt.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("kind", ["linear", "mkl", "onednn", "gemv"])
+def test_each_kernels_gelu_is_gpt2s_gelu_of_its_product(kind, dtype, monkeypatch):
+    """c_fc's work (MLP.forward calls `gelu`): oneDNN fuses it as a post-op, where that gives F.gelu's numbers;
+    the others apply F.gelu to their product."""
+    if kind not in RUNNABLE or not L.KERNELS[kind].available(CPU, dtype):
+        pytest.skip(f"{kind} does not run here in {dtype}")
+    w, b, x = (t.to(dtype) for t in _data())
+    k = L.make_kernel(kind, w, b)
+    ref = F.gelu(F.linear(x.float(), w.float(), b.float()), approximate="tanh")
+    tol = 1e-5 if dtype == torch.float32 else 0.03
+    torch.testing.assert_close(k.gelu(x).float(), ref, atol=tol, rtol=tol)
+    if kind == "onednn" and L._onednn_gelu_works(dtype):  # really fused: F.gelu is never called
+        monkeypatch.setattr(L.F, "gelu", lambda *a, **kw: pytest.fail("F.gelu called"))
+        torch.testing.assert_close(k.gelu(x).float(), ref, atol=tol, rtol=tol)
+
+
+def test_a_gelu_post_op_with_other_numbers_is_never_fused(monkeypatch):
+    if not L._onednn_works(torch.float32):
+        pytest.skip("oneDNN's linear does not run here")
+    L._onednn_gelu_works.cache_clear()
+    monkeypatch.setattr(L, "GELU_POST", ("relu", [], ""))  # a post-op that is not GPT-2's GELU
+    try:
+        assert not L._onednn_gelu_works(torch.float32)
+        w, b, x = _data()
+        ref = F.gelu(F.linear(x, w, b), approximate="tanh")
+        torch.testing.assert_close(L.make_kernel("onednn", w, b).gelu(x), ref, atol=1e-5, rtol=1e-5)  # unfused
+    finally:
+        L._onednn_gelu_works.cache_clear()

@@ -191,3 +191,31 @@ def test_encode_pair_with_an_empty_context():
     assert encode_pair(_Eot(), "", "#hi") == ([GPT2_EOT_ID], [ord("h"), ord("i")])  # already starts with EOT
     with pytest.raises(InputError, match="^" + re.escape("empty continuation: there is nothing to score.") + "$"):
         encode_pair(_Chars(), "", "")
+
+
+def test_scoring_runs_on_an_inference_copy_kept_while_the_weights_stay_the_same():
+    """On the CPU a GPT scores through its inference copy (kernels chosen by measurement, c_fc with its GELU),
+    made once and kept until a weight changes in place; its scores are the model's own (test above)."""
+    from gpt2kit.model.linear import KernelLinear
+
+    model = _model()
+    scorer = ll.scoring_copy(model)
+    assert scorer is not model and ll.scoring_copy(model) is scorer
+    assert isinstance(scorer.transformer.h[0].mlp.c_fc, KernelLinear) and isinstance(model.transformer.h[0].mlp.c_fc, torch.nn.Linear)
+    reqs = [([1, 2, 3, 4], [5, 6]), ([7] * 12, [8])]
+    before = score_tokens(model, reqs).logprob
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.bias.add_(0.5)  # an optimizer step does the same: the copy is stale
+    assert ll.scoring_copy(model) is not scorer
+    after = score_tokens(model, reqs).logprob
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(after, torch.tensor([_reference(model, c, k)[0] for c, k in reqs], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
+def test_a_model_with_hooks_or_not_a_gpt_scores_as_it_is():
+    model = _model()
+    model.transformer.h[0].register_forward_hook(lambda *a: None)
+    assert ll.scoring_copy(model) is model
+    plain = torch.nn.Linear(2, 2)
+    assert ll.scoring_copy(plain) is plain

@@ -40,14 +40,14 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
 
     from gpt2kit import hugepages
     from gpt2kit.model import gemv
-    from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention
+    from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention, plan_causal
     from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels
     from gpt2kit.pretrained import from_pretrained
 
     model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
     choices = plan_kernels(model, batch, weights, remeasure=remeasure)
     fits = float32_cache_fits(model, batch, model.config.n_positions)
-    choices.append(plan_attention(model, batch, fits, remeasure=remeasure))
+    choices += [plan_attention(model, batch, fits, remeasure=remeasure), plan_causal(model, remeasure=remeasure)]
     return {
         "model": name_or_path,
         "machine": machine_key(),

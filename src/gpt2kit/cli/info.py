@@ -40,8 +40,8 @@ def run(args: argparse.Namespace) -> None:
         for c in report["choices"]:
             times = "  ".join(f"{k} {v:.0f}us" for k, v in sorted(c["us"].items(), key=lambda kv: kv[1]))
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())
-            print(f"  {c['role']:<12} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
-                  + (f"\n{'':21}not considered: {left}" if left else ""))  # fmt: skip
+            print(f"  {c['role']:<16} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
+                  + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
     else:
         for key, value in report.items():
             if isinstance(value, dict):

@@ -13,8 +13,9 @@ What we do differently is only how fast: requests are sorted by length and batch
 (a causal model's real positions never see padding to their right, so no attention mask is needed);
 the vocabulary projection (`lm_head`, a third of the FLOPs of 124M) runs
 only on the positions that are scored, through `LogitHead` (on the CPU: vocabulary blocks and an online
-log-sum-exp, so a batch never materialises (B, T, V) logits); and results stay on the device until the
-end (no host sync per batch).
+log-sum-exp, so a batch never materialises (B, T, V) logits); on the CPU the blocks run through an
+inference copy of the model with the kernels this machine runs fastest (`scoring_copy`); and results stay
+on the device until the end (no host sync per batch).
 
 Text -> token pairs (`encode_pair`) follows lm-eval's TemplateLM: trailing whitespace of the context
 moves to the continuation, the pair is encoded as one string, and the continuation is whatever follows
@@ -24,6 +25,7 @@ the context's own tokens; an empty context becomes <|endoftext|>.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,6 +34,9 @@ import torch
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
+from gpt2kit.model.attention_plan import apply_causal, plan_causal
+from gpt2kit.model.gpt import GPT
+from gpt2kit.model.kernels import PREFILL_ROWS, inference_copy
 
 # On the CPU a batch holds at most this many padded input tokens: at 2048 rows the matrix products already
 # run at the CPU's fp32 rate, and bigger batches only add fresh multi-MB activations that glibc maps (and
@@ -108,16 +113,41 @@ def score_tokens(
     wrong = torch.empty(n, dtype=torch.float32, device=device)
     bar = _progress(n, desc, progress)
     with eval_mode(model):
-        head = LogitHead(model)
+        head, scorer = LogitHead(model), scoring_copy(model)
         cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
         for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
-            lp, wr = _score_batch(model, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
+            lp, wr = _score_batch(scorer, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
             where = torch.tensor(idx, device=device)
             logprob[where] = lp
             wrong[where] = wr
             bar.update(len(idx))
     bar.close()
     return Scores(logprob=logprob.cpu(), is_greedy=(wrong == 0).cpu(), n_tokens=torch.tensor(n_conts))
+
+
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' stamp, its scoring copy)
+
+
+def scoring_copy(model):
+    """What scoring runs on. On the CPU, a GPT's inference copy (model/kernels.py: the same Block.forward, each
+    linear layer through the kernel this machine runs fastest for PREFILL_ROWS rows, c_fc with its GELU; many
+    queries attended as measured, attention_plan.plan_causal), kept while the model's weights stay the same
+    (same tensors, unmodified). Anything else, or a model with hooks (the copy would skip them): the model."""
+    if not isinstance(model, GPT) or model.lm_head.weight.device.type != "cpu":
+        return model
+    stamp = [(p.data_ptr(), p._version) for p in model.parameters()]
+    held = _COPIES.get(model)
+    if held is not None and held[0] == stamp:
+        return held[1]
+    try:
+        scorer = inference_copy(model, PREFILL_ROWS, "auto")
+    except ValueError:  # hooks
+        return model
+    kind = plan_causal(scorer).kind
+    for block in scorer.transformer.h:
+        apply_causal(block.attn, kind)
+    _COPIES[model] = (stamp, scorer)
+    return scorer
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
@@ -160,4 +190,4 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, desc=desc, unit="req", disable=not enabled, dynamic_ncols=True, leave=False)
 
 
-__all__ = ["Scores", "encode_pair", "eval_mode", "score_tokens"]
+__all__ = ["Scores", "encode_pair", "eval_mode", "score_tokens", "scoring_copy"]

@@ -11,7 +11,7 @@ second copy of the math:
     for this shape, dtype and batch (exact by default; bf16 or int8 weights when asked for).
   - attention: a decode step's one-query attention runs as this machine runs it fastest (model/attention_plan.py,
     measured too): SDPA in the model's dtype, SDPA in float32 (16-bit models; the cache is then kept in float32,
-    `cache_dtype`) or attend.c's one-query kernel.
+    `cache_dtype`) or attend.c's one-query kernel; a prefill's many queries as measured too (SDPA or causal.c).
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides, and the pages they sit in matter
 too: `collapse_hot` moves what a step reads into 2 MiB pages (hugepages.py).
@@ -24,7 +24,7 @@ import torch
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.attention_plan import apply as apply_attention
-from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention
+from gpt2kit.model.attention_plan import apply_causal, float32_cache_fits, plan_attention, plan_causal
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
 from gpt2kit.model.kv_cache import KVCache
@@ -57,8 +57,11 @@ class DecodeRunner:
         if self.model is not model:
             float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
             self.attention = plan_attention(self.model, batch, float32_cache)
+            # prefill's many queries: as measured, unless a 16-bit model's attention runs in float32 (prefill too)
+            causal = plan_causal(self.model).kind if self.attention.kind != "float32" else "model"
             for block in self.model.transformer.h:
                 apply_attention(block.attn, self.attention.kind)
+                apply_causal(block.attn, causal)
             if self.attention.kind == "float32" and float32_cache:
                 self.cache_dtype = torch.float32
 

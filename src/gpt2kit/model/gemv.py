@@ -17,8 +17,9 @@ off. The library links the same libgomp.so.1 torch loaded, so its threads are to
 torch.get_num_threads(). Each weight is read with its prefetches into L1 or into L2 only (`Packed(l2=...)`):
 which reads faster depends on the CPU, so linear.py offers each as its own kernel and the measurement picks.
 
-The same library holds attend.c: attention for one query per row (`attend`), a candidate for a decode step's
-attention that attention_plan.py times against torch's SDPA.
+The same library holds attend.c, attention for one query per row (`attend`), and causal.c, causal attention
+for many queries per row in bf16 (`causal`): candidates for a decode step's attention and for prefill and
+scoring, which attention_plan.py times against torch's SDPA.
 """
 
 from __future__ import annotations
@@ -40,9 +41,14 @@ from gpt2kit.atomic import atomic_path
 
 SOURCE = Path(__file__).with_name("gemv.c")
 ATTEND_SOURCE = Path(__file__).with_name("attend.c")  # one-query attention (`attend`), built into the same library
+CAUSAL_SOURCE = Path(__file__).with_name("causal.c")  # many-query causal attention in bf16 (`causal`), the same
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+
+
+def _sources() -> tuple[Path, ...]:
+    return SOURCE, ATTEND_SOURCE, CAUSAL_SOURCE
 
 
 NO_SIMD = "the CPU has neither AVX2 with FMA nor AVX-512"
@@ -63,7 +69,7 @@ def not_buildable() -> str | None:
     flags = cpu_flags()
     if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
         return NO_SIMD
-    for source in (SOURCE, ATTEND_SOURCE):
+    for source in _sources():
         if not source.is_file():
             return f"{source.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
@@ -78,8 +84,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     cc, flags = os.environ.get("CC", "cc"), sorted(cpu_flags())
     # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
-           "-fopenmp", "-shared", "-fPIC", str(SOURCE), str(ATTEND_SOURCE)]  # fmt: skip
-    code = SOURCE.read_bytes() + ATTEND_SOURCE.read_bytes()
+           "-fopenmp", "-shared", "-fPIC", *map(str, _sources())]  # fmt: skip
+    code = b"".join(source.read_bytes() for source in _sources())
     digest = hashlib.sha256(code + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
@@ -105,6 +111,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     for name in ("gk_attend_f32", "gk_attend_bf16"):  # q, its 2 strides, k, v, their 2, bias, y, B, nh, K, hs, threads
         fn = getattr(so, name)
         fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT], None
+    if hasattr(so, "gk_causal_bf16"):  # q, its 3 strides, k, v, their 3, y, its 3, B, nh, T, K, hs, threads
+        fn = so.gk_causal_bf16
+        fn.argtypes, fn.restype = [_P, _I64, _I64, _I64, _P, _P, *[_I64] * 3, _P, *[_I64] * 8, _INT], _INT
     return so, ""
 
 
@@ -116,9 +125,11 @@ def unavailable(dtype: torch.dtype) -> str | None:
     name = {torch.float32: "gk_gemv_f32", torch.bfloat16: "gk_gemv_bf16", torch.int8: "gk_gemv_s8"}.get(dtype)
     if name is None:
         return f"no kernel for {dtype}"
-    if hasattr(so, name):
-        return None
-    # float32 and int8 are built wherever the library is; bf16 needs AVX-512 BF16
+    return None if hasattr(so, name) else _why_no_bf16()
+
+
+def _why_no_bf16() -> str:
+    """Why the library lacks its bf16 kernels (float32 and int8 are built wherever it is; bf16 needs AVX-512 BF16)."""
     if not {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= cpu_flags():
         return "the CPU has no AVX-512 BF16"
     extra = os.environ.get(CFLAGS, "").strip()  # flags that leave out what the CPU has (-mno-avx512f)
@@ -213,3 +224,39 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     fn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
        None if bias is None else bias.data_ptr(), y.data_ptr(), B, nh, K, hs, torch.get_num_threads())  # fmt: skip
     return y.transpose(1, 2)  # (B, nh, 1, hs)
+
+
+def causal_unavailable(head_size: int) -> str | None:
+    """Why `causal` cannot run here for heads of `head_size` (None: it can)."""
+    so, why = _build()
+    if so is None:
+        return why
+    if not hasattr(so, "gk_causal_bf16"):
+        return _why_no_bf16()
+    return None if head_size % 16 == 0 else f"causal.c takes heads of a multiple of 16 values, not {head_size}"
+
+
+def causal(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention for T queries per row over K >= T keys (causal.c's `gk_causal_bf16`): q (B, nh, T, hs),
+    k and v (B, nh, K, hs); query i sees keys j <= K - T + i. q in bf16 (k and v converted to it) -> (B, nh, T, hs)
+    bf16, a view of a (B, T, nh, hs) tensor (so heads side by side again is free)."""
+    if q.dtype != torch.bfloat16:
+        raise ValueError(f"gemv.causal runs bf16, not {q.dtype}")
+    B, nh, T, hs = q.shape
+    K = k.shape[2]
+    if K < T:
+        raise ValueError(f"gemv.causal needs at least as many keys as queries, got {K} keys for {T} queries")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k.dtype != q.dtype:  # a cache kept in another dtype
+        k, v = k.to(q.dtype), v.to(q.dtype)
+    if k.stride(-1) != 1 or v.stride() != k.stride() or k.stride(-2) % 2:  # rows of hs values, alike, pairs aligned
+        k, v = k.contiguous(), v.contiguous()
+    y = torch.empty(B, T, nh, hs, dtype=q.dtype)  # (B, T, nh, hs)
+    done = _build()[0].gk_causal_bf16(
+        q.data_ptr(), *q.stride()[:3], k.data_ptr(), v.data_ptr(), *k.stride()[:3],
+        y.data_ptr(), y.stride(0), y.stride(2), y.stride(1), B, nh, T, K, hs, torch.get_num_threads(),
+    )  # fmt: skip
+    if done != 0:
+        raise MemoryError(f"gemv.causal could not allocate its packed keys and values ({B * nh * K * hs * 4} bytes)")
+    return y.transpose(1, 2)  # (B, nh, T, hs)

@@ -45,6 +45,9 @@ class CausalSelfAttention(nn.Module):
         # a kernel for one query per row (q, k, v, float32 additive bias or None) -> (B, nh, 1, hs), where a decode
         # runner's copy measured one faster than SDPA (gemv.attend; model/attention_plan.py); None: SDPA
         self.one_query: Callable[..., torch.Tensor] | None = None
+        # a kernel for plain causal attention of many queries (q, k, v) -> (B, nh, T, hs), in inference, where this
+        # machine measured one faster than SDPA for the model's dtype (gemv.causal; model/attention_plan.py)
+        self.many_query: Callable[..., torch.Tensor] | None = None
 
     def forward(
         self, x: torch.Tensor, layer: int, kv_cache: KVCache | None, plan: StepPlan | None
@@ -70,8 +73,11 @@ class CausalSelfAttention(nn.Module):
         T = q.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
-        if self.one_query is not None and T == 1 and self.record is None and dropout_p == 0.0:
-            return self.one_query(q, k, v, None if plan is None or plan.causal else plan.attn_bias(torch.float32))
+        if self.record is None and dropout_p == 0.0 and not q.requires_grad:
+            if self.one_query is not None and T == 1:
+                return self.one_query(q, k, v, None if plan is None or plan.causal else plan.attn_bias(torch.float32))
+            if self.many_query is not None and T > 1 and (plan is None or plan.causal):
+                return self.many_query(q, k, v)
         if self.record is not None:  # attention maps asked for (record_attention)
             y = self._explicit_attention(q, k, v, None if plan is None or plan.causal else plan.attn_bias(q.dtype))
         elif plan is not None and plan.causal:  # plain causal over the cache: one query sees every key
@@ -115,7 +121,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (B, T, C) -> (B, T, 4C) -> (B, T, C). GPT-2's GELU is the tanh approximation ("gelu_new"),
         # not the exact erf form: using the exact one shifts logits by ~1e-3 against the real weights.
-        return _dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")), self.dropout, self.training)
+        fc_gelu = getattr(self.c_fc, "gelu", None)  # an inference copy's KernelLinear: the GELU fused where it can
+        h = fc_gelu(x) if fc_gelu is not None else F.gelu(self.c_fc(x), approximate="tanh")  # (B, T, 4C)
+        return _dropout(self.c_proj(h), self.dropout, self.training)
 
 
 class Block(nn.Module):

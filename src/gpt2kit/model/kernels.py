@@ -50,6 +50,7 @@ APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"), "int8": 
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}
 ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+GELU_ROLE = "mlp.c_fc"  # timed with its GELU, which a kernel may fuse (linear.py)
 PREFILL_ROWS = 256
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 TIME_BUDGET_S = 0.008  # per candidate and row count
@@ -254,7 +255,7 @@ def _measure(
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x)
+            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time([_work(role, k) for k in ks], x)
     return _choose(role, rows, us, rejected)
 
 
@@ -306,7 +307,7 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
                     if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
-                    calls.append((role, kernel, xs[lin.in_features]))  # layer 0 comes first: a rejection skips the rest
+                    calls.append((role, _work(role, kernel), xs[lin.in_features]))  # layer 0 first: a rejection skips the rest
                     made[(role, i)] = kernel
             if calls:
                 per_role, pass_s = _time_step(calls, best_pass)
@@ -317,6 +318,11 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
                         kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
                     us[role][kind] = t
     return {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
+
+
+def _work(role: str, kernel):
+    """What a role's kernel is timed doing: its product, and c_fc's GELU with it."""
+    return kernel.gelu if role == GELU_ROLE else kernel
 
 
 def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
