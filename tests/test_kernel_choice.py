@@ -29,7 +29,7 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     cache in tmp_path."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
-    monkeypatch.setattr(K, "_time", lambda ks, x: COST.get(type(ks[0]), 5.0))
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: COST.get(type(ks[0]), 5.0))
     monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: COST.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
     clock = iter(range(10**9))
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
@@ -197,7 +197,7 @@ def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypat
 
     monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
     monkeypatch.setitem(L.KERNELS, "onednn", Nan)
-    monkeypatch.setattr(K, "_time", lambda ks, x: 2.0)
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: 2.0)
     c = K._measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
     assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
     assert re.fullmatch(
@@ -224,7 +224,7 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
 
     monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
     monkeypatch.setitem(L.KERNELS, "linear", Off)
-    monkeypatch.setattr(K, "_time", lambda ks, x: 1.0)
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: 1.0)
     assert "bf16" in K._measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
     assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
     bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
@@ -255,7 +255,7 @@ def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monk
     reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
     timed = []
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
-    monkeypatch.setattr(K, "_time", lambda ks, x: timed.append(type(ks[0])) or 0.5)
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
     c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
     reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
@@ -273,7 +273,7 @@ def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch
     seen = []
     clock = iter(range(10**6))
     monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
-    monkeypatch.setattr(K, "_time", lambda ks, x: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
     lins = _linears(3)
     K._measure("r", lins, 5, (["mkl"], {}), torch.float32)
     assert seen == [(3, (5, 16), torch.float32)]
@@ -390,3 +390,11 @@ def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
     K.plan_kernels(model, batch=2, use_cache=False)  # decode through _measure_step, prefill through _measure
     assert torch.equal(torch.rand(4), expected)
 
+
+
+def test_prefill_times_c_fc_with_its_gelu(model, fixed_times, monkeypatch):
+    """c_fc (64 outputs here) is timed doing its product and GELU, which oneDNN fuses; every other role its product."""
+    seen = []
+    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
+    K.plan_kernels(model, batch=1)
+    assert {out for out, gelu in seen if gelu} == {64} and {out for out, gelu in seen if not gelu} == {48, 16, 96}

@@ -228,3 +228,25 @@ def test_time_stops_at_the_deadline(monkeypatch):
     calls = []
     K._time([lambda x: calls.append(1) or now.update(t=now["t"] + 1.0)], torch.zeros(1))
     assert len(calls) == 1 + 4  # warm-up ends at 1 s, deadline 5 s: calls end at 2, 3, 4 and 5 s
+
+
+def test_c_fc_is_timed_with_its_gelu_the_other_roles_without():
+    """c_fc's work is its product and GPT-2's GELU, which a kernel may fuse (oneDNN's post-op): both timers call
+    `gelu` for that role and the plain product for the others."""
+    ran = []
+
+    class Spy:
+        def __call__(self, x):
+            ran.append("product")
+
+        def gelu(self, x):
+            ran.append("gelu")
+
+    K._time_step([("mlp.c_fc", Spy(), None), ("mlp.c_proj", Spy(), None)], float("inf"))
+    assert set(ran[::2]) == {"gelu"} and set(ran[1::2]) == {"product"}
+    ran.clear()
+    K._time([Spy()], None, gelu=True)
+    assert set(ran) == {"gelu"}
+    ran.clear()
+    K._time([Spy()], None)
+    assert set(ran) == {"product"}

@@ -255,7 +255,7 @@ def _measure(
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time([_work(role, k) for k in ks], x)
+            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE)
     return _choose(role, rows, us, rejected)
 
 
@@ -307,7 +307,7 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
                     if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
-                    calls.append((role, _work(role, kernel), xs[lin.in_features]))  # layer 0 first: a rejection skips the rest
+                    calls.append((role, kernel, xs[lin.in_features]))  # layer 0 comes first: a rejection skips the rest
                     made[(role, i)] = kernel
             if calls:
                 per_role, pass_s = _time_step(calls, best_pass)
@@ -318,11 +318,6 @@ def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | No
                         kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
                     us[role][kind] = t
     return {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
-
-
-def _work(role: str, kernel):
-    """What a role's kernel is timed doing: its product, and c_fc's GELU with it."""
-    return kernel.gelu if role == GELU_ROLE else kernel
 
 
 def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
@@ -338,7 +333,7 @@ def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) 
         start = time.perf_counter()
         for role, kernel, x in calls:
             t0 = time.perf_counter()
-            kernel(x)
+            kernel.gelu(x) if role == GELU_ROLE else kernel(x)
             per_role.setdefault(role, []).append(time.perf_counter() - t0)
         passes.append((time.perf_counter() - start, per_role))
         if len(passes) == 1:  # the warm-up pass
@@ -350,15 +345,17 @@ def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) 
     return {role: statistics.quantiles(ts, n=4)[0] * 1e6 for role, ts in pooled.items()}, min(s for s, _ in timed)
 
 
-def _time(kernels: list, x: torch.Tensor) -> float:
+def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
     """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
-    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round."""
-    for k in kernels:
+    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round; with
+    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse)."""
+    calls = [k.gelu if gelu else k for k in kernels]
+    for k in calls:
         k(x)
     times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
         t0 = time.perf_counter()
-        kernels[i % len(kernels)](x)
+        calls[i % len(calls)](x)
         times.append(time.perf_counter() - t0)
         i += 1
     return statistics.quantiles(times, n=4)[0] * 1e6
