@@ -256,3 +256,32 @@ def test_prefill_through_either_kind_equals_the_uncached_forward(causal_env, mon
         ref = _tiny(torch.float32)(seq)[0][0, 39:]  # (9, V)
     got = torch.stack([lg[0] for lg in logits]).float()
     assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+
+
+@GEMV
+@pytest.mark.parametrize("dtype", [torch.float32, BF])
+def test_gemv_decode_steps_write_the_cache_in_the_kernel_and_make_no_views(cache_dir, monkeypatch, dtype):
+    """With `gemv` chosen, an aligned one-token step hands c_attn's output and the layer's cache to attend.c, which
+    writes the new column itself: the cache's per-step views (KVCache.update) are never made. The logits are
+    the ones test_cached_decode_equals_the_uncached_forward checks."""
+    if dtype == BF and A.candidates(BF)["gemv"] is not None:
+        pytest.skip(A.candidates(BF)["gemv"])
+    monkeypatch.setenv(A.ENV, "gemv")
+    model = _tiny(dtype)
+    runner = DecodeRunner(model, "auto", max_len=64)
+    cache = KVCache(model.config, 1, 64, dtype=runner.cache_dtype)
+    seq = torch.randint(0, 50257, (1, 12), generator=torch.Generator().manual_seed(9))
+    steps, updates = [], []
+    real_step, real_update = gemv.attend_step, KVCache.update
+    monkeypatch.setattr(gemv, "attend_step", lambda *a: steps.append(a[2]) or real_step(*a))
+    monkeypatch.setattr(KVCache, "update", lambda self, *a: updates.append(a[0]) or real_update(self, *a))
+    for b in runner.model.transformer.h:
+        A.apply(b.attn, "gemv")  # the patched function
+    with torch.inference_mode():
+        runner.prefill(seq[:, :8], cache, None)
+        assert updates == [0, 1] and not steps  # the prompt: the cache's own write
+        logits = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(8, 12)]
+        ref = model(seq)[0][0, 8:]  # (4, V)
+    assert updates == [0, 1] and steps == [9, 9, 10, 10, 11, 11, 12, 12]
+    tol = dict(atol=1e-4, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.05, rtol=0.02)
+    torch.testing.assert_close(torch.stack([lg[0] for lg in logits]).float(), ref.float(), **tol)

@@ -103,32 +103,39 @@ static inline __attribute__((always_inline)) void attend_head(int bf16, const vo
 
 /* One thread's share of the (b, h) pairs, inside a parallel region. q: (B, nh) rows of hs at b * q_b + h * q_h;
    k, v: (B, nh) blocks of K rows of hs at b * kv_b + h * kv_h; bias: (B, K) float32 additive (0 or -inf) or
-   NULL; y: (B, nh, hs) contiguous. Strides in elements. */
+   NULL; y: (B, nh, hs) contiguous. k_new, v_new: this step's key and value rows, at the same offsets as q's,
+   written as key K - 1 of each (b, h) before it attends (a decode step's cache write, so that no view of the
+   cache is made for it), or NULL (the cache holds them already). Strides in elements. */
 static inline __attribute__((always_inline)) void attend_share(int bf16, const void *q, int64_t q_b, int64_t q_h,
-                                                               const void *k, const void *v, int64_t kv_b, int64_t kv_h,
+                                                               void *k, void *v, int64_t kv_b, int64_t kv_h,
                                                                const float *bias, void *y, int64_t B, int64_t nh,
-                                                               int64_t K, int64_t hs) {
+                                                               int64_t K, int64_t hs, const void *k_new, const void *v_new) {
   const int size = bf16 ? 2 : 4;
   float *s = malloc((K + 2 * hs) * sizeof(float));
 #pragma omp for schedule(static)
   for (int64_t bh = 0; bh < B * nh; ++bh) {
-    const int64_t b = bh / nh, h = bh % nh, at = b * kv_b + h * kv_h;
-    attend_head(bf16, (const char *)q + (b * q_b + h * q_h) * size, (const char *)k + at * size,
+    const int64_t b = bh / nh, h = bh % nh, at = b * kv_b + h * kv_h, in = b * q_b + h * q_h;
+    if (k_new) {
+      memcpy((char *)k + (at + (K - 1) * hs) * size, (const char *)k_new + in * size, hs * size);
+      memcpy((char *)v + (at + (K - 1) * hs) * size, (const char *)v_new + in * size, hs * size);
+    }
+    attend_head(bf16, (const char *)q + in * size, (const char *)k + at * size,
                 (const char *)v + at * size, bias ? bias + b * K : NULL, (char *)y + bh * hs * size, K, hs, s, s + K,
                 s + K + hs);
   }
   free(s);
 }
 
-void gk_attend_f32(const float *q, int64_t q_b, int64_t q_h, const float *k, const float *v, int64_t kv_b,
-                   int64_t kv_h, const float *bias, float *y, int64_t B, int64_t nh, int64_t K, int64_t hs, int threads) {
+void gk_attend_f32(const float *q, int64_t q_b, int64_t q_h, float *k, float *v, int64_t kv_b, int64_t kv_h,
+                   const float *bias, float *y, int64_t B, int64_t nh, int64_t K, int64_t hs, int threads,
+                   const float *k_new, const float *v_new) {
 #pragma omp parallel num_threads(threads)
-  attend_share(0, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs);
+  attend_share(0, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs, k_new, v_new);
 }
 
-void gk_attend_bf16(const uint16_t *q, int64_t q_b, int64_t q_h, const uint16_t *k, const uint16_t *v, int64_t kv_b,
-                    int64_t kv_h, const float *bias, uint16_t *y, int64_t B, int64_t nh, int64_t K, int64_t hs,
-                    int threads) {
+void gk_attend_bf16(const uint16_t *q, int64_t q_b, int64_t q_h, uint16_t *k, uint16_t *v, int64_t kv_b, int64_t kv_h,
+                    const float *bias, uint16_t *y, int64_t B, int64_t nh, int64_t K, int64_t hs, int threads,
+                    const uint16_t *k_new, const uint16_t *v_new) {
 #pragma omp parallel num_threads(threads)
-  attend_share(1, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs);
+  attend_share(1, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs, k_new, v_new);
 }

@@ -83,6 +83,7 @@ def apply(attn: CausalSelfAttention, kind: str) -> None:
     """Make `attn` (an inference copy's module) attend one query per row as `kind` does."""
     attn.compute_dtype = torch.float32 if kind == "float32" else None
     attn.one_query = gemv.attend if kind == "gemv" else None
+    attn.one_query_step = gemv.attend_step if kind == "gemv" else None
 
 
 def plan_attention(model: GPT, batch: int, float32_cache: bool, remeasure: bool = False) -> Choice:
@@ -164,7 +165,7 @@ def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_
     g = torch.Generator().manual_seed(0)
     nh, hs = attn.n_head, attn.n_embd // attn.n_head
     us, wrong = dict.fromkeys(kinds, 0.0), {}
-    before = attn.compute_dtype, attn.one_query
+    before = attn.compute_dtype, attn.one_query, attn.one_query_step
     try:
         for K in KEYS_TIMED:
             q = torch.randn(batch, nh, 1, hs, generator=g).to(dtype)  # (B, nh, 1, hs)
@@ -179,7 +180,7 @@ def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_
             for kind, t in _alternate(kinds, lambda kind: apply(attn, kind), run, CALLS_TIMED).items():
                 us[kind] += t
     finally:
-        attn.compute_dtype, attn.one_query = before
+        attn.compute_dtype, attn.one_query, attn.one_query_step = before
     return {kind: round(t, 1) for kind, t in us.items()}, wrong
 
 

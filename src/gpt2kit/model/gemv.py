@@ -108,9 +108,9 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         if hasattr(so, name):
             fn = getattr(so, name)
             fn.argtypes, fn.restype = head + tail, None
-    for name in ("gk_attend_f32", "gk_attend_bf16"):  # q, its 2 strides, k, v, their 2, bias, y, B, nh, K, hs, threads
-        fn = getattr(so, name)
-        fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT], None
+    for name in ("gk_attend_f32", "gk_attend_bf16"):  # q, its 2 strides, k, v, their 2, bias, y, B, nh, K, hs, threads,
+        fn = getattr(so, name)  # the step's new key and value rows (or NULL)
+        fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT, _P, _P], None
     if hasattr(so, "gk_causal_bf16"):  # q, its 3 strides, k, v, their 3, y, its 3, B, nh, T, K, hs, threads
         fn = so.gk_causal_bf16
         fn.argtypes, fn.restype = [_P, _I64, _I64, _I64, _P, _P, *[_I64] * 3, _P, *[_I64] * 8, _INT], _INT
@@ -222,7 +222,25 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
     y = torch.empty(B, 1, nh, hs, dtype=q.dtype)  # (B, 1, nh, hs)
     fn = getattr(_build()[0], "gk_attend_bf16" if q.dtype == torch.bfloat16 else "gk_attend_f32")
     fn(q.data_ptr(), q.stride(0), q.stride(1), k.data_ptr(), v.data_ptr(), k.stride(0), k.stride(1),
-       None if bias is None else bias.data_ptr(), y.data_ptr(), B, nh, K, hs, torch.get_num_threads())  # fmt: skip
+       None if bias is None else bias.data_ptr(), y.data_ptr(), B, nh, K, hs, torch.get_num_threads(), None, None)  # fmt: skip
+    return y.transpose(1, 2)  # (B, nh, 1, hs)
+
+
+def attend_step(qkv: torch.Tensor, kv: torch.Tensor, K: int) -> torch.Tensor | None:
+    """A decode step's attention with its cache write (attend.c with the new rows): qkv (3, B, nh, 1, hs), c_attn's
+    output as `split_heads` views it; kv (2, B, nh, T_max, hs), one layer's cache, every row's first K - 1 columns
+    written. Writes qkv's keys and values as column K - 1 of every row, then attends each query over the first K
+    keys -> (B, nh, 1, hs), as `attend` on the written cache. None where it does not apply (the cache in another
+    dtype or layout than qkv), with nothing written."""
+    _, B, nh, _, hs = qkv.shape
+    if kv.dtype != qkv.dtype or qkv.dtype not in ATTEND_DTYPES or qkv.stride(-1) != 1 or kv.stride(-1) != 1 or kv.stride(-2) != hs:
+        return None
+    size, (s3, sb, sh) = qkv.element_size(), qkv.stride()[:3]
+    y = torch.empty(B, 1, nh, hs, dtype=qkv.dtype)  # (B, 1, nh, hs)
+    fn = getattr(_build()[0], "gk_attend_bf16" if qkv.dtype == torch.bfloat16 else "gk_attend_f32")
+    at, kat = qkv.data_ptr(), kv.data_ptr()
+    fn(at, sb, sh, kat, kat + kv.stride(0) * size, kv.stride(1), kv.stride(2), None, y.data_ptr(), B, nh, K, hs,
+       torch.get_num_threads(), at + s3 * size, at + 2 * s3 * size)  # fmt: skip
     return y.transpose(1, 2)  # (B, nh, 1, hs)
 
 

@@ -45,6 +45,9 @@ class CausalSelfAttention(nn.Module):
         # a kernel for one query per row (q, k, v, float32 additive bias or None) -> (B, nh, 1, hs), where a decode
         # runner's copy measured one faster than SDPA (gemv.attend; model/attention_plan.py); None: SDPA
         self.one_query: Callable[..., torch.Tensor] | None = None
+        # the same kernel writing the step's keys and values into the cache itself (gemv.attend_step), for a step that
+        # writes one aligned column in every row: (qkv, one layer's cache, K) -> (B, nh, 1, hs), or None where it cannot
+        self.one_query_step: Callable[..., torch.Tensor | None] | None = None
         # a kernel for plain causal attention of many queries (q, k, v) -> (B, nh, T, hs), in inference, where this
         # machine measured one faster than SDPA for the model's dtype (gemv.causal; model/attention_plan.py)
         self.many_query: Callable[..., torch.Tensor] | None = None
@@ -55,11 +58,17 @@ class CausalSelfAttention(nn.Module):
         # x: (B, T, C) -> (B, T, C)
         B, T, C = x.shape
         qkv = self.split_heads(self.c_attn(x))  # (3, B, nh, T, hs)
-        if kv_cache is not None:
-            k, v = kv_cache.update(layer, qkv[1:], plan)  # (B, nh, K, hs): everything this row has seen
-        else:
-            k, v = qkv[1], qkv[2]
-        y = self.attend(qkv[0], k, v, plan).transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y = None
+        step = self.one_query_step  # one aligned new column per row, causal: the kernel writes it and attends
+        if step is not None and T == 1 and plan is not None and plan.causal and plan.col == plan.n_keys - 1 and self._plain(qkv):
+            y = step(qkv, kv_cache.layer(layer), plan.n_keys)  # (B, nh, 1, hs), the cache written; None: it cannot
+        if y is None:
+            if kv_cache is not None:
+                k, v = kv_cache.update(layer, qkv[1:], plan)  # (B, nh, K, hs): everything this row has seen
+            else:
+                k, v = qkv[1], qkv[2]
+            y = self.attend(qkv[0], k, v, plan)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return _dropout(self.c_proj(y if y.dtype == x.dtype else y.to(x.dtype)), self.dropout, self.training)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan | None) -> torch.Tensor:
@@ -73,7 +82,7 @@ class CausalSelfAttention(nn.Module):
         T = q.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         mask = None if plan is None else plan.attn_mask  # (B, 1, T, K) bool, None: plain causal (or plan.causal)
-        if self.record is None and dropout_p == 0.0 and not q.requires_grad:
+        if self._plain(q):
             if self.one_query is not None and T == 1:
                 return self.one_query(q, k, v, None if plan is None or plan.causal else plan.attn_bias(torch.float32))
             if self.many_query is not None and T > 1 and (plan is None or plan.causal):
@@ -89,6 +98,11 @@ class CausalSelfAttention(nn.Module):
         else:  # the fast path: plain causal attention (flash / memory-efficient kernels)
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
         return y  # (B, nh, T, hs)
+
+    def _plain(self, t: torch.Tensor) -> bool:
+        """Whether attention on `t` is plain inference, which a kernel may run: no recorded maps, no dropout, no
+        gradient."""
+        return self.record is None and not (self.training and self.dropout > 0) and not t.requires_grad
 
     def _explicit_attention(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """softmax(q k^T / sqrt(hs) + bias) v, with the probabilities in hand: (B, nh, T, hs) q, (B, nh, K, hs) k, v;

@@ -36,9 +36,10 @@ class StepPlan:
     # causal attention over the K keys (one query, or a prompt into empty rows), which SDPA runs unmasked.
     col: int | None = None
     causal: bool = False  # then attn_mask is None: no layer reads it
-    # The views every layer's update uses, made once per step rather than per layer (KVCache.plan): the keys and
-    # values to attend, and with `col` the slice to write
-    reads: tuple[torch.Tensor, ...] = ()  # (2L,) of (B, nh, K, hs): layer l's keys at 2l, its values at 2l + 1
+    # The views every layer's update uses, made at the step's first update for every layer at once (KVCache.update):
+    # the keys and values to attend, and with `col` the slice to write. A step whose attention kernel writes and
+    # reads the cache itself (gemv.attend_step) makes none.
+    reads: tuple[torch.Tensor, ...] | None = None  # (2L,) of (B, nh, K, hs): layer l's keys at 2l, its values at 2l + 1
     writes: tuple[torch.Tensor, ...] | None = None  # (L,) of (2, B, nh, T, hs); None: each row its own columns
     _bias: dict = field(default_factory=dict, repr=False)
 
@@ -184,9 +185,6 @@ class KVCache:
         causal = aligned and not self.static and (T == 1 or before[0] == 0)
         plan = StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
                         col=before[0] if aligned else None, causal=causal)  # fmt: skip
-        plan.reads = self.kv.narrow(4, 0, K).flatten(0, 1).unbind(0)
-        if aligned:
-            plan.writes = self.kv.narrow(4, before[0], T).unbind(0)
         return plan
 
     def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
@@ -208,9 +206,17 @@ class KVCache:
         for r, pad in zip(self._rows, pads):
             self._host.padded[r] = self._host.padded[r] or pad
 
+    def layer(self, layer: int) -> torch.Tensor:
+        """Layer `layer`'s keys and values, (2, B, nh, T_max, hs) (a view made once)."""
+        return self._layers[layer]
+
     def update(self, layer: int, kv: torch.Tensor, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this step's keys and values kv (2, B, nh, T, hs) for `layer`; return the keys and values to
         attend, each (B, nh, K, hs)."""
+        if plan.reads is None:
+            plan.reads = self.kv.narrow(4, 0, plan.n_keys).flatten(0, 1).unbind(0)
+            if plan.col is not None:
+                plan.writes = self.kv.narrow(4, plan.col, kv.shape[3]).unbind(0)
         if plan.writes is not None:  # every row writes the same T columns: one slice copy
             plan.writes[layer].copy_(kv)
         else:  # each row its own columns: an indexed write (2x faster than scatter_ on the CPU, and in 16 bits
