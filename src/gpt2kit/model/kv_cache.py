@@ -27,7 +27,7 @@ from gpt2kit.errors import InputError
 class StepPlan:
     """What one forward pass needs to read and write the cache (computed once, used by every layer)."""
 
-    cols: torch.Tensor  # (B, T) long: cache column each new token is written to
+    cols: torch.Tensor | None  # (B, T) long: cache column each new token is written to; None when `col` says it
     position_ids: torch.Tensor  # (B, T) long: position embedding index of each new token
     attn_mask: torch.Tensor | None  # (B, 1, T, K) bool: True where a query may attend a key column; None when `causal`
     n_keys: int  # K: how many leading cache columns attention reads
@@ -167,25 +167,31 @@ class KVCache:
         self._mark_padding(attention_mask)
         aligned = all(n == before[0] for n in before) and not any(self._host.padded[r] for r in self._rows)
         ar = torch.arange(T, device=device)
-        cols = self.lengths[:, None] + ar  # (B, T)
-        if attention_mask is None:
-            real = torch.ones(B, T, dtype=torch.bool, device=device)
-            position_ids = self.pos[:, None] + ar
+        if attention_mask is None and aligned:  # the same T new columns in every row (a decode step: few ops)
+            cols, position_ids = None, self.pos[:, None] + ar  # (B, T)
+            self.valid[:, before[0] : before[0] + T] = True
+            self.pos += T
         else:
-            real = attention_mask.to(device=device, dtype=torch.bool)
-            position_ids = self.pos[:, None] + real.long().cumsum(1) - 1
-            position_ids = position_ids.clamp(min=0)  # padding gets position 0; its output is never used
-        self.valid.scatter_(1, cols, real)
+            cols = self.lengths[:, None] + ar  # (B, T)
+            if attention_mask is None:
+                real = torch.ones(B, T, dtype=torch.bool, device=device)
+                position_ids = self.pos[:, None] + ar
+            else:
+                real = attention_mask.to(device=device, dtype=torch.bool)
+                position_ids = self.pos[:, None] + real.long().cumsum(1) - 1
+                position_ids = position_ids.clamp(min=0)  # padding gets position 0; its output is never used
+            self.valid.scatter_(1, cols, real)
+            self.pos += real.sum(1)
         self.lengths += T
-        self.pos += real.sum(1)
         for r in self._rows:
             self._host.values[r] += T
 
         K = self.max_len if self.static else self.seq_len  # static: unwritten columns are masked, not cut
         causal = aligned and not self.static and (T == 1 or before[0] == 0)
-        plan = StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
+        if not causal and cols is None:
+            cols = (before[0] + ar).expand(B, T)  # (B, T)
+        return StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
                         col=before[0] if aligned else None, causal=causal)  # fmt: skip
-        return plan
 
     def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
         """(B, T) write columns -> (B, 1, T, K) bool: each query sees the valid keys up to its own column."""
