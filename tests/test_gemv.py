@@ -433,3 +433,31 @@ def test_attend_step_writes_the_new_column_then_attends_as_attend_does(dtype):
     assert y.shape == (B, nh, 1, hs) and y.transpose(1, 2).reshape(B, 1, nh * hs).data_ptr() == y.data_ptr()
     other = torch.zeros(2, B, nh, T_max, hs, dtype=torch.float64)  # a cache it cannot write: nothing happens
     assert gemv.attend_step(qkv, other, K) is None and not other.any()
+
+
+@_buildable
+@pytest.mark.parametrize("kind", ["f32", "bf16", "s8"])
+def test_gelu_is_applied_to_each_output_as_it_is_stored(build, kind):
+    """c_fc's work in one pass: GPT-2's GELU (tanh form) of product + bias, in float32 before a bf16 output is
+    rounded; outputs ending mid-block, values from -12 to 12 (both tails, where the tanh form cancels)."""
+    if kind == "bf16" and not _bf16_in(build):
+        pytest.skip("no bf16 kernel in this build")
+    dtype = {"f32": torch.float32, "bf16": BF, "s8": torch.int8}[kind]
+    w, b, x = _data(50, 40, (3,))
+    b = b * 3  # outputs of a few units, and a far tail
+    b[:2] = torch.tensor([-40.0, 40.0])
+    if kind == "s8":
+        q, scale = L._quantize_int8(w)
+        p = gemv.Packed(q, b, torch.int8, scale=scale)
+    else:
+        p = gemv.Packed(w, b, dtype, out_dtype=dtype)
+    plain = p(x.to(p.in_dtype)).double() if kind != "bf16" else gemv.Packed(w, b, BF, out_dtype=torch.float32)(x.to(BF)).double()
+    y = p(x.to(p.in_dtype), gelu=True).double()  # (3, 50)
+    ref = F.gelu(plain, approximate="tanh")  # of the same float32 sums
+    if kind == "bf16":  # rounded once, after the GELU
+        half_step = torch.exp2(torch.floor(torch.log2(ref.abs().clamp(min=1e-30))) - 8)
+        assert ((y - ref).abs() <= half_step + 1e-6).all()
+    else:
+        torch.testing.assert_close(y, ref, atol=2e-6, rtol=2e-6)
+    tail = plain[:, 1].to(BF).double() if kind == "bf16" else plain[:, 1]
+    assert (y[:, 0].abs() < 1e-30).all() and torch.equal(y[:, 1], tail)  # the tails: 0 and x itself

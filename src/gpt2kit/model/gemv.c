@@ -6,7 +6,7 @@
    chunk is 64 bytes of a weight row (one zmm: LANES = 16 floats, 32 bf16 or 64 int8), so every kind of
    weight runs the same loop (`block`), which differs only in the instruction that multiplies and in how
    the sums are finished. Each thread takes whole blocks; the next PREFETCH bytes of its stream are asked
-   for ahead of use, into L1 or only into L2 (`l2`, every product's last argument). Which keeps more of the
+   for ahead of use, into L1 or only into L2 (`l2`, a product's argument after the threads). Which keeps more of the
    stream in flight depends on the CPU: on a 2-core Zen 4 VM the L2 hint read 19-31 % faster with int8 and
    bf16 weights when the memory was fast, so gemv.py offers both and the measurement picks. The x row of a block's ROWS dot products is loaded once per chunk; the block stays in
    L1/L2 for the other rows of x.
@@ -22,6 +22,7 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #ifndef PREFETCH
 #define PREFETCH 4096
@@ -37,8 +38,25 @@ static inline __attribute__((always_inline)) void prefetch_lines(const char *p, 
     for (int r = 0; r < lines; ++r) _mm_prefetch(p + 64 * r, _MM_HINT_T0);
 }
 
+/* GPT-2's GELU (tanh form) of one output, applied as it is stored where a product asks (`gelu`, c_fc's): 0.5 x (1 +
+   tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3), with e^t = 2^n 2^f (attend.c's series, t
+   clamped to [-125, 125] in powers of 2): float32's precision, and no cancellation for negative x. */
+static inline float gelu_tanh(float x) {
+  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  float t = -2.8853900817779268f * u;  /* -2u log2(e) */
+  t = t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t;
+  const float r = t + 12582912.0f, f = t - (r - 12582912.0f);
+  int32_t ri; memcpy(&ri, &r, 4);
+  const int32_t bits = (ri - 0x4B400000 + 127) << 23;
+  float two_n; memcpy(&two_n, &bits, 4);
+  const float p = 1.0f + f * (0.6931471806f + f * (0.2402265070f + f * (0.0555041087f + f * (0.0096181291f +
+                  f * (0.0013333558f + f * (0.0001540353f + f * 0.0000152527f))))));
+  return x / (1.0f + p * two_n);
+}
+
 /* The products: each thread takes whole blocks (schedule static: one contiguous stream each). Every product
-   takes the packed weight's arguments first (what gemv.py binds once), then x, y, M, threads and l2. */
+   takes the packed weight's arguments first (what gemv.py binds once), then x, y, M, threads, l2 and gelu (1:
+   GPT-2's GELU applied to each output as it is stored, c_fc's work). */
 #define FOR_BLOCKS(nb, N, rows) \
   _Pragma("omp parallel for num_threads(threads) schedule(static)") for (int64_t nb = 0; nb < ((N) + (rows) - 1) / (rows); ++nb)
 
@@ -62,6 +80,7 @@ struct out {
   const float *xs;            /* S8: (M) each x row's scale */
   int bf16;                   /* BF16: store bf16 (else float32) */
   void *y;                    /* (M, N) */
+  int gelu;                   /* apply gelu_tanh after the bias */
 };
 
 static inline __mmask16 valid_rows(int64_t n, int64_t N) {
@@ -107,6 +126,13 @@ static inline __attribute__((always_inline)) void block(enum kind kind, const ch
       v = _mm512_loadu_ps(s);
     }
     if (o->b) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(valid, o->b + n));
+    if (o->gelu) {
+      float t[ROWS];
+      _mm512_storeu_ps(t, v);
+#pragma omp simd
+      for (int r = 0; r < ROWS; ++r) t[r] = gelu_tanh(t[r]);
+      v = _mm512_loadu_ps(t);
+    }
 #ifdef HAVE_BF16
     if (kind == BF16 && o->bf16) {  /* rounded to nearest even once, after the bias */
       _mm256_mask_storeu_epi16((uint16_t *)o->y + m * N + n, valid, (__m256i)_mm512_cvtneps_pbh(v));
@@ -124,9 +150,9 @@ int gk_lanes_f32(void) { return 16; }
 int gk_rows_f32(void) { return ROWS; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
-                 int threads, int l2) {
+                 int threads, int l2, int gelu) {
   const int64_t chunks = (K + 15) / 16;
-  const struct out o = {b, 0, 0, 0, 0, y};
+  const struct out o = {b, 0, 0, 0, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(F32, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 4 * K, chunks,
                           tail_bytes(4 * K), M, nb * ROWS, N, &o, l2);
 }
@@ -137,9 +163,9 @@ int gk_lanes_bf16(void) { return 32; }
 int gk_rows_bf16(void) { return ROWS; }
 
 void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
-                  int64_t M, int threads, int l2) {
+                  int64_t M, int threads, int l2, int gelu) {
   const int64_t chunks = (K + 31) / 32;
-  const struct out o = {b, 0, 0, 0, !out_f32, y};
+  const struct out o = {b, 0, 0, 0, !out_f32, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(BF16, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 2 * K, chunks,
                           tail_bytes(2 * K), M, nb * ROWS, N, &o, l2);
 }
@@ -175,12 +201,12 @@ static void quantize_rows(const float *x, uint8_t *xq, float *xs, int64_t M, int
 }
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
-                const float *x, float *y, int64_t M, int threads, int l2) {
+                const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   uint8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
   quantize_rows(x, xq, xs, M, K, Kp);
-  const struct out o = {b, scale, qsum, xs, 0, y};
+  const struct out o = {b, scale, qsum, xs, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(S8, (const char *)w + nb * chunks * ROWS * 64, (const char *)xq, Kp, chunks,
                           ~(__mmask64)0, M, nb * ROWS, N, &o, l2);
   free(xq);
@@ -228,6 +254,7 @@ struct out2 {
   const float *scale;  /* int8: (N) weight scales */
   const float *xs;     /* int8: (M) each x row's scale */
   float *y;            /* (M, N) float32 */
+  int gelu;            /* apply gelu_tanh after the bias */
 };
 
 /* One block of ROWS2 rows (from n), for every row of x, x rows x_row bytes apart: float32 (s8 = 0; m0 and m1
@@ -263,7 +290,8 @@ static inline __attribute__((always_inline)) void block2(int s8, const char *wb,
     }
     for (int r = 0; r < valid; ++r) {
       const float v = s8 ? o->xs[m] * o->scale[n + r] * (float)sum8i(_mm256_castps_si256(acc[r])) : sum8(acc[r]);
-      o->y[m * N + n + r] = v + (o->b ? o->b[n + r] : 0.0f);
+      const float out = v + (o->b ? o->b[n + r] : 0.0f);
+      o->y[m * N + n + r] = o->gelu ? gelu_tanh(out) : out;
     }
   }
 }
@@ -273,10 +301,10 @@ int gk_lanes_f32(void) { return 16; }
 int gk_rows_f32(void) { return ROWS2; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
-                 int threads, int l2) {
+                 int threads, int l2, int gelu) {
   const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
   const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
-  const struct out2 o = {b, 0, 0, y};
+  const struct out2 o = {b, 0, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS2) block2(0, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 4 * K, chunks, m0,
                                   m1, M, nb * ROWS2, N, &o, l2);
 }
@@ -314,13 +342,13 @@ static void quantize_rows_avx2(const float *x, int8_t *xq, float *xs, int64_t M,
 }
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
-                const float *x, float *y, int64_t M, int threads, int l2) {
+                const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
   (void)qsum;
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   int8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
   quantize_rows_avx2(x, xq, xs, M, K, Kp);
-  const struct out2 o = {b, scale, xs, y};
+  const struct out2 o = {b, scale, xs, y, gelu};
   const __m256i all = _mm256_set1_epi32(-1);
   FOR_BLOCKS(nb, N, ROWS2) block2(1, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)xq, Kp, chunks, all,
                                   all, M, nb * ROWS2, N, &o, l2);

@@ -102,7 +102,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         so = ctypes.CDLL(str(lib))
     except OSError as e:
         return None, f"the library did not load: {e}"
-    tail = [_P, _P, _I64, _INT, _INT]  # x, y, M, threads, l2
+    tail = [_P, _P, _I64, _INT, _INT, _INT]  # x, y, M, threads, l2, gelu
     for name, head in (("gk_gemv_f32", [_P, _P, _I64, _I64]), ("gk_gemv_bf16", [_P, _P, _INT, _I64, _I64]),
                        ("gk_gemv_s8", [_P, _P, _P, _P, _I64, _I64])):  # fmt: skip
         if hasattr(so, name):
@@ -191,12 +191,13 @@ class Packed:
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
         self.l2 = int(l2)  # prefetch the weight's stream into L2 only (else into L1)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """x (..., K) in_dtype -> (..., N) out_dtype."""
+    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+        """x (..., K) in_dtype -> (..., N) out_dtype; with `gelu`, GPT-2's GELU (tanh form) of it, applied in float32
+        as each output is stored (before a bf16 output's rounding)."""
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
-        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.l2)
+        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.l2, gelu)
         return y
 
 

@@ -8,13 +8,12 @@ the machine that runs and keeps the fastest whose output matches the float32 `F.
 Kernels (each a small class: pack the weight once in __init__, multiply in __call__, (..., in) -> (..., out)):
   - linear:  `F.linear` on the model's own weight (no copy); the reference and the fallback everywhere;
   - mkl:     `addmm` on a pre-transposed (in, out) weight: MKL's matrix-vector layout;
-  - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, what torch.compile's CPU backend
-             uses), multiplied by `mkldnn._linear_pointwise`, with c_fc's GELU as its post-op (`gelu`); private
-             ops, so `available()` checks that they exist and give the right numbers before the kernel is ever
-             offered, and the fused GELU runs only where it gives F.gelu's;
+  - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, torch.compile's), multiplied by
+             `mkldnn._linear_pointwise`, c_fc's GELU fused as its post-op (`gelu`); private ops, so `available()`
+             checks that they exist and give F.linear's (and F.gelu's) numbers before they are ever used;
   - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
-             (AVX2 with FMA, or AVX-512; bf16 needs AVX-512 BF16), in the model's dtype; `gemv-l2` is the
-             same product with its prefetches into L2 only (as are `bf16-gemv-l2` and `int8-gemv-l2`);
+             (AVX2 with FMA, or AVX-512; bf16 needs AVX-512 BF16), in the model's dtype, c_fc's GELU applied as
+             it stores; `gemv-l2` prefetches into L2 only (as do `bf16-gemv-l2` and `int8-gemv-l2`);
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
              or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
   - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
@@ -99,8 +98,7 @@ class _OneDnn(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         dt = self.compute_dtype or weight.dtype
-        # oneDNN picks the blocked layout for the row count it is told: packed for 8 rows, an 8-row product
-        # runs 1.2x faster on a 2-core Xeon than with the layout for 1 row
+        # the blocked layout for the rows it is told: packed for 8, an 8-row product ran 1.2x faster on a 2-core Xeon
         self.w = torch.ops.mkldnn._reorder_linear_weight(weight.detach().to(dt), rows)
         self.b = None if bias is None else bias.detach().to(dt)
 
@@ -161,13 +159,15 @@ class _Gemv(_Linear):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         dtype = self.compute_dtype or weight.dtype  # a bf16 model's products answer in bf16, the rest in float32
-        out_dtype = weight.dtype if dtype == weight.dtype else torch.float32
-        self.packed = gemv.Packed(weight, bias, dtype, out_dtype=out_dtype, l2=self.l2)
+        self.packed = gemv.Packed(weight, bias, dtype, weight.dtype if dtype == weight.dtype else torch.float32, l2=self.l2)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:  # (..., in) -> (..., out)
+    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:  # (..., in) -> (..., out)
         p = self.packed
-        y = p(x if x.dtype == p.in_dtype else x.to(p.in_dtype))
+        y = p(x if x.dtype == p.in_dtype else x.to(p.in_dtype), gelu)
         return y if y.dtype == x.dtype else y.to(x.dtype)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:  # the GELU applied by gemv.c as each output is stored
+        return self(x, True)
 
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
