@@ -6,7 +6,8 @@
    45 us a layer over 64 keys and 667 over 1024, this 13 and 90 (about SDPA's time in float32). Plain C that
    the compiler vectorizes (AVX2 or AVX-512, any head size): q, k, v float32 or bf16 (converted to float32 as
    read; y rounded to bf16 once). Each key's hs values are contiguous (the KV cache's layout: gemv.py checks);
-   q and k/v rows of (b, h) sit at b * x_b + h * x_h. Threads take whole (b, h) pairs. */
+   q and k/v rows of (b, h) sit at b * x_b + h * x_h. Threads take whole (b, h) pairs. A decode step hands in its
+   new key and value too (gemv.attend_step), written as each (b, h)'s last key before it attends. */
 
 #include <math.h>
 #include <stdint.h>
