@@ -14,30 +14,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-static inline float bf16_in(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-
-static inline uint16_t bf16_out(float f) {  /* rounded to nearest even, as torch does; NaN stays NaN */
-  uint32_t u; memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
-}
+#include "kernel_math.h"
 
 static inline __attribute__((always_inline)) float load(const void *p, int64_t i, int bf16) {
   return bf16 ? bf16_in(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-/* e^x for x <= 0 (a score less the row's largest), to float32's precision: 2^n 2^f with t = x log2(e) = n + f,
-   n = round(t) (the 1.5 * 2^23 trick: a float's low mantissa bits then hold n), f in [-0.5, 0.5], and 2^f by
-   its Taylor series to f^7 (truncation below 1e-8 relative). Below -87 (t < -126; a masked key's -inf) it is 0. */
-static inline float exp_nonpositive(float x) {
-  const float l = x * 1.4426950408889634f, t = l > -126.0f ? l : -126.0f;
-  const float r = t + 12582912.0f, f = t - (r - 12582912.0f);
-  int32_t ri; memcpy(&ri, &r, 4);
-  const int32_t bits = (ri - 0x4B400000 + 127) << 23;  /* 2^n as a float's bits */
-  float two_n; memcpy(&two_n, &bits, 4);
-  const float p = 1.0f + f * (0.6931471806f + f * (0.2402265070f + f * (0.0555041087f + f * (0.0096181291f +
-                  f * (0.0013333558f + f * (0.0001540353f + f * 0.0000152527f))))));
-  return x < -87.0f ? 0.0f : p * two_n;
 }
 
 /* One (b, h): q (hs), keys and values (K, hs), bias (K) or NULL, y (hs); s (K), qs and acc (hs) scratch. Keys

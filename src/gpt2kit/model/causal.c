@@ -21,41 +21,23 @@
 #include <immintrin.h>
 #include <math.h>
 
+#include "kernel_math.h"
+
 #define QT 32 /* queries per tile */
 #define KB 64 /* keys per block: four vectors of 16 */
 #define R 4   /* queries per micro-kernel */
 
-static inline float bf16_in(uint16_t h) { uint32_t u = (uint32_t)h << 16; float f; memcpy(&f, &u, 4); return f; }
-
-static inline uint16_t bf16_round(float f) { /* to nearest even; NaN stays NaN */
-  uint32_t u; memcpy(&u, &f, 4);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
-  return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
-}
-
-/* e^x for x <= 0, as attend.c's exp_nonpositive (float32's precision; below -87, a masked -inf, 0). */
-static inline float exp_np(float x) {
-  const float l = x * 1.4426950408889634f, t = l > -126.0f ? l : -126.0f;
-  const float r = t + 12582912.0f, f = t - (r - 12582912.0f);
-  int32_t ri; memcpy(&ri, &r, 4);
-  const int32_t bits = (ri - 0x4B400000 + 127) << 23;
-  float two_n; memcpy(&two_n, &bits, 4);
-  const float p = 1.0f + f * (0.6931471806f + f * (0.2402265070f + f * (0.0555041087f + f * (0.0096181291f +
-                  f * (0.0013333558f + f * (0.0001540353f + f * 0.0000152527f))))));
-  return x < -87.0f ? 0.0f : p * two_n;
-}
-
-/* e^x for x <= 0 in 16 lanes, exp_np's math: 2^n (scalef) times 2^f's series; below -87 (a masked -inf) 0. */
+/* e^x for x <= 0 in 16 lanes, exp_nonpositive's math: 2^n (scalef) times 2^f's series; below -87 (a masked -inf) 0. */
 static inline __m512 exp16(__m512 x) {
-  const __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.4426950408889634f)), _mm512_set1_ps(-126.0f));
+  const __m512 t = _mm512_max_ps(_mm512_mul_ps(x, _mm512_set1_ps(GK_LOG2E)), _mm512_set1_ps(-126.0f));
   const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC), f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(0.0000152527f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0001540353f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0013333558f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0096181291f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.0555041087f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.2402265070f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.6931471806f));
+  __m512 p = _mm512_set1_ps(GK_C7);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C6));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C5));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C4));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C3));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(GK_C1));
   p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
   const __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.0f), _CMP_GE_OQ);
   return _mm512_maskz_scalef_ps(live, p, n);
@@ -103,7 +85,7 @@ static inline void scores(const uint16_t *const *qr, const uint32_t *kp, int64_t
     _mm256_storeu_si256((__m256i *)(p + r * KB + 16), (__m256i)_mm512_cvtneps_pbh(acc[r][1]));
     _mm256_storeu_si256((__m256i *)(p + r * KB + 32), (__m256i)_mm512_cvtneps_pbh(acc[r][2]));
     _mm256_storeu_si256((__m256i *)(p + r * KB + 48), (__m256i)_mm512_cvtneps_pbh(acc[r][3]));
-    alpha[r] = exp_np(top[r] - now);
+    alpha[r] = exp_nonpositive(top[r] - now);
     sum[r] = sum[r] * alpha[r] + _mm512_reduce_add_ps(add), top[r] = now;
   }
 }
@@ -186,7 +168,7 @@ static void tile(const uint16_t *q, int64_t q_t, const uint32_t *kp, const uint3
   }
   for (int64_t r = 0; r < rows; ++r) {
     const float inv = 1.0f / sum[r];
-    for (int64_t d = 0; d < hs; ++d) y[(i0 + r) * y_t + d] = bf16_round(o[r * hs + d] * inv);
+    for (int64_t d = 0; d < hs; ++d) y[(i0 + r) * y_t + d] = bf16_out(o[r * hs + d] * inv);
   }
 }
 

@@ -24,6 +24,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernel_math.h"
+
 #ifndef PREFETCH
 #define PREFETCH 4096
 #endif
@@ -39,19 +41,11 @@ static inline __attribute__((always_inline)) void prefetch_lines(const char *p, 
 }
 
 /* GPT-2's GELU (tanh form) of one output, applied as it is stored where a product asks (`gelu`, c_fc's): 0.5 x (1 +
-   tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3), with e^t = 2^n 2^f (attend.c's series, t
-   clamped to [-125, 125] in powers of 2): float32's precision, and no cancellation for negative x. */
+   tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3), e^(-2u) = 2^t with t clamped to [-125, 125]:
+   float32's precision, and no cancellation for negative x. */
 static inline float gelu_tanh(float x) {
-  const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  float t = -2.8853900817779268f * u;  /* -2u log2(e) */
-  t = t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t;
-  const float r = t + 12582912.0f, f = t - (r - 12582912.0f);
-  int32_t ri; memcpy(&ri, &r, 4);
-  const int32_t bits = (ri - 0x4B400000 + 127) << 23;
-  float two_n; memcpy(&two_n, &bits, 4);
-  const float p = 1.0f + f * (0.6931471806f + f * (0.2402265070f + f * (0.0555041087f + f * (0.0096181291f +
-                  f * (0.0013333558f + f * (0.0001540353f + f * 0.0000152527f))))));
-  return x / (1.0f + p * two_n);
+  const float t = -2.0f * GK_LOG2E * 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  return x / (1.0f + pow2(t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t));
 }
 
 /* The products: each thread takes whole blocks (schedule static: one contiguous stream each). Every product

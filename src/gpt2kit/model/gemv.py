@@ -47,6 +47,9 @@ CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
+HEADER = Path(__file__).with_name("kernel_math.h")  # the scalar math the three share (bf16 in and out, e^x)
+
+
 def _sources() -> tuple[Path, ...]:
     return SOURCE, ATTEND_SOURCE, CAUSAL_SOURCE
 
@@ -69,7 +72,7 @@ def not_buildable() -> str | None:
     flags = cpu_flags()
     if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
         return NO_SIMD
-    for source in _sources():
+    for source in (*_sources(), HEADER):
         if not source.is_file():
             return f"{source.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
@@ -85,7 +88,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
            "-fopenmp", "-shared", "-fPIC", *map(str, _sources())]  # fmt: skip
-    code = b"".join(source.read_bytes() for source in _sources())
+    code = b"".join(source.read_bytes() for source in (*_sources(), HEADER))
     digest = hashlib.sha256(code + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
