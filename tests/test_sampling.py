@@ -207,3 +207,21 @@ def test_bad_parameters_raise_clear_errors(kwargs, field):
 
 def test_stop_given_as_one_string_becomes_a_tuple():
     assert SamplingParams(stop="\n").stop == ("\n",)
+
+
+def test_plain_greedy_rows_are_drawn_as_torch_max_draws_them():
+    """The step's fast path for rows with no bias, bans, penalties or logprobs (numpy's argmax on a CPU): the first
+    maximum of each active row, a NaN counting as the maximum, exactly as torch.max's indices."""
+    from types import SimpleNamespace
+
+    from gpt2kit.generate.step_draw import draw_step
+
+    torch.manual_seed(1)
+    logits = torch.randn(4, 50257)
+    logits[1, [7, 9000]] = 40.0  # a tie: the first
+    logits[2, 123] = math.nan
+    logits[3, -1] = 50.0  # the last id
+    plain = SimpleNamespace(plain_greedy=True, params=SimpleNamespace(logprobs=None))
+    active = [(3, plain), (1, plain), (2, plain), (0, plain)]
+    toks, lps = draw_step(logits, active)
+    assert toks == [logits.max(-1).indices[b].item() for b, _ in active] == [50256, 7, 123, toks[3]] and lps == [None] * 4

@@ -21,7 +21,8 @@ def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tupl
     """(B, V) logits and the active (row, sequence) pairs -> one token id per pair (NO_TOKEN where nothing can
     be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked)."""
     if all(s.plain_greedy and s.params.logprobs is None for _, s in active):  # the argmax of every row, one transfer
-        ids = logits.max(-1).indices.tolist()  # (B,): argmax's first maximum, 2.5x faster on a CPU
+        # (B,) first maxima: on a CPU numpy's argmax took 4-21 us for 50257 logits, torch's max 46-66 (Zen 4 VM)
+        ids = (logits.numpy().argmax(-1) if logits.device.type == "cpu" else logits.max(-1).indices).tolist()
         return [ids[b] for b, _ in active], [None] * len(active)
     argmax, device = None, logits.device
     toks = _draw_biased_greedy(logits, active)
