@@ -203,3 +203,15 @@ def test_static_cache_decode_equals_the_eager_engine(tiny):
                 for c in caches]  # fmt: skip
     for a, b in zip(*outs):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_a_model_with_lora_layers_decodes_as_it_is_and_asks_for_a_merge_for_approximate_weights(tiny):
+    from gpt2kit.model.lora import inject_lora
+
+    tuned = tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=64)
+    inject_lora(tuned, r=2, alpha=4)
+    assert K.inference_copy(tuned, 1, "auto") is tuned
+    runner = DecodeRunner(tuned, "auto")
+    assert runner.model is tuned and runner.attention is None
+    with pytest.raises(ConfigError, match=r"^int8 weights need the LoRA adapters merged into the model first"):
+        K.inference_copy(tuned, 1, "int8")

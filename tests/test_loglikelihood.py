@@ -213,9 +213,20 @@ def test_scoring_runs_on_an_inference_copy_kept_while_the_weights_stay_the_same(
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
-def test_a_model_with_hooks_or_not_a_gpt_scores_as_it_is():
+def test_a_model_with_hooks_or_lora_layers_or_not_a_gpt_scores_as_it_is():
+    from gpt2kit.model.lora import inject_lora
+
     model = _model()
     model.transformer.h[0].register_forward_hook(lambda *a: None)
     assert ll.scoring_copy(model) is model
+    tuned = _model()
+    inject_lora(tuned, r=2, alpha=4)
+    for name, p in tuned.named_parameters():
+        if "lora_B" in name:  # a trained adapter: not zero
+            torch.nn.init.normal_(p, generator=torch.Generator().manual_seed(0))
+    assert ll.scoring_copy(tuned) is tuned
+    reqs = [([1, 2, 3], [4, 5])]
+    torch.testing.assert_close(score_tokens(tuned, reqs).logprob, torch.tensor([_reference(tuned, *reqs[0])[0]], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
     plain = torch.nn.Linear(2, 2)
     assert ll.scoring_copy(plain) is plain

@@ -132,7 +132,8 @@ def scoring_copy(model):
     """What scoring runs on. On the CPU, a GPT's inference copy (model/kernels.py: the same Block.forward, each
     linear layer through the kernel this machine runs fastest for PREFILL_ROWS rows, c_fc with its GELU; many
     queries attended as measured, attention_plan.plan_causal), kept while the model's weights stay the same
-    (same tensors, unmodified). Anything else, or a model with hooks (the copy would skip them): the model."""
+    (same tensors, unmodified). Anything else, a model with LoRA layers, or one with hooks (the copy would skip
+    them): the model."""
     if not isinstance(model, GPT) or model.lm_head.weight.device.type != "cpu":
         return model
     stamp = [(p.data_ptr(), p._version) for p in model.parameters()]
@@ -140,8 +141,10 @@ def scoring_copy(model):
     if held is not None and held[0] == stamp:
         return held[1]
     try:
-        scorer = inference_copy(model, PREFILL_ROWS, "auto")
+        scorer = inference_copy(model, PREFILL_ROWS, "auto")  # a model with LoRA layers: itself
     except ValueError:  # hooks
+        return model
+    if scorer is model:
         return model
     kind = plan_causal(scorer).kind
     for block in scorer.transformer.h:

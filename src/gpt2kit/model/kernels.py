@@ -42,6 +42,7 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
+from gpt2kit.model.lora import has_lora
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 EXACT = ("linear", "mkl", "onednn", "gemv", "gemv-l2")
@@ -142,10 +143,13 @@ def plan_kernels(
 def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
     every nn.Linear replaced by a KernelLinear of the measured kinds, its modules called directly (direct.py).
-    'model' returns the model itself. Packed kernels hold a snapshot of the weights: build the copy after the
+    'model', and 'auto' for a model with LoRA layers, return the model itself. Packed kernels hold a snapshot of the weights: build the copy after the
     weights are final."""
-    if weights == "model":
+    if weights == "model" or (weights == "auto" and has_lora(model)):  # LoRA layers run as they are: exact, unpacked
         return model
+    if has_lora(model):
+        raise ConfigError(f"{weights} weights need the LoRA adapters merged into the model first (adapter.merged_copy, "
+                          "or `gpt2kit merge`).")  # fmt: skip
     clone = _copy_sharing_matrices(model)
     packed: dict = {}  # kernels the measurement packed already (from the clone's weights and biases)
     choices = {(c.role, c.rows): c.kind for c in plan_kernels(clone, batch, weights, packed=packed)}
