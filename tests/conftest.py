@@ -145,3 +145,63 @@ def gemv_buildable() -> pytest.MarkDecorator:
 
     why = gemv.not_buildable()
     return pytest.mark.skipif(why is not None, reason=f"gemv.c: {why}")
+
+
+def causal_not_buildable() -> str | None:
+    """Why causal.c cannot be built here (gemv_buildable's reasons, or a CPU without AVX-512 BF16), checked without
+    building: never the build's own result."""
+    from gpt2kit.model import gemv
+
+    return gemv.not_buildable() or (None if {"avx512f", "avx512bw", "avx512_bf16"} <= gemv.cpu_flags() else "no AVX-512 BF16")
+
+
+def causal_buildable() -> pytest.MarkDecorator:
+    """Skip only where causal.c cannot be built here (causal_not_buildable)."""
+    why = causal_not_buildable()
+    return pytest.mark.skipif(why is not None, reason=f"causal.c: {why}")
+
+
+# ---- gemv.py's library: the builds a test runs on ---------------------------------------------------------
+def _gemv_builds() -> list[str]:
+    """The builds this CPU can test: its own, and the AVX2 ones (with and without AVX-VNNI) it can also run."""
+    from gpt2kit.model import gemv
+
+    flags = gemv.cpu_flags()
+    extra = ["-mno-avx512f"] if "avx512f" in flags and {"avx2", "fma"} <= flags else []
+    return ["", *extra, *(["-mno-avx512f -mno-avxvnni"] if "avx_vnni" in flags else [])]
+
+
+def _forget_gemv_builds() -> None:
+    from gpt2kit.model import gemv
+    from gpt2kit.model import linear as L
+
+    gemv._build.cache_clear()
+    L._gemv_works.cache_clear()
+
+
+@pytest.fixture(params=_gemv_builds(), ids=lambda f: f or "native")
+def build(request, monkeypatch):
+    """gemv.c built with these extra compiler flags (in the user cache, as a user's build), forgotten after."""
+    from gpt2kit.model import gemv
+
+    monkeypatch.setenv(gemv.CFLAGS, request.param)
+    _forget_gemv_builds()
+    yield request.param
+    _forget_gemv_builds()
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A build into an empty cache directory, forgotten again afterwards."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    _forget_gemv_builds()
+    yield tmp_path
+    _forget_gemv_builds()
+
+
+def bf16_in_build(build: str) -> bool:
+    """Whether a build with these extra flags has the bf16 kernels: the CPU's flags and the build's alone (a test
+    that skips on the build's own result would hide a broken build)."""
+    from gpt2kit.model import gemv
+
+    return {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= gemv.cpu_flags() and "-mno-avx512f" not in build

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import gemv_buildable, tiny_gpt
+from conftest import bf16_in_build, causal_buildable, causal_not_buildable, gemv_buildable, tiny_gpt
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate import Engine
 from gpt2kit.generate.decode import DecodeRunner
@@ -153,7 +153,7 @@ def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monk
     """Two rows, one left-padded (its steps then attend under the additive mask), through gemv.c's attention,
     against each row alone, unpadded, through the plain model's uncached forward."""
     monkeypatch.setenv(A.ENV, "gemv")
-    if dtype == BF and A.causal_candidates(_tiny())["gemv"] is None:  # and the aligned prefill through causal.c
+    if dtype == BF and causal_not_buildable() is None:  # and the aligned prefill through causal.c, where it builds
         monkeypatch.setenv(A.CAUSAL_ENV, "gemv")
     model = _tiny(dtype)
     runner = DecodeRunner(model, "auto", batch=2, max_len=64)
@@ -174,8 +174,7 @@ def test_gemv_attention_decodes_a_padded_batch_as_each_row_alone(cache_dir, monk
 
 
 # ---- many queries: prefill and scoring (plan_causal) -------------------------------------------------------
-CAUSAL = A.causal_candidates(_tiny())["gemv"] is None  # causal.c runs here (bf16: AVX-512 BF16)
-needs_causal = pytest.mark.skipif(not CAUSAL, reason=f"causal.c: {A.causal_candidates(_tiny())['gemv']}")
+needs_causal = causal_buildable()  # the CPU's flags and the switch, never the build's own result
 
 
 @pytest.fixture
@@ -264,8 +263,8 @@ def test_gemv_decode_steps_write_the_cache_in_the_kernel_and_make_no_views(cache
     """With `gemv` chosen, an aligned one-token step hands c_attn's output and the layer's cache to attend.c, which
     writes the new column itself: the cache's per-step views (KVCache.update) are never made. The logits are
     the ones test_cached_decode_equals_the_uncached_forward checks."""
-    if dtype == BF and A.candidates(BF)["gemv"] is not None:
-        pytest.skip(A.candidates(BF)["gemv"])
+    if dtype == BF and not bf16_in_build(""):
+        pytest.skip("no AVX-512 BF16")
     monkeypatch.setenv(A.ENV, "gemv")
     model = _tiny(dtype)
     runner = DecodeRunner(model, "auto", max_len=64)
