@@ -7,6 +7,7 @@ import torch
 
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.sampling import (
+    NO_TOKEN,
     SamplingParams,
     _finite,
     apply_min_p,
@@ -176,11 +177,35 @@ def test_batched_greedy_equals_row_by_row():
     ]  # fmt: skip
     assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # the one-row steps return new tensors
     assert greedy_tokens(logits, biases, banned).tolist() == [int(t) for t in rows]
-    assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # not the caller's scratch: left as it was
-    assert greedy_tokens(logits, biases, banned, scratch=True).tolist() == [int(t) for t in rows]
+    assert torch.equal(logits.nan_to_num(), before.nan_to_num())  # the caller's logits are left as they were
+    order = [5, 0, 2]  # a subset of the rows, in another order
+    assert greedy_tokens(logits, [biases[i] for i in order], [banned[i] for i in order], order).tolist() == [int(rows[i]) for i in order]
     assert [int(t) for t in rows][3:5] == [-1, -1] and int(rows[2]) == 3  # all NaN, all -inf; +inf wins
     ties = torch.tensor([[1.0, 3.0, 3.0, 0.0], [2.0, 2.0, -math.inf, 2.0], [-math.inf, 5.0, math.nan, 5.0]])
     assert greedy_tokens(ties, [{}] * 3, [None] * 3).tolist() == [1, 0, 1]  # torch.argmax's rule: the first maximum
+
+
+def test_greedy_tokens_numpy_path_equals_the_batched_pass():
+    """On a CPU, rows whose winner is finite are drawn by numpy (sampling._numpy_greedy); the float64 copy of
+    the same logits takes the batched torch pass. Both equal process_logits + draw row by row, ties included."""
+    from gpt2kit.generate.sampling import _numpy_greedy
+
+    torch.manual_seed(2)
+    logits = torch.randn(5, 50257) * 3
+    logits[0, [11, 40000]] = 30.0  # a tie: the first
+    logits[1, 50256] = 40.0  # the last id wins, then is biased away
+    logits[3, 50] = -math.inf
+    biases = [{}, {50256: -100.0, 12: 1.5}, {7: 25.0, 60000: 1.0}, {}, {3: 0.25}]
+    banned = [None, None, None, torch.tensor([int(logits[3].argmax())]), torch.tensor([0, 1])]
+    ref = [int(draw(process_logits(logits[i], SamplingParams(temperature=0, logit_bias=biases[i]), banned=banned[i]),
+                    SamplingParams(temperature=0), None)) for i in range(5)]  # fmt: skip
+    assert ref[0] == 11 and ref[1] != 50256 and ref[2] == 7
+    assert _numpy_greedy(logits.numpy(), range(5), biases, banned).tolist() == ref  # the CPU path ran
+    assert greedy_tokens(logits, biases, banned).tolist() == ref == greedy_tokens(logits.double(), biases, banned).tolist()
+    nan_row = logits.clone()
+    nan_row[4, 9] = math.nan
+    assert _numpy_greedy(nan_row.numpy(), range(5), biases, banned) is None  # the batched pass decides: NaN is never drawn
+    assert greedy_tokens(nan_row, biases, banned).tolist() == ref
 
 
 @pytest.mark.parametrize(
@@ -209,19 +234,22 @@ def test_stop_given_as_one_string_becomes_a_tuple():
     assert SamplingParams(stop="\n").stop == ("\n",)
 
 
-def test_plain_greedy_rows_are_drawn_as_torch_max_draws_them():
-    """The step's fast path for rows with no bias, bans, penalties or logprobs (numpy's argmax on a CPU): the first
-    maximum of each active row, a NaN counting as the maximum, exactly as torch.max's indices."""
+def test_greedy_rows_of_a_step_are_drawn_as_draw_draws_them():
+    """The step's greedy rows (numpy's argmax on a CPU): the first maximum of each active row, in the active
+    order; a NaN is never drawn (as `draw` treats it), and a row with nothing drawable gets NO_TOKEN."""
     from types import SimpleNamespace
 
     from gpt2kit.generate.step_draw import draw_step
 
     torch.manual_seed(1)
-    logits = torch.randn(4, 50257)
+    logits = torch.randn(5, 50257)
     logits[1, [7, 9000]] = 40.0  # a tie: the first
     logits[2, 123] = math.nan
     logits[3, -1] = 50.0  # the last id
-    plain = SimpleNamespace(plain_greedy=True, params=SimpleNamespace(logprobs=None))
-    active = [(3, plain), (1, plain), (2, plain), (0, plain)]
+    logits[4] = -math.inf
+    plain = SimpleNamespace(batchable_greedy=True, banned=None, params=SimpleNamespace(logprobs=None, logit_bias={}))
+    active = [(3, plain), (1, plain), (2, plain), (0, plain), (4, plain)]
     toks, lps = draw_step(logits, active)
-    assert toks == [logits.max(-1).indices[b].item() for b, _ in active] == [50256, 7, 123, toks[3]] and lps == [None] * 4
+    expect = [int(draw(logits[b], SamplingParams(temperature=0), None)) for b, _ in active]
+    assert toks == expect and toks[:3] == [50256, 7, int(logits[2].nan_to_num(-math.inf).argmax())] and toks[4] == NO_TOKEN
+    assert toks[2] != 123 and lps == [None] * 5

@@ -87,11 +87,6 @@ class _Sequence:
         """Greedy with at most a logit bias and banned ids: drawn in one batched pass with its neighbours."""
         return self.params.greedy and not self.params.uses_counts and self.phrase_filter is None
 
-    @property
-    def plain_greedy(self) -> bool:
-        """Greedy on the raw logits: one argmax shared by the batch."""
-        return self.batchable_greedy and not self.params.logit_bias and self.banned is None
-
 
 def new_sequence(engine: Engine, prompt: Sequence[int], p: SamplingParams, request_id: object, bos: bool, index: int,
                  prompt_index: int) -> _Sequence:  # fmt: skip

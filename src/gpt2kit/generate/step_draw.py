@@ -1,7 +1,7 @@
 """One token for every active row of an engine step, from the (B, V) logits the step's forward left.
 
-Greedy rows are drawn together: plain ones (no bias, bans or penalties) by one max over the batch, those with
-a logit bias or banned ids by one batched pass (sampling.greedy_tokens: the same steps as row by row). Every
+Greedy rows without penalties (plain, or with a logit bias or banned ids) are drawn together by
+sampling.greedy_tokens: the same steps as row by row, one numpy argmax a row on a CPU. Every
 other row (sampled, penalised, with a banned-phrase filter) goes through `process_logits` and `draw` alone,
 with its own generator; if that raises, the row gets NO_TOKEN and an error, and its neighbours go on. The
 rows that asked for logprobs get them from the raw logits, packed with the drawn ids into the step's one
@@ -20,19 +20,16 @@ from gpt2kit.generate.sequence import _Sequence
 def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
     """(B, V) logits and the active (row, sequence) pairs -> one token id per pair (NO_TOKEN where nothing can
     be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked)."""
-    if all(s.plain_greedy and s.params.logprobs is None for _, s in active):  # the argmax of every row, one transfer
-        # (B,) first maxima: on a CPU numpy's argmax took 4-21 us for 50257 logits, torch's max 46-66 (Zen 4 VM)
-        ids = (logits.numpy().argmax(-1) if logits.device.type == "cpu" else logits.max(-1).indices).tolist()
-        return [ids[b] for b, _ in active], [None] * len(active)
-    argmax, device = None, logits.device
-    toks = _draw_biased_greedy(logits, active)
+    device, n = logits.device, len(active)
+    greedy = [i for i, (_, s) in enumerate(active) if s.batchable_greedy]
+    drawn = _draw_greedy(logits, [active[i] for i in greedy])
+    if drawn is not None and len(greedy) == n and all(s.params.logprobs is None for _, s in active):
+        return drawn.tolist(), [None] * n  # one transfer
+    toks: list[torch.Tensor | None] = [None] * n
+    for i, tok in zip(greedy, drawn if drawn is not None else []):
+        toks[i] = tok
     for i, (b, s) in enumerate(active):
         if toks[i] is not None:
-            continue
-        if s.plain_greedy:
-            if argmax is None:
-                argmax = logits.max(-1).indices  # (B,): argmax's first maximum, 2.5x faster on a CPU
-            toks[i] = argmax[b]
             continue
         try:  # a failure here ends this sequence alone (finish_reason "error"), never its neighbours
             banned = s.banned
@@ -45,7 +42,6 @@ def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tupl
             s.error = f"sampling failed: {type(e).__name__}: {e}"
             toks[i] = torch.tensor(NO_TOKEN, device=device)
     drawn = torch.stack(toks)  # (n,) long, on the device
-    n = len(active)
     asked = [i for i, (_, s) in enumerate(active) if s.params.logprobs is not None]
     if not asked:
         return drawn.tolist(), [None] * n
@@ -63,20 +59,13 @@ def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tupl
     return tokens, out
 
 
-def _draw_biased_greedy(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> list[torch.Tensor | None]:
-    """The greedy rows with a logit bias or banned ids, in one batched pass: their () token tensors, None
-    for every other row (and for these too if the pass fails, so that each is then drawn alone)."""
-    toks: list[torch.Tensor | None] = [None] * len(active)
-    biased = [i for i, (_, s) in enumerate(active) if s.batchable_greedy and not s.plain_greedy]
-    if not biased:
-        return toks
-    seqs = [active[i][1] for i in biased]
-    rows = torch.tensor([active[i][0] for i in biased], device=logits.device)  # (m,)
+def _draw_greedy(logits: torch.Tensor, rows: list[tuple[int, _Sequence]]) -> torch.Tensor | None:
+    """The greedy (row, sequence) pairs (plain, or with a logit bias or banned ids) in one pass: (m,) long, or
+    None when there are none or the pass fails (each is then drawn alone, failing alone)."""
+    if not rows:
+        return None
+    seqs = [s for _, s in rows]
     try:
-        biases, banned = [s.params.logit_bias for s in seqs], [s.banned for s in seqs]
-        drawn = greedy_tokens(logits.index_select(0, rows), biases, banned, scratch=True)  # a copy: ours
-    except Exception:  # noqa: BLE001 - the caller draws these rows one by one, each failing alone
-        return toks
-    for i, tok in zip(biased, drawn):
-        toks[i] = tok
-    return toks
+        return greedy_tokens(logits, [s.params.logit_bias for s in seqs], [s.banned for s in seqs], [b for b, _ in rows])
+    except Exception:  # noqa: BLE001 - the caller draws these rows one by one
+        return None
