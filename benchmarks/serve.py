@@ -8,7 +8,11 @@ alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
     python benchmarks/serve.py --device cuda --clients 1 8 32 64
 
 Every request: a 32-token prompt, greedy, exactly --max-tokens new tokens (<|endoftext|> is suppressed
-on both sides, so the token counts are equal). Reported per client count: total generated tokens/s,
+on both sides, so the token counts are equal). Each of N clients sends its requests one after another,
+ceil(--baseline-requests / N) of them: one client sends the very requests that `generate` runs, so that the
+like-for-like ratio (`serve_over_generate`) compares the same work. That ratio is the median over the
+rounds of each round's server / generate figure (the two run back to back), which a drift of the machine's
+speed between rounds (a VM's memory phases) moves less than a ratio of medians. Reported per client count: total generated tokens/s,
 p50/p99 time to first token (request sent -> first text chunk) and p50/p99 per-token latency
 ((last chunk - first chunk) / (tokens - 1), per request). The transformers baseline runs
 --baseline-requests requests sequentially (batch 1, KV cache, SDPA) and reports tokens/s.
@@ -20,6 +24,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -63,16 +68,22 @@ async def one_request(client, prompt: list[int], max_tokens: int) -> dict:
     return {"ttft": first - t0, "per_token": (last - first) / max(1, tokens - 1), "tokens": tokens, "end": last}
 
 
-async def run_clients(url: str, prompts: list[list[int]], max_tokens: int) -> dict:
+async def run_clients(url: str, prompts: list[list[int]], max_tokens: int, clients: int | None = None) -> dict:
+    """`clients` streaming clients (default one a prompt), each sending its share of `prompts` in turn."""
     import httpx
 
-    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=len(prompts) + 4)) as client:
+    n = clients or len(prompts)
+
+    async def one_client(mine: list[list[int]]) -> list[dict]:
+        return [await one_request(client, p, max_tokens) for p in mine]
+
+    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=httpx.Limits(max_connections=n + 4)) as client:
         t0 = time.perf_counter()
-        results = await asyncio.gather(*(one_request(client, p, max_tokens) for p in prompts))
+        results = [r for rs in await asyncio.gather(*(one_client(prompts[i::n]) for i in range(n))) for r in rs]
         wall = time.perf_counter() - t0
     tokens = sum(r["tokens"] for r in results)
     return {
-        "clients": len(prompts), "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall,
+        "clients": n, "requests": len(prompts), "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall,
         "ttft_p50_ms": 1e3 * percentile([r["ttft"] for r in results], 50),
         "ttft_p99_ms": 1e3 * percentile([r["ttft"] for r in results], 99),
         "tpot_p50_ms": 1e3 * percentile([r["per_token"] for r in results], 50),
@@ -125,7 +136,8 @@ def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
                 raise RuntimeError(f"gpt2kit serve did not start: {' '.join(cmd)}")
             time.sleep(0.2)
         asyncio.run(run_clients(url, prompts[:2], 4))  # warm-up (the kernel choice for this batch size included)
-        return asyncio.run(run_clients(url, prompts[: args.n], args.max_tokens))
+        requests = args.n * -(-args.baseline_requests // args.n)  # each client sends ceil(baseline / n), in turn
+        return asyncio.run(run_clients(url, prompts[:requests], args.max_tokens, args.n))
     finally:
         server.terminate()
         server.wait(timeout=60)
@@ -140,7 +152,7 @@ def worker(args) -> None:
     from gpt2kit.device import resolve_dtype
 
     dtype = resolve_dtype(args.dtype)
-    prompts = make_prompts(max(args.n, args.baseline_requests))
+    prompts = make_prompts(args.n * -(-args.baseline_requests // args.n))
     if args.side == "transformers":
         row = transformers_sequential(args.folder, prompts[: args.baseline_requests], args.max_tokens, args.device, dtype)
     elif args.side == "generate":
@@ -196,7 +208,8 @@ def main() -> None:
                                              "runs": [round(r["tok_per_s"], 1) for r in server]}},
             round(med[f"server-{n}"] / med["transformers"], 3),
             config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
-            serve_over_generate=round(med[f"server-{n}"] / med["generate"], 3),
+            serve_over_generate=round(statistics.median(s["tok_per_s"] / g["tok_per_s"] for s, g in zip(server, runs["generate"])), 3),
+            generate_runs=[round(r["tok_per_s"], 1) for r in runs["generate"]],
             latency_ms={k: round(harness.median(server, k), 1) for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")},
         )  # fmt: skip
         print(json.dumps(line), flush=True)

@@ -183,9 +183,9 @@ def test_the_server_fails_only_the_poisoned_request(tiny, monkeypatch):
     worker = build_worker(tiny, TABLE, max_batch_size=8)
     step = worker.engine.step
 
-    def slow_step():  # give the four requests time to meet in one batch
+    def slow_step(emit=None):  # give the four requests time to meet in one batch
         threading.Event().wait(0.01)
-        return step()
+        return step(emit)
 
     worker.engine.step = slow_step
     normal = [{"prompt": "Hello", "max_tokens": 12, "temperature": 0},

@@ -119,3 +119,37 @@ def test_drop_frees_waiting_and_running_sequences(model):
     for _ in range(20):  # ("y", 0) takes the freed slot and finishes in 8 steps
         ids |= {ev.request_id for ev in sched.step()}
     assert ids == {("y", 0)} and not sched.has_work
+
+
+def test_a_steps_events_go_out_before_its_decode_forward(model, monkeypatch):
+    """Scheduler.step(emit) hands each step's events over before the step's decode forward, and the server's
+    worker pushes them to their requests then: a first token leaves right after its prompt's prefill."""
+    import asyncio
+
+    from gpt2kit.serve.worker import EngineLoop, Job, Worker
+
+    engine = Engine(model, max_batch=2, max_len=32, weights="model")
+    order, real_decode, real_push = [], engine._decode, Job._push
+    monkeypatch.setattr(engine, "_decode", lambda go_on: (order.append("decode"), real_decode(go_on))[1])
+    sched = Scheduler(engine)
+    params = SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True)
+    sched.submit([Pending([1, 2], params, "a"), Pending([3], params, "b")])
+    while sched.has_work:
+        returned = sched.step(emit=lambda evs: order.append([ev.request_id for ev in evs]))
+        assert order[-1] == "decode" or order[-1] == [ev.request_id for ev in returned]
+    assert order == [["a", "b"], "decode", ["a", "b"], "decode", ["a", "b"]]  # the last step has nothing to decode
+
+    order.clear()
+    monkeypatch.setattr(Job, "_push", lambda job, items: (order.append([d.token for d in items]), real_push(job, items))[1])
+    worker = Worker(Engine(model, max_batch=1, max_len=32, weights="model", token_bytes=TOK.token_bytes_table))
+    monkeypatch.setattr(worker.engine, "_decode", lambda go_on, d=worker.engine._decode: (order.append("decode"), d(go_on))[1])
+    EngineLoop([worker]).open()
+
+    async def one_request() -> list[int]:
+        job = worker.submit([[5, 6, 7]], params)
+        while not job.done:
+            worker._tick()
+        return [d.token async for d in job.deltas()]
+
+    tokens = asyncio.run(one_request())
+    assert order == [tokens[:1], "decode", tokens[1:2], "decode", tokens[2:]] and len(tokens) == 3

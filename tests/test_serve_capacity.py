@@ -23,9 +23,9 @@ def slow_server(tok):
     server = BackgroundServer(tiny_model(1), cfg, tok)
     step = server.worker.engine.step
 
-    def slow_step():
+    def slow_step(emit=None):
         time.sleep(0.02)
-        return step()
+        return step(emit)
 
     server.worker.engine.step = slow_step
     with server:
@@ -38,11 +38,11 @@ def test_disconnect_mid_stream_frees_the_slot(slow_server, monkeypatch):
     worker, engine = slow_server.worker, slow_server.worker.engine
     cancelled, steps, real_step, real_cancel = threading.Event(), [0], engine.step, worker._cancel
 
-    def gated_step():
+    def gated_step(emit=None):
         steps[0] += 1
         if steps[0] > 3:
             assert cancelled.wait(30), "the server never noticed the client leaving"
-        return real_step()
+        return real_step(emit)
 
     def cancel(job):
         real_cancel(job)
@@ -77,9 +77,9 @@ def test_queue_overflow_gets_503_with_retry_after(slow_server, monkeypatch):
     engine, release = slow_server.worker.engine, threading.Event()
     real_step = engine.step
 
-    def held_step():
+    def held_step(emit=None):
         assert release.wait(30), "the test never released the engine"
-        return real_step()
+        return real_step(emit)
 
     monkeypatch.setattr(engine, "step", held_step)
     rejected0 = metric(slow_server, "gpt2kit_requests_rejected_total")

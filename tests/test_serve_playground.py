@@ -29,11 +29,11 @@ def page():
     server = BackgroundServer(model, ServeConfig(port=0, api_key=KEY, model_name="tiny-gpt2", max_tokens_limit=100))
     step = server.worker.engine.step
 
-    def slow_step():  # ~50 tokens/s, so that Stop can land mid-stream
+    def slow_step(emit=None):  # ~50 tokens/s, so that Stop can land mid-stream
         import time
 
         time.sleep(0.02)
-        return step()
+        return step(emit)
 
     server.worker.engine.step = slow_step
     with server, sync_api.sync_playwright() as pw:

@@ -101,12 +101,12 @@ def test_an_error_after_the_stream_started_ends_it_with_an_error_event(server):
     engine = server.worker.engine
     real, calls = engine.step, [0]
 
-    def fails_on_the_third_step():
+    def fails_on_the_third_step(emit=None):
         calls[0] += 1
         if calls[0] == 3:
             engine.step = real
             raise RuntimeError("boom mid-stream")
-        return real()
+        return real(emit)
 
     engine.step = fails_on_the_third_step
     try:
@@ -128,7 +128,7 @@ def test_engine_failure_fails_the_request_not_the_worker(server, client):
     engine = server.worker.engine
     real = engine.step
 
-    def broken():
+    def broken(emit=None):
         engine.step = real  # fail once
         raise RuntimeError("boom")
 

@@ -66,10 +66,10 @@ def test_serve_steps_every_model_on_the_main_thread_and_fails_pending_requests(m
     assert threading.current_thread() is threading.main_thread()
     stepped, real_step = [], Engine.step
 
-    def recording_step(self):
+    def recording_step(self, emit=None):
         stepped.append((threading.current_thread(), id(self)))
         time.sleep(0.02)  # (so that the last request is still running when the signal comes)
-        return real_step(self)
+        return real_step(self, emit)
 
     monkeypatch.setattr(Engine, "step", recording_step)
     port, seen, returned = free_port(), {}, threading.Event()

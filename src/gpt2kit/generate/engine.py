@@ -183,11 +183,15 @@ class Engine:
 
     # ---- one decode step --------------------------------------------------------------------------
     @torch.inference_mode()
-    def step(self) -> list[TokenEvent]:
-        """Draw one token per active slot, apply stopping, then run one decode forward for the survivors."""
+    def step(self, emit: Callable[[list[TokenEvent]], None] | None = None) -> list[TokenEvent]:
+        """Draw one token per active slot, apply stopping, then run one decode forward for the survivors.
+        `emit(events)`, when given, gets the step's events before that forward (a server streams them out
+        while the next token is computed: a first token leaves right after its prompt's prefill)."""
         with self._lock:
             active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
             if not active:
+                if emit is not None:
+                    emit([])
                 return []
             drawn, logprobs = self._draw(active)  # one host transfer for the whole batch
             events = []
@@ -197,6 +201,8 @@ class Engine:
                 if ev.finished:
                     self._free(b)
             go_on = [(b, s) for b, s in active if self._slots[b] is s]
+            if emit is not None:
+                emit(events)
             if go_on:
                 self._decode(go_on)
             return events

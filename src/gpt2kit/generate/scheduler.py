@@ -4,6 +4,7 @@
     sched.submit(requests([ids1, ids2], SamplingParams(n=2)))  # sequences wait in a queue
     events = sched.step()      # admit waiting sequences into free slots (one left-padded prefill for all),
                                # then ONE engine.step() for every active slot; finished slots free up
+    sched.step(emit=deliver)   # the same, handing the events to deliver() before the step's decode forward
     sched.cancel(match)        # matching sequences end at the next step (finish_reason "cancelled")
     sched.drop(match)          # matching sequences leave now, waiting or running, with no event
 
@@ -103,10 +104,11 @@ class Scheduler:
         return bool(self._waiting or self.running)
 
     # ---- the stepping thread --------------------------------------------------------------------------
-    def step(self) -> list[TokenEvent]:
-        """Admit, then one engine step; the events of this scheduler's sequences."""
+    def step(self, emit: Callable[[list[TokenEvent]], None] | None = None) -> list[TokenEvent]:
+        """Admit, then one engine step; the events of this scheduler's sequences (also handed to `emit` as
+        soon as they are drawn, before the step's decode forward: Engine.step)."""
         self.admit()
-        return self.advance()
+        return self.advance(emit)
 
     def admit(self) -> None:
         """Move waiting sequences into free slots: one batched prefill, or row by row with `on_reject`."""
@@ -143,17 +145,23 @@ class Scheduler:
             with self._lock:
                 self._incoming.clear()
 
-    def advance(self) -> list[TokenEvent]:
-        """One engine step for every running sequence; finished ones leave `running`."""
+    def advance(self, emit: Callable[[list[TokenEvent]], None] | None = None) -> list[TokenEvent]:
+        """One engine step for every running sequence; finished ones leave `running`. `emit`: Engine.step's."""
         if not self.running:
             return []
-        rows = len(self.running)
-        events = [ev for ev in self.engine.step() if ev.slot in self.running]
-        self.steps += 1
-        self.step_rows += rows
-        for ev in events:
-            if ev.finished:
-                del self.running[ev.slot]
+        rows, events = len(self.running), []
+
+        def settle(drawn: list[TokenEvent]) -> None:  # before the step's forward
+            events.extend(ev for ev in drawn if ev.slot in self.running)
+            self.steps += 1
+            self.step_rows += rows
+            for ev in events:
+                if ev.finished:
+                    del self.running[ev.slot]
+            if emit is not None:
+                emit(events)
+
+        self.engine.step(settle)
         return events
 
     def cancel(self, match: Callable[[object], bool]) -> None:

@@ -29,6 +29,7 @@ from gpt2kit.generate.engine import Engine
 from gpt2kit.generate.logprobs import TokenLogprob
 from gpt2kit.generate.sampling import SamplingParams
 from gpt2kit.generate.scheduler import Pending, Scheduler
+from gpt2kit.generate.sequence import TokenEvent
 from gpt2kit.generate.stopping import FinishReason
 from gpt2kit.hugepages import wants_huge_pages
 
@@ -218,14 +219,16 @@ class Worker:
         self.stats.steps, self.stats.step_rows, self.stats.prompt_tokens = sched.steps, sched.step_rows, sched.prompt_tokens
 
     def _step(self) -> None:
-        try:
-            events = self.scheduler.step()
+        try:  # each step's events go out before its decode forward: they stream while the next token is made
+            self.scheduler.step(emit=self._deliver)
         except Exception as e:  # noqa: BLE001 - a bug must not kill the loop: fail the batch, go on
             log.exception("engine step failed")
             self.stats.engine_errors += 1
             for job in {p.request_id[0] for p in self.scheduler.running.values()}:
                 self._fail(job, WorkerError(f"generation failed: {type(e).__name__}: {e}"))
-            return
+
+    def _deliver(self, events: list[TokenEvent]) -> None:
+        """One step's events -> each request's Deltas (or its failure), pushed to its event loop."""
         out: dict[Job, list[Delta]] = {}
         failed: dict[Job, str] = {}
         now = time.monotonic()
