@@ -161,7 +161,8 @@ def bench(args) -> None:
 
 
 def quality(args) -> None:
-    """Teacher-forced decode over a text: logit and NLL change of bf16 / int8 decode against fp32."""
+    """Teacher-forced decode over a text: perplexity, largest logit change and argmax agreement of bf16 / int8
+    decode against fp32, as one line of benchmarks/results/quality.jsonl."""
     import torch
 
     import gpt2kit
@@ -183,12 +184,17 @@ def quality(args) -> None:
             logits += [runner.decode(x[None, t : t + 1], cache, None) for t in range(1, len(toks) - 1)]
         results[name] = torch.cat(logits).float()  # (T, V)
     ref = results["fp32"]
-    nll_ref = torch.nn.functional.cross_entropy(ref, x[1:]).item()
-    for name, lg in results.items():
-        nll = torch.nn.functional.cross_entropy(lg, x[1:]).item()
-        print(json.dumps({"mode": name, "max_dlogit": round((lg - ref).abs().max().item(), 5), "ppl": round(float(torch.exp(torch.tensor(nll))), 4),
-                          "ppl_fp32": round(float(torch.exp(torch.tensor(nll_ref))), 4),
-                          "argmax_agreement": round((lg.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)}))  # fmt: skip
+    ppl = {name: float(torch.exp(torch.nn.functional.cross_entropy(lg, x[1:]))) for name, lg in results.items()}
+    line = harness.record(
+        "quality", sys.argv, torch.get_num_threads(),
+        {name: {"figure": round(p, 4), "unit": "perplexity"} for name, p in ppl.items()}, None,
+        config=dict(model=args.model, tokens=len(toks) - 1, text=Path(args.text).name),
+        ppl_change_pct={name: round(100 * (p / ppl["fp32"] - 1), 3) for name, p in ppl.items() if name != "fp32"},
+        max_dlogit={name: round((lg - ref).abs().max().item(), 4) for name, lg in results.items() if name != "fp32"},
+        argmax_agreement={name: round((lg.argmax(-1) == ref.argmax(-1)).float().mean().item(), 4)
+                          for name, lg in results.items() if name != "fp32"},
+    )  # fmt: skip
+    print(json.dumps(line, indent=1))
 
 
 def main() -> None:
