@@ -153,3 +153,47 @@ def test_a_steps_events_go_out_before_its_decode_forward(model, monkeypatch):
 
     tokens = asyncio.run(one_request())
     assert order == [tokens[:1], "decode", tokens[1:2], "decode", tokens[2:]] and len(tokens) == 3
+
+
+def test_one_failed_choice_fails_its_request_and_frees_the_others_slots(model, monkeypatch):
+    """A request of two choices whose first fails inside a step (its sampling raises): the request gets the
+    error, its other choice's slot is freed after the step (never from inside it), and the worker goes on."""
+    import asyncio
+    import threading
+
+    import gpt2kit.generate.step_draw as step_draw
+    from gpt2kit.serve.worker import EngineLoop, Worker, WorkerError
+
+    calls, real = [0], step_draw.process_logits
+
+    def fails_once(*a, **k):
+        calls[0] += 1
+        if calls[0] == 3:  # the first choice, at the second step
+            raise RuntimeError("poisoned row")
+        return real(*a, **k)
+
+    monkeypatch.setattr(step_draw, "process_logits", fails_once)
+    worker = Worker(Engine(model, max_batch=2, max_len=32, weights="model", token_bytes=TOK.token_bytes_table))
+    EngineLoop([worker]).open()
+    params = SamplingParams(max_new_tokens=6, temperature=1.0, seed=3, ignore_eos=True, n=2)
+
+    async def run() -> tuple[str, list[int]]:
+        job = worker.submit([[5, 6, 7]], params)
+        while not job.done:
+            worker._tick()
+        try:
+            [d async for d in job.deltas()]
+        except WorkerError as e:
+            why = str(e)
+        job = worker.submit([[8, 9]], SamplingParams(max_new_tokens=3, temperature=0, ignore_eos=True))
+        while not job.done:
+            worker._tick()
+        return why, [d.token async for d in job.deltas()]
+
+    result: list = []
+    t = threading.Thread(target=lambda: result.append(asyncio.run(run())), daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the worker hung failing a request from inside an engine step"
+    why, tokens = result[0]
+    assert "poisoned row" in why and len(tokens) == 3 and not worker.engine.active_slots

@@ -137,6 +137,7 @@ class Worker:
         self.stats = WorkerStats()
         self._jobs: set[Job] = set()
         self._cancels: list[Job] = []
+        self._failing: dict[Job, str] = {}  # requests a step's events failed, failed when the step is over
         # the lock of this worker's state, and what wakes its engine loop: one Condition shared by every
         # worker of a server, so that one loop can wait for all of them
         self._cond = wake or threading.Condition()
@@ -224,8 +225,12 @@ class Worker:
         except Exception as e:  # noqa: BLE001 - a bug must not kill the loop: fail the batch, go on
             log.exception("engine step failed")
             self.stats.engine_errors += 1
-            for job in {p.request_id[0] for p in self.scheduler.running.values()}:
+            for job in {p.request_id[0] for p in self.scheduler.running.values()} - self._failing.keys():
                 self._fail(job, WorkerError(f"generation failed: {type(e).__name__}: {e}"))
+        finally:  # after the step: failing a request frees its other slots, which takes the engine's lock
+            failing, self._failing = self._failing, {}
+            for job, why in failing.items():
+                self._fail(job, WorkerError(f"generation failed for this request: {why}"))
 
     def _deliver(self, events: list[TokenEvent]) -> None:
         """One step's events -> each request's Deltas (or its failure), pushed to its event loop."""
@@ -250,11 +255,11 @@ class Worker:
                 self.stats.sequences_finished += 1
             if ev.text or reason is not None or ev.logprob is not None or ev.prompt_logprobs is not None:
                 out.setdefault(job, []).append(Delta(index, ev.text, ev.token, reason, ev.logprob, ev.prompt_logprobs))
-        for job, why in failed.items():
+        for job, why in failed.items():  # failed by _step once the step is over
             log.warning("request failed alone, the batch goes on: %s", why)
             self.stats.engine_errors += 1
             out.pop(job, None)
-            self._fail(job, WorkerError(f"generation failed for this request: {why}"))
+            self._failing[job] = why
         for job, items in out.items():
             job._push(items)
             if job.unfinished == 0:
