@@ -6,7 +6,7 @@
     python benchmarks/generate.py --batch 8
     python benchmarks/generate.py --prompt-len 512 --new-tokens 1     # prompt processing (time to first token)
     python benchmarks/generate.py --llamacpp              # + llama.cpp (F32 / F16 for bf16 / Q8_0 for int8)
-    python benchmarks/generate.py --quality --model builtin           # logit/NLL change of bf16/int8 vs fp32
+    python benchmarks/generate.py --quality --model builtin           # perplexity change of bf16/int8 vs fp32
     python benchmarks/generate.py --temperature 1                     # sampled, as `gpt2kit generate` is by default
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
@@ -18,7 +18,9 @@ compared. The same run measures the memory-read bandwidth and reports decode as 
 (bandwidth / bytes of weights read per step). The gpt2kit side builds its Engine as `gpt2kit generate
 --max-new-tokens N` does (huge pages "auto": on from 512 tokens); with --huge-pages a third side builds it
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
-the memory reads with 4 KiB and with 2 MiB pages. One JSON line per configuration goes to
+the memory reads with 4 KiB and with 2 MiB pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
+is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
+memory speed between rounds moves less. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
 """
 
@@ -152,6 +154,8 @@ def bench(args) -> None:
                     temperature=args.temperature, top_p=args.top_p),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
+        paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
+        if "llama.cpp" in runs else None,
         bandwidth_gbs=round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),
         bound=None if bound is None else round(bound, 2),

@@ -163,6 +163,12 @@ def median(runs: list[dict], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def paired_ratio(runs: list[dict], peer: list[dict], key: str) -> float:
+    """The median over rounds of each round's runs[i][key] / peer[i][key]: two sides that `alternate` ran
+    back to back, so a drift of the machine's speed between rounds (a VM's memory phases) cancels."""
+    return statistics.median(r[key] / p[key] for r, p in zip(runs, peer))
+
+
 def record(bench: str, command: list[str] | str, threads: int, sides: dict[str, dict], ratio: float | None,
            out: Path | None = None, **extra) -> dict:  # fmt: skip
     """Append one measurement to `out` (default benchmarks/results/<bench>.jsonl) and return it.

@@ -24,7 +24,6 @@ import argparse
 import asyncio
 import json
 import os
-import statistics
 import sys
 import tempfile
 import time
@@ -208,7 +207,7 @@ def main() -> None:
                                              "runs": [round(r["tok_per_s"], 1) for r in server]}},
             round(med[f"server-{n}"] / med["transformers"], 3),
             config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
-            serve_over_generate=round(statistics.median(s["tok_per_s"] / g["tok_per_s"] for s, g in zip(server, runs["generate"])), 3),
+            serve_over_generate=round(harness.paired_ratio(server, runs["generate"], "tok_per_s"), 3),
             generate_runs=[round(r["tok_per_s"], 1) for r in runs["generate"]],
             latency_ms={k: round(harness.median(server, k), 1) for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")},
         )  # fmt: skip

@@ -35,3 +35,14 @@ def test_the_kinds_of_machine_no_line_comes_from_are_named():
     assert "a GPU" in text and "without AVX-512" in text and "native bf16" not in text
     text = report.coverage([avx512, {"cpu": "B", "cpu_flags": ["avx2", "fma"]}, {"gpu": "NVIDIA H200"}])
     assert "Not measured on" not in text and "GPU: NVIDIA H200" in text
+
+
+def test_a_paired_ratio_is_the_median_of_each_rounds_ratio():
+    """Two sides run back to back each round; a round where the machine was fast for both counts as one ratio."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import harness
+
+    ours = [{"rate": 60.0}, {"rate": 90.0}, {"rate": 55.0}]
+    peer = [{"rate": 50.0}, {"rate": 100.0}, {"rate": 50.0}]  # the second round in a fast phase for both
+    assert harness.paired_ratio(ours, peer, "rate") == 1.1  # rounds: 1.2, 0.9, 1.1
+    assert harness.median(ours, "rate") / harness.median(peer, "rate") == 1.2  # the medians mix the phases
