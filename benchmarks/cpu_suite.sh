@@ -5,7 +5,7 @@
 # llama.cpp joins the batch-1 rows when tools/llamacpp.sh has built it. Nothing else may run meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ONLY="${ONLY:-generate eval serve train prepare kernels lora export}"
+ONLY="${ONLY:-generate eval serve train prepare kernels attention lora export}"
 T="${THREADS:-2}"
 LLAMA=()
 if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
@@ -38,6 +38,7 @@ if has train; then
 fi
 if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
 if has kernels; then python benchmarks/kernel_choice.py --threads "$T"; fi               # the first run's kernel measurement
+if has attention; then python benchmarks/attention.py --threads "$T"; fi                 # attend.c and causal.c against SDPA
 if has lora; then python benchmarks/lora.py; fi
 if has export && [[ ${#LLAMA[@]} -gt 0 ]]; then                                          # gpt2kit against its own exports
   python benchmarks/peers/export_decode.py --threads "$T"

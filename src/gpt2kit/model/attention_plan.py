@@ -171,7 +171,7 @@ def _measure(attn: CausalSelfAttention, batch: int, dtype: torch.dtype, float32_
             q = torch.randn(batch, nh, 1, hs, generator=g).to(dtype)  # (B, nh, 1, hs)
             kv = torch.randn(2, batch, nh, K, hs, generator=g).to(dtype)  # (2, B, nh, K, hs): a cache's keys, values
             caches = {kind: kv.float() if kind == "float32" and float32_cache else kv for kind in kinds}
-            plan = _one_query_plan(batch, K)
+            plan = one_query_plan(batch, K)
             for kind in kinds:  # checked on (up to) two rows: the reference in float64 is slow for a server's batch
                 apply(attn, kind)
                 if not _matches(attn, q[:2], *caches[kind][:, :2].unbind(0), dtype):
@@ -225,13 +225,13 @@ def _alternate(kinds: list[str], prepare: Callable[[str], None], run: Callable[[
 
 def _matches(attn: CausalSelfAttention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> bool:
     """attn.attend on one query per row, all keys seen, gives float64 SDPA's numbers within `dtype`'s error."""
-    y = attn.attend(q, k, v, _one_query_plan(q.shape[0], k.shape[2]))  # (B, nh, 1, hs)
+    y = attn.attend(q, k, v, one_query_plan(q.shape[0], k.shape[2]))  # (B, nh, 1, hs)
     ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double())  # (B, nh, 1, hs)
     tol = 1e-5 if dtype == torch.float32 else 0.02  # float32's error, or a 16-bit rounding of the output
     return y.shape == ref.shape and bool((y.double() - ref).abs().max() <= tol * (1 + ref.abs().max()))
 
 
-def _one_query_plan(B: int, K: int) -> StepPlan:
+def one_query_plan(B: int, K: int) -> StepPlan:
     """A decode step's plan for B rows that each hold K - 1 keys and add one: one query sees all K."""
     last = torch.full((B, 1), K - 1)  # (B, 1)
     return StepPlan(cols=last, position_ids=last, attn_mask=None, n_keys=K, col=K - 1, causal=True)
