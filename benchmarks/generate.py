@@ -14,8 +14,9 @@ fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.
 one short untimed generation (gpt2kit measures and caches its kernel choice there, as a user's first run
 does), then times B x N greedy tokens (or sampled ones with --temperature, seeded, on both sides: the tokens then
 differ, each side drawing with its own method), prefill included. Sides alternate --repeat times; medians are
-compared. The same run measures the memory-read bandwidth and reports decode as a fraction of the bound
-(bandwidth / bytes of weights read per step). The gpt2kit side builds its Engine as `gpt2kit generate
+compared. The same run measures the memory-read bandwidth before every round (the best of 20 `sum`s over
+1 GiB, in a fresh process; a VM's memory speed can change between rounds) and reports decode as a fraction of
+the bound: the best of those reads / bytes of weights read per step. The gpt2kit side builds its Engine as `gpt2kit generate
 --max-new-tokens N` does (huge pages "auto": on from 512 tokens); with --huge-pages a third side builds it
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
 the memory reads with 4 KiB and with 2 MiB pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
@@ -137,10 +138,16 @@ def bench(args) -> None:
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         if args.huge_pages and args.device == "cpu":  # gpt2kit again, its engine's hot memory in huge pages
             sides[HUGE] = [*sides["gpt2kit"], "--engine-huge-pages", "on"]
-        bw_default = harness.read_bandwidth_gbs(args.threads, device=args.device)
-        bw_huge = harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True) if HUGE in sides else None
-        bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read, whichever pages gave it
-        runs = harness.alternate(sides, args.repeat)
+        probes: dict[str, list[float]] = {"4 KiB pages": [], "huge pages": []}
+
+        def probe() -> None:  # before every round: a VM's memory speed can change from one round to the next
+            probes["4 KiB pages"].append(round(harness.read_bandwidth_gbs(args.threads, device=args.device), 2))
+            if HUGE in sides:
+                probes["huge pages"].append(round(harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True), 2))
+
+        runs = harness.alternate(sides, args.repeat, between=probe)
+        bw_default, bw_huge = max(probes["4 KiB pages"]), max(probes["huge pages"], default=None)
+        bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read in the run, whichever pages gave it
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
     decode = args.new_tokens > 1
@@ -158,6 +165,7 @@ def bench(args) -> None:
         if "llama.cpp" in runs else None,
         bandwidth_gbs=round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),
+        bandwidth_probes_gbs={k: v for k, v in probes.items() if v},
         bound=None if bound is None else round(bound, 2),
         fraction_of_bound={n: round(f / bound, 3) for n, f in figures.items()} if bound else None,
     )  # fmt: skip

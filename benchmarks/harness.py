@@ -21,6 +21,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from gpt2kit import hugepages  # the environment GPT2KIT_HUGEPAGES=1 gives (no torch import)
@@ -141,12 +142,16 @@ def run_worker(argv: list[str], timeout: float = 1800, env: dict[str, str] | Non
 
 
 def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str, str]] | None = None,
-              timeout: float = 1800, failed: dict[str, str] | None = None) -> dict[str, list[dict]]:  # fmt: skip
+              timeout: float = 1800, failed: dict[str, str] | None = None,
+              between: Callable[[], object] | None = None) -> dict[str, list[dict]]:  # fmt: skip
     """Run each side's worker argv `repeat` times, alternating sides; {side: [measurement, ...]}. envs: a
     side's own environment (default worker_env()). A failing worker raises WorkerFailed, unless `failed` (a
-    dict) is given: it then receives {side: why}, that side is not run again, and the others go on."""
+    dict) is given: it then receives {side: why}, that side is not run again, and the others go on.
+    between(): called before each round (a measurement of the machine itself, taken as the sides run)."""
     runs: dict[str, list[dict]] = {name: [] for name in sides}
     for _ in range(repeat):
+        if between is not None:
+            between()
         for name, argv in sides.items():
             if failed is not None and name in failed:
                 continue

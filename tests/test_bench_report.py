@@ -46,3 +46,13 @@ def test_a_paired_ratio_is_the_median_of_each_rounds_ratio():
     peer = [{"rate": 50.0}, {"rate": 100.0}, {"rate": 50.0}]  # the second round in a fast phase for both
     assert harness.paired_ratio(ours, peer, "rate") == 1.1  # rounds: 1.2, 0.9, 1.1
     assert harness.median(ours, "rate") / harness.median(peer, "rate") == 1.2  # the medians mix the phases
+
+
+def test_alternate_runs_the_sides_in_turn_with_a_probe_before_each_round():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import harness
+
+    order = []
+    side = lambda name: ["-c", f"import json; print(json.dumps({{'side': '{name}'}}))"]  # noqa: E731
+    runs = harness.alternate({"a": side("a"), "b": side("b")}, 2, between=lambda: order.append("probe"))
+    assert runs == {"a": [{"side": "a"}] * 2, "b": [{"side": "b"}] * 2} and order == ["probe", "probe"]
