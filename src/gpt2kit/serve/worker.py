@@ -137,7 +137,6 @@ class Worker:
         self.stats = WorkerStats()
         self._jobs: set[Job] = set()
         self._cancels: list[Job] = []
-        self._failing: dict[Job, str] = {}  # requests a step's events failed, failed when the step is over
         # the lock of this worker's state, and what wakes its engine loop: one Condition shared by every
         # worker of a server, so that one loop can wait for all of them
         self._cond = wake or threading.Condition()
@@ -220,20 +219,21 @@ class Worker:
         self.stats.steps, self.stats.step_rows, self.stats.prompt_tokens = sched.steps, sched.step_rows, sched.prompt_tokens
 
     def _step(self) -> None:
+        failing: dict[Job, str] = {}  # requests this step's events failed: failed once the step is over
         try:  # each step's events go out before its decode forward: they stream while the next token is made
-            self.scheduler.step(emit=self._deliver)
+            self.scheduler.step(emit=lambda events: self._deliver(events, failing))
         except Exception as e:  # noqa: BLE001 - a bug must not kill the loop: fail the batch, go on
             log.exception("engine step failed")
             self.stats.engine_errors += 1
-            for job in {p.request_id[0] for p in self.scheduler.running.values()} - self._failing.keys():
+            for job in {p.request_id[0] for p in self.scheduler.running.values()} - failing.keys():
                 self._fail(job, WorkerError(f"generation failed: {type(e).__name__}: {e}"))
         finally:  # after the step: failing a request frees its other slots, which takes the engine's lock
-            failing, self._failing = self._failing, {}
             for job, why in failing.items():
                 self._fail(job, WorkerError(f"generation failed for this request: {why}"))
 
-    def _deliver(self, events: list[TokenEvent]) -> None:
-        """One step's events -> each request's Deltas (or its failure), pushed to its event loop."""
+    def _deliver(self, events: list[TokenEvent], failing: dict[Job, str]) -> None:
+        """One step's events -> each request's Deltas, pushed to its event loop; a request that failed goes
+        into `failing` (freeing its other slots must wait until the step is over)."""
         out: dict[Job, list[Delta]] = {}
         failed: dict[Job, str] = {}
         now = time.monotonic()
@@ -259,7 +259,7 @@ class Worker:
             log.warning("request failed alone, the batch goes on: %s", why)
             self.stats.engine_errors += 1
             out.pop(job, None)
-            self._failing[job] = why
+            failing[job] = why
         for job, items in out.items():
             job._push(items)
             if job.unfinished == 0:
