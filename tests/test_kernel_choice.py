@@ -11,6 +11,7 @@ import torch
 
 from conftest import tiny_gpt
 from gpt2kit.errors import ConfigError
+from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 
@@ -25,14 +26,15 @@ def model_fixture():
 
 @pytest.fixture(name="fixed_times")
 def fixed_times_fixture(monkeypatch, tmp_path):
-    """_time and _time_step from COST (mkl wins, then onednn), every first call 1 us, every kernel available, the
-    cache in tmp_path."""
+    """_time and _time_step from COST (mkl wins, then onednn), every first call 1 us, no runoffs, every kernel
+    available, the cache in tmp_path."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: COST.get(type(ks[0]), 5.0))
-    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: COST.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: COST.get(type(ks[0]), 5.0))
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: COST.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
     clock = iter(range(10**9))
-    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
+    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 0.0)  # the figures above decide: no runoff on the real clock
     for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
         monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
     # gemv.c is built only where the CPU has AVX2 or AVX-512 and a compiler: left out, so every machine sees the same candidates
@@ -80,7 +82,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
     key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
-    assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": {}}
+    assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": {}, "paired": {}}
     assert f"torch.float32 | auto | lm_head 96x16 | {K.PREFILL_ROWS} rows" in table and len(table) == 10
     table[key]["kind"] = "onednn"  # what an earlier run measured is believed ...
     fixed_times.write_text(json.dumps(store))
@@ -166,14 +168,14 @@ def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
 
 def test_timed_weights():
     lins = [torch.nn.Linear(8, 5000), torch.nn.Linear(8, 5000, bias=False)]
-    decode = K._timed_weights(lins, K.PREFILL_ROWS - 1)
+    decode = KT.timed_weights(lins, K.PREFILL_ROWS - 1)
     assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
-    (w, b), = K._timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
-    assert w.shape == (K.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
+    (w, b), = KT.timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
+    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
     assert not w.requires_grad and not b.requires_grad
-    (w, b), = K._timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and K.PREFILL_OUT_TIMED == 2048
+    (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
+    assert b is None and KT.PREFILL_OUT_TIMED == 2048
 
 
 def _linears(n=2, bias=True):
@@ -197,8 +199,8 @@ def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypat
 
     monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
     monkeypatch.setitem(L.KERNELS, "onednn", Nan)
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: 2.0)
-    c = K._measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 2.0)
+    c = KT.measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
     assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
     assert re.fullmatch(
         r"output differs from the float32 reference by \d\.\d\de[-+]\d\d \(tolerance 0\.0001\)", c.rejected["mkl"]
@@ -224,13 +226,13 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
 
     monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
     monkeypatch.setitem(L.KERNELS, "linear", Off)
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: 1.0)
-    assert "bf16" in K._measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
-    assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 1.0)
+    assert "bf16" in KT.measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
+    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
     bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
-    assert K._measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
+    assert KT.measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
     monkeypatch.setattr(Off, "exact", False)
-    assert K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
+    assert KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
 
 
 def test_measure_error_is_relative_to_one_plus_the_largest_output(monkeypatch):
@@ -240,44 +242,44 @@ def test_measure_error_is_relative_to_one_plus_the_largest_output(monkeypatch):
             return y + 1e-4 * (1.5 + y.abs().max())
 
     monkeypatch.setitem(L.KERNELS, "linear", Near)
-    assert "linear" in K._measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
 
 
 def test_measure_with_nothing_left_falls_back_to_linear(monkeypatch):
-    c = K._measure("r", _linears(), 2, ([], {}), torch.float32)
+    c = KT.measure("r", _linears(), 2, ([], {}), torch.float32)
     assert c.kind == "linear" and list(c.us) == ["linear"] and c.us["linear"] != c.us["linear"]  # NaN: not timed
 
 
 def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monkeypatch):
     """A first call over 10x the best so far and over SLOW_FIRST_CALL_US is not timed; a short slow first
     call (a kernel's one-time set-up) is."""
-    monkeypatch.setattr(K, "SLOW_FIRST_CALL_US", 3.0)
+    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 3.0)
     reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
     timed = []
-    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
-    c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
     reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
     timed.clear()
-    c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear, L._Mkl]
-    monkeypatch.setattr(K, "SLOW_FIRST_CALL_US", 6.0)  # 5.3 us is 10x the best but short: timed
+    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 6.0)  # 5.3 us is 10x the best but short: timed
     reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])
     timed.clear()
-    c = K._measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear, L._Mkl]
 
 
 def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch):
     seen = []
     clock = iter(range(10**6))
-    monkeypatch.setattr(K, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
     lins = _linears(3)
-    K._measure("r", lins, 5, (["mkl"], {}), torch.float32)
+    KT.measure("r", lins, 5, (["mkl"], {}), torch.float32)
     assert seen == [(3, (5, 16), torch.float32)]
-    c = K._measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
+    c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
     assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
 
 
@@ -338,7 +340,7 @@ def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, 
     """The decode row count goes through _measure_step (here onednn wins there), prompt processing through
     _measure (mkl); a batch of PREFILL_ROWS or more is not a decode step: both row counts go through _measure."""
     step_cost = {L._Linear: 3.0, L._Mkl: 2.0, L._OneDnn: 1.0}
-    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
     kinds = {(c.role, c.rows): c.kind for c in K.plan_kernels(model, batch=2, use_cache=False)}
     assert kinds == {**{(r, 2): "onednn" for r in K.ROLES}, **{(r, K.PREFILL_ROWS): "mkl" for r in K.ROLES}}
     for batch in (K.PREFILL_ROWS, K.PREFILL_ROWS + 1):
@@ -395,6 +397,21 @@ def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
 def test_prefill_times_c_fc_with_its_gelu(model, fixed_times, monkeypatch):
     """c_fc (64 outputs here) is timed doing its product and GELU, which oneDNN fuses; every other role its product."""
     seen = []
-    monkeypatch.setattr(K, "_time", lambda ks, x, gelu=False: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
     K.plan_kernels(model, batch=1)
     assert {out for out, gelu in seen if gelu} == {64} and {out for out, gelu in seen if not gelu} == {48, 16, 96}
+
+
+def test_info_kernels_shows_each_runoff(fixed_times, monkeypatch, capsys):
+    """A decode choice a runoff overturned says so in `gpt2kit info --kernels`, with each loser's figure, and the
+    JSON report carries them; the cache keeps them for the next run."""
+    from gpt2kit.cli.__main__ import main
+
+    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 2.0)  # onednn (2.0 us) is within 2x of mkl (1.004): a runoff each
+    monkeypatch.setattr(KT, "_runoff", lambda role, linears, x, kinds, held, rows: (0.5, None))  # onednn: half the time
+    assert main(["info", "--kernels", "--json"]) in (0, None)
+    decode = [c for c in json.loads(capsys.readouterr().out)["choices"] if c["rows"] == 1 and c["role"] in K.ROLES]
+    assert len(decode) == 5 and all(c["chosen"] == "onednn" and c["paired"] == {"mkl": 2.0} for c in decode)
+    assert main(["info", "--kernels"]) in (0, None)
+    out = capsys.readouterr().out
+    assert out.count("runoffs (a loser's time over its winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out

@@ -3,6 +3,7 @@ count), and, for the decode winners, once: the copy takes the kernels the measur
 
 import torch
 
+from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 from test_kernel_choice import COST, fixed_times_fixture, model_fixture  # noqa: F401 (fixtures)
@@ -12,10 +13,10 @@ def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_tim
     """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
     kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
     step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # mkl wins at decode; timed after linear, before onednn
-    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
     made = []
-    real = K.make_kernel
-    monkeypatch.setattr(K, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
     copy = K.inference_copy(model, batch=2)
     small = [m.small for m in copy.modules() if isinstance(m, L.KernelLinear)]
     assert len(small) == 4 * 5 + 1 and all(type(k) is L._Mkl for k in small)
@@ -49,7 +50,7 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
     fixed_times.unlink()
     step_cost = {**COST, L._Mkl: 0.1}  # mkl wins at decode now; prefill still goes to onednn
-    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: step_cost.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
     copy = K.inference_copy(model, batch=3, weights="auto")
     kl = copy.transformer.h[0].mlp.c_fc
     assert kl.kinds == ("mkl", "onednn")
@@ -64,10 +65,10 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
 def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, monkeypatch):
     """A model of exactly KEEP_PACKED_BYTES keeps the measured kernels, one byte more does not; when two kinds
     time the same, the first is chosen (as _choose does) and its kernels are the ones kept."""
-    monkeypatch.setattr(K, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 1.0))  # all equal
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 1.0))  # all equal
     made = []
-    real = K.make_kernel
-    monkeypatch.setattr(K, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     for limit, reused in ((size, True), (size - 1, False)):
         fixed_times.unlink(missing_ok=True)
@@ -76,4 +77,4 @@ def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_fir
         copy = K.inference_copy(model, batch=2)
         small = [m.small for m in copy.modules() if isinstance(m, L.KernelLinear)]
         assert {m.kinds[0] for m in copy.modules() if isinstance(m, L.KernelLinear)} == {K.EXACT[0]}  # the first timed
-        assert all(any(k is m for m in made) for k in small) == reused, limit  # made by the measurement (K.make_kernel), not the copy
+        assert all(any(k is m for m in made) for k in small) == reused, limit  # made by the measurement (KT.make_kernel), not the copy

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
+CACHES = "/sys/devices/system/cpu/cpu0/cache"
+DEFAULT_CACHE_BYTES = 32 << 20  # where the caches are not listed: a desktop CPU's last-level cache, or more
 
 
 def cache_dir() -> Path:
@@ -26,3 +28,16 @@ def cpu_info(path: str | None = None) -> dict[str, str]:
     except OSError:
         pass
     return fields
+
+
+def largest_cache_bytes(path: str | None = None) -> int:
+    """The size of the largest cache the first CPU sees (its last level, shared or not), from sysfs
+    ("32768K"); DEFAULT_CACHE_BYTES where it is not listed (macOS, Windows, some containers)."""
+    sizes = []
+    for entry in Path(path or CACHES).glob("index*/size"):
+        try:
+            text = entry.read_text().strip().upper()
+            sizes.append(int(text.rstrip("KMG")) << {"K": 10, "M": 20, "G": 30}.get(text[-1:], 0))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=DEFAULT_CACHE_BYTES)

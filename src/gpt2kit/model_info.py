@@ -55,7 +55,8 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
         "choices": [
-            {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "rejected": c.rejected, "cached": c.cached}
+            {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": getattr(c, "paired", {}),
+             "rejected": c.rejected, "cached": c.cached}  # fmt: skip
             for c in choices
         ],
     }

@@ -40,8 +40,9 @@ def run(args: argparse.Namespace) -> None:
         for c in report["choices"]:
             times = "  ".join(f"{k} {v:.0f}us" for k, v in sorted(c["us"].items(), key=lambda kv: kv[1]))
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())
+            runoff = ", ".join(f"{k} {r:.2f}x" for k, r in c["paired"].items())
             print(f"  {c['role']:<16} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
-                  + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
+                  + (f"\n{'':25}runoffs (a loser's time over its winner's, call for call): {runoff}" if runoff else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
     else:
         for key, value in report.items():
             if isinstance(value, dict):

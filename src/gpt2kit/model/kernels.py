@@ -27,21 +27,19 @@ import hashlib
 import json
 import os
 import platform
-import statistics
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from gpt2kit import machine
 from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.linear import KERNELS, KernelLinear, make_kernel
+from gpt2kit.model.kernel_timing import PREFILL_ROWS, ROLES, WRONG, Choice, measure, measure_step
+from gpt2kit.model.linear import KERNELS, KernelLinear
 from gpt2kit.model.lora import has_lora
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
@@ -50,32 +48,9 @@ APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"), "int8": 
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}
-ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
-GELU_ROLE = "mlp.c_fc"  # timed with its GELU, which a kernel may fuse (linear.py)
-PREFILL_ROWS = 256
-WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
-TIME_BUDGET_S = 0.008  # per candidate and row count
-SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
-MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
-# At PREFILL_ROWS a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
-# the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
-# That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
-PREFILL_OUT_TIMED = 2048
 # The inference copy reuses the kernels the decode measurement packed for models of up to this many bytes of
 # weights; larger ones pack their winners again rather than hold two packed copies at once while measuring.
 KEEP_PACKED_BYTES = 2 << 30
-
-
-@dataclass
-class Choice:
-    """The measured choice for one weight shape at one row count."""
-
-    role: str
-    rows: int
-    kind: str
-    us: dict[str, float] = field(default_factory=dict)  # median microseconds per call, per candidate
-    rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not considered
-    cached: bool = False
 
 
 def kernel_cache_path() -> Path:
@@ -125,14 +100,14 @@ def plan_kernels(
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
     keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     kept: dict[str, tuple[str, dict[int, object]]] = {}
-    for role, c in _measure_step(step, step_rows, dtype, kept if keep else None).items():
+    for role, c in measure_step(step, step_rows, dtype, kept if keep else None).items():
         choices[(role, step_rows)] = c
     for role, (kind, kernels) in kept.items():
         for i, kernel in kernels.items():
             packed[(kind, id(step[role][0][i].weight))] = kernel
     for (role, rows), (key, linears, cands) in todo.items():
         if (role, rows) not in choices:
-            choices[(role, rows)] = _measure(role, linears, rows, cands, dtype)
+            choices[(role, rows)] = measure(role, linears, rows, cands, dtype)
         if use_cache and device.type == "cpu" and not forced:
             table[key] = {k: v for k, v in asdict(choices[(role, rows)]).items() if k != "cached"}
     if todo and use_cache and device.type == "cpu" and not forced:
@@ -186,7 +161,7 @@ def kernels_in_use(model: nn.Module) -> dict[str, tuple[str, str]]:
     return out
 
 
-# ---- measuring ---------------------------------------------------------------------------------------
+# ---- what to measure (kernel_timing.py measures it) ----------------------------------------------------
 
 
 def _candidates(
@@ -224,145 +199,6 @@ def _covers(entry: dict, cands: tuple[list[str], dict[str, str]]) -> bool:
     compiler for gemv.c, GPT2KIT_GEMV=0) and runs now is measured."""
     judged = set(entry.get("us", {})) | {k for k, why in entry.get("rejected", {}).items() if why.startswith(WRONG)}
     return set(cands[0]) <= judged and entry.get("kind") in {*cands[0], "linear"}
-
-
-def _timed_weights(linears: list[nn.Linear], rows: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """(weight, bias) pairs to time: every layer given at decode; one layer, at most PREFILL_OUT_TIMED output
-    rows of it, at prefill (see PREFILL_OUT_TIMED)."""
-    if rows < PREFILL_ROWS:
-        return [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in linears]
-    w, b = linears[0].weight.detach()[:PREFILL_OUT_TIMED], linears[0].bias  # (out', in)
-    return [(w, None if b is None else b.detach()[:PREFILL_OUT_TIMED])]
-
-
-def _measure(
-    role: str, linears: list[nn.Linear], rows: int, cands: tuple[list[str], dict[str, str]], dtype: torch.dtype
-) -> Choice:
-    kinds, rejected = cands
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(rows, linears[0].in_features, generator=g).to(dtype)  # (rows, in)
-    timed = _timed_weights(linears, rows)
-    w0, b0 = timed[0]
-    ref = F.linear(x.float(), w0.float(), None if b0 is None else b0.float())  # (rows, out')
-    us = {}
-    with torch.inference_mode():
-        for kind in kinds:
-            ks = [make_kernel(kind, w, b, rows) for w, b in timed]
-            t0 = time.perf_counter()
-            y = ks[0](x).float()
-            first_us = (time.perf_counter() - t0) * 1e6
-            wrong = _wrong_numbers(kind, y, ref, dtype)
-            if wrong:
-                rejected[kind] = wrong
-                continue
-            best = min(us.values(), default=float("inf"))
-            # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
-            # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
-            # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE)
-    return _choose(role, rows, us, rejected)
-
-
-def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> str | None:
-    """Why `kind`'s output y is not the float32 reference's (None: it is, within the kernel's tolerance)."""
-    tol = 1e-4 if (KERNELS[kind].exact and dtype == torch.float32) else 0.05
-    err = float((y - ref).abs().max()) / (1 + float(ref.abs().max()))
-    return None if err <= tol else f"{WRONG} by {err:.2e} (tolerance {tol:g})"  # NaN: wrong
-
-
-def _choose(role: str, rows: int, us: dict[str, float], rejected: dict[str, str]) -> Choice:
-    if not us:  # nothing passed: the reference itself always works
-        us["linear"] = float("nan")
-    us = {k: round(v, 2) for k, v in us.items()}  # chosen from the figures it records: a tie there keeps the first
-    best = min(us, key=lambda k: (us[k] != us[k], us[k]))
-    return Choice(role, rows, best, us, rejected)
-
-
-StepTodo = dict[str, tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  # role -> (layers, (kinds, rejected))
-
-
-def _measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | None = None) -> dict[str, Choice]:
-    """The decode products, timed as a step runs them: each candidate kind goes through every layer of every
-    role in model order (block by block, the head last), so each weight streams from memory as in a real
-    step. Timed one role at a time, its layers can sit in the cache, where a compute-heavy kernel looks faster
-    than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone, 1.38x apart over a 124M step).
-    `kept`, a dict, receives each role's fastest kind so far with its kernels, {role: (kind, {layer: kernel})}:
-    at most one packed copy besides the one being timed."""
-    g = torch.Generator().manual_seed(0)
-    xs, refs, us = {}, {}, {role: {} for role in todo}
-    rejected = {role: dict(cands[1]) for role, (_, cands) in todo.items()}
-    for role, (linears, _) in todo.items():
-        lin = linears[0]
-        if lin.in_features not in xs:
-            xs[lin.in_features] = torch.randn(rows, lin.in_features, generator=g).to(dtype)  # (rows, in)
-        x = xs[lin.in_features]
-        refs[role] = F.linear(x.float(), lin.weight.float(), None if lin.bias is None else lin.bias.float())  # (rows, out)
-    depth = max((len(linears) for linears, _ in todo.values()), default=0)
-    order = sorted(((role, i) for role, (linears, _) in todo.items() for i in range(len(linears))),
-                   key=lambda ri: (ri[1] if len(todo[ri[0]][0]) > 1 else depth, ROLES.index(ri[0])))  # fmt: skip
-    best_pass = float("inf")
-    with torch.inference_mode():
-        for kind in dict.fromkeys(k for _, (kinds, _) in todo.values() for k in kinds):
-            calls, made = [], {}  # (role, kernel, input) in step order; (role, layer) -> kernel
-            for role, i in order:
-                lin = todo[role][0][i]
-                if kind in todo[role][1][0] and kind not in rejected[role]:
-                    kernel = make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
-                    if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
-                        rejected[role][kind] = wrong
-                        continue
-                    calls.append((role, kernel, xs[lin.in_features]))  # layer 0 comes first: a rejection skips the rest
-                    made[(role, i)] = kernel
-            if calls:
-                per_role, pass_s = _time_step(calls, best_pass)
-                best_pass = min(best_pass, pass_s)
-                for role, t in per_role.items():
-                    t = round(t, 2)  # as _choose compares them
-                    if kept is not None and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first, as _choose
-                        kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
-                    us[role][kind] = t
-    return {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
-
-
-def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
-    """({role: microseconds per call}, seconds per pass) over passes through `calls` in order: the lower
-    quartile of each role's calls (as in _time), after a warm-up pass, over MIN_TIMED_PASSES passes and more while
-    TIME_BUDGET_S per role lasts (20 at most). A warm-up pass over 10x the best pass so far and over
-    SLOW_FIRST_CALL_US is the figure itself (int8-f32: not worth more time)."""
-    n_roles = len({role for role, _, _ in calls})
-    passes: list[tuple[float, dict[str, list[float]]]] = []  # (seconds, {role: [seconds per call]})
-    deadline = float("inf")
-    while len(passes) < 1 + MIN_TIMED_PASSES or (time.perf_counter() < deadline and len(passes) < 21):
-        per_role: dict[str, list[float]] = {}
-        start = time.perf_counter()
-        for role, kernel, x in calls:
-            t0 = time.perf_counter()
-            kernel.gelu(x) if role == GELU_ROLE else kernel(x)
-            per_role.setdefault(role, []).append(time.perf_counter() - t0)
-        passes.append((time.perf_counter() - start, per_role))
-        if len(passes) == 1:  # the warm-up pass
-            if passes[0][0] > max(10 * best_pass, SLOW_FIRST_CALL_US / 1e6):
-                return {role: statistics.median(ts) * 1e6 for role, ts in per_role.items()}, passes[0][0]
-            deadline = time.perf_counter() + TIME_BUDGET_S * n_roles
-    timed = passes[1:]
-    pooled = {role: [t for _, p in timed for t in p[role]] for role in timed[0][1]}
-    return {role: statistics.quantiles(ts, n=4)[0] * 1e6 for role, ts in pooled.items()}, min(s for s, _ in timed)
-
-
-def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
-    """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
-    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round; with
-    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse)."""
-    calls = [k.gelu if gelu else k for k in kernels]
-    for k in calls:
-        k(x)
-    times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
-    while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-        t0 = time.perf_counter()
-        calls[i % len(calls)](x)
-        times.append(time.perf_counter() - t0)
-        i += 1
-    return statistics.quantiles(times, n=4)[0] * 1e6
 
 
 def _role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Module]]:
