@@ -79,6 +79,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.PREFILL_ROWS)]
     assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
     assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0} and choices[0].rejected == {}  # rounded to 0.01 us
+    assert choices[1].rows == K.PREFILL_ROWS and choices[1].us["mkl"] == 1.0  # prompt processing's figures too
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
     key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
@@ -415,3 +416,36 @@ def test_info_kernels_shows_each_runoff(fixed_times, monkeypatch, capsys):
     assert main(["info", "--kernels"]) in (0, None)
     out = capsys.readouterr().out
     assert out.count("runoffs (a loser's time over its winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out
+
+
+def test_candidates_say_why_a_kernel_cannot_run_for_this_device_and_dtype(monkeypatch):
+    """A kernel that cannot run is left out with its own reason for this device and dtype; a decode kernel runs
+    up to its max_rows exactly."""
+
+    class Absent(L._Linear):
+        @staticmethod
+        def available(device, dtype):
+            return False
+
+        @classmethod
+        def why_unavailable(cls, device, dtype):
+            return f"not on {device.type} in {dtype}"
+
+    monkeypatch.setitem(L.KERNELS, "mkl", Absent)
+    kinds, rejected = K._candidates("auto", 1, CPU, torch.float64, 64, None)
+    assert "mkl" not in kinds and rejected["mkl"] == "not on cpu in torch.float64"
+
+    class Decode(L._Linear):
+        max_rows = 8
+
+    monkeypatch.setitem(L.KERNELS, "onednn", Decode)
+    assert "onednn" in K._candidates("auto", 8, CPU, torch.float32, 64, None)[0]
+    assert K._candidates("auto", 9, CPU, torch.float32, 64, None)[1]["onednn"] == "for products of up to 8 rows"
+
+
+def test_the_inference_copy_holds_its_vectors_without_gradients(model, fixed_times):
+    """The biases and LayerNorms the copy gathers into one buffer are parameters that need no gradient, as its
+    packed weights: an inference copy never trains."""
+    copy = K.inference_copy(model, batch=1)
+    vectors = [p for p in copy.parameters() if p.dim() == 1]
+    assert vectors and not any(p.requires_grad for p in vectors)

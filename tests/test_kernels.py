@@ -216,5 +216,6 @@ def test_a_model_with_lora_layers_decodes_as_it_is_and_asks_for_a_merge_for_appr
     assert K.inference_copy(tuned, 1, "auto") is tuned
     runner = DecodeRunner(tuned, "auto")
     assert runner.model is tuned and runner.attention is None
-    with pytest.raises(ConfigError, match=r"^int8 weights need the LoRA adapters merged into the model first"):
+    with pytest.raises(ConfigError, match=r"^int8 weights need the LoRA adapters merged into the model first "
+                       r"\(adapter\.merged_copy, or `gpt2kit merge`\)\.$"):  # fmt: skip
         K.inference_copy(tuned, 1, "int8")
