@@ -167,123 +167,6 @@ def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
     assert rejected in ({}, {"int8-gemv": why, "int8-gemv-l2": why})
 
 
-def test_timed_weights():
-    lins = [torch.nn.Linear(8, 5000), torch.nn.Linear(8, 5000, bias=False)]
-    decode = KT.timed_weights(lins, K.PREFILL_ROWS - 1)
-    assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
-    assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
-    (w, b), = KT.timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
-    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
-    assert not w.requires_grad and not b.requires_grad
-    (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and KT.PREFILL_OUT_TIMED == 2048
-
-
-def _linears(n=2, bias=True):
-    torch.manual_seed(0)
-    lins = [torch.nn.Linear(16, 24, bias=bias) for _ in range(n)]
-    with torch.no_grad():
-        for lin in lins:
-            if bias:
-                lin.bias.normal_()
-    return lins
-
-
-def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypatch):
-    class DropsBias(L._Mkl):
-        def __call__(self, x):
-            return torch.mm(x, self.wt)
-
-    class Nan(L._Linear):
-        def __call__(self, x):
-            return super().__call__(x) * float("nan")
-
-    monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
-    monkeypatch.setitem(L.KERNELS, "onednn", Nan)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 2.0)
-    c = KT.measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
-    assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
-    assert re.fullmatch(
-        r"output differs from the float32 reference by \d\.\d\de[-+]\d\d \(tolerance 0\.0001\)", c.rejected["mkl"]
-    )
-    assert c.rejected["onednn"] == "output differs from the float32 reference by nan (tolerance 0.0001)"
-    assert c.rejected["bf16"] == "why"
-
-
-def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(monkeypatch):
-    class Off(L._Linear):
-        exact = True
-
-        def __call__(self, x):
-            y = super().__call__(x)
-            return y + 0.01 * (1 + y.abs().max())  # relative error 1e-2: wrong for float32, fine for bf16
-
-    class FarOff(L._Linear):
-        exact = False
-
-        def __call__(self, x):
-            y = super().__call__(x)
-            return y + 0.5 * (1 + y.abs().max())  # wrong even for an approximation
-
-    monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
-    monkeypatch.setitem(L.KERNELS, "linear", Off)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 1.0)
-    assert "bf16" in KT.measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
-    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
-    bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
-    assert KT.measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
-    monkeypatch.setattr(Off, "exact", False)
-    assert KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
-
-
-def test_measure_error_is_relative_to_one_plus_the_largest_output(monkeypatch):
-    class Near(L._Linear):  # an error of tol * (1.5 + max |y|): just above the bound tol * (1 + max |y|)
-        def __call__(self, x):
-            y = super().__call__(x)
-            return y + 1e-4 * (1.5 + y.abs().max())
-
-    monkeypatch.setitem(L.KERNELS, "linear", Near)
-    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
-
-
-def test_measure_with_nothing_left_falls_back_to_linear(monkeypatch):
-    c = KT.measure("r", _linears(), 2, ([], {}), torch.float32)
-    assert c.kind == "linear" and list(c.us) == ["linear"] and c.us["linear"] != c.us["linear"]  # NaN: not timed
-
-
-def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monkeypatch):
-    """A first call over 10x the best so far and over SLOW_FIRST_CALL_US is not timed; a short slow first
-    call (a kernel's one-time set-up) is."""
-    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 3.0)
-    reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
-    timed = []
-    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
-    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
-    assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
-    reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
-    timed.clear()
-    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
-    assert timed == [L._Linear, L._Mkl]
-    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 6.0)  # 5.3 us is 10x the best but short: timed
-    reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])
-    timed.clear()
-    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
-    assert timed == [L._Linear, L._Mkl]
-
-
-def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch):
-    seen = []
-    clock = iter(range(10**6))
-    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
-    lins = _linears(3)
-    KT.measure("r", lins, 5, (["mkl"], {}), torch.float32)
-    assert seen == [(3, (5, 16), torch.float32)]
-    c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
-    assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
-
-
 def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_times, monkeypatch):
     plans, asked = {1: "mkl", K.PREFILL_ROWS: "onednn"}, []
 
@@ -394,28 +277,12 @@ def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
     assert torch.equal(torch.rand(4), expected)
 
 
-
 def test_prefill_times_c_fc_with_its_gelu(model, fixed_times, monkeypatch):
     """c_fc (64 outputs here) is timed doing its product and GELU, which oneDNN fuses; every other role its product."""
     seen = []
     monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
     K.plan_kernels(model, batch=1)
     assert {out for out, gelu in seen if gelu} == {64} and {out for out, gelu in seen if not gelu} == {48, 16, 96}
-
-
-def test_info_kernels_shows_each_runoff(fixed_times, monkeypatch, capsys):
-    """A decode choice a runoff overturned says so in `gpt2kit info --kernels`, with each loser's figure, and the
-    JSON report carries them; the cache keeps them for the next run."""
-    from gpt2kit.cli.__main__ import main
-
-    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 2.0)  # onednn (2.0 us) is within 2x of mkl (1.004): a runoff each
-    monkeypatch.setattr(KT, "_runoff", lambda role, linears, x, kinds, held, rows: (0.5, None))  # onednn: half the time
-    assert main(["info", "--kernels", "--json"]) in (0, None)
-    decode = [c for c in json.loads(capsys.readouterr().out)["choices"] if c["rows"] == 1 and c["role"] in K.ROLES]
-    assert len(decode) == 5 and all(c["chosen"] == "onednn" and c["paired"] == {"mkl": 2.0} for c in decode)
-    assert main(["info", "--kernels"]) in (0, None)
-    out = capsys.readouterr().out
-    assert out.count("runoffs (a loser's time over its winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out
 
 
 def test_candidates_say_why_a_kernel_cannot_run_for_this_device_and_dtype(monkeypatch):

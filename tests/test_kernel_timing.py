@@ -1,6 +1,8 @@
-"""How kernels.py times candidates: `_time` (one role's layers, prompt processing) and `_measure_step` /
-`_time_step` (a whole decode step in model order), on fake clocks so each test knows the calls and figures."""
+"""How kernel_timing.py times candidates: `measure` and `_time` (one role's layers, prompt processing) and
+`measure_step` / `_time_step` (a whole decode step in model order), on fake clocks so each test knows the calls
+and figures. Its runoffs are in test_kernel_runoff.py."""
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -259,102 +261,6 @@ def test_c_fc_is_timed_with_its_gelu_the_other_roles_without():
     assert {name for name, _ in ran} == {"product"}
 
 
-def test_the_rivals_are_the_kinds_within_the_margin_fastest_first(monkeypatch):
-    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 1.25)
-    rivals = lambda us, kind: KT._rivals(KT.Choice("r", 1, kind, us))  # noqa: E731
-    assert rivals({"gemv": 100.0, "mkl": 124.0, "gemv-l2": 110.0, "linear": 125.5}, "gemv") == ["gemv-l2", "mkl"]
-    assert rivals({"gemv": 100.0, "gemv-l2": 125.0}, "gemv") == ["gemv-l2"]  # exactly the margin: in
-    assert rivals({"gemv": 100.0, "mkl": float("nan"), "onednn": 110.0}, "gemv") == ["onednn"]  # NaN: not timed
-    assert rivals({"gemv": 100.0}, "gemv") == [] and rivals({"linear": float("nan")}, "linear") == []
-    assert rivals({"a": 0.0, "b": 0.0}, "a") == []  # a clock that did not move: no runoff
-
-
-class _Fake:
-    """A kernel on a fake clock: each call logs (kind, layer), with "gelu" for a GELU call, and takes cost[kind]
-    seconds, or warm[kind] on its first call; its input's shape goes to clock["inputs"]."""
-
-    def __init__(self, kind, layer, clock):
-        self.kind, self.layer, self.clock, self.calls = kind, layer, clock, 0
-
-    def __call__(self, x, gelu=False):
-        c = self.clock
-        c["log"].append((self.kind, self.layer, "gelu") if gelu else (self.kind, self.layer))
-        c["inputs"].add(tuple(x.shape))
-        c["t"] += c["warm"].get(self.kind, c["cost"][self.kind]) if self.calls == 0 else c["cost"][self.kind]
-        self.calls += 1
-
-    def gelu(self, x):
-        self(x, gelu=True)
-
-
-def _runoff_clock(monkeypatch, cost, warm=None):
-    """A fake clock, and a make_kernel of _Fake kernels that knows each one's layer by its weight's storage and
-    records (kind, layer, its bias is the layer's, rows) in clock["made"]."""
-    clock = {"t": 0.0, "log": [], "cost": cost, "warm": warm or {}, "made": [], "inputs": set()}
-    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
-    monkeypatch.setattr(KT, "_cache_sweeper", lambda: lambda: clock["log"].append("empty"))
-    layers = {}
-
-    def make_kernel(kind, w, b, rows):
-        i, bias = layers[w.data_ptr()]
-        clock["made"].append((kind, i, b is not None and b.data_ptr() == bias, rows))
-        return _Fake(kind, i, clock)
-
-    monkeypatch.setattr(KT, "make_kernel", make_kernel)
-
-    def role(model, name):
-        linears = K._role_linears(model, name)
-        layers.update({lin.weight.data_ptr(): (i, lin.bias is not None and lin.bias.data_ptr()) for i, lin in enumerate(linears)})
-        return linears
-
-    return clock, role
-
-
-def test_runoff_times_the_two_kinds_back_to_back_from_empty_caches(model, monkeypatch):
-    """Each pass starts by emptying the caches and calls both kinds on each layer in turn, the first of a pair
-    alternating pass by pass; the first pass warms up and is left out; the median of second / best decides."""
-    clock, role = _runoff_clock(monkeypatch, {"a": 0.75, "b": 0.5}, warm={"b": 50.0})
-    linears = role(model, "attn.c_proj")
-    held = ("a", {i: _Fake("a", i, clock) for i in range(5)})
-    ratio, kernels = KT._runoff("attn.c_proj", linears, torch.zeros(3, 16), ("a", "b"), held, 3)
-    assert ratio == 0.667 and [(k.kind, k.layer) for k in kernels.values()] == [("b", i) for i in range(5)]
-    assert clock["made"] == [("b", i, True, 3) for i in range(5)]  # a's kernels: the held ones
-    assert clock["inputs"] == {(3, 16)}
-    log = clock["log"]
-    assert log.count("empty") == 1 + KT.RUNOFF_PASSES[0]  # the budget (0.05 s) is spent by then
-    assert all(log[i] == "empty" for i in range(0, len(log), 11)) and len(log) == 11 * (1 + KT.RUNOFF_PASSES[0])
-    ba, ab = [(k, i) for i in range(5) for k in ("b", "a")], [(k, i) for i in range(5) for k in ("a", "b")]
-    assert [log[p * 11 + 1 : p * 11 + 11] for p in range(4)] == [ba, ab, ba, ab]
-    clock, role = _runoff_clock(monkeypatch, {"a": 1.0, "b": 1.1})
-    ratio, kernels = KT._runoff("mlp.c_fc", role(model, "mlp.c_fc"), torch.zeros(1, 16), ("a", "b"), None, 1)
-    assert ratio == 1.1 and clock["log"][1:3] == [("b", 0, "gelu"), ("a", 0, "gelu")]  # c_fc: timed with its GELU
-    assert [m[0] for m in clock["made"]] == ["a"] * 5 + ["b"] * 5  # neither held: both packed
-    monkeypatch.setattr(KT, "RUNOFF_PASSES", (1, 1))  # one warm-up pass (b 50 s a call, left out) and one timed pass
-    clock, role = _runoff_clock(monkeypatch, {"a": 1.0, "b": 0.8}, warm={"b": 50.0})
-    assert KT._runoff("attn.c_proj", role(model, "attn.c_proj"), torch.zeros(1, 16), ("a", "b"), None, 1)[0] == 0.8
-
-
-def test_runoff_passes_until_its_budget_is_spent_and_twenty_at_most(model, monkeypatch):
-    """After the warm-up pass and RUNOFF_PASSES[0] timed ones, passes go on while the budget (from the end of the
-    warm-up) lasts: a pass that would start at the deadline is not made."""
-    monkeypatch.setattr(KT, "RUNOFF_PASSES", (1, 20))
-    monkeypatch.setattr(KT, "RUNOFF_BUDGET_S", 0.5)
-    clock, role = _runoff_clock(monkeypatch, {"a": 0.125, "b": 0.125})  # a pass: 0.25 s
-    KT._runoff("lm_head", role(model, "lm_head"), torch.zeros(1, 16), ("a", "b"), None, 1)
-    assert clock["log"].count("empty") == 3  # passes end at 0.25, 0.5, 0.75 = the deadline
-    assert clock["made"] == [("a", 0, False, 1), ("b", 0, False, 1)]  # the head has no bias
-    monkeypatch.setattr(KT, "RUNOFF_PASSES", (5, 20))
-    clock, role = _runoff_clock(monkeypatch, {"a": 0.0, "b": 0.0})  # a clock that never moves
-    KT._runoff("lm_head", role(model, "lm_head"), torch.zeros(1, 16), ("a", "b"), None, 1)
-    assert clock["log"].count("empty") == 1 + 20
-
-
-def test_cache_sweeper_reads_twice_the_largest_cache(monkeypatch):
-    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 4096)
-    sweep = KT._cache_sweeper()
-    assert sweep.__self__.numel() * 4 == 8192 and float(sweep()) == 2048.0
-
-
 def test_measure_step_keeps_the_kernels_of_the_kind_it_chooses_in_a_near_tie(model, monkeypatch):
     """Two kinds 0.003 us apart round to the same figure, and the first timed is chosen: the kernels kept are its
     own (compared at the figures' rounding, not finer)."""
@@ -366,50 +272,118 @@ def test_measure_step_keeps_the_kernels_of_the_kind_it_chooses_in_a_near_tie(mod
     assert {kind for kind, _ in kept.values()} == {"linear"} and isinstance(kept["lm_head"][1][0], L._Linear)
 
 
-def test_measure_step_lets_runoffs_overturn_the_sweep(model, monkeypatch):
-    """Timed one after the other, a kind can meet a faster memory phase than its rivals: the sweep puts mkl first,
-    onednn and linear within the margin; each meets the kind chosen so far, fastest first, the faster call for
-    call is chosen and its kernels kept, and each loser's figure is recorded. Outside the margin no runoff runs."""
-    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 1.25)
-    sweep = {L._Mkl: 1.0, L._OneDnn: 1.1, L._Linear: 1.2}
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: sweep[type(k)] for r, k, _ in calls}, 0.01))
-    truth = {"mkl": 1.0, "onednn": 0.9, "linear": 0.95}  # what a runoff finds: onednn beats mkl, then linear
-    runoffs = []
-    todo = _step_todo(model, ("mkl", "onednn", "linear"))
-
-    def runoff(role, linears, x, kinds, held, rows):
-        assert linears == todo[role][0] and x.shape == (1, linears[0].in_features) and rows == 1
-        runoffs.append((role, kinds, held and held[0]))
-        return round(truth[kinds[1]] / truth[kinds[0]], 3), f"{kinds[1]}'s kernels"
-
-    monkeypatch.setattr(KT, "_runoff", runoff)
-    kept = {}
-    choices = KT.measure_step(todo, 1, torch.float32, kept)
-    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), "mkl"), ("attn.c_attn", ("onednn", "linear"), "onednn")]
-    assert [r for r, _, _ in runoffs] == [r for r in K.ROLES for _ in range(2)]
-    assert {c.kind for c in choices.values()} == {"onednn"} and kept["lm_head"] == ("onednn", "onednn's kernels")
-    assert choices["lm_head"].paired == {"mkl": 1.111, "linear": 1.056}
-    assert choices["lm_head"].us == {"mkl": 1.0, "onednn": 1.1, "linear": 1.2}
-    runoffs.clear()
-    choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)  # nothing kept
-    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), None), ("attn.c_attn", ("onednn", "linear"), "onednn")]
-    truth.update(onednn=1.0, linear=1.3)  # the sweep's best holds; a tie too
-    choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)
-    assert {c.kind for c in choices.values()} == {"mkl"} and choices["mlp.c_fc"].paired == {"onednn": 1.0, "linear": 1.3}
-    sweep.update({L._OneDnn: 1.3, L._Linear: 1.3})  # outside the margin
-    runoffs.clear()
-    choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)
-    assert not runoffs and {c.kind for c in choices.values()} == {"mkl"} and not choices["mlp.c_fc"].paired
+def test_timed_weights():
+    lins = [torch.nn.Linear(8, 5000), torch.nn.Linear(8, 5000, bias=False)]
+    decode = KT.timed_weights(lins, K.PREFILL_ROWS - 1)
+    assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
+    assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
+    (w, b), = KT.timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
+    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
+    assert not w.requires_grad and not b.requires_grad
+    (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
+    assert b is None and KT.PREFILL_OUT_TIMED == 2048
 
 
-def test_largest_cache_is_read_from_sysfs_with_a_default(tmp_path):
-    from gpt2kit import machine
+def _linears(n=2, bias=True):
+    torch.manual_seed(0)
+    lins = [torch.nn.Linear(16, 24, bias=bias) for _ in range(n)]
+    with torch.no_grad():
+        for lin in lins:
+            if bias:
+                lin.bias.normal_()
+    return lins
 
-    for index, size in ((0, "48K"), (1, "32K"), (2, "2048K"), (3, "32768K"), (4, "1M")):
-        (tmp_path / f"index{index}").mkdir()
-        (tmp_path / f"index{index}" / "size").write_text(size + "\n")
-    assert machine.largest_cache_bytes(str(tmp_path)) == 32 << 20
-    (tmp_path / "index3" / "size").write_text("64M\n")
-    (tmp_path / "index4" / "size").write_text("garbled\n")  # left out, not an error
-    assert machine.largest_cache_bytes(str(tmp_path)) == 64 << 20
-    assert machine.largest_cache_bytes(str(tmp_path / "absent")) == machine.DEFAULT_CACHE_BYTES == 32 << 20
+
+def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypatch):
+    class DropsBias(L._Mkl):
+        def __call__(self, x):
+            return torch.mm(x, self.wt)
+
+    class Nan(L._Linear):
+        def __call__(self, x):
+            return super().__call__(x) * float("nan")
+
+    monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
+    monkeypatch.setitem(L.KERNELS, "onednn", Nan)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 2.0)
+    c = KT.measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
+    assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
+    assert re.fullmatch(
+        r"output differs from the float32 reference by \d\.\d\de[-+]\d\d \(tolerance 0\.0001\)", c.rejected["mkl"]
+    )
+    assert c.rejected["onednn"] == "output differs from the float32 reference by nan (tolerance 0.0001)"
+    assert c.rejected["bf16"] == "why"
+
+
+def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(monkeypatch):
+    class Off(L._Linear):
+        exact = True
+
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 0.01 * (1 + y.abs().max())  # relative error 1e-2: wrong for float32, fine for bf16
+
+    class FarOff(L._Linear):
+        exact = False
+
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 0.5 * (1 + y.abs().max())  # wrong even for an approximation
+
+    monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
+    monkeypatch.setitem(L.KERNELS, "linear", Off)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 1.0)
+    assert "bf16" in KT.measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
+    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+    bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
+    assert KT.measure("r", bf16, 2, (["linear"], {}), torch.bfloat16).us == {"linear": 1.0}
+    monkeypatch.setattr(Off, "exact", False)
+    assert KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).us == {"linear": 1.0}
+
+
+def test_measure_error_is_relative_to_one_plus_the_largest_output(monkeypatch):
+    class Near(L._Linear):  # an error of tol * (1.5 + max |y|): just above the bound tol * (1 + max |y|)
+        def __call__(self, x):
+            y = super().__call__(x)
+            return y + 1e-4 * (1.5 + y.abs().max())
+
+    monkeypatch.setitem(L.KERNELS, "linear", Near)
+    assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
+
+
+def test_measure_with_nothing_left_falls_back_to_linear(monkeypatch):
+    c = KT.measure("r", _linears(), 2, ([], {}), torch.float32)
+    assert c.kind == "linear" and list(c.us) == ["linear"] and c.us["linear"] != c.us["linear"]  # NaN: not timed
+
+
+def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monkeypatch):
+    """A first call over 10x the best so far and over SLOW_FIRST_CALL_US is not timed; a short slow first
+    call (a kernel's one-time set-up) is."""
+    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 3.0)
+    reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
+    timed = []
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
+    reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
+    timed.clear()
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    assert timed == [L._Linear, L._Mkl]
+    monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 6.0)  # 5.3 us is 10x the best but short: timed
+    reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])
+    timed.clear()
+    c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
+    assert timed == [L._Linear, L._Mkl]
+
+
+def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch):
+    seen = []
+    clock = iter(range(10**6))
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
+    lins = _linears(3)
+    KT.measure("r", lins, 5, (["mkl"], {}), torch.float32)
+    assert seen == [(3, (5, 16), torch.float32)]
+    c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
+    assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first

@@ -55,7 +55,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
         "choices": [
-            {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": getattr(c, "paired", {}),
+            {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": c.paired,
              "rejected": c.rejected, "cached": c.cached}  # fmt: skip
             for c in choices
         ],

@@ -142,7 +142,7 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
             for role, i in order:
                 lin = todo[role][0][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
-                    kernel = make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
+                    kernel = _kernel(kind, lin, rows)
                     if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
@@ -158,18 +158,26 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
                     us[role][kind] = t
     calls = made = None  # the last kind's kernels: not held through the runoffs
     choices = {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
+    empty_caches = _cache_sweeper() if any(_rivals(c) for c in choices.values()) else None  # one buffer for them all
     for role, c in choices.items():
-        _settle(c, todo[role][0], xs[todo[role][0][0].in_features], kept, rows)
+        _settle(c, todo[role][0], xs[todo[role][0][0].in_features], kept, rows, empty_caches)
     return choices
 
 
-def _settle(c: Choice, linears: list[nn.Linear], x: torch.Tensor, kept: dict | None, rows: int) -> None:
+def _kernel(kind: str, lin: nn.Linear, rows: int):
+    """A `kind` kernel of one layer's weight and bias, packed for `rows` rows."""
+    return make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
+
+
+def _settle(
+    c: Choice, linears: list[nn.Linear], x: torch.Tensor, kept: dict | None, rows: int, empty_caches: Callable[[], object] | None
+) -> None:
     """Runoffs for a decode choice: each kind the sweep timed within RUNOFF_MARGIN of the chosen one, fastest
     first, meets the kind chosen so far, and the faster call for call is chosen (c.kind; `kept` follows). c.paired
     records each runoff's loser with its time over the winner's."""
     held = kept.get(c.role) if kept is not None else None
     for rival in _rivals(c):
-        ratio, kernels = _runoff(c.role, linears, x, (c.kind, rival), held, rows)
+        ratio, kernels = _runoff(c.role, linears, x, (c.kind, rival), held, rows, empty_caches)
         if ratio < 1:  # the rival took less time, call for call
             c.paired[c.kind] = round(1 / ratio, 3)
             c.kind, held = rival, (rival, kernels)
@@ -229,23 +237,24 @@ def _rivals(c: Choice) -> list[str]:
 
 
 def _runoff(
-    role: str, linears: list[nn.Linear], x: torch.Tensor, kinds: tuple[str, str], held: tuple[str, dict] | None, rows: int
+    role: str,
+    linears: list[nn.Linear],
+    x: torch.Tensor,
+    kinds: tuple[str, str],
+    held: tuple[str, dict] | None,
+    rows: int,
+    empty_caches: Callable[[], object],
 ) -> tuple[float, dict[int, object]]:
     """kinds (best, second) timed on every layer of `role` once more, the two calls on a layer back to back
     (which goes first alternating pass by pass), every pass starting from emptied caches, as a decode step's
     products do: (the median over those pairs of second's time over best's, rounded as Choice records it;
-    second's kernels). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`)."""
+    second's kernels). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`); `empty_caches`:
+    _cache_sweeper's reader."""
     best, second = kinds
 
-    def packed(kind: str) -> dict[int, object]:
-        if held is not None and held[0] == kind:
-            return held[1]
-        return {i: make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
-                for i, lin in enumerate(linears)}  # fmt: skip
-
-    kernels = {kind: packed(kind) for kind in kinds}
+    kernels = {kind: held[1] if held is not None and held[0] == kind else {i: _kernel(kind, lin, rows) for i, lin in enumerate(linears)}
+               for kind in kinds}  # fmt: skip
     calls = {kind: [k.gelu if role == GELU_ROLE else k for _, k in sorted(ks.items())] for kind, ks in kernels.items()}
-    empty_caches = _cache_sweeper()
     ratios: list[float] = []
     deadline, passes = float("inf"), 0
     with torch.inference_mode():
