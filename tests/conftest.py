@@ -19,6 +19,9 @@ for _name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_AD
     os.environ.pop(_name, None)
 os.environ["HF_HUB_OFFLINE"] = "1"  # tests never touch the network
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+# Tests run on the CPU, as on a machine without a GPU: a device left to `auto` (from_pretrained, the CLI in a
+# subprocess) is the CPU here too. The tests marked gpu name their device.
+os.environ["GPT2KIT_DEVICE"] = "cpu"
 # measured kernel choices go to a folder of this run, never the user's ~/.cache (model/kernels.py)
 os.environ["GPT2KIT_CACHE_DIR"] = tempfile.mkdtemp(prefix="gpt2kit-test-cache-")
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -85,3 +85,25 @@ def test_config_file_errors(tmp_path):
     bad.write_text(json.dumps({"model_type": "gpt2", "n_embd": 8, "n_layer": 1, "n_head": 1, "activation_function": "relu"}))
     with pytest.raises(ConfigError, match="tanh GELU"):
         GPTConfig.from_json_file(bad)
+
+
+def test_auto_device_is_gpt2kit_device_where_set_else_the_best_present(monkeypatch):
+    from gpt2kit.device import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("GPT2KIT_DEVICE", "cpu")  # as the suite runs: auto is the CPU even with a GPU present
+    assert resolve_device("auto") == resolve_device(None) == torch.device("cpu")
+    monkeypatch.setenv("GPT2KIT_DEVICE", "auto")
+    assert resolve_device("auto") == torch.device("cuda")
+    monkeypatch.delenv("GPT2KIT_DEVICE")
+    assert resolve_device(None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")  # a named device is taken as named
+    with pytest.raises(ConfigError, match="^device 'cuda' was asked for, but this torch build sees no CUDA GPU; use --device cpu.$"):
+        resolve_device("cuda")
+    monkeypatch.setenv("GPT2KIT_DEVICE", "gpu0")
+    with pytest.raises(ConfigError, match="^GPT2KIT_DEVICE: unknown device 'gpu0'; use cpu, cuda, cuda:N, mps or auto.$"):
+        resolve_device("auto")
+    assert resolve_device("cpu") == torch.device("cpu")  # the variable only says what auto means

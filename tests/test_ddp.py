@@ -73,13 +73,21 @@ import gpt2kit.train.distributed as D
 from torch.distributed.tensor import DTensor
 
 real = D.wrap_model
+# fully_shard's own default mesh is the GPU's wherever torch sees one: a CPU run must pass the model's own
+import torch.distributed.fsdp._fully_shard._fully_shard as fsdp_module
+
+def default_mesh(*args, **kwargs):
+    raise RuntimeError("fully_shard was left to make its default mesh")
+
+fsdp_module._init_default_mesh = default_mesh
 
 def wrap_model(model, info, device, fsdp):
     out = real(model, info, device, fsdp)
     params = list(model.parameters())
     report = {"fsdp": fsdp, "types": [c.__name__ for c in type(out).__mro__],
               "local": sum((p.to_local() if isinstance(p, DTensor) else p).numel() for p in params),
-              "full": sum(p.numel() for p in params), "dtensors": sum(isinstance(p, DTensor) for p in params)}
+              "full": sum(p.numel() for p in params), "dtensors": sum(isinstance(p, DTensor) for p in params),
+              "mesh": sorted({p.device_mesh.device_type for p in params if isinstance(p, DTensor)})}
     with open(os.environ["SHARD_REPORT"] + "." + str(info.rank), "w") as f:
         json.dump(report, f)
     return out
@@ -125,7 +133,7 @@ def test_fsdp_two_processes_match_one_and_resume(data, one_process, tmp_path):
     torchrun(data, out, "--max-steps", "4", "--fsdp", entry=(str(probe),), env=env)
     reports = [json.loads((tmp_path / f"shards.{r}").read_text()) for r in (0, 1)]
     for r in reports:  # really FSDP2 (not DDP): an FSDPModule, DTensor parameters, each rank holding about half
-        assert r["fsdp"] and "FSDPModule" in r["types"] and r["dtensors"] > 0
+        assert r["fsdp"] and "FSDPModule" in r["types"] and r["dtensors"] > 0 and r["mesh"] == ["cpu"]
         assert r["local"] < 0.6 * r["full"]
     assert reports[0]["local"] + reports[1]["local"] == reports[0]["full"]  # the two shards make the whole model
     torchrun(data, out, "--resume", "--max-steps", "8")  # optimizer state gathered at save, re-sharded at load

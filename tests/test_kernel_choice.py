@@ -2,6 +2,7 @@
 test knows which kernel must win, what is cached under which key and how many calls a measurement makes.
 The real timing, the engine parity and `gpt2kit info --kernels` are in test_kernels.py."""
 
+import copy
 import json
 import re
 from types import SimpleNamespace
@@ -132,8 +133,6 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
 
 def test_candidates():
     cands = K._candidates
-    assert cands("auto", 1, torch.device("meta"), torch.float32, 64, None) == (["linear"], {})
-    assert cands("int8", 1, torch.device("meta"), torch.float32, 64, "mkl") == (["linear"], {})
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
     assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
     no = "not available on this CPU/torch"
@@ -316,3 +315,17 @@ def test_the_inference_copy_holds_its_vectors_without_gradients(model, fixed_tim
     copy = K.inference_copy(model, batch=1)
     vectors = [p for p in copy.parameters() if p.dim() == 1]
     assert vectors and not any(p.requires_grad for p in vectors)
+
+
+def test_off_the_cpu_every_product_is_linear_and_nothing_is_timed(model, fixed_times, monkeypatch):
+    """The candidates are CPU kernels: a model on another device (meta here, cuda on a GPU) gets F.linear for every
+    role without a timing run (whose inputs are made on the CPU) and without a cache entry."""
+    monkeypatch.setattr(K, "measure_step", lambda *a, **k: pytest.fail("timed a decode step off the CPU"))
+    monkeypatch.setattr(K, "measure", lambda *a, **k: pytest.fail("timed a product off the CPU"))
+    on_meta = copy.deepcopy(model).to("meta")
+    for weights in ("auto", "bf16"):
+        choices = K.plan_kernels(on_meta, batch=2, weights=weights)
+        assert [(c.role, c.rows, c.kind) for c in choices] == [(r, n, "linear") for r in K.ROLES for n in (2, K.PREFILL_ROWS)]
+    assert not fixed_times.exists() or K.machine_key() not in json.loads(fixed_times.read_text())
+    inf = K.inference_copy(on_meta, batch=1)
+    assert set(K.kernels_in_use(inf).values()) == {("linear", "linear")}

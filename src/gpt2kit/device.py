@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -17,8 +18,14 @@ DTYPES: dict[str, torch.dtype] = {
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """'auto'/None -> cuda if available, else mps, else cpu; anything else is checked."""
+    """'auto'/None -> GPT2KIT_DEVICE where it is set, else cuda if available, else mps, else cpu; anything else
+    is checked."""
     if device is None or str(device) == "auto":
+        if (chosen := os.environ.get("GPT2KIT_DEVICE", "auto")) != "auto":
+            try:
+                return resolve_device(chosen)
+            except ConfigError as e:
+                raise ConfigError(f"GPT2KIT_DEVICE: {e}") from None
         if torch.cuda.is_available():
             return torch.device("cuda")
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

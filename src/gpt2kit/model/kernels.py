@@ -74,14 +74,17 @@ def plan_kernels(
     """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks (all of
     it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured. `packed`, a dict,
     receives the decode winners' kernels the measurement already packed, {(kind, id(weight)): kernel}, for
-    the inference copy to use instead of packing them again (only for models of up to KEEP_PACKED_BYTES)."""
+    the inference copy to use instead of packing them again (only for models of up to KEEP_PACKED_BYTES).
+    Off the CPU nothing is measured: every product is `linear` (F.linear, the device's own library)."""
     if weights not in WEIGHT_MODES or weights == "model":
         raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
     rows_list = (max(1, batch), PREFILL_ROWS)
+    if device.type != "cpu":  # the candidates are CPU kernels: off the CPU every product is F.linear, and nothing is timed
+        return [Choice(role, rows, "linear") for role in ROLES for rows in rows_list]
     forced = os.environ.get("GPT2KIT_KERNEL")
-    store = read_choices() if use_cache and device.type == "cpu" and not forced else {}
+    store = read_choices() if use_cache and not forced else {}
     mkey = machine_key()
     table = store.setdefault(mkey, {})
     todo: dict[tuple[str, int], tuple[str, list[nn.Linear], tuple[list[str], dict[str, str]]]] = {}
@@ -108,9 +111,9 @@ def plan_kernels(
     for (role, rows), (key, linears, cands) in todo.items():
         if (role, rows) not in choices:
             choices[(role, rows)] = measure(role, linears, rows, cands, dtype)
-        if use_cache and device.type == "cpu" and not forced:
+        if use_cache and not forced:
             table[key] = {k: v for k, v in asdict(choices[(role, rows)]).items() if k != "cached"}
-    if todo and use_cache and device.type == "cpu" and not forced:
+    if todo and use_cache and not forced:
         write_choices(store)
     return [choices[(role, rows)] for role in ROLES for rows in rows_list]
 
@@ -168,8 +171,6 @@ def _candidates(
     weights: str, rows: int, device: torch.device, dtype: torch.dtype, in_f: int, forced: str | None
 ) -> tuple[list[str], dict[str, str]]:
     """(kinds to time, {kind: why not}) for one shape."""
-    if device.type != "cpu":
-        return ["linear"], {}
     if forced:
         if forced not in KERNELS:
             raise ConfigError(f"GPT2KIT_KERNEL={forced!r} is not a kernel; use one of {sorted(KERNELS)}.")

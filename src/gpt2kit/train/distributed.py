@@ -63,9 +63,14 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device, fsd
             from torch.distributed.fsdp import fully_shard
         except ImportError:  # torch < 2.6
             from torch.distributed._composable.fsdp import fully_shard
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # the mesh on the model's device: fully_shard's default is the GPU wherever torch sees one, so a CPU run
+        # (gloo) on a machine with fewer GPUs than ranks would fail to set rank 1's GPU
+        mesh = init_device_mesh(device.type, (info.world,))
         for block in model.transformer.h:
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         return model
     from torch.nn.parallel import DistributedDataParallel as DDP
 
