@@ -137,20 +137,24 @@ def test_causal_without_avx512_bf16_says_why(fresh_build, monkeypatch):
 @_buildable
 @pytest.mark.parametrize("dtype", [torch.float32, BF])
 def test_attend_step_writes_the_new_column_then_attends_as_attend_does(dtype):
-    """A decode step's keys and values (views of c_attn's output) written as column K - 1 of each row of one layer's
-    cache, the rest of the cache untouched, and the output `attend` over the written cache."""
+    """A decode step's keys and values (c_attn's (B, 1, 3C) output) written as column K - 1 of each row of one layer's
+    cache, the rest of the cache untouched, and the output `attend` over the written cache, heads side by side."""
     if dtype == BF and not _bf16_in(""):
         pytest.skip("no AVX-512 BF16")
     g = torch.Generator().manual_seed(3)
     B, nh, hs, T_max, K = 2, 3, 32, 20, 9
-    qkv = torch.randn(B, 1, 3, nh, hs, generator=g).to(dtype).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1, hs), strided
+    h = torch.randn(B, 1, 3 * nh * hs, generator=g).to(dtype)  # c_attn's output
+    qkv = h.view(B, 1, 3, nh, hs).permute(2, 0, 3, 1, 4)  # (3, B, nh, 1, hs), as split_heads views it
     kv = torch.randn(2, B, nh, T_max, hs, generator=g).to(dtype)  # one layer's cache
     before = kv.clone()
-    y = gemv.attend_step(qkv, kv, K)
+    y = gemv.attend_step(h, kv, K)
     want = before.clone()
     want[:, :, :, K - 1] = qkv[1:, :, :, 0]
     assert torch.equal(kv, want)  # the new column, and nothing else
-    assert torch.equal(y, gemv.attend(qkv[0], kv[0, :, :, :K], kv[1, :, :, :K]))
-    assert y.shape == (B, nh, 1, hs) and y.transpose(1, 2).reshape(B, 1, nh * hs).data_ptr() == y.data_ptr()
+    assert y.shape == (B, 1, nh * hs)
+    assert torch.equal(y, gemv.attend(qkv[0], kv[0, :, :, :K], kv[1, :, :, :K]).transpose(1, 2).reshape(B, 1, nh * hs))
     other = torch.zeros(2, B, nh, T_max, hs, dtype=torch.float64)  # a cache it cannot write: nothing happens
-    assert gemv.attend_step(qkv, other, K) is None and not other.any()
+    assert gemv.attend_step(h, other, K) is None and not other.any()
+    for bad in (h[:, :, : 2 * nh * hs], h.repeat(1, 2, 1)):  # not one step's (B, 1, 3C): nothing happens
+        assert gemv.attend_step(bad, kv, K) is None
+    assert torch.equal(kv, want)

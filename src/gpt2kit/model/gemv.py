@@ -231,21 +231,23 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor
 
 
 def attend_step(qkv: torch.Tensor, kv: torch.Tensor, K: int) -> torch.Tensor | None:
-    """A decode step's attention with its cache write (attend.c with the new rows): qkv (3, B, nh, 1, hs), c_attn's
-    output as `split_heads` views it; kv (2, B, nh, T_max, hs), one layer's cache, every row's first K - 1 columns
-    written. Writes qkv's keys and values as column K - 1 of every row, then attends each query over the first K
-    keys -> (B, nh, 1, hs), as `attend` on the written cache. None where it does not apply (the cache in another
-    dtype or layout than qkv), with nothing written."""
-    _, B, nh, _, hs = qkv.shape
-    if kv.dtype != qkv.dtype or qkv.dtype not in ATTEND_DTYPES or qkv.stride(-1) != 1 or kv.stride(-1) != 1 or kv.stride(-2) != hs:
+    """A decode step's attention with its cache write (attend.c with the new rows): qkv (B, 1, 3C), c_attn's output
+    (every head's query, then its keys, then its values); kv (2, B, nh, T_max, hs), one layer's cache, every row's
+    first K - 1 columns written. Writes qkv's keys and values as column K - 1 of every row, then attends each query
+    over the first K keys -> (B, 1, C), heads side by side, as `attend` on the written cache. None where it does not
+    apply (the cache in another dtype or layout than qkv), with nothing written."""
+    _, B, nh, _, hs = kv.shape
+    C = nh * hs
+    if (kv.dtype != qkv.dtype or qkv.dtype not in ATTEND_DTYPES or qkv.shape != (B, 1, 3 * C) or qkv.stride(-1) != 1
+            or kv.stride(-1) != 1 or kv.stride(-2) != hs):  # fmt: skip
         return None
-    size, (s3, sb, sh) = qkv.element_size(), qkv.stride()[:3]
-    y = torch.empty(B, 1, nh, hs, dtype=qkv.dtype)  # (B, 1, nh, hs)
+    size = qkv.element_size()
+    y = torch.empty(B, 1, C, dtype=qkv.dtype)  # (B, 1, C)
     fn = getattr(_build()[0], "gk_attend_bf16" if qkv.dtype == torch.bfloat16 else "gk_attend_f32")
     at, kat = qkv.data_ptr(), kv.data_ptr()
-    fn(at, sb, sh, kat, kat + kv.stride(0) * size, kv.stride(1), kv.stride(2), None, y.data_ptr(), B, nh, K, hs,
-       torch.get_num_threads(), at + s3 * size, at + 2 * s3 * size)  # fmt: skip
-    return y.transpose(1, 2)  # (B, nh, 1, hs)
+    fn(at, qkv.stride(0), hs, kat, kat + kv.stride(0) * size, kv.stride(1), kv.stride(2), None, y.data_ptr(), B, nh, K, hs,
+       torch.get_num_threads(), at + C * size, at + 2 * C * size)  # fmt: skip
+    return y
 
 
 def causal_unavailable(head_size: int) -> str | None:

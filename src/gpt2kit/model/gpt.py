@@ -46,7 +46,8 @@ class CausalSelfAttention(nn.Module):
         # runner's copy measured one faster than SDPA (gemv.attend; model/attention_plan.py); None: SDPA
         self.one_query: Callable[..., torch.Tensor] | None = None
         # the same kernel writing the step's keys and values into the cache itself (gemv.attend_step), for a step that
-        # writes one aligned column in every row: (qkv, one layer's cache, K) -> (B, nh, 1, hs), or None where it cannot
+        # writes one aligned column in every row: (c_attn's (B, 1, 3C) output, one layer's cache, K) -> (B, 1, C), heads
+        # side by side, or None where it cannot
         self.one_query_step: Callable[..., torch.Tensor | None] | None = None
         # a kernel for plain causal attention of many queries (q, k, v) -> (B, nh, T, hs), in inference, where this
         # machine measured one faster than SDPA for the model's dtype (gemv.causal; model/attention_plan.py)
@@ -57,18 +58,18 @@ class CausalSelfAttention(nn.Module):
     ) -> torch.Tensor:
         # x: (B, T, C) -> (B, T, C)
         B, T, C = x.shape
-        qkv = self.split_heads(self.c_attn(x))  # (3, B, nh, T, hs)
+        h = self.c_attn(x)  # (B, T, 3C): every head's query, then every head's key, then every head's value
         y = None
         step = self.one_query_step  # one aligned new column per row, causal: the kernel writes it and attends
-        if step is not None and T == 1 and plan is not None and plan.causal and plan.col == plan.n_keys - 1 and self._plain(qkv):
-            y = step(qkv, kv_cache.layer(layer), plan.n_keys)  # (B, nh, 1, hs), the cache written; None: it cannot
+        if step is not None and T == 1 and plan is not None and plan.causal and plan.col == plan.n_keys - 1 and self._plain(h):
+            y = step(h, kv_cache.layer(layer), plan.n_keys)  # (B, 1, C), the cache written; None: it cannot
         if y is None:
+            qkv = self.split_heads(h)  # (3, B, nh, T, hs)
             if kv_cache is not None:
                 k, v = kv_cache.update(layer, qkv[1:], plan)  # (B, nh, K, hs): everything this row has seen
             else:
                 k, v = qkv[1], qkv[2]
-            y = self.attend(qkv[0], k, v, plan)  # (B, nh, T, hs)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+            y = self.attend(qkv[0], k, v, plan).transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return _dropout(self.c_proj(y if y.dtype == x.dtype else y.to(x.dtype)), self.dropout, self.training)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, plan: StepPlan | None) -> torch.Tensor:
