@@ -73,7 +73,7 @@ import gpt2kit.train.distributed as D
 from torch.distributed.tensor import DTensor
 
 real = D.wrap_model
-# fully_shard's own default mesh is the GPU's wherever torch sees one: a CPU run must pass the model's own
+# fully_shard's own default mesh is the GPU's wherever torch sees one: wrap_model must pass a mesh of the model's device
 import torch.distributed.fsdp._fully_shard._fully_shard as fsdp_module
 
 def default_mesh(*args, **kwargs):
