@@ -147,8 +147,10 @@ def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why
     monkeypatch.setattr(gemv, "ATTEND_SOURCE", gemv.SOURCE.with_name("attend.c"))
     assert why(CAUSAL_SOURCE=gemv.SOURCE.with_name("lost.c")) == "lost.c is missing from the installed package"
     monkeypatch.setattr(gemv, "CAUSAL_SOURCE", gemv.SOURCE.with_name("causal.c"))
-    assert why(HEADER=gemv.SOURCE.with_name("gone.h")) == "gone.h is missing from the installed package"
-    monkeypatch.setattr(gemv, "HEADER", gemv.SOURCE.with_name("kernel_math.h"))
+    assert why(STEP_SOURCE=gemv.SOURCE.with_name("away.c")) == "away.c is missing from the installed package"
+    monkeypatch.setattr(gemv, "STEP_SOURCE", gemv.SOURCE.with_name("step.c"))
+    assert why(HEADERS=(gemv.HEADERS[0], gemv.SOURCE.with_name("gone.h"))) == "gone.h is missing from the installed package"
+    monkeypatch.setattr(gemv, "HEADERS", (gemv.SOURCE.with_name("kernel_math.h"), gemv.SOURCE.with_name("tape.h")))
     monkeypatch.setenv("CC", "no-such-compiler-here")
     assert why() == "no C compiler ('no-such-compiler-here' not found; set CC)"
     monkeypatch.setenv("CC", "false")  # a compiler that fails
@@ -163,7 +165,8 @@ def test_a_source_that_does_not_compile_cleanly_is_refused_with_the_compiler_err
     built = set((fresh_build / "gemv").glob("*.so"))
     bad = tmp_path / "gemv.c"
     bad.write_text(gemv.SOURCE.read_text().replace("_mm_prefetch(", "_mm_no_such_intrinsic(", 1))
-    (tmp_path / gemv.HEADER.name).write_bytes(gemv.HEADER.read_bytes())  # what it includes, beside it
+    for header in gemv.HEADERS:  # what it includes, beside it
+        (tmp_path / header.name).write_bytes(header.read_bytes())
     monkeypatch.setattr(gemv, "SOURCE", bad)
     gemv._build.cache_clear()
     why = gemv.unavailable(torch.float32)

@@ -28,6 +28,7 @@ from gpt2kit.model.attention_plan import apply_causal, float32_cache_fits, plan_
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
 from gpt2kit.model.kv_cache import KVCache
+from gpt2kit.model.step_graph import StepGraph, applies, unavailable
 
 __all__ = ["WEIGHT_MODES", "DecodeRunner"]
 
@@ -36,6 +37,9 @@ __all__ = ["WEIGHT_MODES", "DecodeRunner"]
 # it every layer, and on a 2-core Xeon VM a 124M fp32 step took 1.8-3.2 ms less with its 20 MiB cache moved
 # (25.4 against 27.5 ms, medians of four alternating runs; int8 9.95 against 10.4).
 KV_CACHE_MOVED_MAX = 512 << 20
+# Recorded decode steps kept per runner: one per row range that decodes (a batch whose rows come and go uses
+# several); each holds its step's activations and logits, (B, V) floats.
+GRAPHS_KEPT = 16
 
 
 class DecodeRunner:
@@ -64,6 +68,10 @@ class DecodeRunner:
                 apply_causal(block.attn, causal)
             if self.attention.kind == "float32" and float32_cache:
                 self.cache_dtype = torch.float32
+        # decode steps recorded and replayed in C (model/step_graph.py), one per row range of a cache and thread
+        # count, or why that range's step could not be (its steps then run in Python); the latest GRAPHS_KEPT
+        self.graphs: dict[tuple[int, int, int], StepGraph | str] = {}
+        self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:
@@ -75,6 +83,16 @@ class DecodeRunner:
     def decode(self, tokens: torch.Tensor, cache: KVCache, mask: torch.Tensor | None) -> torch.Tensor:
         """(B, 1) ids -> (B, V) logits, appending one column per row to the cache."""
         plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
+        if self.no_graphs is None and mask is None and applies(plan, tokens):
+            key = (cache.kv.data_ptr(), tokens.shape[0], torch.get_num_threads())
+            graph = self.graphs.get(key)
+            if isinstance(graph, StepGraph):
+                return graph.run(tokens, plan)  # (B, V)
+            if graph is None:  # the first such step: run while recording
+                logits, self.graphs[key] = StepGraph.record(self.model, tokens, cache, plan)
+                while len(self.graphs) > GRAPHS_KEPT:
+                    del self.graphs[next(iter(self.graphs))]
+                return logits
         return self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
 
     def hot_regions(self, cache: KVCache) -> list[hugepages.Region]:

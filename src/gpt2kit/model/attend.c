@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "kernel_math.h"
+#include "tape.h"
 
 static inline __attribute__((always_inline)) float load(const void *p, int64_t i, int bf16) {
   return bf16 ? bf16_in(((const uint16_t *)p)[i]) : ((const float *)p)[i];
@@ -110,6 +111,8 @@ static inline __attribute__((always_inline)) void attend_share(int bf16, const v
 void gk_attend_f32(const float *q, int64_t q_b, int64_t q_h, float *k, float *v, int64_t kv_b, int64_t kv_h,
                    const float *bias, float *y, int64_t B, int64_t nh, int64_t K, int64_t hs, int threads,
                    const float *k_new, const float *v_new) {
+  GK_RECORD(GK_ATTEND_F32, GK_P(q), q_b, q_h, GK_P(k), GK_P(v), kv_b, kv_h, GK_P(bias), GK_P(y), B, nh, K, hs, threads,
+            GK_P(k_new), GK_P(v_new));
 #pragma omp parallel num_threads(threads)
   attend_share(0, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs, k_new, v_new);
 }
@@ -117,6 +120,8 @@ void gk_attend_f32(const float *q, int64_t q_b, int64_t q_h, float *k, float *v,
 void gk_attend_bf16(const uint16_t *q, int64_t q_b, int64_t q_h, uint16_t *k, uint16_t *v, int64_t kv_b, int64_t kv_h,
                     const float *bias, uint16_t *y, int64_t B, int64_t nh, int64_t K, int64_t hs, int threads,
                     const uint16_t *k_new, const uint16_t *v_new) {
+  GK_RECORD(GK_ATTEND_BF16, GK_P(q), q_b, q_h, GK_P(k), GK_P(v), kv_b, kv_h, GK_P(bias), GK_P(y), B, nh, K, hs, threads,
+            GK_P(k_new), GK_P(v_new));
 #pragma omp parallel num_threads(threads)
   attend_share(1, q, q_b, q_h, k, v, kv_b, kv_h, bias, y, B, nh, K, hs, k_new, v_new);
 }

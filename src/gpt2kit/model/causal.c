@@ -22,6 +22,7 @@
 #include <math.h>
 
 #include "kernel_math.h"
+#include "tape.h"
 
 #define QT 32 /* queries per tile */
 #define KB 64 /* keys per block: four vectors of 16 */
@@ -178,6 +179,7 @@ static void tile(const uint16_t *q, int64_t q_t, const uint32_t *kp, const uint3
 int gk_causal_bf16(const uint16_t *q, int64_t q_b, int64_t q_h, int64_t q_t, const uint16_t *k, const uint16_t *v,
                    int64_t kv_b, int64_t kv_h, int64_t kv_t, uint16_t *y, int64_t y_b, int64_t y_h, int64_t y_t,
                    int64_t B, int64_t nh, int64_t T, int64_t K, int64_t hs, int threads) {
+  GK_RECORD(GK_UNREPLAYABLE, 0);  /* a prefill's: no decode step calls it */
   const int64_t kpad = (K + KB - 1) / KB * KB, per = kpad * hs / 2;  /* uint32 pairs per (b, h), keys or values */
   uint32_t *packed = malloc((size_t)(B * nh * 2 * per) * sizeof(uint32_t));
   if (!packed) return -1;

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "kernel_math.h"
+#include "tape.h"
 
 #ifndef PREFETCH
 #define PREFETCH 4096
@@ -145,6 +146,7 @@ int gk_rows_f32(void) { return ROWS; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
                  int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
   const int64_t chunks = (K + 15) / 16;
   const struct out o = {b, 0, 0, 0, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(F32, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 4 * K, chunks,
@@ -158,6 +160,7 @@ int gk_rows_bf16(void) { return ROWS; }
 
 void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
                   int64_t M, int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
   const int64_t chunks = (K + 31) / 32;
   const struct out o = {b, 0, 0, 0, !out_f32, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(BF16, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 2 * K, chunks,
@@ -196,6 +199,7 @@ static void quantize_rows(const float *x, uint8_t *xq, float *xs, int64_t M, int
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
                 const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   uint8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
@@ -296,6 +300,7 @@ int gk_rows_f32(void) { return ROWS2; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
                  int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
   const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
   const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
   const struct out2 o = {b, 0, 0, y, gelu};
@@ -337,6 +342,7 @@ static void quantize_rows_avx2(const float *x, int8_t *xq, float *xs, int64_t M,
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
                 const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
   (void)qsum;
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   int8_t *xq = aligned_alloc(64, M * Kp);

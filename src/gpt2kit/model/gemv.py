@@ -42,16 +42,18 @@ from gpt2kit.atomic import atomic_path
 SOURCE = Path(__file__).with_name("gemv.c")
 ATTEND_SOURCE = Path(__file__).with_name("attend.c")  # one-query attention (`attend`), built into the same library
 CAUSAL_SOURCE = Path(__file__).with_name("causal.c")  # many-query causal attention in bf16 (`causal`), the same
+STEP_SOURCE = Path(__file__).with_name("step.c")  # a decode step replayed from its tape (step_graph.py), the same
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
-HEADER = Path(__file__).with_name("kernel_math.h")  # the scalar math the three share (bf16 in and out, e^x)
+HEADERS = (Path(__file__).with_name("kernel_math.h"),  # the scalar math they share (bf16 in and out, e^x)
+           Path(__file__).with_name("tape.h"))  # what a kernel called while a step records appends to its tape
 
 
 def _sources() -> tuple[Path, ...]:
-    return SOURCE, ATTEND_SOURCE, CAUSAL_SOURCE
+    return SOURCE, ATTEND_SOURCE, CAUSAL_SOURCE, STEP_SOURCE
 
 
 NO_SIMD = "the CPU has neither AVX2 with FMA nor AVX-512"
@@ -72,7 +74,7 @@ def not_buildable() -> str | None:
     flags = cpu_flags()
     if not ({"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags):
         return NO_SIMD
-    for source in (*_sources(), HEADER):
+    for source in (*_sources(), *HEADERS):
         if not source.is_file():
             return f"{source.name} is missing from the installed package"
     cc = os.environ.get("CC", "cc")
@@ -88,7 +90,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
            "-fopenmp", "-shared", "-fPIC", *map(str, _sources())]  # fmt: skip
-    code = b"".join(source.read_bytes() for source in (*_sources(), HEADER))
+    code = b"".join(source.read_bytes() for source in (*_sources(), *HEADERS))
     digest = hashlib.sha256(code + " ".join([*cmd, *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
     if not lib.exists():
@@ -114,6 +116,14 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     for name in ("gk_attend_f32", "gk_attend_bf16"):  # q, its 2 strides, k, v, their 2, bias, y, B, nh, K, hs, threads,
         fn = getattr(so, name)  # the step's new key and value rows (or NULL)
         fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT, _P, _P], None
+    for name, args, res in (("gk_tape_new", [], _P), ("gk_tape_free", [_P], None), ("gk_tape_record_on", [_P], None),
+                            ("gk_tape_length", [_P], _I64), ("gk_tape_op", [_P, _I64, _P], ctypes.c_int32),
+                            ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64], _I64),
+                            ("gk_embed", [_P, _I64, _P, _P, _I64, _I64], _INT), ("gk_add", [_P, _P, _P, _I64, _INT], None),
+                            ("gk_convert", [_P, _P, _I64, _INT], None),
+                            ("gk_layer_norm", [_P, _P, _P, _P, _I64, _I64, ctypes.c_double, _INT], None)):  # step.c's; fmt: skip
+        fn = getattr(so, name)
+        fn.argtypes, fn.restype = args, res
     if hasattr(so, "gk_causal_bf16"):  # q, its 3 strides, k, v, their 3, y, its 3, B, nh, T, K, hs, threads
         fn = so.gk_causal_bf16
         fn.argtypes, fn.restype = [_P, _I64, _I64, _I64, _P, _P, *[_I64] * 3, _P, *[_I64] * 8, _INT], _INT

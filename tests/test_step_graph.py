@@ -1,0 +1,205 @@
+"""A decode step recorded from the model's own forward and replayed in C (model/step_graph.py, step.c).
+
+The reference is always the model's own uncached float32 forward (or torch's op for step.c's kernels), on a model
+whose biases and LayerNorms are perturbed, never an earlier output of the replay."""
+
+import copy
+import ctypes
+import re
+import threading
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_gpt
+from gpt2kit.errors import InputError
+from gpt2kit.generate import Engine, SamplingParams
+from gpt2kit.generate.decode import DecodeRunner
+from gpt2kit.model import gemv, step_graph
+from gpt2kit.model.kv_cache import KVCache
+from gpt2kit.model.step_graph import StepGraph
+
+pytestmark = pytest.mark.skipif(step_graph.unavailable() is not None, reason=f"no step graph: {step_graph.unavailable()}")
+KINDS = {"auto": "gemv", "int8": "int8-gemv", "bf16": "bf16-gemv"}  # the gemv.c product each weights mode forces
+
+
+def _so():
+    return gemv._build()[0]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_gpt(n_layer=3, n_embd=64, n_head=4, n_positions=64)
+
+
+def _runner(tiny, weights, batch, monkeypatch) -> DecodeRunner:
+    """A runner whose every product is gemv.c's and whose decode attention is attend.c's: a step it can record."""
+    if weights == "bf16" and gemv.unavailable(torch.bfloat16):
+        pytest.skip(gemv.unavailable(torch.bfloat16))
+    monkeypatch.setenv("GPT2KIT_KERNEL", KINDS[weights])
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
+    return DecodeRunner(tiny, weights, batch=batch)
+
+
+def _graphs(runner):
+    return [g for g in runner.graphs.values() if isinstance(g, StepGraph)]
+
+
+# ---- step.c's kernels against torch ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_layer_norm_add_and_embedding_kernels_equal_torch(dtype):
+    g = torch.Generator().manual_seed(0)
+    x = (torch.randn(3, 96, generator=g) * 4 + 1.5).to(dtype)  # an offset mean: a LayerNorm that skips it is wrong
+    w, b = (1 + torch.randn(96, generator=g) * 0.3).to(dtype), (torch.randn(96, generator=g) * 0.2).to(dtype)
+    y = torch.empty_like(x)
+    _so().gk_layer_norm(x.data_ptr(), w.data_ptr(), b.data_ptr(), y.data_ptr(), 3, 96, 1e-5, int(dtype == torch.bfloat16))
+    want = F.layer_norm(x.float(), (96,), w.float(), b.float(), 1e-5)
+    tol = 1e-5 if dtype == torch.float32 else 8e-3  # bf16: one rounding of the output, as torch's
+    assert (y.float() - want).abs().max().item() <= tol * want.abs().max().item()
+    assert (F.layer_norm(x, (96,), w, b, 1e-5).float() - y.float()).abs().max().item() <= tol * want.abs().max().item()
+
+    a = torch.randn(3, 96, generator=g).to(dtype)
+    _so().gk_add(x.data_ptr(), a.data_ptr(), y.data_ptr(), x.numel(), int(dtype == torch.bfloat16))
+    assert torch.equal(y, x + a)  # one float32 sum, rounded once: torch's own
+
+    table, idx = torch.randn(10, 96, generator=g).to(dtype), torch.tensor([7, 0, 9])
+    assert _so().gk_embed(table.data_ptr(), 10, idx.data_ptr(), y.data_ptr(), 3, 96 * table.element_size()) == 0
+    assert torch.equal(y, F.embedding(idx, table))
+    back = torch.empty(3, 96, dtype=torch.float32 if dtype == torch.bfloat16 else torch.bfloat16)
+    _so().gk_convert(x.data_ptr(), back.data_ptr(), x.numel(), int(back.dtype == torch.bfloat16))
+    assert torch.equal(back, x.to(back.dtype))  # rounded to nearest even, as torch does
+    bad = torch.tensor([3, 10, 1])
+    assert _so().gk_embed(table.data_ptr(), 10, bad.data_ptr(), y.data_ptr(), 3, 96 * table.element_size()) == -1
+
+
+def test_the_kinds_are_tape_h_s():
+    """step_graph.py names step.c's kinds by number: the same numbers as tape.h's enum."""
+    text = gemv.HEADERS[1].read_text()
+    names = re.findall(r"^  GK_([A-Z0-9_]+)", text[text.index("enum gk_kind") :], re.M)
+    assert {name: i + 1 for i, name in enumerate(names)} == {n: getattr(step_graph, n) for n in names}
+
+
+# ---- replayed steps against the uncached forward ---------------------------------------------------
+
+
+@pytest.mark.parametrize("weights, dtype", [("auto", torch.float32), ("int8", torch.float32), ("bf16", torch.float32),
+                                            ("auto", torch.bfloat16)])  # fmt: skip
+@pytest.mark.parametrize("batch", [1, 3])
+def test_replayed_steps_equal_the_uncached_forward(tiny, weights, dtype, batch, monkeypatch):
+    """Every step after the first is a replay (new ids, new positions, one more key each): the logits are the
+    uncached float32 forward's, to float32 rounding (auto) or to the weights' and activations' rounding."""
+    model = copy.deepcopy(tiny).to(dtype)  # a bf16 model decodes in bf16: LayerNorms and adds too
+    if dtype == torch.bfloat16 and gemv.unavailable(dtype):
+        pytest.skip(gemv.unavailable(dtype))
+    runner = _runner(model, weights, batch, monkeypatch)
+    seq = torch.randint(0, 50257, (batch, 24), generator=torch.Generator().manual_seed(1))
+    cache = KVCache(tiny.config, batch, 64, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        steps = [runner.prefill(seq[:, :6], cache, None)]
+        steps += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(6, 24)]
+        full = tiny(seq)[0]  # (B, T, V)
+    assert len(_graphs(runner)) == 1, runner.graphs
+    tol = {torch.float32: {"auto": 1e-4, "int8": 1e-2, "bf16": 5e-2}[weights], torch.bfloat16: 0.2}[dtype]
+    errs = [(lg.float() - full[:, 5 + i]).abs().max().item() for i, lg in enumerate(steps)]
+    assert max(errs) <= tol, errs
+
+
+def test_replay_writes_the_cache_column_and_reads_the_steps_keys(tiny, monkeypatch):
+    """A replay's keys and values land in the step's column, as the Python step writes them."""
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    seq = torch.randint(0, 50257, (1, 12), generator=torch.Generator().manual_seed(2))
+    ours, ref = KVCache(tiny.config, 1, 64), KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :4], ours, None)
+        tiny.hidden_states(seq[:, :4], ref)
+        for t in range(4, 12):
+            runner.decode(seq[:, t : t + 1], ours, None)
+            tiny.hidden_states(seq[:, t : t + 1], ref)
+    assert _graphs(runner)
+    torch.testing.assert_close(ours.kv[..., :12, :], ref.kv[..., :12, :], atol=1e-5, rtol=1e-5)
+    assert not ours.kv[..., 12:, :].any()  # nothing written past the step's column
+
+
+def test_generation_with_replays_equals_generation_without(tiny, monkeypatch):
+    """Greedy tokens through the engine, aligned rows and rows that join, leave and pad: the same with the
+    replay as with every step in Python."""
+    prompts = [torch.randint(0, 50257, (n,), generator=torch.Generator().manual_seed(n)).tolist() for n in (5, 5, 9, 2)]
+    params = [SamplingParams(max_new_tokens=n, temperature=0, ignore_eos=True) for n in (12, 20, 7, 15)]
+
+    def run(switch: str) -> tuple[list, DecodeRunner]:
+        monkeypatch.setenv(step_graph.SWITCH, switch)
+        eng = Engine(tiny, max_batch=2, max_len=64)
+        return [c.token_ids for c in eng.generate(prompts, params)], eng.runner
+
+    monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
+    off, runner_off = run("0")
+    on, runner_on = run("1")
+    assert on == off
+    assert runner_off.graphs == {} and runner_off.no_graphs == f"turned off ({step_graph.SWITCH}=0)"
+    assert _graphs(runner_on)  # the aligned pair of 5-token prompts was replayed
+
+
+# ---- what is not recorded, and what a replay refuses -------------------------------------------------
+
+
+def test_a_step_with_an_op_step_c_lacks_runs_in_python(tiny, monkeypatch):
+    monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "model")  # SDPA: no kernel in step.c
+    runner = DecodeRunner(tiny, "auto")
+    seq = torch.randint(0, 50257, (1, 10), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :8], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in (8, 9)]
+        full = tiny(seq)[0]
+    [why] = runner.graphs.values()
+    assert isinstance(why, str) and why.endswith("has no kernel in step.c"), why  # split_heads, then SDPA
+    torch.testing.assert_close(torch.stack(steps), full[:, 8:10].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_a_replay_that_differs_from_its_recording_is_not_used(tiny, monkeypatch):
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    monkeypatch.setitem(step_graph.TOLERANCE, torch.float32, -1.0)  # nothing passes
+    seq = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(4))
+    cache = KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :6], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in (6, 7)]
+        full = tiny(seq)[0]
+    [why] = runner.graphs.values()
+    assert why.startswith("its replay differs: logits"), why
+    torch.testing.assert_close(torch.stack(steps), full[:, 6:8].transpose(0, 1), atol=1e-5, rtol=1e-5)
+
+
+def test_an_id_outside_the_vocabulary_is_refused_in_one_line(tiny, monkeypatch):
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    cache = KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(torch.tensor([[1, 2]]), cache, None)
+        runner.decode(torch.tensor([[3]]), cache, None)  # recorded
+        with pytest.raises(InputError, match="outside the vocabulary"):
+            runner.decode(torch.tensor([[50257]]), cache, None)
+
+
+def test_only_the_recording_thread_s_kernel_calls_are_recorded():
+    so = _so()
+    tape = so.gk_tape_new()
+    w, x, y = torch.randn(16, 16), torch.randn(1, 16), torch.empty(1, 16)
+    packed = gemv.Packed(w, None, torch.float32)
+    so.gk_tape_record_on(tape)
+    try:
+        other = threading.Thread(target=packed, args=(x,))
+        other.start()
+        other.join()
+        packed(x)
+    finally:
+        so.gk_tape_record_on(None)
+    args = (ctypes.c_int64 * step_graph.MAX_ARGS)()
+    assert so.gk_tape_length(tape) == 1 and so.gk_tape_op(tape, 0, args) == step_graph.GEMV_F32
+    assert (args[2], args[3], args[6]) == (16, 16, 1)  # N, K, M as called
+    so.gk_tape_free(tape)
+    del y
