@@ -176,6 +176,7 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     assert main(["info", "--kernels"]) in (0, None)
     out = capsys.readouterr().out
     assert "lm_head" in out and "(cached)" in out and f"gemv.c:     {report['gemv']}" in out
+    assert report["decode_step"].startswith(("replayed in C", "runs in Python: ")) and f"decode step: {report['decode_step']}" in out
 
 
 def test_bf16_is_said_to_be_emulated_only_where_it_is(monkeypatch):

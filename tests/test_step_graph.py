@@ -157,7 +157,7 @@ def test_a_step_with_an_op_step_c_lacks_runs_in_python(tiny, monkeypatch):
         steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in (8, 9)]
         full = tiny(seq)[0]
     [why] = runner.graphs.values()
-    assert isinstance(why, str) and why.endswith("has no kernel in step.c"), why  # split_heads, then SDPA
+    assert isinstance(why, str) and why.endswith("which step.c has no kernel for"), why  # split_heads, then SDPA
     torch.testing.assert_close(torch.stack(steps), full[:, 8:10].transpose(0, 1), atol=1e-5, rtol=1e-5)
 
 
@@ -203,3 +203,16 @@ def test_only_the_recording_thread_s_kernel_calls_are_recorded():
     assert (args[2], args[3], args[6]) == (16, 16, 1)  # N, K, M as called
     so.gk_tape_free(tape)
     del y
+
+
+def test_info_says_whether_the_decode_step_replays_and_why_not(tiny, monkeypatch):
+    from gpt2kit.model_info import decode_step_status
+
+    monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
+    L = tiny.config.n_layer  # 2 embeddings and their add; 9 calls a layer; ln_f and the head
+    assert decode_step_status(tiny, 2, "auto") == f"replayed in C from a recording of its first step ({3 + 9 * L + 2} kernel calls a step)"
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "model")
+    assert decode_step_status(tiny, 1, "auto").startswith("runs in Python: the step calls aten.")
+    monkeypatch.setenv(step_graph.SWITCH, "0")
+    assert decode_step_status(tiny, 1, "auto") == f"runs in Python: turned off ({step_graph.SWITCH}=0)"

@@ -54,12 +54,35 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "cache": str(kernel_cache_path()),
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
+        "decode_step": decode_step_status(model, batch, weights),
         "choices": [
             {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": c.paired,
              "rejected": c.rejected, "cached": c.cached}  # fmt: skip
             for c in choices
         ],
     }
+
+
+def decode_step_status(model, batch: int, weights: str) -> str:
+    """One line: whether this model's decode steps (batch rows, one token each) replay from a recording in C
+    (model/step_graph.py), found by recording one, or why they run in Python."""
+    import torch
+
+    from gpt2kit.generate.decode import DecodeRunner
+    from gpt2kit.model.kv_cache import KVCache
+    from gpt2kit.model.step_graph import StepGraph
+
+    runner = DecodeRunner(model, weights, batch=batch, max_len=4)
+    if runner.no_graphs:
+        return f"runs in Python: {runner.no_graphs}"
+    cache = KVCache(model.config, batch, 4, dtype=runner.cache_dtype)
+    tokens = torch.zeros(batch, 1, dtype=torch.long)
+    runner.prefill(tokens, cache, None, logits=False)
+    runner.decode(tokens, cache, None)
+    [graph] = runner.graphs.values()
+    if isinstance(graph, StepGraph):
+        return f"replayed in C from a recording of its first step ({graph.ops} kernel calls a step)"
+    return f"runs in Python: {graph}"
 
 
 def _gib(nbytes: float) -> str:

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> None:
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.kernels:
-        print(f"machine:    {report['machine']}\ncache:      {report['cache']}\nhuge pages: {report['huge_pages']}\ngemv.c:     {report['gemv']}")
+        print(f"machine:    {report['machine']}\ncache:      {report['cache']}\nhuge pages: {report['huge_pages']}\ngemv.c:     {report['gemv']}"
+              f"\ndecode step: {report['decode_step']}")
         for c in report["choices"]:
             times = "  ".join(f"{k} {v:.0f}us" for k, v in sorted(c["us"].items(), key=lambda kv: kv[1]))
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())

@@ -97,7 +97,7 @@ class _Recorder(TorchDispatchMode):
                 return self._op(LAYER_NORM, x, w, b, out, x.numel() // C, C, bits, int(x.dtype == torch.bfloat16))
         if func in (aten.to.dtype, aten._to_copy.default) and _plain(args[0], out) and {args[0].dtype, out.dtype} == set(_DTYPES):
             return self._op(CONVERT, args[0], out, out.numel(), int(out.dtype == torch.bfloat16))
-        return f"{func} has no kernel in step.c"
+        return f"the step calls {func}, which step.c has no kernel for"
 
     def _op(self, kind: int, *args) -> None:
         values = (ctypes.c_int64 * MAX_ARGS)(*(a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args))
