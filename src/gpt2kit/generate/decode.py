@@ -12,6 +12,8 @@ second copy of the math:
   - attention: a decode step's one-query attention runs as this machine runs it fastest (model/attention_plan.py,
     measured too): SDPA in the model's dtype, SDPA in float32 (16-bit models; the cache is then kept in float32,
     `cache_dtype`) or attend.c's one-query kernel; a prefill's many queries as measured too (SDPA or causal.c).
+  - the step itself: an aligned, unpadded decode step is recorded once and then replayed in C, the same kernels
+    with the same buffers and no Python between them (model/step_graph.py), where every op it makes has a kernel.
 Decode on a CPU is memory-bound (every step streams all weights once, tokens/s ~ bandwidth / weight
 bytes), so the layout of the weights is what the measurement decides, and the pages they sit in matter
 too: `collapse_hot` moves what a step reads into 2 MiB pages (hugepages.py).
