@@ -216,3 +216,19 @@ def test_info_says_whether_the_decode_step_replays_and_why_not(tiny, monkeypatch
     assert decode_step_status(tiny, 1, "auto").startswith("runs in Python: the step calls aten.")
     monkeypatch.setenv(step_graph.SWITCH, "0")
     assert decode_step_status(tiny, 1, "auto") == f"runs in Python: turned off ({step_graph.SWITCH}=0)"
+
+
+def test_one_runner_over_caches_of_other_shapes_records_each(tiny, monkeypatch):
+    """A recording points into its cache: a cache of another shape (other strides) gets its own, and each
+    cache's steps are the uncached forward's, whichever was made first or freed."""
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    seq = torch.randint(0, 50257, (1, 14), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        full = tiny(seq)[0]
+        for max_len in (32, 64, 32):
+            cache = KVCache(tiny.config, 1, max_len)
+            runner.prefill(seq[:, :8], cache, None)
+            steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(8, 14)]
+            torch.testing.assert_close(torch.stack(steps), full[:, 8:14].transpose(0, 1), atol=1e-5, rtol=1e-5)
+            del cache
+    assert len(_graphs(runner)) == 3  # the first 32-column cache is kept by its recording: the third is another

@@ -72,7 +72,7 @@ class DecodeRunner:
                 self.cache_dtype = torch.float32
         # decode steps recorded and replayed in C (model/step_graph.py), one per row range of a cache and thread
         # count, or why that range's step could not be (its steps then run in Python); the latest GRAPHS_KEPT
-        self.graphs: dict[tuple[int, int, int], StepGraph | str] = {}
+        self.graphs: dict[tuple, StepGraph | str] = {}
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
 
     @torch.inference_mode()
@@ -86,7 +86,8 @@ class DecodeRunner:
         """(B, 1) ids -> (B, V) logits, appending one column per row to the cache."""
         plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
         if self.no_graphs is None and mask is None and applies(plan, tokens):
-            key = (cache.kv.data_ptr(), tokens.shape[0], torch.get_num_threads())
+            kv = cache.kv  # the tape holds its address and strides
+            key = (kv.data_ptr(), kv.shape, kv.stride(), kv.dtype, torch.get_num_threads())
             graph = self.graphs.get(key)
             if isinstance(graph, StepGraph):
                 return graph.run(tokens, plan)  # (B, V)

@@ -135,11 +135,15 @@ class StepGraph:
         try:
             with recorder:
                 logits = model.lm_head(model.hidden_states(own_tokens, cache, plan=plan)[:, -1])  # (B, V)
+        except BaseException:
+            so.gk_tape_free(tape)
+            raise
         finally:
             so.gk_tape_record_on(None)
         why = recorder.why or _check(so, tape, plan.n_keys, {own_tokens.data_ptr(), own_positions.data_ptr()})
-        if why is None:
-            graph = cls(so, tape, recorder.keep, own_tokens, own_positions, logits, so.gk_tape_length(tape))
+        if why is None:  # the cache is kept too: no other memory takes its address while the tape points into it
+            keep = [*recorder.keep, cache.kv]
+            graph = cls(so, tape, keep, own_tokens, own_positions, logits, so.gk_tape_length(tape))
             first = logits.clone()
             why = _compare(first, graph.run(own_tokens, plan))
             return (first, graph) if why is None else (first, f"its replay differs: {why}")
