@@ -232,3 +232,20 @@ def test_one_runner_over_caches_of_other_shapes_records_each(tiny, monkeypatch):
             torch.testing.assert_close(torch.stack(steps), full[:, 8:14].transpose(0, 1), atol=1e-5, rtol=1e-5)
             del cache
     assert len(_graphs(runner)) == 3  # the first 32-column cache is kept by its recording: the third is another
+
+
+def test_the_recordings_used_last_are_kept(tiny, monkeypatch):
+    from gpt2kit.generate import decode
+
+    monkeypatch.setattr(decode, "GRAPHS_KEPT", 2)
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    caches = [KVCache(tiny.config, 1, n) for n in (16, 24, 32)]
+    with torch.inference_mode():
+        def step(cache):
+            if cache.seq_len == 0:
+                runner.prefill(torch.tensor([[1, 2]]), cache, None)
+            runner.decode(torch.tensor([[3]]), cache, None)
+
+        for i in (0, 1, 0, 2):  # the first used again after the second: the second is dropped for the third
+            step(caches[i])
+    assert [key[1][4] for key in runner.graphs] == [16, 32]  # T_max of each kept recording's cache

@@ -71,7 +71,7 @@ class DecodeRunner:
             if self.attention.kind == "float32" and float32_cache:
                 self.cache_dtype = torch.float32
         # decode steps recorded and replayed in C (model/step_graph.py), one per row range of a cache and thread
-        # count, or why that range's step could not be (its steps then run in Python); the latest GRAPHS_KEPT
+        # count, or why that range's step could not be (its steps then run in Python); the GRAPHS_KEPT used last
         self.graphs: dict[tuple, StepGraph | str] = {}
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
 
@@ -86,17 +86,24 @@ class DecodeRunner:
         """(B, 1) ids -> (B, V) logits, appending one column per row to the cache."""
         plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
         if self.no_graphs is None and mask is None and applies(plan, tokens):
-            kv = cache.kv  # the tape holds its address and strides
-            key = (kv.data_ptr(), kv.shape, kv.stride(), kv.dtype, torch.get_num_threads())
-            graph = self.graphs.get(key)
-            if isinstance(graph, StepGraph):
-                return graph.run(tokens, plan)  # (B, V)
-            if graph is None:  # the first such step: run while recording
-                logits, self.graphs[key] = StepGraph.record(self.model, tokens, cache, plan)
-                while len(self.graphs) > GRAPHS_KEPT:
-                    del self.graphs[next(iter(self.graphs))]
+            logits = self._replayed(tokens, cache, plan)
+            if logits is not None:
                 return logits
         return self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
+
+    def _replayed(self, tokens: torch.Tensor, cache: KVCache, plan) -> torch.Tensor | None:
+        """The step's (B, V) logits replayed from the recording for these rows of this cache, or run while recording
+        it (the first such step); None where the step cannot be recorded (it then runs in Python)."""
+        kv = cache.kv  # the tape holds its address and strides
+        key = (kv.data_ptr(), kv.shape, kv.stride(), kv.dtype, torch.get_num_threads())
+        graph = self.graphs.pop(key, None)
+        if graph is not None:
+            self.graphs[key] = graph  # the most recently used last: the first is the one to drop
+            return graph.run(tokens, plan) if isinstance(graph, StepGraph) else None
+        logits, self.graphs[key] = StepGraph.record(self.model, tokens, cache, plan)
+        while len(self.graphs) > GRAPHS_KEPT:
+            del self.graphs[next(iter(self.graphs))]
+        return logits
 
     def hot_regions(self, cache: KVCache) -> list[hugepages.Region]:
         """The memory one prefill and one decode step into `cache` read (hugepages.referenced), after one such
