@@ -44,10 +44,11 @@ _NO_DATA = {aten.empty.memory_format, aten.select.int, aten.slice.Tensor, aten.v
             aten.squeeze.dim, aten.alias.default, aten.detach.default}  # fmt: skip
 _DTYPES = (torch.float32, torch.bfloat16)
 
-# How far a replay's logits may be from the recorded step's: step.c's LayerNorm sums in another order than
-# torch's (float32: ~1e-7 of each value), which int8 weights' activation rounding and bf16's 8-bit mantissa
-# can carry up to ~1e-2 of the logits' scale. A wrong buffer or kernel gives differences of the logits' size.
-TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2}
+# How far a replay's logits may be from the recorded step's, over their largest: step.c's LayerNorm sums in
+# another order than torch's (~1e-7 of each value in float32), which int8 weights' activation rounding and bf16's
+# 8-bit mantissa can carry further. Measured on a random 124M and the built-in model, batch 1 and 4: at most 5e-7
+# in float32 (int8 weights too), 0 in bf16. A wrong buffer or kernel moves them by their own size.
+TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1e-2}
 
 
 def unavailable() -> str | None:
