@@ -5,6 +5,7 @@ whose biases and LayerNorms are perturbed, never an earlier output of the replay
 
 import copy
 import ctypes
+import gc
 import re
 import threading
 
@@ -105,6 +106,21 @@ def test_replayed_steps_equal_the_uncached_forward(tiny, weights, dtype, batch, 
     tol = {torch.float32: {"auto": 1e-4, "int8": 1e-2, "bf16": 5e-2}[weights], torch.bfloat16: 0.2}[dtype]
     errs = [(lg.float() - full[:, 5 + i]).abs().max().item() for i, lg in enumerate(steps)]
     assert max(errs) <= tol, errs
+
+
+@pytest.mark.parametrize("weights", ["auto", "int8"])
+def test_replayed_steps_on_every_build_equal_the_uncached_forward(tiny, weights, build, monkeypatch):
+    """The same on the AVX2 build where the CPU has AVX-512 (the `build` fixture): its kernels record too."""
+    runner = _runner(tiny, weights, 2, monkeypatch)
+    seq = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(6))
+    cache = KVCache(tiny.config, 2, 64)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :4], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(4, 12)]
+        full = tiny(seq)[0]
+    assert len(_graphs(runner)) == 1, runner.graphs
+    err = (torch.stack(steps) - full[:, 4:12].transpose(0, 1)).abs().max().item()
+    assert err <= (1e-4 if weights == "auto" else 1e-2), err
 
 
 def test_replay_writes_the_cache_column_and_reads_the_steps_keys(tiny, monkeypatch):
@@ -249,3 +265,24 @@ def test_the_recordings_used_last_are_kept(tiny, monkeypatch):
         for i in (0, 1, 0, 2):  # the first used again after the second: the second is dropped for the third
             step(caches[i])
     assert [key[1][4] for key in runner.graphs] == [16, 32]  # T_max of each kept recording's cache
+
+
+def test_a_dropped_recording_frees_its_tape_and_one_that_failed_keeps_none(tiny, monkeypatch):
+    alive = _so().gk_tapes_alive
+    before = alive()
+    runner = _runner(tiny, "auto", 1, monkeypatch)
+    cache = KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(torch.tensor([[1, 2]]), cache, None)
+        runner.decode(torch.tensor([[3]]), cache, None)
+    assert _graphs(runner) and alive() == before + 1
+    del runner
+    gc.collect()
+    assert alive() == before
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "model")  # not recordable: its tape is freed at once
+    runner = DecodeRunner(tiny, "auto")
+    cache = KVCache(tiny.config, 1, 64)
+    with torch.inference_mode():
+        runner.prefill(torch.tensor([[1, 2]]), cache, None)
+        runner.decode(torch.tensor([[3]]), cache, None)
+    assert isinstance(next(iter(runner.graphs.values())), str) and alive() == before

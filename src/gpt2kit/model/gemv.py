@@ -117,7 +117,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         fn = getattr(so, name)  # the step's new key and value rows (or NULL)
         fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT, _P, _P], None
     for name, args, res in (("gk_tape_new", [], _P), ("gk_tape_free", [_P], None), ("gk_tape_record_on", [_P], None),
-                            ("gk_tape_length", [_P], _I64), ("gk_tape_op", [_P, _I64, _P], ctypes.c_int32),
+                            ("gk_tape_length", [_P], _I64), ("gk_tapes_alive", [], _I64), ("gk_tape_op", [_P, _I64, _P], ctypes.c_int32),
                             ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64], _I64),
                             ("gk_embed", [_P, _I64, _P, _P, _I64, _I64], _INT), ("gk_add", [_P, _P, _P, _I64, _INT], None),
                             ("gk_convert", [_P, _P, _I64, _INT], None),

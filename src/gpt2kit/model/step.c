@@ -28,12 +28,22 @@ struct gk_tape {
 
 __thread struct gk_tape *gk_recording = NULL;
 
-struct gk_tape *gk_tape_new(void) { return calloc(1, sizeof(struct gk_tape)); }
+static int64_t tapes_alive = 0;  /* made and not yet freed: a recording dropped frees its tape */
+
+struct gk_tape *gk_tape_new(void) {
+  struct gk_tape *t = calloc(1, sizeof(struct gk_tape));
+  if (t) __atomic_add_fetch(&tapes_alive, 1, __ATOMIC_RELAXED);
+  return t;
+}
 
 void gk_tape_free(struct gk_tape *t) {
-  if (t) free(t->ops);
+  if (!t) return;
+  __atomic_sub_fetch(&tapes_alive, 1, __ATOMIC_RELAXED);
+  free(t->ops);
   free(t);
 }
+
+int64_t gk_tapes_alive(void) { return __atomic_load_n(&tapes_alive, __ATOMIC_RELAXED); }
 
 /* Record this thread's kernel calls on t from now on (t NULL: stop). */
 void gk_tape_record_on(struct gk_tape *t) { gk_recording = t; }
