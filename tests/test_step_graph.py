@@ -47,6 +47,17 @@ def _graphs(runner):
     return [g for g in runner.graphs.values() if isinstance(g, StepGraph)]
 
 
+def _decoded(runner, model, seq, start, cache=None):
+    """Prefill seq[:, :start], then decode the rest a token a step -> (each step's logits, the uncached forward's
+    for the same positions), both (steps, B, V)."""
+    cache = cache or KVCache(model.config, seq.shape[0], 64, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :start], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(start, seq.shape[1])]
+        full = model(seq)[0]  # (B, T, V)
+    return torch.stack(steps), full[:, start:].transpose(0, 1)
+
+
 # ---- step.c's kernels against torch ----------------------------------------------------------------
 
 
@@ -96,15 +107,10 @@ def test_replayed_steps_equal_the_uncached_forward(tiny, weights, dtype, batch, 
     if dtype == torch.bfloat16 and gemv.unavailable(dtype):
         pytest.skip(gemv.unavailable(dtype))
     runner = _runner(model, weights, batch, monkeypatch)
-    seq = torch.randint(0, 50257, (batch, 24), generator=torch.Generator().manual_seed(1))
-    cache = KVCache(tiny.config, batch, 64, dtype=runner.cache_dtype)
-    with torch.inference_mode():
-        steps = [runner.prefill(seq[:, :6], cache, None)]
-        steps += [runner.decode(seq[:, t : t + 1], cache, None) for t in range(6, 24)]
-        full = tiny(seq)[0]  # (B, T, V)
+    steps, want = _decoded(runner, tiny, torch.randint(0, 50257, (batch, 24), generator=torch.Generator().manual_seed(1)), 6)
     assert len(_graphs(runner)) == 1, runner.graphs
     tol = {torch.float32: {"auto": 1e-4, "int8": 1e-2, "bf16": 5e-2}[weights], torch.bfloat16: 0.2}[dtype]
-    errs = [(lg.float() - full[:, 5 + i]).abs().max().item() for i, lg in enumerate(steps)]
+    errs = (steps.float() - want).abs().amax(dim=(1, 2)).tolist()  # each step's
     assert max(errs) <= tol, errs
 
 
@@ -112,14 +118,9 @@ def test_replayed_steps_equal_the_uncached_forward(tiny, weights, dtype, batch, 
 def test_replayed_steps_on_every_build_equal_the_uncached_forward(tiny, weights, build, monkeypatch):
     """The same on the AVX2 build where the CPU has AVX-512 (the `build` fixture): its kernels record too."""
     runner = _runner(tiny, weights, 2, monkeypatch)
-    seq = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(6))
-    cache = KVCache(tiny.config, 2, 64)
-    with torch.inference_mode():
-        runner.prefill(seq[:, :4], cache, None)
-        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(4, 12)]
-        full = tiny(seq)[0]
+    steps, want = _decoded(runner, tiny, torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(6)), 4)
     assert len(_graphs(runner)) == 1, runner.graphs
-    err = (torch.stack(steps) - full[:, 4:12].transpose(0, 1)).abs().max().item()
+    err = (steps - want).abs().max().item()
     assert err <= (1e-4 if weights == "auto" else 1e-2), err
 
 
@@ -166,29 +167,19 @@ def test_a_step_with_an_op_step_c_lacks_runs_in_python(tiny, monkeypatch):
     monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
     monkeypatch.setenv("GPT2KIT_ATTENTION", "model")  # SDPA: no kernel in step.c
     runner = DecodeRunner(tiny, "auto")
-    seq = torch.randint(0, 50257, (1, 10), generator=torch.Generator().manual_seed(3))
-    cache = KVCache(tiny.config, 1, 64)
-    with torch.inference_mode():
-        runner.prefill(seq[:, :8], cache, None)
-        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in (8, 9)]
-        full = tiny(seq)[0]
+    steps, want = _decoded(runner, tiny, torch.randint(0, 50257, (1, 10), generator=torch.Generator().manual_seed(3)), 8)
     [why] = runner.graphs.values()
     assert isinstance(why, str) and why.endswith("which step.c has no kernel for"), why  # split_heads, then SDPA
-    torch.testing.assert_close(torch.stack(steps), full[:, 8:10].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steps, want, atol=1e-5, rtol=1e-5)
 
 
 def test_a_replay_that_differs_from_its_recording_is_not_used(tiny, monkeypatch):
     runner = _runner(tiny, "auto", 1, monkeypatch)
     monkeypatch.setitem(step_graph.TOLERANCE, torch.float32, -1.0)  # nothing passes
-    seq = torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(4))
-    cache = KVCache(tiny.config, 1, 64)
-    with torch.inference_mode():
-        runner.prefill(seq[:, :6], cache, None)
-        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in (6, 7)]
-        full = tiny(seq)[0]
+    steps, want = _decoded(runner, tiny, torch.randint(0, 50257, (1, 8), generator=torch.Generator().manual_seed(4)), 6)
     [why] = runner.graphs.values()
     assert why.startswith("its replay differs: logits"), why
-    torch.testing.assert_close(torch.stack(steps), full[:, 6:8].transpose(0, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(steps, want, atol=1e-5, rtol=1e-5)
 
 
 def test_an_id_outside_the_vocabulary_is_refused_in_one_line(tiny, monkeypatch):
@@ -239,14 +230,9 @@ def test_one_runner_over_caches_of_other_shapes_records_each(tiny, monkeypatch):
     cache's steps are the uncached forward's, whichever was made first or freed."""
     runner = _runner(tiny, "auto", 1, monkeypatch)
     seq = torch.randint(0, 50257, (1, 14), generator=torch.Generator().manual_seed(5))
-    with torch.inference_mode():
-        full = tiny(seq)[0]
-        for max_len in (32, 64, 32):
-            cache = KVCache(tiny.config, 1, max_len)
-            runner.prefill(seq[:, :8], cache, None)
-            steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(8, 14)]
-            torch.testing.assert_close(torch.stack(steps), full[:, 8:14].transpose(0, 1), atol=1e-5, rtol=1e-5)
-            del cache
+    for max_len in (32, 64, 32):
+        steps, want = _decoded(runner, tiny, seq, 8, KVCache(tiny.config, 1, max_len))
+        torch.testing.assert_close(steps, want, atol=1e-5, rtol=1e-5)
     assert len(_graphs(runner)) == 3  # the first 32-column cache is kept by its recording: the third is another
 
 
