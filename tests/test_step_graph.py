@@ -6,6 +6,7 @@ whose biases and LayerNorms are perturbed, never an earlier output of the replay
 import copy
 import ctypes
 import gc
+import json
 import re
 import threading
 
@@ -272,3 +273,34 @@ def test_a_dropped_recording_frees_its_tape_and_one_that_failed_keeps_none(tiny,
         runner.prefill(torch.tensor([[1, 2]]), cache, None)
         runner.decode(torch.tensor([[3]]), cache, None)
     assert isinstance(next(iter(runner.graphs.values())), str) and alive() == before
+
+
+def test_a_server_s_steps_replay_in_its_worker_thread(tiny, monkeypatch):
+    """The server's engine decodes in a worker thread: its steps record and replay there, and a greedy completion
+    is the uncached forward's argmax, streamed or not."""
+    httpx = pytest.importorskip("httpx")
+    from gpt2kit import Tokenizer
+    from gpt2kit.serve.background import BackgroundServer
+    from gpt2kit.serve.config import ServeConfig
+
+    monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
+    replays, run = [], StepGraph.run
+    monkeypatch.setattr(StepGraph, "run", lambda self, *a: replays.append(1) or run(self, *a))
+    tok = Tokenizer()
+    ids = tok.encode_ordinary("The quick brown fox")
+    want = []
+    with torch.inference_mode():
+        while len(want) < 10 and (not want or want[-1] != tok.eot_token):
+            want.append(int(tiny(torch.tensor([ids + want]))[0][0, -1, : tok.n_vocab].argmax()))
+    want = [t for t in want if t != tok.eot_token]
+    assert len(want) >= 6  # enough steps to replay (this model does not end the text early)
+    with BackgroundServer(tiny, ServeConfig(port=0, model_name="tiny"), tok) as server:
+        body = {"prompt": "The quick brown fox", "max_tokens": 10, "temperature": 0}
+        plain = httpx.post(server.url + "/v1/completions", json=body, timeout=60).json()
+        assert "choices" in plain, plain
+        streamed = httpx.post(server.url + "/v1/completions", json={**body, "stream": True}, timeout=60).text
+    assert plain["choices"][0]["text"] == tok.decode(want)
+    chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
+    assert "".join(c["choices"][0]["text"] for c in chunks) == tok.decode(want)
+    assert len(replays) >= 2 * (len(want) - 2)  # each request's steps after its first
