@@ -7,14 +7,17 @@ kernel's call. Each is a torch or ctypes call from Python, and together they cos
 the runner records one step and replays the recording:
   - recording runs the real step (`GPT.hidden_states` and the head: the one Block.forward) with this thread's
     kernel calls appended to a tape by the library itself (tape.h) and its torch operations seen through
-    torch's dispatcher and appended as the step.c kernels that do the same (embedding, add, LayerNorm, a float32/bf16 conversion);
+    torch's dispatcher and appended as the step.c kernels that do the same (embedding, add, LayerNorm, a
+    float32/bf16 conversion);
   - every buffer the step made is kept, so a replay writes the same memory: the next step's token ids and
     positions are copied into the recorded step's own, and each attention reads the step's K keys;
   - a step that calls anything else (an op step.c has no kernel for, a torch product, SDPA) is not recorded,
     and its steps run in Python as before; so is one whose replay, run once right after recording on the same
     inputs, does not give the recorded step's logits.
 It applies to an aligned, unpadded step (every row writes the same column, `StepPlan.causal`), the steps of a
-plain generation. `GPT2KIT_STEP_GRAPH=0` turns it off.
+plain generation. What the step's Python decides (which kernel, which attention path) depends only on shapes,
+dtypes and such a plan, which every step replayed from one recording shares (`applies`, and the runner's key:
+the cache's rows, shape and dtype, the thread count). `GPT2KIT_STEP_GRAPH=0` turns it off.
 """
 
 from __future__ import annotations
