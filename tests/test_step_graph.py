@@ -224,6 +224,9 @@ def test_info_says_whether_the_decode_step_replays_and_why_not(tiny, monkeypatch
     assert decode_step_status(tiny, 1, "auto").startswith("runs in Python: the step calls aten.")
     monkeypatch.setenv(step_graph.SWITCH, "0")
     assert decode_step_status(tiny, 1, "auto") == f"runs in Python: turned off ({step_graph.SWITCH}=0)"
+    monkeypatch.delenv(step_graph.SWITCH)
+    monkeypatch.setattr(step_graph, "TorchDispatchMode", None)  # a torch without it
+    assert decode_step_status(tiny, 1, "auto").startswith(f"runs in Python: torch {torch.__version__} has no TorchDispatchMode")
 
 
 def test_one_runner_over_caches_of_other_shapes_records_each(tiny, monkeypatch):

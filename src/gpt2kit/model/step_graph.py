@@ -29,7 +29,11 @@ import struct
 import weakref
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+
+try:  # torch's hook for seeing every operation (documented with __torch_dispatch__, in a private module)
+    from torch.utils._python_dispatch import TorchDispatchMode
+except ImportError:  # a torch without it: no step is recorded, every step runs in Python
+    TorchDispatchMode = None
 
 from gpt2kit.errors import InputError
 from gpt2kit.model import gemv
@@ -58,6 +62,8 @@ def unavailable() -> str | None:
     """Why no step can be recorded here (None: one can)."""
     if os.environ.get(SWITCH) == "0":
         return f"turned off ({SWITCH}=0)"
+    if TorchDispatchMode is None:
+        return f"torch {torch.__version__} has no TorchDispatchMode to see the step's operations"
     so, why = gemv._build()
     return why if so is None else None
 
@@ -67,7 +73,7 @@ def applies(plan: StepPlan, tokens: torch.Tensor) -> bool:
     return tokens.shape[1] == 1 and plan.causal and plan.col == plan.n_keys - 1 and tokens.device.type == "cpu"
 
 
-class _Recorder(TorchDispatchMode):
+class _Recorder(TorchDispatchMode or object):
     """Appends each torch operation of the step to the tape as the step.c kernel that does the same; `why` says
     what it could not append (None: everything). Every output is kept, so its memory stays the step's."""
 
