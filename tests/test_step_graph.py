@@ -218,8 +218,7 @@ def test_info_says_whether_the_decode_step_replays_and_why_not(tiny, monkeypatch
 
     monkeypatch.setenv("GPT2KIT_KERNEL", "gemv")
     monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
-    L = tiny.config.n_layer  # 2 embeddings and their add; 9 calls a layer; ln_f and the head
-    assert decode_step_status(tiny, 2, "auto") == f"replayed in C from a recording of its first step ({3 + 9 * L + 2} kernel calls a step)"
+    assert decode_step_status(tiny, 2, "auto") == "replayed in C from a recording of its first step"
     monkeypatch.setenv("GPT2KIT_ATTENTION", "model")
     assert decode_step_status(tiny, 1, "auto").startswith("runs in Python: the step calls aten.")
     monkeypatch.setenv(step_graph.SWITCH, "0")

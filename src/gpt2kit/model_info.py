@@ -65,24 +65,27 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
 
 def decode_step_status(model, batch: int, weights: str) -> str:
     """One line: whether this model's decode steps (batch rows, one token each) replay from a recording in C
-    (model/step_graph.py), found by recording one, or why they run in Python."""
+    (model/step_graph.py), found by recording one, or why they run in Python. The step is recorded on a one-layer
+    model of the same widths, dtype and vocabulary (what decides it: the kernels and attention chosen for those
+    shapes), so a large model's weights are not packed a second time for it."""
     import torch
 
     from gpt2kit.generate.decode import DecodeRunner
+    from gpt2kit.model import GPT
     from gpt2kit.model.kv_cache import KVCache
     from gpt2kit.model.step_graph import StepGraph
 
-    runner = DecodeRunner(model, weights, batch=batch, max_len=4)
+    dtype = next(model.parameters()).dtype
+    one_layer = GPT(model.config.replace(n_layer=1)).to(dtype).eval()
+    runner = DecodeRunner(one_layer, weights, batch=batch, max_len=4)
     if runner.no_graphs:
         return f"runs in Python: {runner.no_graphs}"
-    cache = KVCache(model.config, batch, 4, dtype=runner.cache_dtype)
+    cache = KVCache(one_layer.config, batch, 4, dtype=runner.cache_dtype)
     tokens = torch.zeros(batch, 1, dtype=torch.long)
     runner.prefill(tokens, cache, None, logits=False)
     runner.decode(tokens, cache, None)
     [graph] = runner.graphs.values()
-    if isinstance(graph, StepGraph):
-        return f"replayed in C from a recording of its first step ({graph.ops} kernel calls a step)"
-    return f"runs in Python: {graph}"
+    return "replayed in C from a recording of its first step" if isinstance(graph, StepGraph) else f"runs in Python: {graph}"
 
 
 def _gib(nbytes: float) -> str:
