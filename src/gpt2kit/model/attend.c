@@ -17,10 +17,6 @@
 #include "kernel_math.h"
 #include "tape.h"
 
-static inline __attribute__((always_inline)) float load(const void *p, int64_t i, int bf16) {
-  return bf16 ? bf16_in(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
 /* One (b, h): q (hs), keys and values (K, hs), bias (K) or NULL, y (hs); s (K), qs and acc (hs) scratch. Keys
    go four at a time: four independent sums (one per key) keep the FMA units busy, where one key's sum would
    wait on itself, and the values' sums load and store acc once per four keys. */
@@ -28,7 +24,7 @@ static inline __attribute__((always_inline)) void attend_head(int bf16, const vo
                                                               const float *bias, void *y, int64_t K, int64_t hs,
                                                               float *s, float *qs, float *acc) {
   const float scale = 1.0f / sqrtf((float)hs);
-  for (int64_t d = 0; d < hs; ++d) qs[d] = load(q, d, bf16) * scale;
+  for (int64_t d = 0; d < hs; ++d) qs[d] = load_elem(q, d, bf16) * scale;
   int64_t j = 0;
   for (; j + 4 <= K; j += 4) {
     const int64_t r = j * hs;
@@ -36,17 +32,17 @@ static inline __attribute__((always_inline)) void attend_head(int bf16, const vo
 #pragma omp simd reduction(+ : d0, d1, d2, d3)
     for (int64_t d = 0; d < hs; ++d) {
       const float x = qs[d];
-      d0 += x * load(k, r + d, bf16);
-      d1 += x * load(k, r + hs + d, bf16);
-      d2 += x * load(k, r + 2 * hs + d, bf16);
-      d3 += x * load(k, r + 3 * hs + d, bf16);
+      d0 += x * load_elem(k, r + d, bf16);
+      d1 += x * load_elem(k, r + hs + d, bf16);
+      d2 += x * load_elem(k, r + 2 * hs + d, bf16);
+      d3 += x * load_elem(k, r + 3 * hs + d, bf16);
     }
     s[j] = d0, s[j + 1] = d1, s[j + 2] = d2, s[j + 3] = d3;
   }
   for (; j < K; ++j) {
     float d0 = 0.0f;
 #pragma omp simd reduction(+ : d0)
-    for (int64_t d = 0; d < hs; ++d) d0 += qs[d] * load(k, j * hs + d, bf16);
+    for (int64_t d = 0; d < hs; ++d) d0 += qs[d] * load_elem(k, j * hs + d, bf16);
     s[j] = d0;
   }
   float top = -INFINITY;
@@ -66,21 +62,16 @@ static inline __attribute__((always_inline)) void attend_head(int bf16, const vo
     const float p0 = s[j], p1 = s[j + 1], p2 = s[j + 2], p3 = s[j + 3];
 #pragma omp simd
     for (int64_t d = 0; d < hs; ++d)
-      acc[d] += p0 * load(v, r + d, bf16) + p1 * load(v, r + hs + d, bf16) + p2 * load(v, r + 2 * hs + d, bf16) +
-                p3 * load(v, r + 3 * hs + d, bf16);
+      acc[d] += p0 * load_elem(v, r + d, bf16) + p1 * load_elem(v, r + hs + d, bf16) + p2 * load_elem(v, r + 2 * hs + d, bf16) +
+                p3 * load_elem(v, r + 3 * hs + d, bf16);
   }
   for (; j < K; ++j) {
     const float p = s[j];
 #pragma omp simd
-    for (int64_t d = 0; d < hs; ++d) acc[d] += p * load(v, j * hs + d, bf16);
+    for (int64_t d = 0; d < hs; ++d) acc[d] += p * load_elem(v, j * hs + d, bf16);
   }
   const float inv = 1.0f / sum;
-  for (int64_t d = 0; d < hs; ++d) {
-    if (bf16)
-      ((uint16_t *)y)[d] = bf16_out(acc[d] * inv);
-    else
-      ((float *)y)[d] = acc[d] * inv;
-  }
+  for (int64_t d = 0; d < hs; ++d) store_elem(y, d, acc[d] * inv, bf16);
 }
 
 /* One thread's share of the (b, h) pairs, inside a parallel region. q: (B, nh) rows of hs at b * q_b + h * q_h;

@@ -1,4 +1,4 @@
-/* The scalar math gemv.c, attend.c and causal.c share: bf16 in and out, and e^x as 2^n 2^f.
+/* The scalar math gemv.c, attend.c, causal.c and step.c share: bf16 in and out, and e^x as 2^n 2^f.
 
    2^t for t in [-126, 126]: t = n + f with n = round(t) (the 1.5 * 2^23 trick: a float's low mantissa bits then
    hold n) and f in [-0.5, 0.5], 2^n built as a float's exponent bits, 2^f by its Taylor series to f^7
@@ -26,6 +26,18 @@ static inline uint16_t bf16_out(float f) {  /* rounded to nearest even, as torch
   uint32_t u; memcpy(&u, &f, 4);
   if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x40);
   return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1)) >> 16);
+}
+
+/* Element i of a float32 (bf16 = 0) or bf16 (bf16 = 1) array, as float32; and v stored there, bf16 rounded once. */
+static inline __attribute__((always_inline)) float load_elem(const void *p, int64_t i, int bf16) {
+  return bf16 ? bf16_in(((const uint16_t *)p)[i]) : ((const float *)p)[i];
+}
+
+static inline __attribute__((always_inline)) void store_elem(void *p, int64_t i, float v, int bf16) {
+  if (bf16)
+    ((uint16_t *)p)[i] = bf16_out(v);
+  else
+    ((float *)p)[i] = v;
 }
 
 static inline float pow2(float t) {  /* 2^t, t in [-126, 126] (the caller clamps) */

@@ -74,17 +74,6 @@ void gk_record(int32_t kind, int32_t n, const int64_t *args) {
   memcpy(o->a, args, (n < GK_MAX_ARGS ? n : GK_MAX_ARGS) * sizeof(int64_t));
 }
 
-static inline float elem(const void *p, int64_t i, int bf16) {
-  return bf16 ? bf16_in(((const uint16_t *)p)[i]) : ((const float *)p)[i];
-}
-
-static inline void put(void *p, int64_t i, float v, int bf16) {
-  if (bf16)
-    ((uint16_t *)p)[i] = bf16_out(v);
-  else
-    ((float *)p)[i] = v;
-}
-
 /* y (n, C) = w[idx] (rows of a (rows, C) table, elements of `size` bytes); -1 for an id outside the table. */
 int gk_embed(const void *w, int64_t rows, const int64_t *idx, void *y, int64_t n, int64_t row_bytes) {
   for (int64_t i = 0; i < n; ++i) {
@@ -101,12 +90,12 @@ void gk_add(const void *a, const void *b, void *y, int64_t n, int bf16) {
     for (int64_t i = 0; i < n; ++i) ((float *)y)[i] = ((const float *)a)[i] + ((const float *)b)[i];
     return;
   }
-  for (int64_t i = 0; i < n; ++i) put(y, i, elem(a, i, 1) + elem(b, i, 1), 1);
+  for (int64_t i = 0; i < n; ++i) store_elem(y, i, load_elem(a, i, 1) + load_elem(b, i, 1), 1);
 }
 
 /* y (n) = x in the other dtype: float32 to bf16 (to_bf16 = 1; rounded to nearest even, as torch does) or back. */
 void gk_convert(const void *x, void *y, int64_t n, int to_bf16) {
-  for (int64_t i = 0; i < n; ++i) put(y, i, elem(x, i, !to_bf16), to_bf16);
+  for (int64_t i = 0; i < n; ++i) store_elem(y, i, load_elem(x, i, !to_bf16), to_bf16);
 }
 
 /* y (rows, C) = (x - mean) / sqrt(var + eps) w + b over each row of x (rows, C), in float32 (two passes: the
@@ -116,16 +105,17 @@ void gk_layer_norm(const void *x, const void *w, const void *b, void *y, int64_t
     const int64_t at = r * C;
     float sum = 0.0f, sq = 0.0f;
 #pragma omp simd reduction(+ : sum)
-    for (int64_t c = 0; c < C; ++c) sum += elem(x, at + c, bf16);
+    for (int64_t c = 0; c < C; ++c) sum += load_elem(x, at + c, bf16);
     const float mean = sum / (float)C;
 #pragma omp simd reduction(+ : sq)
     for (int64_t c = 0; c < C; ++c) {
-      const float d = elem(x, at + c, bf16) - mean;
+      const float d = load_elem(x, at + c, bf16) - mean;
       sq += d * d;
     }
     const float rstd = 1.0f / sqrtf(sq / (float)C + (float)eps);
     for (int64_t c = 0; c < C; ++c)
-      put(y, at + c, (elem(x, at + c, bf16) - mean) * rstd * elem(w, c, bf16) + elem(b, c, bf16), bf16);
+      store_elem(y, at + c, (load_elem(x, at + c, bf16) - mean) * rstd * load_elem(w, c, bf16) + load_elem(b, c, bf16),
+                 bf16);
   }
 }
 
