@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "kernel_math.h"
+#include "share.h"
 #include "tape.h"
 
 #ifndef PREFETCH
@@ -49,11 +50,21 @@ static inline float gelu_tanh(float x) {
   return x / (1.0f + pow2(t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t));
 }
 
-/* The products: each thread takes whole blocks (schedule static: one contiguous stream each). Every product
-   takes the packed weight's arguments first (what gemv.py binds once), then x, y, M, threads, l2 and gelu (1:
-   GPT-2's GELU applied to each output as it is stored, c_fc's work). */
-#define FOR_BLOCKS(nb, N, rows) \
-  _Pragma("omp parallel for num_threads(threads) schedule(static)") for (int64_t nb = 0; nb < ((N) + (rows) - 1) / (rows); ++nb)
+/* The products: each thread takes whole blocks, its own contiguous share first, one stream, then blocks left in
+   the others' (share.h). Every product takes the packed weight's arguments first (what gemv.py binds once), then
+   x, y, M, threads, l2 and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */
+#define FOR_BLOCKS(nb, N, rows)                                   \
+  struct gk_shares shares_;                                       \
+  gk_shares_split(&shares_, ((N) + (rows) - 1) / (rows), threads); \
+  _Pragma("omp parallel num_threads(threads)") for (int64_t nb = gk_claim(&shares_); nb >= 0; nb = gk_claim(&shares_))
+
+/* The block each of n claims gets (out[i]; -1: none left) when threads who[i] claim, one at a time in that order,
+   the blocks of a product split for `threads`: how FOR_BLOCKS shares them, in an order a test chooses. */
+void gk_share_claims(int64_t blocks, int threads, const int32_t *who, int64_t n, int64_t *out) {
+  struct gk_shares sh;
+  gk_shares_split(&sh, blocks, threads);
+  for (int64_t i = 0; i < n; ++i) out[i] = gk_claim_as(&sh, who[i]);
+}
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define ROWS 16

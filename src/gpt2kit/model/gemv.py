@@ -49,6 +49,7 @@ _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
 HEADERS = (Path(__file__).with_name("kernel_math.h"),  # the scalar math they share (bf16 in and out, e^x)
+           Path(__file__).with_name("share.h"),  # how a product's threads share its blocks
            Path(__file__).with_name("tape.h"))  # what a kernel called while a step records appends to its tape
 
 
@@ -118,7 +119,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT, _P, _P], None
     for name, args, res in (("gk_tape_new", [], _P), ("gk_tape_free", [_P], None), ("gk_tape_record_on", [_P], None),
                             ("gk_tape_length", [_P], _I64), ("gk_tapes_alive", [], _I64), ("gk_tape_op", [_P, _I64, _P], ctypes.c_int32),
-                            ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64], _I64),
+                            ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64, _P, _P], _I64),
+                            ("gk_tape_inputs", [_P, _P, _P, _I64], None), ("gk_share_claims", [_I64, _INT, _P, _I64, _P], None),
                             ("gk_embed", [_P, _I64, _P, _P, _I64, _I64], _INT), ("gk_add", [_P, _P, _P, _I64, _INT], None),
                             ("gk_convert", [_P, _P, _I64, _INT], None),
                             ("gk_layer_norm", [_P, _P, _P, _P, _I64, _I64, ctypes.c_double, _INT], None)):  # step.c's; fmt: skip

@@ -24,6 +24,7 @@ struct gk_tape {
   struct op *ops;
   int64_t n, cap;
   int32_t failed;  /* an append found no memory: the tape is unusable */
+  int64_t *tokens, *positions, rows;  /* the recorded step's own ids and positions, (rows) each: a replay's inputs */
 };
 
 __thread struct gk_tape *gk_recording = NULL;
@@ -49,6 +50,13 @@ int64_t gk_tapes_alive(void) { return __atomic_load_n(&tapes_alive, __ATOMIC_REL
 void gk_tape_record_on(struct gk_tape *t) { gk_recording = t; }
 
 int64_t gk_tape_length(const struct gk_tape *t) { return t->failed ? -1 : t->n; }
+
+/* Where the recorded step's embeddings read their ids and positions, `rows` of each: a replay writes them. */
+void gk_tape_inputs(struct gk_tape *t, int64_t *tokens, int64_t *positions, int64_t rows) {
+  t->tokens = tokens;
+  t->positions = positions;
+  t->rows = rows;
+}
 
 /* Op i's kind, its arguments copied to args (GK_MAX_ARGS). */
 int32_t gk_tape_op(const struct gk_tape *t, int64_t i, int64_t *args) {
@@ -133,9 +141,12 @@ void gk_attend_bf16(const uint16_t *, int64_t, int64_t, uint16_t *, uint16_t *, 
 
 #define P(i) ((void *)(intptr_t)a[i])
 
-/* Runs the tape's ops in order, each attention over the step's K keys (writing key K - 1). 0, or -1 - i where
+/* The step for these ids and positions (the tape's `rows` of each): they are copied into the recorded step's own,
+   then the tape's ops run in order, each attention over the step's K keys (writing key K - 1). 0, or -1 - i where
    op i failed (an embedding id outside its table) and the ops after it did not run. */
-int64_t gk_replay(const struct gk_tape *t, int64_t K) {
+int64_t gk_replay(const struct gk_tape *t, int64_t K, const int64_t *tokens, const int64_t *positions) {
+  memmove(t->tokens, tokens, t->rows * sizeof(int64_t));
+  memmove(t->positions, positions, t->rows * sizeof(int64_t));
   for (int64_t i = 0; i < t->n; ++i) {
     const int64_t *a = t->ops[i].a;
     switch (t->ops[i].kind) {

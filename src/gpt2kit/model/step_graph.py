@@ -70,7 +70,8 @@ def unavailable() -> str | None:
 
 def applies(plan: StepPlan, tokens: torch.Tensor) -> bool:
     """Whether a step with this plan is one a recording replays: one aligned new column in every row, no padding."""
-    return tokens.shape[1] == 1 and plan.causal and plan.col == plan.n_keys - 1 and tokens.device.type == "cpu"
+    return (tokens.shape[1] == 1 and plan.causal and plan.col == plan.n_keys - 1 and tokens.device.type == "cpu"
+            and tokens.dtype == plan.position_ids.dtype == torch.long)  # fmt: skip
 
 
 class _Recorder(TorchDispatchMode or object):
@@ -152,6 +153,7 @@ class StepGraph:
             so.gk_tape_record_on(None)
         why = recorder.why or _check(so, tape, plan.n_keys, {own_tokens.data_ptr(), own_positions.data_ptr()})
         if why is None:  # the cache is kept too: no other memory takes its address while the tape points into it
+            so.gk_tape_inputs(tape, own_tokens.data_ptr(), own_positions.data_ptr(), own_tokens.numel())
             keep = [*recorder.keep, cache.kv]
             graph = cls(so, tape, keep, own_tokens, own_positions, logits)
             first = logits.clone()
@@ -162,9 +164,9 @@ class StepGraph:
 
     def run(self, tokens: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         """The step for tokens (B, 1) with `plan` (which `applies`) -> (B, V) logits, a tensor of their own."""
-        self.tokens.copy_(tokens)
-        self.positions.copy_(plan.position_ids)
-        failed = self._so.gk_replay(self._tape, plan.n_keys)
+        positions = plan.position_ids  # (B, 1), as tokens: the replay copies B of each into the recording's own
+        tokens, positions = (t if t.is_contiguous() else t.contiguous() for t in (tokens, positions))
+        failed = self._so.gk_replay(self._tape, plan.n_keys, tokens.data_ptr(), positions.data_ptr())
         if failed:
             raise InputError(f"a decode step's token id is outside the vocabulary: {tokens.flatten().tolist()}")
         return self.logits.clone()  # the recorded step's own buffer is the next replay's
