@@ -6,9 +6,8 @@
    chunk is 64 bytes of a weight row (one zmm: LANES = 16 floats, 32 bf16 or 64 int8), so every kind of
    weight runs the same loop (`block`), which differs only in the instruction that multiplies and in how
    the sums are finished. Each thread takes whole blocks, a contiguous share of them first (share.h); the next
-   PREFETCH bytes of its stream are asked
-   for ahead of use, into L1 or only into L2 (`l2`, a product's argument after the threads). Which keeps more of the
-   stream in flight depends on the CPU: on a 2-core Zen 4 VM the L2 hint read 19-31 % faster with int8 and
+   PREFETCH bytes of its stream are asked for ahead of use, into L1 or only into L2 (`l2`, a product's argument
+   after the threads). Which keeps more of the stream in flight depends on the CPU: on a 2-core Zen 4 VM the L2 hint read 19-31 % faster with int8 and
    bf16 weights when the memory was fast, so gemv.py offers both and the measurement picks. The x row of a block's ROWS dot products is loaded once per chunk; the block stays in
    L1/L2 for the other rows of x.
 
