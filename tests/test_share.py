@@ -3,6 +3,7 @@ then takes blocks one at a time from the back of the share with the most left, a
 one claim (`gk_share_claims` replays a given order of claims one at a time). Then products whose threads take
 each other's blocks, more threads than cores, against F.linear and the int8 reference, on every build."""
 
+import ctypes
 import random
 
 import pytest
@@ -20,8 +21,8 @@ MAX_SHARES = 64  # share.h's GK_MAX_SHARES
 def _claims(blocks: int, threads: int, who: list[int]) -> list[int]:
     """The block each claim gets (-1: none left) when threads `who[i]` claim in that order."""
     so = gemv._build()[0]
-    order = (gemv.ctypes.c_int32 * len(who))(*who)
-    out = (gemv.ctypes.c_int64 * len(who))()
+    order = (ctypes.c_int32 * len(who))(*who)
+    out = (ctypes.c_int64 * len(who))()
     so.gk_share_claims(blocks, threads, order, len(who), out)
     return list(out)
 
