@@ -127,10 +127,9 @@ class StepGraph:
     """One recorded decode step of `model` (an inference copy) over `cache` (a view of B rows): `run(tokens, plan)`
     replays it for the next step with the same rows. Made by `record`, which runs that first step itself."""
 
-    def __init__(self, so: ctypes.CDLL, tape: int, keep: list, tokens: torch.Tensor, positions: torch.Tensor,
-                 logits: torch.Tensor) -> None:  # fmt: skip
-        self._so, self._tape, self._keep = so, tape, keep
-        self.tokens, self.positions, self.logits = tokens, positions, logits  # (B, 1), (B, 1), (B, V)
+    def __init__(self, so: ctypes.CDLL, tape: int, keep: list, logits: torch.Tensor) -> None:
+        self._so, self._tape, self._keep = so, tape, keep  # keep: every buffer the tape points into
+        self.logits = logits  # (B, V)
         weakref.finalize(self, so.gk_tape_free, tape)
 
     @classmethod
@@ -154,8 +153,7 @@ class StepGraph:
         why = recorder.why or _check(so, tape, plan.n_keys, {own_tokens.data_ptr(), own_positions.data_ptr()})
         if why is None:  # the cache is kept too: no other memory takes its address while the tape points into it
             so.gk_tape_inputs(tape, own_tokens.data_ptr(), own_positions.data_ptr(), own_tokens.numel())
-            keep = [*recorder.keep, cache.kv]
-            graph = cls(so, tape, keep, own_tokens, own_positions, logits)
+            graph = cls(so, tape, [*recorder.keep, cache.kv, own_tokens, own_positions], logits)
             first = logits.clone()
             why = _compare(first, graph.run(own_tokens, plan))
             return (first, graph) if why is None else (first, f"its replay differs: {why}")
