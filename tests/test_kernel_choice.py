@@ -36,8 +36,9 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     clock = iter(range(10**9))
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
     monkeypatch.setattr(KT, "RUNOFF_MARGIN", 0.0)  # the figures above decide: no runoff on the real clock
-    for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):
-        monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu"))
+    for cls in (L._OneDnn, L._Int8, L._Bf16OneDnn):  # oneDNN in bf16 only where it runs (not on AVX2-only CPUs)
+        monkeypatch.setattr(cls, "available", classmethod(lambda cls, device, dtype: device.type == "cpu" and (
+            cls is L._Int8 or (cls.compute_dtype or dtype) != torch.bfloat16 or L._onednn_works(torch.bfloat16))))  # fmt: skip
     # gemv.c is built only where the CPU has AVX2 or AVX-512 and a compiler: left out, so every machine sees the same candidates
     monkeypatch.setattr(K, "EXACT", tuple(k for k in K.EXACT if "gemv" not in k))
     monkeypatch.setattr(K, "APPROX", {w: tuple(k for k in ks if "gemv" not in k) for w, ks in K.APPROX.items()})
@@ -125,20 +126,20 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
     bf16 = tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=96).to(torch.bfloat16)
     choices = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1, weights="bf16")}
     c = choices[("mlp.c_fc", 1)]
-    assert c.rejected == {"bf16": "not available on this CPU/torch"}  # weight-only bf16 of a bf16 model: nothing to do
+    assert c.rejected["bf16"] == "not available on this CPU/torch"  # weight-only bf16 of a bf16 model: nothing to do
+    assert set(c.rejected) == {"bf16"} | ({"bf16-onednn"} if not L._onednn_works(torch.bfloat16) else set())
     assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows" in json.loads(fixed_times.read_text())[K.machine_key()]
     exact = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1)}
-    assert exact[("mlp.c_fc", 1)].kind == "mkl" and not exact[("mlp.c_fc", 1)].rejected  # bf16 products pass at 0.05
+    assert exact[("mlp.c_fc", 1)].kind == "mkl"  # bf16 products pass at 0.05
+    assert set(exact[("mlp.c_fc", 1)].rejected) == (set() if L._onednn_works(torch.bfloat16) else {"onednn"})
 
 
 def test_candidates():
     cands = K._candidates
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
     assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
-    no = "not available on this CPU/torch"
-    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == (
-        [], {"bf16": no, "bf16-onednn": no, "bf16-gemv": no, "bf16-gemv-l2": no}
-    )  # fmt: skip
+    why = {k: L.KERNELS[k].why_unavailable(CPU, torch.bfloat16) for k in ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2")}
+    assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], why)  # each says why, as the CPU has it
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
     assert {"bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"} <= set(rejected) and kinds == [
         k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k
@@ -199,9 +200,9 @@ def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_
 
 
 def test_role_slots_and_linears(model):
-    slots = K._role_slots(model, "mlp.c_fc")
+    slots = K.role_slots(model, "mlp.c_fc")
     assert [(p, n, m) for p, n, m in slots] == [(b.mlp, "c_fc", b.mlp.c_fc) for b in model.transformer.h]
-    assert K._role_slots(model, "lm_head") == [(model, "lm_head", model.lm_head)]
+    assert K.role_slots(model, "lm_head") == [(model, "lm_head", model.lm_head)]
     assert K._role_linears(model, "attn.c_proj") == [b.attn.c_proj for b in model.transformer.h]
 
 

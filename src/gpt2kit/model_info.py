@@ -71,13 +71,15 @@ def decode_step_status(model, batch: int, weights: str) -> str:
     import torch
 
     from gpt2kit.generate.decode import DecodeRunner
+    from gpt2kit.generate.step_choice import cached_step
     from gpt2kit.model import GPT
     from gpt2kit.model.kv_cache import KVCache
     from gpt2kit.model.step_graph import StepGraph
 
     dtype = next(model.parameters()).dtype
     one_layer = GPT(model.config.replace(n_layer=1)).to(dtype).eval()
-    runner = DecodeRunner(one_layer, weights, batch=batch, max_len=4)
+    chosen = cached_step(model, batch, weights)  # whole steps timed by a run of this model (generate/step_choice.py)
+    runner = DecodeRunner(one_layer, weights, batch=batch, max_len=4, step=chosen.kind if chosen else "measured")
     if runner.no_graphs:
         return f"runs in Python: {runner.no_graphs}"
     cache = KVCache(one_layer.config, batch, 4, dtype=runner.cache_dtype)
@@ -85,7 +87,13 @@ def decode_step_status(model, batch: int, weights: str) -> str:
     runner.prefill(tokens, cache, None, logits=False)
     runner.decode(tokens, cache, None)
     [graph] = runner.graphs.values()
-    return "replayed in C from a recording of its first step" if isinstance(graph, StepGraph) else f"runs in Python: {graph}"
+    line = "replayed in C from a recording of its first step" if isinstance(graph, StepGraph) else f"runs in Python: {graph}"
+    if chosen and chosen.us:
+        times = ", ".join(f"{kind} {us / 1e3:.2f} ms" for kind, us in chosen.us.items())
+        line += f" (whole steps timed, {times}: kept {chosen.kind})"
+    elif runner.step:  # the measured kernels leave it unrecordable: a run of the model times it replayed too
+        line += " (a first generation times whole steps replayed with gemv.c's kernels against these)"
+    return line
 
 
 def _gib(nbytes: float) -> str:

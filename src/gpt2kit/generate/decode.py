@@ -25,6 +25,7 @@ import torch
 
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
+from gpt2kit.generate.step_choice import plan_step
 from gpt2kit.model.attention_plan import apply as apply_attention
 from gpt2kit.model.attention_plan import apply_causal, float32_cache_fits, plan_attention, plan_causal
 from gpt2kit.model.gpt import GPT
@@ -47,9 +48,12 @@ GRAPHS_KEPT = 16
 class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
     'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured). max_len: the
-    cache's columns per row (sizes the cache for the attention choice; None: the model's context)."""
+    cache's columns per row (sizes the cache for the attention choice; None: the model's context). step: how
+    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached))."""
 
-    def __init__(self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None) -> None:
+    def __init__(
+        self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None
+    ) -> None:
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"decode weights must be one of {WEIGHT_MODES}, got {weights!r}.")
         param = next(model.parameters())
@@ -60,8 +64,9 @@ class DecodeRunner:
         # the dtype of the cache the engine makes for this runner: the model's, or float32 with float32 attention
         self.cache_dtype = param.dtype
         self.attention = None  # the attention Choice (None: the model's own modules, nothing chosen)
+        self.float32_cache = False  # whether a float32 attention choice keeps the cache in float32
         if self.model is not model:
-            float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
+            self.float32_cache = float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
             self.attention = plan_attention(self.model, batch, float32_cache)
             # prefill's many queries: as measured, unless a 16-bit model's attention runs in float32 (prefill too)
             causal = plan_causal(self.model).kind if self.attention.kind != "float32" else "model"
@@ -74,6 +79,8 @@ class DecodeRunner:
         # count, or why that range's step could not be (its steps then run in Python); the GRAPHS_KEPT used last
         self.graphs: dict[tuple, StepGraph | str] = {}
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
+        # whether whole steps run faster replayed with gemv.c's kernels than with those measured one by one
+        self.step = plan_step(self, model, batch, weights, step) if self.model is not model else None
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:

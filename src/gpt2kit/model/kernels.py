@@ -130,13 +130,15 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
                           "or `gpt2kit merge`).")  # fmt: skip
     clone = _copy_sharing_matrices(model)
     packed: dict = {}  # kernels the measurement packed already (from the clone's weights and biases)
-    choices = {(c.role, c.rows): c.kind for c in plan_kernels(clone, batch, weights, packed=packed)}
+    choices = {(c.role, c.rows): c for c in plan_kernels(clone, batch, weights, packed=packed)}
     small = max(1, batch)
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     for role in ROLES:
-        for parent, name, lin in _role_slots(clone, role):
-            kinds = choices[(role, small)], choices[(role, PREFILL_ROWS)]
-            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS)))
+        decode = choices[(role, small)]
+        timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}
+        for parent, name, lin in role_slots(clone, role):
+            kinds = decode.kind, choices[(role, PREFILL_ROWS)].kind
+            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed))
     return call_directly(clone)
 
 
@@ -158,7 +160,7 @@ def kernels_in_use(model: nn.Module) -> dict[str, tuple[str, str]]:
     """role -> (small, large) kinds of an inference copy (what `gpt2kit info --kernels` and logs show)."""
     out = {}
     for role in ROLES:
-        for _, _, mod in _role_slots(model, role):
+        for _, _, mod in role_slots(model, role):
             if isinstance(mod, KernelLinear):
                 out[role] = mod.kinds
     return out
@@ -202,7 +204,7 @@ def _covers(entry: dict, cands: tuple[list[str], dict[str, str]]) -> bool:
     return set(cands[0]) <= judged and entry.get("kind") in {*cands[0], "linear"}
 
 
-def _role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Module]]:
+def role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Module]]:
     """(parent module, attribute name, module) for every layer of a role, e.g. ('mlp.c_fc') in each block."""
     if role == "lm_head":
         return [(model, "lm_head", model.lm_head)]
@@ -213,7 +215,7 @@ def _role_slots(model: nn.Module, role: str) -> list[tuple[nn.Module, str, nn.Mo
 def _role_linears(model: GPT, role: str) -> list[nn.Linear]:
     """Every layer of a role: a decode step is timed cycling through all of them, so the weights stream from
     memory as in a real step instead of sitting hot in the cache (which favours compute-heavy kernels)."""
-    return [m for _, _, m in _role_slots(model, role)]
+    return [m for _, _, m in role_slots(model, role)]
 
 
 def read_choices() -> dict:

@@ -287,6 +287,8 @@ KERNELS: dict[str, type] = {
     "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic, "int8-gemv": _Int8Gemv,
     "int8-gemv-l2": _Int8GemvL2,
 }  # fmt: skip
+# the kinds whose calls a recorded decode step replays in C (gemv.c's products: model/step_graph.py)
+STEP_KINDS = tuple(kind for kind, cls in KERNELS.items() if issubclass(cls, _Gemv))
 
 
 def make_kernel(kind: str, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1):
@@ -297,14 +299,14 @@ def make_kernel(kind: str, weight: torch.Tensor, bias: torch.Tensor | None, rows
 class KernelLinear(nn.Module):
     """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
     (prefill, scoring), packed for hints[0] and hints[1] rows. Both are packed once; the same kind is packed
-    once for both (for the decode rows)."""
+    once for both (for the decode rows). timed: the decode measurement's microseconds per call of each kind
+    whose output matched (what another choice for the decode rows can be made from)."""
 
-    def __init__(
-        self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None, hints: tuple[int, int] = (1, 1)
-    ) -> None:
+    def __init__(self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None,
+                 hints: tuple[int, int] = (1, 1), timed: dict[str, float] | None = None) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.kinds, self.rows = (small, large), rows
+        self.kinds, self.rows, self.timed = (small, large), rows, timed or {}
         self.small_numel = rows * self.in_features  # inputs of up to `rows` rows go to `small`
         bias = None if linear.bias is None else linear.bias.detach()
 
@@ -329,9 +331,7 @@ class KernelLinear(nn.Module):
     __call__ = forward
 
     def extra_repr(self) -> str:
-        return (
-            f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
-        )
+        return f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
 
 
 @functools.cache

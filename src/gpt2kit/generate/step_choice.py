@@ -1,0 +1,161 @@
+"""Whether a decode step runs with the kernels measured product by product, or with gemv.c's, replayed in C.
+
+kernels.py times each product's candidates and attention_plan.py the attention's, each on its own, and keeps
+the fastest of each. A recorded step (model/step_graph.py) replays only gemv.c's and step.c's kernels, so one
+product left to MKL or oneDNN, or the attention left to SDPA, makes every step run in Python, op by op. On a
+2-core AMD EPYC VM (Zen 3, AVX2 only; torch 2.13; 2026-12-01) MKL won the 124M head by a few per cent a call
+and SDPA the attention by ~10 % (105 against 117 us), and the Python step then cost more than both gained. So
+where the measured kernels leave the step unrecordable and gemv.c can run all of it, the runner times whole
+decode steps both ways, the two taking turns, and keeps the faster (`plan_step`):
+  - `measured`: the products' and the attention's own choices (the step runs in Python);
+  - `replayed`: in place of each product that gemv.c does not run, its fastest gemv.c kind in that product's own
+    measurement, and gemv.c's attention; the step recorded once and replayed.
+The choice is cached with the kernel choices (kernels.json) under the model's shapes, dtype, weights, batch and
+the kinds it replaces; `gpt2kit info --kernels` shows it and GPT2KIT_DECODE_STEP=measured|replayed forces one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import statistics
+import time
+
+import torch
+
+from gpt2kit.errors import ConfigError
+from gpt2kit.model import gemv
+from gpt2kit.model.attention_plan import apply as apply_attention
+from gpt2kit.model.attention_plan import apply_causal, plan_causal
+from gpt2kit.model.gpt import GPT
+from gpt2kit.model.kernel_timing import ROLES, Choice
+from gpt2kit.model.kernels import machine_key, read_choices, role_slots, write_choices
+from gpt2kit.model.kv_cache import KVCache
+from gpt2kit.model.linear import STEP_KINDS, make_kernel
+
+CANDIDATES = ("measured", "replayed")
+ENV = "GPT2KIT_DECODE_STEP"
+TURNS = 3  # turns per candidate, alternating; the median step of all counts
+STEPS = 4  # decode steps timed per turn, after one untimed (the replayed candidate's first turn records there)
+
+
+@dataclasses.dataclass
+class _Variant:
+    """How to switch a runner between the candidates: the measured attention kind, and the products to swap as
+    (module, its measured kinds and kernel, the replayed kinds and kernel), packed when first needed (`_pack`)."""
+
+    attention: str
+    kinds: dict[str, str]  # role -> the gemv.c kind that replaces its measured one
+    swaps: list[tuple] = dataclasses.field(default_factory=list)
+
+
+def step_key(model: GPT, batch: int, weights: str, replaced: list[str]) -> str:
+    """The kernels.json key of a model's step choice: its shapes, dtype, weights, batch and what it replaces."""
+    c, dtype = model.config, next(model.parameters()).dtype
+    return f"{dtype} | {weights} | decode step {c.n_layer}x{c.n_embd}, vocab {c.vocab_size} | {batch} rows | replaces {', '.join(replaced)}"
+
+
+def cached_step(model: GPT, batch: int, weights: str) -> Choice | None:
+    """This machine's cached step choice for `model` at `batch` rows with `weights`, if a run made one."""
+    prefix = step_key(model, batch, weights, []).removesuffix(" | replaces ")
+    table = read_choices().get(machine_key(), {})
+    entry = next((v for k, v in table.items() if k.startswith(prefix + " | replaces ")), None)
+    return Choice(**{**entry, "cached": True}) if entry else None
+
+
+def plan_step(runner, model: GPT, batch: int, weights: str, forced: str | None = None) -> Choice | None:
+    """Choose, and apply to `runner` (a DecodeRunner over an inference copy of `model`), how its decode steps run
+    (`forced`, else GPT2KIT_DECODE_STEP, else cached or timed now); None where there is nothing to choose (the
+    step replays as measured, or cannot be replayed either way)."""
+    variant, replaced = _variant(runner)
+    if variant is None:
+        return None
+    key = step_key(model, batch, weights, replaced)
+    if forced := forced or os.environ.get(ENV):
+        if forced not in CANDIDATES:
+            raise ConfigError(f"{ENV}={forced!r} is not a way to run a decode step; use one of {list(CANDIDATES)}.")
+        choice = Choice("decode step", batch, forced)
+    else:
+        store = read_choices()
+        table = store.setdefault(machine_key(), {})
+        if key in table and table[key].get("kind") in CANDIDATES:
+            choice = Choice(**{**table[key], "cached": True})
+        else:
+            ms = _time(runner, model, batch, variant)
+            choice = Choice("decode step", batch, min(ms, key=ms.get), us={k: round(v * 1e3, 1) for k, v in ms.items()})
+            table[key] = {k: v for k, v in dataclasses.asdict(choice).items() if k != "cached"}
+            write_choices(store)
+    _apply(runner, model, variant, choice.kind)
+    variant.swaps.clear()  # the kernels of the candidate not kept
+    return choice
+
+
+def _variant(runner) -> tuple[_Variant | None, list[str]]:
+    """What makes the runner's step recordable, with what it replaces; None where it is recordable as measured,
+    where gemv.c cannot run some product or the attention, or where the kernels or the attention were forced."""
+    att = runner.attention
+    if runner.no_graphs or att is None or os.environ.get("GPT2KIT_KERNEL") or gemv.unavailable(torch.float32):
+        return None, []
+    if att.kind != "gemv" and (os.environ.get("GPT2KIT_ATTENTION") or "gemv" in att.rejected):
+        return None, []
+    kinds, replaced = {}, [] if att.kind == "gemv" else [f"attention {att.kind}"]
+    for role in ROLES:
+        mod = role_slots(runner.model, role)[0][2]
+        if mod.kinds[0] in STEP_KINDS:
+            continue
+        timed = {kind: t for kind, t in mod.timed.items() if kind in STEP_KINDS}
+        if not timed:
+            return None, []
+        kinds[role] = min(timed, key=timed.get)
+        replaced.append(f"{role} {mod.kinds[0]}")
+    return (_Variant(att.kind, kinds), replaced) if replaced else (None, [])
+
+
+def _pack(runner, model: GPT, variant: _Variant) -> None:
+    """The replayed candidate's kernels, packed from `model`'s weights (once)."""
+    if variant.swaps or not variant.kinds:
+        return
+    rows = max(1, runner.attention.rows)
+    for role, kind in variant.kinds.items():
+        for (_, _, lin), (_, _, mod) in zip(role_slots(model, role), role_slots(runner.model, role)):
+            bias = None if lin.bias is None else lin.bias.detach()
+            new = make_kernel(kind, lin.weight.detach(), bias, rows)
+            variant.swaps.append((mod, mod.kinds, mod.small, (kind, mod.kinds[1]), new))
+
+
+def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
+    """Switch the runner's products and attention to the candidate `kind`, and the cache dtype its engine makes."""
+    replayed = kind == "replayed"
+    if replayed:
+        _pack(runner, model, variant)
+    for mod, kinds, small, new_kinds, new_small in variant.swaps:
+        mod.kinds, mod.small = (new_kinds, new_small) if replayed else (kinds, small)
+    attention = "gemv" if replayed else variant.attention
+    causal = plan_causal(runner.model).kind if attention != "float32" else "model"
+    for block in runner.model.transformer.h:
+        apply_attention(block.attn, attention)
+        apply_causal(block.attn, causal)
+    dtype = next(model.parameters()).dtype
+    runner.cache_dtype = torch.float32 if attention == "float32" and runner.float32_cache else dtype
+    runner.attention = dataclasses.replace(runner.attention, kind=attention)
+
+
+def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]:
+    """Median seconds of one decode step per candidate: TURNS turns each, alternating, of STEPS steps after one
+    untimed, from a one-token prefill, on a cache of the runner's batch."""
+    steps: dict[str, list[float]] = {kind: [] for kind in CANDIDATES}
+    tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
+    try:
+        for turn in range(TURNS):
+            for kind in CANDIDATES if turn % 2 == 0 else CANDIDATES[::-1]:
+                _apply(runner, model, variant, kind)
+                cache = KVCache(model.config, batch, STEPS + 2, dtype=runner.cache_dtype)
+                runner.prefill(tokens, cache, None, logits=False)
+                runner.decode(tokens, cache, None)
+                for _ in range(STEPS):
+                    t0 = time.perf_counter()
+                    runner.decode(tokens, cache, None)
+                    steps[kind].append(time.perf_counter() - t0)
+    finally:
+        runner.graphs.clear()  # they point into this function's caches
+    return {kind: statistics.median(t) for kind, t in steps.items()}

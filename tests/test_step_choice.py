@@ -1,0 +1,124 @@
+"""Whether a decode step runs with the kernels measured one by one or replayed with gemv.c's (generate/step_choice.py).
+
+The measured choices are made unreplayable on purpose (MKL for the head, SDPA for the attention, as a machine may
+measure them); every step's logits are held to the model's own uncached float32 forward, on a model whose biases
+and LayerNorms are perturbed."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from conftest import gemv_buildable, tiny_gpt
+from gpt2kit.errors import ConfigError
+from gpt2kit.generate import decode, step_choice
+from gpt2kit.generate.decode import DecodeRunner
+from gpt2kit.model import gemv, kernels
+from gpt2kit.model.kernel_timing import Choice
+from gpt2kit.model.kv_cache import KVCache
+from gpt2kit.model.linear import STEP_KINDS
+from gpt2kit.model.step_graph import StepGraph
+from gpt2kit.model_info import decode_step_status
+
+pytestmark = gemv_buildable()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=64)
+
+
+@pytest.fixture
+def unreplayable(monkeypatch, tmp_path):
+    """Per-product and attention choices a step cannot be recorded with: the head MKL's (gemv timed slower), the
+    attention SDPA's; in a cache directory of its own."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    real = kernels.plan_kernels
+
+    def plan(model, batch=1, weights="auto", **kw):
+        out = real(model, batch, weights, **kw)
+        return [dataclasses.replace(c, kind="mkl", us={**c.us, "mkl": 1.0, "gemv": 2.0, "gemv-l2": 3.0})
+                if c.role == "lm_head" and c.rows == batch else c for c in out]  # fmt: skip
+
+    monkeypatch.setattr(kernels, "plan_kernels", plan)
+    monkeypatch.setattr(decode, "plan_attention", lambda model, batch, f32: Choice("attention", batch, "model", us={"model": 1.0, "gemv": 2.0}))
+    return tmp_path
+
+
+def _steps(runner, model, batch=2, start=3, T=9):
+    """Prefill, then decode a token a step -> (the steps' logits, the uncached forward's), both (steps, B, V)."""
+    seq = torch.randint(0, model.config.vocab_size, (batch, T), generator=torch.Generator().manual_seed(0))
+    cache = KVCache(model.config, batch, 16, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        runner.prefill(seq[:, :start], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(start, T)]
+        full = model(seq)[0][:, start:].transpose(0, 1)  # (steps, B, V)
+    return torch.stack(steps), full
+
+
+def _close(got, want):
+    return (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
+
+
+def test_replayed_swaps_in_gemv_kernels_and_attention_and_matches_the_forward(tiny, unreplayable, monkeypatch):
+    monkeypatch.setenv(step_choice.ENV, "replayed")
+    runner = DecodeRunner(tiny, batch=2)
+    assert runner.step.kind == "replayed"
+    assert runner.model.lm_head.kinds[0] == "gemv"  # the faster gemv.c kind of the head's own measurement
+    assert runner.attention.kind == "gemv" and all(b.attn.one_query is gemv.attend for b in runner.model.transformer.h)
+    got, want = _steps(runner, tiny)
+    assert _close(got, want)
+    assert any(isinstance(g, StepGraph) for g in runner.graphs.values())  # replayed, not run in Python
+
+
+def test_measured_keeps_the_measured_kernels_and_runs_in_python(tiny, unreplayable, monkeypatch):
+    monkeypatch.setenv(step_choice.ENV, "measured")
+    runner = DecodeRunner(tiny, batch=2)
+    assert runner.step.kind == "measured" and runner.model.lm_head.kinds[0] == "mkl" and runner.attention.kind == "model"
+    got, want = _steps(runner, tiny)
+    assert _close(got, want)
+    assert all(isinstance(g, str) for g in runner.graphs.values()) and runner.graphs
+
+
+def test_whole_steps_are_timed_once_then_cached(tiny, unreplayable, monkeypatch):
+    runner = DecodeRunner(tiny, batch=2)
+    c = runner.step
+    assert set(c.us) == {"measured", "replayed"} and c.kind == min(c.us, key=c.us.get) and not c.cached
+    assert (runner.model.lm_head.kinds[0] in STEP_KINDS) == (c.kind == "replayed")
+    assert runner.graphs == {}  # the timing's recordings point into its own caches: dropped
+    got, want = _steps(runner, tiny)
+    assert _close(got, want)
+    stored = json.loads((unreplayable / "kernels.json").read_text())
+    [key] = [k for table in stored.values() for k in table if "decode step" in k]
+    assert "replaces attention model, " in key and key.endswith("lm_head mkl") and "| 2 rows |" in key
+
+    monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("timed again"))
+    again = DecodeRunner(tiny, batch=2)
+    assert again.step.cached and again.step.kind == c.kind
+    assert "whole steps timed" in decode_step_status(tiny, 2, "auto")
+    assert "a first generation times whole steps" in decode_step_status(tiny, 1, "auto")  # another batch: none yet
+
+
+def test_nothing_to_choose_when_the_measured_step_replays(tiny, monkeypatch, tmp_path):
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("nothing to time"))
+    monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
+    monkeypatch.setattr(kernels, "plan_kernels", lambda model, batch=1, weights="auto", **kw: [
+        Choice(role, rows, "gemv") for role in kernels.ROLES for rows in (batch, kernels.PREFILL_ROWS)])  # fmt: skip
+    runner = DecodeRunner(tiny, batch=1)
+    assert runner.step is None
+    _steps(runner, tiny, batch=1)
+    assert any(isinstance(g, StepGraph) for g in runner.graphs.values())
+
+
+def test_a_forced_attention_or_kernel_is_left_as_it_is(tiny, unreplayable, monkeypatch):
+    monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("nothing to time"))
+    monkeypatch.setenv("GPT2KIT_KERNEL", "mkl")
+    assert DecodeRunner(tiny, batch=1).step is None
+
+
+def test_a_bad_forced_value_is_one_line(tiny, unreplayable, monkeypatch):
+    monkeypatch.setenv(step_choice.ENV, "fast")
+    with pytest.raises(ConfigError, match="GPT2KIT_DECODE_STEP='fast' is not a way to run a decode step; use one of"):
+        DecodeRunner(tiny, batch=1)
