@@ -122,13 +122,12 @@ def test_switched_off_it_is_never_offered(fresh_build, monkeypatch):
     assert not list(fresh_build.iterdir())  # nothing was built
 
 
-def test_a_kernel_the_flags_leave_out_says_so(fresh_build, monkeypatch):
-    """An AVX2 build on an AVX-512 CPU has no bf16 kernel: the reason names the flags, not the CPU."""
+def test_an_avx2_build_on_an_avx512_cpu_has_every_kind_in_its_avx2_form(fresh_build, monkeypatch):
     if gemv.not_buildable() or not {"avx512f", "avx2", "fma"} <= gemv.cpu_flags():
         pytest.skip(gemv.not_buildable() or "needs an AVX-512 CPU (to build its AVX2 kernels)")
     monkeypatch.setenv(gemv.CFLAGS, "-mno-avx512f")
-    assert gemv.unavailable(torch.float32) is None
-    assert gemv.unavailable(BF) == "not in this build (GPT2KIT_GEMV_CFLAGS='-mno-avx512f')"
+    assert all(gemv.unavailable(dt) is None for dt in (torch.float32, BF, torch.int8))
+    assert "float32 (AVX2), bf16 (AVX2), int8 (AVX2)" in gemv.status()
 
 
 def test_without_avx2_a_source_or_a_compiler_or_with_a_failing_build_it_says_why(fresh_build, monkeypatch):
@@ -251,14 +250,15 @@ def test_int8_reads_nothing_past_the_end_of_x(build):
 
 def test_it_builds_wherever_it_can():
     """A compile error must fail here, not leave gemv.c out and its tests skipped: where the CPU has AVX2 with
-    FMA or AVX-512 and there is a compiler, float32 and int8 weights are supported, and bf16 ones where the
-    CPU has AVX-512 BF16."""
+    FMA or AVX-512 and there is a compiler, float32, bf16 and int8 weights are supported (bf16 in its AVX-512
+    form where the CPU has AVX-512 BF16)."""
     if why := gemv.not_buildable():
         pytest.skip(why)
     flags = gemv.cpu_flags()
     avx512 = {"avx512f", "avx512bw", "avx512vl"} <= flags
     assert gemv.unavailable(torch.float32) is None and gemv.unavailable(torch.int8) is None
-    assert (gemv.unavailable(BF) is None) == (avx512 and "avx512_bf16" in flags)
+    assert gemv.unavailable(BF) is None
+    assert ("bf16 (AVX-512)" in gemv.status()) == (avx512 and "avx512_bf16" in flags)
     assert ("AVX-512" in gemv.status()) == avx512
 
 

@@ -26,8 +26,7 @@ import torch
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.step_choice import plan_step
-from gpt2kit.model.attention_plan import apply as apply_attention
-from gpt2kit.model.attention_plan import apply_causal, float32_cache_fits, plan_attention, plan_causal
+from gpt2kit.model.attention_plan import apply_to_blocks, float32_cache_fits, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
 from gpt2kit.model.kv_cache import KVCache
@@ -49,7 +48,7 @@ class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
     'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured). max_len: the
     cache's columns per row (sizes the cache for the attention choice; None: the model's context). step: how
-    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached))."""
+    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached)."""
 
     def __init__(
         self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None
@@ -68,11 +67,7 @@ class DecodeRunner:
         if self.model is not model:
             self.float32_cache = float32_cache = float32_cache_fits(model, batch, max_len or model.config.n_positions)
             self.attention = plan_attention(self.model, batch, float32_cache)
-            # prefill's many queries: as measured, unless a 16-bit model's attention runs in float32 (prefill too)
-            causal = plan_causal(self.model).kind if self.attention.kind != "float32" else "model"
-            for block in self.model.transformer.h:
-                apply_attention(block.attn, self.attention.kind)
-                apply_causal(block.attn, causal)
+            apply_to_blocks(self.model, self.attention.kind)
             if self.attention.kind == "float32" and float32_cache:
                 self.cache_dtype = torch.float32
         # decode steps recorded and replayed in C (model/step_graph.py), one per row range of a cache and thread

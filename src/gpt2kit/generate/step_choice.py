@@ -25,8 +25,7 @@ import torch
 
 from gpt2kit.errors import ConfigError
 from gpt2kit.model import gemv
-from gpt2kit.model.attention_plan import apply as apply_attention
-from gpt2kit.model.attention_plan import apply_causal, plan_causal
+from gpt2kit.model.attention_plan import apply_to_blocks
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import ROLES, Choice
 from gpt2kit.model.kernels import machine_key, read_choices, role_slots, write_choices
@@ -131,10 +130,7 @@ def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
     for mod, kinds, small, new_kinds, new_small in variant.swaps:
         mod.kinds, mod.small = (new_kinds, new_small) if replayed else (kinds, small)
     attention = "gemv" if replayed else variant.attention
-    causal = plan_causal(runner.model).kind if attention != "float32" else "model"
-    for block in runner.model.transformer.h:
-        apply_attention(block.attn, attention)
-        apply_causal(block.attn, causal)
+    apply_to_blocks(runner.model, attention)
     dtype = next(model.parameters()).dtype
     runner.cache_dtype = torch.float32 if attention == "float32" and runner.float32_cache else dtype
     runner.attention = dataclasses.replace(runner.attention, kind=attention)

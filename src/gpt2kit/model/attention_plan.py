@@ -116,6 +116,15 @@ def apply_causal(attn: CausalSelfAttention, kind: str) -> None:
     attn.many_query = gemv.causal if kind == "gemv" else None
 
 
+def apply_to_blocks(model: GPT, kind: str) -> None:
+    """Make every block of `model` (an inference copy) attend one query per row as `kind` does, and many queries as
+    measured (plan_causal), unless a 16-bit model's attention runs in float32 (then prefill does too: SDPA)."""
+    causal = plan_causal(model).kind if kind != "float32" else "model"
+    for block in model.transformer.h:
+        apply(block.attn, kind)
+        apply_causal(block.attn, causal)
+
+
 def _plan(model: GPT, role: str, rows: int, env: str, kinds: tuple[str, ...], usable: dict[str, str | None], key: str,
           measure: Callable[[list[str]], tuple[dict[str, float], dict[str, str]]], remeasure: bool) -> Choice:  # fmt: skip
     """The Choice of `role`: forced by `env`, else the cached one that still holds, else measured now (`measure`:

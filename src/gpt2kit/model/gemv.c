@@ -15,9 +15,9 @@
    already loaded (the same libgomp.so.1), so it shares torch's threads. Functions exist only where the CPU
    has the instructions. With AVX-512 (F, BW, VL): gk_gemv_f32 (zmm FMA), gk_gemv_bf16 with AVX-512 BF16
    (vdpbf16ps: bf16 pairs multiplied and summed into float32) and gk_gemv_s8 with AVX-512 VNNI (vpdpbusd:
-   unsigned by signed bytes, four at a time, summed into int32). With AVX2 and FMA alone (most laptops and
-   AMD CPUs before Zen 4), or for int8 on AVX-512 CPUs without VNNI: gk_gemv_f32 and gk_gemv_s8 on 32-byte
-   registers, 8 rows a block (below). Each kind says its block height (gk_rows_<kind>). */
+   unsigned by signed bytes, four at a time, summed into int32). Each kind the CPU lacks those for (all of them
+   with AVX2 and FMA alone: most laptops, AMD before Zen 4) runs on 32-byte registers, 8 rows a block (below).
+   Each kind says its block height (gk_rows_<kind>). */
 
 #include <immintrin.h>
 #include <stdint.h>
@@ -50,9 +50,9 @@ static inline float gelu_tanh(float x) {
   return x / (1.0f + pow2(t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t));
 }
 
-/* The products: each thread takes whole blocks, its own contiguous share first, one stream, then blocks left in
-   the others' (share.h). Every product takes the packed weight's arguments first (what gemv.py binds once), then
-   x, y, M, threads, l2 and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */
+/* The products: each thread takes whole blocks, its own contiguous share first, then blocks left in the others'
+   (share.h). Every product takes the packed weight's arguments first (what gemv.py binds once), then x, y, M,
+   threads, l2 and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */
 #define FOR_BLOCKS(nb, N, rows)                                   \
   struct gk_shares shares_;                                       \
   gk_shares_split(&shares_, ((N) + (rows) - 1) / (rows), threads); \
@@ -224,14 +224,18 @@ void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const 
 #endif  /* HAVE_S8 */
 #endif  /* AVX-512 */
 
-#if defined(__AVX2__) && defined(__FMA__) && !(defined(HAVE_F32) && defined(HAVE_S8))
-/* ---- AVX2 (32-byte registers): float32 and int8 where AVX-512 does not give them ----------------------
+#if defined(__AVX2__) && defined(__FMA__) && !(defined(HAVE_F32) && defined(HAVE_S8) && defined(HAVE_BF16))
+/* ---- AVX2 (32-byte registers): float32, int8 and bf16 where AVX-512 does not give them -----------------
    The same packed layout, 64-byte chunks of a row, in blocks of ROWS2 = 8 rows: 8 accumulators, each chunk
    two registers wide, leave room for x's chunk in the 16 registers. int8 has no vpdpbusd here (unless the
    CPU has AVX-VNNI): the bytes are multiplied by vpmaddubsw, unsigned by signed into pairs of int16, which
    would overflow with x stored as p + 128 (2 x 255 x 127 > 32767). So x is kept signed, p in [-127, 127],
-   and multiplied as |p| by q with p's sign (vpsignb): pairs of at most 2 x 127 x 127 = 32258. */
+   and multiplied as |p| by q with p's sign (vpsignb): pairs of at most 2 x 127 x 127 = 32258. bf16 has no
+   vdpbf16ps here: a bf16 is the high half of a float32, so each 32-bit lane's two bf16 become two float32 by a
+   shift (the even one) and a mask (the odd one), and x, split the same way, meets them in float32 FMAs: the
+   products are exact, the sums float32, as vdpbf16ps computes them (in another order). */
 #define ROWS2 8
+enum kind2 { W_F32, W_S8, W_BF16 };
 
 static inline __m256i lanes_upto(int64_t n) {  /* int32 lanes 0..n-1 set (n clamped to 0..8) */
   return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)(n < 0 ? 0 : n > 8 ? 8 : n)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -257,19 +261,22 @@ static inline __m256i dot_s8(__m256i acc, __m256i ax, __m256i w) {  /* acc += |p
 #endif
 }
 
-/* How a block's sums are finished and stored (int8: y = s[m] scale[n] sum + b; float32: y = sum + b). */
+/* How a block's sums are finished and stored (int8: y = s[m] scale[n] sum + b; float32, bf16: y = sum + b). */
 struct out2 {
   const float *b;      /* (N) float32 bias, or NULL */
   const float *scale;  /* int8: (N) weight scales */
   const float *xs;     /* int8: (M) each x row's scale */
-  float *y;            /* (M, N) float32 */
+  void *y;             /* (M, N) float32, or bf16 where bf16 is set */
+  int bf16;            /* store bf16, rounded to nearest even once, after the bias (and the GELU) */
   int gelu;            /* apply gelu_tanh after the bias */
 };
+static inline __m256 bf16_even(__m256i v) { return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)); }  /* low halves */
+static inline __m256 bf16_odd(__m256i v) { return _mm256_castsi256_ps(_mm256_and_si256(v, _mm256_set1_epi32(-65536))); }
 
-/* One block of ROWS2 rows (from n), for every row of x, x rows x_row bytes apart: float32 (s8 = 0; m0 and m1
-   mask the last chunk's floats past K) or int8 (s8 = 1; x quantized and zero-padded to whole chunks). */
-static inline __attribute__((always_inline)) void block2(int s8, const char *wb, const char *x, int64_t x_row,
-                                                         int64_t chunks, __m256i m0, __m256i m1, int64_t M, int64_t n,
+/* One block of ROWS2 rows (from n), for every row of x, x rows x_row bytes apart: float32 or bf16 (x's last chunk
+   read only up to `tail` bytes, the rest zero) or int8 (x quantized and zero-padded to whole chunks). */
+static inline __attribute__((always_inline)) void block2(enum kind2 kind, const char *wb, const char *x, int64_t x_row,
+                                                         int64_t chunks, int64_t tail, int64_t M, int64_t n,
                                                          int64_t N, const struct out2 *o, int l2) {
   const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
   for (int64_t m = 0; m < M; ++m) {
@@ -278,19 +285,25 @@ static inline __attribute__((always_inline)) void block2(int s8, const char *wb,
     const char *xm = x + m * x_row;
     for (int64_t c = 0; c < chunks; ++c) {
       const char *xc = xm + 64 * c, *wc = wb + c * ROWS2 * 64;
-      const int whole = s8 || c < chunks - 1;
-      const __m256i x0 = whole ? _mm256_loadu_si256((const __m256i *)xc)
-                               : _mm256_castps_si256(_mm256_maskload_ps((const float *)xc, m0));
-      const __m256i x1 = whole ? _mm256_loadu_si256((const __m256i *)(xc + 32))
-                               : _mm256_castps_si256(_mm256_maskload_ps((const float *)(xc + 32), m1));
+      _Alignas(32) char last[64];
+      if (kind != W_S8 && c == chunks - 1 && tail < 64) {  /* nothing past x's end is read: it may be anything */
+        memset(last, 0, 64);
+        memcpy(last, xc, tail);
+        xc = last;
+      }
+      const __m256i x0 = _mm256_loadu_si256((const __m256i *)xc), x1 = _mm256_loadu_si256((const __m256i *)(xc + 32));
       const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);  /* int8: |p| */
+      const __m256 e0 = bf16_even(x0), o0 = bf16_odd(x0), e1 = bf16_even(x1), o1 = bf16_odd(x1);  /* bf16 */
       prefetch_lines(wc + PREFETCH, ROWS2, l2);
       for (int r = 0; r < ROWS2; ++r) {
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r + 32));
-        if (s8) {
+        if (kind == W_S8) {
           const __m256i d = dot_s8(_mm256_castps_si256(acc[r]), a0, _mm256_sign_epi8(w0, x0));
           acc[r] = _mm256_castsi256_ps(dot_s8(d, a1, _mm256_sign_epi8(w1, x1)));
+        } else if (kind == W_BF16) {
+          acc[r] = _mm256_fmadd_ps(bf16_even(w0), e0, _mm256_fmadd_ps(bf16_odd(w0), o0, acc[r]));
+          acc[r] = _mm256_fmadd_ps(bf16_even(w1), e1, _mm256_fmadd_ps(bf16_odd(w1), o1, acc[r]));
         } else {
           acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(w0), _mm256_castsi256_ps(x0), acc[r]);
           acc[r] = _mm256_fmadd_ps(_mm256_castsi256_ps(w1), _mm256_castsi256_ps(x1), acc[r]);
@@ -298,9 +311,12 @@ static inline __attribute__((always_inline)) void block2(int s8, const char *wb,
       }
     }
     for (int r = 0; r < valid; ++r) {
-      const float v = s8 ? o->xs[m] * o->scale[n + r] * (float)sum8i(_mm256_castps_si256(acc[r])) : sum8(acc[r]);
-      const float out = v + (o->b ? o->b[n + r] : 0.0f);
-      o->y[m * N + n + r] = o->gelu ? gelu_tanh(out) : out;
+      const float v = kind == W_S8 ? o->xs[m] * o->scale[n + r] * (float)sum8i(_mm256_castps_si256(acc[r])) : sum8(acc[r]);
+      const float sum = v + (o->b ? o->b[n + r] : 0.0f), out = o->gelu ? gelu_tanh(sum) : sum;
+      if (o->bf16)
+        ((uint16_t *)o->y)[m * N + n + r] = bf16_out(out);
+      else
+        ((float *)o->y)[m * N + n + r] = out;
     }
   }
 }
@@ -312,13 +328,28 @@ int gk_rows_f32(void) { return ROWS2; }
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
                  int threads, int l2, int gelu) {
   GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
-  const int64_t chunks = (K + 15) / 16, last = 16 * (chunks - 1);
-  const __m256i m0 = lanes_upto(K - last), m1 = lanes_upto(K - last - 8);  /* the last chunk's valid floats */
-  const struct out2 o = {b, 0, 0, y, gelu};
-  FOR_BLOCKS(nb, N, ROWS2) block2(0, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 4 * K, chunks, m0,
-                                  m1, M, nb * ROWS2, N, &o, l2);
+  const int64_t chunks = (K + 15) / 16;
+  const struct out2 o = {b, 0, 0, y, 0, gelu};
+  FOR_BLOCKS(nb, N, ROWS2) block2(W_F32, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 4 * K, chunks,
+                                  4 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, l2);
 }
 #endif  /* !HAVE_F32 */
+
+#ifndef HAVE_BF16
+/* bf16 as for the AVX-512 kernel: LANES = 32; x (M, K) bf16, b (N) float32 or NULL; y (M, N) bf16, or float32
+   when out_f32. */
+int gk_lanes_bf16(void) { return 32; }
+int gk_rows_bf16(void) { return ROWS2; }
+
+void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
+                  int64_t M, int threads, int l2, int gelu) {
+  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+  const int64_t chunks = (K + 31) / 32;
+  const struct out2 o = {b, 0, 0, y, !out_f32, gelu};
+  FOR_BLOCKS(nb, N, ROWS2) block2(W_BF16, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 2 * K, chunks,
+                                  2 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, l2);
+}
+#endif  /* !HAVE_BF16 */
 
 #ifndef HAVE_S8
 /* int8 weights as for the AVX-512 kernel (w ~ scale[n] q[n, k]); x quantized per row, x ~ s[m] p[m, k], p
@@ -359,10 +390,9 @@ void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const 
   int8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
   quantize_rows_avx2(x, xq, xs, M, K, Kp);
-  const struct out2 o = {b, scale, xs, y, gelu};
-  const __m256i all = _mm256_set1_epi32(-1);
-  FOR_BLOCKS(nb, N, ROWS2) block2(1, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)xq, Kp, chunks, all,
-                                  all, M, nb * ROWS2, N, &o, l2);
+  const struct out2 o = {b, scale, xs, y, 0, gelu};
+  FOR_BLOCKS(nb, N, ROWS2) block2(W_S8, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)xq, Kp, chunks, 64,
+                                  M, nb * ROWS2, N, &o, l2);
   free(xq);
   free(xs);
 }

@@ -10,8 +10,9 @@ where it built and gave F.linear's numbers on this machine.
 The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fopenmp, plus $GPT2KIT_GEMV_CFLAGS
 (e.g. "-mno-avx512f" builds the AVX2 kernels on an AVX-512 CPU, as the tests do), about a second, once per
 CPU (the library is cached under the user cache directory, named by a hash of the sources, the compiler, the
-flags and the CPU's flags, and written atomically). It needs AVX2 with FMA (float32 and int8 weights) or
-AVX-512 (F, BW, VL; bf16 weights need AVX-512 BF16). No compiler, a compile error or an older CPU leaves
+flags and the CPU's flags, and written atomically). It needs AVX2 with FMA or AVX-512 (F, BW, VL), and then
+has float32, bf16 and int8 weights' kernels (bf16 with AVX-512 BF16's dot product where the CPU has it, else
+in float32 FMAs on 32-byte registers). No compiler, a compile error or an older CPU leaves
 the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
 off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
 torch.get_num_threads(). Each weight is read with its prefetches into L1 or into L2 only (`Packed(l2=...)`):
@@ -140,11 +141,11 @@ def unavailable(dtype: torch.dtype) -> str | None:
     name = {torch.float32: "gk_gemv_f32", torch.bfloat16: "gk_gemv_bf16", torch.int8: "gk_gemv_s8"}.get(dtype)
     if name is None:
         return f"no kernel for {dtype}"
-    return None if hasattr(so, name) else _why_no_bf16()
+    return None if hasattr(so, name) else "not in this build (the compiler left it out)"
 
 
 def _why_no_bf16() -> str:
-    """Why the library lacks its bf16 kernels (float32 and int8 are built wherever it is; bf16 needs AVX-512 BF16)."""
+    """Why the library lacks causal.c's bf16 kernel (it needs AVX-512 BF16)."""
     if not {"avx512f", "avx512bw", "avx512vl", "avx512_bf16"} <= cpu_flags():
         return "the CPU has no AVX-512 BF16"
     extra = os.environ.get(CFLAGS, "").strip()  # flags that leave out what the CPU has (-mno-avx512f)

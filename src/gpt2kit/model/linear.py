@@ -12,7 +12,7 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
              `mkldnn._linear_pointwise`, c_fc's GELU fused as its post-op (`gelu`); private ops, so `available()`
              checks that they exist and give F.linear's (and F.gelu's) numbers before they are ever used;
   - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
-             (AVX2 with FMA, or AVX-512; bf16 needs AVX-512 BF16), in the model's dtype, c_fc's GELU applied as
+             (AVX2 with FMA, or AVX-512; bf16 too, natively with AVX-512 BF16), in the model's dtype, c_fc's GELU applied as
              it stores; `gemv-l2` prefetches into L2 only (as do `bf16-gemv-l2` and `int8-gemv-l2`);
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
              or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
@@ -186,7 +186,7 @@ class _GemvL2(_Gemv):
 
 
 class _Bf16Gemv(_WeightOnlyBf16, _Gemv):
-    """Weight-only bf16 over a float32 model through gemv.c (needs AVX-512 BF16); float32 out."""
+    """Weight-only bf16 over a float32 model through gemv.c; float32 out."""
 
 
 class _Bf16GemvL2(_WeightOnlyBf16, _GemvL2):
