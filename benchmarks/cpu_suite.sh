@@ -10,6 +10,9 @@ T="${THREADS:-2}"
 LLAMA=()
 if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
 has() { [[ " $ONLY " == *" $1 "* ]]; }
+# the bf16 rows of eval and train need native bf16 (their targets say so); without it both sides' products are
+# emulated and those rows alone take over an hour. bf16 decoding runs gemv.c's kernels everywhere: kept.
+NATIVE_BF16=$(python -c "from gpt2kit.device import cpu_has_bf16; print(int(cpu_has_bf16()))")
 if has generate; then
   # batch 1 from a one-token prompt, as llama-bench's tg128 decodes; five alternating runs a side (a VM's memory
   # speed can change from one second to the next)
@@ -26,15 +29,17 @@ if has generate; then
 fi
 if has eval; then
   python benchmarks/eval.py --threads "$T" --strides 1024 512
-  python benchmarks/eval.py --threads "$T" --strides 1024 --dtype bfloat16
+  if [[ $NATIVE_BF16 == 1 ]]; then python benchmarks/eval.py --threads "$T" --strides 1024 --dtype bfloat16; fi
 fi
 if has serve; then python benchmarks/serve.py --threads "$T" --clients 1 32; fi
 if has train; then
   TRAIN=(--device cpu --model cpu-small --batch 16 --block 256 --impls gpt2kit,transformers --threads "$T" --steps 3)
   python benchmarks/train.py "${TRAIN[@]}" --dtype fp32 --compile off
   python benchmarks/train.py "${TRAIN[@]}" --dtype fp32 --compile on                   # what `gpt2kit train` runs for 200+ steps
-  python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --hf-dtype fp32 --compile on   # bf16 against transformers fp32
-  python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --compile off
+  if [[ $NATIVE_BF16 == 1 ]]; then
+    python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --hf-dtype fp32 --compile on   # bf16 against transformers fp32
+    python benchmarks/train.py "${TRAIN[@]}" --dtype bf16 --compile off
+  fi
 fi
 if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
 if has kernels; then python benchmarks/kernel_choice.py --threads "$T"; fi               # the first run's kernel measurement

@@ -75,6 +75,10 @@ def coverage(lines: list[dict]) -> str:
     if not any("amx_bf16" in line.get("cpu_flags", []) or "avx512_bf16" in line.get("cpu_flags", []) for line in cpus):
         missing.append("a CPU with native bf16 (AVX-512 BF16 or AMX): the bf16 targets need one")
     out = "\nMeasured on: " + "; ".join(machines) + "."
+    if any(not {"amx_bf16", "avx512_bf16"} & set(line.get("cpu_flags", ["avx512_bf16"])) for line in cpus):
+        out += ("\n\nOn a CPU without native bf16 the bf16 evaluation and training rows are not measured "
+                "(`benchmarks/cpu_suite.sh` leaves them out): both sides' products are emulated there, and their targets "
+                "are for native bf16. Its bf16 decode rows run gemv.c's AVX2 bf16 product.")  # fmt: skip
     return out + ("\n\nNot measured on: " + "; ".join(missing) + ".\n" if missing else "\n")
 
 

@@ -35,6 +35,7 @@ def test_the_kinds_of_machine_no_line_comes_from_are_named():
     assert "a GPU" in text and "without AVX-512" in text and "native bf16" not in text
     text = report.coverage([avx512, {"cpu": "B", "cpu_flags": ["avx2", "fma"]}, {"gpu": "NVIDIA H200"}])
     assert "Not measured on" not in text and "GPU: NVIDIA H200" in text
+    assert "without native bf16 the bf16 evaluation and training rows are not measured" in text  # B has none
 
 
 def test_a_paired_ratio_is_the_median_of_each_rounds_ratio():
