@@ -309,6 +309,21 @@ def test_each_kernels_gelu_is_gpt2s_gelu_of_its_product(kind, dtype, monkeypatch
         torch.testing.assert_close(k.gelu(x).float(), ref, atol=tol, rtol=tol)
 
 
+@pytest.mark.parametrize("kind", ["linear", "mkl"])
+def test_an_unfused_gelu_runs_in_place_on_the_product_and_keeps_the_gradient(kind, monkeypatch):
+    """No second (rows, 4C) tensor per call; autograd still gets F.gelu's gradient."""
+    w, b, x = _data()
+    ref = F.gelu(F.linear(x, w, b), approximate="tanh")
+    with monkeypatch.context() as m:
+        m.setattr(L.F, "gelu", lambda *a, **kw: pytest.fail("F.gelu called: a second tensor"))
+        torch.testing.assert_close(L.make_kernel(kind, w, b).gelu(x), ref, atol=1e-5, rtol=1e-5)
+    wg = w.clone().requires_grad_()
+    L.make_kernel("linear", wg, b).gelu(x).square().sum().backward()
+    w_ref = w.clone().requires_grad_()
+    F.gelu(F.linear(x, w_ref, b), approximate="tanh").square().sum().backward()
+    torch.testing.assert_close(wg.grad, w_ref.grad, atol=1e-5, rtol=1e-5)
+
+
 def test_a_gelu_post_op_with_other_numbers_is_never_fused(monkeypatch):
     if not L._onednn_works(torch.float32):
         pytest.skip("oneDNN's linear does not run here")
