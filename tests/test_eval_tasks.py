@@ -112,14 +112,34 @@ def test_logit_head_blocked_bf16_equals_the_plain_bf16_head():
     h, t = torch.randn(11, 32).to(torch.bfloat16), torch.randint(0, 1000, (11,))
     t[3] = model.lm_head(h[3]).float().argmax()
     out = {}
-    for blocked in (True, False):
-        head = LogitHead(model, chunk=4, block=256)
-        assert head.blocked
+    for blocked, upcast in ((True, False), (True, True), (False, False)):
+        head = LogitHead(model, chunk=4, block=256, upcast=upcast)
+        assert head.blocked and head.upcast == upcast
         head.blocked = blocked
         with torch.inference_mode():
-            out[blocked] = head(h, t)
-    torch.testing.assert_close(out[True][0], out[False][0], rtol=0, atol=1e-5)
-    assert out[True][1].tolist() == out[False][1].tolist() and out[True][1][3]
+            out[blocked, upcast] = head(h, t)
+    plain = out[False, False]
+    for key in ((True, False), (True, True)):  # upcast: float32 products of the bf16 values, rounded to bf16 once
+        torch.testing.assert_close(out[key][0], plain[0], rtol=0, atol=1e-5)
+        assert out[key][1].tolist() == plain[1].tolist() and out[key][1][3]
+    assert not LogitHead(model.float(), upcast=True).upcast  # a float32 model has nothing to upcast
+
+
+def test_scoring_a_bf16_model_upcasts_the_head_where_its_copy_runs_float32(monkeypatch):
+    """The head follows the scoring copy's measured lm_head kind: float32 blocks where the float32 kernel won."""
+    from gpt2kit.eval import loglikelihood as LL
+
+    model = tiny_gpt(vocab_size=300, n_layer=1, n_head=2, n_embd=16, n_positions=16).to(torch.bfloat16)
+    made = []
+    real = LL.LogitHead
+    monkeypatch.setattr(LL, "LogitHead", lambda m, **kw: made.append(kw) or real(m, **kw))
+    ref = LL.score_tokens(model, [([1, 2, 3], [4, 5])])
+    for kind in ("float32", "linear"):
+        monkeypatch.setenv("GPT2KIT_KERNEL", kind)
+        LL._COPIES.clear()
+        scores = LL.score_tokens(model, [([1, 2, 3], [4, 5])])
+        assert made[-1] == {"upcast": kind == "float32"}
+        torch.testing.assert_close(scores.logprob, ref.logprob, rtol=0, atol=0.05)
 
 
 def test_logit_head_argmax_tie_across_blocks_keeps_the_first_index():

@@ -15,6 +15,7 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
+from gpt2kit.model.kernels import KernelLinear
 
 CPU = torch.device("cpu")
 COST = {L._Linear: 3.0, L._Mkl: 1.004, L._OneDnn: 2.0}  # microseconds per call, by kernel class
@@ -80,12 +81,13 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     choices = K.plan_kernels(model, batch=2)
     assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.PREFILL_ROWS)]
     assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
-    assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0} and choices[0].rejected == {}  # rounded to 0.01 us
+    assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0}  # rounded to 0.01 us
+    assert choices[0].rejected == {"float32": "the model is float32 already"}
     assert choices[1].rows == K.PREFILL_ROWS and choices[1].us["mkl"] == 1.0  # prompt processing's figures too
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
     key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
-    assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": {}, "paired": {}}
+    assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": choices[0].rejected, "paired": {}}
     assert f"torch.float32 | auto | lm_head 96x16 | {K.PREFILL_ROWS} rows" in table and len(table) == 10
     table[key]["kind"] = "onednn"  # what an earlier run measured is believed ...
     fixed_times.write_text(json.dumps(store))
@@ -131,7 +133,9 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
     assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows" in json.loads(fixed_times.read_text())[K.machine_key()]
     exact = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1)}
     assert exact[("mlp.c_fc", 1)].kind == "mkl"  # bf16 products pass at 0.05
-    assert set(exact[("mlp.c_fc", 1)].rejected) == (set() if L._onednn_works(torch.bfloat16) else {"onednn"})
+    assert set(exact[("mlp.c_fc", 1)].rejected) == {"float32"} | (set() if L._onednn_works(torch.bfloat16) else {"onednn"})
+    assert exact[("mlp.c_fc", 1)].rejected["float32"] == "for products of 9 rows or more"  # a decode step: bf16 reads
+    assert "float32" in exact[("mlp.c_fc", K.PREFILL_ROWS)].us  # many rows: timed against the bf16 products
 
 
 def test_candidates():
@@ -187,7 +191,7 @@ def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_
     K.inference_copy(model, 1, "int8")
     assert [(b, w) for _, b, w in asked][-1] == (1, "int8")
     kl = copy.transformer.h[4].mlp.c_proj
-    assert isinstance(kl, L.KernelLinear) and kl.kinds == ("mkl", "onednn") and kl.rows == 4
+    assert isinstance(kl, KernelLinear) and kl.kinds == ("mkl", "onednn") and kl.rows == 4
     assert copy.lm_head.kinds == ("linear", "linear") and copy.lm_head.small is copy.lm_head.large
     assert K.kernels_in_use(copy) == {**{r: ("mkl", "onednn") for r in K.ROLES[:4]}, "lm_head": ("linear", "linear")}
     assert K.kernels_in_use(model) == {}

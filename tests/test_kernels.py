@@ -16,6 +16,7 @@ from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 from gpt2kit.model.gpt import record_attention
+from gpt2kit.model.kernels import KernelLinear
 from gpt2kit.model.kv_cache import KVCache
 
 CPU = torch.device("cpu")
@@ -44,7 +45,7 @@ def test_every_runnable_kernel_matches_the_fp32_reference(kind, rows):
 
 def test_kernel_linear_routes_rows_and_keeps_shapes():
     lin = torch.nn.Linear(64, 32)
-    kl = L.KernelLinear(lin, "mkl", "linear", rows=4)
+    kl = KernelLinear(lin, "mkl", "linear", rows=4)
     x = torch.randn(2, 5, 64)
     torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
     assert kl.small is not kl.large and isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear)
@@ -71,7 +72,7 @@ def test_inference_copy_shares_the_model_and_leaves_it_alone(tiny):
     copy = K.inference_copy(tiny, 1, "auto")
     assert copy is not tiny and copy.transformer.wte.weight is tiny.transformer.wte.weight
     assert all(isinstance(m, torch.nn.Linear) for m in (tiny.lm_head, tiny.transformer.h[0].mlp.c_fc))
-    assert isinstance(copy.lm_head, L.KernelLinear) and isinstance(copy.transformer.h[1].attn.c_attn, L.KernelLinear)
+    assert isinstance(copy.lm_head, KernelLinear) and isinstance(copy.transformer.h[1].attn.c_attn, KernelLinear)
     assert all(torch.equal(before[k], v) for k, v in tiny.state_dict().items())
     assert K.inference_copy(tiny, 1, "model") is tiny
 

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.model import linear as L
+from gpt2kit.model.kernels import KernelLinear
 
 CPU = torch.device("cpu")
 RUNNABLE = [k for k, c in L.KERNELS.items() if c.available(CPU, torch.float32) and c.supports(64)]
@@ -68,10 +69,11 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 def test_the_kernel_table():
     gemv = {"gemv", "bf16-gemv", "int8-gemv", "gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
     assert set(L.KERNELS) == {
-        "linear", "mkl", "onednn", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
+        "linear", "mkl", "onednn", "float32", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
     }  # fmt: skip
-    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "gemv", "gemv-l2"}
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "float32", "gemv", "gemv-l2"}
     assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == gemv
+    assert {k: c.min_rows for k, c in L.KERNELS.items() if c.min_rows > 1} == {"float32": 9}
     assert {k for k, c in L.KERNELS.items() if getattr(c, "l2", False)} == {"gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
     assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None
@@ -87,6 +89,25 @@ def test_exact_kernels_equal_f_linear(kind, bias):
     y = L.make_kernel(kind, w, b)(x)
     assert y.dtype == torch.float32 and y.shape == (5, 48)
     torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_float32_runs_a_bf16_models_product_in_float32_and_rounds_once(bias):
+    """bf16 weights and inputs are float32 values: the float32 product of them, rounded to bf16 once, is what a
+    bf16 F.linear computes (float32 sums), to within one bf16 step where the sums' order differs."""
+    w, b, x = (t.to(torch.bfloat16) for t in _data())
+    b = (b + 0.5) if bias else None  # a bias far from zero: dropping it is seen
+    k = L.make_kernel("float32", w, b)
+    y = k(x)
+    assert y.dtype == torch.bfloat16 and y.shape == (5, 48) and k.w.dtype == torch.float32
+    exact = F.linear(x.double(), w.double(), None if b is None else b.double())  # (5, 48) float64
+    assert torch.equal(y, F.linear(x.float(), w.float(), None if b is None else b.float()).to(torch.bfloat16))
+    step = exact.abs().clamp(min=1e-3) * 2.0**-7  # one bf16 step at each value
+    assert ((y.double() - exact).abs() <= step).all()
+    assert (F.linear(x, w, b).double() - y.double()).abs().max() <= step.max()  # torch's bf16 product: the same numbers
+    assert L._Float32.available(CPU, torch.bfloat16) and not L._Float32.available(CPU, torch.float32)
+    assert L._Float32.why_unavailable(CPU, torch.float32) == "the model is float32 already"
+    assert not L._Float32.available(torch.device("meta"), torch.bfloat16)
 
 
 def test_linear_uses_the_weight_in_place_and_mkl_a_transposed_copy():
@@ -267,7 +288,7 @@ def test_kernel_linear_routes_by_rows():
     lin = torch.nn.Linear(64, 48)
     with torch.no_grad():
         lin.bias.normal_()
-    kl = L.KernelLinear(lin, "mkl", "linear", rows=4)
+    kl = KernelLinear(lin, "mkl", "linear", rows=4)
     assert isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear) and type(kl.large) is not L._Mkl
     calls = []
     for name in ("small", "large"):
@@ -285,7 +306,7 @@ def test_kernel_linear_routes_by_rows():
 
 def test_kernel_linear_packs_a_shared_kind_once_and_copes_without_bias():
     lin = torch.nn.Linear(64, 48, bias=False)
-    kl = L.KernelLinear(lin, "mkl", "mkl", rows=2)
+    kl = KernelLinear(lin, "mkl", "mkl", rows=2)
     assert kl.small is kl.large and kl.small.b is None
     x = torch.randn(3, 64)
     torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)

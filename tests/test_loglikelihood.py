@@ -196,7 +196,7 @@ def test_encode_pair_with_an_empty_context():
 def test_scoring_runs_on_an_inference_copy_kept_while_the_weights_stay_the_same():
     """On the CPU a GPT scores through its inference copy (kernels chosen by measurement, c_fc with its GELU),
     made once and kept until a weight changes in place; its scores are the model's own (test above)."""
-    from gpt2kit.model.linear import KernelLinear
+    from gpt2kit.model.kernels import KernelLinear
 
     model = _model()
     scorer = ll.scoring_copy(model)

@@ -72,9 +72,9 @@ def cpu_has_bf16() -> bool:
 
 def bf16_emulation_note(device: torch.device, dtype: torch.dtype) -> str | None:
     """One line to show when bf16 on this CPU would be emulated (AVX2-only: no native bf16 kernels), else None. gemv.c
-    decodes bf16 weights in float32 FMAs there (about twice fp32's speed, half the bytes); torch's products of
-    many rows are emulated."""
+    decodes bf16 weights in float32 FMAs there (about twice fp32's speed, half the bytes); products of many rows run
+    in float32 on float32 copies of the weights where measured faster (the `float32` kernel); training's are emulated."""
     if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_bf16():
         return None
-    return ("this CPU has no native bf16 (AVX2 only): bf16 decoding runs gpt2kit's own kernels, but prompts, "
-            "evaluation and training are emulated here and slower than fp32; use --dtype fp32 for those")  # fmt: skip
+    return ("this CPU has no native bf16 (AVX2 only): bf16 decoding runs gpt2kit's own kernels and prompts and evaluation "
+            "float32 copies of the weights, but training is emulated here and slower than fp32; use --dtype fp32 to train")  # fmt: skip

@@ -113,7 +113,8 @@ def score_tokens(
     wrong = torch.empty(n, dtype=torch.float32, device=device)
     bar = _progress(n, desc, progress)
     with eval_mode(model):
-        head, scorer = LogitHead(model), scoring_copy(model)
+        scorer = scoring_copy(model)
+        head = LogitHead(model, upcast=getattr(scorer.lm_head, "kinds", ("", ""))[1] == "float32")  # as the copy's lm_head
         cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
         for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
             lp, wr = _score_batch(scorer, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)

@@ -9,8 +9,9 @@ and PREFILL_ROWS (prompt processing, scoring). The fastest candidate whose outpu
 threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
-  - auto:  the exact kernels (linear, mkl, onednn, gemv, gemv-l2) in the model's dtype; with `--dtype bf16`
-           these are the CPU's native bf16 kernels where it has them;
+  - auto:  the exact kernels (float32, linear, mkl, onednn, gemv, gemv-l2) in the model's dtype; with
+           `--dtype bf16` these are the CPU's native bf16 kernels where it has them, and float32 products on
+           float32 copies of the bf16 weights for many rows (where torch would emulate bf16 they are ~10x faster);
   - bf16 / int8: approximate kernels (linear.py: 16- or 8-bit weights; int8-dynamic also rounds the
            activations to 8 bits), offered only when asked for; prompt processing may still pick an exact
            kernel when that is faster;
@@ -39,11 +40,13 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import PREFILL_ROWS, ROLES, WRONG, Choice, measure, measure_step
-from gpt2kit.model.linear import KERNELS, KernelLinear
+from gpt2kit.model.linear import KERNELS, make_kernel
 from gpt2kit.model.lora import has_lora
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
-EXACT = ("linear", "mkl", "onednn", "gemv", "gemv-l2")
+# float32 first: where torch emulates bf16 its products are ~10-100x faster, and a first call that much slower than
+# the best so far is not timed further (kernel_timing.measure): a 124M bf16 model's first measurement took 49 s, not 10
+EXACT = ("float32", "linear", "mkl", "onednn", "gemv", "gemv-l2")
 APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"), "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
@@ -51,6 +54,43 @@ FALLBACK = {"int8": "int8-f32"}
 # The inference copy reuses the kernels the decode measurement packed for models of up to this many bytes of
 # weights; larger ones pack their winners again rather than hold two packed copies at once while measuring.
 KEEP_PACKED_BYTES = 2 << 30
+
+
+class KernelLinear(nn.Module):
+    """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
+    (prefill, scoring), packed for hints[0] and hints[1] rows. Both are packed once; the same kind is packed
+    once for both (for the decode rows). timed: the decode measurement's microseconds per call of each kind
+    whose output matched (what another choice for the decode rows can be made from)."""
+
+    def __init__(self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None,
+                 hints: tuple[int, int] = (1, 1), timed: dict[str, float] | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.kinds, self.rows, self.timed = (small, large), rows, timed or {}
+        self.small_numel = rows * self.in_features  # inputs of up to `rows` rows go to `small`
+        bias = None if linear.bias is None else linear.bias.detach()
+
+        def kernel(kind: str, hint: int):  # packed already (by the measurement: {(kind, id(weight)): kernel}), else now
+            made = (packed or {}).get((kind, id(linear.weight)))
+            return made if made is not None else make_kernel(kind, linear.weight.detach(), bias, hint)
+
+        self.small = kernel(small, hints[0])
+        self.large = self.small if large == small else kernel(large, hints[1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (..., in) -> (..., out); every kernel takes the leading dimensions as they are (no reshapes here)
+        return (self.small if x.numel() <= self.small_numel else self.large)(x)
+
+    def gelu(self, x: torch.Tensor) -> torch.Tensor:
+        """GELU (tanh) of the product, fused where the kernel can (MLP.forward calls it for c_fc)."""
+        return (self.small if x.numel() <= self.small_numel else self.large).gelu(x)
+
+    # An inference-only stand-in runs no module hooks, so a call goes straight to forward: in a memory-bound decode step
+    # nn.Module's call machinery (three frames, eight hook-dict lookups) cost ~5 us a call, ~0.25 ms of a 124M token.
+    __call__ = forward
+
+    def extra_repr(self) -> str:
+        return f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
 
 
 def kernel_cache_path() -> Path:
@@ -186,6 +226,8 @@ def _candidates(
             rejected[k] = KERNELS[k].why_unavailable(device, dtype)
         elif KERNELS[k].max_rows is not None and rows > KERNELS[k].max_rows:
             rejected[k] = f"for products of up to {KERNELS[k].max_rows} rows"
+        elif rows < KERNELS[k].min_rows:
+            rejected[k] = f"for products of {KERNELS[k].min_rows} rows or more"
         elif not KERNELS[k].supports(in_f):
             rejected[k] = f"does not support in_features={in_f}"
         else:
