@@ -54,30 +54,35 @@ def test_top_p_smallest_set_reaching_p():
 
 
 def test_top_p_among_the_top_candidates_equals_the_full_sort(monkeypatch):
-    """On a CPU top-p looks for the nucleus among the 256, then the 4096 most likely tokens, and sorts the whole
-    vocabulary only when they do not hold top_p: the kept set is the full sort's every time."""
+    """On a CPU top-p looks for the nucleus among the 256 most likely tokens, and sorts the whole vocabulary's
+    values only when they do not hold top_p: the kept set is the full sort's every time, ties included."""
     from gpt2kit.generate import sampling as S
 
     def reference(logits, top_p):  # the definition: the smallest descending prefix holding top_p
-        probs, order = torch.sort(torch.softmax(logits.double(), -1), descending=True)
+        probs, order = torch.sort(torch.softmax(logits.double(), -1), descending=True, stable=True)
         n = int(((torch.cumsum(probs, 0) - probs) < top_p * (1 - 1e-6)).sum())
         return set(order[: max(1, n)].tolist())
 
     sorts = []
-    real_sort = torch.sort
-    monkeypatch.setattr(torch, "sort", lambda *a, **kw: sorts.append(1) or real_sort(*a, **kw))
+    real_sort = S.np.sort
+    monkeypatch.setattr(S.np, "sort", lambda *a, **kw: sorts.append(1) or real_sort(*a, **kw))
     base = torch.randn(50257, generator=torch.Generator().manual_seed(0))
-    # nuclei of 1, 22, 49 (among the first 256), 1832 and 1056 (among 4096), 30680 and 19207 tokens (the full sort)
-    cases = [(8.0, 0.9, 256), (8.0, 0.999, 256), (3.0, 0.5, 256), (3.0, 0.9, 4096), (2.0, 0.5, 4096), (1.0, 0.9, None), (0.3, 0.5, None)]
-    for scale, top_p, stage in cases:
-        logits = base * scale
+    # nuclei of 1, 22, 49 (among the first 256), 1832, 1056, 30680 and 19207 tokens (the values sorted)
+    cases = [(8.0, 0.9, 256), (8.0, 0.999, 256), (3.0, 0.5, 256), (3.0, 0.9, None), (2.0, 0.5, None), (1.0, 0.9, None), (0.3, 0.5, None)]
+    tied = (base * 2).round(decimals=1)  # many equal logits: the nucleus ends inside a run of ties
+    for logits, top_p, stage in [(base * scale, top_p, stage) for scale, top_p, stage in cases] + [(tied, 0.5, None), (tied, 0.93, None)]:
         sorts.clear()
         out = S.apply_top_p(logits, top_p)
-        sorted_all = len(sorts) > 0
         kept = set(torch.nonzero(torch.isfinite(out)).flatten().tolist())
-        assert kept == reference(logits, top_p), (scale, top_p)
+        want = reference(logits, top_p)
+        if logits is tied:  # which of the tokens equal to the last kept one are kept is the sort's choice: as many
+            last = logits[list(want)].min()
+            assert len(kept) == len(want) and {i for i in kept if logits[i] > last} == {i for i in want if logits[i] > last}
+            assert logits[list(kept)].min() == last and logits[list(kept)].sum() == logits[list(want)].sum()
+        else:
+            assert kept == want, (top_p, len(kept))
         assert torch.equal(out[list(kept)], logits[list(kept)])
-        assert sorted_all == (stage is None), (scale, top_p, len(kept))  # the full sort only when needed
+        assert (len(sorts) > 0) == (stage is None), (top_p, len(kept))  # the values sorted only when needed
         assert stage is None or len(kept) <= stage
 
 

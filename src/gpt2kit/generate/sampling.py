@@ -37,8 +37,8 @@ GREEDY_TEMPERATURE = 1e-5
 # What `draw` returns for a row in which no token can be drawn (every logit -inf or NaN).
 NO_TOKEN = -1
 _FMAX = torch.finfo(torch.float32).max
-# How many of the most likely tokens top-p looks among before it sorts the whole vocabulary (CPU).
-TOP_P_CANDIDATES = (256, 4096)
+# How many of the most likely tokens top-p looks among before it sorts the whole vocabulary's values (CPU).
+TOP_P_CANDIDATES = 256
 
 
 @dataclass
@@ -236,25 +236,44 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """Keep the smallest prefix of tokens (by descending probability) whose total probability >= top_p."""
     if top_p >= 1.0:
         return logits
-    V = logits.shape[-1]
     log_total = torch.logsumexp(logits, dim=-1)  # () softmax's normaliser, over every token
-    # On a CPU the nucleus is looked for among the TOP_P_CANDIDATES most likely tokens first (a top-k is 5-20x
-    # faster than sorting 50257 logits); it is exact when they hold top_p, else the next count is tried, up to
-    # the full sort. On a GPU the full sort is fast and checking the mass would sync with the host.
-    for k in (*TOP_P_CANDIDATES, V) if logits.device.type == "cpu" else (V,):
-        if k < V:
-            ranked, order = torch.topk(logits, k)  # (k,), (k,) descending
-        else:
-            ranked, order = torch.sort(logits, descending=True)  # (V,), (V,)
+    # On a CPU the nucleus is looked for among the TOP_P_CANDIDATES most likely tokens first (a top-k is ~30x faster
+    # than sorting 50257 logits); it is exact when they hold top_p, else the whole vocabulary's values are sorted
+    # (`_nucleus_by_value`). On a GPU the full sort is fast and checking the mass would sync with the host.
+    kept = None
+    if logits.device.type == "cpu" and logits.shape[-1] > TOP_P_CANDIDATES:
+        ranked, order = torch.topk(logits, TOP_P_CANDIDATES)  # (k,), (k,) descending
         probs = torch.exp(ranked - log_total)
-        if k >= V or float(probs.sum()) >= top_p:
-            break
-    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-    keep = before < top_p * (1 - 1e-6)  # within float32's rounding of top_p counts as reaching it
-    # The most likely token is always kept: in float32 a top_p of 1e-300 is 0.0, and before >= 0 holds everywhere.
-    keep[0] = True
-    kept = order[keep]  # tokens outside the candidates come after them: their mass before is >= top_p too
+        if float(probs.sum()) >= top_p:  # the tokens after the candidates have at least top_p before them
+            kept = order[: _nucleus_size(probs, top_p)]
+        elif logits.dtype in (torch.float32, torch.float64):
+            return _nucleus_by_value(logits, log_total, top_p)
+    if kept is None:
+        ranked, order = torch.sort(logits, descending=True)  # (V,), (V,)
+        kept = order[: _nucleus_size(torch.exp(ranked - log_total), top_p)]
     return torch.full_like(logits, -math.inf).index_copy_(0, kept, logits[kept])
+
+
+def _nucleus_size(probs: torch.Tensor, top_p: float) -> int:
+    """How many of the descending probabilities `probs` the nucleus keeps: those with less than top_p before them
+    (within float32's rounding of top_p counts as reaching it), and always the first: in float32 a top_p of
+    1e-300 is 0.0, and before >= 0 holds everywhere."""
+    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
+    return max(1, int((before < top_p * (1 - 1e-6)).sum()))  # `before` never decreases: a prefix
+
+
+def _nucleus_by_value(logits: torch.Tensor, log_total: torch.Tensor, top_p: float) -> torch.Tensor:
+    """apply_top_p over the whole vocabulary from its sorted values alone, in numpy: its SIMD sort of 50257 float32
+    values took 0.3-0.4 ms on a 2-core Zen 3 VM, torch.sort with indices 4.3 ms. The nucleus is every token above the
+    last kept value, and as many of the tokens equal to it as the prefix holds (the first ones)."""
+    values = logits.numpy()  # (V,)
+    ranked = np.sort(values)[::-1]  # (V,) descending
+    probs = np.exp(ranked - np.float32(log_total))  # (V,) float32, as _nucleus_size's
+    done = np.cumsum(probs[:-1], dtype=np.float64)  # (V - 1,) the mass before each token after the first
+    n = 1 + int(np.searchsorted(done, top_p * (1 - 1e-6)))  # the first token, and those with less than top_p before them
+    keep = values > ranked[n - 1]  # (V,) bool
+    keep[np.flatnonzero(values == ranked[n - 1])[: n - int(keep.sum())]] = True
+    return torch.from_numpy(np.where(keep, values, np.float32(-np.inf)).astype(values.dtype, copy=False))
 
 
 def apply_min_p(logits: torch.Tensor, min_p: float) -> torch.Tensor:
