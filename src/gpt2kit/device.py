@@ -76,5 +76,6 @@ def bf16_emulation_note(device: torch.device, dtype: torch.dtype) -> str | None:
     in float32 on float32 copies of the weights where measured faster (the `float32` kernel); training's are emulated."""
     if device.type != "cpu" or dtype != torch.bfloat16 or cpu_has_bf16():
         return None
-    return ("this CPU has no native bf16 (AVX2 only): bf16 decoding runs gpt2kit's own kernels and prompts and evaluation "
-            "float32 copies of the weights, but training is emulated here and slower than fp32; use --dtype fp32 to train")  # fmt: skip
+    return ("this CPU has no native bf16 (AVX2 only): gpt2kit decodes bf16 with its own kernels and runs prompts and "
+            "evaluation on float32 copies of the weights, but training is emulated here and slower than fp32; use --dtype "
+            "fp32 to train")  # fmt: skip
