@@ -77,16 +77,19 @@ def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
 @pytest.mark.parametrize(
     "kind, dtype", [("gemv", torch.float32), ("gemv", BF), ("bf16-gemv", torch.float32), ("int8-gemv", torch.float32)]
 )
-def test_prefetching_into_l2_changes_no_number(build, kind, dtype):
-    """`gemv-l2` and its bf16 and int8 forms differ from the plain kernels only in where they prefetch: the same
-    numbers, bit for bit, on shapes that end mid-block and mid-chunk."""
+def test_where_it_prefetches_changes_no_number(build, kind, dtype):
+    """`gemv-l2` and `gemv-hw` and their bf16 and int8 forms differ from the plain kernels only in where they prefetch
+    (into L2 only, nowhere): the same numbers, bit for bit, on shapes that end mid-block and mid-chunk."""
     if (L.KERNELS[kind].compute_dtype or dtype) == BF and not _bf16_in(build):
         pytest.skip("no bf16 kernel in this build (the CPU has no AVX-512 BF16, or the build turns AVX-512 off)")
     for shape in SHAPES:
         w, b, x = (t.to(dtype) for t in _data(*shape, (3,)))
-        plain, l2 = L.make_kernel(kind, w, b), L.make_kernel(f"{kind}-l2", w, b)
-        assert (plain.packed.l2, l2.packed.l2) == (0, 1)
-        assert torch.equal(plain(x), l2(x)) and torch.equal(plain(x[:1]), l2(x[:1]))
+        plain, l2, hw = (L.make_kernel(f"{kind}{s}", w, b) for s in ("", "-l2", "-hw"))
+        assert (plain.packed.prefetch, l2.packed.prefetch, hw.packed.prefetch) == (0, 1, 2)
+        for other in (l2, hw):
+            assert torch.equal(plain(x), other(x)) and torch.equal(plain(x[:1]), other(x[:1]))
+    with pytest.raises(ValueError, match="prefetch must be one of"):
+        gemv.Packed(w, b, dtype if kind == "gemv" else torch.float32, prefetch=3)
 
 
 @_needs(torch.float32)

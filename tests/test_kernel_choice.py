@@ -142,19 +142,19 @@ def test_candidates():
     cands = K._candidates
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
     assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
-    why = {k: L.KERNELS[k].why_unavailable(CPU, torch.bfloat16) for k in ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2")}
+    why = {k: L.KERNELS[k].why_unavailable(CPU, torch.bfloat16) for k in K.APPROX["bf16"]}
     assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], why)  # each says why, as the CPU has it
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
-    assert {"bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"} <= set(rejected) and kinds == [
+    assert set(K.APPROX["bf16"]) <= set(rejected) and kinds == [
         k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k
     ]
-    for k in ("gemv", "gemv-l2"):
+    for k in ("gemv", "gemv-l2", "gemv-hw"):
         if L.KERNELS[k].available(CPU, torch.bfloat16):
             assert rejected[k] == "for products of up to 8 rows"  # 9 rows: a matrix product, not a decode step
     kinds, rejected = cands("int8", 1, CPU, torch.float32, 40, None)
     assert "int8" not in kinds and (rejected["int8"] == "does not support in_features=40" or "int8" in rejected)
     assert cands("auto", 1, CPU, torch.float32, 64, "linear") == (["linear"], {})
-    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-gemv', 'bf16-gemv-l2', 'bf16-onednn',")):
+    with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='fast' is not a kernel; use one of ['bf16', 'bf16-gemv', 'bf16-gemv-hw', 'bf16-gemv-l2', 'bf16-onednn',")):
         cands("auto", 1, CPU, torch.float32, 64, "fast")
     with pytest.raises(ConfigError, match=re.escape("GPT2KIT_KERNEL='bf16' does not run on this machine/shape; unset it")):
         cands("auto", 1, CPU, torch.bfloat16, 64, "bf16")
@@ -165,10 +165,10 @@ def test_candidates():
 def test_unsupported_width_is_rejected_with_the_reason(monkeypatch):
     monkeypatch.setattr(L._Int8, "available", classmethod(lambda cls, device, dtype: True))
     kinds, rejected = K._candidates("int8", 1, CPU, torch.float32, 40, None)
-    gemv = ["int8-gemv", "int8-gemv-l2"] if L._Int8Gemv.available(CPU, torch.float32) else []
+    gemv = ["int8-gemv", "int8-gemv-l2", "int8-gemv-hw"] if L._Int8Gemv.available(CPU, torch.float32) else []
     assert rejected.pop("int8") == "does not support in_features=40" and kinds == ["int8-dynamic", *gemv, "int8-f32"]  # the fallback
     why = L._Int8Gemv.why_unavailable(CPU, torch.float32)
-    assert rejected in ({}, {"int8-gemv": why, "int8-gemv-l2": why})
+    assert rejected in ({}, {"int8-gemv": why, "int8-gemv-l2": why, "int8-gemv-hw": why})
 
 
 def test_inference_copy_uses_the_decode_choice_up_to_the_threshold(model, fixed_times, monkeypatch):

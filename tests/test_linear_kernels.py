@@ -67,14 +67,15 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 
 
 def test_the_kernel_table():
-    gemv = {"gemv", "bf16-gemv", "int8-gemv", "gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
+    gemv = {f"{k}{s}" for k in ("gemv", "bf16-gemv", "int8-gemv") for s in ("", "-l2", "-hw")}
     assert set(L.KERNELS) == {
         "linear", "mkl", "onednn", "float32", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
     }  # fmt: skip
-    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "float32", "gemv", "gemv-l2"}
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "float32", "gemv", "gemv-l2", "gemv-hw"}
     assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == gemv
     assert {k: c.min_rows for k, c in L.KERNELS.items() if c.min_rows > 1} == {"float32": 9}
-    assert {k for k, c in L.KERNELS.items() if getattr(c, "l2", False)} == {"gemv-l2", "bf16-gemv-l2", "int8-gemv-l2"}
+    want = {k: 2 if k.endswith("-hw") else 1 if k.endswith("-l2") else 0 for k in gemv}  # gemv.PREFETCH: L1, L2 only, none
+    assert {k: c.prefetch for k, c in L.KERNELS.items() if k in gemv} == want
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32
     assert L.KERNELS["bf16-onednn"].compute_dtype == torch.bfloat16 and L.KERNELS["onednn"].compute_dtype is None
 

@@ -6,9 +6,9 @@
    chunk is 64 bytes of a weight row (one zmm: LANES = 16 floats, 32 bf16 or 64 int8), so every kind of
    weight runs the same loop (`block`), which differs only in the instruction that multiplies and in how
    the sums are finished. Each thread takes whole blocks, a contiguous share of them first (share.h); the next
-   PREFETCH bytes of its stream are asked for ahead of use, into L1 or only into L2 (`l2`, a product's argument
-   after the threads). Which keeps more of the stream in flight depends on the CPU: on a 2-core Zen 4 VM the L2 hint read 19-31 % faster with int8 and
-   bf16 weights when the memory was fast, so gemv.py offers both and the measurement picks. The x row of a block's ROWS dot products is loaded once per chunk; the block stays in
+   PREFETCH bytes of its stream are asked for ahead of use, into L1 or only into L2, or not at all (`pf`, a product's
+   argument after the threads). Which reads faster depends on the CPU: on a 2-core Zen 4 VM the L2 hint read 19-31 % faster with int8 and
+   bf16 weights when the memory was fast, on a 2-core Zen 3 VM no hint read 0.90 of a `sum`'s speed against 0.75-0.79, so gemv.py offers all three. The x row of a block's ROWS dot products is loaded once per chunk; the block stays in
    L1/L2 for the other rows of x.
 
    Built by gemv.py for the CPU that runs it (-march=native), with OpenMP, whose runtime is the one torch
@@ -32,13 +32,13 @@
 #define PREFETCH 4096
 #endif
 
-/* `lines` lines of 64 bytes from p, asked for into L1 (l2 = 0: prefetcht0) or into L2 only (l2 = 1:
-   prefetcht1). A prefetch into L1 holds one of L1's few miss buffers until its line arrives; one into L2
-   holds one of L2's, of which there are more. */
-static inline __attribute__((always_inline)) void prefetch_lines(const char *p, int lines, int l2) {
-  if (l2)
+/* `lines` lines of 64 bytes from p, asked for into L1 (pf = 0: prefetcht0) or into L2 only (pf = 1: prefetcht1), or
+   not at all (pf = 2: the hardware's prefetchers alone). A prefetch into L1 holds one of L1's few miss buffers until
+   its line arrives; one into L2 holds one of L2's, of which there are more. */
+static inline __attribute__((always_inline)) void prefetch_lines(const char *p, int lines, int pf) {
+  if (pf == 1)
     for (int r = 0; r < lines; ++r) _mm_prefetch(p + 64 * r, _MM_HINT_T1);
-  else
+  else if (pf == 0)
     for (int r = 0; r < lines; ++r) _mm_prefetch(p + 64 * r, _MM_HINT_T0);
 }
 
@@ -52,7 +52,7 @@ static inline float gelu_tanh(float x) {
 
 /* The products: each thread takes whole blocks, its own contiguous share first, then blocks left in the others'
    (share.h). Every product takes the packed weight's arguments first (what gemv.py binds once), then x, y, M,
-   threads, l2 and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */
+   threads, pf (the prefetch) and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */
 #define FOR_BLOCKS(nb, N, rows)                                   \
   struct gk_shares shares_;                                       \
   gk_shares_split(&shares_, ((N) + (rows) - 1) / (rows), threads); \
@@ -97,7 +97,7 @@ static inline __mmask16 valid_rows(int64_t n, int64_t N) {
    sums finished into y. x rows are x_row bytes apart; `tail` masks the bytes of x's last chunk past K. */
 static inline __attribute__((always_inline)) void block(enum kind kind, const char *wb, const char *x, int64_t x_row,
                                                         int64_t chunks, __mmask64 tail, int64_t M, int64_t n,
-                                                        int64_t N, const struct out *o, int l2) {
+                                                        int64_t N, const struct out *o, int pf) {
   const __mmask16 valid = valid_rows(n, N);
   for (int64_t m = 0; m < M; ++m) {
     __m512 acc[ROWS];  /* float32 sums (F32, BF16), or int32 ones in the same registers (S8) */
@@ -106,7 +106,7 @@ static inline __attribute__((always_inline)) void block(enum kind kind, const ch
     for (int64_t c = 0; c < chunks; ++c) {
       const __m512i xv = _mm512_maskz_loadu_epi8(c == chunks - 1 ? tail : ~(__mmask64)0, xm + 64 * c);
       const char *wc = wb + c * ROWS * 64;
-      prefetch_lines(wc + PREFETCH, ROWS, l2);
+      prefetch_lines(wc + PREFETCH, ROWS, pf);
       for (int r = 0; r < ROWS; ++r) {
         if (kind == F32)
           acc[r] = _mm512_fmadd_ps(_mm512_loadu_ps(wc + 64 * r), _mm512_castsi512_ps(xv), acc[r]);
@@ -156,12 +156,12 @@ int gk_lanes_f32(void) { return 16; }
 int gk_rows_f32(void) { return ROWS; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
-                 int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                 int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   const int64_t chunks = (K + 15) / 16;
   const struct out o = {b, 0, 0, 0, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(F32, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 4 * K, chunks,
-                          tail_bytes(4 * K), M, nb * ROWS, N, &o, l2);
+                          tail_bytes(4 * K), M, nb * ROWS, N, &o, pf);
 }
 
 #ifdef HAVE_BF16
@@ -170,12 +170,12 @@ int gk_lanes_bf16(void) { return 32; }
 int gk_rows_bf16(void) { return ROWS; }
 
 void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
-                  int64_t M, int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                  int64_t M, int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   const int64_t chunks = (K + 31) / 32;
   const struct out o = {b, 0, 0, 0, !out_f32, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(BF16, (const char *)w + nb * chunks * ROWS * 64, (const char *)x, 2 * K, chunks,
-                          tail_bytes(2 * K), M, nb * ROWS, N, &o, l2);
+                          tail_bytes(2 * K), M, nb * ROWS, N, &o, pf);
 }
 #endif
 
@@ -209,15 +209,15 @@ static void quantize_rows(const float *x, uint8_t *xq, float *xs, int64_t M, int
 }
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
-                const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                const float *x, float *y, int64_t M, int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   uint8_t *xq = aligned_alloc(64, M * Kp);
   float *xs = malloc(M * sizeof(float));
   quantize_rows(x, xq, xs, M, K, Kp);
   const struct out o = {b, scale, qsum, xs, 0, y, gelu};
   FOR_BLOCKS(nb, N, ROWS) block(S8, (const char *)w + nb * chunks * ROWS * 64, (const char *)xq, Kp, chunks,
-                          ~(__mmask64)0, M, nb * ROWS, N, &o, l2);
+                          ~(__mmask64)0, M, nb * ROWS, N, &o, pf);
   free(xq);
   free(xs);
 }
@@ -277,7 +277,7 @@ static inline __m256 bf16_odd(__m256i v) { return _mm256_castsi256_ps(_mm256_and
    read only up to `tail` bytes, the rest zero) or int8 (x quantized and zero-padded to whole chunks). */
 static inline __attribute__((always_inline)) void block2(enum kind2 kind, const char *wb, const char *x, int64_t x_row,
                                                          int64_t chunks, int64_t tail, int64_t M, int64_t n,
-                                                         int64_t N, const struct out2 *o, int l2) {
+                                                         int64_t N, const struct out2 *o, int pf) {
   const int valid = N - n >= ROWS2 ? ROWS2 : (int)(N - n);
   for (int64_t m = 0; m < M; ++m) {
     __m256 acc[ROWS2];  /* float32 sums, or int32 ones in the same registers (int8) */
@@ -294,7 +294,7 @@ static inline __attribute__((always_inline)) void block2(enum kind2 kind, const 
       const __m256i x0 = _mm256_loadu_si256((const __m256i *)xc), x1 = _mm256_loadu_si256((const __m256i *)(xc + 32));
       const __m256i a0 = _mm256_abs_epi8(x0), a1 = _mm256_abs_epi8(x1);  /* int8: |p| */
       const __m256 e0 = bf16_even(x0), o0 = bf16_odd(x0), e1 = bf16_even(x1), o1 = bf16_odd(x1);  /* bf16 */
-      prefetch_lines(wc + PREFETCH, ROWS2, l2);
+      prefetch_lines(wc + PREFETCH, ROWS2, pf);
       for (int r = 0; r < ROWS2; ++r) {
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wc + 64 * r + 32));
@@ -326,12 +326,12 @@ int gk_lanes_f32(void) { return 16; }
 int gk_rows_f32(void) { return ROWS2; }
 
 void gk_gemv_f32(const float *w, const float *b, int64_t N, int64_t K, const float *x, float *y, int64_t M,
-                 int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                 int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_F32, GK_P(w), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   const int64_t chunks = (K + 15) / 16;
   const struct out2 o = {b, 0, 0, y, 0, gelu};
   FOR_BLOCKS(nb, N, ROWS2) block2(W_F32, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 4 * K, chunks,
-                                  4 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, l2);
+                                  4 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, pf);
 }
 #endif  /* !HAVE_F32 */
 
@@ -342,12 +342,12 @@ int gk_lanes_bf16(void) { return 32; }
 int gk_rows_bf16(void) { return ROWS2; }
 
 void gk_gemv_bf16(const uint16_t *w, const float *b, int out_f32, int64_t N, int64_t K, const uint16_t *x, void *y,
-                  int64_t M, int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                  int64_t M, int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_BF16, GK_P(w), GK_P(b), out_f32, N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   const int64_t chunks = (K + 31) / 32;
   const struct out2 o = {b, 0, 0, y, !out_f32, gelu};
   FOR_BLOCKS(nb, N, ROWS2) block2(W_BF16, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)x, 2 * K, chunks,
-                                  2 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, l2);
+                                  2 * K - 64 * (chunks - 1), M, nb * ROWS2, N, &o, pf);
 }
 #endif  /* !HAVE_BF16 */
 
@@ -383,8 +383,8 @@ static void quantize_rows_avx2(const float *x, int8_t *xq, float *xs, int64_t M,
 }
 
 void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const float *b, int64_t N, int64_t K,
-                const float *x, float *y, int64_t M, int threads, int l2, int gelu) {
-  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, l2, gelu);
+                const float *x, float *y, int64_t M, int threads, int pf, int gelu) {
+  GK_RECORD(GK_GEMV_S8, GK_P(w), GK_P(scale), GK_P(qsum), GK_P(b), N, K, GK_P(x), GK_P(y), M, threads, pf, gelu);
   (void)qsum;
   const int64_t chunks = (K + 63) / 64, Kp = chunks * 64;
   int8_t *xq = aligned_alloc(64, M * Kp);
@@ -392,7 +392,7 @@ void gk_gemv_s8(const int8_t *w, const float *scale, const int32_t *qsum, const 
   quantize_rows_avx2(x, xq, xs, M, K, Kp);
   const struct out2 o = {b, scale, xs, y, 0, gelu};
   FOR_BLOCKS(nb, N, ROWS2) block2(W_S8, (const char *)w + nb * chunks * ROWS2 * 64, (const char *)xq, Kp, chunks, 64,
-                                  M, nb * ROWS2, N, &o, l2);
+                                  M, nb * ROWS2, N, &o, pf);
   free(xq);
   free(xs);
 }

@@ -15,8 +15,9 @@ has float32, bf16 and int8 weights' kernels (bf16 with AVX-512 BF16's dot produc
 in float32 FMAs on 32-byte registers). No compiler, a compile error or an older CPU leaves
 the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
 off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
-torch.get_num_threads(). Each weight is read with its prefetches into L1 or into L2 only (`Packed(l2=...)`):
-which reads faster depends on the CPU, so linear.py offers each as its own kernel and the measurement picks.
+torch.get_num_threads(). Each weight is read with its prefetches into L1, into L2 only, or none (the hardware's
+prefetchers alone; `Packed(prefetch=...)`): which reads faster depends on the CPU, so linear.py offers each as its
+own kernel and the measurement picks.
 
 The same library holds attend.c, attention for one query per row (`attend`), and causal.c, causal attention
 for many queries per row in bf16 (`causal`): candidates for a decode step's attention and for prefill and
@@ -46,6 +47,7 @@ CAUSAL_SOURCE = Path(__file__).with_name("causal.c")  # many-query causal attent
 STEP_SOURCE = Path(__file__).with_name("step.c")  # a decode step replayed from its tape (step_graph.py), the same
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
+PREFETCH = {"l1": 0, "l2": 1, "none": 2}  # a product's weight stream prefetched into L1, into L2 only, or not at all
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -109,7 +111,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         so = ctypes.CDLL(str(lib))
     except OSError as e:
         return None, f"the library did not load: {e}"
-    tail = [_P, _P, _I64, _INT, _INT, _INT]  # x, y, M, threads, l2, gelu
+    tail = [_P, _P, _I64, _INT, _INT, _INT]  # x, y, M, threads, prefetch, gelu
     for name, head in (("gk_gemv_f32", [_P, _P, _I64, _I64]), ("gk_gemv_bf16", [_P, _P, _INT, _I64, _I64]),
                        ("gk_gemv_s8", [_P, _P, _P, _P, _I64, _I64])):  # fmt: skip
         if hasattr(so, name):
@@ -181,7 +183,7 @@ class Packed:
         dtype: torch.dtype,
         out_dtype: torch.dtype = torch.float32,
         scale: torch.Tensor | None = None,
-        l2: bool = False,
+        prefetch: int = 0,
     ) -> None:
         so = _build()[0]
         self.n, self.k = weight.shape
@@ -205,7 +207,9 @@ class Packed:
         # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
         # saved, of ~50 a step)
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
-        self.l2 = int(l2)  # prefetch the weight's stream into L2 only (else into L1)
+        if prefetch not in PREFETCH.values():
+            raise ValueError(f"prefetch must be one of {PREFETCH}, got {prefetch!r}")
+        self.prefetch = prefetch  # how the weight's stream is prefetched: PREFETCH
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
         """x (..., K) in_dtype -> (..., N) out_dtype; with `gelu`, GPT-2's GELU (tanh form) of it, applied in float32
@@ -213,7 +217,7 @@ class Packed:
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
-        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.l2, gelu)
+        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.prefetch, gelu)
         return y
 
 

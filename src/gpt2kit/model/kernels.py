@@ -9,7 +9,7 @@ and PREFILL_ROWS (prompt processing, scoring). The fastest candidate whose outpu
 threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
-  - auto:  the exact kernels (float32, linear, mkl, onednn, gemv, gemv-l2) in the model's dtype; with
+  - auto:  the exact kernels (float32, linear, mkl, onednn, gemv, gemv-l2, gemv-hw) in the model's dtype; with
            `--dtype bf16` these are the CPU's native bf16 kernels where it has them, and float32 products on
            float32 copies of the bf16 weights for many rows (where torch would emulate bf16 they are ~10x faster);
   - bf16 / int8: approximate kernels (linear.py: 16- or 8-bit weights; int8-dynamic also rounds the
@@ -46,8 +46,9 @@ from gpt2kit.model.lora import has_lora
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 # float32 first: where torch emulates bf16 its products are ~10-100x faster, and a first call that much slower than
 # the best so far is not timed further (kernel_timing.measure): a 124M bf16 model's first measurement took 49 s, not 10
-EXACT = ("float32", "linear", "mkl", "onednn", "gemv", "gemv-l2")
-APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2"), "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2")}
+EXACT = ("float32", "linear", "mkl", "onednn", "gemv", "gemv-l2", "gemv-hw")
+APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2", "bf16-gemv-hw"),
+          "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2", "int8-gemv-hw")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
 # with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
 FALLBACK = {"int8": "int8-f32"}

@@ -15,7 +15,7 @@ Kernels (each a small class: pack the weight once in __init__, multiply in __cal
              checks that they exist and give F.linear's (and F.gelu's) numbers before they are ever used;
   - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
              (AVX2 with FMA, or AVX-512; bf16 too, natively with AVX-512 BF16), in the model's dtype, c_fc's GELU applied as
-             it stores; `gemv-l2` prefetches into L2 only (as do `bf16-gemv-l2` and `int8-gemv-l2`);
+             it stores; `gemv-l2` prefetches into L2 only and `gemv-hw` not at all (so do the bf16 and int8 ones);
   - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
              or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
   - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
@@ -183,11 +183,12 @@ class _Gemv(_Linear):
     exact = True
     max_rows = 8  # one pass over the weight serves every row, but the arithmetic grows with the rows
     compute_dtype: torch.dtype | None = None  # None: the model's dtype
-    l2 = False  # prefetch the weight into L2 only (else into L1): which is faster depends on the CPU
+    prefetch = gemv.PREFETCH["l1"]  # how the weight's stream is prefetched (gemv.PREFETCH): which is faster depends on the CPU
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         dtype = self.compute_dtype or weight.dtype  # a bf16 model's products answer in bf16, the rest in float32
-        self.packed = gemv.Packed(weight, bias, dtype, weight.dtype if dtype == weight.dtype else torch.float32, l2=self.l2)
+        out = weight.dtype if dtype == weight.dtype else torch.float32
+        self.packed = gemv.Packed(weight, bias, dtype, out, prefetch=self.prefetch)
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:  # (..., in) -> (..., out)
         p = self.packed
@@ -206,19 +207,8 @@ class _Gemv(_Linear):
         return gemv.unavailable(cls.compute_dtype or dtype) or super().why_unavailable(device, dtype)
 
 
-class _GemvL2(_Gemv):
-    """gemv.c with the weight's stream prefetched into L2 only: on a 2-core Zen 4 VM this kept more of it in
-    flight than prefetching into L1 (int8 and bf16 products 19-31 % faster when the memory was fast)."""
-
-    l2 = True
-
-
 class _Bf16Gemv(_WeightOnlyBf16, _Gemv):
     """Weight-only bf16 over a float32 model through gemv.c; float32 out."""
-
-
-class _Bf16GemvL2(_WeightOnlyBf16, _GemvL2):
-    """`bf16-gemv` prefetching into L2 only."""
 
 
 class _Int8Gemv(_Gemv):
@@ -231,13 +221,7 @@ class _Int8Gemv(_Gemv):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         q, scale = _quantize_int8(weight)
-        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale, l2=self.l2)
-
-
-class _Int8GemvL2(_Int8Gemv):
-    """`int8-gemv` prefetching into L2 only."""
-
-    l2 = True
+        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale, prefetch=self.prefetch)
 
 
 class _Int8(_Linear):
@@ -309,11 +293,20 @@ def _channel_scale(w: torch.Tensor) -> torch.Tensor:
     return (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
 
 
+def _prefetching(kernel: type, how: str) -> type:
+    """`kernel`, a gemv.c kind, with its weight's stream prefetched as `how` says (gemv.PREFETCH): into L2 only, which
+    on a 2-core Zen 4 VM kept more of it in flight than into L1 (int8 and bf16 products 19-31 % faster when the memory
+    was fast), or not at all, the hardware's prefetchers alone (on a 2-core Zen 3 VM float32 products read at 0.90 of
+    a `sum`'s speed this way, against 0.75-0.79 with either hint)."""
+    return type(f"{kernel.__name__}_{how}", (kernel,), {"prefetch": gemv.PREFETCH[how], "__doc__": f"{kernel.__doc__} ({how})"})
+
+
 KERNELS: dict[str, type] = {
-    "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn, "float32": _Float32, "gemv": _Gemv, "gemv-l2": _GemvL2,
-    "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn, "bf16-gemv": _Bf16Gemv, "bf16-gemv-l2": _Bf16GemvL2,
-    "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic, "int8-gemv": _Int8Gemv,
-    "int8-gemv-l2": _Int8GemvL2,
+    "linear": _Linear, "mkl": _Mkl, "onednn": _OneDnn, "float32": _Float32, "bf16": _Bf16, "bf16-onednn": _Bf16OneDnn,
+    "int8": _Int8, "int8-f32": _Int8F32, "int8-dynamic": _Int8Dynamic,
+    **{f"{name}{suffix}": _prefetching(k, how) if how else k
+       for name, k in (("gemv", _Gemv), ("bf16-gemv", _Bf16Gemv), ("int8-gemv", _Int8Gemv))
+       for suffix, how in (("", None), ("-l2", "l2"), ("-hw", "none"))},
 }  # fmt: skip
 # the kinds whose calls a recorded decode step replays in C (gemv.c's products: model/step_graph.py)
 STEP_KINDS = tuple(kind for kind, cls in KERNELS.items() if issubclass(cls, _Gemv))
