@@ -21,8 +21,9 @@ instead of 6.5 s, no page faults instead of 88k. Log-probabilities agree to ~1e-
 In bf16 each block is multiplied in bf16 (the native kernels; rounded as `lm_head(h)` rounds) and upcast
 before the log-sum-exp; with `upcast` (where the scoring copy measured float32 products of a bf16 model's weights
 faster: CPUs without bf16 products, on which torch emulates them) the block's weights are copied to float32 and
-multiplied in float32, and the logits rounded to bf16 once, the same numbers. Elsewhere (GPUs, fp16) the plain path runs: logits in the model's dtype per CHUNK rows, upcast,
-`logsumexp`; a GPU's caching allocator has no page-fault problem and prefers one large product.
+multiplied in float32, and the logits rounded to bf16 once, the same numbers. Elsewhere (GPUs, fp16) the plain path
+runs: logits in the model's dtype per CHUNK rows, upcast, `logsumexp`; a GPU's caching allocator has no page-fault
+problem and prefers one large product.
 """
 
 from __future__ import annotations

@@ -185,6 +185,8 @@ class Packed:
         scale: torch.Tensor | None = None,
         prefetch: int = 0,
     ) -> None:
+        if prefetch not in PREFETCH.values():
+            raise ValueError(f"prefetch must be one of {PREFETCH}, got {prefetch!r}")
         so = _build()[0]
         self.n, self.k = weight.shape
         self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
@@ -207,8 +209,6 @@ class Packed:
         # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
         # saved, of ~50 a step)
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
-        if prefetch not in PREFETCH.values():
-            raise ValueError(f"prefetch must be one of {PREFETCH}, got {prefetch!r}")
         self.prefetch = prefetch  # how the weight's stream is prefetched: PREFETCH
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
