@@ -112,9 +112,10 @@ def test_logit_head_blocked_bf16_equals_the_plain_bf16_head():
     h, t = torch.randn(11, 32).to(torch.bfloat16), torch.randint(0, 1000, (11,))
     t[3] = model.lm_head(h[3]).float().argmax()
     out = {}
+    w32 = model.lm_head.weight.detach().float()  # (V, C): what the float32 kernel holds
     for blocked, upcast in ((True, False), (True, True), (False, False)):
-        head = LogitHead(model, chunk=4, block=256, upcast=upcast)
-        assert head.blocked and head.upcast == upcast
+        head = LogitHead(model, chunk=4, block=256, float32_weight=w32 if upcast else None)
+        assert head.blocked and (head.w32 is not None) == upcast
         head.blocked = blocked
         with torch.inference_mode():
             out[blocked, upcast] = head(h, t)
@@ -122,7 +123,7 @@ def test_logit_head_blocked_bf16_equals_the_plain_bf16_head():
     for key in ((True, False), (True, True)):  # upcast: float32 products of the bf16 values, rounded to bf16 once
         torch.testing.assert_close(out[key][0], plain[0], rtol=0, atol=1e-5)
         assert out[key][1].tolist() == plain[1].tolist() and out[key][1][3]
-    assert not LogitHead(model.float(), upcast=True).upcast  # a float32 model has nothing to upcast
+    assert LogitHead(model.float(), float32_weight=w32).w32 is None  # a float32 model has nothing to upcast
 
 
 def test_scoring_a_bf16_model_upcasts_the_head_where_its_copy_runs_float32(monkeypatch):
@@ -138,7 +139,9 @@ def test_scoring_a_bf16_model_upcasts_the_head_where_its_copy_runs_float32(monke
         monkeypatch.setenv("GPT2KIT_KERNEL", kind)
         LL._COPIES.clear()
         scores = LL.score_tokens(model, [([1, 2, 3], [4, 5])])
-        assert made[-1] == {"upcast": kind == "float32"}
+        w32 = made[-1]["float32_weight"]  # the copy's own float32 head weight, or None
+        assert (w32 is not None) == (kind == "float32")
+        assert w32 is None or (w32.dtype == torch.float32 and torch.equal(w32, model.lm_head.weight.float()))
         torch.testing.assert_close(scores.logprob, ref.logprob, rtol=0, atol=0.05)
 
 

@@ -19,9 +19,9 @@ Measured on the 2-core AVX2 machine against the previous head (1024-row chunks o
 into a reused (1024, 50304) buffer, with a padded weight copy, built per call): 8192 positions in 5.4-5.6 s
 instead of 6.5 s, no page faults instead of 88k. Log-probabilities agree to ~1e-5 (summation order).
 In bf16 each block is multiplied in bf16 (the native kernels; rounded as `lm_head(h)` rounds) and upcast
-before the log-sum-exp; with `upcast` (where the scoring copy measured float32 products of a bf16 model's weights
-faster: CPUs without bf16 products, on which torch emulates them) the block's weights are copied to float32 and
-multiplied in float32, and the logits rounded to bf16 once, the same numbers. Elsewhere (GPUs, fp16) the plain path
+before the log-sum-exp; given `float32_weight` (the float32 copy of a bf16 model's head that the scoring copy's
+`float32` kernel holds, where it measured float32 products faster: CPUs without bf16 products, on which torch
+emulates them) each block is multiplied in float32 from it, and the logits rounded to bf16 once, the same numbers. Elsewhere (GPUs, fp16) the plain path
 runs: logits in the model's dtype per CHUNK rows, upcast, `logsumexp`; a GPU's caching allocator has no page-fault
 problem and prefers one large product.
 """
@@ -35,7 +35,7 @@ CHUNK = 1024  # rows at once (the plain path's (1024, V) float32 logits are 206 
 
 
 class LogitHead:
-    def __init__(self, model, chunk: int = CHUNK, block: int = BLOCK, upcast: bool = False) -> None:
+    def __init__(self, model, chunk: int = CHUNK, block: int = BLOCK, float32_weight: torch.Tensor | None = None) -> None:
         self.weight = model.lm_head.weight.detach()  # (V, C)
         self.vocab = self.weight.shape[0]
         self.blocked = self.weight.device.type == "cpu" and self.weight.dtype in (torch.float32, torch.bfloat16)
@@ -43,8 +43,8 @@ class LogitHead:
         self.lm_head = model.lm_head
         self._buf: torch.Tensor | None = None  # (m * block,) float32: one block's logits
         self._low: torch.Tensor | None = None  # the same in bf16, where the product is made (bf16 models)
-        self.upcast = upcast and self.weight.dtype == torch.bfloat16
-        self._w32 = torch.empty(block * self.weight.shape[1]) if self.upcast else None  # (block * C,): one block's weights
+        # (V, C) float32: the head's weight, for a bf16 model's products in float32 (None: in the model's dtype)
+        self.w32 = float32_weight if self.weight.dtype == torch.bfloat16 else None
 
     def __call__(self, h: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """h: (M, C) final hidden states (after ln_f); targets: (M,) next tokens ->
@@ -66,7 +66,7 @@ class LogitHead:
         low = h.dtype != f32  # bf16: the product in bf16 (native kernels), rounded there as lm_head(h) is, then float32
         if low and (self._low is None or self._low.numel() < m * self.block):
             self._low = h.new_empty(m * self.block)
-        h32 = h.float() if self.upcast else None  # (m, C)
+        h32 = h.float() if self.w32 is not None else None  # (m, C)
         starts = range(0, self.vocab, self.block)
         run_max = torch.full((m,), -float("inf"), dtype=f32)  # (m,) max logit so far
         run_sum = torch.zeros(m, dtype=f32)  # (m,) sum of exp(logit - run_max) so far
@@ -77,9 +77,8 @@ class LogitHead:
         for j, a in enumerate(starts):
             b = min(a + self.block, self.vocab)
             logits = self._buf[: m * (b - a)].view(m, b - a)  # (m, b - a) float32
-            if self.upcast:
-                w32 = self._w32[: (b - a) * self.weight.shape[1]].view(b - a, -1).copy_(self.weight[a:b])  # (b - a, C)
-                torch.mm(h32, w32.t(), out=logits)
+            if self.w32 is not None:
+                torch.mm(h32, self.w32[a:b].t(), out=logits)
                 logits.copy_(self._low[: m * (b - a)].view(m, b - a).copy_(logits))  # rounded to bf16 once, as lm_head(h)
             elif low:
                 torch.mm(h, self.weight[a:b].t(), out=self._low[: m * (b - a)].view(m, b - a))

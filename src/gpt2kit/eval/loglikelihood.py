@@ -37,6 +37,7 @@ from gpt2kit.eval.logit_head import LogitHead
 from gpt2kit.model.attention_plan import apply_causal, plan_causal
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import PREFILL_ROWS, inference_copy
+from gpt2kit.model.linear import KERNELS
 
 # On the CPU a batch holds at most this many padded input tokens: at 2048 rows the matrix products already
 # run at the CPU's fp32 rate, and bigger batches only add fresh multi-MB activations that glibc maps (and
@@ -114,7 +115,7 @@ def score_tokens(
     bar = _progress(n, desc, progress)
     with eval_mode(model):
         scorer = scoring_copy(model)
-        head = LogitHead(model, upcast=getattr(scorer.lm_head, "kinds", ("", ""))[1] == "float32")  # as the copy's lm_head
+        head = LogitHead(model, float32_weight=_float32_head(scorer))
         cap = CPU_BATCH_TOKENS if device.type == "cpu" else None
         for idx in _batches(order, [len(inputs[i]) - 1 for i in order], batch_size, cap):
             lp, wr = _score_batch(scorer, head, [inputs[i] for i in idx], [n_conts[i] for i in idx], device)
@@ -152,6 +153,13 @@ def scoring_copy(model):
         apply_causal(block.attn, kind)
     _COPIES[model] = (stamp, scorer)
     return scorer
+
+
+def _float32_head(scorer) -> torch.Tensor | None:
+    """The (V, C) float32 head weight a scoring copy's `float32` kernel holds for many rows (a bf16 model on a CPU
+    that emulates bf16 products), else None."""
+    large = getattr(scorer.lm_head, "large", None)
+    return large.w if isinstance(large, KERNELS["float32"]) else None
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:
