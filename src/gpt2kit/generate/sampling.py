@@ -255,24 +255,23 @@ def apply_top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def _nucleus_size(probs: torch.Tensor, top_p: float) -> int:
-    """How many of the descending probabilities `probs` the nucleus keeps: those with less than top_p before them
-    (within float32's rounding of top_p counts as reaching it), and always the first: in float32 a top_p of
-    1e-300 is 0.0, and before >= 0 holds everywhere."""
-    before = torch.cumsum(probs, dim=-1) - probs  # probability mass strictly before each token
-    return max(1, int((before < top_p * (1 - 1e-6)).sum()))  # `before` never decreases: a prefix
+    """How many of the descending probabilities `probs` (k,) the nucleus keeps: the first, and those with less than
+    top_p before them (within float32's rounding of top_p counts as reaching it; in float32 a top_p of 1e-300 is 0.0,
+    so the first is kept explicitly). The mass before each token never decreases: a binary search finds the end."""
+    done = torch.cumsum(probs[:-1], 0, dtype=torch.float64)  # (k - 1,) the mass before each token after the first
+    limit = torch.tensor([top_p * (1 - 1e-6)], dtype=torch.float64, device=probs.device)
+    return 1 + int(torch.searchsorted(done, limit))
 
 
 def _nucleus_by_value(logits: torch.Tensor, log_total: torch.Tensor, top_p: float) -> torch.Tensor:
-    """apply_top_p over the whole vocabulary from its sorted values alone, in numpy: its SIMD sort of 50257 float32
-    values took 0.3-0.4 ms on a 2-core Zen 3 VM, torch.sort with indices 4.3 ms. The nucleus is every token above the
-    last kept value, and as many of the tokens equal to it as the prefix holds (the first ones)."""
+    """apply_top_p over the whole vocabulary from its sorted values alone: numpy's SIMD sort of 50257 float32 values
+    took 0.3-0.4 ms on a 2-core Zen 3 VM, torch.sort with indices 4.3 ms. The nucleus is every token above the last
+    kept value, and as many of the tokens equal to it as the prefix holds (the first ones)."""
     values = logits.numpy()  # (V,)
-    ranked = np.sort(values)[::-1]  # (V,) descending
-    probs = np.exp(ranked - np.float32(log_total))  # (V,) float32, as _nucleus_size's
-    done = np.cumsum(probs[:-1], dtype=np.float64)  # (V - 1,) the mass before each token after the first
-    n = 1 + int(np.searchsorted(done, top_p * (1 - 1e-6)))  # the first token, and those with less than top_p before them
-    keep = values > ranked[n - 1]  # (V,) bool
-    keep[np.flatnonzero(values == ranked[n - 1])[: n - int(keep.sum())]] = True
+    ranked = torch.from_numpy(np.sort(values)[::-1].copy())  # (V,) descending
+    n = _nucleus_size(torch.exp(ranked - log_total), top_p)
+    keep = values > float(ranked[n - 1])  # (V,) bool
+    keep[np.flatnonzero(values == float(ranked[n - 1]))[: n - int(keep.sum())]] = True
     return torch.from_numpy(np.where(keep, values, np.float32(-np.inf)).astype(values.dtype, copy=False))
 
 
