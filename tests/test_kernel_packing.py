@@ -45,7 +45,7 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     monkeypatch.setitem(L.KERNELS, "onednn", Spy)
     monkeypatch.setitem(COST, Spy, 0.5)  # onednn wins both row counts
     copy = K.inference_copy(model, batch=3, weights="auto")
-    assert set(packed_for) == {3, K.PREFILL_ROWS}  # measured at both row counts
+    assert set(packed_for) == {3, K.SHORT_ROWS, K.PREFILL_ROWS}  # measured at every row count
     assert all(m.kinds == ("onednn", "onednn") for m in copy.modules() if isinstance(m, KernelLinear))
     packed_for.clear()
     monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)

@@ -274,10 +274,11 @@ def test_measure_step_keeps_the_kernels_of_the_kind_it_chooses_in_a_near_tie(mod
 
 def test_timed_weights():
     lins = [torch.nn.Linear(8, 5000), torch.nn.Linear(8, 5000, bias=False)]
-    decode = KT.timed_weights(lins, K.PREFILL_ROWS - 1)
+    decode = KT.timed_weights(lins, K.SHORT_ROWS - 1)
     assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
-    (w, b), = KT.timed_weights(lins, K.PREFILL_ROWS)  # fmt: skip
+    for rows in (K.SHORT_ROWS, K.PREFILL_ROWS):  # a prompt's rows: one layer
+        (w, b), = KT.timed_weights(lins, rows)  # fmt: skip
     assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
     assert not w.requires_grad and not b.requires_grad
     (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip

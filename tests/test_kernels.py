@@ -80,7 +80,7 @@ def test_inference_copy_shares_the_model_and_leaves_it_alone(tiny):
 def test_choices_are_measured_once_then_cached(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     first = K.plan_kernels(tiny, 1, "auto")
-    assert {(c.role, c.rows) for c in first} == {(r, n) for r in K.ROLES for n in (1, K.PREFILL_ROWS)}
+    assert {(c.role, c.rows) for c in first} == {(r, n) for r in K.ROLES for n in (1, K.SHORT_ROWS, K.PREFILL_ROWS)}
     assert not any(c.cached for c in first)
     for c in first:  # the fastest measured candidate is the one kept, or the runner-up that beat it in a runoff
         fastest = min(c.us, key=c.us.get)
@@ -178,6 +178,13 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     out = capsys.readouterr().out
     assert "lm_head" in out and "(cached)" in out and f"gemv.c:     {report['gemv']}" in out
     assert report["decode_step"].startswith(("replayed in C", "runs in Python: ")) and f"decode step: {report['decode_step']}" in out
+    # every role's prompts: one kind, timed at each prompt row count, the nearest the best at both
+    by = {(c["role"], c["rows"]): c for c in report["choices"]}
+    assert [p["role"] for p in report["prompts"]] == list(K.ROLES)
+    for p in report["prompts"]:
+        counts = [by[(p["role"], rows)] for rows in K.prompt_counts(1)]
+        over = {str(c["rows"]): round(c["us"][p["chosen"]] / min(c["us"].values()), 3) for c in counts}
+        assert json.loads(json.dumps(p["over_best"])) == over and f"{p['role']:<16} -> {p['chosen']:<12}" in out
 
 
 def test_bf16_is_said_to_be_emulated_only_where_it_is(monkeypatch):

@@ -105,7 +105,7 @@ def test_nothing_to_choose_when_the_measured_step_replays(tiny, monkeypatch, tmp
     monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("nothing to time"))
     monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
     monkeypatch.setattr(kernels, "plan_kernels", lambda model, batch=1, weights="auto", **kw: [
-        Choice(role, rows, "gemv") for role in kernels.ROLES for rows in (batch, kernels.PREFILL_ROWS)])  # fmt: skip
+        Choice(role, rows, "gemv", {"gemv": 1.0}) for role in kernels.ROLES for rows in kernels.measured_rows(batch)])  # fmt: skip
     runner = DecodeRunner(tiny, batch=1)
     assert runner.step is None
     _steps(runner, tiny, batch=1)

@@ -44,6 +44,10 @@ def run(args: argparse.Namespace) -> None:
             runoff = ", ".join(f"{k} {r:.2f}x" for k, r in c["paired"].items())
             print(f"  {c['role']:<16} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
                   + (f"\n{'':25}runoffs (a loser's time over its winner's, call for call): {runoff}" if runoff else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
+        print("prompts (one kind for every length; its time over the best at each row count measured):")
+        for p in report["prompts"]:
+            over = ", ".join(f"{r:.2f}x at {rows} rows" for rows, r in p["over_best"].items())
+            print(f"  {p['role']:<16} -> {p['chosen']:<12} {over}")
     else:
         for key, value in report.items():
             if isinstance(value, dict):

@@ -3,7 +3,7 @@ output first checked against the float32 `F.linear` reference.
 
 A decode step (a few rows) streams every weight from memory once, so its products are timed as a step runs
 them: each candidate through every layer of every role in model order (`measure_step`, the sweep). Prompt
-processing (PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
+processing (SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
 
 The sweep times the candidates one after the other, so on a machine whose memory speed changes while it runs,
 each candidate's figure is the speed of the phase it met. A 2-core Zen 4 VM's memory reads at 34-36 GB/s and
@@ -31,11 +31,15 @@ from gpt2kit.model.linear import KERNELS, make_kernel
 ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
 GELU_ROLE = "mlp.c_fc"  # timed with its GELU, which a kernel may fuse (linear.py)
 PREFILL_ROWS = 256
+# A short prompt's rows (a chat turn, a served request), timed too: the best kind differs there. On a 2-core Zen 3 VM,
+# GPT-2 124M's products of 16-128 rows ran 1.1-1.6x faster with oneDNN's packed weights than with MKL's sgemm, which
+# packs the weight again on every call, while at 256 and 512 rows the two were within 12 % either way.
+SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
-# At PREFILL_ROWS a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
+# At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
 PREFILL_OUT_TIMED = 2048
@@ -62,8 +66,8 @@ class Choice:
 
 def timed_weights(linears: list[nn.Linear], rows: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
     """(weight, bias) pairs to time: every layer given at decode; one layer, at most PREFILL_OUT_TIMED output
-    rows of it, at prefill (see PREFILL_OUT_TIMED)."""
-    if rows < PREFILL_ROWS:
+    rows of it, for a prompt's rows, SHORT_ROWS or more (see PREFILL_OUT_TIMED)."""
+    if rows < SHORT_ROWS:
         return [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in linears]
     w, b = linears[0].weight.detach()[:PREFILL_OUT_TIMED], linears[0].bias  # (out', in)
     return [(w, None if b is None else b.detach()[:PREFILL_OUT_TIMED])]

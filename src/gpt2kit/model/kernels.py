@@ -3,9 +3,11 @@
 A kernel that won on one CPU loses on the next (oneDNN's packed layout beat `F.linear` 2x for fp32 batch 8
 on an AMD AVX-512 box and lost to it at batch 1 on an Intel AMX box), so nothing here is chosen from CPU
 flags. The first time a model of a given shape, dtype and batch runs on a machine, every candidate kernel
-(linear.py) is timed on the model's real weights and shapes, for two row counts: `batch` (a decode step)
-and PREFILL_ROWS (prompt processing, scoring). The fastest candidate whose output matches the float32
-`F.linear` reference is kept. Choices are cached per machine (CPU model and flags, torch version,
+(linear.py) is timed on the model's real weights and shapes, for the row counts it will run: `batch` (a decode
+step), SHORT_ROWS (a short prompt) and PREFILL_ROWS (a long prompt, scoring). Only candidates whose output matches
+the float32 `F.linear` reference count. A decode step takes the fastest; prompts of every length take one kind
+(`prompt_kind`: the nearest the best at both prompt row counts), so the copy holds at most two packed copies of
+each weight. Choices are cached per machine (CPU model and flags, torch version,
 threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
@@ -39,7 +41,7 @@ from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.kernel_timing import PREFILL_ROWS, ROLES, WRONG, Choice, measure, measure_step
+from gpt2kit.model.kernel_timing import PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure, measure_step
 from gpt2kit.model.linear import KERNELS, make_kernel
 from gpt2kit.model.lora import has_lora
 
@@ -112,7 +114,7 @@ def machine_key() -> str:
 def plan_kernels(
     model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True, remeasure: bool = False, packed: dict | None = None
 ) -> list[Choice]:
-    """One Choice per (role, row count): ROLES x (batch, PREFILL_ROWS). Measures what the cache lacks (all of
+    """One Choice per (role, row count): ROLES x `measured_rows(batch)`. Measures what the cache lacks (all of
     it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured. `packed`, a dict,
     receives the decode winners' kernels the measurement already packed, {(kind, id(weight)): kernel}, for
     the inference copy to use instead of packing them again (only for models of up to KEEP_PACKED_BYTES).
@@ -121,7 +123,7 @@ def plan_kernels(
         raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
     param = next(model.parameters())
     device, dtype = param.device, param.dtype
-    rows_list = (max(1, batch), PREFILL_ROWS)
+    rows_list = measured_rows(batch)
     if device.type != "cpu":  # the candidates are CPU kernels: off the CPU every product is F.linear, and nothing is timed
         return [Choice(role, rows, "linear") for role in ROLES for rows in rows_list]
     forced = os.environ.get("GPT2KIT_KERNEL")
@@ -177,10 +179,41 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     for role in ROLES:
         decode = choices[(role, small)]
         timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}
+        prompt, _ = prompt_kind([choices[(role, rows)] for rows in prompt_counts(batch)])
         for parent, name, lin in role_slots(clone, role):
-            kinds = decode.kind, choices[(role, PREFILL_ROWS)].kind
+            kinds = decode.kind, prompt
             setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed))
     return call_directly(clone)
+
+
+def measured_rows(batch: int) -> tuple[int, ...]:
+    """The row counts measured for a model decoding `batch` rows: the batch first, then SHORT_ROWS where the batch
+    is smaller, and PREFILL_ROWS. Those of SHORT_ROWS or more are a prompt's (`prompt_counts`)."""
+    b = max(1, batch)
+    return tuple(dict.fromkeys((b, *([SHORT_ROWS] if b < SHORT_ROWS else []), PREFILL_ROWS)))
+
+
+def prompt_counts(batch: int) -> tuple[int, ...]:
+    """The measured row counts that a prompt's products have: SHORT_ROWS or more (a batch of 32 decodes 32-row products,
+    as a 32-token prompt does)."""
+    return tuple(rows for rows in measured_rows(batch) if rows >= SHORT_ROWS)
+
+
+def prompt_kind(choices: list[Choice]) -> tuple[str, dict[int, float]]:
+    """One role's kind for every prompt, from its Choices at the prompt row counts, and that kind's time over the best
+    at each. One kind rather than one per row count: a third packed copy of the weights would cost as much memory as
+    the model (gpt2-xl: 6 GB in float32). The kind taken is the one whose worst ratio to the best is the smallest; on a
+    Zen 3 VM oneDNN's packed weights, 1.1-1.5x ahead at 32 rows and 0-10 % behind MKL at 256."""
+    last = choices[-1]
+    ratios: dict[str, dict[int, float]] = {}
+    for kind in last.us:
+        times = [(c.rows, c.us.get(kind, float("nan")), min((t for t in c.us.values() if t == t), default=0.0)) for c in choices]
+        if all(t == t and best > 0 and kind not in c.rejected for (_, t, best), c in zip(times, choices)):  # timed at every count
+            ratios[kind] = {rows: round(t / best, 3) for rows, t, best in times}
+    if not ratios:
+        return last.kind, {last.rows: 1.0}
+    kind = min(ratios, key=lambda k: (max(ratios[k].values()), k != last.kind))  # a tie keeps the long prompts' choice
+    return kind, ratios[kind]
 
 
 def _copy_sharing_matrices(model: GPT) -> GPT:
