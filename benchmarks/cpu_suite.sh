@@ -23,6 +23,7 @@ if has generate; then
   python benchmarks/generate.py --threads "$T" --batch 8
   python benchmarks/generate.py --threads "$T" --batch 8 --dtype bf16
   python benchmarks/generate.py --threads "$T" --prompt-len 512 --new-tokens 1 "${LLAMA[@]}"  # prompt processing
+  python benchmarks/generate.py --threads "$T" --prompt-len 32 --new-tokens 1 "${LLAMA[@]}"   # a short prompt (a chat turn)
   python benchmarks/generate.py --threads "$T" --temperature 1                           # sampled, as `gpt2kit generate` is by default
   python benchmarks/generate.py --threads "$T" --weights int8 --hf-dtype fp32 --temperature 0.8 --top-p 0.95
   python benchmarks/generate.py --quality --model builtin                                 # int8 / bf16 perplexity change

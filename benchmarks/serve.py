@@ -10,9 +10,11 @@ alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
 Every request: a 32-token prompt, greedy, exactly --max-tokens new tokens (<|endoftext|> is suppressed
 on both sides, so the token counts are equal). Each of N clients sends its requests one after another,
 ceil(--baseline-requests / N) of them: one client sends the very requests that `generate` runs, so that the
-like-for-like ratio (`serve_over_generate`) compares the same work. That ratio is the median over the
-rounds of each round's server / generate figure (the two run back to back), which a drift of the machine's
-speed between rounds (a VM's memory phases) moves less than a ratio of medians. Reported per client count: total generated tokens/s,
+like-for-like ratio compares the same work. `serve_over_generate` is the median over the rounds of each
+round's server / generate figure (the two run back to back); `serve_over_generate_by_request` pairs them
+request by request (`paired`: a generate process and the server, both warmed up, take each request in turn),
+which a VM's memory phases, moving whole runs by 10-20 %, move least. The clients are http.client threads
+(`run_clients`), and each line carries their CPU per token: they share the server's cores. Reported per client count: total generated tokens/s,
 p50/p99 time to first token (request sent -> first text chunk) and p50/p99 per-token latency
 ((last chunk - first chunk) / (tokens - 1), per request). The transformers baseline runs
 --baseline-requests requests sequentially (batch 1, KV cache, SDPA) and reports tokens/s.
@@ -21,8 +23,10 @@ p50/p99 time to first token (request sent -> first text chunk) and p50/p99 per-t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -66,7 +70,7 @@ def one_request(conn, prompt: list[int], max_tokens: int) -> dict:
         if chunk["choices"] and chunk["choices"][0]["text"]:
             last = time.perf_counter()
             first = first or last
-    return {"ttft": first - t0, "per_token": (last - first) / max(1, tokens - 1), "tokens": tokens, "end": last}
+    return {"ttft": first - t0, "per_token": (last - first) / max(1, tokens - 1), "tokens": tokens, "end": last, "wall": last - t0}
 
 
 def run_clients(port: int, prompts: list[list[int]], max_tokens: int, clients: int | None = None) -> dict:
@@ -119,7 +123,9 @@ def transformers_sequential(folder: str, prompts: list[list[int]], max_tokens: i
     return {"requests": len(prompts), "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
 
 
-def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
+@contextlib.contextmanager
+def served(args):
+    """`gpt2kit serve` in its own process, as a user runs it, for --n clients; yields its port once it answers."""
     import socket
     import subprocess
     import urllib.request
@@ -143,38 +149,104 @@ def _serve_and_measure(args, prompts: list[list[int]]) -> dict:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"gpt2kit serve did not start: {' '.join(cmd)}")
             time.sleep(0.2)
-        run_clients(port, prompts[:2], 4)  # warm-up (the kernel choice for this batch size included)
-        requests = args.n * -(-args.baseline_requests // args.n)  # each client sends ceil(baseline / n), in turn
-        return run_clients(port, prompts[:requests], args.max_tokens, args.n)
+        run_clients(port, [[50256] * 32] * 2, 4)  # warm-up (the kernel choice for this batch size included)
+        yield port
     finally:
         server.terminate()
         server.wait(timeout=60)
 
 
-def worker(args) -> None:
-    """One side in this fresh process: 'transformers' (sequential generate), 'generate' (gpt2kit's Engine,
-    batch 1, sequential: what `gpt2kit generate` does per prompt) or 'server' (--n streaming clients)."""
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def paired(args, prompts: list[list[int]]) -> dict:
+    """The like-for-like figure, request by request: a `generate` process (the Engine, batch 1) and the server with
+    one client, both started and warmed up, take the same request in turn, the first of each pair alternating;
+    each pair's ratio is the server's tokens/s over generate's. Pairs a few seconds apart met the same phase of a
+    VM's memory speed, which moves whole runs by 10-20 % (three runs of each side, back to back, put the ratio at
+    0.92 and at 1.01 the same hour)."""
+    import http.client
+    import subprocess
+
+    argv = [sys.executable, __file__, "--side", "generate-loop", "--folder", args.folder, "--max-tokens", str(args.max_tokens),
+            "--device", args.device, "--dtype", args.dtype, "--threads", str(args.threads),
+            "--baseline-requests", str(args.baseline_requests)]  # fmt: skip
+    gen = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=harness.worker_env())
+    try:
+        if gen.stdout.readline().strip() != "ready":
+            raise RuntimeError("the generate process did not start")
+
+        def generated(i: int) -> float:
+            gen.stdin.write(f"{i}\n")
+            gen.stdin.flush()
+            row = json.loads(gen.stdout.readline())
+            return row["tokens"] / row["wall_s"]
+
+        with served(args) as port:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
+
+            def server(i: int) -> float:
+                r = one_request(conn, prompts[i], args.max_tokens)
+                return r["tokens"] / r["wall"]
+
+            pairs = []
+            for i in range(args.baseline_requests):
+                first, second = (generated, server) if i % 2 == 0 else (server, generated)
+                a, b = first(i), second(i)
+                g, s = (a, b) if first is generated else (b, a)
+                pairs.append({"generate": g, "server": s, "ratio": s / g})
+            conn.close()
+    finally:
+        gen.stdin.close()
+        gen.wait(timeout=60)
+    return {"pairs": pairs, "ratio": statistics.median(p["ratio"] for p in pairs)}
+
+
+def _generate_loop(args, prompts: list[list[int]]) -> None:
+    """The paired measurement's generate process: warmed up, it runs request i for each i read on stdin."""
+    engine, params = _engine(args)
+    print("ready", flush=True)
+    for line in sys.stdin:
+        p = prompts[int(line)]
+        t0 = time.perf_counter()
+        tokens = sum(len(c.token_ids) for c in engine.generate([p], params))
+        print(json.dumps({"tokens": tokens, "wall_s": time.perf_counter() - t0}), flush=True)
+
+
+def _engine(args):
+    """gpt2kit's Engine for one row, warmed up (its kernel choice made), and the benchmark's sampling parameters."""
     from gpt2kit import from_pretrained
     from gpt2kit.device import resolve_dtype
+    from gpt2kit.generate import Engine, SamplingParams
 
-    dtype = resolve_dtype(args.dtype)
+    engine = Engine(from_pretrained(args.folder, device=args.device, dtype=resolve_dtype(args.dtype)), max_batch=1)
+    engine.generate([[50256] * 32], SamplingParams(max_new_tokens=4, temperature=0))  # warm-up, kernel choice
+    return engine, SamplingParams(max_new_tokens=args.max_tokens, temperature=0, ignore_eos=True)
+
+
+def worker(args) -> None:
+    """One side in this fresh process: 'transformers' (sequential generate), 'generate' (gpt2kit's Engine,
+    batch 1, sequential: what `gpt2kit generate` does per prompt), 'server' (--n streaming clients) or 'paired'
+    (generate and one client in turn, request by request)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from gpt2kit.device import resolve_dtype
+
     prompts = make_prompts(args.n * -(-args.baseline_requests // args.n))
+    if args.side == "generate-loop":
+        _generate_loop(args, prompts)
+        return
     if args.side == "transformers":
-        row = transformers_sequential(args.folder, prompts[: args.baseline_requests], args.max_tokens, args.device, dtype)
+        row = transformers_sequential(args.folder, prompts[: args.baseline_requests], args.max_tokens, args.device, resolve_dtype(args.dtype))
     elif args.side == "generate":
-        from gpt2kit.generate import Engine, SamplingParams
-
-        engine = Engine(from_pretrained(args.folder, device=args.device, dtype=dtype), max_batch=1)
-        params = SamplingParams(max_new_tokens=args.max_tokens, temperature=0, ignore_eos=True)
-        engine.generate(prompts[:1], SamplingParams(max_new_tokens=4, temperature=0))  # warm-up, kernel choice
+        engine, params = _engine(args)
         t0 = time.perf_counter()
         tokens = sum(len(c.token_ids) for p in prompts[: args.baseline_requests] for c in engine.generate([p], params))
         wall = time.perf_counter() - t0
         row = {"requests": args.baseline_requests, "tokens": tokens, "wall_s": wall, "tok_per_s": tokens / wall}
+    elif args.side == "paired":
+        row = paired(args, prompts)
     else:  # `gpt2kit serve` in its own process, as a user runs it; the clients live in this one
-        row = _serve_and_measure(args, prompts)
+        with served(args) as port:
+            requests = args.n * -(-args.baseline_requests // args.n)  # each client sends ceil(baseline / n), in turn
+            row = run_clients(port, prompts[:requests], args.max_tokens, args.n)
     print(json.dumps(row), flush=True)
 
 
@@ -188,7 +260,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help="the server's --huge-pages (auto: on)")
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--side", choices=["transformers", "generate", "server"], help=argparse.SUPPRESS)
+    ap.add_argument("--side", choices=["transformers", "generate", "server", "paired", "generate-loop"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -204,8 +276,10 @@ def main() -> None:
                   "--baseline-requests", str(args.baseline_requests), "--threads", str(args.threads), "--huge-pages", args.huge_pages]  # fmt: skip
         sides = {"transformers": [*common, "--side", "transformers"], "generate": [*common, "--side", "generate"]}
         sides |= {f"server-{n}": [*common, "--side", "server", "--n", str(n)] for n in args.clients}
+        if 1 in args.clients:  # the like-for-like ratio, request by request
+            sides["paired"] = [*common, "--side", "paired"]
         runs = harness.alternate(sides, args.repeat)
-    med = {name: harness.median(r, "tok_per_s") for name, r in runs.items()}
+    med = {name: harness.median(r, "tok_per_s") for name, r in runs.items() if name != "paired"}
     for n in args.clients:
         server = runs[f"server-{n}"]
         line = harness.record(
@@ -217,6 +291,8 @@ def main() -> None:
             round(med[f"server-{n}"] / med["transformers"], 3),
             config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
             serve_over_generate=round(harness.paired_ratio(server, runs["generate"], "tok_per_s"), 3),
+            **({"serve_over_generate_by_request": round(statistics.median(p["ratio"] for r in runs["paired"] for p in r["pairs"]), 3),
+                "request_pairs": len([p for r in runs["paired"] for p in r["pairs"]])} if n == 1 else {}),
             generate_runs=[round(r["tok_per_s"], 1) for r in runs["generate"]],
             client_cpu_ms_per_token=round(harness.median(server, "client_cpu_ms_per_token"), 3),
             latency_ms={k: round(harness.median(server, k), 1) for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")},
