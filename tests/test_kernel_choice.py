@@ -82,7 +82,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.SHORT_ROWS, K.PREFILL_ROWS)]
     assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
     assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0}  # rounded to 0.01 us
-    assert choices[0].rejected == {"float32": "the model is float32 already"}
+    assert choices[0].rejected == {"float32": "the model is float32 already", "onednn-split": K.GELU_ONLY["onednn-split"]}
     assert choices[2].rows == K.PREFILL_ROWS and choices[2].us["mkl"] == 1.0  # prompt processing's figures too
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
@@ -120,7 +120,7 @@ def test_weight_modes(model, fixed_times):
     c = int8[("mlp.c_fc", 1)]
     approx = {"int8", "int8-dynamic"}  # int8-f32 only where int8 cannot run
     assert set(c.us) == approx and c.kind in approx  # decode: only what was asked for
-    assert set(int8[("mlp.c_fc", K.PREFILL_ROWS)].us) == approx | {"linear", "mkl", "onednn"}
+    assert set(int8[("mlp.c_fc", K.PREFILL_ROWS)].us) == approx | {"linear", "mkl", "onednn", "onednn-split"}  # c_fc: its GELU apart too
     assert int8[("mlp.c_fc", K.PREFILL_ROWS)].kind == "mkl"  # prompt processing may still take an exact one
 
 
@@ -133,7 +133,7 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
     assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows" in json.loads(fixed_times.read_text())[K.machine_key()]
     exact = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1)}
     assert exact[("mlp.c_fc", 1)].kind == "mkl"  # bf16 products pass at 0.05
-    assert set(exact[("mlp.c_fc", 1)].rejected) == {"float32"} | (set() if L._onednn_works(torch.bfloat16) else {"onednn"})
+    assert set(exact[("mlp.c_fc", 1)].rejected) == {"float32"} | (set() if L._onednn_works(torch.bfloat16) else {"onednn", "onednn-split"})
     assert exact[("mlp.c_fc", 1)].rejected["float32"] == "for products of 9 rows or more"  # a decode step: bf16 reads
     assert "float32" in exact[("mlp.c_fc", K.PREFILL_ROWS)].us  # many rows: timed against the bf16 products
 
@@ -141,12 +141,14 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
 def test_candidates():
     cands = K._candidates
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
-    assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
+    assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32) and k not in K.GELU_ONLY]
+    assert rejected["onednn-split"] == K.GELU_ONLY["onednn-split"]  # the same as onednn where no GELU follows
+    assert cands("auto", 1, CPU, torch.float32, 64, None, gelu=True)[0] == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
     why = {k: L.KERNELS[k].why_unavailable(CPU, torch.bfloat16) for k in K.APPROX["bf16"]}
     assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], why)  # each says why, as the CPU has it
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
     assert set(K.APPROX["bf16"]) <= set(rejected) and kinds == [
-        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k
+        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k and k not in K.GELU_ONLY
     ]
     for k in ("gemv", "gemv-l2", "gemv-hw"):
         if L.KERNELS[k].available(CPU, torch.bfloat16):
@@ -228,7 +230,7 @@ def test_cache_file_read_and_write_failures(monkeypatch, tmp_path):
 def test_decode_is_timed_through_the_step_and_prefill_one_role_at_a_time(model, fixed_times, monkeypatch):
     """The decode row count goes through _measure_step (here onednn wins there), prompt processing through
     _measure (mkl); a batch of PREFILL_ROWS or more is not a decode step: both row counts go through _measure."""
-    step_cost = {L._Linear: 3.0, L._Mkl: 2.0, L._OneDnn: 1.0}
+    step_cost = {L._Linear: 3.0, L._Mkl: 2.0, L._OneDnn: 1.0, L._OneDnnSplit: 1.5}
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
     kinds = {(c.role, c.rows): c.kind for c in K.plan_kernels(model, batch=2, use_cache=False)}
     assert kinds == {**{(r, 2): "onednn" for r in K.ROLES}, **{(r, n): "mkl" for r in K.ROLES for n in (K.SHORT_ROWS, K.PREFILL_ROWS)}}

@@ -13,7 +13,7 @@ from test_kernel_choice import COST, fixed_times_fixture, model_fixture  # noqa:
 def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, monkeypatch):
     """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
     kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
-    step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0}  # mkl wins at decode; timed after linear, before onednn
+    step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0, L._OneDnnSplit: 2.5}  # mkl wins at decode; timed after linear, before onednn
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
     made = []
     real = KT.make_kernel

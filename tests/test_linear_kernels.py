@@ -69,9 +69,9 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 def test_the_kernel_table():
     gemv = {f"{k}{s}" for k in ("gemv", "bf16-gemv", "int8-gemv") for s in ("", "-l2", "-hw")}
     assert set(L.KERNELS) == {
-        "linear", "mkl", "onednn", "float32", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
+        "linear", "mkl", "onednn", "onednn-split", "float32", "bf16", "bf16-onednn", "int8", "int8-f32", "int8-dynamic", *gemv
     }  # fmt: skip
-    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "float32", "gemv", "gemv-l2", "gemv-hw"}
+    assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "onednn-split", "float32", "gemv", "gemv-l2", "gemv-hw"}
     assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == gemv
     assert {k: c.min_rows for k, c in L.KERNELS.items() if c.min_rows > 1} == {"float32": 9}
     want = {k: 2 if k.endswith("-hw") else 1 if k.endswith("-l2") else 0 for k in gemv}  # gemv.PREFETCH: L1, L2 only, none
@@ -315,7 +315,7 @@ def test_kernel_linear_packs_a_shared_kind_once_and_copes_without_bias():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("kind", ["linear", "mkl", "onednn", "gemv"])
+@pytest.mark.parametrize("kind", ["linear", "mkl", "onednn", "onednn-split", "gemv"])
 def test_each_kernels_gelu_is_gpt2s_gelu_of_its_product(kind, dtype, monkeypatch):
     """c_fc's work (MLP.forward calls `gelu`): oneDNN fuses it as a post-op, where that gives F.gelu's numbers;
     the others apply F.gelu to their product."""
@@ -331,7 +331,7 @@ def test_each_kernels_gelu_is_gpt2s_gelu_of_its_product(kind, dtype, monkeypatch
         torch.testing.assert_close(k.gelu(x).float(), ref, atol=tol, rtol=tol)
 
 
-@pytest.mark.parametrize("kind", ["linear", "mkl"])
+@pytest.mark.parametrize("kind", ["linear", "mkl", "onednn-split"])
 def test_an_unfused_gelu_runs_in_place_on_the_product_and_keeps_the_gradient(kind, monkeypatch):
     """No second (rows, 4C) tensor per call; autograd still gets F.gelu's gradient."""
     w, b, x = _data()
@@ -358,3 +358,19 @@ def test_a_gelu_post_op_with_other_numbers_is_never_fused(monkeypatch):
         torch.testing.assert_close(L.make_kernel("onednn", w, b).gelu(x), ref, atol=1e-5, rtol=1e-5)  # unfused
     finally:
         L._onednn_gelu_works.cache_clear()
+
+
+def test_onednn_split_runs_the_gelu_apart_from_the_product(monkeypatch):
+    """onednn-split is oneDNN's product without the GELU post-op (torch's GELU after it); onednn fuses it where it can."""
+    if not L.KERNELS["onednn"].available(CPU, torch.float32):
+        pytest.skip("oneDNN does not run here")
+    w, b, x = _data()
+    fused = L._onednn_gelu_works(torch.float32)  # its probe runs the post-op once
+    posts, real = [], L._OneDnn.__call__
+    monkeypatch.setattr(L._OneDnn, "__call__", lambda self, x, post=("none", [], ""): posts.append(post[0]) or real(self, x, post))
+    ref = F.gelu(F.linear(x, w, b), approximate="tanh")
+    torch.testing.assert_close(L.make_kernel("onednn-split", w, b).gelu(x), ref, atol=1e-5, rtol=1e-5)
+    assert posts == ["none"]
+    posts.clear()
+    torch.testing.assert_close(L.make_kernel("onednn", w, b).gelu(x), ref, atol=1e-5, rtol=1e-5)
+    assert posts == (["gelu"] if fused else ["none"])

@@ -11,7 +11,7 @@ each weight. Choices are cached per machine (CPU model and flags, torch version,
 threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
-  - auto:  the exact kernels (float32, linear, mkl, onednn, gemv, gemv-l2, gemv-hw) in the model's dtype; with
+  - auto:  the exact kernels (float32, linear, mkl, onednn, onednn-split, gemv, gemv-l2, gemv-hw) in the model's dtype; with
            `--dtype bf16` these are the CPU's native bf16 kernels where it has them, and float32 products on
            float32 copies of the bf16 weights for many rows (where torch would emulate bf16 they are ~10x faster);
   - bf16 / int8: approximate kernels (linear.py: 16- or 8-bit weights; int8-dynamic also rounds the
@@ -41,14 +41,16 @@ from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.kernel_timing import PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure, measure_step
+from gpt2kit.model.kernel_timing import GELU_ROLE, PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure, measure_step
 from gpt2kit.model.linear import KERNELS, make_kernel
 from gpt2kit.model.lora import has_lora
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 # float32 first: where torch emulates bf16 its products are ~10-100x faster, and a first call that much slower than
 # the best so far is not timed further (kernel_timing.measure): a 124M bf16 model's first measurement took 49 s, not 10
-EXACT = ("float32", "linear", "mkl", "onednn", "gemv", "gemv-l2", "gemv-hw")
+EXACT = ("float32", "linear", "mkl", "onednn", "onednn-split", "gemv", "gemv-l2", "gemv-hw")
+# kinds that differ from another only in how the GELU after c_fc's product runs: offered for c_fc alone
+GELU_ONLY = {"onednn-split": "oneDNN's product with torch's GELU after it: the same as onednn where no GELU follows"}
 APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2", "bf16-gemv-hw"),
           "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2", "int8-gemv-hw")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
@@ -137,7 +139,7 @@ def plan_kernels(
         out_f, in_f = linears[0].weight.shape
         for rows in rows_list:
             key = f"{dtype} | {weights} | {role} {out_f}x{in_f} | {rows} rows"
-            cands = _candidates(weights, rows, device, dtype, in_f, forced)
+            cands = _candidates(weights, rows, device, dtype, in_f, forced, gelu=role == GELU_ROLE)
             if key in table and not remeasure and _covers(table[key], cands):
                 choices[(role, rows)] = Choice(**{**table[key], "cached": True})
             else:
@@ -244,9 +246,9 @@ def kernels_in_use(model: nn.Module) -> dict[str, tuple[str, str]]:
 
 
 def _candidates(
-    weights: str, rows: int, device: torch.device, dtype: torch.dtype, in_f: int, forced: str | None
+    weights: str, rows: int, device: torch.device, dtype: torch.dtype, in_f: int, forced: str | None, gelu: bool = False
 ) -> tuple[list[str], dict[str, str]]:
-    """(kinds to time, {kind: why not}) for one shape."""
+    """(kinds to time, {kind: why not}) for one shape; `gelu`: c_fc's, whose GELU a kernel may fuse."""
     if forced:
         if forced not in KERNELS:
             raise ConfigError(f"GPT2KIT_KERNEL={forced!r} is not a kernel; use one of {sorted(KERNELS)}.")
@@ -256,7 +258,9 @@ def _candidates(
     kinds = list(EXACT) if weights == "auto" else list(APPROX[weights]) + (list(EXACT) if rows > 8 else [])
     ok, rejected = [], {}
     for k in kinds:
-        if not KERNELS[k].available(device, dtype):
+        if k in GELU_ONLY and not gelu:
+            rejected[k] = GELU_ONLY[k]
+        elif not KERNELS[k].available(device, dtype):
             rejected[k] = KERNELS[k].why_unavailable(device, dtype)
         elif KERNELS[k].max_rows is not None and rows > KERNELS[k].max_rows:
             rejected[k] = f"for products of up to {KERNELS[k].max_rows} rows"
