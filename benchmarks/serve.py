@@ -70,7 +70,7 @@ def one_request(conn, prompt: list[int], max_tokens: int) -> dict:
         if chunk["choices"] and chunk["choices"][0]["text"]:
             last = time.perf_counter()
             first = first or last
-    return {"ttft": first - t0, "per_token": (last - first) / max(1, tokens - 1), "tokens": tokens, "end": last, "wall": last - t0}
+    return {"ttft": first - t0, "per_token": (last - first) / max(1, tokens - 1), "tokens": tokens, "wall": last - t0}
 
 
 def run_clients(port: int, prompts: list[list[int]], max_tokens: int, clients: int | None = None) -> dict:
@@ -196,7 +196,7 @@ def paired(args, prompts: list[list[int]]) -> dict:
     finally:
         gen.stdin.close()
         gen.wait(timeout=60)
-    return {"pairs": pairs, "ratio": statistics.median(p["ratio"] for p in pairs)}
+    return {"pairs": pairs}
 
 
 def _generate_loop(args, prompts: list[list[int]]) -> None:
@@ -280,6 +280,7 @@ def main() -> None:
             sides["paired"] = [*common, "--side", "paired"]
         runs = harness.alternate(sides, args.repeat)
     med = {name: harness.median(r, "tok_per_s") for name, r in runs.items() if name != "paired"}
+    by_request = [p["ratio"] for r in runs.get("paired", []) for p in r["pairs"]]  # every round's request pairs
     for n in args.clients:
         server = runs[f"server-{n}"]
         line = harness.record(
@@ -291,8 +292,8 @@ def main() -> None:
             round(med[f"server-{n}"] / med["transformers"], 3),
             config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
             serve_over_generate=round(harness.paired_ratio(server, runs["generate"], "tok_per_s"), 3),
-            **({"serve_over_generate_by_request": round(statistics.median(p["ratio"] for r in runs["paired"] for p in r["pairs"]), 3),
-                "request_pairs": len([p for r in runs["paired"] for p in r["pairs"]])} if n == 1 else {}),
+            **({"serve_over_generate_by_request": round(statistics.median(by_request), 3), "request_pairs": len(by_request)}
+               if n == 1 else {}),
             generate_runs=[round(r["tok_per_s"], 1) for r in runs["generate"]],
             client_cpu_ms_per_token=round(harness.median(server, "client_cpu_ms_per_token"), 3),
             latency_ms={k: round(harness.median(server, k), 1) for k in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms")},

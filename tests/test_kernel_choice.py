@@ -82,7 +82,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     assert [(c.role, c.rows) for c in choices] == [(r, n) for r in K.ROLES for n in (2, K.SHORT_ROWS, K.PREFILL_ROWS)]
     assert {c.kind for c in choices} == {"mkl"} and not any(c.cached for c in choices)
     assert choices[0].us == {"linear": 3.0, "mkl": 1.0, "onednn": 2.0}  # rounded to 0.01 us
-    assert choices[0].rejected == {"float32": "the model is float32 already", "onednn-split": K.GELU_ONLY["onednn-split"]}
+    assert choices[0].rejected == {"float32": "the model is float32 already", "onednn-split": L.KERNELS["onednn-split"].gelu_only}
     assert choices[2].rows == K.PREFILL_ROWS and choices[2].us["mkl"] == 1.0  # prompt processing's figures too
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
@@ -141,14 +141,14 @@ def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
 def test_candidates():
     cands = K._candidates
     kinds, rejected = cands("auto", 1, CPU, torch.float32, 64, None)
-    assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32) and k not in K.GELU_ONLY]
-    assert rejected["onednn-split"] == K.GELU_ONLY["onednn-split"]  # the same as onednn where no GELU follows
+    assert kinds == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32) and not L.KERNELS[k].gelu_only]
+    assert rejected["onednn-split"] == L.KERNELS["onednn-split"].gelu_only  # the same as onednn where no GELU follows
     assert cands("auto", 1, CPU, torch.float32, 64, None, gelu=True)[0] == [k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.float32)]
     why = {k: L.KERNELS[k].why_unavailable(CPU, torch.bfloat16) for k in K.APPROX["bf16"]}
     assert cands("bf16", 8, CPU, torch.bfloat16, 64, None) == ([], why)  # each says why, as the CPU has it
     kinds, rejected = cands("bf16", 9, CPU, torch.bfloat16, 64, None)
     assert set(K.APPROX["bf16"]) <= set(rejected) and kinds == [
-        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k and k not in K.GELU_ONLY
+        k for k in K.EXACT if L.KERNELS[k].available(CPU, torch.bfloat16) and "gemv" not in k and not L.KERNELS[k].gelu_only
     ]
     for k in ("gemv", "gemv-l2", "gemv-hw"):
         if L.KERNELS[k].available(CPU, torch.bfloat16):

@@ -74,6 +74,7 @@ def test_the_kernel_table():
     assert {k for k, c in L.KERNELS.items() if c.exact} == {"linear", "mkl", "onednn", "onednn-split", "float32", "gemv", "gemv-l2", "gemv-hw"}
     assert {k for k, c in L.KERNELS.items() if c.max_rows is not None} == gemv
     assert {k: c.min_rows for k, c in L.KERNELS.items() if c.min_rows > 1} == {"float32": 9}
+    assert {k for k, c in L.KERNELS.items() if c.gelu_only} == {"onednn-split"}  # offered for c_fc alone
     want = {k: 2 if k.endswith("-hw") else 1 if k.endswith("-l2") else 0 for k in gemv}  # gemv.PREFETCH: L1, L2 only, none
     assert {k: c.prefetch for k, c in L.KERNELS.items() if k in gemv} == want
     assert L.KERNELS["int8"].act_dtype == torch.bfloat16 and L.KERNELS["int8-f32"].act_dtype == torch.float32

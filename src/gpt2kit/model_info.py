@@ -36,18 +36,18 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
                   remeasure: bool = False) -> dict:  # fmt: skip
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
     read from the per-machine cache), with every candidate's time and why any was left out, the one kind each
-    role's prompts run (and its time over the best at each prompt row count), and how its decode attention runs (over a cache of one full-context row per batch row)."""
+    role's prompts run (and its time over the best at each prompt row count), and how its decode attention runs
+    (over a cache of one full-context row per batch row)."""
 
     from gpt2kit import hugepages
     from gpt2kit.model import gemv
     from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention, plan_causal
-    from gpt2kit.model.kernels import ROLES, kernel_cache_path, machine_key, plan_kernels, prompt_counts, prompt_kind
+    from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels, prompt_kinds
     from gpt2kit.pretrained import from_pretrained
 
     model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
     choices = plan_kernels(model, batch, weights, remeasure=remeasure)
-    by = {(c.role, c.rows): c for c in choices}
-    prompts = {role: prompt_kind([by[(role, rows)] for rows in prompt_counts(batch)]) for role in ROLES}
+    prompts = prompt_kinds({(c.role, c.rows): c for c in choices}, batch)
     fits = float32_cache_fits(model, batch, model.config.n_positions)
     choices += [plan_attention(model, batch, fits, remeasure=remeasure), plan_causal(model, remeasure=remeasure)]
     return {

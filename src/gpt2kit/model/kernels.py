@@ -49,8 +49,6 @@ WEIGHT_MODES = ("auto", "model", "bf16", "int8")
 # float32 first: where torch emulates bf16 its products are ~10-100x faster, and a first call that much slower than
 # the best so far is not timed further (kernel_timing.measure): a 124M bf16 model's first measurement took 49 s, not 10
 EXACT = ("float32", "linear", "mkl", "onednn", "onednn-split", "gemv", "gemv-l2", "gemv-hw")
-# kinds that differ from another only in how the GELU after c_fc's product runs: offered for c_fc alone
-GELU_ONLY = {"onednn-split": "oneDNN's product with torch's GELU after it: the same as onednn where no GELU follows"}
 APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2", "bf16-gemv-hw"),
           "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2", "int8-gemv-hw")}
 # offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
@@ -178,12 +176,12 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     choices = {(c.role, c.rows): c for c in plan_kernels(clone, batch, weights, packed=packed)}
     small = max(1, batch)
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
+    prompts = prompt_kinds(choices, batch)
     for role in ROLES:
         decode = choices[(role, small)]
         timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}
-        prompt, _ = prompt_kind([choices[(role, rows)] for rows in prompt_counts(batch)])
         for parent, name, lin in role_slots(clone, role):
-            kinds = decode.kind, prompt
+            kinds = decode.kind, prompts[role][0]
             setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed))
     return call_directly(clone)
 
@@ -199,6 +197,11 @@ def prompt_counts(batch: int) -> tuple[int, ...]:
     """The measured row counts that a prompt's products have: SHORT_ROWS or more (a batch of 32 decodes 32-row products,
     as a 32-token prompt does)."""
     return tuple(rows for rows in measured_rows(batch) if rows >= SHORT_ROWS)
+
+
+def prompt_kinds(choices: dict[tuple[str, int], Choice], batch: int) -> dict[str, tuple[str, dict[int, float]]]:
+    """{role: `prompt_kind` of its Choices at the prompt row counts} from plan_kernels' Choices by (role, rows)."""
+    return {role: prompt_kind([choices[(role, rows)] for rows in prompt_counts(batch)]) for role in ROLES}
 
 
 def prompt_kind(choices: list[Choice]) -> tuple[str, dict[int, float]]:
@@ -258,8 +261,8 @@ def _candidates(
     kinds = list(EXACT) if weights == "auto" else list(APPROX[weights]) + (list(EXACT) if rows > 8 else [])
     ok, rejected = [], {}
     for k in kinds:
-        if k in GELU_ONLY and not gelu:
-            rejected[k] = GELU_ONLY[k]
+        if KERNELS[k].gelu_only and not gelu:
+            rejected[k] = KERNELS[k].gelu_only
         elif not KERNELS[k].available(device, dtype):
             rejected[k] = KERNELS[k].why_unavailable(device, dtype)
         elif KERNELS[k].max_rows is not None and rows > KERNELS[k].max_rows:

@@ -43,6 +43,7 @@ class _Linear:
     exact = True
     max_rows: int | None = None  # offered for products of at most this many rows (None: any)
     min_rows = 1  # ... and at least this many
+    gelu_only: str | None = None  # why it is offered for c_fc alone (it differs from another kind only in the GELU after it)
 
     @classmethod
     def supports(cls, in_features: int) -> bool:
@@ -165,6 +166,7 @@ class _OneDnnSplit(_OneDnn):
     """oneDNN's packed product, then torch's in-place GELU, not the post-op: on a 2-core Zen 3 VM (AVX2) the post-op's
     GELU took 4.9 ms where torch's after the product took 1.8 (124M c_fc, 256 rows), so which runs is measured."""
 
+    gelu_only = "oneDNN's product with torch's GELU after it: the same as onednn where no GELU follows"
     gelu = _Linear.gelu
 
 
