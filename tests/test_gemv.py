@@ -85,11 +85,17 @@ def test_where_it_prefetches_changes_no_number(build, kind, dtype):
     for shape in SHAPES:
         w, b, x = (t.to(dtype) for t in _data(*shape, (3,)))
         plain, l2, hw = (L.make_kernel(f"{kind}{s}", w, b) for s in ("", "-l2", "-hw"))
-        assert (plain.packed.prefetch, l2.packed.prefetch, hw.packed.prefetch) == (0, 1, 2)
         for other in (l2, hw):
             assert torch.equal(plain(x), other(x)) and torch.equal(plain(x[:1]), other(x[:1]))
+    # made like the plain one (as the measurement does), they call its packed weight, each with its own prefetch
+    l2, hw = (L.make_kernel(f"{kind}{s}", w, b, like=plain) for s in ("-l2", "-hw"))
+    assert l2.packed is plain.packed is hw.packed
+    fn, seen = plain.packed._fn, []
+    plain.packed._fn = lambda *a: seen.append(a[-2]) or fn(*a)  # (..., threads, prefetch, gelu)
+    assert torch.equal(plain(x), l2(x)) and torch.equal(plain(x), hw(x))
+    assert seen == [0, 1, 0, 2]
     with pytest.raises(ValueError, match="prefetch must be one of"):
-        gemv.Packed(w, b, dtype if kind == "gemv" else torch.float32, prefetch=3)
+        plain.packed(x.to(plain.packed.in_dtype), prefetch=3)
 
 
 @_needs(torch.float32)

@@ -17,7 +17,7 @@ def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_tim
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
     made = []
     real = KT.make_kernel
-    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
     copy = K.inference_copy(model, batch=2)
     small = [m.small for m in copy.modules() if isinstance(m, KernelLinear)]
     assert len(small) == 4 * 5 + 1 and all(type(k) is L._Mkl for k in small)
@@ -69,7 +69,7 @@ def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_fir
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 1.0))  # all equal
     made = []
     real = KT.make_kernel
-    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows: made.append(real(kind, w, b, rows)) or made[-1])
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     for limit, reused in ((size, True), (size - 1, False)):
         fixed_times.unlink(missing_ok=True)

@@ -4,6 +4,7 @@ back to back on each layer from emptied caches; on fake clocks, so each test kno
 import json
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from gpt2kit.model import kernel_timing as KT
@@ -49,7 +50,7 @@ def _runoff_clock(monkeypatch, cost, warm=None):
     clock["empty"] = lambda: clock["log"].append("empty")  # the runoff's emptying of the caches, logged
     layers = {}
 
-    def make_kernel(kind, w, b, rows):
+    def make_kernel(kind, w, b, rows, like=None):
         i, bias = layers[w.data_ptr()]
         clock["made"].append((kind, i, b is not None and b.data_ptr() == bias, rows))
         return _Fake(kind, i, clock)
@@ -59,33 +60,48 @@ def _runoff_clock(monkeypatch, cost, warm=None):
     def role(model, name):
         linears = K._role_linears(model, name)
         layers.update({lin.weight.data_ptr(): (i, lin.bias is not None and lin.bias.data_ptr()) for i, lin in enumerate(linears)})
-        return linears
+        return KT.timed_weights(linears, 1)  # every layer's (weight, bias)
 
     return clock, role
 
 
-def test_runoff_times_the_two_kinds_back_to_back_from_empty_caches(model, monkeypatch):
-    """Each pass starts by emptying the caches and calls both kinds on each layer in turn, the first of a pair
-    alternating pass by pass; the first pass warms up and is left out; the median of second / best decides."""
+def test_runoff_times_the_kinds_back_to_back_from_empty_caches(model, monkeypatch):
+    """Each pass starts by emptying the caches and calls every kind on each layer in turn, the order rotating pass by
+    pass; the first pass warms up and is left out; each kind's times line up call group by call group."""
     clock, role = _runoff_clock(monkeypatch, {"a": 0.75, "b": 0.5}, warm={"b": 50.0})
-    linears = role(model, "attn.c_proj")
+    layers = role(model, "attn.c_proj")
     held = ("a", {i: _Fake("a", i, clock) for i in range(5)})
-    ratio, kernels = KT._runoff("attn.c_proj", linears, torch.zeros(3, 16), ("a", "b"), held, 3, clock["empty"])
-    assert ratio == 0.667 and [(k.kind, k.layer) for k in kernels.values()] == [("b", i) for i in range(5)]
+    times, kernels = KT._runoff("attn.c_proj", layers, torch.zeros(3, 16), ("a", "b"), held, 3, clock["empty"])
+    assert times == {"a": [0.75] * 25, "b": [0.5] * 25}  # 5 timed passes of 5 layers; b's 50 s warm-up left out
+    assert kernels["a"] is held[1] and [(k.kind, k.layer) for k in kernels["b"].values()] == [("b", i) for i in range(5)]
     assert clock["made"] == [("b", i, True, 3) for i in range(5)]  # a's kernels: the held ones
     assert clock["inputs"] == {(3, 16)}
     log = clock["log"]
     assert log.count("empty") == 1 + KT.RUNOFF_PASSES[0]  # the budget (0.05 s) is spent by then
     assert all(log[i] == "empty" for i in range(0, len(log), 11)) and len(log) == 11 * (1 + KT.RUNOFF_PASSES[0])
-    ba, ab = [(k, i) for i in range(5) for k in ("b", "a")], [(k, i) for i in range(5) for k in ("a", "b")]
-    assert [log[p * 11 + 1 : p * 11 + 11] for p in range(4)] == [ba, ab, ba, ab]
-    clock, role = _runoff_clock(monkeypatch, {"a": 1.0, "b": 1.1})
-    ratio, kernels = KT._runoff("mlp.c_fc", role(model, "mlp.c_fc"), torch.zeros(1, 16), ("a", "b"), None, 1, clock["empty"])
-    assert ratio == 1.1 and clock["log"][1:3] == [("b", 0, "gelu"), ("a", 0, "gelu")]  # c_fc: timed with its GELU
-    assert [m[0] for m in clock["made"]] == ["a"] * 5 + ["b"] * 5  # neither held: both packed
-    monkeypatch.setattr(KT, "RUNOFF_PASSES", (1, 1))  # one warm-up pass (b 50 s a call, left out) and one timed pass
-    clock, role = _runoff_clock(monkeypatch, {"a": 1.0, "b": 0.8}, warm={"b": 50.0})
-    assert KT._runoff("attn.c_proj", role(model, "attn.c_proj"), torch.zeros(1, 16), ("a", "b"), None, 1, clock["empty"])[0] == 0.8
+    ab, ba = [(k, i) for i in range(5) for k in ("a", "b")], [(k, i) for i in range(5) for k in ("b", "a")]
+    assert [log[p * 11 + 1 : p * 11 + 11] for p in range(4)] == [ab, ba, ab, ba]
+    clock, role = _runoff_clock(monkeypatch, {"a": 1.0, "b": 1.1, "c": 0.9})
+    times, _ = KT._runoff("mlp.c_fc", role(model, "mlp.c_fc"), torch.zeros(1, 16), ("a", "b", "c"), None, 1, clock["empty"])
+    assert {k: [round(t, 9) for t in ts] for k, ts in times.items()} == {"a": [1.0] * 25, "b": [1.1] * 25, "c": [0.9] * 25}
+    assert clock["log"][1:4] == [("a", 0, "gelu"), ("b", 0, "gelu"), ("c", 0, "gelu")]  # c_fc: timed with its GELU
+    assert clock["log"][17:20] == [("b", 0, "gelu"), ("c", 0, "gelu"), ("a", 0, "gelu")]  # the next pass: rotated
+    assert [m[0] for m in clock["made"]] == ["a"] * 5 + ["b"] * 5 + ["c"] * 5  # none held: all packed
+
+
+def test_a_runoff_packs_each_kinds_own_weights(model, monkeypatch):
+    """gemv-l2 and gemv-hw could call gemv's packed weight (the sweep shares it), but in a runoff the calls on a layer
+    run back to back: sharing, all but the first would read it from the cache. So each kind packs its own."""
+    if not L.KERNELS["gemv"].available(torch.device("cpu"), torch.float32):
+        pytest.skip("gemv.c does not run here")
+    layers = KT.timed_weights(K._role_linears(model, "attn.c_proj"), 1)
+    held = ("gemv", {i: L.make_kernel("gemv", w, b) for i, (w, b) in enumerate(layers)})
+    monkeypatch.setattr(KT, "RUNOFF_PASSES", (1, 1))
+    _, kernels = KT._runoff("attn.c_proj", layers, torch.zeros(1, 16), ("gemv", "gemv-l2", "gemv-hw"), held, 1, lambda: None)
+    assert kernels["gemv"] is held[1]
+    for i, k in held[1].items():
+        ptrs = {k.packed.w.data_ptr(), kernels["gemv-l2"][i].packed.w.data_ptr(), kernels["gemv-hw"][i].packed.w.data_ptr()}
+        assert len(ptrs) == 3 and (kernels["gemv-l2"][i].prefetch, kernels["gemv-hw"][i].prefetch) == (1, 2)
 
 
 def test_runoff_passes_until_its_budget_is_spent_and_twenty_at_most(model, monkeypatch):
@@ -109,36 +125,37 @@ def test_cache_sweeper_reads_twice_the_largest_cache(monkeypatch):
     assert sweep.__self__.numel() * 4 == 8192 and float(sweep()) == 2048.0
 
 
-def test_measure_step_lets_runoffs_overturn_the_sweep(model, monkeypatch):
+def test_measure_step_lets_a_runoff_overturn_the_sweep(model, monkeypatch):
     """Timed one after the other, a kind can meet a faster memory phase than its rivals: the sweep puts mkl first,
-    onednn and linear within the margin; each meets the kind chosen so far, fastest first, the faster call for
-    call is chosen and its kernels kept, and each loser's figure is recorded. Outside the margin no runoff runs."""
+    onednn and linear within the margin; the three meet in one runoff per role, the smallest median time over mkl's
+    is chosen and its kernels kept, and each other kind's median time over the winner's is recorded. Outside the
+    margin no runoff runs."""
     monkeypatch.setattr(KT, "RUNOFF_MARGIN", 1.25)
     sweep = {L._Mkl: 1.0, L._OneDnn: 1.1, L._Linear: 1.2}
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: sweep[type(k)] for r, k, _ in calls}, 0.01))
-    truth = {"mkl": 1.0, "onednn": 0.9, "linear": 0.95}  # what a runoff finds: onednn beats mkl, then linear
+    truth = {"mkl": [1.0, 1.0, 2.0], "onednn": [0.9, 0.9, 1.8], "linear": [0.95, 0.95, 1.9]}  # per call group
     runoffs, sweepers = [], []
     todo = _step_todo(model, ("mkl", "onednn", "linear"))
     monkeypatch.setattr(KT, "_cache_sweeper", lambda: sweepers.append(len(sweepers)) or sweepers[-1])
 
-    def runoff(role, linears, x, kinds, held, rows, empty_caches):
-        assert linears == todo[role][0] and x.shape == (1, linears[0].in_features) and rows == 1
+    def runoff(role, layers, x, kinds, held, rows, empty_caches):  # the tiny model: swept whole
+        assert [w.data_ptr() for w, _ in layers] == [lin.weight.data_ptr() for lin in todo[role][0]]
+        assert x.shape == (1, layers[0][0].shape[1]) and rows == 1
         assert empty_caches == sweepers[-1]  # one sweeper for every runoff of the step
         runoffs.append((role, kinds, held and held[0]))
-        return round(truth[kinds[1]] / truth[kinds[0]], 3), f"{kinds[1]}'s kernels"
+        return {k: truth[k] for k in kinds}, {k: f"{k}'s kernels" for k in kinds}
 
     monkeypatch.setattr(KT, "_runoff", runoff)
     kept = {}
     choices = KT.measure_step(todo, 1, torch.float32, kept)
-    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), "mkl"), ("attn.c_attn", ("onednn", "linear"), "onednn")]
-    assert [r for r, _, _ in runoffs] == [r for r in K.ROLES for _ in range(2)]
+    assert runoffs == [(r, ("mkl", "onednn", "linear"), "mkl") for r in K.ROLES]  # the sweep's best, then fastest first
     assert {c.kind for c in choices.values()} == {"onednn"} and kept["lm_head"] == ("onednn", "onednn's kernels")
     assert choices["lm_head"].paired == {"mkl": 1.111, "linear": 1.056}
     assert choices["lm_head"].us == {"mkl": 1.0, "onednn": 1.1, "linear": 1.2} and sweepers == [0]
     runoffs.clear()
     choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)  # nothing kept
-    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), None), ("attn.c_attn", ("onednn", "linear"), "onednn")]
-    truth.update(onednn=1.0, linear=1.3)  # the sweep's best holds; a tie too
+    assert runoffs[0] == ("attn.c_attn", ("mkl", "onednn", "linear"), None)
+    truth.update(onednn=[1.0, 1.0, 2.0], linear=[1.3, 1.3, 2.6])  # the sweep's best holds; a tie too
     choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)
     assert {c.kind for c in choices.values()} == {"mkl"} and choices["mlp.c_fc"].paired == {"onednn": 1.0, "linear": 1.3}
     sweep.update({L._OneDnn: 1.3, L._Linear: 1.3})  # outside the margin
@@ -167,10 +184,11 @@ def test_info_kernels_shows_each_runoff(fixed_times, monkeypatch, capsys):
     from gpt2kit.cli.__main__ import main
 
     monkeypatch.setattr(KT, "RUNOFF_MARGIN", 2.0)  # onednn (2.0 us) is within 2x of mkl (1.004): a runoff each
-    monkeypatch.setattr(KT, "_runoff", lambda role, linears, x, kinds, held, rows, empty_caches: (0.5, None))  # onednn: half the time
+    monkeypatch.setattr(KT, "_runoff", lambda role, layers, x, kinds, held, rows, empty_caches:
+                        ({"mkl": [2.0], "onednn": [1.0]}, {k: None for k in kinds}))  # onednn: half the time
     assert main(["info", "--kernels", "--json"]) in (0, None)
     decode = [c for c in json.loads(capsys.readouterr().out)["choices"] if c["rows"] == 1 and c["role"] in K.ROLES]
     assert len(decode) == 5 and all(c["chosen"] == "onednn" and c["paired"] == {"mkl": 2.0} for c in decode)
     assert main(["info", "--kernels"]) in (0, None)
     out = capsys.readouterr().out
-    assert out.count("runoffs (a loser's time over its winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out
+    assert out.count("runoff (each other kind's time over the winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out

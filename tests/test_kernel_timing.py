@@ -388,3 +388,39 @@ def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch
     assert seen == [(3, (5, 16), torch.float32)]
     c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
     assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
+
+
+def test_the_sweep_times_the_first_blocks_that_hold_twice_the_largest_cache(model, monkeypatch):
+    """A block of the tiny model is 3072 weights (c_attn 768, attn.c_proj 256, c_fc and mlp.c_proj 1024 each); the
+    head is 96 rows of 16. The sweep takes whole blocks until they hold 2 caches' bytes, the head's rows in 64s."""
+    todo = _step_todo(model)
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2048)  # a pass of at least 4096 bytes
+    layers, whole = KT.swept(todo, 4)  # float32: one block (12288 bytes), and 64 head rows (4096 bytes)
+    assert {role: len(ws) for role, ws in layers.items()} == dict.fromkeys(K.ROLES, 1)
+    ((w, b),) = layers["lm_head"]
+    assert w.shape == (64, 16) and b is None and w.data_ptr() == model.lm_head.weight.data_ptr()
+    assert whole == set(K.ROLES) - {"lm_head"}  # a slice of the head: not a layer to keep
+    layers, whole = KT.swept(todo, 1)  # int8 weights: 3072 bytes a block, so two; the head whole (1536 bytes)
+    assert len(layers["mlp.c_fc"]) == 2 and layers["lm_head"][0][0].shape == (96, 16) and whole == set(K.ROLES)
+    for (w, b), lin in zip(layers["mlp.c_fc"], todo["mlp.c_fc"][0]):
+        assert w.data_ptr() == lin.weight.data_ptr() and b.data_ptr() == lin.bias.data_ptr() and not w.requires_grad
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 32 << 20)  # a model that fits: swept whole
+    layers, whole = KT.swept(todo, 4)
+    assert {role: len(ws) for role, ws in layers.items()} == {**dict.fromkeys(K.ROLES, 5), "lm_head": 1} and whole == set(K.ROLES)
+
+
+def test_a_copy_measured_on_part_of_the_model_runs_every_layer_exactly(model, monkeypatch, tmp_path):
+    """Measured on one block and part of the head, the copy keeps the measured whole layers' kernels, packs the rest,
+    and gives the model's logits (the sliced head's kernel would give 64 columns, not 96)."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2048)
+    made = []
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
+    copy = K.inference_copy(model, 1)
+    idx = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(copy(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
+    small = [m.small for m in copy.modules() if isinstance(m, K.KernelLinear)]
+    reused = [any(k is m for m in made) for k in small]  # in model order: 4 per block, the head last
+    assert reused[:4] == [True] * 4 and not any(reused[4:])

@@ -16,7 +16,7 @@ in float32 FMAs on 32-byte registers). No compiler, a compile error or an older 
 the kernel out, and `unavailable()` says why (`gpt2kit info --kernels` shows it). GPT2KIT_GEMV=0 turns it
 off. The library links the same libgomp.so.1 torch loaded, so its threads are torch's; each call passes
 torch.get_num_threads(). Each weight is read with its prefetches into L1, into L2 only, or none (the hardware's
-prefetchers alone; `Packed(prefetch=...)`): which reads faster depends on the CPU, so linear.py offers each as its
+prefetchers alone; a call's `prefetch`): which reads faster depends on the CPU, so linear.py offers each as its
 own kernel and the measurement picks.
 
 The same library holds attend.c, attention for one query per row (`attend`), and causal.c, causal attention
@@ -48,6 +48,7 @@ STEP_SOURCE = Path(__file__).with_name("step.c")  # a decode step replayed from 
 SWITCH = "GPT2KIT_GEMV"  # "0": never build or offer the kernel
 CFLAGS = "GPT2KIT_GEMV_CFLAGS"  # more compiler flags, after -march=native
 PREFETCH = {"l1": 0, "l2": 1, "none": 2}  # a product's weight stream prefetched into L1, into L2 only, or not at all
+_PREFETCHES = frozenset(PREFETCH.values())
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 
 
@@ -183,17 +184,15 @@ class Packed:
         dtype: torch.dtype,
         out_dtype: torch.dtype = torch.float32,
         scale: torch.Tensor | None = None,
-        prefetch: int = 0,
     ) -> None:
-        if prefetch not in PREFETCH.values():
-            raise ValueError(f"prefetch must be one of {PREFETCH}, got {prefetch!r}")
         so = _build()[0]
         self.n, self.k = weight.shape
         self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
         kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
         rows, lanes = getattr(so, f"gk_rows_{kind}")(), getattr(so, f"gk_lanes_{kind}")()
         w = weight.detach().to(dtype)
-        w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))  # (N', K') zero rows and columns
+        if self.k % lanes or self.n % rows:  # (N', K'): zero rows and columns to whole blocks (a copy: only where needed)
+            w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))
         blocked = w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2)  # (N'/rows, K'/lanes, rows, lanes)
         self.w = hugepages.empty(blocked.shape, dtype).copy_(blocked)
         self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
@@ -209,15 +208,17 @@ class Packed:
         # the weight's arguments converted once: a call converts only x, y, M and the threads (~2 us a call
         # saved, of ~50 a step)
         self._fn, self._bound = getattr(so, f"gk_gemv_{kind}"), bound
-        self.prefetch = prefetch  # how the weight's stream is prefetched: PREFETCH
 
-    def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, gelu: bool = False, prefetch: int = PREFETCH["l1"]) -> torch.Tensor:
         """x (..., K) in_dtype -> (..., N) out_dtype; with `gelu`, GPT-2's GELU (tanh form) of it, applied in float32
-        as each output is stored (before a bf16 output's rounding)."""
+        as each output is stored (before a bf16 output's rounding). `prefetch`: how the weight's stream is prefetched
+        (PREFETCH), a choice of each call's: the packing is the same."""
+        if prefetch not in _PREFETCHES:
+            raise ValueError(f"prefetch must be one of {PREFETCH}, got {prefetch!r}")
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
-        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), self.prefetch, gelu)
+        self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), prefetch, gelu)
         return y
 
 

@@ -2,16 +2,18 @@
 output first checked against the float32 `F.linear` reference.
 
 A decode step (a few rows) streams every weight from memory once, so its products are timed as a step runs
-them: each candidate through every layer of every role in model order (`measure_step`, the sweep). Prompt
+them: each candidate through the layers of every role in model order (`measure_step`, the sweep), as many blocks
+as read SWEEP_CACHES times the largest cache (`swept`), so the weights stream from memory pass after pass. Prompt
 processing (SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
 
 The sweep times the candidates one after the other, so on a machine whose memory speed changes while it runs,
 each candidate's figure is the speed of the phase it met. A 2-core Zen 4 VM's memory reads at 34-36 GB/s and
 at 60-65 by turns, switching every few seconds to minutes; there, gemv.c's two prefetch variants (`gemv`,
 `gemv-l2`) were 5 % apart in the slow phase and 18 % in the fast one, while one sweep put them 0.4 % apart and
-the next put `gemv` 1.4x ahead: with it, 124M decode steps were 7-24 % slower. So every decode kind the sweep timed within
-RUNOFF_MARGIN of a role's best meets it in a runoff (`_settle`, `_runoff`): the two called back to back on each
-layer from emptied caches, pass after pass, and the median of those pairs decides, as both met the same phase.
+the next put `gemv` 1.4x ahead: with it, 124M decode steps were 7-24 % slower. So a role's best and every decode kind
+the sweep timed within RUNOFF_MARGIN of it meet in one runoff (`_settle`, `_runoff`): all called back to back on
+each layer from emptied caches, pass after pass, and the medians of their times over the best's decide, as all met
+the same phases.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2kit import machine
-from gpt2kit.model.linear import KERNELS, make_kernel
+from gpt2kit.model.linear import KERNELS, make_kernel, packing
 
 ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
+HEAD_ROLE = "lm_head"  # one matrix, after the blocks
 GELU_ROLE = "mlp.c_fc"  # timed with its GELU, which a kernel may fuse (linear.py)
 PREFILL_ROWS = 256
 # A short prompt's rows (a chat turn, a served request), timed too: the best kind differs there. On a 2-core Zen 3 VM,
@@ -48,6 +51,13 @@ PREFILL_OUT_TIMED = 2048
 RUNOFF_MARGIN = 2.0
 RUNOFF_PASSES = (5, 20)  # timed passes of a runoff (after a warm-up pass): at least, and at most while the budget lasts
 RUNOFF_BUDGET_S = 0.05  # per contested role, after its first passes
+# A decode sweep's pass reads this many times the largest cache (in its weights' bytes): it times that many of the
+# first blocks and as many bytes of the head's rows (`swept`), not every layer, so that packing and timing each
+# candidate costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s
+# on a 2-core Zen 3 VM (32 MiB L3), most of it packing each candidate's 494 MB; a 1.5B model packed 6.2 GB a candidate.
+SWEEP_CACHES = 2
+
+Weights = list[tuple[torch.Tensor, torch.Tensor | None]]  # (weight (out, in), bias (out,) or None) per layer
 
 
 @dataclass
@@ -59,18 +69,43 @@ class Choice:
     kind: str
     us: dict[str, float] = field(default_factory=dict)  # median microseconds per call, per candidate
     rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not considered
-    # from the runoffs (_settle): each runoff's loser -> its time over the winner's, call for call (the median)
+    # from the runoff (_settle): each other kind in it -> its time over the winner's, call for call (the median)
     paired: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
 
-def timed_weights(linears: list[nn.Linear], rows: int) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+def timed_weights(linears: list[nn.Linear], rows: int) -> Weights:
     """(weight, bias) pairs to time: every layer given at decode; one layer, at most PREFILL_OUT_TIMED output
     rows of it, for a prompt's rows, SHORT_ROWS or more (see PREFILL_OUT_TIMED)."""
     if rows < SHORT_ROWS:
-        return [(lin.weight.detach(), None if lin.bias is None else lin.bias.detach()) for lin in linears]
-    w, b = linears[0].weight.detach()[:PREFILL_OUT_TIMED], linears[0].bias  # (out', in)
-    return [(w, None if b is None else b.detach()[:PREFILL_OUT_TIMED])]
+        return [_weight_bias(lin) for lin in linears]
+    return [_weight_bias(linears[0], PREFILL_OUT_TIMED)]
+
+
+def _weight_bias(lin: nn.Linear, out: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """lin's (weight, bias), detached; with `out`, their first `out` output rows."""
+    w, b = lin.weight.detach()[:out], None if lin.bias is None else lin.bias.detach()[:out]  # (out', in), (out',)
+    return w, b
+
+
+def swept(todo: StepTodo, weight_bytes: int) -> tuple[dict[str, Weights], set[str]]:
+    """(the weights a decode sweep times, per role; the roles whose weights are whole layers): the layers of the first
+    blocks that hold SWEEP_CACHES times the largest cache's bytes (at `weight_bytes` a weight: the candidates'), and
+    as many bytes of the head's first rows (whole blocks of 64). GPT-2 124M in float32 with a 32 MiB cache: 3 of
+    12 blocks and 21,888 of 50,257 rows. A model no larger is swept whole."""
+    budget = SWEEP_CACHES * machine.largest_cache_bytes()
+    block = weight_bytes * sum(linears[0].weight.numel() for role, (linears, _) in todo.items() if role != HEAD_ROLE)
+    blocks = max(1, -(-budget // block)) if block else 0
+    weights, whole = {}, set()
+    for role, (linears, _) in todo.items():
+        if role != HEAD_ROLE:
+            weights[role] = [_weight_bias(lin) for lin in linears[:blocks]]
+        else:
+            out, k = linears[0].weight.shape
+            weights[role] = [_weight_bias(linears[0], min(out, 64 * max(1, -(-budget // (64 * k * weight_bytes)))))]
+        if role != HEAD_ROLE or len(weights[role][0][0]) == out:
+            whole.add(role)
+    return weights, whole
 
 
 def measure(
@@ -119,76 +154,77 @@ def _choose(role: str, rows: int, us: dict[str, float], rejected: dict[str, str]
 StepTodo = dict[str, tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  # role -> (layers, (kinds, rejected))
 
 
-def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | None = None) -> dict[str, Choice]:
-    """The decode products, timed as a step runs them: each candidate kind goes through every layer of every
-    role in model order (block by block, the head last), so each weight streams from memory as in a real
-    step. Timed one role at a time, its layers can sit in the cache, where a compute-heavy kernel looks faster
-    than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone, 1.38x apart over a 124M step).
-    `kept`, a dict, receives each role's fastest kind so far with its kernels, {role: (kind, {layer: kernel})}:
-    at most one packed copy besides the one being timed. The kinds close to a role's best then meet it in
-    runoffs (_settle)."""
+def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | None = None, weight_bytes: int = 4) -> dict[str, Choice]:
+    """The decode products, timed as a step runs them: each candidate kind goes through the swept layers of every
+    role in model order (block by block, the head last; `swept`, for `weight_bytes`-byte weights), so each weight
+    streams from memory as in a real step. Timed one role at a time, its layers can sit in the cache, where a
+    compute-heavy kernel looks faster than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone,
+    1.38x apart over a 124M step). `kept`, a dict, receives each role's fastest kind so far with its kernels, {role:
+    (kind, {layer: kernel})}, where they are whole layers: at most one packed copy besides the one being timed. A
+    kind that calls the packed weight of the kind timed before it (`linear.packing`) shares it. The kinds close to a
+    role's best then meet it in a runoff (_settle)."""
+    layers, whole = swept(todo, weight_bytes)
     g = torch.Generator().manual_seed(0)
     xs, refs, us = {}, {}, {role: {} for role in todo}
     rejected = {role: dict(cands[1]) for role, (_, cands) in todo.items()}
-    for role, (linears, _) in todo.items():
-        lin = linears[0]
-        if lin.in_features not in xs:
-            xs[lin.in_features] = torch.randn(rows, lin.in_features, generator=g).to(dtype)  # (rows, in)
-        x = xs[lin.in_features]
-        refs[role] = F.linear(x.float(), lin.weight.float(), None if lin.bias is None else lin.bias.float())  # (rows, out)
-    depth = max((len(linears) for linears, _ in todo.values()), default=0)
-    order = sorted(((role, i) for role, (linears, _) in todo.items() for i in range(len(linears))),
-                   key=lambda ri: (ri[1] if len(todo[ri[0]][0]) > 1 else depth, ROLES.index(ri[0])))  # fmt: skip
-    best_pass = float("inf")
+    for role in todo:
+        w, b = layers[role][0]
+        if w.shape[1] not in xs:
+            xs[w.shape[1]] = torch.randn(rows, w.shape[1], generator=g).to(dtype)  # (rows, in)
+        refs[role] = F.linear(xs[w.shape[1]].float(), w.float(), None if b is None else b.float())  # (rows, out)
+    depth = max((len(ws) for ws in layers.values()), default=0)
+    order = sorted(((role, i) for role, ws in layers.items() for i in range(len(ws))),
+                   key=lambda ri: (depth if ri[0] == HEAD_ROLE else ri[1], ROLES.index(ri[0])))  # fmt: skip
+    best_pass, last, made = float("inf"), None, {}
     with torch.inference_mode():
         for kind in dict.fromkeys(k for _, (kinds, _) in todo.values() for k in kinds):
-            calls, made = [], {}  # (role, kernel, input) in step order; (role, layer) -> kernel
+            like = made if last and packing(KERNELS[last]) is packing(KERNELS[kind]) else {}  # else freed now
+            calls, made, last = [], {}, kind  # (role, kernel, input) in step order; (role, layer) -> kernel
             for role, i in order:
-                lin = todo[role][0][i]
+                w, b = layers[role][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
-                    kernel = _kernel(kind, lin, rows)
-                    if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[lin.in_features]).float(), refs[role], dtype)):
+                    kernel = make_kernel(kind, w, b, rows, like=like.get((role, i)))
+                    if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[w.shape[1]]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
-                    calls.append((role, kernel, xs[lin.in_features]))  # layer 0 comes first: a rejection skips the rest
+                    calls.append((role, kernel, xs[w.shape[1]]))  # layer 0 comes first: a rejection skips the rest
                     made[(role, i)] = kernel
+            like = None
             if calls:
                 per_role, pass_s = _time_step(calls, best_pass)
                 best_pass = min(best_pass, pass_s)
                 for role, t in per_role.items():
                     t = round(t, 2)  # as _choose compares them
-                    if kept is not None and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first, as _choose
+                    if kept is not None and role in whole and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first
                         kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
                     us[role][kind] = t
     calls = made = None  # the last kind's kernels: not held through the runoffs
     choices = {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
     empty_caches = _cache_sweeper() if any(_rivals(c) for c in choices.values()) else None  # one buffer for them all
     for role, c in choices.items():
-        _settle(c, todo[role][0], xs[todo[role][0][0].in_features], kept, rows, empty_caches)
+        _settle(c, layers[role], xs[layers[role][0][0].shape[1]], kept if role in whole else None, rows, empty_caches)
     return choices
 
 
-def _kernel(kind: str, lin: nn.Linear, rows: int):
-    """A `kind` kernel of one layer's weight and bias, packed for `rows` rows."""
-    return make_kernel(kind, lin.weight.detach(), None if lin.bias is None else lin.bias.detach(), rows)
-
-
-def _settle(
-    c: Choice, linears: list[nn.Linear], x: torch.Tensor, kept: dict | None, rows: int, empty_caches: Callable[[], object] | None
-) -> None:
-    """Runoffs for a decode choice: each kind the sweep timed within RUNOFF_MARGIN of the chosen one, fastest
-    first, meets the kind chosen so far, and the faster call for call is chosen (c.kind; `kept` follows). c.paired
-    records each runoff's loser with its time over the winner's."""
+def _settle(c: Choice, layers: Weights, x: torch.Tensor, kept: dict | None, rows: int, empty_caches: Callable[[], object] | None) -> None:
+    """The runoff for a decode choice: the chosen kind and every kind the sweep timed within RUNOFF_MARGIN of it meet
+    in one runoff (_runoff), and the kind whose median time over the chosen one's, call group by call group, is the
+    smallest is chosen (c.kind; `kept` follows; a tie keeps the sweep's). c.paired records each other kind's median
+    time over the winner's."""
+    rivals = _rivals(c)
+    if not rivals:
+        return
     held = kept.get(c.role) if kept is not None else None
-    for rival in _rivals(c):
-        ratio, kernels = _runoff(c.role, linears, x, (c.kind, rival), held, rows, empty_caches)
-        if ratio < 1:  # the rival took less time, call for call
-            c.paired[c.kind] = round(1 / ratio, 3)
-            c.kind, held = rival, (rival, kernels)
-            if kept is not None:
-                kept[c.role] = held
-        else:
-            c.paired[rival] = ratio
+    kinds = (c.kind, *rivals)
+    times, kernels = _runoff(c.role, layers, x, kinds, held, rows, empty_caches)
+
+    def over(kind: str, other: str) -> float:  # kind's time over other's, call group by call group: the median
+        return round(statistics.median(t / max(u, 1e-9) for t, u in zip(times[kind], times[other])), 3)
+
+    c.kind = min(kinds, key=lambda k: (over(k, c.kind), kinds.index(k)))
+    c.paired.update({k: over(k, c.kind) for k in kinds if k != c.kind})
+    if kept is not None:
+        kept[c.role] = (c.kind, kernels[c.kind])
 
 
 def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
@@ -242,41 +278,38 @@ def _rivals(c: Choice) -> list[str]:
 
 def _runoff(
     role: str,
-    linears: list[nn.Linear],
+    layers: Weights,
     x: torch.Tensor,
-    kinds: tuple[str, str],
+    kinds: tuple[str, ...],
     held: tuple[str, dict] | None,
     rows: int,
     empty_caches: Callable[[], object],
-) -> tuple[float, dict[int, object]]:
-    """kinds (best, second) timed on every layer of `role` once more, the two calls on a layer back to back
-    (which goes first alternating pass by pass), every pass starting from emptied caches, as a decode step's
-    products do: (the median over those pairs of second's time over best's, rounded as Choice records it;
-    second's kernels). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`); `empty_caches`:
-    _cache_sweeper's reader."""
-    best, second = kinds
-
-    kernels = {kind: held[1] if held is not None and held[0] == kind else {i: _kernel(kind, lin, rows) for i, lin in enumerate(linears)}
-               for kind in kinds}  # fmt: skip
+) -> tuple[dict[str, list[float]], dict[str, dict[int, object]]]:
+    """`kinds` timed on the swept layers of `role` once more, their calls on a layer back to back (the order rotating
+    pass by pass), every pass starting from emptied caches, as a decode step's products do, so all of them meet the
+    same memory phases: ({kind: seconds per call}, the calls of all kinds on one layer in one pass at the same index;
+    {kind: {layer: kernel}}). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`);
+    `empty_caches`: _cache_sweeper's reader. Every other kind packs its own weights, even one that could call another's
+    (`linear.packing`): the calls on a layer each read their weight from memory, not the one before's from the cache."""
+    kernels = {kind: held[1] if held is not None and held[0] == kind else
+               {i: make_kernel(kind, w, b, rows) for i, (w, b) in enumerate(layers)} for kind in kinds}  # fmt: skip
     calls = {kind: [k.gelu if role == GELU_ROLE else k for _, k in sorted(ks.items())] for kind, ks in kernels.items()}
-    ratios: list[float] = []
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
     deadline, passes = float("inf"), 0
     with torch.inference_mode():
         while passes <= RUNOFF_PASSES[0] or (passes <= RUNOFF_PASSES[1] and time.perf_counter() < deadline):
             empty_caches()
-            order = kinds if passes % 2 else kinds[::-1]
-            for i in range(len(linears)):
-                took = {}
+            order = kinds[passes % len(kinds):] + kinds[: passes % len(kinds)]
+            for i in range(len(layers)):
                 for kind in order:
                     t0 = time.perf_counter()
                     calls[kind][i](x)
-                    took[kind] = time.perf_counter() - t0
-                if passes:  # the first pass warms up
-                    ratios.append(took[second] / max(took[best], 1e-9))
+                    if passes:  # the first pass warms up
+                        times[kind].append(time.perf_counter() - t0)
             passes += 1
             if passes == 1:
                 deadline = time.perf_counter() + RUNOFF_BUDGET_S
-    return round(statistics.median(ratios), 3), kernels[second]
+    return times, kernels
 
 
 def _cache_sweeper() -> Callable[[], object]:

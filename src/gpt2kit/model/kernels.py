@@ -146,7 +146,8 @@ def plan_kernels(
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
     keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     kept: dict[str, tuple[str, dict[int, object]]] = {}
-    for role, c in measure_step(step, step_rows, dtype, kept if keep else None).items():
+    weight_bytes = min(dtype.itemsize, {"bf16": 2, "int8": 1}.get(weights, dtype.itemsize))  # the candidates' weights
+    for role, c in measure_step(step, step_rows, dtype, kept if keep else None, weight_bytes).items():
         choices[(role, step_rows)] = c
     for role, (kind, kernels) in kept.items():
         for i, kernel in kernels.items():

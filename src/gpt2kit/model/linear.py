@@ -1,27 +1,22 @@
 """Linear-layer kernels: the same x W^T + b, with the weight kept in a layout one kernel runs fastest.
 
-A `KernelLinear` stands in for an `nn.Linear` in an inference copy of the model (see kernels.py), so the
-model's one `Block.forward` runs unchanged and only the matrix products differ. Which kernel is fastest
-depends on the CPU, the shape and the number of rows, so none is chosen here: kernels.py times them on
-the machine that runs and keeps the fastest whose output matches the float32 `F.linear` reference.
+A `KernelLinear` stands in for an `nn.Linear` in an inference copy of the model (see kernels.py), so the model's one
+`Block.forward` runs unchanged and only the matrix products differ. Which kernel is fastest depends on the CPU, the
+shape and the rows, so kernels.py times them where they run, keeping the fastest that matches `F.linear` in float32.
 
 Kernels (each a small class: pack the weight once in __init__, multiply in __call__, (..., in) -> (..., out)):
   - linear:  `F.linear` on the model's own weight (no copy); the reference and the fallback everywhere;
   - mkl:     `addmm` on a pre-transposed (in, out) weight: MKL's matrix-vector layout;
-  - float32: a bf16 model's many-row products in float32 on a float32 copy of the weight (the same numbers,
-             where the CPU would emulate bf16);
-  - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, torch.compile's), multiplied by
-             `mkldnn._linear_pointwise`, c_fc's GELU fused as its post-op (`gelu`); private ops, so `available()`
-             checks that they exist and give F.linear's (and F.gelu's) numbers before they are ever used;
-  - gemv:    gemv.c, our matrix-vector product for a few rows (decode), built for the CPU that runs it
-             (AVX2 with FMA, or AVX-512; bf16 too, natively with AVX-512 BF16), in the model's dtype, c_fc's GELU applied as
-             it stores; `gemv-l2` prefetches into L2 only and `gemv-hw` not at all (so do the bf16 and int8 ones);
-  - bf16:    weight-only bf16 over a float32 model: activations cast to bf16 at the product (oneDNN packed
-             or gemv.c where the CPU has native bf16, else `F.linear`); approximate, only when asked for;
-  - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations
-             in bf16 (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call
-             (`int8-dynamic`, torch's quantized engine; `int8-gemv`, gemv.c on AVX-512 VNNI, AVX-VNNI or AVX2); approximate,
-             only when asked for.
+  - float32: a bf16 model's many-row products in float32 on a float32 copy (the same numbers, where bf16 is emulated);
+  - onednn:  oneDNN's blocked layout (`mkldnn._reorder_linear_weight`, torch.compile's) and `_linear_pointwise`, c_fc's
+             GELU fused as its post-op; private ops, so `available()` checks they exist and give F.linear's numbers;
+  - gemv:    gemv.c, our product for a few rows (decode), built for the CPU that runs it (AVX2 with FMA, or AVX-512),
+             c_fc's GELU applied as it stores; `gemv-l2` prefetches into L2 only, `gemv-hw` not at all (bf16, int8 too);
+  - bf16:    weight-only bf16 over a float32 model (F.linear, oneDNN or gemv.c); approximate, only when asked for;
+  - int8:    int8 weights, one scale per output channel: weight-only (`_weight_int8pack_mm`) with activations in bf16
+             (`int8`) or float32 (`int8-f32`), or with activations quantized to int8 per call (`int8-dynamic`, torch's
+             quantized engine; `int8-gemv`, gemv.c on AVX-512 VNNI, AVX-VNNI or AVX2); approximate, only when asked for.
+A kind that calls another's packed weight in its own way (`varies`: gemv.c's prefetches, onednn-split) can share it.
 """
 
 from __future__ import annotations
@@ -44,6 +39,8 @@ class _Linear:
     max_rows: int | None = None  # offered for products of at most this many rows (None: any)
     min_rows = 1  # ... and at least this many
     gelu_only: str | None = None  # why it is offered for c_fc alone (it differs from another kind only in the GELU after it)
+    varies: type | None = None  # the kind whose packed weight this one calls in its own way (None: its own)
+
 
     @classmethod
     def supports(cls, in_features: int) -> bool:
@@ -75,9 +72,8 @@ class _Mkl(_Linear):
     exact = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        # an (out, in) view of an (in, out) copy: F.linear on it is addmm(b, x, wt) on the (in, out) memory, bit
-        # for bit, with the leading dimensions folded in C++ rather than by a reshape and a view here; the copy
-        # in memory advised for 2 MiB pages (hugepages.empty)
+        # an (out, in) view of an (in, out) copy (in memory advised for 2 MiB pages): F.linear on it is addmm(b, x, wt)
+        # on the (in, out) memory, bit for bit, with the leading dimensions folded in C++, not by a reshape here
         w = weight.detach()
         self.w, self.b = hugepages.empty((w.shape[1], w.shape[0]), w.dtype).copy_(w.t()).t(), bias
 
@@ -167,6 +163,7 @@ class _OneDnnSplit(_OneDnn):
     GELU took 4.9 ms where torch's after the product took 1.8 (124M c_fc, 256 rows), so which runs is measured."""
 
     gelu_only = "oneDNN's product with torch's GELU after it: the same as onednn where no GELU follows"
+    varies = _OneDnn
     gelu = _Linear.gelu
 
 
@@ -197,15 +194,16 @@ class _Gemv(_Linear):
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         dtype = self.compute_dtype or weight.dtype  # a bf16 model's products answer in bf16, the rest in float32
         out = weight.dtype if dtype == weight.dtype else torch.float32
-        self.packed = gemv.Packed(weight, bias, dtype, out, prefetch=self.prefetch)
+        self.packed = gemv.Packed(weight, bias, dtype, out)
 
     def __call__(self, x: torch.Tensor, gelu: bool = False) -> torch.Tensor:  # (..., in) -> (..., out)
         p = self.packed
-        y = p(x if x.dtype == p.in_dtype else x.to(p.in_dtype), gelu)
+        y = p(x if x.dtype == p.in_dtype else x.to(p.in_dtype), gelu, self.prefetch)
         return y if y.dtype == x.dtype else y.to(x.dtype)
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:  # the GELU applied by gemv.c as each output is stored
         return self(x, True)
+
 
     @classmethod
     def available(cls, device: torch.device, dtype: torch.dtype) -> bool:
@@ -230,7 +228,7 @@ class _Int8Gemv(_Gemv):
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         q, scale = _quantize_int8(weight)
-        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale, prefetch=self.prefetch)
+        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale)
 
 
 class _Int8(_Linear):
@@ -303,11 +301,10 @@ def _channel_scale(w: torch.Tensor) -> torch.Tensor:
 
 
 def _prefetching(kernel: type, how: str) -> type:
-    """`kernel`, a gemv.c kind, with its weight's stream prefetched as `how` says (gemv.PREFETCH): into L2 only, which
-    on a 2-core Zen 4 VM kept more of it in flight than into L1 (int8 and bf16 products 19-31 % faster when the memory
-    was fast), or not at all, the hardware's prefetchers alone (on a 2-core Zen 3 VM float32 products read at 0.90 of
-    a `sum`'s speed this way, against 0.75-0.79 with either hint)."""
-    return type(f"{kernel.__name__}_{how}", (kernel,), {"prefetch": gemv.PREFETCH[how], "__doc__": f"{kernel.__doc__} ({how})"})
+    """`kernel`, a gemv.c kind, its weight's stream prefetched as `how` says (gemv.PREFETCH): into L2 only (on a 2-core
+    Zen 4 VM int8 and bf16 products 19-31 % faster than into L1 when the memory was fast), or not at all (on a 2-core
+    Zen 3 VM float32 products read at 0.90 of a `sum`'s speed this way, against 0.75-0.79 with either hint)."""
+    return type(f"{kernel.__name__}_{how}", (kernel,), {"prefetch": gemv.PREFETCH[how], "varies": kernel, "__doc__": f"{kernel.__doc__} ({how})"})
 
 
 KERNELS: dict[str, type] = {
@@ -321,9 +318,20 @@ KERNELS: dict[str, type] = {
 STEP_KINDS = tuple(kind for kind, cls in KERNELS.items() if issubclass(cls, _Gemv))
 
 
-def make_kernel(kind: str, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1):
-    """A `kind` kernel for this weight and bias, packed for products of `rows` rows (a layout hint: any row count runs)."""
-    return KERNELS[kind](weight, bias, rows)
+def make_kernel(kind: str, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1, like: _Linear | None = None):
+    """A `kind` kernel for this weight and bias, packed for products of `rows` rows (a layout hint: any row count runs);
+    where `like`, a kernel made from them, has the packed weight `kind` calls (`packing`), it is shared."""
+    cls = KERNELS[kind]
+    if like is None or packing(type(like)) is not packing(cls):
+        return cls(weight, bias, rows)
+    kernel = cls.__new__(cls)  # like's packed weight and bias, called in this kind's way
+    kernel.__dict__.update(like.__dict__)
+    return kernel
+
+
+def packing(kernel: type) -> type:
+    """The kind whose packed weight `kernel` calls: its own, or the one it `varies` (gemv.c's prefetches, onednn-split)."""
+    return kernel.__dict__.get("varies") or kernel
 
 
 @functools.cache
