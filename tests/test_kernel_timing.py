@@ -424,3 +424,25 @@ def test_a_copy_measured_on_part_of_the_model_runs_every_layer_exactly(model, mo
     small = [m.small for m in copy.modules() if isinstance(m, K.KernelLinear)]
     reused = [any(k is m for m in made) for k in small]  # in model order: 4 per block, the head last
     assert reused[:4] == [True] * 4 and not any(reused[4:])
+
+
+def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed_whole(monkeypatch):
+    """On a fake clock (a call takes its kind's cost a row of output): mkl at 100x linear's cost is estimated from
+    its second call on SCOUT_OUT rows, recorded, and never packed on the whole 2048 rows; onednn at 5x is timed."""
+    cost = {"linear": 1.0, "mkl": 100.0, "onednn": 5.0}  # microseconds per output row
+    clock, made = {"t": 0.0}, []
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+
+    class Fake:
+        def __init__(self, kind, w, b):
+            self.kind, self.w, self.b = kind, w, b
+
+        def __call__(self, x):
+            clock["t"] += cost[self.kind] * len(self.w) / 1e6
+            return torch.nn.functional.linear(x, self.w, self.b)
+
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append((kind, len(w))) or Fake(kind, w, b))
+    lins = [torch.nn.Linear(16, 5000)]
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
+    assert c.kind == "linear" and c.us["mkl"] == 100.0 * 2048 and c.us["onednn"] == 5.0 * 2048 and c.us["linear"] == 2048.0
+    assert made == [("linear", 2048), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", 2048)]

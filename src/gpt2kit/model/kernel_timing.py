@@ -41,6 +41,7 @@ SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
+SCOUT_OUT = 64  # output rows of a prompt product's first call, which tells whether a kind is worth calling whole
 MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
@@ -120,6 +121,10 @@ def measure(
     us = {}
     with torch.inference_mode():
         for kind in kinds:
+            best = min(us.values(), default=float("inf"))
+            if (scouted := _scout(kind, w0, b0, x, best)) is not None:  # far slower than the best: not packed whole
+                us[kind] = scouted
+                continue
             ks = [make_kernel(kind, w, b, rows) for w, b in timed]
             t0 = time.perf_counter()
             y = ks[0](x).float()
@@ -128,12 +133,26 @@ def measure(
             if wrong:
                 rejected[kind] = wrong
                 continue
-            best = min(us.values(), default=float("inf"))
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
             us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE)
     return _choose(role, rows, us, rejected)
+
+
+def _scout(kind: str, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, best: float) -> float | None:
+    """`kind`'s microseconds per call on all of w's rows, estimated from its second call on SCOUT_OUT of them, where
+    that is over 10x the best so far and over SLOW_FIRST_CALL_US (None: not so slow, or nothing to compare with):
+    such a kind is not worth packing and calling whole. bf16 through MKL on a CPU without bf16 products took 1.7 s a
+    call at 256 rows (124M c_fc, 2-core Zen 3 VM), against 7 ms for the float32 copy."""
+    if best == float("inf") or len(w) <= SCOUT_OUT:
+        return None
+    k = make_kernel(kind, w[:SCOUT_OUT], None if b is None else b[:SCOUT_OUT], len(x))
+    k(x)  # its one-time set-up, if any
+    t0 = time.perf_counter()
+    k(x)
+    est = (time.perf_counter() - t0) * 1e6 * len(w) / SCOUT_OUT
+    return est if est > max(10 * best, SLOW_FIRST_CALL_US) else None
 
 
 def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> str | None:

@@ -292,12 +292,12 @@ def _quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, in) weight -> (q, scale): q (out, in) int8 in [-127, 127] with w ~ scale[o] * q[o, i], scale (out,) float32."""
     w = weight.detach().float()
     scale = _channel_scale(w)  # (out,)
-    return torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8).contiguous(), scale
+    return torch.div(w, scale[:, None]).round_().clamp_(-127, 127).to(torch.int8).contiguous(), scale  # one temporary
 
 
 def _channel_scale(w: torch.Tensor) -> torch.Tensor:
     """(out, in) float32 weight -> (out,) the int8 scale of each output channel: its largest |w| maps to 127."""
-    return (w.abs().amax(dim=1) / 127.0).clamp(min=1e-12)
+    return (torch.maximum(w.amax(dim=1), w.amin(dim=1).neg()) / 127.0).clamp(min=1e-12)  # no |w| copy
 
 
 def _prefetching(kernel: type, how: str) -> type:
