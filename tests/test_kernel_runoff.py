@@ -125,11 +125,11 @@ def test_cache_sweeper_reads_twice_the_largest_cache(monkeypatch):
     assert sweep.__self__.numel() * 4 == 8192 and float(sweep()) == 2048.0
 
 
-def test_measure_step_lets_a_runoff_overturn_the_sweep(model, monkeypatch):
+def test_measure_step_lets_runoffs_overturn_the_sweep(model, monkeypatch):
     """Timed one after the other, a kind can meet a faster memory phase than its rivals: the sweep puts mkl first,
-    onednn and linear within the margin; the three meet in one runoff per role, the smallest median time over mkl's
-    is chosen and its kernels kept, and each other kind's median time over the winner's is recorded. Outside the
-    margin no runoff runs."""
+    onednn and linear within the margin; each meets the kind chosen so far, fastest first, the faster call for
+    call (the median of the call groups' ratios) is chosen and its kernels kept, and each loser's figure is recorded.
+    Outside the margin no runoff runs."""
     monkeypatch.setattr(KT, "RUNOFF_MARGIN", 1.25)
     sweep = {L._Mkl: 1.0, L._OneDnn: 1.1, L._Linear: 1.2}
     monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: sweep[type(k)] for r, k, _ in calls}, 0.01))
@@ -148,13 +148,14 @@ def test_measure_step_lets_a_runoff_overturn_the_sweep(model, monkeypatch):
     monkeypatch.setattr(KT, "_runoff", runoff)
     kept = {}
     choices = KT.measure_step(todo, 1, torch.float32, kept)
-    assert runoffs == [(r, ("mkl", "onednn", "linear"), "mkl") for r in K.ROLES]  # the sweep's best, then fastest first
+    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), "mkl"), ("attn.c_attn", ("onednn", "linear"), "onednn")]
+    assert [r for r, _, _ in runoffs] == [r for r in K.ROLES for _ in range(2)]
     assert {c.kind for c in choices.values()} == {"onednn"} and kept["lm_head"] == ("onednn", "onednn's kernels")
     assert choices["lm_head"].paired == {"mkl": 1.111, "linear": 1.056}
     assert choices["lm_head"].us == {"mkl": 1.0, "onednn": 1.1, "linear": 1.2} and sweepers == [0]
     runoffs.clear()
     choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)  # nothing kept
-    assert runoffs[0] == ("attn.c_attn", ("mkl", "onednn", "linear"), None)
+    assert runoffs[:2] == [("attn.c_attn", ("mkl", "onednn"), None), ("attn.c_attn", ("onednn", "linear"), "onednn")]
     truth.update(onednn=[1.0, 1.0, 2.0], linear=[1.3, 1.3, 2.6])  # the sweep's best holds; a tie too
     choices = KT.measure_step(_step_todo(model, ("mkl", "onednn", "linear")), 1, torch.float32)
     assert {c.kind for c in choices.values()} == {"mkl"} and choices["mlp.c_fc"].paired == {"onednn": 1.0, "linear": 1.3}
@@ -191,4 +192,4 @@ def test_info_kernels_shows_each_runoff(fixed_times, monkeypatch, capsys):
     assert len(decode) == 5 and all(c["chosen"] == "onednn" and c["paired"] == {"mkl": 2.0} for c in decode)
     assert main(["info", "--kernels"]) in (0, None)
     out = capsys.readouterr().out
-    assert out.count("runoff (each other kind's time over the winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out
+    assert out.count("runoffs (a loser's time over its winner's, call for call): mkl 2.00x") == 5 and "(cached)" in out

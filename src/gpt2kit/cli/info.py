@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> None:
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())
             runoff = ", ".join(f"{k} {r:.2f}x" for k, r in c["paired"].items())
             print(f"  {c['role']:<16} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
-                  + (f"\n{'':25}runoff (each other kind's time over the winner's, call for call): {runoff}" if runoff else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
+                  + (f"\n{'':25}runoffs (a loser's time over its winner's, call for call): {runoff}" if runoff else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
         print("prompts (one kind for every length; its time over the best at each row count measured):")
         for p in report["prompts"]:
             over = ", ".join(f"{r:.2f}x at {rows} rows" for rows, r in p["over_best"].items())

@@ -10,10 +10,9 @@ The sweep times the candidates one after the other, so on a machine whose memory
 each candidate's figure is the speed of the phase it met. A 2-core Zen 4 VM's memory reads at 34-36 GB/s and
 at 60-65 by turns, switching every few seconds to minutes; there, gemv.c's two prefetch variants (`gemv`,
 `gemv-l2`) were 5 % apart in the slow phase and 18 % in the fast one, while one sweep put them 0.4 % apart and
-the next put `gemv` 1.4x ahead: with it, 124M decode steps were 7-24 % slower. So a role's best and every decode kind
-the sweep timed within RUNOFF_MARGIN of it meet in one runoff (`_settle`, `_runoff`): all called back to back on
-each layer from emptied caches, pass after pass, and the medians of their times over the best's decide, as all met
-the same phases.
+the next put `gemv` 1.4x ahead: with it, 124M decode steps were 7-24 % slower. So every decode kind the sweep timed within
+RUNOFF_MARGIN of a role's best meets it in a runoff (`_settle`, `_runoff`): the two called back to back on each
+layer from emptied caches, pass after pass, and the median of those pairs decides, as both met the same phase.
 """
 
 from __future__ import annotations
@@ -70,7 +69,7 @@ class Choice:
     kind: str
     us: dict[str, float] = field(default_factory=dict)  # median microseconds per call, per candidate
     rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not considered
-    # from the runoff (_settle): each other kind in it -> its time over the winner's, call for call (the median)
+    # from the runoffs (_settle): each runoff's loser -> its time over the winner's, call for call (the median)
     paired: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
@@ -181,7 +180,7 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     1.38x apart over a 124M step). `kept`, a dict, receives each role's fastest kind so far with its kernels, {role:
     (kind, {layer: kernel})}, where they are whole layers: at most one packed copy besides the one being timed. A
     kind that calls the packed weight of the kind timed before it (`linear.packing`) shares it. The kinds close to a
-    role's best then meet it in a runoff (_settle)."""
+    role's best then meet it in runoffs (_settle)."""
     layers, whole = swept(todo, weight_bytes)
     g = torch.Generator().manual_seed(0)
     xs, refs, us = {}, {}, {role: {} for role in todo}
@@ -226,24 +225,20 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
 
 
 def _settle(c: Choice, layers: Weights, x: torch.Tensor, kept: dict | None, rows: int, empty_caches: Callable[[], object] | None) -> None:
-    """The runoff for a decode choice: the chosen kind and every kind the sweep timed within RUNOFF_MARGIN of it meet
-    in one runoff (_runoff), and the kind whose median time over the chosen one's, call group by call group, is the
-    smallest is chosen (c.kind; `kept` follows; a tie keeps the sweep's). c.paired records each other kind's median
-    time over the winner's."""
-    rivals = _rivals(c)
-    if not rivals:
-        return
+    """Runoffs for a decode choice: each kind the sweep timed within RUNOFF_MARGIN of the chosen one, fastest first,
+    meets the kind chosen so far (_runoff), and the faster call for call is chosen (c.kind; `kept` follows). c.paired
+    records each runoff's loser with its time over the winner's. Two kinds at a time, so at most two packed copies."""
     held = kept.get(c.role) if kept is not None else None
-    kinds = (c.kind, *rivals)
-    times, kernels = _runoff(c.role, layers, x, kinds, held, rows, empty_caches)
-
-    def over(kind: str, other: str) -> float:  # kind's time over other's, call group by call group: the median
-        return round(statistics.median(t / max(u, 1e-9) for t, u in zip(times[kind], times[other])), 3)
-
-    c.kind = min(kinds, key=lambda k: (over(k, c.kind), kinds.index(k)))
-    c.paired.update({k: over(k, c.kind) for k in kinds if k != c.kind})
-    if kept is not None:
-        kept[c.role] = (c.kind, kernels[c.kind])
+    for rival in _rivals(c):
+        times, kernels = _runoff(c.role, layers, x, (c.kind, rival), held, rows, empty_caches)
+        ratio = round(statistics.median(t / max(u, 1e-9) for t, u in zip(times[rival], times[c.kind])), 3)
+        if ratio < 1:  # the rival took less time, call for call
+            c.paired[c.kind] = round(1 / ratio, 3)
+            c.kind, held = rival, (rival, kernels[rival])
+            if kept is not None:
+                kept[c.role] = held
+        else:
+            c.paired[rival] = ratio
 
 
 def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
