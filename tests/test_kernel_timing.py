@@ -446,3 +446,25 @@ def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed
     c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
     assert c.kind == "linear" and c.us["mkl"] == 100.0 * 2048 and c.us["onednn"] == 5.0 * 2048 and c.us["linear"] == 2048.0
     assert made == [("linear", 2048), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", 2048)]
+
+
+def test_the_sweep_makes_a_variant_from_the_kind_before_it_on_the_same_layer(model, monkeypatch):
+    """gemv-l2 calls gemv's packed weight: timed right after gemv, each of its kernels is made like gemv's kernel of
+    the same layer (sharing it); mkl, after them, is packed anew."""
+    if not L.KERNELS["gemv"].available(torch.device("cpu"), torch.float32):
+        pytest.skip("gemv.c does not run here")
+    made = []  # (kind, the weight's storage, like, the kernel made)
+    real = KT.make_kernel
+
+    def spy(kind, w, b, rows, like=None):
+        made.append((kind, w.data_ptr(), like, real(kind, w, b, rows, like=like)))
+        return made[-1][-1]
+
+    monkeypatch.setattr(KT, "make_kernel", spy)
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))  # no runoffs: a tie
+    KT.measure_step(_step_todo(model, ("gemv", "gemv-l2", "mkl")), 1, torch.float32)
+    gemv = {ptr: kernel for kind, ptr, like, kernel in made if kind == "gemv" and like is None}
+    l2 = [(ptr, like, kernel) for kind, ptr, like, kernel in made if kind == "gemv-l2"]
+    assert len(gemv) == len(l2) == 5 * 4 + 1  # every layer of the tiny model, and the head
+    assert all(like is gemv[ptr] and kernel.packed is like.packed for ptr, like, kernel in l2)
+    assert all(like is None for kind, _, like, _ in made if kind == "mkl")
