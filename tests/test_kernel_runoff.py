@@ -119,6 +119,17 @@ def test_runoff_passes_until_its_budget_is_spent_and_twenty_at_most(model, monke
     assert clock["log"].count("empty") == 1 + 20
 
 
+def test_a_runoff_past_its_first_passes_goes_on_only_while_in_doubt(model, monkeypatch):
+    """b at 1.5x or 0.6x a's time is clear after the first timed passes; at 1.1x it goes on while the budget lasts."""
+    monkeypatch.setattr(KT, "RUNOFF_PASSES", (2, 20))
+    monkeypatch.setattr(KT, "RUNOFF_BUDGET_S", 100.0)
+    for b, passes in ((1.5, 3), (0.6, 3), (1.1, 21), (1 / 1.1, 21)):
+        clock, role = _runoff_clock(monkeypatch, {"a": 0.1, "b": 0.1 * b})
+        KT._runoff("attn.c_proj", role(model, "attn.c_proj"), torch.zeros(1, 16), ("a", "b"), None, 1, clock["empty"])
+        assert clock["log"].count("empty") == passes, b
+    assert KT.RUNOFF_CLEAR == 1.25
+
+
 def test_cache_sweeper_reads_twice_the_largest_cache(monkeypatch):
     monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 4096)
     sweep = KT._cache_sweeper()

@@ -51,6 +51,9 @@ PREFILL_OUT_TIMED = 2048
 RUNOFF_MARGIN = 2.0
 RUNOFF_PASSES = (5, 20)  # timed passes of a runoff (after a warm-up pass): at least, and at most while the budget lasts
 RUNOFF_BUDGET_S = 0.05  # per contested role, after its first passes
+# ... and only while in doubt: a runoff whose median ratio is past this factor either way after its first passes
+# has its answer (on a 2-core Zen 3 VM gemv.c's prefetch variants met at 1.0-1.12, MKL, oneDNN and F.linear at 1.3-2.3)
+RUNOFF_CLEAR = 1.25
 # A decode sweep's pass reads this many times the largest cache (in its weights' bytes): it times that many of the
 # first blocks and as many bytes of the head's rows (`swept`), not every layer, so that packing and timing each
 # candidate costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s
@@ -231,7 +234,7 @@ def _settle(c: Choice, layers: Weights, x: torch.Tensor, kept: dict | None, rows
     held = kept.get(c.role) if kept is not None else None
     for rival in _rivals(c):
         times, kernels = _runoff(c.role, layers, x, (c.kind, rival), held, rows, empty_caches)
-        ratio = round(statistics.median(t / max(u, 1e-9) for t, u in zip(times[rival], times[c.kind])), 3)
+        ratio = round(_over(times, rival, c.kind), 3)
         if ratio < 1:  # the rival took less time, call for call
             c.paired[c.kind] = round(1 / ratio, 3)
             c.kind, held = rival, (rival, kernels[rival])
@@ -301,7 +304,8 @@ def _runoff(
 ) -> tuple[dict[str, list[float]], dict[str, dict[int, object]]]:
     """`kinds` timed on the swept layers of `role` once more, their calls on a layer back to back (the order rotating
     pass by pass), every pass starting from emptied caches, as a decode step's products do, so all of them meet the
-    same memory phases: ({kind: seconds per call}, the calls of all kinds on one layer in one pass at the same index;
+    same memory phases, past RUNOFF_PASSES[0] passes only while a kind's time over the first's is in doubt
+    (`_in_doubt`): ({kind: seconds per call}, the calls of all kinds on one layer in one pass at the same index;
     {kind: {layer: kernel}}). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`);
     `empty_caches`: _cache_sweeper's reader. Every other kind packs its own weights, even one that could call another's
     (`linear.packing`): the calls on a layer each read their weight from memory, not the one before's from the cache."""
@@ -311,7 +315,7 @@ def _runoff(
     times: dict[str, list[float]] = {kind: [] for kind in kinds}
     deadline, passes = float("inf"), 0
     with torch.inference_mode():
-        while passes <= RUNOFF_PASSES[0] or (passes <= RUNOFF_PASSES[1] and time.perf_counter() < deadline):
+        while passes <= RUNOFF_PASSES[0] or (passes <= RUNOFF_PASSES[1] and time.perf_counter() < deadline and _in_doubt(times, kinds)):
             empty_caches()
             order = kinds[passes % len(kinds):] + kinds[: passes % len(kinds)]
             for i in range(len(layers)):
@@ -324,6 +328,16 @@ def _runoff(
             if passes == 1:
                 deadline = time.perf_counter() + RUNOFF_BUDGET_S
     return times, kernels
+
+
+def _over(times: dict[str, list[float]], kind: str, other: str) -> float:
+    """kind's time over other's in a runoff, call group by call group: the median (two calls of no time: 1)."""
+    return statistics.median((t + 1e-12) / (u + 1e-12) for t, u in zip(times[kind], times[other]))
+
+
+def _in_doubt(times: dict[str, list[float]], kinds: tuple[str, ...]) -> bool:
+    """Whether a kind's time over the first kind's is still within RUNOFF_CLEAR of 1 (either way)."""
+    return any(1 / RUNOFF_CLEAR < _over(times, k, kinds[0]) < RUNOFF_CLEAR for k in kinds[1:])
 
 
 def _cache_sweeper() -> Callable[[], object]:
