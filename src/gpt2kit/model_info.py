@@ -36,13 +36,13 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
                   remeasure: bool = False) -> dict:  # fmt: skip
     """Which linear kernel this machine runs fastest for each of the model's weight shapes (measured now, or
     read from the per-machine cache), with every candidate's time and why any was left out, the one kind each
-    role's prompts run (and its time over the best at each prompt row count), and how its decode attention runs
-    (over a cache of one full-context row per batch row)."""
+    role's prompts run (and its time over the best at each prompt row count), how its decode attention runs (over a
+    cache of one full-context row per batch row), and how much of the model the decode products are timed on."""
 
     from gpt2kit import hugepages
     from gpt2kit.model import gemv
     from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention, plan_causal
-    from gpt2kit.model.kernels import kernel_cache_path, machine_key, plan_kernels, prompt_kinds
+    from gpt2kit.model.kernels import decode_sweep, kernel_cache_path, machine_key, plan_kernels, prompt_kinds
     from gpt2kit.pretrained import from_pretrained
 
     model = from_pretrained(name_or_path, device="cpu", dtype=dtype)
@@ -57,6 +57,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
         "decode_step": decode_step_status(model, batch, weights),
+        "decode_sweep": decode_sweep(model, weights),
         "choices": [
             {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": c.paired,
              "rejected": c.rejected, "cached": c.cached}  # fmt: skip

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> None:
     elif args.kernels:
         print(f"machine:    {report['machine']}\ncache:      {report['cache']}\nhuge pages: {report['huge_pages']}\ngemv.c:     {report['gemv']}"
               f"\ndecode step: {report['decode_step']}")
+        sw = report["decode_sweep"]
+        print(f"decode products timed on the first {sw['blocks']} of {sw['n_layer']} blocks and {sw['head_rows']:,} of the head's "
+              f"{sw['vocab']:,} rows ({sw['bytes'] >> 20} MiB, twice the largest cache, at {sw['weight_bytes']} bytes a weight)")
         for c in report["choices"]:
             times = "  ".join(f"{k} {v:.0f}us" for k, v in sorted(c["us"].items(), key=lambda kv: kv[1]))
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())

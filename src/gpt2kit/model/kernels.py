@@ -39,6 +39,7 @@ import torch.nn as nn
 from gpt2kit import machine
 from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
+from gpt2kit.model import kernel_timing
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import GELU_ROLE, PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure, measure_step
@@ -146,8 +147,7 @@ def plan_kernels(
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
     keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     kept: dict[str, tuple[str, dict[int, object]]] = {}
-    weight_bytes = min(dtype.itemsize, {"bf16": 2, "int8": 1}.get(weights, dtype.itemsize))  # the candidates' weights
-    for role, c in measure_step(step, step_rows, dtype, kept if keep else None, weight_bytes).items():
+    for role, c in measure_step(step, step_rows, dtype, kept if keep else None, _weight_bytes(weights, dtype)).items():
         choices[(role, step_rows)] = c
     for role, (kind, kernels) in kept.items():
         for i, kernel in kernels.items():
@@ -160,6 +160,22 @@ def plan_kernels(
     if todo and use_cache and not forced:
         write_choices(store)
     return [choices[(role, rows)] for role in ROLES for rows in rows_list]
+
+
+def _weight_bytes(weights: str, dtype: torch.dtype) -> int:
+    """Bytes a weight of the decode candidates for `weights` on a `dtype` model."""
+    return min(dtype.itemsize, {"bf16": 2, "int8": 1}.get(weights, dtype.itemsize))
+
+
+def decode_sweep(model: GPT, weights: str = "auto") -> dict[str, int]:
+    """How much of `model` the decode measurement times (kernel_timing.swept): its first `blocks` of `n_layer` blocks
+    and `head_rows` of the head's `vocab` rows, SWEEP_CACHES times the largest cache (`bytes`) at `weight_bytes`."""
+    dtype = next(model.parameters()).dtype
+    todo = {role: (_role_linears(model, role), ([], {})) for role in ROLES}
+    layers, _ = kernel_timing.swept(todo, _weight_bytes(weights, dtype))
+    return {"blocks": len(layers[ROLES[0]]), "n_layer": model.config.n_layer, "head_rows": len(layers["lm_head"][0][0]),
+            "vocab": model.lm_head.weight.shape[0], "bytes": kernel_timing.SWEEP_CACHES * machine.largest_cache_bytes(),
+            "weight_bytes": _weight_bytes(weights, dtype)}  # fmt: skip
 
 
 def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
