@@ -21,7 +21,9 @@ the bound: the best of those reads / bytes of weights read per step. The gpt2kit
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
 the memory reads with 4 KiB and with 2 MiB pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
 is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
-memory speed between rounds moves less. One JSON line per configuration goes to
+memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
+speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
+speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import sys
@@ -148,10 +151,12 @@ def bench(args) -> None:
         runs = harness.alternate(sides, args.repeat, between=probe)
         bw_default, bw_huge = max(probes["4 KiB pages"]), max(probes["huge pages"], default=None)
         bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read in the run, whichever pages gave it
+        round_bw = [max(p, h or 0) for p, h in itertools.zip_longest(probes["4 KiB pages"], probes["huge pages"])]
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
     decode = args.new_tokens > 1
     bound = bw * 1e9 / nbytes * args.batch if decode else None
+    round_bounds = [{"rate": b * 1e9 / nbytes * args.batch} for b in round_bw]  # each round's own reads, in tok/s
     line = harness.record(
         "generate", sys.argv, args.threads,
         {n: {"figure": round(f, 2), "unit": "tok/s", "runs": [round(r["rate"], 2) for r in runs[n]]} for n, f in figures.items()},
@@ -168,6 +173,7 @@ def bench(args) -> None:
         bandwidth_probes_gbs={k: v for k, v in probes.items() if v},
         bound=None if bound is None else round(bound, 2),
         fraction_of_bound={n: round(f / bound, 3) for n, f in figures.items()} if bound else None,
+        fraction_of_round_bound={n: round(harness.paired_ratio(rs, round_bounds, "rate"), 3) for n, rs in runs.items()} if bound else None,
     )  # fmt: skip
     print(json.dumps(line, indent=1))
 
