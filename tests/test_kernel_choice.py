@@ -86,7 +86,7 @@ def test_the_fastest_exact_kernel_is_chosen_and_cached(model, fixed_times):
     assert choices[2].rows == K.PREFILL_ROWS and choices[2].us["mkl"] == 1.0  # prompt processing's figures too
     store = json.loads(fixed_times.read_text())
     table = store[K.machine_key()]
-    key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows"
+    key = "torch.float32 | auto | attn.c_attn 48x16 | 2 rows | decode"
     assert table[key] == {"role": "attn.c_attn", "rows": 2, "kind": "mkl", "us": choices[0].us, "rejected": choices[0].rejected, "paired": {}}
     assert f"torch.float32 | auto | lm_head 96x16 | {K.PREFILL_ROWS} rows" in table and len(table) == 15
     table[key]["kind"] = "onednn"  # what an earlier run measured is believed ...
@@ -124,13 +124,30 @@ def test_weight_modes(model, fixed_times):
     assert int8[("mlp.c_fc", K.PREFILL_ROWS)].kind == "mkl"  # prompt processing may still take an exact one
 
 
+def test_a_decode_batch_of_32_does_not_take_the_32_row_prompt_choice(model, fixed_times, monkeypatch):
+    """Batch 1 caches a 32-row prompt choice, timed on one layer; a batch of 32 decodes 32-row products, which are
+    timed streaming through the step (measure_step) under their own key, and its prompts then use that."""
+    K.plan_kernels(model, batch=1)
+    table = json.loads(fixed_times.read_text())[K.machine_key()]
+    assert "torch.float32 | auto | mlp.c_fc 64x16 | 32 rows" in table and "torch.float32 | auto | mlp.c_fc 64x16 | 1 rows | decode" in table
+    stepped = []
+    real = K.measure_step
+    monkeypatch.setattr(K, "measure_step", lambda todo, rows, *a: stepped.append((rows, len(todo))) or real(todo, rows, *a))
+    choices = {(c.role, c.rows): c for c in K.plan_kernels(model, batch=32)}
+    assert stepped == [(32, 5)] and not any(c.cached for (role, rows), c in choices.items() if rows == 32)
+    assert "torch.float32 | auto | mlp.c_fc 64x16 | 32 rows | decode" in json.loads(fixed_times.read_text())[K.machine_key()]
+    stepped.clear()
+    K.plan_kernels(model, batch=32)  # cached now
+    assert stepped == [(32, 0)]
+
+
 def test_a_bf16_model_is_measured_in_bf16(model, fixed_times):
     bf16 = tiny_gpt(n_layer=1, n_head=2, n_embd=16, n_positions=8, vocab_size=96).to(torch.bfloat16)
     choices = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1, weights="bf16")}
     c = choices[("mlp.c_fc", 1)]
     assert c.rejected["bf16"] == "not available on this CPU/torch"  # weight-only bf16 of a bf16 model: nothing to do
     assert set(c.rejected) == {"bf16"} | ({"bf16-onednn"} if not L._onednn_works(torch.bfloat16) else set())
-    assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows" in json.loads(fixed_times.read_text())[K.machine_key()]
+    assert "torch.bfloat16 | bf16 | mlp.c_fc 64x16 | 1 rows | decode" in json.loads(fixed_times.read_text())[K.machine_key()]
     exact = {(c.role, c.rows): c for c in K.plan_kernels(bf16, batch=1)}
     assert exact[("mlp.c_fc", 1)].kind == "mkl"  # bf16 products pass at 0.05
     assert set(exact[("mlp.c_fc", 1)].rejected) == {"float32"} | (set() if L._onednn_works(torch.bfloat16) else {"onednn", "onednn-split"})
@@ -266,7 +283,7 @@ def test_a_kernel_rejected_for_wrong_numbers_is_not_measured_again(model, fixed_
     assert {c.kind for c in first} == {"onednn"} and all("mkl" in c.rejected for c in first)
     assert all(c.cached for c in K.plan_kernels(model, batch=2))
     store = json.loads(fixed_times.read_text())
-    key = "torch.float32 | auto | mlp.c_fc 64x16 | 2 rows"
+    key = "torch.float32 | auto | mlp.c_fc 64x16 | 2 rows | decode"
     store[K.machine_key()][key] = {"role": "mlp.c_fc", "rows": 2, "kind": "linear"}  # judged nothing: measured again
     fixed_times.write_text(json.dumps(store))
     again = {(c.role, c.rows): c for c in K.plan_kernels(model, batch=2)}

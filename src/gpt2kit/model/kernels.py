@@ -137,7 +137,9 @@ def plan_kernels(
         linears = _role_linears(model, role)
         out_f, in_f = linears[0].weight.shape
         for rows in rows_list:
-            key = f"{dtype} | {weights} | {role} {out_f}x{in_f} | {rows} rows"
+            # a decode step's products (timed streaming, measure_step) apart from a prompt's of as many rows (one layer)
+            step = " | decode" if rows == rows_list[0] < PREFILL_ROWS else ""
+            key = f"{dtype} | {weights} | {role} {out_f}x{in_f} | {rows} rows{step}"
             cands = _candidates(weights, rows, device, dtype, in_f, forced, gelu=role == GELU_ROLE)
             if key in table and not remeasure and _covers(table[key], cands):
                 choices[(role, rows)] = Choice(**{**table[key], "cached": True})
