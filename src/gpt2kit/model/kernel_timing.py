@@ -41,7 +41,7 @@ WRONG = "output differs from the float32 reference"  # how a rejection for wrong
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 SCOUT_OUT = 64  # output rows of a prompt product's first call, which tells whether a kind is worth calling whole
-MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every layer)
+MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every swept layer)
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
