@@ -202,6 +202,14 @@ def fresh_build(monkeypatch, tmp_path):
     _forget_gemv_builds()
 
 
+def needs_gemv(dtype) -> pytest.MarkDecorator:
+    """Skip where gemv.c's kernels for `dtype` do not run here, saying why (gemv.unavailable)."""
+    from gpt2kit.model import gemv
+
+    why = gemv.unavailable(dtype)
+    return pytest.mark.skipif(why is not None, reason=f"gemv.c for {dtype}: {why}")
+
+
 def bf16_in_build(build: str) -> bool:
     """Whether a build with these extra flags has the bf16 kernels: the CPU's flags and the build's alone (a test
     that skips on the build's own result would hide a broken build). Every build has them (AVX-512 BF16's, or

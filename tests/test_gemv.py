@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import bf16_in_build as _bf16_in
-from conftest import gemv_buildable, huge_kib
+from conftest import gemv_buildable, huge_kib, needs_gemv
 from gpt2kit import hugepages
 from gpt2kit.model import gemv
 from gpt2kit.model import linear as L
@@ -18,11 +18,6 @@ from gpt2kit.model import linear as L
 CPU = torch.device("cpu")
 BF = torch.bfloat16
 _buildable = gemv_buildable()
-
-
-def _needs(dtype):
-    why = gemv.unavailable(dtype)
-    return pytest.mark.skipif(why is not None, reason=f"gemv.c for {dtype}: {why}")
 
 
 def _data(out, inp, lead, seed=0):
@@ -35,7 +30,7 @@ def _data(out, inp, lead, seed=0):
 SHAPES = [(64, 64), (50, 40), (7, 100), (33, 16), (96, 200)]
 
 
-@_needs(torch.float32)
+@needs_gemv(torch.float32)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("lead", [(1,), (3,), (2, 4), ()])
 @pytest.mark.parametrize("bias", [True, False])
@@ -48,7 +43,7 @@ def test_f32_equals_f_linear(build, shape, lead, bias):
     torch.testing.assert_close(y, F.linear(x, w, b), atol=1e-5, rtol=1e-5)
 
 
-@_needs(BF)
+@needs_gemv(BF)
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("lead", [(1,), (5,)])
 @pytest.mark.parametrize("bias", [True, False])
@@ -62,7 +57,7 @@ def test_bf16_is_the_float32_sum_of_bf16_products_rounded_once(shape, lead, bias
     assert ((y.double() - ref).abs() <= ref.abs() * 2**-7 + 1e-3).all()
 
 
-@_needs(BF)
+@needs_gemv(BF)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_bf16_weights_over_a_float32_model_answer_in_float32(shape):
     w, b, x = _data(*shape, (3,))
@@ -98,7 +93,7 @@ def test_where_it_prefetches_changes_no_number(build, kind, dtype):
         plain.packed(x.to(plain.packed.in_dtype), prefetch=3)
 
 
-@_needs(torch.float32)
+@needs_gemv(torch.float32)
 def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded(build):
     w, b, _ = _data(20, 40, ())
     p = gemv.Packed(w, b, torch.float32)
@@ -183,7 +178,7 @@ def test_a_source_that_does_not_compile_cleanly_is_refused_with_the_compiler_err
     assert set((fresh_build / "gemv").glob("*.so")) == built  # nothing built for the bad source
 
 
-@_needs(torch.float32)
+@needs_gemv(torch.float32)
 def test_the_library_is_built_once_and_then_loaded_from_the_cache(fresh_build, monkeypatch):
     assert gemv.unavailable(torch.float32) is None
     built = list((fresh_build / "gemv").glob("gemv-*.so"))
@@ -223,7 +218,7 @@ def _int8_reference(w, b, x):
     return F.linear(p.double() * s.double(), q.double() * scale.double()[:, None], None if b is None else b.double())
 
 
-@_needs(torch.int8)
+@needs_gemv(torch.int8)
 @pytest.mark.parametrize("shape", SHAPES + [(20, 130)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_is_the_specified_quantisation(build, shape, bias):
@@ -240,7 +235,7 @@ def test_int8_is_the_specified_quantisation(build, shape, bias):
     assert (y - ref).abs().max() < 0.03 * ref.abs().max()  # and still close to float32
 
 
-@_needs(torch.int8)
+@needs_gemv(torch.int8)
 def test_int8_takes_bf16_activations_and_answers_in_bf16():
     w, b, x = _data(50, 72, (2,))
     kernel = L.make_kernel("int8-gemv", w, b)
@@ -248,7 +243,7 @@ def test_int8_takes_bf16_activations_and_answers_in_bf16():
     assert y.dtype == BF and torch.equal(y, kernel(x.to(BF).float()).to(BF))
 
 
-@_needs(torch.int8)
+@needs_gemv(torch.int8)
 def test_int8_reads_nothing_past_the_end_of_x(build):
     w, b, x = _data(40, 72, (1,))
     buf = torch.full((72 + 64,), float("nan"))

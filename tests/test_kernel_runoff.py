@@ -4,9 +4,9 @@ back to back on each layer from emptied caches; on fake clocks, so each test kno
 import json
 from types import SimpleNamespace
 
-import pytest
 import torch
 
+from conftest import needs_gemv
 from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
@@ -89,11 +89,10 @@ def test_runoff_times_the_kinds_back_to_back_from_empty_caches(model, monkeypatc
     assert [m[0] for m in clock["made"]] == ["a"] * 5 + ["b"] * 5 + ["c"] * 5  # none held: all packed
 
 
+@needs_gemv(torch.float32)
 def test_a_runoff_packs_each_kinds_own_weights(model, monkeypatch):
     """gemv-l2 and gemv-hw could call gemv's packed weight (the sweep shares it), but in a runoff the calls on a layer
     run back to back: sharing, all but the first would read it from the cache. So each kind packs its own."""
-    if not L.KERNELS["gemv"].available(torch.device("cpu"), torch.float32):
-        pytest.skip("gemv.c does not run here")
     layers = KT.timed_weights(K._role_linears(model, "attn.c_proj"), 1)
     held = ("gemv", {i: L.make_kernel("gemv", w, b) for i, (w, b) in enumerate(layers)})
     monkeypatch.setattr(KT, "RUNOFF_PASSES", (1, 1))

@@ -361,10 +361,9 @@ def test_a_gelu_post_op_with_other_numbers_is_never_fused(monkeypatch):
         L._onednn_gelu_works.cache_clear()
 
 
+@pytest.mark.skipif(not L.KERNELS["onednn"].available(CPU, torch.float32), reason="oneDNN's linear ops do not run in this torch")
 def test_onednn_split_runs_the_gelu_apart_from_the_product(monkeypatch):
     """onednn-split is oneDNN's product without the GELU post-op (torch's GELU after it); onednn fuses it where it can."""
-    if not L.KERNELS["onednn"].available(CPU, torch.float32):
-        pytest.skip("oneDNN does not run here")
     w, b, x = _data()
     fused = L._onednn_gelu_works(torch.float32)  # its probe runs the post-op once
     posts, real = [], L._OneDnn.__call__

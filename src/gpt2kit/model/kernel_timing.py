@@ -91,12 +91,17 @@ def _weight_bias(lin: nn.Linear, out: int | None = None) -> tuple[torch.Tensor, 
     return w, b
 
 
+def sweep_bytes() -> int:
+    """The bytes a decode sweep's pass reads at least: SWEEP_CACHES times the largest cache."""
+    return SWEEP_CACHES * machine.largest_cache_bytes()
+
+
 def swept(todo: StepTodo, weight_bytes: int) -> tuple[dict[str, Weights], set[str]]:
     """(the weights a decode sweep times, per role; the roles whose weights are whole layers): the layers of the first
     blocks that hold SWEEP_CACHES times the largest cache's bytes (at `weight_bytes` a weight: the candidates'), and
     as many bytes of the head's first rows (whole blocks of 64). GPT-2 124M in float32 with a 32 MiB cache: 3 of
     12 blocks and 21,888 of 50,257 rows. A model no larger is swept whole."""
-    budget = SWEEP_CACHES * machine.largest_cache_bytes()
+    budget = sweep_bytes()
     block = weight_bytes * sum(linears[0].weight.numel() for role, (linears, _) in todo.items() if role != HEAD_ROLE)
     blocks = max(1, -(-budget // block)) if block else 0
     weights, whole = {}, set()

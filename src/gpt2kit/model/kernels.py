@@ -176,7 +176,7 @@ def decode_sweep(model: GPT, weights: str = "auto") -> dict[str, int]:
     todo = {role: (_role_linears(model, role), ([], {})) for role in ROLES}
     layers, _ = kernel_timing.swept(todo, _weight_bytes(weights, dtype))
     return {"blocks": len(layers[ROLES[0]]), "n_layer": model.config.n_layer, "head_rows": len(layers["lm_head"][0][0]),
-            "vocab": model.lm_head.weight.shape[0], "bytes": kernel_timing.SWEEP_CACHES * machine.largest_cache_bytes(),
+            "vocab": model.lm_head.weight.shape[0], "bytes": kernel_timing.sweep_bytes(),
             "weight_bytes": _weight_bytes(weights, dtype)}  # fmt: skip
 
 

@@ -1,0 +1,100 @@
+"""What the kernel measurement packs and calls, so that its cost does not grow with the model: how much of a model
+the decode sweep times (kernel_timing.swept, the first blocks that hold twice the largest cache and as many bytes of
+the head's rows) and the inference copy built from it; the kinds that share a packed weight in the sweep
+(linear.packing); a prompt kind far slower than the best, judged on a slice (kernel_timing._scout)."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from conftest import needs_gemv
+from gpt2kit.model import kernel_timing as KT
+from gpt2kit.model import kernels as K
+from test_kernel_choice import model_fixture  # noqa: F401 (fixture)
+from test_kernel_timing import _step_todo
+
+
+@pytest.fixture(autouse=True)
+def no_runoff(monkeypatch):
+    """The fake figures decide: no runoff on the real clock."""
+    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 0.0)
+
+
+def test_the_sweep_times_the_first_blocks_that_hold_twice_the_largest_cache(model, monkeypatch):
+    """A block of the tiny model is 3072 weights (c_attn 768, attn.c_proj 256, c_fc and mlp.c_proj 1024 each); the
+    head is 96 rows of 16. The sweep takes whole blocks until they hold 2 caches' bytes, the head's rows in 64s."""
+    todo = _step_todo(model)
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2048)  # a pass of at least 4096 bytes
+    layers, whole = KT.swept(todo, 4)  # float32: one block (12288 bytes), and 64 head rows (4096 bytes)
+    assert {role: len(ws) for role, ws in layers.items()} == dict.fromkeys(K.ROLES, 1)
+    ((w, b),) = layers["lm_head"]
+    assert w.shape == (64, 16) and b is None and w.data_ptr() == model.lm_head.weight.data_ptr()
+    assert whole == set(K.ROLES) - {"lm_head"}  # a slice of the head: not a layer to keep
+    layers, whole = KT.swept(todo, 1)  # int8 weights: 3072 bytes a block, so two; the head whole (1536 bytes)
+    assert len(layers["mlp.c_fc"]) == 2 and layers["lm_head"][0][0].shape == (96, 16) and whole == set(K.ROLES)
+    for (w, b), lin in zip(layers["mlp.c_fc"], todo["mlp.c_fc"][0]):
+        assert w.data_ptr() == lin.weight.data_ptr() and b.data_ptr() == lin.bias.data_ptr() and not w.requires_grad
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 32 << 20)  # a model that fits: swept whole
+    layers, whole = KT.swept(todo, 4)
+    assert {role: len(ws) for role, ws in layers.items()} == {**dict.fromkeys(K.ROLES, 5), "lm_head": 1} and whole == set(K.ROLES)
+
+
+def test_a_copy_measured_on_part_of_the_model_runs_every_layer_exactly(model, monkeypatch, tmp_path):
+    """Measured on one block and part of the head, the copy keeps the measured whole layers' kernels, packs the rest,
+    and gives the model's logits (the sliced head's kernel would give 64 columns, not 96)."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2048)
+    made = []
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
+    copy = K.inference_copy(model, 1)
+    idx = torch.randint(0, 96, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(copy(idx)[0], model(idx)[0], atol=1e-5, rtol=1e-5)
+    small = [m.small for m in copy.modules() if isinstance(m, K.KernelLinear)]
+    reused = [any(k is m for m in made) for k in small]  # in model order: 4 per block, the head last
+    assert reused[:4] == [True] * 4 and not any(reused[4:])
+
+
+@needs_gemv(torch.float32)
+def test_the_sweep_makes_a_variant_from_the_kind_before_it_on_the_same_layer(model, monkeypatch):
+    """gemv-l2 calls gemv's packed weight: timed right after gemv, each of its kernels is made like gemv's kernel of
+    the same layer (sharing it); mkl, after them, is packed anew."""
+    made = []  # (kind, the weight's storage, like, the kernel made)
+    real = KT.make_kernel
+
+    def spy(kind, w, b, rows, like=None):
+        made.append((kind, w.data_ptr(), like, real(kind, w, b, rows, like=like)))
+        return made[-1][-1]
+
+    monkeypatch.setattr(KT, "make_kernel", spy)
+    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))  # no runoffs: a tie
+    KT.measure_step(_step_todo(model, ("gemv", "gemv-l2", "mkl")), 1, torch.float32)
+    gemv = {ptr: kernel for kind, ptr, like, kernel in made if kind == "gemv" and like is None}
+    l2 = [(ptr, like, kernel) for kind, ptr, like, kernel in made if kind == "gemv-l2"]
+    assert len(gemv) == len(l2) == 5 * 4 + 1  # every layer of the tiny model, and the head
+    assert all(like is gemv[ptr] and kernel.packed is like.packed for ptr, like, kernel in l2)
+    assert all(like is None for kind, _, like, _ in made if kind == "mkl")
+
+
+def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed_whole(monkeypatch):
+    """On a fake clock (a call takes its kind's cost a row of output): mkl at 100x linear's cost is estimated from
+    its second call on SCOUT_OUT rows, recorded, and never packed on the whole 2048 rows; onednn at 5x is timed."""
+    cost = {"linear": 1.0, "mkl": 100.0, "onednn": 5.0}  # microseconds per output row
+    clock, made = {"t": 0.0}, []
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
+
+    class Fake:
+        def __init__(self, kind, w, b):
+            self.kind, self.w, self.b = kind, w, b
+
+        def __call__(self, x):
+            clock["t"] += cost[self.kind] * len(self.w) / 1e6
+            return torch.nn.functional.linear(x, self.w, self.b)
+
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append((kind, len(w))) or Fake(kind, w, b))
+    lins = [torch.nn.Linear(16, 5000)]
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
+    assert c.kind == "linear" and c.us["mkl"] == 100.0 * 2048 and c.us["onednn"] == 5.0 * 2048 and c.us["linear"] == 2048.0
+    assert made == [("linear", 2048), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", 2048)]
