@@ -218,3 +218,15 @@ def bf16_in_build(build: str) -> bool:
 
     flags = gemv.cpu_flags()
     return {"avx2", "fma"} <= flags or {"avx512f", "avx512bw", "avx512vl"} <= flags
+
+
+def fake_pass(cost):
+    """A kernel_timing._pass on no clock: each call of a kernel k takes cost(k) microseconds ({role: seconds})."""
+
+    def run(calls):
+        spent: dict[str, float] = {}
+        for role, kernel, _ in calls:
+            spent[role] = spent.get(role, 0.0) + cost(kernel) / 1e6
+        return spent
+
+    return run

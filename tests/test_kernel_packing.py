@@ -3,6 +3,7 @@ count), and, for the decode winners, once: the copy takes the kernels the measur
 
 import torch
 
+from conftest import fake_pass
 from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
@@ -14,7 +15,7 @@ def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_tim
     """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
     kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
     step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0, L._OneDnnSplit: 2.5}  # mkl wins at decode; timed after linear, before onednn
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost[type(k)] for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: step_cost[type(k)]))
     made = []
     real = KT.make_kernel
     monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
@@ -51,7 +52,7 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
     fixed_times.unlink()
     step_cost = {**COST, L._Mkl: 0.1}  # mkl wins at decode now; prefill still goes to onednn
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: step_cost.get(type(k), 5.0) for r, k, _ in calls}, 1.0))
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: step_cost.get(type(k), 5.0)))
     copy = K.inference_copy(model, batch=3, weights="auto")
     kl = copy.transformer.h[0].mlp.c_fc
     assert kl.kinds == ("mkl", "onednn")
@@ -66,7 +67,7 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
 def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, monkeypatch):
     """A model of exactly KEEP_PACKED_BYTES keeps the measured kernels, one byte more does not; when two kinds
     time the same, the first is chosen (as _choose does) and its kernels are the ones kept."""
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 1.0))  # all equal
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: 1.0))  # all equal
     made = []
     real = KT.make_kernel
     monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])

@@ -5,20 +5,13 @@ the head's rows) and the inference copy built from it; the kinds that share a pa
 
 from types import SimpleNamespace
 
-import pytest
 import torch
 
-from conftest import needs_gemv
+from conftest import fake_pass, needs_gemv
 from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from test_kernel_choice import model_fixture  # noqa: F401 (fixture)
 from test_kernel_timing import _step_todo
-
-
-@pytest.fixture(autouse=True)
-def no_runoff(monkeypatch):
-    """The fake figures decide: no runoff on the real clock."""
-    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 0.0)
 
 
 def test_the_sweep_times_the_first_blocks_that_hold_twice_the_largest_cache(model, monkeypatch):
@@ -58,9 +51,9 @@ def test_a_copy_measured_on_part_of_the_model_runs_every_layer_exactly(model, mo
 
 
 @needs_gemv(torch.float32)
-def test_the_sweep_makes_a_variant_from_the_kind_before_it_on_the_same_layer(model, monkeypatch):
-    """gemv-l2 calls gemv's packed weight: timed right after gemv, each of its kernels is made like gemv's kernel of
-    the same layer (sharing it); mkl, after them, is packed anew."""
+def test_the_sweep_makes_a_variant_from_a_kind_before_it_on_the_same_layer(model, monkeypatch):
+    """gemv-l2 calls gemv's packed weight: each of its kernels is made like gemv's kernel of the same layer (sharing
+    it), with mkl packed between them; mkl is packed anew."""
     made = []  # (kind, the weight's storage, like, the kernel made)
     real = KT.make_kernel
 
@@ -69,8 +62,8 @@ def test_the_sweep_makes_a_variant_from_the_kind_before_it_on_the_same_layer(mod
         return made[-1][-1]
 
     monkeypatch.setattr(KT, "make_kernel", spy)
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))  # no runoffs: a tie
-    KT.measure_step(_step_todo(model, ("gemv", "gemv-l2", "mkl")), 1, torch.float32)
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: 1.0))  # a tie
+    KT.measure_step(_step_todo(model, ("gemv", "mkl", "gemv-l2")), 1, torch.float32)
     gemv = {ptr: kernel for kind, ptr, like, kernel in made if kind == "gemv" and like is None}
     l2 = [(ptr, like, kernel) for kind, ptr, like, kernel in made if kind == "gemv-l2"]
     assert len(gemv) == len(l2) == 5 * 4 + 1  # every layer of the tiny model, and the head

@@ -1,6 +1,6 @@
 """How kernel_timing.py times candidates: `measure` and `_time` (one role's layers, prompt processing) and
-`measure_step` / `_time_step` (a whole decode step in model order), on fake clocks so each test knows the calls
-and figures. Its runoffs are in test_kernel_runoff.py."""
+`measure_step` / `_pass` (a whole decode step in model order), on fake clocks so each test knows the calls
+and figures. The decode rounds are in test_kernel_rounds.py."""
 
 import re
 from types import SimpleNamespace
@@ -8,16 +8,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import tiny_gpt
+from conftest import fake_pass, tiny_gpt
 from gpt2kit.model import kernel_timing as KT
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
-
-
-@pytest.fixture(autouse=True)
-def no_runoff(monkeypatch):
-    """The fake figures decide: a runoff (timed on the real clock) only where a test asks for one."""
-    monkeypatch.setattr(KT, "RUNOFF_MARGIN", 0.0)
 
 
 @pytest.fixture
@@ -81,12 +75,9 @@ def test_measure_step_runs_each_kind_through_the_step_in_model_order(model, monk
     width; the per-role figures choose per role."""
     seen = []
 
-    def fake(calls, best):
-        seen.append([(role, type(k), tuple(x.shape)) for role, k, x in calls])
-        cost = {L._Linear: {"lm_head": 1.0}, L._Mkl: {"lm_head": 2.0}}[type(calls[0][1])]
-        return {role: cost.get(role, 3.0 if type(calls[0][1]) is L._Linear else 1.5) for role, _, _ in calls}, 0.01
-
-    monkeypatch.setattr(KT, "_time_step", fake)
+    head = {L._Linear: 1.0, L._Mkl: 2.0}  # us a call; the blocks' layers: 3.0 and 1.5
+    cost = fake_pass(lambda k: head[type(k)] if k.w.shape[0] == 96 else {L._Linear: 3.0, L._Mkl: 1.5}[type(k)])
+    monkeypatch.setattr(KT, "_pass", lambda calls: seen.append([(role, type(k), tuple(x.shape)) for role, k, x in calls]) or cost(calls))
     choices = KT.measure_step(_step_todo(model), 2, torch.float32)
     n = model.config.n_layer
     assert [r for r, _, _ in seen[0]] == [*K.ROLES[:4]] * n + ["lm_head"]
@@ -97,7 +88,7 @@ def test_measure_step_runs_each_kind_through_the_step_in_model_order(model, monk
 
 
 def test_measure_step_rejects_wrong_numbers_per_role(model, monkeypatch):
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: 1.0))
     real = L._Mkl.__call__
     monkeypatch.setattr(L._Mkl, "__call__", lambda self, x: real(self, x) + (self.wt.shape[1] == 96))  # wrong on the head
     choices = KT.measure_step(_step_todo(model, ("mkl", "linear")), 1, torch.float32)
@@ -105,49 +96,22 @@ def test_measure_step_rejects_wrong_numbers_per_role(model, monkeypatch):
     assert choices["lm_head"].kind == "linear" and choices["mlp.c_fc"].kind == "mkl" and not choices["mlp.c_fc"].rejected
 
 
-def test_time_step_skips_the_warm_up_and_stops_a_slow_kind(monkeypatch):
-    now = {"t": 0.0}
-    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
-
-    durations = {"a": iter([9.0, 1.0, 1.0, 1.0]), "b": iter([9.0, 2.0, 2.0, 2.0])}  # a slow warm-up pass, left out
-
-    def kernel(name):
-        def run(x):
-            now["t"] += next(durations[name])
-
-        return run
-
-    calls = [("a", kernel("a"), None), ("b", kernel("b"), None)]  # each pass outlasts the budget: 1 + 2 passes
-    per_role, pass_s = KT._time_step(calls, float("inf"))
-    assert per_role == {"a": pytest.approx(1e6), "b": pytest.approx(2e6)} and pass_s == pytest.approx(3.0)
-    ran = []
-    slow = [("a", lambda x: ran.append(1) or now.update(t=now["t"] + 0.2), None)]  # 0.2 s > 10 x 0.01 and > 50 ms
-    per_role, pass_s = KT._time_step(slow, 0.01)
-    assert len(ran) == 1 and per_role == {"a": pytest.approx(2e5)} and pass_s == pytest.approx(0.2)
-
-
 def test_measure_step_keeps_block_order_with_two_layers(monkeypatch):
     two = tiny_gpt(n_layer=2, n_head=2, n_embd=16, n_positions=8, vocab_size=96)
     seen = []
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: seen.append([r for r, _, _ in calls]) or ({}, 0.01))
+    monkeypatch.setattr(KT, "_pass", lambda calls: seen.append([r for r, _, _ in calls]) or fake_pass(lambda k: 1.0)(calls))
     KT.measure_step(_step_todo(two, ("linear",)), 1, torch.float32)
-    assert seen == [[*K.ROLES[:4]] * 2 + ["lm_head"]]
+    assert seen[0] == [*K.ROLES[:4]] * 2 + ["lm_head"] and len(seen) == 1 + KT.ROUNDS[0]  # alone: uncontested
 
 
-def test_measure_step_times_a_kind_only_where_it_is_a_candidate_and_passes_on_the_best_pass(model, monkeypatch):
-    """A kind offered for some roles only is timed on those; each kind's _time_step is told the fastest pass of
-    the kinds before it."""
-    bests, passes = [], iter([0.03, 0.01, 0.02])
-
-    def fake(calls, best):
-        bests.append(best)
-        return {r: 1.0 for r, _, _ in calls}, next(passes)
-
-    monkeypatch.setattr(KT, "_time_step", fake)
+def test_measure_step_times_a_kind_only_where_it_is_a_candidate(model, monkeypatch):
+    """A kind offered for some roles only is timed on those."""
+    seen = set()
+    monkeypatch.setattr(KT, "_pass", lambda calls: seen.update((type(k), r) for r, k, _ in calls) or fake_pass(lambda k: 1.0)(calls))
     todo = _step_todo(model, ("linear", "mkl", "onednn"))
     todo["lm_head"] = (todo["lm_head"][0], (["linear"], {"mkl": "why"}))
     choices = KT.measure_step(todo, 1, torch.float32)
-    assert bests == [float("inf"), 0.03, 0.01]
+    assert {k for k, r in seen if r == "lm_head"} == {L._Linear} and len(seen) == 3 * 4 + 1
     assert set(choices["lm_head"].us) == {"linear"} and choices["lm_head"].rejected == {"mkl": "why"}
     assert set(choices["mlp.c_fc"].us) == {"linear", "mkl", "onednn"}
 
@@ -155,7 +119,7 @@ def test_measure_step_times_a_kind_only_where_it_is_a_candidate_and_passes_on_th
 def test_measure_step_rejects_small_float32_errors_and_goes_on_with_the_next_roles(model, monkeypatch):
     """An exact kernel 1e-2 off in float32 is wrong (the 0.05 tolerance is for approximations and bf16); a
     kind wrong on one role is still timed on the roles after it."""
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: 1.0 for r, _, _ in calls}, 0.01))
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: 1.0))
     real = L._Mkl.__call__
 
     def off(self, x):
@@ -167,67 +131,6 @@ def test_measure_step_rejects_small_float32_errors_and_goes_on_with_the_next_rol
     assert "tolerance 0.0001" in choices["mlp.c_fc"].rejected["mkl"] and set(choices["mlp.c_fc"].us) == {"linear"}
     for role in ("attn.c_attn", "attn.c_proj", "mlp.c_proj", "lm_head"):
         assert set(choices[role].us) == {"mkl", "linear"} and not choices[role].rejected
-
-
-def _step_clock(monkeypatch, durations):
-    """A fake clock that moves only when a fake kernel runs: kernel(name) takes the next of durations[name]."""
-    now = {"t": 0.0}
-    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
-    inputs = []
-
-    def kernel(name):
-        def run(x):
-            inputs.append((name, x))
-            now["t"] += next(durations[name])
-
-        return run
-
-    return kernel, inputs
-
-
-def test_time_step_passes_until_the_budget_per_role_is_spent(monkeypatch):
-    """After the warm-up pass: at least MIN_TIMED_PASSES passes, then more while TIME_BUDGET_S x roles lasts (a pass that would
-    start at the deadline is not made), 20 at most."""
-    monkeypatch.setattr(KT, "TIME_BUDGET_S", 1.0)
-    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.25] * 100), "b": iter([0.25] * 100)})
-    xa, xb = torch.zeros(1), torch.ones(1)
-    per_role, pass_s = KT._time_step([("a", kernel("a"), xa), ("b", kernel("b"), xb)], float("inf"))
-    # warm-up ends at 0.5 s, deadline 0.5 + 2 x 1.0 s; passes end at 1.0, 1.5, 2.0 and 2.5 (= the deadline)
-    assert len(inputs) == 2 * 5 and all(x is {"a": xa, "b": xb}[name] for name, x in inputs)
-    assert per_role == {"a": 0.25e6, "b": 0.25e6} and pass_s == 0.5
-    kernel, inputs = _step_clock(monkeypatch, {"a": iter([0.0] * 100)})  # a clock that never moves
-    KT._time_step([("a", kernel("a"), xa)], float("inf"))
-    assert len(inputs) == 1 + 20
-
-
-def test_time_step_takes_the_lower_quartile_of_the_timed_passes(monkeypatch):
-    import statistics
-
-    monkeypatch.setattr(KT, "MIN_TIMED_PASSES", 3)
-    kernel, _ = _step_clock(monkeypatch, {"a": iter([9.0, 1.0, 2.0, 4.0])})  # each pass outlasts the budget
-    per_role, pass_s = KT._time_step([("a", kernel("a"), None)], float("inf"))
-    assert per_role == {"a": statistics.quantiles([1.0, 2.0, 4.0], n=4)[0] * 1e6} == {"a": 1e6} and pass_s == 1.0
-    monkeypatch.setattr(KT, "MIN_TIMED_PASSES", 2)
-    kernel, inputs = _step_clock(monkeypatch, {"a": iter([9.0, 3.0, 2.0, 4.0])})
-    per_role, pass_s = KT._time_step([("a", kernel("a"), None)], float("inf"))
-    assert len(inputs) == 3 and per_role == {"a": statistics.quantiles([3.0, 2.0], n=4)[0] * 1e6} and pass_s == 2.0
-
-
-def test_time_step_stops_after_a_warm_up_over_both_bounds_only(monkeypatch):
-    """The warm-up pass is the figure itself only when it is over 10x the best pass and over
-    SLOW_FIRST_CALL_US; at either bound exactly it is timed."""
-
-    def passes(warm_up, best):
-        kernel, inputs = _step_clock(monkeypatch, {"a": iter([warm_up] + [1.0] * 10)})
-        per_role, pass_s = KT._time_step([("a", kernel("a"), None)], best)
-        return len(inputs), per_role["a"], pass_s
-
-    assert passes(1.3125, 0.125) == (1, 1.3125e6, 1.3125)  # 10.5x the best: not timed further
-    assert KT.MIN_TIMED_PASSES == 2
-    assert passes(1.25, 0.125)[0] == 3  # exactly 10x: timed
-    assert KT.SLOW_FIRST_CALL_US == 50_000
-    assert passes(0.05, 0.001)[0] == 3  # exactly 50 ms: timed
-    assert passes(0.0625, 0.001) == (1, 0.0625e6, 0.0625)
 
 
 def test_time_stops_at_the_deadline(monkeypatch):
@@ -251,7 +154,10 @@ def test_c_fc_is_timed_with_its_gelu_the_other_roles_without():
         def gelu(self, x):
             ran.append(("gelu", x))
 
-    KT._time_step([("mlp.c_fc", Spy(), "x_fc"), ("mlp.c_proj", Spy(), "x_proj")], float("inf"))
+    KT._pass([("mlp.c_fc", Spy(), "x_fc"), ("mlp.c_proj", Spy(), "x_proj")])
+    assert ran == [("gelu", "x_fc"), ("product", "x_proj")]
+    ran.clear()
+    KT._pass([("mlp.c_fc", Spy(), "x_fc"), ("mlp.c_proj", Spy(), "x_proj")] * 3)
     assert set(ran[::2]) == {("gelu", "x_fc")} and set(ran[1::2]) == {("product", "x_proj")}
     ran.clear()
     KT._time([Spy()], None, gelu=True)
@@ -262,14 +168,19 @@ def test_c_fc_is_timed_with_its_gelu_the_other_roles_without():
 
 
 def test_measure_step_keeps_the_kernels_of_the_kind_it_chooses_in_a_near_tie(model, monkeypatch):
-    """Two kinds 0.003 us apart round to the same figure, and the first timed is chosen: the kernels kept are its
-    own (compared at the figures' rounding, not finer)."""
-    sweep = {L._Linear: 1.004, L._Mkl: 1.001}
-    monkeypatch.setattr(KT, "_time_step", lambda calls, best: ({r: sweep[type(k)] for r, k, _ in calls}, 0.01))
+    """Two kinds 0.003 us apart round to the same figure; the faster round for round is chosen, and the kernels kept
+    are its own, of every layer of each role; an exact tie keeps the kind offered first."""
+    cost = {L._Linear: 1.004, L._Mkl: 1.001}
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: cost[type(k)]))
     kept = {}
     choices = KT.measure_step(_step_todo(model, ("linear", "mkl")), 1, torch.float32, kept)
-    assert choices["lm_head"].us == {"linear": 1.0, "mkl": 1.0} and choices["lm_head"].kind == "linear"
-    assert {kind for kind, _ in kept.values()} == {"linear"} and isinstance(kept["lm_head"][1][0], L._Linear)
+    assert choices["lm_head"].us == {"linear": 1.0, "mkl": 1.0} and choices["lm_head"].kind == "mkl"
+    assert choices["lm_head"].paired == {"linear": 1.003}
+    assert {kind for kind, _ in kept.values()} == {"mkl"} and isinstance(kept["lm_head"][1][0], L._Mkl)
+    assert {role: len(ks) for role, (_, ks) in kept.items()} == {**dict.fromkeys(K.ROLES, 5), "lm_head": 1}
+    cost[L._Mkl] = 1.004
+    choices = KT.measure_step(_step_todo(model, ("linear", "mkl")), 1, torch.float32, kept)
+    assert {c.kind for c in choices.values()} == {"linear"} and choices["lm_head"].paired == {"mkl": 1.0}
 
 
 def test_timed_weights():

@@ -44,9 +44,9 @@ def run(args: argparse.Namespace) -> None:
         for c in report["choices"]:
             times = "  ".join(f"{k} {v:.0f}us" for k, v in sorted(c["us"].items(), key=lambda kv: kv[1]))
             left = "; ".join(f"{k}: {why}" for k, why in c["rejected"].items())
-            runoff = ", ".join(f"{k} {r:.2f}x" for k, r in c["paired"].items())
+            paired = ", ".join(f"{k} {r:.2f}x" for k, r in sorted(c["paired"].items(), key=lambda kv: kv[1]))
             print(f"  {c['role']:<16} {c['rows']:>4} rows -> {c['chosen']:<12} {times}{'  (cached)' if c['cached'] else ''}"
-                  + (f"\n{'':25}runoffs (a loser's time over its winner's, call for call): {runoff}" if runoff else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
+                  + (f"\n{'':25}round for round, over the chosen: {paired}" if paired else "") + (f"\n{'':25}not considered: {left}" if left else ""))  # fmt: skip
         print("prompts (one kind for every length; its time over the best at each row count measured):")
         for p in report["prompts"]:
             over = ", ".join(f"{r:.2f}x at {rows} rows" for rows, r in p["over_best"].items())

@@ -2,24 +2,16 @@
 output first checked against the float32 `F.linear` reference.
 
 A decode step (a few rows) streams every weight from memory once, so its products are timed as a step runs
-them: each candidate through the layers of every role in model order (`measure_step`, the sweep), as many blocks
-as read SWEEP_CACHES times the largest cache (`swept`), so the weights stream from memory pass after pass. Prompt
-processing (SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
-
-The sweep times the candidates one after the other, so on a machine whose memory speed changes while it runs,
-each candidate's figure is the speed of the phase it met. A 2-core Zen 4 VM's memory reads at 34-36 GB/s and
-at 60-65 by turns, switching every few seconds to minutes; there, gemv.c's two prefetch variants (`gemv`,
-`gemv-l2`) were 5 % apart in the slow phase and 18 % in the fast one, while one sweep put them 0.4 % apart and
-the next put `gemv` 1.4x ahead: with it, 124M decode steps were 7-24 % slower. So every decode kind the sweep timed within
-RUNOFF_MARGIN of a role's best meets it in a runoff (`_settle`, `_runoff`): the two called back to back on each
-layer from emptied caches, pass after pass, and the median of those pairs decides, as both met the same phase.
+them (`measure_step`): each candidate packed for the layers of the first blocks that hold SWEEP_CACHES times the
+largest cache (`swept`), then rounds in which each kind in turn passes through those layers in model order, so the
+weights stream from memory pass after pass, and the kinds are compared round by round (`_rounds`). Prompt processing
+(SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
 """
 
 from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -41,19 +33,17 @@ WRONG = "output differs from the float32 reference"  # how a rejection for wrong
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 SCOUT_OUT = 64  # output rows of a prompt product's first call, which tells whether a kind is worth calling whole
-MIN_TIMED_PASSES = 2  # passes through a decode step after its warm-up pass (each pass times every swept layer)
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
 PREFILL_OUT_TIMED = 2048
-# a decode kind the sweep timed within this factor of the best one's time meets it in a runoff: the memory
-# phases of the Zen 4 VM above (34 and 62-65 GB/s) alone put 1.9x between two figures of one kernel
-RUNOFF_MARGIN = 2.0
-RUNOFF_PASSES = (5, 20)  # timed passes of a runoff (after a warm-up pass): at least, and at most while the budget lasts
-RUNOFF_BUDGET_S = 0.05  # per contested role, after its first passes
-# ... and only while in doubt: a runoff whose median ratio is past this factor either way after its first passes
-# has its answer (on a 2-core Zen 3 VM gemv.c's prefetch variants met at 1.0-1.12, MKL, oneDNN and F.linear at 1.3-2.3)
-RUNOFF_CLEAR = 1.25
+# timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
+# ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: ~7 ms a kind a round
+ROUNDS = (5, 20)
+ROUNDS_BUDGET_S = 0.25
+# a kind over this factor of its role's leader, round for round, is out of that role: on a 2-core Zen 3 VM MKL, oneDNN
+# and F.linear were 1.3-2.3x behind gemv.c at decode, and gemv.c's prefetch variants within 1.0-1.12x of each other
+CLEAR = 1.25
 # A decode sweep's pass reads this many times the largest cache (in its weights' bytes): it times that many of the
 # first blocks and as many bytes of the head's rows (`swept`), not every layer, so that packing and timing each
 # candidate costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s
@@ -72,7 +62,7 @@ class Choice:
     kind: str
     us: dict[str, float] = field(default_factory=dict)  # median microseconds per call, per candidate
     rejected: dict[str, str] = field(default_factory=dict)  # candidate -> why it was not considered
-    # from the runoffs (_settle): each runoff's loser -> its time over the winner's, call for call (the median)
+    # decode (measure_step's rounds): each other kind -> its time over the chosen one's, round for round (the median)
     paired: dict[str, float] = field(default_factory=dict)
     cached: bool = False
 
@@ -181,17 +171,17 @@ StepTodo = dict[str, tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  
 
 
 def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | None = None, weight_bytes: int = 4) -> dict[str, Choice]:
-    """The decode products, timed as a step runs them: each candidate kind goes through the swept layers of every
-    role in model order (block by block, the head last; `swept`, for `weight_bytes`-byte weights), so each weight
-    streams from memory as in a real step. Timed one role at a time, its layers can sit in the cache, where a
+    """The decode products, timed as a step runs them: every candidate kind packed once for the swept layers
+    (`swept`, for `weight_bytes`-byte weights; a kind that calls the packed weight of a kind before it,
+    `linear.packing`, shares it) and checked on each role's first layer, then rounds of passes, one per kind, each
+    through its layers of every role in model order (block by block, the head last), so each weight streams from
+    memory as in a real step (`_rounds`). Timed one role at a time, its layers can sit in the cache, where a
     compute-heavy kernel looks faster than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone,
-    1.38x apart over a 124M step). `kept`, a dict, receives each role's fastest kind so far with its kernels, {role:
-    (kind, {layer: kernel})}, where they are whole layers: at most one packed copy besides the one being timed. A
-    kind that calls the packed weight of the kind timed before it (`linear.packing`) shares it. The kinds close to a
-    role's best then meet it in runoffs (_settle)."""
+    1.38x apart over a 124M step). `kept`, a dict, receives each role's chosen kind with its kernels, {role: (kind,
+    {layer: kernel})}, where they are whole layers."""
     layers, whole = swept(todo, weight_bytes)
     g = torch.Generator().manual_seed(0)
-    xs, refs, us = {}, {}, {role: {} for role in todo}
+    xs, refs = {}, {}
     rejected = {role: dict(cands[1]) for role, (_, cands) in todo.items()}
     for role in todo:
         w, b = layers[role][0]
@@ -201,11 +191,12 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     depth = max((len(ws) for ws in layers.values()), default=0)
     order = sorted(((role, i) for role, ws in layers.items() for i in range(len(ws))),
                    key=lambda ri: (depth if ri[0] == HEAD_ROLE else ri[1], ROLES.index(ri[0])))  # fmt: skip
-    best_pass, last, made = float("inf"), None, {}
+    entrants: dict[str, list[tuple[str, object, torch.Tensor]]] = {}  # kind -> (role, kernel, input) in step order
+    made: dict[str, dict[tuple[str, int], object]] = {}  # kind -> {(role, layer): kernel}
     with torch.inference_mode():
         for kind in dict.fromkeys(k for _, (kinds, _) in todo.values() for k in kinds):
-            like = made if last and packing(KERNELS[last]) is packing(KERNELS[kind]) else {}  # else freed now
-            calls, made, last = [], {}, kind  # (role, kernel, input) in step order; (role, layer) -> kernel
+            like = next((made[k] for k in made if packing(KERNELS[k]) is packing(KERNELS[kind])), {})
+            calls, made[kind] = [], {}
             for role, i in order:
                 w, b = layers[role][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
@@ -214,64 +205,100 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
                         rejected[role][kind] = wrong
                         continue
                     calls.append((role, kernel, xs[w.shape[1]]))  # layer 0 comes first: a rejection skips the rest
-                    made[(role, i)] = kernel
-            like = None
+                    made[kind][(role, i)] = kernel
             if calls:
-                per_role, pass_s = _time_step(calls, best_pass)
-                best_pass = min(best_pass, pass_s)
-                for role, t in per_role.items():
-                    t = round(t, 2)  # as _choose compares them
-                    if kept is not None and role in whole and t < min(us[role].values(), default=float("inf")):  # a tie keeps the first
-                        kept[role] = (kind, {i: k for (r, i), k in made.items() if r == role})
-                    us[role][kind] = t
-    calls = made = None  # the last kind's kernels: not held through the runoffs
-    choices = {role: _choose(role, rows, us[role], rejected[role]) for role in todo}
-    empty_caches = _cache_sweeper() if any(_rivals(c) for c in choices.values()) else None  # one buffer for them all
-    for role, c in choices.items():
-        _settle(c, layers[role], xs[layers[role][0][0].shape[1]], kept if role in whole else None, rows, empty_caches)
+                entrants[kind] = calls
+        times, live = _rounds(entrants) if entrants else ({}, {})
+    entrants = None  # the kernels of the kinds not chosen: freed on return
+    choices = {}
+    for role in todo:
+        timed = {kind: ts[role] for kind, ts in times.items() if role in ts}
+        choices[role] = c = _standing(role, rows, timed, {k for k in live if role in live[k]}, len(layers[role]), rejected[role])
+        if kept is not None and role in whole and c.kind in made:
+            kept[role] = (c.kind, {i: k for (r, i), k in made[c.kind].items() if r == role})
     return choices
 
 
-def _settle(c: Choice, layers: Weights, x: torch.Tensor, kept: dict | None, rows: int, empty_caches: Callable[[], object] | None) -> None:
-    """Runoffs for a decode choice: each kind the sweep timed within RUNOFF_MARGIN of the chosen one, fastest first,
-    meets the kind chosen so far (_runoff), and the faster call for call is chosen (c.kind; `kept` follows). c.paired
-    records each runoff's loser with its time over the winner's. Two kinds at a time, so at most two packed copies."""
-    held = kept.get(c.role) if kept is not None else None
-    for rival in _rivals(c):
-        times, kernels = _runoff(c.role, layers, x, (c.kind, rival), held, rows, empty_caches)
-        ratio = round(_over(times, rival, c.kind), 3)
-        if ratio < 1:  # the rival took less time, call for call
-            c.paired[c.kind] = round(1 / ratio, 3)
-            c.kind, held = rival, (rival, kernels[rival])
-            if kept is not None:
-                kept[c.role] = held
-        else:
-            c.paired[rival] = ratio
+def _rounds(entrants: dict[str, list[tuple[str, object, torch.Tensor]]]) -> tuple[dict[str, dict[str, list[float]]], dict[str, set[str]]]:
+    """Rounds of passes through a decode step's products, one pass per kind (`_pass`: all its calls, so between two
+    reads of a weight the others stream from memory), the kinds' order rotating round by round. A memory speed that
+    changes every few seconds (a 2-core Zen 4 VM read at 34-36 GB/s and at 60-65 by turns) meets every kind within
+    a round, so kinds are compared round by round (`_over`): timed one after the other, gemv.c's prefetch variants
+    came out 0.4 % apart in one sweep and 1.4x in the next. After a warm-up round (a kind whose warm-up pass is over
+    10x the best and over SLOW_FIRST_CALL_US keeps that figure and runs no more: int8-f32), ROUNDS[0] timed rounds,
+    then more while ROUNDS_BUDGET_S lasts and a role is still contested: after each round, a kind over CLEAR times
+    its role's leader (`_leader`) is out of that role, and a kind out of every role runs no more.
+    Returns ({kind: {role: [seconds of its calls in a pass, round by round]}}, {kind: the roles it is still in})."""
+    kinds = list(entrants)
+    warm = {kind: _pass(calls) for kind, calls in entrants.items()}
+    best = min((sum(t.values()) for t in warm.values()), default=0.0)
+    times, live = {}, {}
+    for kind, t in warm.items():
+        slow = sum(t.values()) > max(10 * best, SLOW_FIRST_CALL_US / 1e6)
+        times[kind] = {role: [s] if slow else [] for role, s in t.items()}
+        live[kind] = set() if slow else set(t)
+    deadline, r = float("inf"), 0
+    while r < ROUNDS[0] or (r < ROUNDS[1] and time.perf_counter() < deadline and _contested(live)):
+        for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:
+            if live[kind]:
+                for role, s in _pass(entrants[kind]).items():
+                    times[kind][role].append(s)
+        r += 1
+        if r >= ROUNDS[0]:
+            _drop(times, live)
+        if r == ROUNDS[0]:
+            deadline = time.perf_counter() + ROUNDS_BUDGET_S
+    return times, live
 
 
-def _time_step(calls: list[tuple[str, object, torch.Tensor]], best_pass: float) -> tuple[dict[str, float], float]:
-    """({role: microseconds per call}, seconds per pass) over passes through `calls` in order: the lower
-    quartile of each role's calls (as in _time), after a warm-up pass, over MIN_TIMED_PASSES passes and more while
-    TIME_BUDGET_S per role lasts (20 at most). A warm-up pass over 10x the best pass so far and over
-    SLOW_FIRST_CALL_US is the figure itself (int8-f32: not worth more time)."""
-    n_roles = len({role for role, _, _ in calls})
-    passes: list[tuple[float, dict[str, list[float]]]] = []  # (seconds, {role: [seconds per call]})
-    deadline = float("inf")
-    while len(passes) < 1 + MIN_TIMED_PASSES or (time.perf_counter() < deadline and len(passes) < 21):
-        per_role: dict[str, list[float]] = {}
-        start = time.perf_counter()
-        for role, kernel, x in calls:
-            t0 = time.perf_counter()
-            kernel.gelu(x) if role == GELU_ROLE else kernel(x)
-            per_role.setdefault(role, []).append(time.perf_counter() - t0)
-        passes.append((time.perf_counter() - start, per_role))
-        if len(passes) == 1:  # the warm-up pass
-            if passes[0][0] > max(10 * best_pass, SLOW_FIRST_CALL_US / 1e6):
-                return {role: statistics.median(ts) * 1e6 for role, ts in per_role.items()}, passes[0][0]
-            deadline = time.perf_counter() + TIME_BUDGET_S * n_roles
-    timed = passes[1:]
-    pooled = {role: [t for _, p in timed for t in p[role]] for role in timed[0][1]}
-    return {role: statistics.quantiles(ts, n=4)[0] * 1e6 for role, ts in pooled.items()}, min(s for s, _ in timed)
+def _pass(calls: list[tuple[str, object, torch.Tensor]]) -> dict[str, float]:
+    """One kind's calls in step order, timed: {role: seconds of its calls}; c_fc's with its GELU (which a kernel may fuse)."""
+    spent: dict[str, float] = {}
+    for role, kernel, x in calls:
+        t0 = time.perf_counter()
+        kernel.gelu(x) if role == GELU_ROLE else kernel(x)
+        spent[role] = spent.get(role, 0.0) + time.perf_counter() - t0
+    return spent
+
+
+def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
+    """The fastest of `kinds` on one role ({kind: [seconds a pass, round by round]}): from the lowest median, each
+    kind that took less time than the leader so far, round for round (`_over` below 1), takes its place; a tie keeps
+    the kind offered first."""
+    ranked = sorted(kinds, key=lambda k: statistics.median(times[k]))
+    leader = ranked[0]
+    for kind in ranked[1:]:
+        if _over(times[kind], times[leader]) < 1:
+            leader = kind
+    return leader
+
+
+def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]]) -> None:
+    """Take each kind over CLEAR times its role's leader, round for round, out of that role (in `live`)."""
+    for role in {role for roles in live.values() for role in roles}:
+        rivals = [k for k in times if role in live[k]]
+        leader = _leader({k: times[k][role] for k in rivals}, rivals)
+        for kind in rivals:
+            if _over(times[kind][role], times[leader][role]) > CLEAR:
+                live[kind].discard(role)
+
+
+def _contested(live: dict[str, set[str]]) -> bool:
+    """Whether some role still has two kinds in it."""
+    roles = [role for roles in live.values() for role in roles]
+    return len(roles) > len(set(roles))
+
+
+def _standing(role: str, rows: int, timed: dict[str, list[float]], still: set[str], n_layers: int, rejected: dict[str, str]) -> Choice:
+    """A role's decode Choice from its rounds ({kind: [seconds of its n_layers calls a pass]}): the leader of the
+    kinds `still` in it (of all, where none is); `us`, each kind's median per call; `paired`, each other kind's time
+    over the chosen one's, round for round."""
+    if not timed:
+        return _choose(role, rows, {}, rejected)
+    kind = _leader(timed, [k for k in timed if k in still] or list(timed))
+    us = {k: round(statistics.median(ts) / n_layers * 1e6, 2) for k, ts in timed.items()}
+    paired = {k: round(_over(ts, timed[kind]), 3) for k, ts in timed.items() if k != kind}
+    return Choice(role, rows, kind, us, rejected, paired)
 
 
 def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
@@ -290,62 +317,6 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
     return statistics.quantiles(times, n=4)[0] * 1e6
 
 
-def _rivals(c: Choice) -> list[str]:
-    """The kinds a decode choice's sweep timed within RUNOFF_MARGIN of the chosen kind's time, fastest first."""
-    best = c.us[c.kind]
-    if not best > 0:  # NaN: nothing was timed
-        return []
-    return sorted((k for k, t in c.us.items() if k != c.kind and t <= RUNOFF_MARGIN * best), key=c.us.get)  # NaN: out
-
-
-def _runoff(
-    role: str,
-    layers: Weights,
-    x: torch.Tensor,
-    kinds: tuple[str, ...],
-    held: tuple[str, dict] | None,
-    rows: int,
-    empty_caches: Callable[[], object],
-) -> tuple[dict[str, list[float]], dict[str, dict[int, object]]]:
-    """`kinds` timed on the swept layers of `role` once more, their calls on a layer back to back (the order rotating
-    pass by pass), every pass starting from emptied caches, as a decode step's products do, so all of them meet the
-    same memory phases, past RUNOFF_PASSES[0] passes only while a kind's time over the first's is in doubt
-    (`_in_doubt`): ({kind: seconds per call}, the calls of all kinds on one layer in one pass at the same index;
-    {kind: {layer: kernel}}). `held`: (kind, {layer: kernel}) already packed (measure_step's `kept`);
-    `empty_caches`: _cache_sweeper's reader. Every other kind packs its own weights, even one that could call another's
-    (`linear.packing`): the calls on a layer each read their weight from memory, not the one before's from the cache."""
-    kernels = {kind: held[1] if held is not None and held[0] == kind else
-               {i: make_kernel(kind, w, b, rows) for i, (w, b) in enumerate(layers)} for kind in kinds}  # fmt: skip
-    calls = {kind: [k.gelu if role == GELU_ROLE else k for _, k in sorted(ks.items())] for kind, ks in kernels.items()}
-    times: dict[str, list[float]] = {kind: [] for kind in kinds}
-    deadline, passes = float("inf"), 0
-    with torch.inference_mode():
-        while passes <= RUNOFF_PASSES[0] or (passes <= RUNOFF_PASSES[1] and time.perf_counter() < deadline and _in_doubt(times, kinds)):
-            empty_caches()
-            order = kinds[passes % len(kinds):] + kinds[: passes % len(kinds)]
-            for i in range(len(layers)):
-                for kind in order:
-                    t0 = time.perf_counter()
-                    calls[kind][i](x)
-                    if passes:  # the first pass warms up
-                        times[kind].append(time.perf_counter() - t0)
-            passes += 1
-            if passes == 1:
-                deadline = time.perf_counter() + RUNOFF_BUDGET_S
-    return times, kernels
-
-
-def _over(times: dict[str, list[float]], kind: str, other: str) -> float:
-    """kind's time over other's in a runoff, call group by call group: the median (two calls of no time: 1)."""
-    return statistics.median((t + 1e-12) / (u + 1e-12) for t, u in zip(times[kind], times[other]))
-
-
-def _in_doubt(times: dict[str, list[float]], kinds: tuple[str, ...]) -> bool:
-    """Whether a kind's time over the first kind's is still within RUNOFF_CLEAR of 1 (either way)."""
-    return any(1 / RUNOFF_CLEAR < _over(times, k, kinds[0]) < RUNOFF_CLEAR for k in kinds[1:])
-
-
-def _cache_sweeper() -> Callable[[], object]:
-    """A function that empties the caches before a runoff pass, so its products read their weights from memory
-    as a decode step's do: it reads twice the largest cache's bytes."""
-    return torch.ones(2 * machine.largest_cache_bytes() // 4).sum
+def _over(times: list[float], other: list[float]) -> float:
+    """A kind's time over another's, round by round: the median of the ratios (two of no time: 1)."""
+    return statistics.median((t + 1e-12) / (u + 1e-12) for t, u in zip(times, other))
