@@ -262,15 +262,12 @@ def _pass(calls: list[tuple[str, object, torch.Tensor]]) -> dict[str, float]:
 
 
 def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
-    """The fastest of `kinds` on one role ({kind: [seconds a pass, round by round]}): from the lowest median, each
-    kind that took less time than the leader so far, round for round (`_over` below 1), takes its place; a tie keeps
-    the kind offered first."""
-    ranked = sorted(kinds, key=lambda k: statistics.median(times[k]))
-    leader = ranked[0]
-    for kind in ranked[1:]:
-        if _over(times[kind], times[leader]) < 1:
-            leader = kind
-    return leader
+    """The fastest of `kinds` on one role ({kind: [seconds a pass, round by round]}): the lowest median of its time
+    over each round's best of them, so a memory phase that slows a whole round weighs nothing; a tie keeps the
+    kind first in `kinds`. Of two kinds, the one faster in most rounds."""
+    rounds = min(len(times[k]) for k in kinds)
+    best = [min(times[k][i] for k in kinds) for i in range(rounds)]
+    return min(kinds, key=lambda k: statistics.median((t + 1e-12) / (m + 1e-12) for t, m in zip(times[k], best)))
 
 
 def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]]) -> None:
