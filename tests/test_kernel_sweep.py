@@ -73,7 +73,7 @@ def test_the_sweep_makes_a_variant_from_a_kind_before_it_on_the_same_layer(model
 
 def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed_whole(monkeypatch):
     """On a fake clock (a call takes its kind's cost a row of output): mkl at 100x linear's cost is estimated from
-    its second call on SCOUT_OUT rows, recorded, and never packed on the whole 2048 rows; onednn at 5x is timed."""
+    its second call on SCOUT_OUT rows, recorded, and never packed on the whole PREFILL_OUT_TIMED (1024) rows; onednn at 5x is timed."""
     cost = {"linear": 1.0, "mkl": 100.0, "onednn": 5.0}  # microseconds per output row
     clock, made = {"t": 0.0}, []
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
@@ -89,5 +89,6 @@ def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed
     monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append((kind, len(w))) or Fake(kind, w, b))
     lins = [torch.nn.Linear(16, 5000)]
     c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
-    assert c.kind == "linear" and c.us["mkl"] == 100.0 * 2048 and c.us["onednn"] == 5.0 * 2048 and c.us["linear"] == 2048.0
-    assert made == [("linear", 2048), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", 2048)]
+    n = KT.PREFILL_OUT_TIMED
+    assert c.kind == "linear" and c.us["mkl"] == 100.0 * n and c.us["onednn"] == 5.0 * n and c.us["linear"] == float(n)
+    assert made == [("linear", n), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", n)]

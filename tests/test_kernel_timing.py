@@ -190,10 +190,10 @@ def test_timed_weights():
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
     for rows in (K.SHORT_ROWS, K.PREFILL_ROWS):  # a prompt's rows: one layer
         (w, b), = KT.timed_weights(lins, rows)  # fmt: skip
-    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:2048]) and torch.equal(b, lins[0].bias[:2048])
+    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:1024]) and torch.equal(b, lins[0].bias[:1024])
     assert not w.requires_grad and not b.requires_grad
     (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and KT.PREFILL_OUT_TIMED == 2048
+    assert b is None and KT.PREFILL_OUT_TIMED == 1024
 
 
 def _linears(n=2, bias=True):

@@ -35,8 +35,10 @@ SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) 
 SCOUT_OUT = 64  # output rows of a prompt product's first call, which tells whether a kind is worth calling whole
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
-# That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP).
-PREFILL_OUT_TIMED = 2048
+# That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP). On a 2-core
+# Zen 3 VM, timing 1024 rows rather than 2048 took GPT-2 124M's prompt measurements from ~0.9 s to ~0.7 s; the kinds
+# it chose at 256 rows changed from run to run either way (MKL, oneDNN and F.linear were within ~10 % there).
+PREFILL_OUT_TIMED = 1024
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: ~7 ms a kind a round
 ROUNDS = (5, 20)
