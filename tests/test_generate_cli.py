@@ -84,6 +84,24 @@ def test_text_generator_stream_equals_complete(tiny):
     assert "".join(pieces) == c.text
 
 
+def test_text_generator_sizes_its_engine_to_the_sequences_a_call_decodes(tiny, monkeypatch):
+    """An engine of as many rows as the call's prompts x samples, max_batch at most, so its kernels are chosen for the
+    batch it decodes (one prompt: a 1-row decode step); built again, larger, only for a call with more."""
+    built = []
+    real = gpt2kit.generate.text.Engine
+    monkeypatch.setattr(gpt2kit.generate.text, "Engine", lambda model, **kw: built.append(kw["max_batch"]) or real(model, **kw))
+    tg = TextGenerator(tiny, TOK, GenerateOptions(max_batch=4))
+    p = SamplingParams(max_new_tokens=2, temperature=0)
+    assert list(tg.stream_text("Once", p)) and built == [1]
+    tg.complete(["a", "b"], p)
+    assert built == [1, 2] and tg.engine().max_batch == 4 and built == [1, 2, 4]
+    tg.complete(["a"], [SamplingParams(max_new_tokens=2, n=3, seed=1)])
+    assert built == [1, 2, 4]  # 3 rows: the engine of 4 holds them
+    tg = TextGenerator(tiny, TOK, GenerateOptions(max_batch=4))
+    out = tg.complete(["a", "b", "c"], [SamplingParams(max_new_tokens=2, n=2, seed=1)] * 3)
+    assert built[-1] == 4 and len(out) == 6  # 6 sequences: max_batch rows, decoded in turns
+
+
 def test_tasks_build_the_paper_prompts(tiny):
     s = summarize(tiny, TOK, "The cat sat on the mat. It was warm.", max_new_tokens=20, seed=0)
     assert s.prompt.endswith("\nTL;DR:") and s.completion.token_ids

@@ -17,6 +17,7 @@ import contextlib
 import errno
 import importlib
 import io
+import logging
 import os
 import sys
 import warnings
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stdout, sys.stdout = sys.stdout, _NamedStream(sys.stdout, STDOUT)
     showwarning, warnings.showwarning = warnings.showwarning, show_warning
+    notes, logger = _Notes(), logging.getLogger(NOTES)
+    level = logger.level
+    logger.addHandler(notes)
+    logger.setLevel(logging.INFO)
     try:
         status = int(args._run(args) or 0)
         sys.stdout.flush()  # inside the try: `gpt2kit generate … > /dev/full` fails here, not at exit
@@ -94,6 +99,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     finally:
         sys.stdout, warnings.showwarning = stdout, showwarning
+        logger.removeHandler(notes)
+        logger.setLevel(level)
+
+
+NOTES = "gpt2kit.kernels"  # the library's logger whose INFO lines a command shows: a first run's kernel measurement
+
+
+class _Notes(logging.Handler):
+    """The library's notes (logger NOTES, INFO and up) as one line each on stderr: `gpt2kit: ...`."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"gpt2kit: {record.getMessage()}", file=sys.stderr)
 
 
 def show_warning(message, category, filename, lineno, file=None, line=None) -> None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import logging
 import os
 import platform
 from dataclasses import asdict
@@ -58,6 +59,7 @@ FALLBACK = {"int8": "int8-f32"}
 # The inference copy reuses the kernels the decode measurement packed for models of up to this many bytes of
 # weights; larger ones pack their winners again rather than hold two packed copies at once while measuring.
 KEEP_PACKED_BYTES = 2 << 30
+log = logging.getLogger("gpt2kit.kernels")  # INFO: a measurement is about to run (the CLI shows it; a library user opts in)
 
 
 class KernelLinear(nn.Module):
@@ -145,6 +147,9 @@ def plan_kernels(
                 choices[(role, rows)] = Choice(**{**table[key], "cached": True})
             else:
                 todo[(role, rows)] = (key, linears, cands)
+    if todo:
+        log.info("timing this CPU's kernels for this model (%s, %s weights, batch %d), once: later runs read the choice "
+                 "from %s", str(dtype).removeprefix("torch."), weights, batch, kernel_cache_path() if use_cache and not forced else "nowhere (not cached)")  # fmt: skip
     step_rows = rows_list[0]
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
     keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
