@@ -84,6 +84,24 @@ def test_text_generator_stream_equals_complete(tiny):
     assert "".join(pieces) == c.text
 
 
+def test_the_first_runs_kernel_measurement_says_so_in_one_line(tiny_dir, tmp_path, monkeypatch, capsys):
+    """On the CLI a run that times this CPU's kernels says so (once: the next run reads the cache); the library logs it
+    at INFO, which prints nothing unless asked for."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    args = ["generate", "Hi", "--model", str(tiny_dir), "--max-new-tokens", "2", "--temperature", "0"]
+    assert main(args) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "kernels" in line]
+    assert notes == [f"gpt2kit: timing this CPU's kernels for this model (float32, auto weights, batch 1), once: later runs read "
+                     f"the choice from {tmp_path / 'kernels.json'}"]  # fmt: skip
+    assert main(args) == 0 and "kernels" not in capsys.readouterr().err
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path / "other"))
+    gpt2kit.generate.text.TextGenerator(gpt2kit.from_pretrained(tiny_dir), TOK).complete(["Hi"], SamplingParams(max_new_tokens=2))
+    assert not capsys.readouterr().err
+    import logging
+
+    assert logging.getLogger("gpt2kit.kernels").handlers == []  # the command's handler is gone after it
+
+
 def test_text_generator_sizes_its_engine_to_the_sequences_a_call_decodes(tiny, monkeypatch):
     """An engine of as many rows as the call's prompts x samples, max_batch at most, so its kernels are chosen for the
     batch it decodes (one prompt: a 1-row decode step); built again, larger, only for a call with more."""
