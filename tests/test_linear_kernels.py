@@ -54,6 +54,18 @@ def test_int8_dynamic_is_the_specified_quantisation(bias):
 
 
 @needs_x86_engine
+def test_int8_dynamic_multiplies_the_int8_weights_of_every_int8_kind(monkeypatch):
+    """Its weights are linear._quantize_int8's, bit for bit (int8 and int8-gemv multiply those too); without torch's
+    private constructor of a quantized tensor from them, they are quantized again to the same values."""
+    w, b, _ = _data()
+    q, scale = L._quantize_int8(w)
+    for make in (torch._make_per_channel_quantized_tensor, None):
+        monkeypatch.setattr(torch, "_make_per_channel_quantized_tensor", make, raising=False)
+        qw, _ = torch.ops.quantized.linear_unpack(L.make_kernel("int8-dynamic", w, b).packed)
+        assert torch.equal(qw.int_repr(), q) and torch.equal(qw.q_per_channel_scales().float(), scale)
+
+
+@needs_x86_engine
 def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
     """A bf16 model with --weights int8: the activations go to the engine in float32 and come back in bf16."""
     w, b, x = _data()

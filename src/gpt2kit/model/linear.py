@@ -41,7 +41,6 @@ class _Linear:
     gelu_only: str | None = None  # why it is offered for c_fc alone (it differs from another kind only in the GELU after it)
     varies: type | None = None  # the kind whose packed weight this one calls in its own way (None: its own)
 
-
     @classmethod
     def supports(cls, in_features: int) -> bool:
         return True
@@ -271,11 +270,12 @@ class _Int8Dynamic(_Linear):
     exact = False
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        w = weight.detach().float()
-        scale = _channel_scale(w).double()  # (out,)
+        q, scale = _quantize_int8(weight)  # (out, in), (out,): the int8 weights of every int8 kind
+        zero = torch.zeros(len(scale), dtype=torch.long)
+        make = getattr(torch, "_make_per_channel_quantized_tensor", None)  # q as it is: 5x faster than quantizing again
         with _quantized_engine(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
-            qw = torch.quantize_per_channel(w, scale, torch.zeros(len(scale), dtype=torch.long), 0, torch.qint8)
+            qw = make(q, scale.double(), zero, 0) if make else torch.quantize_per_channel(q * scale[:, None], scale.double(), zero, 0, torch.qint8)
             self.packed = torch.ops.quantized.linear_prepack(qw, None if bias is None else bias.detach().float())
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
