@@ -44,6 +44,18 @@ def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
     assert us == pytest.approx(statistics.quantiles([0.004, 0.005, 0.006], n=4)[0] * 1e6, rel=1e-9)  # microseconds
 
 
+def test_time_stops_at_a_first_timed_call_far_behind_the_best(monkeypatch):
+    """A first timed call over FAR_BEHIND (2) times the best kind's so far is the figure; at 2x exactly, timing goes on."""
+    now = {"t": 0.0}
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    calls = []
+    kernel = lambda x: calls.append(1) or now.update(t=now["t"] + 0.001)  # noqa: E731 (1 ms a call)
+    assert KT._time([kernel], torch.zeros(1), best=499.0) == pytest.approx(1000.0) and len(calls) == 2  # warm-up + 1
+    calls.clear()
+    assert KT._time([kernel], torch.zeros(1), best=500.0) == pytest.approx(1000.0) and len(calls) == 1 + 8
+    assert KT.FAR_BEHIND == 2.0
+
+
 def test_time_runs_real_kernels_on_the_input():
     w, b, x = torch.randn(8, 16), torch.randn(8), torch.randn(2, 16)
     assert KT._time([L.make_kernel("linear", w, b), L.make_kernel("mkl", w, b)], x) > 0
@@ -217,7 +229,7 @@ def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypat
 
     monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
     monkeypatch.setitem(L.KERNELS, "onednn", Nan)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 2.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 2.0)
     c = KT.measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
     assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
     assert re.fullmatch(
@@ -244,7 +256,7 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
 
     monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
     monkeypatch.setitem(L.KERNELS, "linear", Off)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 1.0)
     assert "bf16" in KT.measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
     assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
     bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
@@ -272,10 +284,11 @@ def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monk
     """A first call over 10x the best so far and over SLOW_FIRST_CALL_US is not timed; a short slow first
     call (a kernel's one-time set-up) is."""
     monkeypatch.setattr(KT, "SLOW_FIRST_CALL_US", 3.0)
+    monkeypatch.setattr(KT, "_scout", lambda *a: None)  # no trial call on a slice (test_kernel_sweep.py)
     reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
     timed = []
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: timed.append(type(ks[0])) or 0.5)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: timed.append(type(ks[0])) or 0.5)
     c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
     reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
@@ -293,9 +306,10 @@ def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch
     seen = []
     clock = iter(range(10**6))
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False: seen.append((len(ks), tuple(x.shape), x.dtype)) or 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: seen.append((len(ks), tuple(x.shape), x.dtype, best)) or 1.0)
     lins = _linears(3)
     KT.measure("r", lins, 5, (["mkl"], {}), torch.float32)
-    assert seen == [(3, (5, 16), torch.float32)]
+    assert seen == [(3, (5, 16), torch.float32, float("inf"))]
     c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
     assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
+    assert seen[-1][-1] == 1.0  # linear is told mkl's time

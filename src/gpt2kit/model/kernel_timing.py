@@ -32,7 +32,10 @@ SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 TIME_BUDGET_S = 0.008  # per candidate and row count
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
-SCOUT_OUT = 64  # output rows of a prompt product's first call, which tells whether a kind is worth calling whole
+FAR_BEHIND = 2.0  # a prompt kind whose first timed call is over this times the best so far is not timed further
+# output rows of a prompt product's trial call, which tells whether a kind is worth calling whole (a call's own overhead,
+# ~20 us, scaled up to PREFILL_OUT_TIMED rows, is far from SLOW_FIRST_CALL_US)
+SCOUT_OUT = 16
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP). On a 2-core
@@ -135,7 +138,7 @@ def measure(
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE)
+            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE, best)
     return _choose(role, rows, us, rejected)
 
 
@@ -300,10 +303,12 @@ def _standing(role: str, rows: int, timed: dict[str, list[float]], still: set[st
     return Choice(role, rows, kind, us, rejected, paired)
 
 
-def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
+def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = float("inf")) -> float:
     """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
     low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round; with
-    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse)."""
+    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse). A first timed call over
+    FAR_BEHIND times `best` (microseconds, the best kind's so far) is the figure: bf16 products where torch emulates
+    them took ~150 ms a call at 256 rows on a 2-core Zen 3 VM, against ~20 for float32 ones."""
     calls = [k.gelu if gelu else k for k in kernels]
     for k in calls:
         k(x)
@@ -313,6 +318,8 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False) -> float:
         calls[i % len(calls)](x)
         times.append(time.perf_counter() - t0)
         i += 1
+        if times[0] * 1e6 > FAR_BEHIND * best:
+            return times[0] * 1e6
     return statistics.quantiles(times, n=4)[0] * 1e6
 
 
