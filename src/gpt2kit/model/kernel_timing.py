@@ -214,7 +214,6 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
             if calls:
                 entrants[kind] = calls
         times, live = _rounds(entrants) if entrants else ({}, {})
-    entrants = None  # the kernels of the kinds not chosen: freed on return
     choices = {}
     for role in todo:
         timed = {kind: ts[role] for kind, ts in times.items() if role in ts}
