@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt2kit import machine
+
 # The suite never reads the user's environment: a key, a server address or a torchrun rank set in the shell
 # would change what the code under test does (GPT2KIT_API_KEY turned two server tests into 401s).
 # Cleared at import, before any test or the subprocesses they start can see them.
@@ -230,3 +232,13 @@ def fake_pass(cost):
         return spent
 
     return run
+
+
+REAL_BUSY_METER = machine.busy_meter
+
+
+@pytest.fixture(autouse=True)
+def quiet_machine(monkeypatch):
+    """Every measurement sees an idle machine, so that whether a choice is cached does not depend on what else the
+    test machine runs (test_kernel_busy.py tests the meter and a busy machine's measurement)."""
+    monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.0)

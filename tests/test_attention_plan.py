@@ -47,6 +47,14 @@ def test_measured_once_then_cached(cache_dir):
     assert all(b.attn.compute_dtype is None and b.attn.one_query is None for b in model.transformer.h)  # left as it was
 
 
+def test_a_choice_measured_on_a_busy_machine_is_not_cached(cache_dir, monkeypatch):
+    from gpt2kit import machine
+
+    monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)  # others took half the CPU time
+    c = A.plan_attention(_tiny(), 1, float32_cache=True)
+    assert len(c.us) >= 2 and not (cache_dir / "kernels.json").exists()  # measured, used, not cached
+
+
 def test_a_choice_measured_before_a_candidate_existed_is_measured_again(cache_dir):
     key = "torch.bfloat16 | attention 4x16 | 1 rows | float32 cache"
     old = {"role": "attention", "rows": 1, "kind": "float32", "us": {"model": 9.0, "float32": 1.0}, "rejected": {}}

@@ -100,6 +100,16 @@ def test_whole_steps_are_timed_once_then_cached(tiny, unreplayable, monkeypatch)
     assert "a first generation times whole steps" in decode_step_status(tiny, 1, "auto")  # another batch: none yet
 
 
+def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, unreplayable, monkeypatch):
+    from gpt2kit import machine
+
+    monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)  # others took half the CPU time
+    runner = DecodeRunner(tiny, batch=2)
+    assert set(runner.step.us) == {"measured", "replayed"} and not runner.step.cached
+    stored = json.loads((unreplayable / "kernels.json").read_text()) if (unreplayable / "kernels.json").exists() else {}
+    assert not [k for table in stored.values() for k in table if "decode step" in k]
+
+
 def test_nothing_to_choose_when_the_measured_step_replays(tiny, monkeypatch, tmp_path):
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("nothing to time"))

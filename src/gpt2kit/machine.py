@@ -4,9 +4,12 @@ user cache directory where what is measured or built for it is kept. No torch he
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 CPUINFO = "/proc/cpuinfo"
+STAT = "/proc/stat"
 CACHES = "/sys/devices/system/cpu/cpu0/cache"
 DEFAULT_CACHE_BYTES = 32 << 20  # where the caches are not listed: a desktop CPU's last-level cache, or more
 
@@ -41,3 +44,32 @@ def largest_cache_bytes(path: str | None = None) -> int:
         except (OSError, ValueError):
             continue
     return max(sizes, default=DEFAULT_CACHE_BYTES)
+
+
+def busy_meter(path: str | None = None) -> Callable[[], float | None]:
+    """Start measuring how much of this machine's CPU time other processes take: the function returned gives their
+    share since this call (0 to 1: the system's busy time, the hypervisor's steal included, less this process's own,
+    over the wall time times the CPUs), or None where /proc/stat cannot be read (macOS, Windows). The system counts
+    in ticks (10 ms), so two ticks a CPU are allowed for: a measurement of a few milliseconds is never busy."""
+    start, own, wall = _busy_seconds(path), time.process_time(), time.monotonic()
+
+    def share() -> float | None:
+        end = _busy_seconds(path)
+        if start is None or end is None:
+            return None
+        cpus = os.cpu_count() or 1
+        others = end - start - (time.process_time() - own) - 2 * cpus / os.sysconf("SC_CLK_TCK")
+        elapsed = (time.monotonic() - wall) * cpus
+        return max(0.0, others) / elapsed if elapsed > 0 else 0.0
+
+    return share
+
+
+def _busy_seconds(path: str | None) -> float | None:
+    """Seconds of CPU time the whole system has spent busy (user, nice, system, irq, softirq, steal), from /proc/stat."""
+    try:
+        fields = Path(path or STAT).read_text().split("\n", 1)[0].split()
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
+    except (OSError, ValueError):
+        return None
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")

@@ -23,12 +23,13 @@ import time
 
 import torch
 
+from gpt2kit import machine
 from gpt2kit.errors import ConfigError
 from gpt2kit.model import gemv
 from gpt2kit.model.attention_plan import apply_to_blocks
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import ROLES, Choice
-from gpt2kit.model.kernels import machine_key, read_choices, role_slots, write_choices
+from gpt2kit.model.kernels import machine_key, read_choices, role_slots, write_measured
 from gpt2kit.model.kv_cache import KVCache
 from gpt2kit.model.linear import STEP_KINDS, make_kernel
 
@@ -80,10 +81,11 @@ def plan_step(runner, model: GPT, batch: int, weights: str, forced: str | None =
         if key in table and table[key].get("kind") in CANDIDATES:
             choice = Choice(**{**table[key], "cached": True})
         else:
+            meter = machine.busy_meter()
             ms = _time(runner, model, batch, variant)
             choice = Choice("decode step", batch, min(ms, key=ms.get), us={k: round(v * 1e3, 1) for k, v in ms.items()})
             table[key] = {k: v for k, v in dataclasses.asdict(choice).items() if k != "cached"}
-            write_choices(store)
+            write_measured(store, meter, "decode steps")
     _apply(runner, model, variant, choice.kind)
     variant.swaps.clear()  # the kernels of the candidate not kept
     return choice

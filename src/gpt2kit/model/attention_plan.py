@@ -41,10 +41,11 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
+from gpt2kit import machine
 from gpt2kit.errors import ConfigError
 from gpt2kit.model import gemv
 from gpt2kit.model.gpt import GPT, CausalSelfAttention
-from gpt2kit.model.kernels import Choice, machine_key, read_choices, write_choices
+from gpt2kit.model.kernels import Choice, machine_key, read_choices, write_measured
 from gpt2kit.model.kv_cache import StepPlan
 
 CANDIDATES = ("model", "float32", "gemv")
@@ -147,12 +148,13 @@ def _plan(model: GPT, role: str, rows: int, env: str, kinds: tuple[str, ...], us
     entry = table.get(key, {})
     if not remeasure and _current(entry, usable, kinds):
         return Choice(**{**entry, "cached": True})
+    meter = machine.busy_meter()
     us, wrong = measure(runnable)
     rejected |= wrong
     us = {k: t for k, t in us.items() if k not in rejected}
     choice = Choice(role, rows, min(us, key=us.get) if us else "model", us=us, rejected=rejected)
     table[key] = {k: v for k, v in asdict(choice).items() if k != "cached"}
-    write_choices(store)
+    write_measured(store, meter, "attention kernels")
     return choice
 
 

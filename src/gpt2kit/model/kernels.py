@@ -147,6 +147,7 @@ def plan_kernels(
                 choices[(role, rows)] = Choice(**{**table[key], "cached": True})
             else:
                 todo[(role, rows)] = (key, linears, cands)
+    meter = machine.busy_meter()
     if todo:
         log.info("timing this CPU's kernels for this model (%s, %s weights, batch %d), once: later runs read the choice "
                  "from %s", str(dtype).removeprefix("torch."), weights, batch, kernel_cache_path() if use_cache and not forced else "nowhere (not cached)")  # fmt: skip
@@ -165,7 +166,7 @@ def plan_kernels(
         if use_cache and not forced:
             table[key] = {k: v for k, v in asdict(choices[(role, rows)]).items() if k != "cached"}
     if todo and use_cache and not forced:
-        write_choices(store)
+        write_measured(store, meter, "kernels")
     return [choices[(role, rows)] for role in ROLES for rows in rows_list]
 
 
@@ -332,6 +333,22 @@ def read_choices() -> dict:
         return data if isinstance(data, dict) else {}
     except (OSError, ValueError):
         return {}  # missing or unreadable: measure again
+
+
+# other processes' share of the CPU time over which a measurement is not cached: one busy core of two is 0.5; an idle
+# VM's own services ~0.01. On a 2-core Zen 3 VM with a test run beside it, gemv.c's products took 7-8 ms a call against
+# F.linear's 0.1-0.3 (the built-in model, one row): each call waits for a thread the other process holds the core of.
+BUSY_SHARE = 0.25
+
+
+def write_measured(store: dict, meter, what: str) -> None:
+    """Cache `store` (write_choices), choices measured while `meter` (machine.busy_meter()'s) ran, unless other
+    processes took over BUSY_SHARE of the CPU time then: such a choice holds for this run and is measured again."""
+    if (busy := meter()) is not None and busy > BUSY_SHARE:
+        log.info("this machine was busy while its %s were timed (other processes took %d %% of its CPU time): the choice "
+                 "holds for this run only, and is timed again next time", what, round(100 * busy))  # fmt: skip
+        return
+    write_choices(store)
 
 
 def write_choices(store: dict) -> None:
