@@ -87,6 +87,9 @@ def test_a_kind_slow_in_its_warm_up_keeps_that_figure_and_runs_no_more(monkeypat
         assert clock["log"].count(("b", 0)) == calls and live["b"] == set(), (a, warm)
         assert times["b"]["r"] == ([warm] if calls == 1 else [1.0] * 5)
     assert KT.SLOW_FIRST_CALL_US == 50_000
+    clock, entrants = _entrants(monkeypatch, {"a": [0.001], "b": [0.02499999, 1.0]})  # 25x, a hair under 50 ms: timed
+    KT._rounds(entrants)
+    assert clock["log"].count(("b", 0)) == 6
 
 
 def test_the_leader_is_the_faster_round_for_round_not_by_median():
@@ -101,6 +104,8 @@ def test_the_leader_is_the_faster_round_for_round_not_by_median():
     c = KT._standing("r", 1, times, {"a"}, 2, {"x": "why"})  # b out of the role: the leader of those still in it
     assert (c.kind, c.paired, c.rejected) == ("a", {"b": 0.95}, {"x": "why"})
     assert KT._standing("r", 1, {}, set(), 2, {"x": "why"}).kind == "linear"  # nothing timed: the reference
+    c = KT._standing("r", 1, {"b": [9.0]}, set(), 1, {})  # the role's one kind out after its slow warm-up: still its
+    assert (c.kind, c.us, c.paired) == ("b", {"b": 9e6}, {})
 
 
 def test_measure_step_keeps_the_chosen_kinds_kernels_and_records_the_rest(model, monkeypatch):

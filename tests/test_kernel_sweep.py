@@ -5,6 +5,7 @@ the head's rows) and the inference copy built from it; the kinds that share a pa
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from conftest import fake_pass, needs_gemv
@@ -92,3 +93,7 @@ def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed
     n = KT.PREFILL_OUT_TIMED
     assert c.kind == "linear" and c.us["mkl"] == 100.0 * n and c.us["onednn"] == 5.0 * n and c.us["linear"] == float(n)
     assert made == [("linear", n), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", n)]
+    cost.update(linear=64.0, mkl=10.5 * 64, onednn=1000.0)  # mkl 10.5x linear's 65.5 ms: scouted, as onednn
+    made.clear()
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
+    assert ("mkl", n) not in made and c.us["mkl"] == pytest.approx(10.5 * 64 * n)

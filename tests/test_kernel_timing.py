@@ -56,6 +56,13 @@ def test_time_stops_at_a_first_timed_call_far_behind_the_best(monkeypatch):
     assert KT.FAR_BEHIND == 2.0
 
 
+def test_a_pass_adds_up_each_roles_calls(monkeypatch):
+    now = {"t": 0.0}
+    monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
+    call = lambda dt: lambda x: now.update(t=now["t"] + dt)  # noqa: E731
+    assert KT._pass([("a", call(1.0), None), ("b", call(0.5), None), ("a", call(2.0), None)]) == {"a": 3.0, "b": 0.5}
+
+
 def test_time_runs_real_kernels_on_the_input():
     w, b, x = torch.randn(8, 16), torch.randn(8), torch.randn(2, 16)
     assert KT._time([L.make_kernel("linear", w, b), L.make_kernel("mkl", w, b)], x) > 0
