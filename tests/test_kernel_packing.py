@@ -80,3 +80,25 @@ def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_fir
         small = [m.small for m in copy.modules() if isinstance(m, KernelLinear)]
         assert {m.kinds[0] for m in copy.modules() if isinstance(m, KernelLinear)} == {K.EXACT[1]}  # the first timed (EXACT[0], float32, is for bf16 models)
         assert all(any(k is m for m in made) for k in small) == reused, limit  # made by the measurement (KT.make_kernel), not the copy
+
+
+def test_an_engine_of_many_rows_decodes_one_row_with_the_one_row_kind(model, fixed_times, monkeypatch):
+    """Measured for 2 rows mkl wins, for 1 row linear (its timed rows tell them apart): an engine's copy (`one_row`)
+    routes one row to linear and gives the model's logits; the eval copy (no `one_row`) keeps mkl. Over
+    KEEP_PACKED_BYTES the one-row kind is taken only where the prompts' kind (mkl here: COST) is it."""
+    from gpt2kit.generate.decode import DecodeRunner
+
+    def step(calls):  # seconds a pass: linear fastest on one row, mkl on two
+        return fake_pass(lambda k: {L._Linear: 1.0, L._Mkl: 2.0}.get(type(k), 9.0) if rows[0] == 1 else COST.get(type(k), 5.0))(calls)
+
+    rows = [0]
+    monkeypatch.setattr(KT, "_pass", lambda calls: rows.__setitem__(0, calls[0][2].shape[0]) or step(calls))
+    copy = DecodeRunner(model, batch=2).model
+    heads = [m for m in copy.modules() if isinstance(m, KernelLinear)]
+    assert {(m.one_kind, m.kinds) for m in heads} == {("linear", ("mkl", "mkl"))} and all(isinstance(m.one, L._Linear) for m in heads)
+    x = torch.randint(0, 96, (1, 3))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+    assert {m.one_kind for m in K.inference_copy(model, batch=2).modules() if isinstance(m, KernelLinear)} == {"mkl"}
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    assert {m.one_kind for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)} == {"mkl"}

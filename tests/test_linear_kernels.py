@@ -304,18 +304,26 @@ def test_kernel_linear_routes_by_rows():
         lin.bias.normal_()
     kl = KernelLinear(lin, "mkl", "linear", rows=4)
     assert isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear) and type(kl.large) is not L._Mkl
+    assert kl.one is kl.small and kl.one_kind == "mkl"  # no kind of its own for one row: the decode kind's
     calls = []
-    for name in ("small", "large"):
+    for name in ("one", "small", "large"):
         k = getattr(kl, name)
         setattr(kl, name, lambda x, k=k, name=name: calls.append((name, x.numel() // x.shape[-1])) or k(x))
-    for shape in [(4, 64), (5, 64), (1, 4, 64), (2, 3, 64), (1, 1, 64)]:
+    for shape in [(4, 64), (5, 64), (1, 4, 64), (2, 3, 64), (1, 1, 64), (2, 64)]:
         x = torch.randn(shape)
         y = kl(x)
         assert y.shape == (*shape[:-1], 48)
         torch.testing.assert_close(y, lin(x), atol=1e-5, rtol=1e-5)
-    assert calls == [("small", 4), ("large", 5), ("small", 4), ("large", 6), ("small", 1)]
+    assert calls == [("small", 4), ("large", 5), ("small", 4), ("large", 6), ("one", 1), ("small", 2)]
     assert kl.kinds == ("mkl", "linear") and (kl.in_features, kl.out_features, kl.rows) == (64, 48, 4)
-    assert kl.extra_repr() == "in=64, out=48, small=mkl (<= 4 rows), large=linear"
+    assert kl.extra_repr() == "in=64, out=48, one=mkl, small=mkl (<= 4 rows), large=linear"
+    kl = KernelLinear(lin, "mkl", "mkl", rows=4, one="linear")  # one row's own kind, packed for it
+    assert isinstance(kl.one, L._Linear) and isinstance(kl.small, L._Mkl) and kl.large is kl.small
+    x = torch.randn(1, 64)
+    torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(kl.gelu(x), torch.nn.functional.gelu(lin(x), approximate="tanh"), atol=1e-5, rtol=1e-5)
+    kl = KernelLinear(lin, "mkl", "linear", rows=4, one="linear")
+    assert kl.one is kl.large  # the prompts' kind: no third copy
 
 
 def test_kernel_linear_packs_a_shared_kind_once_and_copes_without_bias():

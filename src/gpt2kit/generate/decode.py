@@ -59,7 +59,7 @@ class DecodeRunner:
         if weights == "int8" and param.device.type != "cpu":
             raise ConfigError("int8 weights run on the CPU only; on a GPU use --dtype bf16 instead.")
         self.weights = weights
-        self.model = inference_copy(model, batch, weights)
+        self.model = inference_copy(model, batch, weights, one_row=True)  # one row of many: one row's kernels
         # the dtype of the cache the engine makes for this runner: the model's, or float32 with float32 attention
         self.cache_dtype = param.dtype
         self.attention = None  # the attention Choice (None: the model's own modules, nothing chosen)

@@ -64,15 +64,15 @@ log = logging.getLogger("gpt2kit.kernels")  # INFO: a measurement is about to ru
 
 class KernelLinear(nn.Module):
     """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
-    (prefill, scoring), packed for hints[0] and hints[1] rows. Both are packed once; the same kind is packed
-    once for both (for the decode rows). timed: the decode measurement's microseconds per call of each kind
-    whose output matched (what another choice for the decode rows can be made from)."""
+    (prefill, scoring), packed for hints[0] and hints[1] rows, and `one` (default: `small`) for one row (an engine of
+    many rows decoding one). Each kind is packed once, for the first of those it serves. timed: the decode measurement's
+    microseconds per call of each kind whose output matched (what another choice for the decode rows can be made from)."""
 
     def __init__(self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None,
-                 hints: tuple[int, int] = (1, 1), timed: dict[str, float] | None = None) -> None:  # fmt: skip
+                 hints: tuple[int, int] = (1, 1), timed: dict[str, float] | None = None, one: str | None = None) -> None:  # fmt: skip
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        self.kinds, self.rows, self.timed = (small, large), rows, timed or {}
+        self.kinds, self.rows, self.timed, self.one_kind = (small, large), rows, timed or {}, one or small
         self.small_numel = rows * self.in_features  # inputs of up to `rows` rows go to `small`
         bias = None if linear.bias is None else linear.bias.detach()
 
@@ -82,21 +82,26 @@ class KernelLinear(nn.Module):
 
         self.small = kernel(small, hints[0])
         self.large = self.small if large == small else kernel(large, hints[1])
+        self.one = {small: self.small, large: self.large}.get(self.one_kind) or kernel(self.one_kind, 1)
+
+    def _kernel(self, x: torch.Tensor):
+        n = x.numel()
+        return self.one if n <= self.in_features else self.small if n <= self.small_numel else self.large
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., out); every kernel takes the leading dimensions as they are (no reshapes here)
-        return (self.small if x.numel() <= self.small_numel else self.large)(x)
+        return self._kernel(x)(x)
 
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GELU (tanh) of the product, fused where the kernel can (MLP.forward calls it for c_fc)."""
-        return (self.small if x.numel() <= self.small_numel else self.large).gelu(x)
+        return self._kernel(x).gelu(x)
 
     # An inference-only stand-in runs no module hooks, so a call goes straight to forward: in a memory-bound decode step
     # nn.Module's call machinery (three frames, eight hook-dict lookups) cost ~5 us a call, ~0.25 ms of a 124M token.
     __call__ = forward
 
     def extra_repr(self) -> str:
-        return f"in={self.in_features}, out={self.out_features}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
+        return f"in={self.in_features}, out={self.out_features}, one={self.one_kind}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
 
 
 def kernel_cache_path() -> Path:
@@ -186,11 +191,12 @@ def decode_sweep(model: GPT, weights: str = "auto") -> dict[str, int]:
             "weight_bytes": _weight_bytes(weights, dtype)}  # fmt: skip
 
 
-def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
+def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: bool = False) -> GPT:
     """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
     every nn.Linear replaced by a KernelLinear of the measured kinds, its modules called directly (direct.py).
-    'model', and 'auto' for a model with LoRA layers, return the model itself. Packed kernels hold a snapshot of the weights: build the copy after the
-    weights are final."""
+    `one_row` (an engine of `batch` rows that may decode fewer): one row's products go to the kind measured for one
+    row where it differs from the batch's (`one_row_kinds`). 'model', and 'auto' for a model with LoRA layers,
+    return the model itself. Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
     if weights == "model" or (weights == "auto" and has_lora(model)):  # LoRA layers run as they are: exact, unpacked
         return model
     if has_lora(model):
@@ -202,13 +208,27 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto") -> GPT:
     small = max(1, batch)
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     prompts = prompt_kinds(choices, batch)
+    ones = one_row_kinds(clone, choices, prompts, small, weights, packed) if one_row and small > 1 else {}
     for role in ROLES:
         decode = choices[(role, small)]
         timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}
         for parent, name, lin in role_slots(clone, role):
             kinds = decode.kind, prompts[role][0]
-            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed))
+            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed, one=ones.get(role)))
     return call_directly(clone)
+
+
+def one_row_kinds(model: GPT, choices: dict, prompts: dict, batch: int, weights: str, packed: dict) -> dict[str, str]:
+    """{role: the decode kind measured for one row}, for an engine of `batch` rows decoding one: a server with one
+    client ran GPT-2 124M at 26.8 tok/s on oneDNN's kernels, chosen for 32 rows, against 43.8 with those for one row
+    (float32, 2-core Zen 3 VM). Where that kind is neither the batch's nor the prompts', it is a third packed copy of
+    the weights: taken for models of up to KEEP_PACKED_BYTES of weights only."""
+    room = sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
+    ones = {}
+    for c in plan_kernels(model, 1, weights, packed=packed):
+        if c.rows == 1 and c.kind != choices[(c.role, batch)].kind and (room or c.kind == prompts[c.role][0]):
+            ones[c.role] = c.kind
+    return ones
 
 
 def measured_rows(batch: int) -> tuple[int, ...]:
