@@ -7,8 +7,10 @@ flags. The first time a model of a given shape, dtype and batch runs on a machin
 step), SHORT_ROWS (a short prompt) and PREFILL_ROWS (a long prompt, scoring). Only candidates whose output matches
 the float32 `F.linear` reference count. A decode step takes the fastest; prompts of every length take one kind
 (`prompt_kind`: the nearest the best at both prompt row counts), so the copy holds at most two packed copies of
-each weight. Choices are cached per machine (CPU model and flags, torch version,
-threads) in `kernel_cache_path()`, so later runs pay nothing; GPT2KIT_KERNEL=<kind> forces one kind.
+each weight; an engine of many rows adds one row's fastest kind (`one_row_kinds`: a third copy, for models of up to
+KEEP_PACKED_BYTES). Choices are cached per machine (CPU model and flags, torch version, threads) in
+`kernel_cache_path()`, so later runs pay nothing, unless other processes kept the CPU busy while they were measured
+(`write_measured`); GPT2KIT_KERNEL=<kind> forces one kind.
 
 Candidates, by what the user asked for (`weights`):
   - auto:  the exact kernels (float32, linear, mkl, onednn, onednn-split, gemv, gemv-l2, gemv-hw) in the model's dtype; with
@@ -220,8 +222,8 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: b
 
 def one_row_kinds(model: GPT, choices: dict, prompts: dict, batch: int, weights: str, packed: dict) -> dict[str, str]:
     """{role: the decode kind measured for one row}, for an engine of `batch` rows decoding one: a server with one
-    client ran GPT-2 124M at 26.8 tok/s on oneDNN's kernels, chosen for 32 rows, against 43.8 with those for one row
-    (float32, 2-core Zen 3 VM). Where that kind is neither the batch's nor the prompts', it is a third packed copy of
+    client ran GPT-2 124M at 26.8 tok/s on oneDNN's kernels, chosen for 32 rows, and at 49.9 with those for one row
+    (51.0 in an engine of one row; float32, 2-core Zen 3 VM). Where that kind is neither the batch's nor the prompts', it is a third packed copy of
     the weights: taken for models of up to KEEP_PACKED_BYTES of weights only."""
     room = sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     ones = {}
