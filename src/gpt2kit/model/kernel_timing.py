@@ -196,12 +196,11 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     depth = max((len(ws) for ws in layers.values()), default=0)
     order = sorted(((role, i) for role, ws in layers.items() for i in range(len(ws))),
                    key=lambda ri: (depth if ri[0] == HEAD_ROLE else ri[1], ROLES.index(ri[0])))  # fmt: skip
-    entrants: dict[str, list[tuple[str, object, torch.Tensor]]] = {}  # kind -> (role, kernel, input) in step order
-    made: dict[str, dict[tuple[str, int], object]] = {}  # kind -> {(role, layer): kernel}
+    made: dict[str, dict[tuple[str, int], object]] = {}  # kind -> {(role, layer): kernel}, in step order
     with torch.inference_mode():
         for kind in dict.fromkeys(k for _, (kinds, _) in todo.values() for k in kinds):
-            like = next((made[k] for k in made if packing(KERNELS[k]) is packing(KERNELS[kind])), {})
-            calls, made[kind] = [], {}
+            like = next((ks for k, ks in made.items() if packing(KERNELS[k]) is packing(KERNELS[kind])), {})
+            ks = {}
             for role, i in order:
                 w, b = layers[role][i]
                 if kind in todo[role][1][0] and kind not in rejected[role]:
@@ -209,10 +208,11 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
                     if i == 0 and (wrong := _wrong_numbers(kind, kernel(xs[w.shape[1]]).float(), refs[role], dtype)):
                         rejected[role][kind] = wrong
                         continue
-                    calls.append((role, kernel, xs[w.shape[1]]))  # layer 0 comes first: a rejection skips the rest
-                    made[kind][(role, i)] = kernel
-            if calls:
-                entrants[kind] = calls
+                    ks[(role, i)] = kernel  # layer 0 comes first: a rejection skips the rest
+            if ks:
+                made[kind] = ks
+        # kind -> (role, kernel, input) in step order
+        entrants = {kind: [(r, k, xs[layers[r][i][0].shape[1]]) for (r, i), k in ks.items()] for kind, ks in made.items()}
         times, live = _rounds(entrants) if entrants else ({}, {})
     choices = {}
     for role in todo:
@@ -269,9 +269,8 @@ def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
     """The fastest of `kinds` on one role ({kind: [seconds a pass, round by round]}): the lowest median of its time
     over each round's best of them, so a memory phase that slows a whole round weighs nothing; a tie keeps the
     kind first in `kinds`. Of two kinds, the one faster in most rounds."""
-    rounds = min(len(times[k]) for k in kinds)
-    best = [min(times[k][i] for k in kinds) for i in range(rounds)]
-    return min(kinds, key=lambda k: statistics.median((t + 1e-12) / (m + 1e-12) for t, m in zip(times[k], best)))
+    best = [min(round_) for round_ in zip(*(times[k] for k in kinds))]  # each round's best
+    return min(kinds, key=lambda k: _over(times[k], best))
 
 
 def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]]) -> None:

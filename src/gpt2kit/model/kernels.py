@@ -154,7 +154,7 @@ def plan_kernels(
                 choices[(role, rows)] = Choice(**{**table[key], "cached": True})
             else:
                 todo[(role, rows)] = (key, linears, cands)
-    meter = machine.busy_meter()
+    meter = machine.busy_meter() if todo else None  # how busy the machine was while measuring (write_measured)
     if todo:
         log.info("timing this CPU's kernels for this model (%s, %s weights, batch %d), once: later runs read the choice "
                  "from %s", str(dtype).removeprefix("torch."), weights, batch, kernel_cache_path() if use_cache and not forced else "nowhere (not cached)")  # fmt: skip
