@@ -8,6 +8,7 @@
     python benchmarks/generate.py --llamacpp              # + llama.cpp (F32 / F16 for bf16 / Q8_0 for int8)
     python benchmarks/generate.py --quality --model builtin           # perplexity change of bf16/int8 vs fp32
     python benchmarks/generate.py --temperature 1                     # sampled, as `gpt2kit generate` is by default
+    python benchmarks/generate.py --engine-rows 32                    # + one prompt in an engine of 32 rows (a server's slots)
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
 fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.from_pretrained`), runs
@@ -79,7 +80,8 @@ def worker(args) -> None:
 
         model = gpt2kit.from_pretrained(args.folder, device=args.device, dtype=dtype)
         huge = wants_huge_pages(args.engine_huge_pages, N)  # "auto" decides as `gpt2kit generate` does for N tokens
-        engine = Engine(model, max_batch=B, max_len=P + N, weights=args.weights, huge_pages=huge)  # what `gpt2kit generate` builds
+        rows = max(B, args.engine_rows or B)  # `gpt2kit generate` builds B rows; a server --max-batch-size slots
+        engine = Engine(model, max_batch=rows, max_len=P + N, weights=args.weights, huge_pages=huge)
 
         def run(n: int) -> list[list[int]]:
             params = SamplingParams(max_new_tokens=n, temperature=args.temperature, top_p=args.top_p, ignore_eos=True, seed=0)
@@ -141,6 +143,8 @@ def bench(args) -> None:
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         if args.huge_pages and args.device == "cpu":  # gpt2kit again, its engine's hot memory in huge pages
             sides[HUGE] = [*sides["gpt2kit"], "--engine-huge-pages", "on"]
+        if args.engine_rows:  # gpt2kit again, the B prompts decoded by an engine of more rows (a server's slots)
+            sides[f"gpt2kit, engine of {args.engine_rows} rows"] = [*sides["gpt2kit"], "--engine-rows", str(args.engine_rows)]
         probes: dict[str, list[float]] = {"4 KiB pages": [], "huge pages": []}
 
         def probe() -> None:  # before every round: a VM's memory speed can change from one round to the next
@@ -236,6 +240,8 @@ def main() -> None:
     ap.add_argument("--llamacpp", action="store_true", help="also llama.cpp's llama-bench on a GGUF export (tools/llamacpp.sh builds it)")
     ap.add_argument("--huge-pages", action="store_true",
                     help=f"also gpt2kit with its engine's hot memory in huge pages ('{HUGE}' side), and the read bandwidth with them")
+    ap.add_argument("--engine-rows", type=int, default=0,
+                    help="also gpt2kit with an engine of this many rows decoding the --batch prompts (as a server with that many slots)")
     ap.add_argument("--engine-huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)

@@ -58,8 +58,8 @@ class TextGenerator:
     def engine(self, steps: int | None = None, rows: int | None = None) -> Engine:
         """The Engine, built on first use for runs of `steps` decode steps (None: it lives on) and `rows` sequences at
         once (None: max_batch), at most max_batch; built again, larger, for a call with more. Its kernels are chosen for
-        its batch: one prompt decoded by an engine of 8 rows ran at 35 tok/s, against 51 in one of 1 row (124M
-        float32, 2-core Zen 3 VM), as an 8-row decode step's fastest products (oneDNN's) are not a 1-row one's."""
+        its batch: one prompt's engine measures and packs one row's kernels only, where an engine of more rows measures
+        its batch's too and may hold a third packed copy of the weights for one row (kernels.one_row_kinds)."""
         o = self.options
         want = o.max_batch if rows is None else max(1, min(rows, o.max_batch))
         if self._engine is None or self._engine.max_batch < want:

@@ -221,9 +221,10 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: b
 
 
 def one_row_kinds(model: GPT, choices: dict, prompts: dict, batch: int, weights: str, packed: dict) -> dict[str, str]:
-    """{role: the decode kind measured for one row}, for an engine of `batch` rows decoding one: a server with one
-    client ran GPT-2 124M at 26.8 tok/s on oneDNN's kernels, chosen for 32 rows, and at 49.9 with those for one row
-    (51.0 in an engine of one row; float32, 2-core Zen 3 VM). Where that kind is neither the batch's nor the prompts', it is a third packed copy of
+    """{role: the decode kind measured for one row}, for an engine of `batch` rows decoding one (a server with one
+    client): a 32-row engine's kinds were oneDNN's on a 2-core Zen 3 VM, gemv.c's for one row. With one row's kinds,
+    one GPT-2 124M prompt decoded at 48.1 tok/s in an engine of 32 rows against 49.1 in one of a row (float32;
+    benchmarks/generate.py --engine-rows 32, RESULTS.md). Where that kind is neither the batch's nor the prompts', it is a third packed copy of
     the weights: taken for models of up to KEEP_PACKED_BYTES of weights only."""
     room = sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
     ones = {}
@@ -358,8 +359,8 @@ def read_choices() -> dict:
 
 
 # other processes' share of the CPU time over which a measurement is not cached: one busy core of two is 0.5; an idle
-# VM's own services ~0.01. On a 2-core Zen 3 VM with a test run beside it, gemv.c's products took 7-8 ms a call against
-# F.linear's 0.1-0.3 (the built-in model, one row): each call waits for a thread the other process holds the core of.
+# VM's own services ~0.01. On a 2-core Zen 3 VM with a test run beside it, gemv.c's products were timed many times
+# slower than F.linear's (the built-in model, one row): each call waits for a thread the other process holds the core of.
 BUSY_SHARE = 0.25
 
 
