@@ -347,7 +347,7 @@ def test_off_the_cpu_every_product_is_linear_and_nothing_is_timed(model, fixed_t
     """The candidates are CPU kernels: a model on another device (meta here, cuda on a GPU) gets F.linear for every
     role without a timing run (whose inputs are made on the CPU) and without a cache entry."""
     monkeypatch.setattr(K, "measure_step", lambda *a, **k: pytest.fail("timed a decode step off the CPU"))
-    monkeypatch.setattr(K, "measure", lambda *a, **k: pytest.fail("timed a product off the CPU"))
+    monkeypatch.setattr(K, "measure_prompts", lambda *a, **k: pytest.fail("timed a product off the CPU"))
     on_meta = copy.deepcopy(model).to("meta")
     for weights in ("auto", "bf16"):
         choices = K.plan_kernels(on_meta, batch=2, weights=weights)

@@ -51,25 +51,49 @@ def test_each_round_passes_every_kind_through_its_calls_the_order_rotating(monke
     assert live == {"a": {"r", "s"}, "b": set(), "c": set()}
 
 
-def test_rounds_go_on_past_the_first_only_while_a_role_is_contested_and_the_budget_lasts(monkeypatch):
-    """A kind within CLEAR of its role's leader, round for round, stays in: rounds go on while ROUNDS_BUDGET_S
-    (from the end of the first rounds) lasts, ROUNDS[1] at most; one over CLEAR is out and ends them."""
-    for b, rounds in ((1.3, 5), (1 / 1.3, 5), (1.2, 20), (1 / 1.2, 20)):
-        clock, entrants = _entrants(monkeypatch, {"a": [0.001], "b": [0.001 * b]})  # a round: 4-5 ms, budget 0.25 s
-        times, _ = KT._rounds(entrants)
+def _alternating(high: float, low: float, n: int = 30) -> list[float]:
+    """Passes of `high`, `low`, `high`, ... seconds a call (a kind sometimes ahead), after a warm-up of `high`."""
+    return [high] + [high if i % 2 == 0 else low for i in range(n)]
+
+
+def test_rounds_go_on_past_the_first_only_while_a_role_is_open_and_the_budget_lasts(monkeypatch):
+    """A kind over CLEAR of its role's leader, round for round, is out after the first rounds, and so is one within
+    TIE of it or one the leader beat in every one of them (a sign test: 5 of 5); one still open (1.2x the leader's
+    time in most rounds, faster in the others) keeps rounds going while ROUNDS_BUDGET_S (from the end of the first
+    rounds) lasts, ROUNDS[1] at most."""
+    u = 0.001  # a round: 4-5 ms, the budget 0.25 s
+    for b, rounds in (([1.3 * u], 5), ([u / 1.3], 5), ([1.2 * u], 5), ([1.019 * u], 5), ([u / 1.019], 5), ([1.021 * u], 5),
+                      (_alternating(1.2 * u, 0.9 * u), 20), (_alternating(0.9 * u, 1.2 * u), 20)):  # fmt: skip
+        clock, entrants = _entrants(monkeypatch, {"a": [u], "b": b})
+        times, live = KT._rounds(entrants)
         assert len(times["a"]["r"]) == len(times["b"]["r"]) == rounds, b
-    assert KT.CLEAR == 1.25 and KT.ROUNDS == (5, 20) and KT.ROUNDS_BUDGET_S == 0.25
+        assert (live["a"] == {"r", "s"}) != (live["b"] == {"r", "s"}) or rounds == 20, b  # one left in, where decided
+    assert KT.CLEAR == 1.25 and KT.TIE == 1.02 and KT.ROUNDS == (5, 20) and KT.ROUNDS_BUDGET_S == 0.25
     monkeypatch.setattr(KT, "ROUNDS_BUDGET_S", 0.5)
+    monkeypatch.setattr(KT, "TIE", 0.99)  # no tie, no sign test: only the budget ends the rounds
+    monkeypatch.setattr(KT, "SURE", 0.0)
     clock, entrants = _entrants(monkeypatch, {"a": [0.125], "b": [0.125]})  # a round: 0.5 s
     times, _ = KT._rounds(entrants)
     assert len(times["a"]["r"]) == 6  # the first 5 end at 3.0 s, the deadline 3.5: one more round, ending at it
 
 
+def test_a_kind_the_leader_beat_in_7_of_8_rounds_is_out_after_the_eighth(monkeypatch):
+    """1.1x the leader's time but faster in the fifth round: 4 of 5 (a coin: 6 in 32) leaves it open, 7 of 8 (9 in
+    256, under SURE) does not."""
+    u = 0.001
+    clock, entrants = _entrants(monkeypatch, {"a": [u], "b": [1.1 * u] * 5 + [0.9 * u] + [1.1 * u] * 30})
+    times, live = KT._rounds(entrants)
+    assert len(times["b"]["r"]) == 8 and live == {"a": {"r", "s"}, "b": set()}
+    assert KT._beaten([1.0] * 5, [2.0] * 5) and not KT._beaten([1.0] * 4 + [3.0], [2.0] * 5)
+    assert KT._beaten([1.0] * 7 + [3.0], [2.0] * 8) and not KT._beaten([1.0] * 6 + [3.0] * 2, [2.0] * 8)
+    assert not KT._beaten([1.0] * 5, [1.0] * 5) and KT.SURE == 0.05  # a tie is no win
+
+
 def test_a_kind_out_of_some_roles_still_passes_through_all_its_calls(monkeypatch):
     """So that between two reads of a weight (two kinds may share one, linear.packing) the other layers stream from
-    memory: b, out of role s (2x a there) but close on r, still calls both layers each round; out of both, none."""
+    memory: b, out of role s (2x a there) but open on r, still calls both layers each round; out of both, none."""
     monkeypatch.setattr(KT, "ROUNDS_BUDGET_S", 1e9)
-    clock, entrants = _entrants(monkeypatch, {"a": [1.0], "b": [1.0]})
+    clock, entrants = _entrants(monkeypatch, {"a": [1.0], "b": _alternating(1.1, 0.97)})
     slow_s = entrants["b"][1][1]
     slow_s.__class__ = type("SlowS", (_Fake,), {"__call__": lambda self, x: (_Fake.__call__(self, x), clock.update(t=clock["t"] + 1.0))})
     times, live = KT._rounds(entrants)

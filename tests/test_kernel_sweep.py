@@ -1,6 +1,6 @@
 """What the kernel measurement packs and calls, so that its cost does not grow with the model: how much of a model
-the decode sweep times (kernel_timing.swept, the first blocks that hold twice the largest cache and as many bytes of
-the head's rows) and the inference copy built from it; the kinds that share a packed weight in the sweep
+the decode sweep times (kernel_timing.swept: head rows for a quarter of twice the largest cache, the first blocks
+for the rest) and the inference copy built from it; the kinds that share a packed weight in the sweep
 (linear.packing); a prompt kind far slower than the best, judged on a slice (kernel_timing._scout)."""
 
 from types import SimpleNamespace
@@ -15,20 +15,24 @@ from test_kernel_choice import model_fixture  # noqa: F401 (fixture)
 from test_kernel_timing import _step_todo
 
 
-def test_the_sweep_times_the_first_blocks_that_hold_twice_the_largest_cache(model, monkeypatch):
+def test_the_sweep_times_head_rows_for_a_quarter_of_twice_the_largest_cache_and_blocks_for_the_rest(model, monkeypatch):
     """A block of the tiny model is 3072 weights (c_attn 768, attn.c_proj 256, c_fc and mlp.c_proj 1024 each); the
-    head is 96 rows of 16. The sweep takes whole blocks until they hold 2 caches' bytes, the head's rows in 64s."""
+    head is 96 rows of 16. A pass holds 2 caches' bytes: HEAD_SHARE of them in the head's rows (in 64s), whole blocks
+    for the rest."""
     todo = _step_todo(model)
     monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2048)  # a pass of at least 4096 bytes
-    layers, whole = KT.swept(todo, 4)  # float32: one block (12288 bytes), and 64 head rows (4096 bytes)
+    layers, whole = KT.swept(todo, 4)  # float32: 64 head rows (4096 bytes, at least one 64), then one block (12288)
     assert {role: len(ws) for role, ws in layers.items()} == dict.fromkeys(K.ROLES, 1)
     ((w, b),) = layers["lm_head"]
     assert w.shape == (64, 16) and b is None and w.data_ptr() == model.lm_head.weight.data_ptr()
     assert whole == set(K.ROLES) - {"lm_head"}  # a slice of the head: not a layer to keep
-    layers, whole = KT.swept(todo, 1)  # int8 weights: 3072 bytes a block, so two; the head whole (1536 bytes)
-    assert len(layers["mlp.c_fc"]) == 2 and layers["lm_head"][0][0].shape == (96, 16) and whole == set(K.ROLES)
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 4096)  # 8192 bytes, 2048 of them the head's
+    layers, whole = KT.swept(todo, 1)  # int8 weights: the head whole (1536 bytes), and 3 blocks of 3072 for the 6656 left
+    assert len(layers["mlp.c_fc"]) == 3 and layers["lm_head"][0][0].shape == (96, 16) and whole == set(K.ROLES)
     for (w, b), lin in zip(layers["mlp.c_fc"], todo["mlp.c_fc"][0]):
         assert w.data_ptr() == lin.weight.data_ptr() and b.data_ptr() == lin.bias.data_ptr() and not w.requires_grad
+    layers, _ = KT.swept(todo, 4)  # float32: 64 head rows (4096 bytes: 2048 rounded up to 64 rows), one block for the rest
+    assert len(layers["mlp.c_fc"]) == 1 and layers["lm_head"][0][0].shape == (64, 16) and KT.HEAD_SHARE == 0.25
     monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 32 << 20)  # a model that fits: swept whole
     layers, whole = KT.swept(todo, 4)
     assert {role: len(ws) for role, ws in layers.items()} == {**dict.fromkeys(K.ROLES, 5), "lm_head": 1} and whole == set(K.ROLES)
@@ -74,7 +78,7 @@ def test_the_sweep_makes_a_variant_from_a_kind_before_it_on_the_same_layer(model
 
 def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed_whole(monkeypatch):
     """On a fake clock (a call takes its kind's cost a row of output): mkl at 100x linear's cost is estimated from
-    its second call on SCOUT_OUT rows, recorded, and never packed on the whole PREFILL_OUT_TIMED (1024) rows; onednn at 5x is timed."""
+    its second call on SCOUT_OUT rows, recorded, and never packed on the whole PREFILL_OUT_TIMED (512) rows; onednn at 5x is timed."""
     cost = {"linear": 1.0, "mkl": 100.0, "onednn": 5.0}  # microseconds per output row
     clock, made = {"t": 0.0}, []
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))

@@ -209,10 +209,27 @@ def test_timed_weights():
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
     for rows in (K.SHORT_ROWS, K.PREFILL_ROWS):  # a prompt's rows: one layer
         (w, b), = KT.timed_weights(lins, rows)  # fmt: skip
-    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:1024]) and torch.equal(b, lins[0].bias[:1024])
+    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:512]) and torch.equal(b, lins[0].bias[:512])
     assert not w.requires_grad and not b.requires_grad
     (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and KT.PREFILL_OUT_TIMED == 1024
+    assert b is None and KT.PREFILL_OUT_TIMED == 512
+
+
+def test_prompt_roles_whose_timed_slices_are_alike_are_measured_once(monkeypatch):
+    """Two biased 600 x 8 layers give alike 512 x 8 slices at a prompt's rows: measured once, each role its own Choice.
+    Without a bias, with c_fc's GELU, with other candidates or at decode rows (every layer timed), each on its own."""
+    calls = []
+    monkeypatch.setattr(KT, "measure", lambda role, lins, rows, cands, dtype: calls.append((role, rows)) or KT.Choice(role, rows, cands[0][0], {cands[0][0]: 1.0}))
+    lin = lambda bias=True: [torch.nn.Linear(8, 600, bias=bias)]  # noqa: E731
+    both = (["linear", "mkl"], {})
+    todo = {("attn.c_attn", 256): (lin(), both), ("attn.c_proj", 256): (lin(), both), ("lm_head", 256): (lin(False), both),
+            ("mlp.c_fc", 256): (lin(), both), ("mlp.c_proj", 256): (lin(), (["mkl"], {})),
+            ("attn.c_attn", 1): (lin(), both), ("attn.c_proj", 1): (lin(), both), ("attn.c_attn", 32): (lin(), both)}  # fmt: skip
+    out = KT.measure_prompts(todo, torch.float32)
+    assert calls == [("attn.c_attn", 256), ("lm_head", 256), ("mlp.c_fc", 256), ("mlp.c_proj", 256), ("attn.c_attn", 1),
+                     ("attn.c_proj", 1), ("attn.c_attn", 32)]  # fmt: skip
+    assert list(out) == list(todo) and all(c.role == role and c.rows == rows for (role, rows), c in out.items())
+    assert out[("attn.c_proj", 256)].us == out[("attn.c_attn", 256)].us and out[("mlp.c_proj", 256)].kind == "mkl"
 
 
 def _linears(n=2, bias=True):

@@ -182,7 +182,8 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     assert report["decode_step"].startswith(("replayed in C", "runs in Python: ")) and f"decode step: {report['decode_step']}" in out
     sw = report["decode_sweep"]  # the built-in model: 6 blocks of 1.77M float32 weights, a 50257 x 384 head
     budget, head_row = 2 * K.machine.largest_cache_bytes(), 384 * 4
-    assert sw == {"blocks": min(6, -(-budget // (4 * 1_769_472))), "n_layer": 6, "head_rows": min(50257, 64 * -(-budget // (64 * head_row))),
+    head_rows = min(50257, 64 * -(-budget // 4 // (64 * head_row)))  # a quarter of the pass, the blocks the rest
+    assert sw == {"blocks": min(6, -(-(budget - head_rows * head_row) // (4 * 1_769_472))), "n_layer": 6, "head_rows": head_rows,
                   "vocab": 50257, "bytes": budget, "weight_bytes": 4}  # fmt: skip
     assert f"decode products timed on the first {sw['blocks']} of 6 blocks and {sw['head_rows']:,} of the head's 50,257 rows" in out
     # every role's prompts: one kind, timed at each prompt row count, the nearest the best at both

@@ -10,9 +10,10 @@ weights stream from memory pass after pass, and the kinds are compared round by 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn as nn
@@ -39,9 +40,10 @@ SCOUT_OUT = 16
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP). On a 2-core
-# Zen 3 VM, timing 1024 rows rather than 2048 took GPT-2 124M's prompt measurements from ~0.9 s to ~0.7 s; the kinds
-# it chose at 256 rows changed from run to run either way (MKL, oneDNN and F.linear were within ~10 % there).
-PREFILL_OUT_TIMED = 1024
+# Zen 3 VM, GPT-2 124M's prompt measurements took ~0.9 s on 2048 rows, ~0.65 s on 1024 and ~0.5 s on 512, and ranked
+# the kinds alike on each (oneDNN 1.1-1.7x ahead at 32 rows; MKL, oneDNN and F.linear within ~10 % at 256, their
+# order changing from run to run). Roles whose timed slices are alike are timed once (`measure_prompts`).
+PREFILL_OUT_TIMED = 512
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: ~7 ms a kind a round
 ROUNDS = (5, 20)
@@ -49,11 +51,22 @@ ROUNDS_BUDGET_S = 0.25
 # a kind over this factor of its role's leader, round for round, is out of that role: on a 2-core Zen 3 VM MKL, oneDNN
 # and F.linear were 1.3-2.3x behind gemv.c at decode, and gemv.c's prefetch variants within 1.0-1.12x of each other
 CLEAR = 1.25
-# A decode sweep's pass reads this many times the largest cache (in its weights' bytes): it times that many of the
-# first blocks and as many bytes of the head's rows (`swept`), not every layer, so that packing and timing each
-# candidate costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s
-# on a 2-core Zen 3 VM (32 MiB L3), most of it packing each candidate's 494 MB; a 1.5B model packed 6.2 GB a candidate.
+# ... and so is a kind within TIE of the leader (either will do), or one it beat in so many rounds that a coin would
+# come up so one-sided at most SURE of the time (a sign test: 5 of 5 rounds, 7 of 8, ...). So rounds past the first
+# go on only while a role's result is open: gemv.c's prefetch variants, 2-12 % apart on a 2-core Zen 3 VM, took the
+# whole ROUNDS_BUDGET_S every time before, and GPT-2 124M's decode rounds ~0.6 s.
+TIE = 1.02
+SURE = 0.05
+# A decode sweep's pass reads this many times the largest cache (in its weights' bytes): the first blocks and a slice
+# of the head's rows that together hold that many (`swept`), not every layer, so that packing and timing each candidate
+# costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s on a 2-core
+# Zen 3 VM (32 MiB L3), most of it packing each candidate's 494 MB; a 1.5B model packed 6.2 GB a candidate.
 SWEEP_CACHES = 2
+# the head's slice holds this share of a pass's bytes (whole blocks of 64 rows), the blocks the rest: between two
+# reads of any weight the rest of the pass streams through the cache, so each is read from memory as in a step. On
+# that VM, GPT-2 124M float32: 2 blocks and 5,504 head rows, 74 MB a kind, where the blocks and the head each took
+# the whole budget before (3 blocks and 21,888 rows, 152 MB): packing and timing the candidates took half as long.
+HEAD_SHARE = 0.25
 
 Weights = list[tuple[torch.Tensor, torch.Tensor | None]]  # (weight (out, in), bias (out,) or None) per layer
 
@@ -92,21 +105,24 @@ def sweep_bytes() -> int:
 
 
 def swept(todo: StepTodo, weight_bytes: int) -> tuple[dict[str, Weights], set[str]]:
-    """(the weights a decode sweep times, per role; the roles whose weights are whole layers): the layers of the first
-    blocks that hold SWEEP_CACHES times the largest cache's bytes (at `weight_bytes` a weight: the candidates'), and
-    as many bytes of the head's first rows (whole blocks of 64). GPT-2 124M in float32 with a 32 MiB cache: 3 of
-    12 blocks and 21,888 of 50,257 rows. A model no larger is swept whole."""
+    """(the weights a decode sweep times, per role; the roles whose weights are whole layers): HEAD_SHARE of
+    SWEEP_CACHES times the largest cache's bytes in the head's first rows (whole blocks of 64), the rest in the first
+    blocks (at `weight_bytes` a weight: the candidates'). GPT-2 124M in float32 with a 32 MiB cache: 2 of 12 blocks
+    and 5,504 of 50,257 rows. A model no larger is swept whole."""
     budget = sweep_bytes()
+    weights, whole, head = {}, set(), 0
+    if HEAD_ROLE in todo:
+        (lin, *_), _ = todo[HEAD_ROLE]
+        out, k = lin.weight.shape
+        rows = min(out, 64 * max(1, -(-int(budget * HEAD_SHARE) // (64 * k * weight_bytes))))
+        weights[HEAD_ROLE], head = [_weight_bias(lin, rows)], rows * k * weight_bytes
+        if rows == out:
+            whole.add(HEAD_ROLE)
     block = weight_bytes * sum(linears[0].weight.numel() for role, (linears, _) in todo.items() if role != HEAD_ROLE)
-    blocks = max(1, -(-budget // block)) if block else 0
-    weights, whole = {}, set()
+    blocks = max(1, -(-(budget - head) // block)) if block else 0
     for role, (linears, _) in todo.items():
         if role != HEAD_ROLE:
             weights[role] = [_weight_bias(lin) for lin in linears[:blocks]]
-        else:
-            out, k = linears[0].weight.shape
-            weights[role] = [_weight_bias(linears[0], min(out, 64 * max(1, -(-budget // (64 * k * weight_bytes)))))]
-        if role != HEAD_ROLE or len(weights[role][0][0]) == out:
             whole.add(role)
     return weights, whole
 
@@ -140,6 +156,24 @@ def measure(
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
             us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE, best)
     return _choose(role, rows, us, rejected)
+
+
+PromptTodo = dict[tuple[str, int], tuple[list[nn.Linear], tuple[list[str], dict[str, str]]]]  # (role, rows) -> (layers, (kinds, rejected))
+
+
+def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int], Choice]:
+    """`measure` for each (role, rows) of a prompt (SHORT_ROWS or more), once for the roles whose timed slices are
+    alike: the same shape, each with a bias or each without, the GELU (c_fc's) or not, the same candidates. GPT-2's
+    attn.c_attn and attn.c_proj are both timed on 512 x 768 slices with a bias."""
+    done: dict[tuple, Choice] = {}
+    out = {}
+    for (role, rows), (linears, cands) in todo.items():
+        w, b = timed_weights(linears, rows)[0]
+        alike = (rows, tuple(w.shape), b is None, role == GELU_ROLE, tuple(cands[0]), None if rows >= SHORT_ROWS else role)
+        if alike not in done:
+            done[alike] = measure(role, linears, rows, cands, dtype)
+        out[(role, rows)] = replace(done[alike], role=role)
+    return out
 
 
 def _scout(kind: str, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, best: float) -> float | None:
@@ -274,13 +308,22 @@ def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
 
 
 def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]]) -> None:
-    """Take each kind over CLEAR times its role's leader, round for round, out of that role (in `live`)."""
+    """Take out of each role (in `live`) every kind but its leader that is over CLEAR times the leader or within
+    TIE of it, round for round, or that the leader beat in a one-sided share of the rounds (`_beaten`)."""
     for role in {role for roles in live.values() for role in roles}:
         rivals = [k for k in times if role in live[k]]
         leader = _leader({k: times[k][role] for k in rivals}, rivals)
         for kind in rivals:
-            if _over(times[kind][role], times[leader][role]) > CLEAR:
+            over = _over(times[kind][role], times[leader][role])
+            if kind != leader and (over > CLEAR or 1 / TIE <= over <= TIE or _beaten(times[leader][role], times[kind][role])):
                 live[kind].discard(role)
+
+
+def _beaten(lead: list[float], other: list[float]) -> bool:
+    """Whether `lead` took less time than `other` in so many of the rounds that a fair coin would come up that
+    one-sided at most SURE of the time (a one-sided sign test)."""
+    n, wins = len(lead), sum(a < b for a, b in zip(lead, other))
+    return sum(math.comb(n, i) for i in range(wins, n + 1)) <= SURE * 2**n
 
 
 def _contested(live: dict[str, set[str]]) -> bool:

@@ -45,7 +45,7 @@ from gpt2kit.errors import ConfigError
 from gpt2kit.model import kernel_timing
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.kernel_timing import GELU_ROLE, PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure, measure_step
+from gpt2kit.model.kernel_timing import GELU_ROLE, PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure_prompts, measure_step
 from gpt2kit.model.linear import KERNELS, make_kernel
 from gpt2kit.model.lora import has_lora
 
@@ -167,12 +167,10 @@ def plan_kernels(
     for role, (kind, kernels) in kept.items():
         for i, kernel in kernels.items():
             packed[(kind, id(step[role][0][i].weight))] = kernel
-    for (role, rows), (key, linears, cands) in todo.items():
-        if (role, rows) not in choices:
-            choices[(role, rows)] = measure(role, linears, rows, cands, dtype)
-        if use_cache and not forced:
-            table[key] = {k: v for k, v in asdict(choices[(role, rows)]).items() if k != "cached"}
+    choices.update(measure_prompts({rc: (linears, cands) for rc, (_, linears, cands) in todo.items() if rc not in choices}, dtype))
     if todo and use_cache and not forced:
+        for role_rows, (key, _, _) in todo.items():
+            table[key] = {k: v for k, v in asdict(choices[role_rows]).items() if k != "cached"}
         write_measured(store, meter, "kernels")
     return [choices[(role, rows)] for role in ROLES for rows in rows_list]
 
