@@ -63,7 +63,8 @@ def test_rounds_go_on_past_the_first_only_while_a_role_is_open_and_the_budget_la
     rounds) lasts, ROUNDS[1] at most."""
     u = 0.001  # a round: 4-5 ms, the budget 0.25 s
     for b, rounds in (([1.3 * u], 5), ([u / 1.3], 5), ([1.2 * u], 5), ([1.019 * u], 5), ([u / 1.019], 5), ([1.021 * u], 5),
-                      (_alternating(1.2 * u, 0.9 * u), 20), (_alternating(0.9 * u, 1.2 * u), 20)):  # fmt: skip
+                      (_alternating(1.2 * u, 0.9 * u), 20), (_alternating(0.9 * u, 1.2 * u), 20),
+                      (_alternating(1.01 * u, 0.995 * u), 5)):  # the last: a tie (1.01x), though a won only 3 of 5; fmt: skip
         clock, entrants = _entrants(monkeypatch, {"a": [u], "b": b})
         times, live = KT._rounds(entrants)
         assert len(times["a"]["r"]) == len(times["b"]["r"]) == rounds, b
