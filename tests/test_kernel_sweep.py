@@ -31,6 +31,10 @@ def test_the_sweep_times_head_rows_for_a_quarter_of_twice_the_largest_cache_and_
     assert len(layers["mlp.c_fc"]) == 3 and layers["lm_head"][0][0].shape == (96, 16) and whole == set(K.ROLES)
     for (w, b), lin in zip(layers["mlp.c_fc"], todo["mlp.c_fc"][0]):
         assert w.data_ptr() == lin.weight.data_ptr() and b.data_ptr() == lin.bias.data_ptr() and not w.requires_grad
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 2304)  # 4608 bytes: the head whole, one block for the
+    layers, _ = KT.swept(todo, 1)  # 3072 left (the whole pass would take two)
+    assert len(layers["mlp.c_fc"]) == 1 and layers["lm_head"][0][0].shape == (96, 16)
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 4096)
     layers, _ = KT.swept(todo, 4)  # float32: 64 head rows (4096 bytes: 2048 rounded up to 64 rows), one block for the rest
     assert len(layers["mlp.c_fc"]) == 1 and layers["lm_head"][0][0].shape == (64, 16) and KT.HEAD_SHARE == 0.25
     monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 32 << 20)  # a model that fits: swept whole
