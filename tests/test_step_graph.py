@@ -8,6 +8,8 @@ import ctypes
 import gc
 import json
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -158,6 +160,24 @@ def test_generation_with_replays_equals_generation_without(tiny, monkeypatch):
     assert on == off
     assert runner_off.graphs == {} and runner_off.no_graphs == f"turned off ({step_graph.SWITCH}=0)"
     assert _graphs(runner_on)  # the aligned pair of 5-token prompts was replayed
+
+
+def test_recording_a_step_leaves_torch_dynamo_unimported():
+    """torch wraps a dispatch mode's __torch_dispatch__ in dynamo's `disable` unless the mode opts out, and the
+    wrapper's first call imports torch._dynamo: 3 s of a `gpt2kit generate` run's first decode step on a 2-core VM.
+    In a fresh process (this one may have imported it for other tests), a recorded step imports no dynamo."""
+    code = """
+import os, sys, torch
+os.environ.update(GPT2KIT_KERNEL="gemv", GPT2KIT_ATTENTION="gemv")
+from gpt2kit import GPT, GPTConfig
+from gpt2kit.generate import Engine, SamplingParams
+from gpt2kit.model.step_graph import StepGraph
+eng = Engine(GPT(GPTConfig(n_layer=1, n_embd=64, n_head=4, n_positions=16, vocab_size=96)).eval(), max_batch=1, max_len=16)
+eng.generate([[1, 2, 3]], SamplingParams(max_new_tokens=4, temperature=0, ignore_eos=True))
+print(any(isinstance(g, StepGraph) for g in eng.runner.graphs.values()), "torch._dynamo" in sys.modules)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr[-2000:]
 
 
 # ---- what is not recorded, and what a replay refuses -------------------------------------------------
