@@ -57,19 +57,19 @@ def _alternating(high: float, low: float, n: int = 30) -> list[float]:
 
 
 def test_rounds_go_on_past_the_first_only_while_a_role_is_open_and_the_budget_lasts(monkeypatch):
-    """A kind over CLEAR of its role's leader, round for round, is out after the first rounds, and so is one within
-    TIE of it or one the leader beat in every one of them (a sign test: 5 of 5); one still open (1.2x the leader's
-    time in most rounds, faster in the others) keeps rounds going while ROUNDS_BUDGET_S (from the end of the first
-    rounds) lasts, ROUNDS[1] at most."""
+    """A kind over CLEAR of its role's leader, round for round, is out after the first rounds, and so is one the
+    leader beat in every one of them (a sign test: 5 of 5), and, after TIE_ROUNDS, one within TIE of it; one still
+    open (1.2x the leader's time in most rounds, faster in the others) keeps rounds going while ROUNDS_BUDGET_S (from
+    the end of the first rounds) lasts, ROUNDS[1] at most."""
     u = 0.001  # a round: 4-5 ms, the budget 0.25 s
     for b, rounds in (([1.3 * u], 5), ([u / 1.3], 5), ([1.2 * u], 5), ([1.019 * u], 5), ([u / 1.019], 5), ([1.021 * u], 5),
                       (_alternating(1.2 * u, 0.9 * u), 20), (_alternating(0.9 * u, 1.2 * u), 20),
-                      (_alternating(1.01 * u, 0.995 * u), 5)):  # the last: a tie (1.01x), though a won only 3 of 5; fmt: skip
+                      (_alternating(1.01 * u, 0.995 * u), KT.TIE_ROUNDS)):  # the last: a tie, though a won only half; fmt: skip
         clock, entrants = _entrants(monkeypatch, {"a": [u], "b": b})
         times, live = KT._rounds(entrants)
         assert len(times["a"]["r"]) == len(times["b"]["r"]) == rounds, b
         assert (live["a"] == {"r", "s"}) != (live["b"] == {"r", "s"}) or rounds == 20, b  # one left in, where decided
-    assert KT.CLEAR == 1.25 and KT.TIE == 1.02 and KT.ROUNDS == (5, 20) and KT.ROUNDS_BUDGET_S == 0.25
+    assert KT.CLEAR == 1.25 and KT.TIE == 1.02 and KT.TIE_ROUNDS == 10 and KT.ROUNDS == (5, 20) and KT.ROUNDS_BUDGET_S == 0.25
     monkeypatch.setattr(KT, "ROUNDS_BUDGET_S", 0.5)
     monkeypatch.setattr(KT, "TIE", 0.99)  # no tie, no sign test: only the budget ends the rounds
     monkeypatch.setattr(KT, "SURE", 0.0)

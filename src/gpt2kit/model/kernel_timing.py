@@ -51,11 +51,13 @@ ROUNDS_BUDGET_S = 0.25
 # a kind over this factor of its role's leader, round for round, is out of that role: on a 2-core Zen 3 VM MKL, oneDNN
 # and F.linear were 1.3-2.3x behind gemv.c at decode, and gemv.c's prefetch variants within 1.0-1.12x of each other
 CLEAR = 1.25
-# ... and so is a kind within TIE of the leader (either will do), or one it beat in so many rounds that a coin would
-# come up so one-sided at most SURE of the time (a sign test: 5 of 5 rounds, 7 of 8, ...). So rounds past the first
-# go on only while a role's result is open: gemv.c's prefetch variants, 2-12 % apart on a 2-core Zen 3 VM, took the
-# whole ROUNDS_BUDGET_S every time before, and GPT-2 124M's decode rounds ~0.6 s.
+# ... and so is one the leader beat in so many rounds that a fair coin would come up so one-sided at most SURE of the
+# time (a sign test: 5 of 5 rounds, 7 of 8, ...), and, after TIE_ROUNDS rounds, one within TIE of it (either will do:
+# after 5, a round's noise of a few % left gemv-hw 1.0x gemv-l2 on one role that 20 rounds put 0.96x). So rounds past
+# the first go on only while a role's result is open: gemv.c's prefetch variants, 2-12 % apart on a 2-core Zen 3 VM,
+# took the whole ROUNDS_BUDGET_S every time before, and GPT-2 124M's decode rounds ~0.6 s.
 TIE = 1.02
+TIE_ROUNDS = 10
 SURE = 0.05
 # A decode sweep's pass reads this many times the largest cache (in its weights' bytes): the first blocks and a slice
 # of the head's rows that together hold that many (`swept`), not every layer, so that packing and timing each candidate
@@ -283,7 +285,7 @@ def _rounds(entrants: dict[str, list[tuple[str, object, torch.Tensor]]]) -> tupl
                     times[kind][role].append(s)
         r += 1
         if r >= ROUNDS[0]:
-            _drop(times, live)
+            _drop(times, live, tie=r >= TIE_ROUNDS)
         if r == ROUNDS[0]:
             deadline = time.perf_counter() + ROUNDS_BUDGET_S
     return times, live
@@ -307,15 +309,15 @@ def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
     return min(kinds, key=lambda k: _over(times[k], best))
 
 
-def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]]) -> None:
-    """Take out of each role (in `live`) every kind but its leader that is over CLEAR times the leader or within
-    TIE of it, round for round, or that the leader beat in a one-sided share of the rounds (`_beaten`)."""
+def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]], tie: bool) -> None:
+    """Take out of each role (in `live`) every kind but its leader that is over CLEAR times the leader, round for
+    round, or that the leader beat in a one-sided share of the rounds (`_beaten`), or, with `tie`, within TIE of it."""
     for role in {role for roles in live.values() for role in roles}:
         rivals = [k for k in times if role in live[k]]
         leader = _leader({k: times[k][role] for k in rivals}, rivals)
         for kind in rivals:
             over = _over(times[kind][role], times[leader][role])
-            if kind != leader and (over > CLEAR or 1 / TIE <= over <= TIE or _beaten(times[leader][role], times[kind][role])):
+            if kind != leader and (over > CLEAR or (tie and 1 / TIE <= over <= TIE) or _beaten(times[leader][role], times[kind][role])):
                 live[kind].discard(role)
 
 
