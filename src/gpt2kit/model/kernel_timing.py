@@ -2,10 +2,10 @@
 output first checked against the float32 `F.linear` reference.
 
 A decode step (a few rows) streams every weight from memory once, so its products are timed as a step runs
-them (`measure_step`): each candidate packed for the layers of the first blocks that hold SWEEP_CACHES times the
+them (`measure_step`): each candidate packed for the first blocks and head rows that hold SWEEP_CACHES times the
 largest cache (`swept`), then rounds in which each kind in turn passes through those layers in model order, so the
 weights stream from memory pass after pass, and the kinds are compared round by round (`_rounds`). Prompt processing
-(SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer (`measure`).
+(SHORT_ROWS and PREFILL_ROWS rows) is compute-bound and timed on one layer, once for alike roles (`measure_prompts`).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ SCOUT_OUT = 16
 # order changing from run to run). Roles whose timed slices are alike are timed once (`measure_prompts`).
 PREFILL_OUT_TIMED = 512
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
-# ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: ~7 ms a kind a round
+# ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: 3-7 ms a kind a round
 ROUNDS = (5, 20)
 ROUNDS_BUDGET_S = 0.25
 # a kind over this factor of its role's leader, round for round, is out of that role: on a 2-core Zen 3 VM MKL, oneDNN
@@ -164,9 +164,9 @@ PromptTodo = dict[tuple[str, int], tuple[list[nn.Linear], tuple[list[str], dict[
 
 
 def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int], Choice]:
-    """`measure` for each (role, rows) of a prompt (SHORT_ROWS or more), once for the roles whose timed slices are
-    alike: the same shape, each with a bias or each without, the GELU (c_fc's) or not, the same candidates. GPT-2's
-    attn.c_attn and attn.c_proj are both timed on 512 x 768 slices with a bias."""
+    """`measure` for each (role, rows), once for the roles whose timed slices at a prompt's rows (SHORT_ROWS or more)
+    are alike: the same shape, each with a bias or each without, the GELU (c_fc's) or not, the same candidates.
+    GPT-2's attn.c_attn and attn.c_proj are both timed on 512 x 768 slices with a bias. Fewer rows: each role alone."""
     done: dict[tuple, Choice] = {}
     out = {}
     for (role, rows), (linears, cands) in todo.items():
