@@ -217,14 +217,16 @@ def test_timed_weights():
 
 def test_prompt_roles_whose_timed_slices_are_alike_are_measured_once(monkeypatch):
     """Two biased 600 x 8 layers give alike 512 x 8 slices at a prompt's rows: measured once, each role its own Choice.
-    Without a bias, with c_fc's GELU, with other candidates or at decode rows (every layer timed), each on its own."""
+    Without a bias, with c_fc's GELU, with other candidates or at decode rows (every layer timed), each on its own;
+    at SHORT_ROWS (a prompt's fewest) alike ones are shared again."""
     calls = []
     monkeypatch.setattr(KT, "measure", lambda role, lins, rows, cands, dtype: calls.append((role, rows)) or KT.Choice(role, rows, cands[0][0], {cands[0][0]: 1.0}))
     lin = lambda bias=True: [torch.nn.Linear(8, 600, bias=bias)]  # noqa: E731
     both = (["linear", "mkl"], {})
     todo = {("attn.c_attn", 256): (lin(), both), ("attn.c_proj", 256): (lin(), both), ("lm_head", 256): (lin(False), both),
             ("mlp.c_fc", 256): (lin(), both), ("mlp.c_proj", 256): (lin(), (["mkl"], {})),
-            ("attn.c_attn", 1): (lin(), both), ("attn.c_proj", 1): (lin(), both), ("attn.c_attn", 32): (lin(), both)}  # fmt: skip
+            ("attn.c_attn", 1): (lin(), both), ("attn.c_proj", 1): (lin(), both), ("attn.c_attn", 32): (lin(), both),
+            ("attn.c_proj", 32): (lin(), both)}  # fmt: skip
     out = KT.measure_prompts(todo, torch.float32)
     assert calls == [("attn.c_attn", 256), ("lm_head", 256), ("mlp.c_fc", 256), ("mlp.c_proj", 256), ("attn.c_attn", 1),
                      ("attn.c_proj", 1), ("attn.c_attn", 32)]  # fmt: skip
