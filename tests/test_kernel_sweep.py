@@ -3,6 +3,7 @@ the decode sweep times (kernel_timing.swept: head rows for a quarter of twice th
 for the rest) and the inference copy built from it; the kinds that share a packed weight in the sweep
 (linear.packing); a prompt kind far slower than the best, judged on a slice (kernel_timing._scout)."""
 
+import copy
 from types import SimpleNamespace
 
 import pytest
@@ -40,6 +41,22 @@ def test_the_sweep_times_head_rows_for_a_quarter_of_twice_the_largest_cache_and_
     monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 32 << 20)  # a model that fits: swept whole
     layers, whole = KT.swept(todo, 4)
     assert {role: len(ws) for role, ws in layers.items()} == {**dict.fromkeys(K.ROLES, 5), "lm_head": 1} and whole == set(K.ROLES)
+
+
+def test_the_sweep_counts_the_candidates_weight_bytes(model, monkeypatch):
+    """The sweep holds its bytes in the candidates' weights: 4 a weight for float32 kinds, 2 for bf16 ones, 1 for
+    int8, never more than the model's own; plan_kernels sweeps at that width."""
+    monkeypatch.setattr(KT.machine, "largest_cache_bytes", lambda: 4096)
+    widths = {w: K.decode_sweep(model, w)["weight_bytes"] for w in ("auto", "bf16", "int8")}
+    bf16 = {w: K.decode_sweep(copy.deepcopy(model).to(torch.bfloat16), w)["weight_bytes"] for w in ("auto", "bf16", "int8")}
+    assert widths == {"auto": 4, "bf16": 2, "int8": 1} and bf16 == {"auto": 2, "bf16": 2, "int8": 1}
+    assert [K.decode_sweep(model, w)["blocks"] for w in ("auto", "int8")] == [1, 3]  # 8192 bytes: 12288 or 3072 a block
+    seen = []
+    monkeypatch.setattr(K, "measure_step", lambda step, rows, dtype, kept, weight_bytes: seen.append(weight_bytes) or {})
+    monkeypatch.setattr(K, "measure_prompts", lambda todo, dtype: {rc: KT.Choice(rc[0], rc[1], "linear") for rc in todo})
+    for weights in ("auto", "bf16", "int8"):
+        K.plan_kernels(model, 1, weights, use_cache=False)
+    assert seen == [4, 2, 1]
 
 
 def test_a_copy_measured_on_part_of_the_model_runs_every_layer_exactly(model, monkeypatch, tmp_path):
