@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -52,10 +51,8 @@ def worker(model_name: str, dtype: str, weights: str, threads: int) -> dict:
 
 def _run(model_name: str, dtype: str, weights: str, threads: int, cache: str) -> dict:
     """`worker` in a fresh process with its cache in `cache`."""
-    env = harness.worker_env(GPT2KIT_CACHE_DIR=cache)
-    out = subprocess.run([sys.executable, __file__, "--threads", str(threads), "--worker", model_name, dtype, weights],
-                         env=env, capture_output=True, text=True, check=True, timeout=600)  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    argv = [__file__, "--threads", str(threads), "--worker", model_name, dtype, weights]
+    return harness.run_worker(argv, timeout=600, env=harness.worker_env(GPT2KIT_CACHE_DIR=cache))
 
 
 def main() -> int:
