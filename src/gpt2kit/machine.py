@@ -47,29 +47,45 @@ def largest_cache_bytes(path: str | None = None) -> int:
 
 
 def busy_meter(path: str | None = None) -> Callable[[], float | None]:
-    """Start measuring how much of this machine's CPU time other processes take: the function returned gives their
-    share since this call (0 to 1: the system's busy time, the hypervisor's steal included, less this process's own,
-    over the wall time times the CPUs), or None where /proc/stat cannot be read (macOS, Windows). The system counts
-    in ticks (10 ms), so two ticks a CPU are allowed for: a measurement of a few milliseconds is never busy."""
-    start, own, wall = _busy_seconds(path), time.process_time(), time.monotonic()
+    """Start measuring how much of this process's CPUs' time other processes take: the function returned gives their
+    share since this call (0 to 1: those CPUs' busy time, the hypervisor's steal included, less this process's own,
+    over the wall time times the CPUs), or None where /proc/stat cannot be read (macOS, Windows). This process's CPUs
+    are those it may run on (`usable_cpus`), where /proc/stat lists each of them, else all of the system's: a
+    container held to 2 CPUs of a 64-CPU host does not count the others' work. The system counts in ticks (10 ms),
+    so two ticks a CPU are allowed for: a measurement of a few milliseconds is never busy."""
+    cpus = usable_cpus()
+    start, own, wall = _busy_seconds(path, cpus), time.process_time(), time.monotonic()
 
     def share() -> float | None:
-        end = _busy_seconds(path)
+        end = _busy_seconds(path, cpus)
         if start is None or end is None:
             return None
-        cpus = os.cpu_count() or 1
-        others = end - start - (time.process_time() - own) - 2 * cpus / os.sysconf("SC_CLK_TCK")
-        elapsed = (time.monotonic() - wall) * cpus
+        n = end[1]
+        others = end[0] - start[0] - (time.process_time() - own) - 2 * n / os.sysconf("SC_CLK_TCK")
+        elapsed = (time.monotonic() - wall) * n
         return max(0.0, others) / elapsed if elapsed > 0 else 0.0
 
     return share
 
 
-def _busy_seconds(path: str | None) -> float | None:
-    """Seconds of CPU time the whole system has spent busy (user, nice, system, irq, softirq, steal), from /proc/stat."""
+def usable_cpus() -> set[int] | None:
+    """The CPUs this process may run on (its affinity), or None where the system does not say (macOS, Windows)."""
     try:
-        fields = Path(path or STAT).read_text().split("\n", 1)[0].split()
-        user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    except (OSError, ValueError):
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
         return None
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _busy_seconds(path: str | None, cpus: set[int] | None = None) -> tuple[float, int] | None:
+    """(seconds of CPU time spent busy: user, nice, system, irq, softirq, steal; over how many CPUs), from /proc/stat:
+    the lines of `cpus` where it lists each of them, else its first line (all CPUs, os.cpu_count() of them)."""
+    try:
+        lines = {f[0]: [int(v) for v in f[1:9]] for f in (line.split() for line in Path(path or STAT).read_text().splitlines())
+                 if f and f[0].startswith("cpu")}  # fmt: skip
+        each = cpus is not None and all(f"cpu{c}" in lines for c in cpus)
+        picked = [lines[f"cpu{c}"] for c in sorted(cpus)] if each else [lines["cpu"]]
+        user, nice, system, _idle, _iowait, irq, softirq, steal = (sum(col) for col in zip(*picked, strict=True))
+    except (OSError, ValueError, KeyError):
+        return None
+    busy = (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    return busy, len(picked) if each else os.cpu_count() or 1

@@ -61,6 +61,7 @@ from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_p
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
 from gpt2kit.generate.step_draw import draw_step
 from gpt2kit.generate.stopping import FinishReason
+from gpt2kit.generate.threads import ThreadGovernor
 from gpt2kit.hugepages import Collapsed, wants_huge_pages
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
@@ -112,6 +113,8 @@ class Engine:
         self._slots: list[_Sequence | None] = [None] * max_batch
         self.vocab_index: VocabIndex | None = None  # built by the first request with banned phrases
         self._lock = threading.Lock()  # add/step/cancel may come from different threads in a server
+        # prefills and steps with the cores other processes leave free (generate/threads.py)
+        self.governor = ThreadGovernor(None if self.device.type == "cpu" else False)
 
     # ---- slots ------------------------------------------------------------------------------------
     @property
@@ -151,8 +154,9 @@ class Engine:
         prompt_indices = list(prompt_indices) if prompt_indices is not None else list(range(n))
         seqs = [new_sequence(self, p, sp, rid, bos, i, pi)
                 for p, sp, rid, i, pi in zip(prompts, params, request_ids, indices, prompt_indices)]  # fmt: skip
-        score_prompts(self, seqs)
-        with self._lock:
+        with self.governor.step():
+            score_prompts(self, seqs)
+        with self._lock, self.governor.step():
             free = self.free_slots
             if len(free) < n:
                 raise InputError(f"the engine has {len(free)} free slots, {n} requests were added; wait for a step to free some.")
@@ -187,7 +191,7 @@ class Engine:
         """Draw one token per active slot, apply stopping, then run one decode forward for the survivors.
         `emit(events)`, when given, gets the step's events before that forward (a server streams them out
         while the next token is computed: a first token leaves right after its prompt's prefill)."""
-        with self._lock:
+        with self._lock, self.governor.step():
             active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
             if not active:
                 if emit is not None:
