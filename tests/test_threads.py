@@ -9,6 +9,7 @@ import torch
 from conftest import REAL_BUSY_METER, tiny_gpt
 from gpt2kit import machine
 from gpt2kit.generate import Engine, SamplingParams
+from gpt2kit.generate import sequence
 from gpt2kit.generate import threads as TH
 
 
@@ -101,7 +102,7 @@ def test_an_engine_decodes_on_the_cores_left_with_the_same_tokens(two_threads, m
     those of the quiet machine's, and torch's count is 2 again between steps and after."""
     torch.manual_seed(0)
     model = tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=64)
-    params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True)
+    params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, prompt_logprobs=1)
     quiet = Engine(model, max_batch=1).generate([[5, 6, 7]], params)[0].token_ids
     monkeypatch.setattr(TH, "INTERVAL_S", 0.0)  # read at every step
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)
@@ -111,9 +112,11 @@ def test_an_engine_decodes_on_the_cores_left_with_the_same_tokens(two_threads, m
     monkeypatch.setattr(
         engine.runner, "prefill", lambda *a, **k: counts.append(("prefill", torch.get_num_threads())) or prefill(*a, **k)
     )
+    score = sequence.prompt_logprobs  # the prompt's uncached forward (prompt_logprobs)
+    monkeypatch.setattr(sequence, "prompt_logprobs", lambda *a: counts.append(("score", torch.get_num_threads())) or score(*a))
     busy = engine.generate([[5, 6, 7]], params)[0].token_ids
     assert busy == quiet and torch.get_num_threads() == 2
-    assert set(counts) == {("prefill", 1), ("decode", 1)} and len(counts) == 12
+    assert set(counts) == {("score", 1), ("prefill", 1), ("decode", 1)} and len(counts) == 13
     assert {key[-1] for key in engine.runner.graphs} == {1}  # the replayed step was recorded on one thread
 
 
