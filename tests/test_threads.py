@@ -8,8 +8,7 @@ import torch
 
 from conftest import REAL_BUSY_METER, tiny_gpt
 from gpt2kit import machine
-from gpt2kit.generate import Engine, SamplingParams
-from gpt2kit.generate import sequence
+from gpt2kit.generate import Engine, SamplingParams, sequence
 from gpt2kit.generate import threads as TH
 
 
