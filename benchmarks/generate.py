@@ -9,6 +9,7 @@
     python benchmarks/generate.py --quality --model builtin           # perplexity change of bf16/int8 vs fp32
     python benchmarks/generate.py --temperature 1                     # sampled, as `gpt2kit generate` is by default
     python benchmarks/generate.py --engine-rows 32                    # + one prompt in an engine of 32 rows (a server's slots)
+    python benchmarks/generate.py --busy 1                            # a busy machine: another process spinning on a core
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
 fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.from_pretrained`), runs
@@ -24,7 +25,10 @@ the memory reads with 4 KiB and with 2 MiB pages. Beside the ratio of medians to
 is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
 memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
 speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
-speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. One JSON line per configuration goes to
+speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. With --busy N, N other
+processes spin on a core each while every side runs (a user's machine is seldom idle): gpt2kit runs its steps with
+the cores they leave (generate/threads.py), and a side 'gpt2kit, all threads' runs with GPT2KIT_ADAPT_THREADS=0 for
+comparison; the memory is not probed then (a probe would share the cores too), so no bound is given. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
 """
 
@@ -46,6 +50,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import harness  # noqa: E402
 
 HUGE = "gpt2kit, huge pages"  # the side whose Engine moves the decode step's memory into huge pages (--huge-pages)
+ALL_THREADS = "gpt2kit, all threads"  # with --busy: gpt2kit's steps on all the threads, busy cores or not
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
 
@@ -145,6 +150,9 @@ def bench(args) -> None:
             sides[HUGE] = [*sides["gpt2kit"], "--engine-huge-pages", "on"]
         if args.engine_rows:  # gpt2kit again, the B prompts decoded by an engine of more rows (a server's slots)
             sides[f"gpt2kit, engine of {args.engine_rows} rows"] = [*sides["gpt2kit"], "--engine-rows", str(args.engine_rows)]
+        envs = {}
+        if args.busy:  # gpt2kit again, every step on all the threads
+            sides[ALL_THREADS], envs[ALL_THREADS] = sides["gpt2kit"], harness.worker_env(GPT2KIT_ADAPT_THREADS="0")
         probes: dict[str, list[float]] = {"4 KiB pages": [], "huge pages": []}
 
         def probe() -> None:  # before every round: a VM's memory speed can change from one round to the next
@@ -152,14 +160,15 @@ def bench(args) -> None:
             if HUGE in sides:
                 probes["huge pages"].append(round(harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True), 2))
 
-        runs = harness.alternate(sides, args.repeat, between=probe)
-        bw_default, bw_huge = max(probes["4 KiB pages"]), max(probes["huge pages"], default=None)
-        bw = max(bw_default, bw_huge or 0)  # the bound: the machine's best read in the run, whichever pages gave it
+        with harness.busy(args.busy):
+            runs = harness.alternate(sides, args.repeat, envs, between=None if args.busy else probe)
+        bw_default, bw_huge = max(probes["4 KiB pages"], default=None), max(probes["huge pages"], default=None)
+        bw = max(bw_default or 0, bw_huge or 0)  # the bound: the machine's best read in the run, whichever pages gave it
         round_bw = [max(p, h or 0) for p, h in itertools.zip_longest(probes["4 KiB pages"], probes["huge pages"])]
         nbytes = weight_bytes(folder, args.weights, args.dtype)
     figures = {name: harness.median(r, "rate") for name, r in runs.items()}
     decode = args.new_tokens > 1
-    bound = bw * 1e9 / nbytes * args.batch if decode else None
+    bound = bw * 1e9 / nbytes * args.batch if decode and bw else None
     round_bounds = [{"rate": b * 1e9 / nbytes * args.batch} for b in round_bw]  # each round's own reads, in tok/s
     line = harness.record(
         "generate", sys.argv, args.threads,
@@ -167,12 +176,13 @@ def bench(args) -> None:
         round(figures["gpt2kit"] / figures["transformers"], 3),
         config=dict(shape=args.shape, device=args.device, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
                     batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                    temperature=args.temperature, top_p=args.top_p),
+                    temperature=args.temperature, top_p=args.top_p, busy=args.busy),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
         if "llama.cpp" in runs else None,
-        bandwidth_gbs=round(bw_default, 2), bytes_per_step=nbytes,
+        over_all_threads=round(figures["gpt2kit"] / figures[ALL_THREADS], 3) if ALL_THREADS in figures else None,
+        bandwidth_gbs=None if bw_default is None else round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),
         bandwidth_probes_gbs={k: v for k, v in probes.items() if v},
         bound=None if bound is None else round(bound, 2),
@@ -242,6 +252,7 @@ def main() -> None:
                     help=f"also gpt2kit with its engine's hot memory in huge pages ('{HUGE}' side), and the read bandwidth with them")
     ap.add_argument("--engine-rows", type=int, default=0,
                     help="also gpt2kit with an engine of this many rows decoding the --batch prompts (as a server with that many slots)")
+    ap.add_argument("--busy", type=int, default=0, help="other processes spinning on a core each while the sides run (a busy machine)")
     ap.add_argument("--engine-huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)

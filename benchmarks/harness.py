@@ -14,6 +14,7 @@ in which the memory-read bandwidth is measured again with 2 MiB pages (benchmark
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -21,7 +22,7 @@ import shlex
 import statistics
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from gpt2kit import hugepages  # the environment GPT2KIT_HUGEPAGES=1 gives (no torch import)
@@ -162,6 +163,19 @@ def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str
                     raise
                 failed[name] = str(e)
     return runs
+
+
+@contextlib.contextmanager
+def busy(processes: int) -> Iterator[None]:
+    """`processes` other processes, each spinning on one core, for the block's duration: a busy machine, as a
+    user's often is (a build, a browser tab, another model)."""
+    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+    try:
+        yield
+    finally:
+        for p in spinning:
+            p.kill()
+            p.wait()
 
 
 def median(runs: list[dict], key: str) -> float:
