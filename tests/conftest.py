@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from gpt2kit import machine
+from gpt2kit.generate import threads
 
 # The suite never reads the user's environment: a key, a server address or a torchrun rank set in the shell
 # would change what the code under test does (GPT2KIT_API_KEY turned two server tests into 401s).
@@ -242,3 +243,4 @@ def quiet_machine(monkeypatch):
     """Every measurement sees an idle machine, so that whether a choice is cached does not depend on what else the
     test machine runs (test_kernel_busy.py tests the meter and a busy machine's measurement)."""
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.0)
+    monkeypatch.setattr(threads, "_shared", None)  # the engines' thread governor, made again on this quiet machine

@@ -86,6 +86,31 @@ def test_steps_on_a_busy_machine_that_fail_restore_torchs_count(two_threads, mon
     assert torch.get_num_threads() == 2
 
 
+def test_overlapping_steps_share_one_count_and_the_last_out_restores_it(monkeypatch):
+    """Steps inside a step (or another thread's at the same time) do not take the busy cores off again, nor
+    restore torch's count while the first still runs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)  # 4 threads on 2 CPUs
+    try:
+        gov, clock, _ = _governor(monkeypatch, [0.5, 0.5])
+        clock["t"] = TH.INTERVAL_S
+        with gov.step() as outer:
+            clock["t"] = 2 * TH.INTERVAL_S
+            with gov.step() as inner:
+                assert outer == inner == torch.get_num_threads() == 2  # not 1: 2 again less a core
+            assert torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_every_engine_on_the_cpu_shares_the_process_governor():
+    torch.manual_seed(0)
+    model = tiny_gpt(n_layer=1, n_embd=32, n_head=4, n_positions=32)
+    a, b = Engine(model, max_batch=1), Engine(model, max_batch=2)
+    assert a.governor is b.governor is TH.shared() and a.governor.enabled
+
+
 @pytest.mark.parametrize("how", ["switch", "argument"])
 def test_the_governor_turned_off_keeps_torchs_count(two_threads, monkeypatch, how):
     if how == "switch":
@@ -105,6 +130,7 @@ def test_an_engine_decodes_on_the_cores_left_with_the_same_tokens(two_threads, m
     quiet = Engine(model, max_batch=1).generate([[5, 6, 7]], params)[0].token_ids
     monkeypatch.setattr(TH, "INTERVAL_S", 0.0)  # read at every step
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)
+    monkeypatch.setattr(TH, "_shared", None)  # a process started on the busy machine
     engine = Engine(model, max_batch=1)
     counts, decode, prefill = [], engine.runner.decode, engine.runner.prefill
     monkeypatch.setattr(engine.runner, "decode", lambda *a: counts.append(("decode", torch.get_num_threads())) or decode(*a))

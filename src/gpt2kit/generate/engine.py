@@ -53,6 +53,7 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 
 from gpt2kit.errors import ConfigError, InputError
+from gpt2kit.generate import threads
 from gpt2kit.generate.content_filter import VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.generate.logprobs import TokenLogprob
@@ -61,7 +62,6 @@ from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_p
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
 from gpt2kit.generate.step_draw import draw_step
 from gpt2kit.generate.stopping import FinishReason
-from gpt2kit.generate.threads import ThreadGovernor
 from gpt2kit.hugepages import Collapsed, wants_huge_pages
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kv_cache import KVCache
@@ -114,7 +114,7 @@ class Engine:
         self.vocab_index: VocabIndex | None = None  # built by the first request with banned phrases
         self._lock = threading.Lock()  # add/step/cancel may come from different threads in a server
         # prefills and steps with the cores other processes leave free (generate/threads.py)
-        self.governor = ThreadGovernor(None if self.device.type == "cpu" else False)
+        self.governor = threads.shared() if self.device.type == "cpu" else threads.ThreadGovernor(enabled=False)
 
     # ---- slots ------------------------------------------------------------------------------------
     @property

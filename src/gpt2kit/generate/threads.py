@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -44,7 +45,9 @@ def threads_left(base: int, share: float | None, cpus: int) -> int:
 
 
 class ThreadGovernor:
-    """Runs steps with the threads other processes leave free (`step`); `threads` is the count the last step had."""
+    """Runs steps with the threads other processes leave free (`step`); `threads` is the count the last step had.
+    torch's thread count is the process's: steps that overlap (another thread's, or one inside another) share the
+    count the first of them set, and the last one out restores torch's. One governor serves every engine (`shared`)."""
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = os.environ.get(SWITCH, "1") != "0" if enabled is None else enabled
@@ -52,7 +55,9 @@ class ThreadGovernor:
         self._meter = machine.busy_meter()
         self._since = time.monotonic()
         self._share: float | None = None  # the other processes' share in the last window read
-        self.threads = torch.get_num_threads()
+        self.threads = self._base = torch.get_num_threads()
+        self._inside = 0  # steps running now
+        self._lock = threading.Lock()
 
     def _read(self) -> float | None:
         """The other processes' share of the last window, read again once it is INTERVAL_S long."""
@@ -64,13 +69,28 @@ class ThreadGovernor:
     @contextmanager
     def step(self) -> Iterator[int]:
         """Run the block with torch's thread count less the cores other processes keep busy; yields that count."""
-        base = torch.get_num_threads()
-        self.threads = threads_left(base, self._read(), self.cpus) if self.enabled else base
-        if self.threads == base:
-            yield base
-            return
-        torch.set_num_threads(self.threads)
+        with self._lock:
+            if not self._inside:
+                self._base = torch.get_num_threads()
+                self.threads = threads_left(self._base, self._read(), self.cpus) if self.enabled else self._base
+                if self.threads != self._base:
+                    torch.set_num_threads(self.threads)
+            self._inside += 1
         try:
             yield self.threads
         finally:
-            torch.set_num_threads(base)
+            with self._lock:
+                self._inside -= 1
+                if not self._inside and self.threads != self._base:
+                    torch.set_num_threads(self._base)
+
+
+_shared: ThreadGovernor | None = None
+
+
+def shared() -> ThreadGovernor:
+    """The process's governor (made at first use), for every engine on the CPU."""
+    global _shared
+    if _shared is None:
+        _shared = ThreadGovernor()
+    return _shared
