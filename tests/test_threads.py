@@ -111,6 +111,15 @@ def test_every_engine_on_the_cpu_shares_the_process_governor():
     assert a.governor is b.governor is TH.shared() and a.governor.enabled
 
 
+@pytest.mark.parametrize("usable, cpus", [({0, 1}, 2), ({3}, 1), (None, 6)])
+def test_the_governor_counts_the_cpus_this_process_may_run_on(monkeypatch, usable, cpus):
+    """Its CPUs are its affinity's (a container's cpuset), the system's where the system does not say (macOS)."""
+    monkeypatch.setattr(machine, "usable_cpus", lambda: usable)
+    monkeypatch.setattr(TH.os, "cpu_count", lambda: 6)
+    gov = TH.ThreadGovernor()
+    assert gov.cpus == cpus and gov.threads == torch.get_num_threads()
+
+
 @pytest.mark.parametrize("how", ["switch", "argument"])
 def test_the_governor_turned_off_keeps_torchs_count(two_threads, monkeypatch, how):
     if how == "switch":
