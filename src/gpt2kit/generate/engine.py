@@ -99,6 +99,9 @@ class Engine:
         self.config = cfg
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
+        # prefills and steps with the cores other processes leave free (generate/threads.py); made before the runner,
+        # whose kernel choice and packing are then its first window of the others' load
+        self.governor = threads.shared() if self.device.type == "cpu" else threads.ThreadGovernor(enabled=False)
         self.token_bytes = token_bytes
         # Sample only real tokens: a head padded to 50304 rows has 47 that no tokenizer id maps to.
         self.n_vocab = min(cfg.vocab_size, len(token_bytes)) if token_bytes is not None else cfg.vocab_size
@@ -113,8 +116,6 @@ class Engine:
         self._slots: list[_Sequence | None] = [None] * max_batch
         self.vocab_index: VocabIndex | None = None  # built by the first request with banned phrases
         self._lock = threading.Lock()  # add/step/cancel may come from different threads in a server
-        # prefills and steps with the cores other processes leave free (generate/threads.py)
-        self.governor = threads.shared() if self.device.type == "cpu" else threads.ThreadGovernor(enabled=False)
 
     # ---- slots ------------------------------------------------------------------------------------
     @property
