@@ -6,6 +6,7 @@ alternate --repeat times, and the medians go to benchmarks/results/serve.jsonl.
 
     python benchmarks/serve.py                                  # CPU: 124M random weights, 1/8/32 clients
     python benchmarks/serve.py --device cuda --clients 1 8 32 64
+    python benchmarks/serve.py --clients 1 --busy 1             # a busy machine: another process spinning on a core
 
 Every request: a 32-token prompt, greedy, exactly --max-tokens new tokens (<|endoftext|> is suppressed
 on both sides, so the token counts are equal). Each of N clients sends its requests one after another,
@@ -260,6 +261,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help="the server's --huge-pages (auto: on)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--busy", type=int, default=0, help="other processes spinning on a core each while the sides run (a busy machine)")
     ap.add_argument("--side", choices=["transformers", "generate", "server", "paired", "generate-loop"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
@@ -278,7 +280,8 @@ def main() -> None:
         sides |= {f"server-{n}": [*common, "--side", "server", "--n", str(n)] for n in args.clients}
         if 1 in args.clients:  # the like-for-like ratio, request by request
             sides["paired"] = [*common, "--side", "paired"]
-        runs = harness.alternate(sides, args.repeat)
+        with harness.busy(args.busy):
+            runs = harness.alternate(sides, args.repeat)
     med = {name: harness.median(r, "tok_per_s") for name, r in runs.items() if name != "paired"}
     by_request = [p["ratio"] for r in runs.get("paired", []) for p in r["pairs"]]  # every round's request pairs
     for n in args.clients:
@@ -290,7 +293,7 @@ def main() -> None:
              f"gpt2kit serve, {n} clients": {"figure": round(med[f"server-{n}"], 1), "unit": "tok/s",
                                              "runs": [round(r["tok_per_s"], 1) for r in server]}},
             round(med[f"server-{n}"] / med["transformers"], 3),
-            config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device),
+            config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device, busy=args.busy),
             serve_over_generate=round(harness.paired_ratio(server, runs["generate"], "tok_per_s"), 3),
             **({"serve_over_generate_by_request": round(statistics.median(by_request), 3), "request_pairs": len(by_request)}
                if n == 1 else {}),
