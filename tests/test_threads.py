@@ -1,6 +1,7 @@
 """Fewer threads while other processes keep the cores busy (generate/threads.py), and the meter they are read from
 (machine.busy_meter) on this process's own CPUs: here on fake meters, clocks and /proc/stat files."""
 
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -41,46 +42,84 @@ def test_threads_left_take_the_busy_cores_off(base, share, cpus, left):
     assert TH.threads_left(base, share, cpus) == left
 
 
-def _governor(monkeypatch, shares, enabled=None):
-    """A governor on a fake clock whose meter windows give `shares` in turn; returns (governor, clock, windows read)."""
-    clock = {"t": 0.0}
+def _governor(monkeypatch, share=0.5, enabled=None):
+    """A governor of 2 CPUs on a fake clock (`t`, seconds; monotonic and perf_counter alike), whose meter gives
+    `share` (a key of the dict returned, to change) for every window; returns (governor, state, times read)."""
+    state = {"t": 0.0, "share": share}
     read = []
-    monkeypatch.setattr(TH, "time", SimpleNamespace(monotonic=lambda: clock["t"]))
+    monkeypatch.setattr(TH, "time", SimpleNamespace(monotonic=lambda: state["t"], perf_counter=lambda: state["t"]))
 
     def meter():
-        return lambda: read.append(clock["t"]) or shares[len(read) - 1]
+        return lambda: read.append(state["t"]) or state["share"]
 
     monkeypatch.setattr(machine, "busy_meter", meter)
     monkeypatch.setattr(machine, "usable_cpus", lambda: {0, 1})
-    return TH.ThreadGovernor(enabled), clock, read
+    return TH.ThreadGovernor(enabled), state, read
 
 
-def test_steps_run_with_the_cores_left_and_restore_torchs_count(two_threads, monkeypatch):
-    gov, clock, read = _governor(monkeypatch, [0.5, 0.5, 0.0])
-    with gov.step() as n:  # the first window is not over: torch's count
-        assert n == torch.get_num_threads() == 2 and not read
-    clock["t"] = TH.INTERVAL_S
-    with gov.step() as n:  # others took half of 2 CPUs: one core
-        assert n == torch.get_num_threads() == gov.threads == 1
-    assert torch.get_num_threads() == 2 and read == [TH.INTERVAL_S]
-    clock["t"] = 1.9 * TH.INTERVAL_S
-    with gov.step() as n:  # within the next window: the last reading holds
-        assert n == torch.get_num_threads() == 1 and len(read) == 1
-    clock["t"] = 2 * TH.INTERVAL_S
-    with gov.step():
-        assert torch.get_num_threads() == 1 and len(read) == 2
-    clock["t"] = 3 * TH.INTERVAL_S
-    with gov.step() as n:  # they stopped: both threads again
-        assert n == torch.get_num_threads() == 2
-    with pytest.raises(RuntimeError), gov.step():
-        raise RuntimeError  # restored on the way out of a failed step too
-    assert torch.get_num_threads() == 2
+def _steps(gov, state, n, took, timed=True):
+    """n steps, each taking took[threads] seconds on the fake clock; the thread count of each, checked with torch's."""
+    counts = []
+    for _ in range(n):
+        with gov.step(timed) as threads:
+            assert torch.get_num_threads() == threads == gov.threads
+            counts.append(threads)
+            state["t"] += took[threads]
+        assert torch.get_num_threads() == 2
+    return counts
+
+
+def test_a_busy_machine_times_both_counts_then_keeps_the_faster(two_threads, monkeypatch):
+    """Others took half of 2 CPUs (one core): the steps alternate between 2 threads and 1, TRIAL_STEPS each, then
+    run with the faster for RETRY_S; then the two are timed again; torch's count is 2 between steps."""
+    gov, state, read = _governor(monkeypatch)
+    assert _steps(gov, state, 1, {2: 0.01}) == [2] and not read  # the first window is not over: torch's count
+    state["t"] = TH.INTERVAL_S
+    one_faster = {2: 1 / 16, 1: 1 / 32}
+    trial = _steps(gov, state, 2 * TH.TRIAL_STEPS, one_faster)
+    assert trial == [2, 1] * TH.TRIAL_STEPS and read[0] == TH.INTERVAL_S
+    kept = _steps(gov, state, int(TH.RETRY_S * 32), one_faster)  # 1/32 s a step: RETRY_S to the last bit
+    assert set(kept) == {1} and gov.chosen[:2] == ((2, 1), 1)
+    assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 1, one_faster) == [*[2, 1] * TH.TRIAL_STEPS, 1]  # timed again
+    two_faster = {2: 0.03, 1: 0.05}
+    gov.chosen = None  # a new trial now
+    assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 2, two_faster)[-2:] == [2, 2] and gov.chosen[1] == 2
+
+
+def test_untimed_blocks_take_the_count_in_turn_but_do_not_count(two_threads, monkeypatch):
+    """A prefill (untimed: its time depends on its prompt) during a trial runs with the count whose turn it is,
+    and the trial goes on where it was; a trial's steps must be all of one count to decide, by their medians."""
+    gov, state, _ = _governor(monkeypatch)
+    state["t"] = TH.INTERVAL_S
+    assert _steps(gov, state, 3, {2: 0.05, 1: 0.02}) == [2, 1, 2]
+    assert _steps(gov, state, 3, {1: 9.0}, timed=False) == [1, 1, 1]  # not counted: nine seconds each, yet 1 wins
+    slow = [0.9]  # one slow 1-thread step: the median holds
+    counts = []
+    for _ in range(2 * TH.TRIAL_STEPS - 3):
+        with gov.step(timed=True) as n:
+            counts.append(n)
+            state["t"] += 0.05 if n == 2 else slow.pop() if slow else 0.02
+    assert counts == [1, 2, 1, 2, 1, 2, 1, 2, 1] and _steps(gov, state, 1, {1: 0.02}) == [1]
+
+
+def test_a_quiet_machine_ends_the_trial_and_the_choice(two_threads, monkeypatch):
+    gov, state, _ = _governor(monkeypatch)
+    state["t"] = TH.INTERVAL_S
+    _steps(gov, state, 2 * TH.TRIAL_STEPS + 1, {2: 0.06, 1: 0.03})
+    assert gov.chosen is not None
+    state["share"] = 0.0
+    state["t"] += TH.INTERVAL_S
+    assert _steps(gov, state, 3, {2: 0.06}) == [2, 2, 2] and gov.chosen is None
+    state["share"] = 0.5
+    state["t"] += TH.INTERVAL_S
+    assert _steps(gov, state, 2, {2: 0.06, 1: 0.03}) == [2, 1]  # busy again: a new trial
 
 
 def test_steps_on_a_busy_machine_that_fail_restore_torchs_count(two_threads, monkeypatch):
-    gov, clock, _ = _governor(monkeypatch, [0.5])
-    clock["t"] = TH.INTERVAL_S
-    with pytest.raises(RuntimeError), gov.step():
+    gov, state, _ = _governor(monkeypatch)
+    state["t"] = TH.INTERVAL_S
+    _steps(gov, state, 1, {2: 0.06})
+    with pytest.raises(RuntimeError), gov.step(timed=True):
         assert torch.get_num_threads() == 1
         raise RuntimeError
     assert torch.get_num_threads() == 2
@@ -90,13 +129,16 @@ def test_overlapping_steps_share_one_count_and_the_last_out_restores_it(monkeypa
     """Steps inside a step (or another thread's at the same time) do not take the busy cores off again, nor
     restore torch's count while the first still runs."""
     before = torch.get_num_threads()
-    torch.set_num_threads(4)  # 4 threads on 2 CPUs
+    torch.set_num_threads(4)  # 4 threads on 2 CPUs: a busy core is two threads
     try:
-        gov, clock, _ = _governor(monkeypatch, [0.5, 0.5])
-        clock["t"] = TH.INTERVAL_S
+        gov, state, _ = _governor(monkeypatch)
+        state["t"] = TH.INTERVAL_S
+        with gov.step(timed=True) as n:
+            assert n == 4
+            state["t"] += 0.05
         with gov.step() as outer:
-            clock["t"] = 2 * TH.INTERVAL_S
-            with gov.step() as inner:
+            state["t"] += TH.INTERVAL_S
+            with gov.step(timed=True) as inner:
                 assert outer == inner == torch.get_num_threads() == 2  # not 1: 2 again less a core
             assert torch.get_num_threads() == 2
         assert torch.get_num_threads() == 4
@@ -124,34 +166,43 @@ def test_the_governor_counts_the_cpus_this_process_may_run_on(monkeypatch, usabl
 def test_the_governor_turned_off_keeps_torchs_count(two_threads, monkeypatch, how):
     if how == "switch":
         monkeypatch.setenv(TH.SWITCH, "0")
-    gov, clock, _ = _governor(monkeypatch, [0.5, 0.5], enabled=None if how == "switch" else False)
-    clock["t"] = TH.INTERVAL_S
-    with gov.step() as n:
-        assert n == torch.get_num_threads() == 2
+    gov, state, _ = _governor(monkeypatch, enabled=None if how == "switch" else False)
+    state["t"] = TH.INTERVAL_S
+    assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 2, {2: 0.06}) == [2] * (2 * TH.TRIAL_STEPS + 2)
 
 
-def test_an_engine_decodes_on_the_cores_left_with_the_same_tokens(two_threads, monkeypatch):
-    """A busy machine: each prefill and step runs on one thread (the step recorded for one thread), the tokens
-    those of the quiet machine's, and torch's count is 2 again between steps and after."""
+def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_tokens(two_threads, monkeypatch):
+    """Others keep a core busy: the engine's decode steps alternate between 2 threads and 1, then run with 1 (on a
+    clock where a step on 1 thread takes a third of one on 2), each count's step recorded for it; the prompt's
+    scoring and prefill run with the count whose turn it is; the tokens are the quiet machine's, and torch's count is
+    2 between steps and after."""
     torch.manual_seed(0)
     model = tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=64)
-    params = SamplingParams(max_new_tokens=12, temperature=0, ignore_eos=True, prompt_logprobs=1)
+    params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, prompt_logprobs=1)
     quiet = Engine(model, max_batch=1).generate([[5, 6, 7]], params)[0].token_ids
+    clock = {"t": 0.0}
+
+    def perf_counter():  # a step on 2 threads takes 3 units, on 1 thread 1
+        clock["t"] += 3 if torch.get_num_threads() == 2 else 1
+        return clock["t"]
+
+    monkeypatch.setattr(TH, "time", SimpleNamespace(monotonic=time.monotonic, perf_counter=perf_counter))
     monkeypatch.setattr(TH, "INTERVAL_S", 0.0)  # read at every step
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)
     monkeypatch.setattr(TH, "_shared", None)  # a process started on the busy machine
     engine = Engine(model, max_batch=1)
-    counts, decode, prefill = [], engine.runner.decode, engine.runner.prefill
-    monkeypatch.setattr(engine.runner, "decode", lambda *a: counts.append(("decode", torch.get_num_threads())) or decode(*a))
-    monkeypatch.setattr(
-        engine.runner, "prefill", lambda *a, **k: counts.append(("prefill", torch.get_num_threads())) or prefill(*a, **k)
-    )
-    score = sequence.prompt_logprobs  # the prompt's uncached forward (prompt_logprobs)
-    monkeypatch.setattr(sequence, "prompt_logprobs", lambda *a: counts.append(("score", torch.get_num_threads())) or score(*a))
+    counts: dict[str, list[int]] = {"decode": [], "prefill": [], "score": []}
+
+    def spy(name, fn):
+        return lambda *a, **k: counts[name].append(torch.get_num_threads()) or fn(*a, **k)
+
+    monkeypatch.setattr(engine.runner, "decode", spy("decode", engine.runner.decode))
+    monkeypatch.setattr(engine.runner, "prefill", spy("prefill", engine.runner.prefill))
+    monkeypatch.setattr(sequence, "prompt_logprobs", spy("score", sequence.prompt_logprobs))  # the prompt's forward
     busy = engine.generate([[5, 6, 7]], params)[0].token_ids
     assert busy == quiet and torch.get_num_threads() == 2
-    assert set(counts) == {("score", 1), ("prefill", 1), ("decode", 1)} and len(counts) == 13
-    assert {key[-1] for key in engine.runner.graphs} == {1}  # the replayed step was recorded on one thread
+    assert counts == {"decode": [2, 1] * TH.TRIAL_STEPS + [1] * 7, "prefill": [2], "score": [2]}
+    assert {key[-1] for key in engine.runner.graphs} == {1, 2}  # a replayed step recorded for each count
 
 
 def test_the_meter_counts_this_process_cpus_alone(tmp_path, monkeypatch):

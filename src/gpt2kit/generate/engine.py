@@ -192,7 +192,7 @@ class Engine:
         """Draw one token per active slot, apply stopping, then run one decode forward for the survivors.
         `emit(events)`, when given, gets the step's events before that forward (a server streams them out
         while the next token is computed: a first token leaves right after its prompt's prefill)."""
-        with self._lock, self.governor.step():
+        with self._lock, self.governor.step(timed=True):
             active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
             if not active:
                 if emit is not None:

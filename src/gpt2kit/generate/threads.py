@@ -1,21 +1,29 @@
-"""Fewer threads while other processes keep this machine's cores busy.
+"""Fewer threads while other processes keep this machine's cores busy, where that is measured faster.
 
 A decode step is ~60 parallel products and attentions, each ending when its last thread is done. When another
 process holds one of the cores, the thread that shares it with that process is descheduled for a time slice
 now and then, and every product waits for it: the share of the work it leaves is taken by the others
 (gemv.c's share.h), but not the wait for it to arrive. On a 2-core AMD EPYC VM (Zen 3) with one other process
-spinning, GPT-2 124M float32 decoded at 15-17 tok/s with 2 threads and 25-30 with 1 (50 with 2 on the quiet
-machine). So the runner (generate/decode.py) runs each step under `ThreadGovernor.step`: every INTERVAL_S it reads
-how much of this process's CPUs' time the other processes took (machine.busy_meter), and from then on runs its
-steps with the cores they left, torch's thread count less the cores they kept busy (BUSY_CORE of one or more
-counts as one), and with torch's own count again once they stop. The thread count is set for the step and
-restored after it (~1 us), so nothing outside the runner sees it change. GPT2KIT_ADAPT_THREADS=0 turns it off.
+spinning, GPT-2 124M float32 decoded at 15-17 tok/s with 2 threads and 25-33 with 1 (44-55 with 2 on the quiet
+machine). With a process that spun half of every 10 ms and slept the rest, 2 threads were the faster (27-34
+against 23-24): while it sleeps, its core is the step's. What the other processes' CPU time says does not tell the
+two apart (a spinner squeezed by 2 threads and the half-time process each took ~0.5-0.8 of a core), so the two
+counts are timed against each other on the steps themselves.
+
+The engine (generate/engine.py) runs each prefill and step under `ThreadGovernor.step`. Every INTERVAL_S it reads
+how much of this process's CPUs' time the other processes took (machine.busy_meter). While that is under
+BUSY_CORE of a core, steps run with torch's thread count. Over it, the next 2 x TRIAL_STEPS decode steps alternate
+between torch's count and that count less the cores the others kept busy (`threads_left`), each step timed; the
+count whose steps took the lower median runs the steps after, until RETRY_S have passed (then the two are timed
+again, the load may have changed) or the machine is quiet again. The thread count is set for the step and restored
+after it (~1 us), so nothing outside the engine sees it change. GPT2KIT_ADAPT_THREADS=0 turns it off.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import statistics
 import threading
 import time
 from collections.abc import Iterator
@@ -30,9 +38,11 @@ SWITCH = "GPT2KIT_ADAPT_THREADS"  # "0": every step runs with torch's thread cou
 # is 100 ticks, and reading it costs ~30 us.
 INTERVAL_S = 0.5
 # Other processes' load, in cores, from which one core counts as taken. A process that spins on one core of two
-# took ~0.6 of a core while 2 threads decoded beside it (the scheduler shares 2 cores among 3 threads), and all of
-# one while 1 thread did; an idle desktop's background work stays well under it.
+# took ~0.6-0.8 of a core while 2 threads decoded beside it (the scheduler shares 2 cores among 3 threads), and all
+# of one while 1 thread did; an idle desktop's background work stays well under it.
 BUSY_CORE = 0.4
+TRIAL_STEPS = 6  # decode steps timed at each of the two counts, alternating, on a busy machine
+RETRY_S = 5.0  # how long a busy machine's faster count is kept before the two are timed again
 
 
 def threads_left(base: int, share: float | None, cpus: int) -> int:
@@ -45,9 +55,10 @@ def threads_left(base: int, share: float | None, cpus: int) -> int:
 
 
 class ThreadGovernor:
-    """Runs steps with the threads other processes leave free (`step`); `threads` is the count the last step had.
-    torch's thread count is the process's: steps that overlap (another thread's, or one inside another) share the
-    count the first of them set, and the last one out restores torch's. One governor serves every engine (`shared`)."""
+    """Runs steps with the threads other processes leave free, where that is faster (`step`); `threads` is the
+    count the last step had. torch's thread count is the process's: steps that overlap (another thread's, or one
+    inside another) share the count the first of them set, and the last one out restores torch's. One governor
+    serves every engine (`shared`)."""
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = os.environ.get(SWITCH, "1") != "0" if enabled is None else enabled
@@ -58,6 +69,9 @@ class ThreadGovernor:
         self.threads = self._base = torch.get_num_threads()
         self._inside = 0  # steps running now
         self._lock = threading.Lock()
+        self._trial: dict[int, list[float]] = {}  # a busy machine's trial: seconds of each count's timed steps
+        self._timing = False  # whether the running step is one of a trial's
+        self.chosen: tuple[tuple[int, int], int, float] | None = None  # ((base, fewer), the faster, when chosen)
 
     def _read(self) -> float | None:
         """The other processes' share of the last window, read again once it is INTERVAL_S long."""
@@ -66,23 +80,48 @@ class ThreadGovernor:
             self._meter, self._since = machine.busy_meter(), time.monotonic()
         return self._share
 
+    def _pick(self, base: int) -> int:
+        """The count for the next step: `base` on a quiet machine; on a busy one, the two counts in turn while
+        they are timed (`_timing`), then the faster one for RETRY_S."""
+        pair = (base, threads_left(base, self._read(), self.cpus))
+        self._timing = False
+        if pair[1] == base:
+            self._trial, self.chosen = {}, None
+            return base
+        if self.chosen is not None and self.chosen[0] == pair and time.monotonic() - self.chosen[2] < RETRY_S:
+            return self.chosen[1]
+        if set(self._trial) != set(pair):  # a new trial (or another pair than the one being timed)
+            self._trial = {n: [] for n in pair}
+        if min(len(ts) for ts in self._trial.values()) < TRIAL_STEPS:
+            self._timing = True
+            return pair[sum(len(ts) for ts in self._trial.values()) % 2]
+        self.chosen = pair, min(pair, key=lambda n: statistics.median(self._trial[n])), time.monotonic()
+        self._trial = {}
+        return self.chosen[1]
+
     @contextmanager
-    def step(self) -> Iterator[int]:
-        """Run the block with torch's thread count less the cores other processes keep busy; yields that count."""
+    def step(self, timed: bool = False) -> Iterator[int]:
+        """Run the block with the count `_pick` gives; yields it. `timed`: a decode step, whose time counts in a
+        busy machine's trial (a prefill's depends on its prompt)."""
         with self._lock:
             if not self._inside:
                 self._base = torch.get_num_threads()
-                self.threads = threads_left(self._base, self._read(), self.cpus) if self.enabled else self._base
+                self.threads = self._pick(self._base) if self.enabled else self._base
                 if self.threads != self._base:
                     torch.set_num_threads(self.threads)
             self._inside += 1
+        t0 = time.perf_counter()
         try:
             yield self.threads
         finally:
+            spent = time.perf_counter() - t0
             with self._lock:
                 self._inside -= 1
-                if not self._inside and self.threads != self._base:
-                    torch.set_num_threads(self._base)
+                if not self._inside:
+                    if timed and self._timing:
+                        self._trial.setdefault(self.threads, []).append(spent)
+                    if self.threads != self._base:
+                        torch.set_num_threads(self._base)
 
 
 _shared: ThreadGovernor | None = None
