@@ -192,13 +192,14 @@ class Engine:
         """Draw one token per active slot, apply stopping, then run one decode forward for the survivors.
         `emit(events)`, when given, gets the step's events before that forward (a server streams them out
         while the next token is computed: a first token leaves right after its prompt's prefill)."""
-        with self._lock, self.governor.step(timed=True):
+        with self._lock:
             active = [(b, s) for b, s in enumerate(self._slots) if s is not None]
             if not active:
                 if emit is not None:
                     emit([])
                 return []
-            drawn, logprobs = self._draw(active)  # one host transfer for the whole batch
+            with self.governor.step():  # the decode forward alone is timed (a step with none is far shorter)
+                drawn, logprobs = self._draw(active)  # one host transfer for the whole batch
             events = []
             for (b, s), tok, lp in zip(active, drawn, logprobs):
                 ev = self._advance(b, s, tok, lp)
@@ -209,7 +210,8 @@ class Engine:
             if emit is not None:
                 emit(events)
             if go_on:
-                self._decode(go_on)
+                with self.governor.step(timed=True):
+                    self._decode(go_on)
             return events
 
     def _draw(self, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
