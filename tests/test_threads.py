@@ -81,6 +81,10 @@ def test_a_busy_machine_times_both_counts_then_keeps_the_faster(two_threads, mon
     kept = _steps(gov, state, int(TH.RETRY_S * 32), one_faster)  # 1/32 s a step: RETRY_S to the last bit
     assert set(kept) == {1} and gov.chosen[:2] == ((2, 1), 1)
     assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 1, one_faster) == [*[2, 1] * TH.TRIAL_STEPS, 1]  # timed again
+    torch.set_num_threads(4)  # another count asked for: its own pair (4 threads and 2) timed, not the choice kept
+    with gov.step(timed=True) as n:
+        assert n == 4
+    torch.set_num_threads(2)
     two_faster = {2: 0.03, 1: 0.05}
     gov.chosen = None  # a new trial now
     assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 2, two_faster)[-2:] == [2, 2] and gov.chosen[1] == 2
@@ -199,9 +203,12 @@ def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_
     monkeypatch.setattr(engine.runner, "decode", spy("decode", engine.runner.decode))
     monkeypatch.setattr(engine.runner, "prefill", spy("prefill", engine.runner.prefill))
     monkeypatch.setattr(sequence, "prompt_logprobs", spy("score", sequence.prompt_logprobs))  # the prompt's forward
+    counts["draw"] = []
+    monkeypatch.setattr(engine, "_draw", spy("draw", engine._draw))
     busy = engine.generate([[5, 6, 7]], params)[0].token_ids
     assert busy == quiet and torch.get_num_threads() == 2
-    assert counts == {"decode": [2, 1] * TH.TRIAL_STEPS + [1] * 7, "prefill": [2], "score": [2]}
+    trial = [2, 1] * TH.TRIAL_STEPS
+    assert counts == {"decode": trial + [1] * 7, "prefill": [2], "score": [2], "draw": trial + [1] * 8}
     assert {key[-1] for key in engine.runner.graphs} == {1, 2}  # a replayed step recorded for each count
 
 
