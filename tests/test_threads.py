@@ -78,6 +78,7 @@ def test_a_busy_machine_times_both_counts_then_keeps_the_faster(two_threads, mon
     one_faster = {2: 1 / 16, 1: 1 / 32}
     trial = _steps(gov, state, 2 * TH.TRIAL_STEPS, one_faster)
     assert trial == [2, 1] * TH.TRIAL_STEPS and read[0] == TH.INTERVAL_S
+    assert len(read) == 2  # once a window: at 0.5 s, and at the first step from 1.0 s on
     kept = _steps(gov, state, int(TH.RETRY_S * 32), one_faster)  # 1/32 s a step: RETRY_S to the last bit
     assert set(kept) == {1} and gov.chosen[:2] == ((2, 1), 1)
     assert _steps(gov, state, 2 * TH.TRIAL_STEPS + 1, one_faster) == [*[2, 1] * TH.TRIAL_STEPS, 1]  # timed again
