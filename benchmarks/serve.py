@@ -181,10 +181,12 @@ def paired(args, prompts: list[list[int]]) -> dict:
             return row["tokens"] / row["wall_s"]
 
         with served(args) as port:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
 
-            def server(i: int) -> float:
+            def server(i: int) -> float:  # a connection of its own: the server closes one idle for 5 s (uvicorn's
+                # keep-alive), as it was while a slow generate request ran on a busy machine
+                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3600)
                 r = one_request(conn, prompts[i], args.max_tokens)
+                conn.close()
                 return r["tokens"] / r["wall"]
 
             pairs = []
@@ -193,7 +195,6 @@ def paired(args, prompts: list[list[int]]) -> dict:
                 a, b = first(i), second(i)
                 g, s = (a, b) if first is generated else (b, a)
                 pairs.append({"generate": g, "server": s, "ratio": s / g})
-            conn.close()
     finally:
         gen.stdin.close()
         gen.wait(timeout=60)
