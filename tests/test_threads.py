@@ -158,11 +158,15 @@ def test_every_engine_on_the_cpu_shares_the_process_governor():
     assert a.governor is b.governor is TH.shared() and a.governor.enabled
 
 
-@pytest.mark.parametrize("usable, cpus", [({0, 1}, 2), ({3}, 1), (None, 6)])
-def test_the_governor_counts_the_cpus_this_process_may_run_on(monkeypatch, usable, cpus):
-    """Its CPUs are its affinity's (a container's cpuset), the system's where the system does not say (macOS)."""
+@pytest.mark.parametrize("usable, listed, cpus", [({0, 1}, 6, 2), ({3}, 6, 1), (None, 6, 6), ({3}, 2, 6)])
+def test_the_governor_counts_the_cpus_the_meter_watches(tmp_path, monkeypatch, usable, listed, cpus):
+    """Its CPUs are its affinity's (a container's cpuset), the system's where the system does not say (macOS) or
+    /proc/stat does not list each of them (there the meter's share is over all of them)."""
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 0 0 1 0 0 0 0 0 0\n" + "".join(f"cpu{c} 1 0 0 1 0 0 0 0 0 0\n" for c in range(listed)))
+    monkeypatch.setattr(machine, "STAT", str(stat))
     monkeypatch.setattr(machine, "usable_cpus", lambda: usable)
-    monkeypatch.setattr(TH.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 6)
     gov = TH.ThreadGovernor()
     assert gov.cpus == cpus and gov.threads == torch.get_num_threads()
 

@@ -68,6 +68,13 @@ def busy_meter(path: str | None = None) -> Callable[[], float | None]:
     return share
 
 
+def metered_cpus(path: str | None = None) -> int:
+    """How many CPUs a `busy_meter` share is over: this process's where /proc/stat lists each of them, else all the
+    system's (also where /proc/stat cannot be read, and a share is None)."""
+    read = _busy_seconds(path, usable_cpus())
+    return read[1] if read is not None else os.cpu_count() or 1
+
+
 def usable_cpus() -> set[int] | None:
     """The CPUs this process may run on (its affinity), or None where the system does not say (macOS, Windows)."""
     try:

@@ -62,7 +62,7 @@ class ThreadGovernor:
 
     def __init__(self, enabled: bool | None = None) -> None:
         self.enabled = os.environ.get(SWITCH, "1") != "0" if enabled is None else enabled
-        self.cpus = len(machine.usable_cpus() or ()) or os.cpu_count() or 1
+        self.cpus = machine.metered_cpus()  # the CPUs the meter's share is over
         self._meter = machine.busy_meter()
         self._since = time.monotonic()
         self._share: float | None = None  # the other processes' share in the last window read
