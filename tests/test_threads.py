@@ -183,8 +183,8 @@ def test_the_governor_turned_off_keeps_torchs_count(two_threads, monkeypatch, ho
 def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_tokens(two_threads, monkeypatch):
     """Others keep a core busy: the engine's decode steps alternate between 2 threads and 1, then run with 1 (on a
     clock where a step on 1 thread takes a third of one on 2), each count's step recorded for it; the prompt's
-    scoring and prefill run with the count whose turn it is; the tokens are the quiet machine's, and torch's count is
-    2 between steps and after."""
+    scoring and prefill run with the count whose turn it is; the tokens are the quiet machine's and the model's own
+    uncached greedy ones (biases and LayerNorms perturbed), and torch's count is 2 between steps and after."""
     torch.manual_seed(0)
     model = tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=64)
     params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, prompt_logprobs=1)
@@ -211,10 +211,20 @@ def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_
     counts["draw"] = []
     monkeypatch.setattr(engine, "_draw", spy("draw", engine._draw))
     busy = engine.generate([[5, 6, 7]], params)[0].token_ids
-    assert busy == quiet and torch.get_num_threads() == 2
+    assert busy == quiet == _greedy(model, [5, 6, 7], 20) and torch.get_num_threads() == 2
     trial = [2, 1] * TH.TRIAL_STEPS
     assert counts == {"decode": trial + [1] * 7, "prefill": [2], "score": [2], "draw": trial + [1] * 8}
     assert {key[-1] for key in engine.runner.graphs} == {1, 2}  # a replayed step recorded for each count
+
+
+def _greedy(model, prompt: list[int], n: int) -> list[int]:
+    """n greedy tokens from the model's own uncached forward over the whole sequence, step by step: the reference."""
+    ids = list(prompt)
+    with torch.inference_mode():
+        for _ in range(n):
+            logits, _ = model(torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt) :]
 
 
 def test_the_meter_counts_this_process_cpus_alone(tmp_path, monkeypatch):
