@@ -187,8 +187,9 @@ def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_
     uncached greedy ones (biases and LayerNorms perturbed), and torch's count is 2 between steps and after."""
     torch.manual_seed(0)
     model = tiny_gpt(n_layer=2, n_embd=32, n_head=4, n_positions=64)
-    params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, prompt_logprobs=1)
+    params = SamplingParams(max_new_tokens=20, temperature=0, ignore_eos=True, prompt_logprobs=1, logprobs=0)
     quiet = Engine(model, max_batch=1).generate([[5, 6, 7]], params)[0].token_ids
+    tokens, logprobs = _greedy(model, [5, 6, 7], 20)
     clock = {"t": 0.0}
 
     def perf_counter():  # a step on 2 threads takes 3 units, on 1 thread 1
@@ -210,21 +211,25 @@ def test_an_engine_on_a_busy_machine_decodes_with_the_faster_count_and_the_same_
     monkeypatch.setattr(sequence, "prompt_logprobs", spy("score", sequence.prompt_logprobs))  # the prompt's forward
     counts["draw"] = []
     monkeypatch.setattr(engine, "_draw", spy("draw", engine._draw))
-    busy = engine.generate([[5, 6, 7]], params)[0].token_ids
-    assert busy == quiet == _greedy(model, [5, 6, 7], 20) and torch.get_num_threads() == 2
+    done = engine.generate([[5, 6, 7]], params)[0]
+    assert done.token_ids == quiet == tokens and torch.get_num_threads() == 2
+    torch.testing.assert_close(torch.tensor([lp.logprob for lp in done.logprobs]), logprobs, atol=1e-4, rtol=0)
     trial = [2, 1] * TH.TRIAL_STEPS
     assert counts == {"decode": trial + [1] * 7, "prefill": [2], "score": [2], "draw": trial + [1] * 8}
     assert {key[-1] for key in engine.runner.graphs} == {1, 2}  # a replayed step recorded for each count
 
 
-def _greedy(model, prompt: list[int], n: int) -> list[int]:
-    """n greedy tokens from the model's own uncached forward over the whole sequence, step by step: the reference."""
-    ids = list(prompt)
+def _greedy(model, prompt: list[int], n: int) -> tuple[list[int], torch.Tensor]:
+    """n greedy tokens from the model's own uncached forward over the whole sequence, step by step, and each one's
+    log-probability: the reference."""
+    ids, logprobs = list(prompt), []
     with torch.inference_mode():
         for _ in range(n):
             logits, _ = model(torch.tensor([ids]))
-            ids.append(int(logits[0, -1].argmax()))
-    return ids[len(prompt) :]
+            lp = torch.log_softmax(logits[0, -1].double(), -1)
+            ids.append(int(lp.argmax()))
+            logprobs.append(float(lp[ids[-1]]))
+    return ids[len(prompt) :], torch.tensor(logprobs)
 
 
 def test_the_meter_counts_this_process_cpus_alone(tmp_path, monkeypatch):
