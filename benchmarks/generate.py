@@ -10,6 +10,7 @@
     python benchmarks/generate.py --temperature 1                     # sampled, as `gpt2kit generate` is by default
     python benchmarks/generate.py --engine-rows 32                    # + one prompt in an engine of 32 rows (a server's slots)
     python benchmarks/generate.py --busy 1                            # a busy machine: another process spinning on a core
+    python benchmarks/generate.py --busy 1 --busy-duty 0.5            # ... spinning half of every 10 ms
 
 A GPT-2 of the chosen shape with random weights is saved once to a temporary folder; each measurement is a
 fresh worker process that loads it (transformers' `from_pretrained` or `gpt2kit.from_pretrained`), runs
@@ -26,7 +27,7 @@ is the median of each round's ratio (gpt2kit and llama.cpp run back to back), wh
 memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
 speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
 speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. With --busy N, N other
-processes spin on a core each while every side runs (a user's machine is seldom idle): gpt2kit runs its steps with
+processes spin on a core each while every side runs (--busy-duty D: D of every 10 ms, sleeping the rest) (a user's machine is seldom idle): gpt2kit runs its steps with
 the cores they leave (generate/threads.py), and a side 'gpt2kit, all threads' runs with GPT2KIT_ADAPT_THREADS=0 for
 comparison; the memory is not probed then (a probe would share the cores too), so no bound is given. One JSON line per configuration goes to
 benchmarks/results/generate.jsonl; RESULTS.md is made from those lines by benchmarks/report.py.
@@ -160,7 +161,7 @@ def bench(args) -> None:
             if HUGE in sides:
                 probes["huge pages"].append(round(harness.read_bandwidth_gbs(args.threads, device=args.device, huge=True), 2))
 
-        with harness.busy(args.busy):
+        with harness.busy(args.busy, args.busy_duty):
             runs = harness.alternate(sides, args.repeat, envs, between=None if args.busy else probe)
         bw_default, bw_huge = max(probes["4 KiB pages"], default=None), max(probes["huge pages"], default=None)
         bw = max(bw_default or 0, bw_huge or 0)  # the bound: the machine's best read in the run, whichever pages gave it
@@ -176,7 +177,8 @@ def bench(args) -> None:
         round(figures["gpt2kit"] / figures["transformers"], 3),
         config=dict(shape=args.shape, device=args.device, dtype=args.dtype, hf_dtype=args.hf_dtype or args.dtype, weights=args.weights,
                     batch=args.batch, prompt_len=args.prompt_len, new_tokens=args.new_tokens,
-                    temperature=args.temperature, top_p=args.top_p, busy=args.busy),
+                    temperature=args.temperature, top_p=args.top_p, busy=args.busy,
+                    **({"busy_duty": args.busy_duty} if args.busy_duty != 1 else {})),
         same_tokens=runs["gpt2kit"][0]["tokens_sha"] == runs["transformers"][0]["tokens_sha"],
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
@@ -253,6 +255,8 @@ def main() -> None:
     ap.add_argument("--engine-rows", type=int, default=0,
                     help="also gpt2kit with an engine of this many rows decoding the --batch prompts (as a server with that many slots)")
     ap.add_argument("--busy", type=int, default=0, help="other processes spinning on a core each while the sides run (a busy machine)")
+    ap.add_argument("--busy-duty", type=float, default=1.0,
+                    help="the share of each 10 ms the --busy processes spin, sleeping the rest (1: all the time)")
     ap.add_argument("--engine-huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)

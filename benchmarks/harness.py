@@ -28,6 +28,16 @@ from pathlib import Path
 from gpt2kit import hugepages  # the environment GPT2KIT_HUGEPAGES=1 gives (no torch import)
 
 RESULTS = Path(os.environ.get("GPT2KIT_BENCH_RESULTS") or Path(__file__).resolve().parent / "results")
+BUSY_PERIOD_S = 0.01  # a partly busy process (`busy`) spins its duty of each such period
+# a busy process: spins argv[1] seconds, then sleeps argv[2] (none: spins all the time)
+SPIN = """import sys, time
+spin, rest = map(float, sys.argv[1:])
+while True:
+    t = time.perf_counter()
+    while time.perf_counter() - t < spin or not rest:
+        pass
+    time.sleep(rest)
+"""
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8", "avx_vnni", "fma")
 
 
@@ -166,10 +176,14 @@ def alternate(sides: dict[str, list[str]], repeat: int, envs: dict[str, dict[str
 
 
 @contextlib.contextmanager
-def busy(processes: int) -> Iterator[None]:
-    """`processes` other processes, each spinning on one core, for the block's duration: a busy machine, as a
-    user's often is (a build, a browser tab, another model)."""
-    spinning = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(processes)]
+def busy(processes: int, duty: float = 1.0) -> Iterator[None]:
+    """`processes` other processes for the block's duration, each spinning on one core `duty` of every 10 ms and
+    sleeping the rest (1: all the time): a busy machine, as a user's often is (a build, a browser tab, another
+    model; a video call or a game's loop is busy part of each frame)."""
+    if not 0 < duty <= 1:
+        raise ValueError(f"a busy process's duty is a share of each 10 ms, over 0 and at most 1, got {duty}")
+    spin = [sys.executable, "-c", SPIN, str(BUSY_PERIOD_S * duty), str(BUSY_PERIOD_S * (1 - duty))]
+    spinning = [subprocess.Popen(spin) for _ in range(processes)]
     try:
         yield
     finally:

@@ -263,6 +263,8 @@ def main() -> None:
     ap.add_argument("--huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help="the server's --huge-pages (auto: on)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--busy", type=int, default=0, help="other processes spinning on a core each while the sides run (a busy machine)")
+    ap.add_argument("--busy-duty", type=float, default=1.0,
+                    help="the share of each 10 ms the --busy processes spin, sleeping the rest (1: all the time)")
     ap.add_argument("--side", choices=["transformers", "generate", "server", "paired", "generate-loop"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, default=1, help=argparse.SUPPRESS)
@@ -281,7 +283,7 @@ def main() -> None:
         sides |= {f"server-{n}": [*common, "--side", "server", "--n", str(n)] for n in args.clients}
         if 1 in args.clients:  # the like-for-like ratio, request by request
             sides["paired"] = [*common, "--side", "paired"]
-        with harness.busy(args.busy):
+        with harness.busy(args.busy, args.busy_duty):
             runs = harness.alternate(sides, args.repeat)
     med = {name: harness.median(r, "tok_per_s") for name, r in runs.items() if name != "paired"}
     by_request = [p["ratio"] for r in runs.get("paired", []) for p in r["pairs"]]  # every round's request pairs
@@ -294,7 +296,8 @@ def main() -> None:
              f"gpt2kit serve, {n} clients": {"figure": round(med[f"server-{n}"], 1), "unit": "tok/s",
                                              "runs": [round(r["tok_per_s"], 1) for r in server]}},
             round(med[f"server-{n}"] / med["transformers"], 3),
-            config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device, busy=args.busy),
+            config=dict(clients=n, max_tokens=args.max_tokens, dtype=args.dtype, device=args.device, busy=args.busy,
+                    **({"busy_duty": args.busy_duty} if args.busy_duty != 1 else {})),
             serve_over_generate=round(harness.paired_ratio(server, runs["generate"], "tok_per_s"), 3),
             **({"serve_over_generate_by_request": round(statistics.median(by_request), 3), "request_pairs": len(by_request)}
                if n == 1 else {}),

@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -57,3 +59,24 @@ def test_alternate_runs_the_sides_in_turn_with_a_probe_before_each_round():
     side = lambda name: ["-c", f"import json; print(json.dumps({{'side': '{name}'}}))"]  # noqa: E731
     runs = harness.alternate({"a": side("a"), "b": side("b")}, 2, between=lambda: order.append("probe"))
     assert runs == {"a": [{"side": "a"}] * 2, "b": [{"side": "b"}] * 2} and order == ["probe", "probe"]
+
+
+def test_a_partly_busy_process_spins_its_duty_of_the_time():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import resource
+    import time
+
+    import harness
+
+    def cpu_seconds(duty: float) -> float:  # the busy process's CPU time over 1.5 s (its start-up included)
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        with harness.busy(1, duty):
+            time.sleep(1.5)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+    whole, quarter = cpu_seconds(1.0), cpu_seconds(0.25)
+    assert whole > 1.0 and 0.15 < quarter < 0.7, (whole, quarter)
+    for duty in (0, 1.5):
+        with pytest.raises(ValueError, match="duty"), harness.busy(1, duty):
+            pass
