@@ -17,6 +17,31 @@ def test_help_lists_commands():
     assert "info" in r.stdout
 
 
+WHAT_LOADED = """import sys
+from gpt2kit.cli.__main__ import main
+try:
+    main(sys.argv[1:])
+except SystemExit:
+    pass
+print(sorted(m for m in sys.modules if m == "torch" or m.startswith("gpt2kit.cli.")))"""
+
+
+def test_the_parser_loads_the_module_of_the_command_given_alone():
+    from gpt2kit.cli.__main__ import COMMANDS
+
+    def loaded(*argv):
+        r = subprocess.run([sys.executable, "-c", WHAT_LOADED, *argv], capture_output=True, text=True, timeout=120)
+        return r.stdout.splitlines()[-1], r.stdout + r.stderr
+
+    top, out = loaded("--help")  # every command listed with its help, no command module and no torch loaded
+    words = " ".join(out.split())  # the help's lines unwrapped
+    assert top == "['gpt2kit.cli.__main__']" and all(f"{name} {help_line}" in words for name, (_, help_line) in COMMANDS.items()), out
+    for argv in (["gen"], [], ["--version"]):  # a wrong or missing command: argparse's one line, still no torch
+        assert "torch" not in loaded(*argv)[0]
+    one, out = loaded("info", "--help")
+    assert "'gpt2kit.cli.info'" in one and "gpt2kit.cli.generate'" not in one and "--kernels" in out
+
+
 def test_info_preset_reports_exact_parameters():
     r = gpt2kit("info", "gpt2-medium", "--json")
     assert r.returncode == 0, r.stderr

@@ -1,12 +1,13 @@
 """`gpt2kit <command>`: a table from command name to a module holding its arguments and one library call.
 
-Each command module defines HELP (one line), `add_arguments(parser)` and `run(args) -> int | None`; it
-parses nothing by hand and holds no logic beyond turning flags into a library call. Options that a config
-dataclass describes are declared from it (cli/flags.py). Building the parser imports every command module
-(and, through the config dataclasses, torch); what only running needs (the server, matplotlib,
-transformers, model weights) is imported inside `run`. Errors that gpt2kit raises on bad input
-(`Gpt2kitError`) print as one line on stderr with exit status 2, never as a traceback; so do the
-environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place), naming the path.
+Each command module defines `add_arguments(parser)` and `run(args) -> int | None` (its one line of help is in
+COMMANDS); it parses nothing by hand and holds no logic beyond turning flags into a library call. Options that a
+config dataclass describes are declared from it (cli/flags.py). Building the parser imports the module of the
+command given (and, through the config dataclasses, torch), not the others': `gpt2kit --help` imports neither.
+What only running needs (the server, matplotlib, transformers, model weights) is imported inside `run`. Errors
+that gpt2kit raises on bad input (`Gpt2kitError`) print as one line on stderr with exit status 2, never as a
+traceback; so do the environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place),
+naming the path.
 Warnings print as one line each too: `gpt2kit: warning: ...` (`show_warning`).
 """
 
@@ -25,42 +26,52 @@ import warnings
 from gpt2kit import hugepages
 from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
 
-COMMANDS: dict[str, str] = {
-    "info": "gpt2kit.cli.info",
-    "generate": "gpt2kit.cli.generate",
-    "chat": "gpt2kit.cli.chat",
-    "summarize": "gpt2kit.cli.summarize",
-    "translate": "gpt2kit.cli.translate",
-    "answer": "gpt2kit.cli.answer",
-    "prepare": "gpt2kit.cli.prepare",
-    "train": "gpt2kit.cli.train",
-    "finetune": "gpt2kit.cli.finetune",
-    "merge": "gpt2kit.cli.merge",
-    "eval": "gpt2kit.cli.eval",
-    "next": "gpt2kit.cli.next",
-    "score": "gpt2kit.cli.score",
-    "detect": "gpt2kit.cli.detect",
-    "attention": "gpt2kit.cli.attention",
-    "serve": "gpt2kit.cli.serve",
-    "export": "gpt2kit.cli.export",
-    "scaling": "gpt2kit.cli.scaling",
-}
+# command -> (its module, its one line of help): the help is here so that `gpt2kit --help` imports no command module
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("gpt2kit.cli.info", "show a model's config, parameter count and memory, or the measured kernels (--kernels)"),
+    "generate": ("gpt2kit.cli.generate", "generate text from prompts (sampling, stop strings, streaming, JSONL)"),
+    "chat": ("gpt2kit.cli.chat", "interactive multi-turn chat (the conversation stays in the context)"),
+    "summarize": ("gpt2kit.cli.summarize", "zero-shot summary (GPT-2 paper: 'TL;DR:', top-k 2, first 3 sentences)"),
+    "translate": ("gpt2kit.cli.translate", "zero-shot translation (GPT-2 paper: 'english = french' pairs, greedy)"),
+    "answer": ("gpt2kit.cli.answer", "zero-shot question answering ('Q: ... A:' prompt, optional context)"),
+    "prepare": ("gpt2kit.cli.prepare", "tokenize text/JSONL into train/val token shards"),
+    "train": ("gpt2kit.cli.train", "train a GPT-2 from scratch on prepared shards"),
+    "finetune": ("gpt2kit.cli.finetune", "fine-tune pretrained GPT-2 weights on text shards or prompt/completion JSONL"),
+    "merge": ("gpt2kit.cli.merge", "merge a LoRA adapter into its base model and write a plain model folder"),
+    "eval": ("gpt2kit.cli.eval", "evaluate: perplexity, lambada, hellaswag, wikitext"),
+    "next": ("gpt2kit.cli.next", "the most likely next tokens after a text (and what the sampler keeps)"),
+    "score": ("gpt2kit.cli.score", "per-token surprisal of a text: bits, rank, alternatives; perplexity and GLTR buckets"),
+    "detect": ("gpt2kit.cli.detect", "is this text machine-written? Fast-DetectGPT score, probability, verdict, GLTR evidence"),
+    "attention": ("gpt2kit.cli.attention", "draw attention maps (one head, the mean over heads, or a grid of all layers) to a PNG"),
+    "serve": ("gpt2kit.cli.serve", "serve a model over an OpenAI-compatible HTTP API, with a web playground"),
+    "export": ("gpt2kit.cli.export", "export a model to GGUF (llama.cpp) or ONNX (onnxruntime)"),
+    "scaling": ("gpt2kit.cli.scaling", "train a ladder of sizes, fit the scaling law, predict the largest size"),
+}  # fmt: skip
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every command, or with `command` (a name, or "" for none) of that one alone: the other
+    commands are listed with their help but their modules (and torch, which their configs import) stay unloaded."""
     from gpt2kit import __version__
 
     parser = argparse.ArgumentParser(prog="gpt2kit", description="GPT-2, complete and fast: generate, train, evaluate, serve.")
     parser.add_argument("--version", action="version", version=f"gpt2kit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=module.HELP, description=module.__doc__,
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)  # fmt: skip
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+    for name, (module_name, help_line) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_line, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        if command is None or name == command:
+            module = importlib.import_module(module_name)
+            p.description = module.__doc__
+            module.add_arguments(p)
+            p.set_defaults(_run=module.run)
     return parser
+
+
+def command_in(argv: list[str]) -> str:
+    """The command `argv` names: its first argument that is not an option ("" where there is none; argparse then
+    says what is missing or wrong)."""
+    return next((a for a in argv if not a.startswith("-")), "")
 
 
 def console() -> None:
@@ -71,8 +82,8 @@ def console() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(command_in(argv)).parse_args(argv)
     stdout, sys.stdout = sys.stdout, _NamedStream(sys.stdout, STDOUT)
     showwarning, warnings.showwarning = warnings.showwarning, show_warning
     notes, logger = _Notes(), logging.getLogger(NOTES)

@@ -6,8 +6,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "zero-shot question answering ('Q: ... A:' prompt, optional context)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("question", help="the question")

@@ -11,8 +11,6 @@ import math
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "draw attention maps (one head, the mean over heads, or a grid of all layers) to a PNG"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text ('-' reads stdin)")

@@ -17,8 +17,6 @@ from gpt2kit.cli.common import add_model_arguments, add_sampling_arguments
 if TYPE_CHECKING:
     from gpt2kit.generate.chat import ChatSession
 
-HELP = "interactive multi-turn chat (the conversation stays in the context)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preamble", default=None, help="text that opens the transcript (default: a one-line description)")

@@ -15,8 +15,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "is this text machine-written? Fast-DetectGPT score, probability, verdict, GLTR evidence"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="a text file, '-' for stdin, or the text itself")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "evaluate: perplexity, lambada, hellaswag, wikitext"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.cli.common import add_model_arguments

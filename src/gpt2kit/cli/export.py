@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "export a model to GGUF (llama.cpp) or ONNX (onnxruntime)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.export.gguf import GGUF_TYPES

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "fine-tune pretrained GPT-2 weights on text shards or prompt/completion JSONL"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.cli.flags import Flag

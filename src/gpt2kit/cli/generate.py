@@ -11,8 +11,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments, add_sampling_arguments
 
-HELP = "generate text from prompts (sampling, stop strings, streaming, JSONL)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("prompt", nargs="?", default=None, help="the prompt (omit to read --file or stdin)")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "show a model's config, parameter count and memory, or the measured kernels (--kernels)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=None,

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "merge a LoRA adapter into its base model and write a plain model folder"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="the base model: a preset (gpt2, ...), 'builtin', a hub id or a model folder")

@@ -11,8 +11,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "the most likely next tokens after a text (and what the sampler keeps)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("text", help="the text to continue ('-' reads stdin)")

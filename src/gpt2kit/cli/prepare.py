@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "tokenize text/JSONL into train/val token shards"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="text files, folders, .jsonl files")

@@ -16,8 +16,6 @@ import argparse
 import sys
 import time
 
-HELP = "train a ladder of sizes, fit the scaling law, predict the largest size"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.cli.flags import Flag, add_config_flags

@@ -16,7 +16,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "per-token surprisal of a text: bits, rank, alternatives; perplexity and GLTR buckets"
 # xterm-256 backgrounds from green to red, one per 1.5 bits of surprisal
 GRADIENT = (46, 82, 118, 154, 190, 226, 220, 214, 208, 202, 196)
 STEP_BITS = 1.5

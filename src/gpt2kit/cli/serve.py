@@ -14,8 +14,6 @@ import dataclasses
 from gpt2kit.cli.common import add_model_arguments, load_model_and_tokenizer
 from gpt2kit.serve.config import ServeConfig
 
-HELP = "serve a model over an OpenAI-compatible HTTP API, with a web playground"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from gpt2kit.cli.flags import Flag, add_config_flags

@@ -6,8 +6,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "zero-shot summary (GPT-2 paper: 'TL;DR:', top-k 2, first 3 sentences)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", nargs="?", default="-", help="text file with the article ('-' = stdin)")

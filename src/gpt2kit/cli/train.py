@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "train a GPT-2 from scratch on prepared shards"
-
 
 def add_config_arguments(p: argparse.ArgumentParser, exclude: tuple[str, ...] = (), defaults: dict | None = None,
                          flags: dict | None = None) -> None:  # fmt: skip

@@ -6,8 +6,6 @@ import argparse
 
 from gpt2kit.cli.common import add_model_arguments
 
-HELP = "zero-shot translation (GPT-2 paper: 'english = french' pairs, greedy)"
-
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("sentence", help="the sentence to translate")
