@@ -4,6 +4,7 @@ The real timing, the engine parity and `gpt2kit info --kernels` are in test_kern
 
 import copy
 import json
+import logging
 import re
 from types import SimpleNamespace
 
@@ -106,11 +107,30 @@ def test_batch_zero_plans_for_one_row(model, fixed_times):
     assert {c.rows for c in K.plan_kernels(model)} == {1, K.SHORT_ROWS, K.PREFILL_ROWS}  # batch 1 by default
 
 
-def test_nothing_is_cached_when_a_kernel_is_forced(model, fixed_times, monkeypatch):
+def test_a_batch_of_prefill_rows_is_timed_as_a_prompt(model, fixed_times):
+    """A decode batch under PREFILL_ROWS is timed streaming through the step, under a key of its own; one of
+    PREFILL_ROWS is the prompts' count itself, timed on one layer like a prompt."""
+    K.plan_kernels(model, batch=K.PREFILL_ROWS - 1)
+    K.plan_kernels(model, batch=K.PREFILL_ROWS)
+    keys = json.loads(fixed_times.read_text())[K.machine_key()]
+    assert {k.split(" | ", 3)[3] for k in keys} == {f"{K.PREFILL_ROWS - 1} rows | decode", f"{K.PREFILL_ROWS} rows"}
+
+
+def test_nothing_is_cached_when_a_kernel_is_forced(model, fixed_times, monkeypatch, caplog):
+    """A forced kernel, or use_cache=False: measured, not cached, and the note says where the choice goes."""
     fixed_times.write_text(json.dumps({K.machine_key(): {}}))
     monkeypatch.setenv("GPT2KIT_KERNEL", "onednn")
-    assert {c.kind for c in K.plan_kernels(model)} == {"onednn"}
-    assert json.loads(fixed_times.read_text()) == {K.machine_key(): {}}
+    with caplog.at_level(logging.INFO, logger="gpt2kit.kernels"):
+        assert {c.kind for c in K.plan_kernels(model)} == {"onednn"}
+        forced = caplog.records[-1].getMessage()
+        monkeypatch.delenv("GPT2KIT_KERNEL")
+        K.plan_kernels(model, use_cache=False)
+        uncached = caplog.records[-1].getMessage()
+        assert json.loads(fixed_times.read_text()) == {K.machine_key(): {}} and forced == uncached  # neither wrote
+        K.plan_kernels(model)
+        cached = caplog.records[-1].getMessage()
+    assert forced == ("timing this CPU's kernels for this model (float32, auto weights, batch 1), once: later runs read the "
+                      "choice from nowhere (not cached)") and cached == forced.replace("nowhere (not cached)", str(fixed_times))  # fmt: skip
 
 
 def test_weight_modes(model, fixed_times):

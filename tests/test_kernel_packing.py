@@ -102,3 +102,62 @@ def test_an_engine_of_many_rows_decodes_one_row_with_the_one_row_kind(model, fix
     assert {m.one_kind for m in K.inference_copy(model, batch=2).modules() if isinstance(m, KernelLinear)} == {"mkl"}
     monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
     assert {m.one_kind for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)} == {"mkl"}
+
+
+def _one_row_wins(monkeypatch, one: dict, many: dict):
+    """Decode passes timed from `one` ({kernel class: us}) for one row and from `many` for more."""
+    rows = [0]
+
+    def step(calls):
+        rows[0] = calls[0][2].shape[0]
+        return fake_pass(lambda k: (one if rows[0] == 1 else many).get(type(k), 9.0))(calls)
+
+    monkeypatch.setattr(KT, "_pass", step)
+
+
+def test_the_one_row_kind_needs_room_for_a_third_copy_unless_it_is_the_prompts_kind(model, fixed_times, monkeypatch):
+    """One row's kind (linear) differs from the batch's (mkl): taken up to exactly KEEP_PACKED_BYTES of weights, and
+    over it only when the prompts run that kind too (then it is their kernel, not a third copy)."""
+    _one_row_wins(monkeypatch, {L._Linear: 1.0, L._Mkl: 2.0}, dict(COST))  # a copy: COST changes below
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+
+    def one_kinds(limit):
+        fixed_times.unlink(missing_ok=True)
+        monkeypatch.setattr(K, "KEEP_PACKED_BYTES", limit)
+        return {m.one_kind for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)}
+
+    assert one_kinds(size) == {"linear"} and one_kinds(size - 1) == {"mkl"}
+    monkeypatch.setitem(COST, L._Linear, 0.5)  # the prompts' kind is linear now
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: COST.get(type(ks[0]), 5.0))
+    fixed_times.unlink()
+    copy = K.inference_copy(model, 2, one_row=True)
+    heads = [m for m in copy.modules() if isinstance(m, KernelLinear)]
+    assert {(m.one_kind, m.kinds) for m in heads} == {("linear", ("mkl", "linear"))} and all(m.one is m.large for m in heads)
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    fixed_times.unlink()
+    assert {m.one_kind for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)} == {"linear"}
+
+
+def test_the_one_row_kind_is_measured_for_the_weights_asked_for_and_its_kernels_reused(model, fixed_times, monkeypatch):
+    """An int8 engine's one-row kind is an int8 kind; the kernels its measurement packed are the copy's (not packed
+    again), and past the swept layers the copy packs that kind for one row."""
+    made = []
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
+    _one_row_wins(monkeypatch, {L._Int8Dynamic: 1.0, L._Int8: 2.0, L._Linear: 0.1}, {L._Int8: 1.0, L._Int8Dynamic: 2.0, L._Linear: 0.1})
+    heads = [m for m in K.inference_copy(model, 2, "int8", one_row=True).modules() if isinstance(m, KernelLinear)]
+    assert {(m.one_kind, m.kinds[0]) for m in heads} == {("int8-dynamic", "int8")}
+    assert all(any(m.one is k for k in made) for m in heads)  # the measurement's own kernels
+
+    class Spy(L._OneDnn):
+        def __init__(self, weight, bias, rows=1):
+            self.packed_for = rows
+            super().__init__(weight, bias, rows)
+
+    monkeypatch.setitem(L.KERNELS, "onednn", Spy)
+    _one_row_wins(monkeypatch, {Spy: 1.0, L._Mkl: 2.0}, COST)
+    monkeypatch.setattr(K.kernel_timing.machine, "largest_cache_bytes", lambda: 1)  # the sweep: one block, 64 head rows
+    fixed_times.unlink()
+    heads = [m for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)]
+    assert {m.one_kind for m in heads} == {"onednn"} and {m.one.packed_for for m in heads} == {1}
+    assert sum(any(m.one is k for k in made) for m in heads) == 4  # block 0's four products measured; the others packed anew
