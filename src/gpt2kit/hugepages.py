@@ -39,6 +39,7 @@ No torch here: this runs before anything heavy is imported.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import functools
 import math
@@ -47,7 +48,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from gpt2kit.errors import ConfigError
@@ -336,15 +337,34 @@ def anonymous(nbytes: int) -> tuple[mmap.mmap, int]:
     return buf, -address % HUGE_PAGE
 
 
+# Whether `empty` asks for huge pages: inside `packing(True)` only (an engine that moves its hot memory into them)
+_PACK_HUGE: contextvars.ContextVar[bool] = contextvars.ContextVar("gpt2kit_pack_huge", default=False)
+
+
+@contextlib.contextmanager
+def packing(huge: bool) -> Iterator[None]:
+    """`empty` in this block (this thread's) gives huge pages (`huge`) or torch's own memory. Engines that collapse
+    their hot memory (`wants_huge_pages`: servers, long runs) pack their weights in huge pages; the rest do not,
+    as fresh huge pages can cost far more than they save: on a 2-core Zen 3 VM (AMD EPYC) whose host had taken back
+    the guest's free 2 MiB blocks, packing GPT-2 124M's kernels took 15.5-16.7 s in huge pages and 1.3-1.4 s in 4 KiB
+    ones (512 MB written: 3.4 s against 0.24), and its float32 decode ran at the same speed in both (27.3 and 27.1
+    tok/s, medians of 8 alternating runs)."""
+    token = _PACK_HUGE.set(huge)
+    try:
+        yield
+    finally:
+        _PACK_HUGE.reset(token)
+
+
 def empty(shape: tuple[int, ...], dtype):
-    """An uninitialised torch tensor in `anonymous` memory when it holds at least one huge page (else torch's
-    own): for weights a decode step streams, written once when a kernel packs them, then read without a TLB
-    miss every 4 KiB (a 124M fp32 step's products: ~20.5 ms against ~23.7 with 4 KiB pages, MKL's and
-    gemv.c's alike, on the 2-core Xeon VM above)."""
+    """An uninitialised torch tensor, in `anonymous` memory when it holds at least one huge page and huge pages
+    are asked for (`packing`), else torch's own: for weights a decode step streams, written once when a kernel packs
+    them, then read without a TLB miss every 4 KiB (a 124M fp32 step's products: ~20.5 ms against ~23.7 with 4 KiB
+    pages, MKL's and gemv.c's alike, on the 2-core Xeon VM above)."""
     import torch  # here, not at the top: this module runs before torch is imported (relaunch)
 
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < HUGE_PAGE:
+    if nbytes < HUGE_PAGE or not _PACK_HUGE.get():
         return torch.empty(shape, dtype=dtype)
     buf, offset = anonymous(nbytes)
     return torch.frombuffer(buf, dtype=torch.uint8, count=nbytes, offset=offset).view(dtype).view(shape)  # keeps `buf` alive

@@ -48,10 +48,12 @@ class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
     'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured). max_len: the
     cache's columns per row (sizes the cache for the attention choice; None: the model's context). step: how
-    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached)."""
+    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached).
+    huge_pages: the weights packed in 2 MiB pages (an engine that collapses its hot memory; hugepages.packing)."""
 
     def __init__(
-        self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None
+        self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None,
+        huge_pages: bool = False,
     ) -> None:
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"decode weights must be one of {WEIGHT_MODES}, got {weights!r}.")
@@ -59,7 +61,8 @@ class DecodeRunner:
         if weights == "int8" and param.device.type != "cpu":
             raise ConfigError("int8 weights run on the CPU only; on a GPU use --dtype bf16 instead.")
         self.weights = weights
-        self.model = inference_copy(model, batch, weights, one_row=True)  # one row of many: one row's kernels
+        with hugepages.packing(huge_pages):  # packed in huge pages only for an engine that collapses (hugepages.packing)
+            self.model = inference_copy(model, batch, weights, one_row=True)  # one row of many: one row's kernels
         # the dtype of the cache the engine makes for this runner: the model's, or float32 with float32 attention
         self.cache_dtype = param.dtype
         self.attention = None  # the attention Choice (None: the model's own modules, nothing chosen)

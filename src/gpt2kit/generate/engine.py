@@ -108,7 +108,7 @@ class Engine:
         self.eot_id = eot_id
         self.max_batch = max_batch
         # static_cache: every step attends all max_len columns (masked), so a decode step has one fixed shape
-        self.runner = DecodeRunner(model, weights, batch=max_batch, max_len=self.max_len)
+        self.runner = DecodeRunner(model, weights, batch=max_batch, max_len=self.max_len, huge_pages=huge_pages)
         self.cache = KVCache(cfg, max_batch, self.max_len, device=self.device, dtype=self.runner.cache_dtype, static=static_cache)
         # huge_pages: the memory a decode step reads moved into 2 MiB pages now (a one-time cost; decode.py)
         self.huge_pages = self.runner.collapse_hot(self.cache) if huge_pages else Collapsed(skipped="not asked for")
