@@ -326,9 +326,9 @@ def _replace(libc, lo: int, hi: int, prot: int) -> bool:
 def anonymous(nbytes: int) -> tuple[mmap.mmap, int]:
     """(buffer, offset): nbytes of fresh private anonymous memory from `offset` on, which starts on a 2 MiB
     boundary, advised MADV_HUGEPAGE before anything is written to it, so that Linux backs it with 2 MiB pages
-    where it can (THP "madvise" or "always"). For memory about to be filled anyway, such as a kernel's packed
-    weights, that costs little or nothing over 4 KiB pages (measured: docs/generation.md, "Huge pages").
-    Freed when the last reference to the buffer goes."""
+    where it can (THP "madvise" or "always"). Filling it can cost little over 4 KiB pages, or many times more
+    where the host backs fresh 2 MiB blocks slowly (`packing`; docs/generation.md, "Huge pages"). Freed when the
+    last reference to the buffer goes."""
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=flags) if flags else mmap.mmap(-1, nbytes + HUGE_PAGE)
     with contextlib.suppress(AttributeError, OSError):  # no madvise (not Linux) or no THP: 4 KiB pages
