@@ -346,9 +346,8 @@ def packing(huge: bool) -> Iterator[None]:
     """`empty` in this block (this thread's) gives huge pages (`huge`) or torch's own memory. Engines that collapse
     their hot memory (`wants_huge_pages`: servers, long runs) pack their weights in huge pages; the rest do not,
     as fresh huge pages can cost far more than they save: on a 2-core Zen 3 VM (AMD EPYC) whose host had taken back
-    the guest's free 2 MiB blocks, packing GPT-2 124M's kernels took 15.5-16.7 s in huge pages and 1.3-1.4 s in 4 KiB
-    ones (512 MB written: 3.4 s against 0.24), and its float32 decode ran at the same speed in both (27.3 and 27.1
-    tok/s, medians of 8 alternating runs)."""
+    the guest's free 2 MiB blocks, packing GPT-2 124M's float32 kernels took 9.1 s in huge pages and 2.2 s in 4 KiB
+    ones (benchmarks/kernel_choice.py), and a 128-token decode ran at 34.8 tok/s with huge pages against 33.3."""
     token = _PACK_HUGE.set(huge)
     try:
         yield
