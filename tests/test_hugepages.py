@@ -137,25 +137,26 @@ def test_anonymous_memory_starts_on_a_huge_page_and_is_made_of_them():
 
 
 @pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
-def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages_where_packing_asks():
+def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages_where_packing_asks(monkeypatch):
     import torch
 
+    fresh = []  # sizes `empty` asked `anonymous` for: huge pages
+    real = hugepages.anonymous
+    monkeypatch.setattr(hugepages, "anonymous", lambda nbytes: fresh.append(nbytes) or real(nbytes))
     with hugepages.packing(True):
         big = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # 4 MiB
         small = hugepages.empty((8, 8), torch.bfloat16)  # torch's own allocation
         with hugepages.packing(False):
             plain = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)
-        again = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # the outer block's again
+        again = hugepages.empty((512, 1024), torch.float32).fill_(1.5)  # the outer block's again
+    outside = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # not asked for: torch's own memory
+    assert fresh == [4 << 20, 2 << 20]
     lo = big.data_ptr()
     assert big.shape == (1024, 1024) and big.dtype == torch.float32 and big.is_contiguous()
     assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + big.nbytes) >= 2048 and float(big.sum()) == 1.5 * 2**20
     assert again.data_ptr() % hugepages.HUGE_PAGE == 0 and huge_kib(again.data_ptr(), again.data_ptr() + again.nbytes) >= 2048
     assert small.shape == (8, 8) and small.dtype == torch.bfloat16 and small.untyped_storage().nbytes() == 128
-    outside = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # not asked for: torch's own memory
-    for t in (plain, outside):
-        assert t.shape == (1024, 1024) and float(t.sum()) == 1.5 * 2**20
-        if hugepages.thp_mode() == "madvise":  # torch's memory is not advised: 4 KiB pages
-            assert huge_kib(t.data_ptr(), t.data_ptr() + t.nbytes) == 0
+    assert all(t.shape == (1024, 1024) and float(t.sum()) == 1.5 * 2**20 for t in (plain, outside))
 
 
 def test_an_engine_packs_its_weights_in_huge_pages_only_when_it_collapses(monkeypatch):
