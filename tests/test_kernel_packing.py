@@ -1,6 +1,7 @@
 """How the inference copy's kernels are packed: for the rows each one serves (oneDNN's layout depends on the row
 count), and, for the decode winners, once: the copy takes the kernels the measurement already packed."""
 
+import pytest
 import torch
 
 from conftest import fake_pass
@@ -11,14 +12,20 @@ from gpt2kit.model.kernels import KernelLinear
 from test_kernel_choice import COST, fixed_times_fixture, model_fixture  # noqa: F401 (fixtures)
 
 
-def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, monkeypatch):
+@pytest.fixture
+def made(monkeypatch) -> list:
+    """Every kernel the measurement packs (KT.make_kernel), in order: which of the copy's kernels are the measured ones."""
+    kernels = []
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: kernels.append(real(kind, w, b, rows, like=like)) or kernels[-1])
+    return kernels
+
+
+def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_times, made, monkeypatch):
     """The decode winners the step measurement packed are the copy's own kernels (not packed twice); the best
     kind so far is kept per role, so a kind that lost keeps none. Over KEEP_PACKED_BYTES the copy packs anew."""
     step_cost = {L._Linear: 3.0, L._Mkl: 1.0, L._OneDnn: 2.0, L._OneDnnSplit: 2.5}  # mkl wins at decode; timed after linear, before onednn
     monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: step_cost[type(k)]))
-    made = []
-    real = KT.make_kernel
-    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
     copy = K.inference_copy(model, batch=2)
     small = [m.small for m in copy.modules() if isinstance(m, KernelLinear)]
     assert len(small) == 4 * 5 + 1 and all(type(k) is L._Mkl for k in small)
@@ -64,13 +71,10 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     assert packed_for[-21:] == [3] * 21  # one kernel for both row counts (the same kind), packed for the decode rows
 
 
-def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, monkeypatch):
+def test_packed_kernels_are_kept_up_to_exactly_keep_packed_bytes_and_for_the_first_of_equals(model, fixed_times, made, monkeypatch):
     """A model of exactly KEEP_PACKED_BYTES keeps the measured kernels, one byte more does not; when two kinds
     time the same, the first is chosen (as _choose does) and its kernels are the ones kept."""
     monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: 1.0))  # all equal
-    made = []
-    real = KT.make_kernel
-    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     for limit, reused in ((size, True), (size - 1, False)):
         fixed_times.unlink(missing_ok=True)
@@ -138,12 +142,9 @@ def test_the_one_row_kind_needs_room_for_a_third_copy_unless_it_is_the_prompts_k
     assert {m.one_kind for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)} == {"linear"}
 
 
-def test_the_one_row_kind_is_measured_for_the_weights_asked_for_and_its_kernels_reused(model, fixed_times, monkeypatch):
+def test_the_one_row_kind_is_measured_for_the_weights_asked_for_and_its_kernels_reused(model, fixed_times, made, monkeypatch):
     """An int8 engine's one-row kind is an int8 kind; the kernels its measurement packed are the copy's (not packed
     again), and past the swept layers the copy packs that kind for one row."""
-    made = []
-    real = KT.make_kernel
-    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append(real(kind, w, b, rows, like=like)) or made[-1])
     _one_row_wins(monkeypatch, {L._Int8Dynamic: 1.0, L._Int8: 2.0, L._Linear: 0.1}, {L._Int8: 1.0, L._Int8Dynamic: 2.0, L._Linear: 0.1})
     heads = [m for m in K.inference_copy(model, 2, "int8", one_row=True).modules() if isinstance(m, KernelLinear)]
     assert {(m.one_kind, m.kinds[0]) for m in heads} == {("int8-dynamic", "int8")}
