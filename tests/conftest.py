@@ -130,6 +130,17 @@ def huge_kib(lo: int, hi: int) -> int:
     return total
 
 
+@pytest.fixture
+def huge_asks(monkeypatch) -> list[int]:
+    """The sizes `hugepages.empty` asks `hugepages.anonymous` for (fresh memory advised for huge pages), in order."""
+    from gpt2kit import hugepages
+
+    asks = []
+    real = hugepages.anonymous
+    monkeypatch.setattr(hugepages, "anonymous", lambda nbytes: asks.append(nbytes) or real(nbytes))
+    return asks
+
+
 def tiny_gpt(seed: int = 0, **config):
     """A random-weight GPT (ours) in eval mode, biases and LayerNorms perturbed (see perturb_)."""
     from gpt2kit import GPT, GPTConfig

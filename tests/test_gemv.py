@@ -107,23 +107,20 @@ def test_the_packed_layout_is_blocks_of_rows_chunk_by_chunk_zero_padded(build):
 
 @pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
 @pytest.mark.parametrize("kind", ["gemv", "mkl"])
-def test_packed_weights_of_a_huge_page_or_more_are_written_into_huge_pages_where_asked(kind, monkeypatch):
+def test_packed_weights_of_a_huge_page_or_more_are_written_into_huge_pages_where_asked(kind, huge_asks):
     """Inside hugepages.packing(True) (an engine that collapses its hot memory) the packed weight sits in huge pages;
     elsewhere in torch's own memory."""
     if not L.KERNELS[kind].available(CPU, torch.float32):
         pytest.skip(f"{kind} does not run here")
-    fresh = []
-    real = hugepages.anonymous
-    monkeypatch.setattr(hugepages, "anonymous", lambda nbytes: fresh.append(nbytes) or real(nbytes))
     w = torch.randn(1024, 1024)
     with hugepages.packing(True):
         kernel = L.make_kernel(kind, w, None)  # 4 MiB
     packed = kernel.packed.w if kind == "gemv" else kernel.wt
     lo = packed.data_ptr()
-    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + packed.nbytes) >= 2048 and fresh == [4 << 20]
+    assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + packed.nbytes) >= 2048 and huge_asks == [4 << 20]
     torch.testing.assert_close(kernel(w[:3]), w[:3] @ w.t(), atol=1e-4, rtol=1e-5)
     plain = L.make_kernel(kind, w, None)
-    assert fresh == [4 << 20]  # not asked for
+    assert huge_asks == [4 << 20]  # not asked for
     torch.testing.assert_close(plain(w[:3]), w[:3] @ w.t(), atol=1e-4, rtol=1e-5)
 
 

@@ -137,12 +137,9 @@ def test_anonymous_memory_starts_on_a_huge_page_and_is_made_of_them():
 
 
 @pytest.mark.skipif(hugepages.thp_mode() not in ("madvise", "always"), reason="needs Linux transparent huge pages")
-def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages_where_packing_asks(monkeypatch):
+def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages_where_packing_asks(huge_asks):
     import torch
 
-    fresh = []  # sizes `empty` asked `anonymous` for: huge pages
-    real = hugepages.anonymous
-    monkeypatch.setattr(hugepages, "anonymous", lambda nbytes: fresh.append(nbytes) or real(nbytes))
     with hugepages.packing(True):
         big = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # 4 MiB
         small = hugepages.empty((8, 8), torch.bfloat16)  # torch's own allocation
@@ -150,7 +147,7 @@ def test_empty_tensors_of_a_huge_page_or_more_sit_in_huge_pages_where_packing_as
             plain = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)
         again = hugepages.empty((512, 1024), torch.float32).fill_(1.5)  # the outer block's again
     outside = hugepages.empty((1024, 1024), torch.float32).fill_(1.5)  # not asked for: torch's own memory
-    assert fresh == [4 << 20, 2 << 20]
+    assert huge_asks == [4 << 20, 2 << 20]
     lo = big.data_ptr()
     assert big.shape == (1024, 1024) and big.dtype == torch.float32 and big.is_contiguous()
     assert lo % hugepages.HUGE_PAGE == 0 and huge_kib(lo, lo + big.nbytes) >= 2048 and float(big.sum()) == 1.5 * 2**20
