@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import bf16_in_build as _bf16_in
 from conftest import gemv_buildable, huge_kib, needs_gemv
 from gpt2kit import hugepages
-from gpt2kit.model import gemv
+from gpt2kit.model import gemv, int8
 from gpt2kit.model import linear as L
 
 CPU = torch.device("cpu")
@@ -284,7 +284,7 @@ def test_gelu_is_applied_to_each_output_as_it_is_stored(build, kind):
     b = b * 3  # outputs of a few units, and a far tail
     b[:2] = torch.tensor([-40.0, 40.0])
     if kind == "s8":
-        q, scale = L._quantize_int8(w)
+        q, scale = int8.quantize(w)
         p = gemv.Packed(q, b, torch.int8, scale=scale)
     else:
         p = gemv.Packed(w, b, dtype, out_dtype=dtype)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt2kit.model import int8
 from gpt2kit.model import linear as L
 from gpt2kit.model.kernels import KernelLinear
 
@@ -55,10 +56,10 @@ def test_int8_dynamic_is_the_specified_quantisation(bias):
 
 @needs_x86_engine
 def test_int8_dynamic_multiplies_the_int8_weights_of_every_int8_kind(monkeypatch):
-    """Its weights are linear._quantize_int8's, bit for bit (int8 and int8-gemv multiply those too); without torch's
+    """Its weights are int8.quantize's, bit for bit (int8 and int8-gemv multiply those too); without torch's
     private constructor of a quantized tensor from them, they are quantized again to the same values."""
     w, b, _ = _data()
-    q, scale = L._quantize_int8(w)
+    q, scale = int8.quantize(w)
     for make in (torch._make_per_channel_quantized_tensor, None):
         monkeypatch.setattr(torch, "_make_per_channel_quantized_tensor", make, raising=False)
         qw, _ = torch.ops.quantized.linear_unpack(L.make_kernel("int8-dynamic", w, b).packed)
@@ -129,6 +130,47 @@ def test_linear_uses_the_weight_in_place_and_mkl_a_transposed_copy():
     assert L.make_kernel("linear", w, b).w is w
     mkl = L.make_kernel("mkl", w, b)
     assert mkl.wt.shape == (64, 48) and mkl.wt.is_contiguous() and mkl.b is b
+    w, b, x = _data(out=2 * L.TRANSPOSE_ROWS + 44)  # transposed in three copies, the last a part one
+    mkl = L.make_kernel("mkl", w, b)
+    assert torch.equal(mkl.wt, w.t()) and mkl.wt.is_contiguous()
+    torch.testing.assert_close(mkl(x), F.linear(x, w, b))
+
+
+def test_the_int8_kinds_of_a_weight_share_one_quantization_within_once(monkeypatch):
+    """Within int8.once() each weight is quantized once for every int8 kind made from it (the same memory, shape,
+    strides and version); another weight, a slice of it, or it changed in place is quantized again; outside, every time."""
+    made = []
+    real = int8._quantize
+    monkeypatch.setattr(int8, "_quantize", lambda w: made.append(tuple(w.shape)) or real(w))
+    w, b, x = _data(out=64)
+    kinds = [k for k in ("int8", "int8-dynamic", "int8-gemv") if L.KERNELS[k].available(CPU, torch.float32)]
+    with int8.once():
+        ks = [L.make_kernel(k, w, b) for k in kinds]
+        assert made == [(64, 64)]
+        assert int8.quantize(w)[0] is int8.quantize(w)[0]
+        int8.quantize(w[:16])
+        other = w.clone()
+        int8.quantize(other)
+        with int8.once():  # nested: the outer one's
+            int8.quantize(w)
+        assert made == [(64, 64), (16, 64), (64, 64)]
+        other.mul_(2.0)
+        q2, s2 = int8.quantize(other)
+        assert len(made) == 4 and torch.equal(s2, 2 * int8.quantize(w)[1])
+    for k, kernel in zip(kinds, ks):  # and the kernels still multiply the weight's own int8 values
+        assert (kernel(x) - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max(), k
+    int8.quantize(w)
+    int8.quantize(w)
+    assert len(made) == 6
+
+
+def test_once_keeps_at_most_kept_bytes_of_quantized_weights(monkeypatch):
+    monkeypatch.setattr(int8, "KEPT_BYTES", 2 * 64 * 64)  # two (64, 64) int8 matrices
+    ws = [torch.randn(64, 64) for _ in range(3)]
+    with int8.once():
+        q = [int8.quantize(w)[0] for w in ws]
+        assert int8.quantize(ws[2])[0] is q[2] and int8.quantize(ws[1])[0] is q[1]
+        assert int8.quantize(ws[0])[0] is not q[0]  # the least recently used, dropped
 
 
 @pytest.mark.parametrize("bias", [True, False])

@@ -100,6 +100,19 @@ def test_whole_steps_are_timed_once_then_cached(tiny, unreplayable, monkeypatch)
     assert "a first generation times whole steps" in decode_step_status(tiny, 1, "auto")  # another batch: none yet
 
 
+def test_the_timing_records_the_replayed_step_once_as_an_engine_does(tiny, unreplayable, monkeypatch):
+    """Each candidate's turns run on one cache of its own, emptied each turn: its step is recorded (the measured
+    one's found unrecordable) in its first turn only, and replayed in the others (a recording costs ~20 ms where a
+    step costs a few)."""
+    recorded, real = [], StepGraph.record
+    monkeypatch.setattr(StepGraph, "record", lambda *a, **k: recorded.append(1) or real(*a, **k))
+    made, real_cache = [], step_choice.KVCache
+    monkeypatch.setattr(step_choice, "KVCache", lambda *a, **k: made.append(1) or real_cache(*a, **k))
+    runner = DecodeRunner(tiny, batch=2)
+    assert set(runner.step.us) == {"measured", "replayed"} and step_choice.TURNS == 3
+    assert len(recorded) == 2 and len(made) == 2
+
+
 def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, unreplayable, monkeypatch):
     from gpt2kit import machine
 

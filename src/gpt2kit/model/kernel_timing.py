@@ -31,7 +31,9 @@ PREFILL_ROWS = 256
 # packs the weight again on every call, while at 256 and 512 rows the two were within 12 % either way.
 SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
-TIME_BUDGET_S = 0.008  # per candidate and row count
+# per candidate and row count (at least 3 calls): the lower quartile of a prompt product's calls moved by ~1-3 % between
+# 3 and 8 ms of them on a 2-core Zen 3 VM, less than the kinds that win at prompts lie apart
+TIME_BUDGET_S = 0.003
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 FAR_BEHIND = 2.0  # a prompt kind whose first timed call is over this times the best so far is not timed further
 # output rows of a prompt product's trial call, which tells whether a kind is worth calling whole (a call's own overhead,
@@ -47,7 +49,11 @@ PREFILL_OUT_TIMED = 512
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: 3-7 ms a kind a round
 ROUNDS = (5, 20)
-ROUNDS_BUDGET_S = 0.25
+ROUNDS_BUDGET_S = 0.05
+# ... but after FAR_ROUNDS rounds a kind over FAR times its role's leader is out of it already: on that VM MKL and
+# F.linear were 1.5-3.2x behind gemv.c on most of 124M's roles, round after round
+FAR_ROUNDS = 2
+FAR = 1.5
 # a kind over this factor of its role's leader, round for round, is out of that role: on a 2-core Zen 3 VM MKL, oneDNN
 # and F.linear were 1.3-2.3x behind gemv.c at decode, and gemv.c's prefetch variants within 1.0-1.12x of each other
 CLEAR = 1.25
@@ -138,6 +144,9 @@ def measure(
     timed = timed_weights(linears, rows)
     w0, b0 = timed[0]
     ref = F.linear(x.float(), w0.float(), None if b0 is None else b0.float())  # (rows, out')
+    gelu = role == GELU_ROLE  # c_fc's product is timed and checked with its GELU, which a kernel may fuse
+    if gelu:
+        ref = F.gelu(ref, approximate="tanh")
     us = {}
     with torch.inference_mode():
         for kind in kinds:
@@ -147,7 +156,7 @@ def measure(
                 continue
             ks = [make_kernel(kind, w, b, rows) for w, b in timed]
             t0 = time.perf_counter()
-            y = ks[0](x).float()
+            y = (ks[0].gelu(x) if gelu else ks[0](x)).float()  # the first call, as timed: `_time`'s warm-up
             first_us = (time.perf_counter() - t0) * 1e6
             wrong = _wrong_numbers(kind, y, ref, dtype)
             if wrong:
@@ -156,7 +165,7 @@ def measure(
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, role == GELU_ROLE, best)
+            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, gelu, best)
     return _choose(role, rows, us, rejected)
 
 
@@ -165,13 +174,14 @@ PromptTodo = dict[tuple[str, int], tuple[list[nn.Linear], tuple[list[str], dict[
 
 def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int], Choice]:
     """`measure` for each (role, rows), once for the roles whose timed slices at a prompt's rows (SHORT_ROWS or more)
-    are alike: the same shape, each with a bias or each without, the GELU (c_fc's) or not, the same candidates.
-    GPT-2's attn.c_attn and attn.c_proj are both timed on 512 x 768 slices with a bias. Fewer rows: each role alone."""
+    are alike: the same shape, the GELU (c_fc's) or not, the same candidates; a bias or none (adding one is ~1 % of a
+    512 x 768 slice's product at 32 rows). GPT-2's attn.c_attn, attn.c_proj and lm_head are all timed on the first's
+    512 x 768 slice. Fewer rows: each role alone."""
     done: dict[tuple, Choice] = {}
     out = {}
     for (role, rows), (linears, cands) in todo.items():
-        w, b = timed_weights(linears, rows)[0]
-        alike = (rows, tuple(w.shape), b is None, role == GELU_ROLE, tuple(cands[0]), None if rows >= SHORT_ROWS else role)
+        w, _ = timed_weights(linears, rows)[0]
+        alike = (rows, tuple(w.shape), role == GELU_ROLE, tuple(cands[0]), None if rows >= SHORT_ROWS else role)
         if alike not in done:
             done[alike] = measure(role, linears, rows, cands, dtype)
         out[(role, rows)] = replace(done[alike], role=role)
@@ -265,9 +275,10 @@ def _rounds(entrants: dict[str, list[tuple[str, object, torch.Tensor]]]) -> tupl
     changes every few seconds (a 2-core Zen 4 VM read at 34-36 GB/s and at 60-65 by turns) meets every kind within
     a round, so kinds are compared round by round (`_over`): timed one after the other, gemv.c's prefetch variants
     came out 0.4 % apart in one sweep and 1.4x in the next. After a warm-up round (a kind whose warm-up pass is over
-    10x the best and over SLOW_FIRST_CALL_US keeps that figure and runs no more: int8-f32), ROUNDS[0] timed rounds,
-    then more while ROUNDS_BUDGET_S lasts and a role is still contested: after each round, a kind over CLEAR times
-    its role's leader (`_leader`) is out of that role, and a kind out of every role runs no more.
+    10x the best and over SLOW_FIRST_CALL_US keeps that figure and runs no more: int8-f32), FAR_ROUNDS timed rounds,
+    then more while a role is still contested, up to ROUNDS[0] and then while ROUNDS_BUDGET_S lasts: after each
+    round, a kind over FAR (from ROUNDS[0] rounds on, CLEAR) times its role's leader (`_leader`) is out of that role,
+    and a kind out of every role runs no more.
     Returns ({kind: {role: [seconds of its calls in a pass, round by round]}}, {kind: the roles it is still in})."""
     kinds = list(entrants)
     warm = {kind: _pass(calls) for kind, calls in entrants.items()}
@@ -278,14 +289,14 @@ def _rounds(entrants: dict[str, list[tuple[str, object, torch.Tensor]]]) -> tupl
         times[kind] = {role: [s] if slow else [] for role, s in t.items()}
         live[kind] = set() if slow else set(t)
     deadline, r = float("inf"), 0
-    while r < ROUNDS[0] or (r < ROUNDS[1] and time.perf_counter() < deadline and _contested(live)):
+    while r < FAR_ROUNDS or (r < ROUNDS[1] and _contested(live) and (r < ROUNDS[0] or time.perf_counter() < deadline)):
         for kind in kinds[r % len(kinds):] + kinds[: r % len(kinds)]:
             if live[kind]:
                 for role, s in _pass(entrants[kind]).items():
                     times[kind][role].append(s)
         r += 1
-        if r >= ROUNDS[0]:
-            _drop(times, live, tie=r >= TIE_ROUNDS)
+        if r >= FAR_ROUNDS:
+            _drop(times, live, FAR if r < ROUNDS[0] else CLEAR, tie=r >= TIE_ROUNDS)
         if r == ROUNDS[0]:
             deadline = time.perf_counter() + ROUNDS_BUDGET_S
     return times, live
@@ -309,15 +320,15 @@ def _leader(times: dict[str, list[float]], kinds: list[str]) -> str:
     return min(kinds, key=lambda k: _over(times[k], best))
 
 
-def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]], tie: bool) -> None:
-    """Take out of each role (in `live`) every kind but its leader that is over CLEAR times the leader, round for
+def _drop(times: dict[str, dict[str, list[float]]], live: dict[str, set[str]], clear: float, tie: bool) -> None:
+    """Take out of each role (in `live`) every kind but its leader that is over `clear` times the leader, round for
     round, or that the leader beat in a one-sided share of the rounds (`_beaten`), or, with `tie`, within TIE of it."""
     for role in {role for roles in live.values() for role in roles}:
         rivals = [k for k in times if role in live[k]]
         leader = _leader({k: times[k][role] for k in rivals}, rivals)
         for kind in rivals:
             over = _over(times[kind][role], times[leader][role])
-            if kind != leader and (over > CLEAR or (tie and 1 / TIE <= over <= TIE) or _beaten(times[leader][role], times[kind][role])):
+            if kind != leader and (over > clear or (tie and 1 / TIE <= over <= TIE) or _beaten(times[leader][role], times[kind][role])):
                 live[kind].discard(role)
 
 
@@ -348,12 +359,13 @@ def _standing(role: str, rows: int, timed: dict[str, list[float]], still: set[st
 
 def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = float("inf")) -> float:
     """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
-    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up round; with
+    low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up call of each but the
+    first (the caller's check called it, as timed: a second warm-up call cost ~40 ms of a 124M model's choice); with
     `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse). A first timed call over
     FAR_BEHIND times `best` (microseconds, the best kind's so far) is the figure: bf16 products where torch emulates
     them took ~150 ms a call at 256 rows on a 2-core Zen 3 VM, against ~20 for float32 ones."""
     calls = [k.gelu if gelu else k for k in kernels]
-    for k in calls:
+    for k in calls[1:]:
         k(x)
     times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):

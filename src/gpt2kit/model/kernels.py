@@ -42,7 +42,7 @@ import torch.nn as nn
 from gpt2kit import machine
 from gpt2kit.atomic import write_text
 from gpt2kit.errors import ConfigError
-from gpt2kit.model import kernel_timing
+from gpt2kit.model import int8, kernel_timing
 from gpt2kit.model.direct import call_directly
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import GELU_ROLE, PREFILL_ROWS, ROLES, SHORT_ROWS, WRONG, Choice, measure_prompts, measure_step
@@ -121,6 +121,7 @@ def machine_key() -> str:
     return f"{name} | flags {digest} | torch {torch.__version__} | {torch.get_num_threads()} threads"
 
 
+@int8.once()  # the int8 kinds of a weight share its quantization
 def plan_kernels(
     model: GPT, batch: int = 1, weights: str = "auto", use_cache: bool = True, remeasure: bool = False, packed: dict | None = None
 ) -> list[Choice]:
@@ -191,6 +192,7 @@ def decode_sweep(model: GPT, weights: str = "auto") -> dict[str, int]:
             "weight_bytes": _weight_bytes(weights, dtype)}  # fmt: skip
 
 
+@int8.once()  # its int8 kinds share each weight's quantization with the measurement's and each other
 def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: bool = False) -> GPT:
     """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
     every nn.Linear replaced by a KernelLinear of the measured kinds, its modules called directly (direct.py).
