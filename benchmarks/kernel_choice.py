@@ -1,17 +1,19 @@
-"""The one-time cost of choosing linear kernels by measurement (model/kernels.py), in a fresh cache.
+"""The one-time cost of choosing kernels by measurement (model/kernels.py, attention_plan.py, step_choice.py), in a
+fresh cache.
 
     python benchmarks/kernel_choice.py [--threads 2] [--repeat 3]
 
-For the built-in model and a random 124M GPT-2, what a user's run pays to get its inference copy
-(`inference_copy`: the kernel choice, then the model's linear layers packed in the chosen layouts): in a fresh
-process with an empty cache folder (every candidate timed on the real weights, at the decode batch and at prefill
-rows), then in another fresh process with the choice cached. Their difference is the measurement's one-time cost;
-the cached time is what every run pays to pack the weights (in a fresh process, as a user's run: on a VM whose
+For the built-in model and a random 124M GPT-2, what a user's run pays to get its one-row decode runner (the
+`DecodeRunner` that `gpt2kit generate` builds: the linear kernels' choice and the inference copy with the weights
+packed in the chosen layouts, then the attention's choice and, where they differ, whole decode steps timed both
+ways): in a fresh process with an empty cache folder (every candidate timed on the real weights, at the decode batch
+and at prefill rows), then in another fresh process with the choices cached. Their difference is the measurement's
+one-time cost; the cached time is what every run pays to pack the weights (in a fresh process, as a user's run: on a VM whose
 host backs memory only when it is first touched, packing 124M's two copies into fresh memory took ~1.2 s, and
-~0.7 s again in the same process). For fp32 the cached copy is also made with its weights packed in 2 MiB pages
+~0.7 s again in the same process). For fp32 the cached runner is also made with its weights packed in 2 MiB pages
 (`fp32 auto cached, 2 MiB pages`), as an engine that moves its hot memory into huge pages packs them (a server, a
 chat, a run of 512 tokens or more; src/gpt2kit/hugepages.py, `packing`). Building gemv.c, once per machine (and compiler), is timed apart (`gemv.c
-build`, before the first copy). For fp32 (`auto`), fp32 with `--weights int8`, and bf16; the configurations and
+build`, before the first runner). For fp32 (`auto`), fp32 with `--weights int8`, and bf16; the configurations and
 the first and cached processes alternate, --repeat rounds, and the medians go to
 benchmarks/results/kernel_choice.jsonl (harness.record), one line per model.
 """
@@ -33,14 +35,14 @@ CONFIGS = (("fp32", "auto"), ("fp32", "int8"), ("bf16", "auto"))
 
 
 def worker(model_name: str, dtype: str, weights: str, threads: int, huge: bool = False) -> dict:
-    """One inference copy in this process: milliseconds to build (or load) gemv.c and to make the copy (with `huge`,
+    """One decode runner in this process: milliseconds to build (or load) gemv.c and to make the runner (with `huge`,
     its weights packed in 2 MiB pages, as an engine that collapses its hot memory packs them)."""
     import torch
 
     torch.set_num_threads(threads)
-    from gpt2kit import GPT, GPTConfig, from_pretrained, hugepages
+    from gpt2kit import GPT, GPTConfig, from_pretrained
+    from gpt2kit.generate.decode import DecodeRunner
     from gpt2kit.model import gemv
-    from gpt2kit.model.kernels import inference_copy
 
     model = from_pretrained("builtin") if model_name == "builtin" else GPT(GPTConfig()).eval()
     model = model.to(torch.bfloat16 if dtype == "bf16" else torch.float32)
@@ -48,9 +50,8 @@ def worker(model_name: str, dtype: str, weights: str, threads: int, huge: bool =
     gemv.unavailable(torch.float32)  # builds the library where the cache has none
     build = time.perf_counter() - t0
     t0 = time.perf_counter()
-    with hugepages.packing(huge):
-        inference_copy(model, 1, weights)
-    return {"build_ms": round(build * 1e3, 1), "copy_ms": round((time.perf_counter() - t0) * 1e3, 1)}
+    DecodeRunner(model, weights, 1, huge_pages=huge)
+    return {"build_ms": round(build * 1e3, 1), "runner_ms": round((time.perf_counter() - t0) * 1e3, 1)}
 
 
 def _run(model_name: str, dtype: str, weights: str, threads: int, cache: str, huge: bool = False) -> dict:
@@ -76,12 +77,12 @@ def main() -> int:
                 with tempfile.TemporaryDirectory() as cache:
                     first = _run(model_name, dtype, weights, args.threads, cache)
                     cached = _run(model_name, dtype, weights, args.threads, cache)
-                    if (dtype, weights) == CONFIGS[0]:  # the same copy packed in 2 MiB pages, as a collapsing engine's
+                    if (dtype, weights) == CONFIGS[0]:  # the same runner, its weights packed in 2 MiB pages, as a collapsing engine's
                         runs.setdefault(f"{dtype} {weights} cached, 2 MiB pages", []).append(
-                            _run(model_name, dtype, weights, args.threads, cache, huge=True)["copy_ms"])
+                            _run(model_name, dtype, weights, args.threads, cache, huge=True)["runner_ms"])
                 name = f"{dtype} {weights}"
-                for side, ms in ((f"{name} one-time", first["copy_ms"] - cached["copy_ms"]), (f"{name} first run", first["copy_ms"]),
-                                 (f"{name} cached", cached["copy_ms"]), ("gemv.c build", first["build_ms"])):  # fmt: skip
+                for side, ms in ((f"{name} one-time", first["runner_ms"] - cached["runner_ms"]), (f"{name} first run", first["runner_ms"]),
+                                 (f"{name} cached", cached["runner_ms"]), ("gemv.c build", first["build_ms"])):  # fmt: skip
                     runs.setdefault(side, []).append(ms)
         sides = {side: {"figure": round(statistics.median(ms), 1), "unit": "ms", "runs": ms} for side, ms in runs.items()}
         line = harness.record("kernel_choice", ["python", "benchmarks/kernel_choice.py", *sys.argv[1:]], args.threads, sides,

@@ -101,16 +101,21 @@ def test_whole_steps_are_timed_once_then_cached(tiny, unreplayable, monkeypatch)
 
 
 def test_the_timing_records_the_replayed_step_once_as_an_engine_does(tiny, unreplayable, monkeypatch):
-    """Each candidate's turns run on one cache of its own, emptied each turn: its step is recorded (the measured
+    """Each candidate's turns run on one cache of its own, which each turn extends: its step is recorded (the measured
     one's found unrecordable) in its first turn only, and replayed in the others (a recording costs ~20 ms where a
-    step costs a few)."""
+    step costs a few); one prefill each, TURNS x STEPS timed steps and one untimed."""
     recorded, real = [], StepGraph.record
     monkeypatch.setattr(StepGraph, "record", lambda *a, **k: recorded.append(1) or real(*a, **k))
     made, real_cache = [], step_choice.KVCache
     monkeypatch.setattr(step_choice, "KVCache", lambda *a, **k: made.append(1) or real_cache(*a, **k))
+    calls = []
+    for name in ("prefill", "decode"):
+        real_call = getattr(DecodeRunner, name)
+        monkeypatch.setattr(DecodeRunner, name, lambda self, *a, _r=real_call, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
     runner = DecodeRunner(tiny, batch=2)
-    assert set(runner.step.us) == {"measured", "replayed"} and step_choice.TURNS == 3
+    assert set(runner.step.us) == {"measured", "replayed"} and (step_choice.TURNS, step_choice.STEPS) == (3, 2)
     assert len(recorded) == 2 and len(made) == 2
+    assert calls.count("prefill") == 2 and calls.count("decode") == 2 * (1 + 3 * 2)
 
 
 def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, unreplayable, monkeypatch):

@@ -36,7 +36,7 @@ from gpt2kit.model.linear import STEP_KINDS, make_kernel
 CANDIDATES = ("measured", "replayed")
 ENV = "GPT2KIT_DECODE_STEP"
 TURNS = 3  # turns per candidate, alternating; the median step of all counts
-STEPS = 2  # decode steps timed per turn, after one untimed (the replayed candidate's first turn records there)
+STEPS = 2  # decode steps timed per turn; the first turn's come after one untimed (the replayed candidate records there)
 
 
 @dataclasses.dataclass
@@ -139,9 +139,9 @@ def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
 
 
 def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]:
-    """Median seconds of one decode step per candidate: TURNS turns each, alternating, of STEPS steps after one
-    untimed, from a one-token prefill, on a cache of the runner's batch (one per candidate, emptied each turn, so the
-    replayed candidate's step is recorded once, as an engine's is)."""
+    """Median seconds of one decode step per candidate: TURNS turns each, alternating, of STEPS steps, on a cache of
+    the runner's batch, one per candidate, that its first turn fills with a one-token prefill and one untimed step
+    (the replayed candidate's recording, once, as an engine's) and each turn extends."""
     steps: dict[str, list[float]] = {kind: [] for kind in CANDIDATES}
     tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
     caches: dict[str, KVCache] = {}
@@ -150,14 +150,12 @@ def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]
             for kind in CANDIDATES if turn % 2 == 0 else CANDIDATES[::-1]:
                 _apply(runner, model, variant, kind)
                 if kind not in caches:
-                    caches[kind] = KVCache(model.config, batch, STEPS + 2, dtype=runner.cache_dtype)
-                cache = caches[kind]
-                cache.reset()
-                runner.prefill(tokens, cache, None, logits=False)
-                runner.decode(tokens, cache, None)
+                    caches[kind] = cache = KVCache(model.config, batch, 2 + TURNS * STEPS, dtype=runner.cache_dtype)
+                    runner.prefill(tokens, cache, None, logits=False)
+                    runner.decode(tokens, cache, None)
                 for _ in range(STEPS):
                     t0 = time.perf_counter()
-                    runner.decode(tokens, cache, None)
+                    runner.decode(tokens, caches[kind], None)
                     steps[kind].append(time.perf_counter() - t0)
     finally:
         runner.graphs.clear()  # they point into this function's caches
