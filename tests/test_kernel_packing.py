@@ -1,5 +1,5 @@
 """How the inference copy's kernels are packed: for the rows each one serves (oneDNN's layout depends on the row
-count), and, for the decode winners, once: the copy takes the kernels the measurement already packed."""
+count), and once: the copy takes the kernels the decode measurement already packed, of the kinds it runs."""
 
 import pytest
 import torch
@@ -38,6 +38,28 @@ def test_inference_copy_uses_the_kernels_the_measurement_packed(model, fixed_tim
     made.clear()
     again = [m.small for m in K.inference_copy(model, batch=2).modules() if isinstance(m, KernelLinear)]
     assert all(type(k) is L._Mkl for k in again) and not any(k is m for k in again for m in made)
+
+
+def test_the_prompt_kind_takes_the_kernels_the_decode_measurement_packed_where_its_layout_ignores_the_rows(model, fixed_times, made, monkeypatch):
+    """linear wins at decode and mkl at prompts (COST): the copy's prompt kernels are the decode measurement's mkl
+    ones (an (in, out) copy, whatever the rows), not packed again; the measured kernels of kinds the copy does not run
+    (onednn's) are not handed to its layers. oneDNN's layout depends on the rows: see the test after this one."""
+    step_cost = {L._Linear: 1.0, L._Mkl: 2.0, L._OneDnn: 3.0, L._OneDnnSplit: 3.0}
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: step_cost[type(k)]))
+    offered = []
+    real = KernelLinear.__init__
+    monkeypatch.setattr(KernelLinear, "__init__", lambda self, lin, small, large, rows, packed=None, **k: offered.append(
+        {key[0] for key in packed}) or real(self, lin, small, large, rows, packed, **k))  # fmt: skip
+    copy = K.inference_copy(model, batch=1)
+    layers = [m for m in copy.modules() if isinstance(m, KernelLinear)]
+    assert {m.kinds for m in layers} == {("linear", "mkl")} and len(layers) == 21
+    assert all(any(m.large is k for k in made) for m in layers)  # the measured objects themselves
+    assert any(isinstance(k, L._OneDnn) for k in made) and offered and all(kinds == {"linear", "mkl"} for kinds in offered)
+    x = torch.randint(0, 96, (1, 7))
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+    assert K.pack_key("mkl", model.lm_head.weight, 1) == K.pack_key("mkl", model.lm_head.weight, K.PREFILL_ROWS)
+    assert K.pack_key("onednn", model.lm_head.weight, 1) != K.pack_key("onednn", model.lm_head.weight, K.PREFILL_ROWS)
 
 
 def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypatch):

@@ -31,8 +31,9 @@ PREFILL_ROWS = 256
 # packs the weight again on every call, while at 256 and 512 rows the two were within 12 % either way.
 SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
-# per candidate and row count (at least 3 calls): the lower quartile of a prompt product's calls moved by ~1-3 % between
-# 3 and 8 ms of them on a 2-core Zen 3 VM, less than the kinds that win at prompts lie apart
+# per candidate and row count (at least 3 calls): on a 2-core Zen 3 VM the lower quartile of GPT-2 124M's prompt
+# products (32 and 256 rows, 512 outputs) came out 0-6 % apart with 3 and with 8 ms of calls (medians of 8 each), where
+# the kinds that win at 32 rows lie 10-60 % apart and those at 256 within ~10 % (either will do)
 TIME_BUDGET_S = 0.003
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 FAR_BEHIND = 2.0  # a prompt kind whose first timed call is over this times the best so far is not timed further
@@ -174,8 +175,8 @@ PromptTodo = dict[tuple[str, int], tuple[list[nn.Linear], tuple[list[str], dict[
 
 def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int], Choice]:
     """`measure` for each (role, rows), once for the roles whose timed slices at a prompt's rows (SHORT_ROWS or more)
-    are alike: the same shape, the GELU (c_fc's) or not, the same candidates; a bias or none (adding one is ~1 % of a
-    512 x 768 slice's product at 32 rows). GPT-2's attn.c_attn, attn.c_proj and lm_head are all timed on the first's
+    are alike: the same shape, the GELU (c_fc's) or not, the same candidates; a bias or none (adding one took 1-2 %
+    of a 512 x 768 slice's product at 32 and 256 rows on a 2-core Zen 3 VM). GPT-2's attn.c_attn, attn.c_proj and lm_head are all timed on the first's
     512 x 768 slice. Fewer rows: each role alone."""
     done: dict[tuple, Choice] = {}
     out = {}
@@ -228,8 +229,8 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     through its layers of every role in model order (block by block, the head last), so each weight streams from
     memory as in a real step (`_rounds`). Timed one role at a time, its layers can sit in the cache, where a
     compute-heavy kernel looks faster than it is (on a 2-core Xeon: int8 and int8-dynamic equal per call alone,
-    1.38x apart over a 124M step). `kept`, a dict, receives each role's chosen kind with its kernels, {role: (kind,
-    {layer: kernel})}, where they are whole layers."""
+    1.38x apart over a 124M step). `kept`, a dict, receives every kind's kernels of each role whose swept layers are
+    whole layers, {role: {kind: {layer: kernel}}}: the inference copy takes those of the kinds it runs."""
     layers, whole = swept(todo, weight_bytes)
     g = torch.Generator().manual_seed(0)
     xs, refs = {}, {}
@@ -264,8 +265,8 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     for role in todo:
         timed = {kind: ts[role] for kind, ts in times.items() if role in ts}
         choices[role] = c = _standing(role, rows, timed, {k for k in live if role in live[k]}, len(layers[role]), rejected[role])
-        if kept is not None and role in whole and c.kind in made:
-            kept[role] = (c.kind, {i: k for (r, i), k in made[c.kind].items() if r == role})
+        if kept is not None and role in whole:
+            kept[role] = {kind: {i: k for (r, i), k in ks.items() if r == role} for kind, ks in made.items() if (role, 0) in ks}
     return choices
 
 

@@ -78,8 +78,8 @@ class KernelLinear(nn.Module):
         self.small_numel = rows * self.in_features  # inputs of up to `rows` rows go to `small`
         bias = None if linear.bias is None else linear.bias.detach()
 
-        def kernel(kind: str, hint: int):  # packed already (by the measurement: {(kind, id(weight)): kernel}), else now
-            made = (packed or {}).get((kind, id(linear.weight)))
+        def kernel(kind: str, hint: int):  # packed already (by the measurement: {pack_key: kernel}), else now
+            made = (packed or {}).get(pack_key(kind, linear.weight, hint))
             return made if made is not None else make_kernel(kind, linear.weight.detach(), bias, hint)
 
         self.small = kernel(small, hints[0])
@@ -106,6 +106,12 @@ class KernelLinear(nn.Module):
         return f"in={self.in_features}, out={self.out_features}, one={self.one_kind}, small={self.kinds[0]} (<= {self.rows} rows), large={self.kinds[1]}"
 
 
+def pack_key(kind: str, weight: torch.Tensor, rows: int) -> tuple:
+    """How `packed` (plan_kernels) finds a `kind` kernel of `weight` packed for `rows` rows: by the rows only for
+    a kind whose layout depends on them (oneDNN's), so that, say, int8-dynamic's measured at decode serves prompts."""
+    return kind, id(weight), rows if KERNELS[kind].row_layout else None
+
+
 def kernel_cache_path() -> Path:
     """kernels.json in the user cache directory (machine.cache_dir: $GPT2KIT_CACHE_DIR, else
     $XDG_CACHE_HOME/gpt2kit, else ~/.cache/gpt2kit)."""
@@ -127,8 +133,8 @@ def plan_kernels(
 ) -> list[Choice]:
     """One Choice per (role, row count): ROLES x `measured_rows(batch)`. Measures what the cache lacks (all of
     it with `remeasure`, e.g. after a run on a busy machine), and caches what it measured. `packed`, a dict,
-    receives the decode winners' kernels the measurement already packed, {(kind, id(weight)): kernel}, for
-    the inference copy to use instead of packing them again (only for models of up to KEEP_PACKED_BYTES).
+    receives every kernel the decode measurement packed for whole layers, {pack_key: kernel}, for the inference
+    copy to use those of the kinds it runs instead of packing them again (only for models of up to KEEP_PACKED_BYTES).
     Off the CPU nothing is measured: every product is `linear` (F.linear, the device's own library)."""
     if weights not in WEIGHT_MODES or weights == "model":
         raise ConfigError(f"kernel weights must be one of {[w for w in WEIGHT_MODES if w != 'model']}, got {weights!r}.")
@@ -162,12 +168,13 @@ def plan_kernels(
     step_rows = rows_list[0]
     step = {role: todo[(role, step_rows)][1:] for role in ROLES if (role, step_rows) in todo} if step_rows < PREFILL_ROWS else {}
     keep = packed is not None and sum(p.numel() * p.element_size() for p in model.parameters()) <= KEEP_PACKED_BYTES
-    kept: dict[str, tuple[str, dict[int, object]]] = {}
+    kept: dict[str, dict[str, dict[int, object]]] = {}
     for role, c in measure_step(step, step_rows, dtype, kept if keep else None, _weight_bytes(weights, dtype)).items():
         choices[(role, step_rows)] = c
-    for role, (kind, kernels) in kept.items():
-        for i, kernel in kernels.items():
-            packed[(kind, id(step[role][0][i].weight))] = kernel
+    for role, kinds in kept.items():
+        for kind, kernels in kinds.items():
+            for i, kernel in kernels.items():
+                packed[pack_key(kind, step[role][0][i].weight, step_rows)] = kernel
     choices.update(measure_prompts({rc: (linears, cands) for rc, (_, linears, cands) in todo.items() if rc not in choices}, dtype))
     if todo and use_cache and not forced:
         for role_rows, (key, _, _) in todo.items():
@@ -211,6 +218,9 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: b
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     prompts = prompt_kinds(choices, batch)
     ones = one_row_kinds(clone, choices, prompts, small, weights, packed) if one_row and small > 1 else {}
+    used = {c.kind for c in choices.values()} | {kind for kind, _ in prompts.values()} | set(ones.values())
+    for key in [key for key in packed if key[0] not in used]:
+        del packed[key]  # the measurement's kernels of kinds the copy does not run, freed before it packs its own
     for role in ROLES:
         decode = choices[(role, small)]
         timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}

@@ -40,6 +40,7 @@ class _Linear:
     min_rows = 1  # ... and at least this many
     gelu_only: str | None = None  # why it is offered for c_fc alone (it differs from another kind only in the GELU after it)
     varies: type | None = None  # the kind whose packed weight this one calls in its own way (None: its own)
+    row_layout = False  # whether the packed layout depends on the rows it is packed for
 
     @classmethod
     def supports(cls, in_features: int) -> bool:
@@ -128,6 +129,7 @@ class _OneDnn(_Linear):
 
     exact = True
     compute_dtype: torch.dtype | None = None  # None: the input's dtype
+    row_layout = True
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
         dt = self.compute_dtype or weight.dtype
