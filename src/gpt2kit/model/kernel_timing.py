@@ -36,14 +36,14 @@ WRONG = "output differs from the float32 reference"  # how a rejection for wrong
 # the kinds that win at 32 rows lie 10-60 % apart and those at 256 within ~10 % (either will do)
 TIME_BUDGET_S = 0.003
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
-FAR_BEHIND = 2.0  # a prompt kind whose first timed call is over this times the best so far is not timed further
+# a prompt kind whose first two timed calls are each over this times the best so far is not timed further (one call
+# alone can meet a hiccup, or the end of a kernel's warm-up)
+FAR_BEHIND = 2.0
 # output rows of a prompt product's trial call, which tells whether a kind is worth calling whole: not where its estimate
-# is over 10x the best so far and over SCOUT_FLOOR_US (a call's own overhead, ~20 us, scaled up to PREFILL_OUT_TIMED rows
-# is ~0.6 ms). bf16 products where torch emulates them (a 2-core Zen 3 VM) took 6-20 ms a 32-row call against 0.2-0.5
-# for the float32 copy: scouted, a bf16 built-in model's prompt measurements took 0.13-0.14 s, against 0.53 with the
-# floor at SLOW_FIRST_CALL_US
+# is over 10x the best so far and over SLOW_FIRST_CALL_US. A call's own overhead is far from that, scaled up to
+# PREFILL_OUT_TIMED rows, but not from a few ms: oneDNN's 16-row calls took 110-150 us on a 2-core Zen 3 VM, ~4.7 ms
+# scaled up, against its 0.3 ms a 512-row call at 32 rows
 SCOUT_OUT = 16
-SCOUT_FLOOR_US = 2_000
 # At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
 # the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
 # That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP). On a 2-core
@@ -195,7 +195,7 @@ def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int
 
 def _scout(kind: str, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, best: float) -> float | None:
     """`kind`'s microseconds per call on all of w's rows, estimated from its second call on SCOUT_OUT of them, where
-    that is over 10x the best so far and over SCOUT_FLOOR_US (None: not so slow, or nothing to compare with):
+    that is over 10x the best so far and over SLOW_FIRST_CALL_US (None: not so slow, or nothing to compare with):
     such a kind is not worth packing and calling whole. bf16 through MKL on a CPU without bf16 products took 1.7 s a
     call at 256 rows (124M c_fc, 2-core Zen 3 VM), against 7 ms for the float32 copy."""
     if best == float("inf") or len(w) <= SCOUT_OUT:
@@ -205,7 +205,7 @@ def _scout(kind: str, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, 
     t0 = time.perf_counter()
     k(x)
     est = (time.perf_counter() - t0) * 1e6 * len(w) / SCOUT_OUT
-    return est if est > max(10 * best, SCOUT_FLOOR_US) else None
+    return est if est > max(10 * best, SLOW_FIRST_CALL_US) else None
 
 
 def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> str | None:
@@ -366,9 +366,10 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = floa
     """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
     low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up call of each but the
     first (the caller's check called it, as timed: a second warm-up call cost ~40 ms of a 124M model's choice); with
-    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse). A first timed call over
-    FAR_BEHIND times `best` (microseconds, the best kind's so far) is the figure: bf16 products where torch emulates
-    them took ~150 ms a call at 256 rows on a 2-core Zen 3 VM, against ~20 for float32 ones."""
+    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse). Where the first two timed
+    calls are each over FAR_BEHIND times `best` (microseconds, the best kind's so far), the faster is the figure: bf16
+    products where torch emulates them took ~150 ms a call at 256 rows on a 2-core Zen 3 VM, against ~20 for float32
+    ones."""
     calls = [k.gelu if gelu else k for k in kernels]
     for k in calls[1:]:
         k(x)
@@ -378,8 +379,8 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = floa
         calls[i % len(calls)](x)
         times.append(time.perf_counter() - t0)
         i += 1
-        if times[0] * 1e6 > FAR_BEHIND * best:
-            return times[0] * 1e6
+        if len(times) == 2 and min(times) * 1e6 > FAR_BEHIND * best:
+            return min(times) * 1e6
     return statistics.quantiles(times, n=4)[0] * 1e6
 
 
