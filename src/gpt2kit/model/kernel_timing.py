@@ -268,7 +268,7 @@ def measure_step(todo: StepTodo, rows: int, dtype: torch.dtype, kept: dict | Non
     choices = {}
     for role in todo:
         timed = {kind: ts[role] for kind, ts in times.items() if role in ts}
-        choices[role] = c = _standing(role, rows, timed, {k for k in live if role in live[k]}, len(layers[role]), rejected[role])
+        choices[role] = _standing(role, rows, timed, {k for k in live if role in live[k]}, len(layers[role]), rejected[role])
         if kept is not None and role in whole:
             kept[role] = {kind: {i: k for (r, i), k in ks.items() if r == role} for kind, ks in made.items() if (role, 0) in ks}
     return choices
