@@ -284,8 +284,8 @@ def test_gelu_is_applied_to_each_output_as_it_is_stored(build, kind):
     b = b * 3  # outputs of a few units, and a far tail
     b[:2] = torch.tensor([-40.0, 40.0])
     if kind == "s8":
-        q, scale = int8.quantize(w)
-        p = gemv.Packed(q, b, torch.int8, scale=scale)
+        q, scale, qsum = int8.quantize(w)
+        p = gemv.Packed(q, b, torch.int8, scale=scale, qsum=qsum)
     else:
         p = gemv.Packed(w, b, dtype, out_dtype=dtype)
     plain = p(x.to(p.in_dtype)).double() if kind != "bf16" else gemv.Packed(w, b, BF, out_dtype=torch.float32)(x.to(BF)).double()

@@ -30,6 +30,21 @@ def _int8_dynamic_reference(w, b, x):
     return F.linear((xq - zp) * sx, q * scale[:, None], b)
 
 
+@pytest.mark.parametrize("block_rows", [1, 7, 64, 1000])
+def test_quantize_is_the_specified_rounding_in_any_block_of_rows(monkeypatch, block_rows):
+    """q = round(w / scale) in [-127, 127], scale = max |w[o]| / 127, and qsum = sum_i q[o, i], however many rows a
+    block rounds at a time (a last block of fewer rows, or one block of all)."""
+    monkeypatch.setattr(int8, "BLOCK_BYTES", 4 * 48 * block_rows)
+    w = torch.randn(50, 48, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.01, 3.0, 50)[:, None]
+    w[4] = 0.0  # a zero row: scale at its floor, q all 0
+    q, scale, qsum = int8.quantize(w)
+    ref_scale = (w.abs().amax(1) / 127).clamp(min=1e-12)
+    ref = torch.round(w / ref_scale[:, None]).clamp(-127, 127)
+    assert q.dtype == torch.int8 and qsum.dtype == torch.int32 and q.shape == w.shape
+    assert torch.equal(scale, ref_scale) and torch.equal(q, ref.to(torch.int8))
+    assert torch.equal(qsum, ref.sum(1).to(torch.int32)) and q.abs().max() == 127
+
+
 # only a missing engine skips: an int8-dynamic kernel that fails its probe fails these tests
 needs_x86_engine = pytest.mark.skipif(
     L._quantized_engine_name() is None, reason="this torch build has no x86 quantized engine (fbgemm/x86)"
@@ -52,7 +67,7 @@ def test_int8_dynamic_multiplies_the_int8_weights_of_every_int8_kind(monkeypatch
     """Its weights are int8.quantize's, bit for bit (int8 and int8-gemv multiply those too); without torch's
     private constructor of a quantized tensor from them, they are quantized again to the same values."""
     w, b, _ = _data()
-    q, scale = int8.quantize(w)
+    q, scale, _ = int8.quantize(w)
     for make in (torch._make_per_channel_quantized_tensor, None):
         monkeypatch.setattr(torch, "_make_per_channel_quantized_tensor", make, raising=False)
         qw, _ = torch.ops.quantized.linear_unpack(L.make_kernel("int8-dynamic", w, b).packed)
@@ -113,7 +128,7 @@ def test_the_int8_kinds_of_a_weight_share_one_quantization_within_once(monkeypat
             int8.quantize(w)
         assert made == [(64, 64), (16, 64), (64, 64)]
         other.mul_(2.0)
-        q2, s2 = int8.quantize(other)
+        q2, s2, _ = int8.quantize(other)
         assert len(made) == 4 and torch.equal(s2, 2 * int8.quantize(w)[1])
     for k, kernel in zip(kinds, ks):  # and the kernels still multiply the weight's own int8 values
         assert (kernel(x) - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max(), k

@@ -64,7 +64,8 @@ def test_the_prompt_kind_takes_the_kernels_the_decode_measurement_packed_where_i
 
 def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypatch):
     """oneDNN's layout depends on the row count it is packed for: the measurement packs each candidate for the
-    rows it times, and the copy packs its decode kernels for the batch and its prefill kernels for PREFILL_ROWS."""
+    rows it times, and the copy packs its decode kernels for the batch and its prefill kernels for PREFILL_ROWS
+    (on their first call, not before)."""
     packed_for = []
 
     class Spy(L._OneDnn):
@@ -84,8 +85,14 @@ def test_kernels_are_packed_for_the_rows_they_serve(model, fixed_times, monkeypa
     monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: step_cost.get(type(k), 5.0)))
     copy = K.inference_copy(model, batch=3, weights="auto")
     kl = copy.transformer.h[0].mlp.c_fc
-    assert kl.kinds == ("mkl", "onednn")
-    assert packed_for[-21:] == [K.PREFILL_ROWS] * 21  # the copy's prefill kernels: 4 roles x 5 blocks + the head
+    assert kl.kinds == ("mkl", "onednn") and kl.large is None
+    measured = len(packed_for)
+    x = torch.randint(0, 96, (1, 7))  # 7 rows: over the decode kernels' (threshold 6 for a batch of 3)
+    with torch.no_grad():
+        torch.testing.assert_close(copy(x)[0], model(x)[0], atol=1e-5, rtol=1e-5)
+        copy(x)
+    assert packed_for[measured:] == [K.PREFILL_ROWS] * 21  # the copy's prefill kernels, once: 4 roles x 5 blocks + the head
+    assert type(kl.large) is Spy
     fixed_times.unlink()
     step_cost[Spy] = 0.01  # onednn wins at decode too, and nothing measured is kept: the copy packs for the batch
     packed_for.clear()
@@ -184,3 +191,23 @@ def test_the_one_row_kind_is_measured_for_the_weights_asked_for_and_its_kernels_
     heads = [m for m in K.inference_copy(model, 2, one_row=True).modules() if isinstance(m, KernelLinear)]
     assert {m.one_kind for m in heads} == {"onednn"} and {m.one.packed_for for m in heads} == {1}
     assert sum(any(m.one is k for k in made) for m in heads) == 4  # block 0's four products measured; the others packed anew
+
+
+def test_a_decode_runner_never_packs_its_heads_prompt_kernel(model, fixed_times, monkeypatch):
+    """The runner's prefill runs the head on the last position only (one row): a prompt packs the layers' prompt
+    kernels, and the head's, never called, is never packed (none reused from the measurement here)."""
+    from gpt2kit.generate.decode import DecodeRunner
+    from gpt2kit.model.kv_cache import KVCache
+
+    monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: {L._Linear: 1.0}.get(type(k), 3.0)))  # linear at decode; mkl at prompts (COST)
+    monkeypatch.setattr(K, "KEEP_PACKED_BYTES", 0)
+    runner = DecodeRunner(model)
+    layers = [m for m in runner.model.modules() if isinstance(m, KernelLinear)]
+    assert {m.kinds for m in layers} == {("linear", "mkl")} and all(m.large is None for m in layers)
+    cache = KVCache(model.config, 1, 8)
+    x = torch.randint(0, 96, (1, 7))  # over the decode kernels' 4 rows
+    logits = runner.prefill(x, cache, None)
+    with torch.no_grad():
+        torch.testing.assert_close(logits, model(x)[0][:, -1], atol=1e-5, rtol=1e-5)
+    head = runner.model.lm_head
+    assert head.large is None and all(type(m.large) is L._Mkl for m in layers if m is not head)

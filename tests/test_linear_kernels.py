@@ -227,8 +227,11 @@ def test_kernel_linear_routes_by_rows():
     with torch.no_grad():
         lin.bias.normal_()
     kl = KernelLinear(lin, "mkl", "linear", rows=4)
-    assert isinstance(kl.small, L._Mkl) and isinstance(kl.large, L._Linear) and type(kl.large) is not L._Mkl
+    assert isinstance(kl.small, L._Mkl) and kl.large is None  # the prompts' kind: packed on its first call
     assert kl.one is kl.small and kl.one_kind == "mkl"  # no kind of its own for one row: the decode kind's
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(kl(x), lin(x), atol=1e-5, rtol=1e-5)
+    assert isinstance(kl.large, L._Linear) and type(kl.large) is not L._Mkl
     calls = []
     for name in ("one", "small", "large"):
         k = getattr(kl, name)

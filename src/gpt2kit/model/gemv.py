@@ -193,7 +193,8 @@ def status() -> str:
 class Packed:
     """A weight packed for gemv.c, with its bias in float32: call with x (..., K) in `in_dtype` -> (..., N) in
     `out_dtype`. dtype float32 or bfloat16: the weight in that dtype, x too; int8: `weight` holds the int8 q
-    of w ~ scale[n] q[n, k], x is float32. out_dtype: float32, or bf16 for bf16 weights."""
+    of w ~ scale[n] q[n, k] (`qsum`, sum_k q[n, k], where the caller has it), x is float32. out_dtype: float32, or bf16
+    for bf16 weights."""
 
     def __init__(
         self,
@@ -202,6 +203,7 @@ class Packed:
         dtype: torch.dtype,
         out_dtype: torch.dtype = torch.float32,
         scale: torch.Tensor | None = None,
+        qsum: torch.Tensor | None = None,
     ) -> None:
         so = _build()[0]
         self.n, self.k = weight.shape
@@ -217,7 +219,8 @@ class Packed:
         size = (_I64(self.n), _I64(self.k))
         if dtype == torch.int8:
             self.scale = scale.detach().float().contiguous()  # (N,)
-            self.qsum = weight.sum(1, dtype=torch.int32)  # (N,): sum_k q[n, k], for the unsigned activations' offset
+            # (N,): sum_k q[n, k], for the unsigned activations' offset
+            self.qsum = (weight.sum(1, dtype=torch.int32) if qsum is None else qsum).contiguous()
             bound = (_ptr(self.w), _ptr(self.scale), _ptr(self.qsum), _ptr(self.b), *size)
         elif dtype == torch.bfloat16:
             bound = (_ptr(self.w), _ptr(self.b), _INT(out_dtype == torch.float32), *size)

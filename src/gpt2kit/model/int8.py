@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections import OrderedDict
+from typing import NamedTuple
 
 import torch
 
@@ -18,6 +19,16 @@ import torch
 # measurement packs (twice the largest cache) on CPUs with up to 256 MiB of it
 KEPT_BYTES = 512 << 20
 _local = threading.local()  # .kept: OrderedDict while `once()` runs in this thread, else absent
+# rows of float32 quotients rounded at a time: a block that stays in the cache, reused, instead of a float32 temporary
+# of the whole weight in fresh memory (on a 2-core Zen 3 VM, 124M's int8 weights and their row sums took 0.17 s
+# this way against 0.31 s with one temporary)
+BLOCK_BYTES = 4 << 20
+
+
+class Quantized(NamedTuple):
+    q: torch.Tensor  # (out, in) int8 in [-127, 127], w ~ scale[o] * q[o, i]
+    scale: torch.Tensor  # (out,) float32
+    qsum: torch.Tensor  # (out,) int32, sum_i q[o, i] (gemv.c's int8 product offsets its unsigned activations by it)
 
 
 @contextlib.contextmanager
@@ -34,26 +45,34 @@ def once():
         _local.kept = None
 
 
-def quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) weight -> (q, scale): q (out, in) int8 in [-127, 127] with w ~ scale[o] * q[o, i], scale (out,) float32."""
+def quantize(weight: torch.Tensor) -> Quantized:
+    """(out, in) weight -> its Quantized (q, scale, qsum)."""
     kept = getattr(_local, "kept", None)
     if kept is None:
         return _quantize(weight)
     key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, weight._version)
     if key in kept:
         kept.move_to_end(key)
-        return kept[key][1:]
-    q, scale = _quantize(weight)
-    kept[key] = (weight, q, scale)  # the weight held too: its memory cannot be another's while its key is kept
-    while sum(v[1].numel() for v in kept.values()) > KEPT_BYTES:
+        return kept[key][1]
+    made = _quantize(weight)
+    kept[key] = (weight, made)  # the weight held too: its memory cannot be another's while its key is kept
+    while sum(v[1].q.numel() for v in kept.values()) > KEPT_BYTES:
         kept.popitem(last=False)
-    return q, scale
+    return made
 
 
-def _quantize(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _quantize(weight: torch.Tensor) -> Quantized:
     w = weight.detach().float()
     scale = channel_scale(w)  # (out,)
-    return torch.div(w, scale[:, None]).round_().clamp_(-127, 127).to(torch.int8).contiguous(), scale  # one temporary
+    n, k = w.shape
+    q, qsum = torch.empty((n, k), dtype=torch.int8), torch.empty(n, dtype=torch.int32)
+    block = torch.empty(max(1, min(n, BLOCK_BYTES // (4 * k))), k)  # (rows, in)
+    for i in range(0, n, len(block)):
+        j = min(n, i + len(block))
+        t = torch.div(w[i:j], scale[i:j, None], out=block[: j - i]).round_().clamp_(-127, 127)  # whole numbers
+        q[i:j] = t
+        qsum[i:j] = t.sum(1)  # exact: |sum| <= 127 * in, far below 2^24
+    return Quantized(q, scale, qsum)
 
 
 def channel_scale(w: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,9 @@ log = logging.getLogger("gpt2kit.kernels")  # INFO: a measurement is about to ru
 class KernelLinear(nn.Module):
     """An nn.Linear's x W^T + b through chosen kernels: `small` for up to `rows` rows (decode), `large` above
     (prefill, scoring), packed for hints[0] and hints[1] rows, and `one` (default: `small`) for one row (an engine of
-    many rows decoding one). Each kind is packed once, for the first of those it serves. timed: the decode measurement's
+    many rows decoding one). Each kind is packed once, for the first of those it serves; `large`, unless another serves
+    it or the measurement packed it, on its first call (a decode runner's head runs one row: its prompt kind packed for
+    nothing cost 124M's runner 0.55 s with int8 weights on a 2-core Zen 3 VM). timed: the decode measurement's
     microseconds per call of each kind whose output matched (what another choice for the decode rows can be made from)."""
 
     def __init__(self, linear: nn.Linear, small: str, large: str, rows: int, packed: dict | None = None,
@@ -78,17 +80,23 @@ class KernelLinear(nn.Module):
         self.small_numel = rows * self.in_features  # inputs of up to `rows` rows go to `small`
         bias = None if linear.bias is None else linear.bias.detach()
 
-        def kernel(kind: str, hint: int):  # packed already (by the measurement: {pack_key: kernel}), else now
+        def kernel(kind: str, hint: int, now: bool = True):  # packed already (by the measurement: {pack_key: kernel}), else now
             made = (packed or {}).get(pack_key(kind, linear.weight, hint))
-            return made if made is not None else make_kernel(kind, linear.weight.detach(), bias, hint)
+            return made if made is not None or not now else make_kernel(kind, linear.weight.detach(), bias, hint)
 
         self.small = kernel(small, hints[0])
-        self.large = self.small if large == small else kernel(large, hints[1])
+        self.large = self.small if large == small else kernel(large, hints[1], now=large == self.one_kind)
         self.one = {small: self.small, large: self.large}.get(self.one_kind) or kernel(self.one_kind, 1)
+        # how `large` is packed on its first call, where it was not above: from the weight the copy shares
+        self._pack_large = None if self.large is not None else (large, linear.weight.detach(), bias, hints[1])
 
     def _kernel(self, x: torch.Tensor):
         n = x.numel()
-        return self.one if n <= self.in_features else self.small if n <= self.small_numel else self.large
+        if n <= self.small_numel:
+            return self.one if n <= self.in_features else self.small
+        if self.large is None:
+            self.large, self._pack_large = make_kernel(*self._pack_large), None
+        return self.large
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (..., in) -> (..., out); every kernel takes the leading dimensions as they are (no reshapes here)

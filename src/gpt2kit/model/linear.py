@@ -237,8 +237,8 @@ class _Int8Gemv(_Gemv):
     compute_dtype = torch.int8
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        q, scale = int8.quantize(weight)
-        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale)
+        q, scale, qsum = int8.quantize(weight)
+        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale, qsum=qsum)
 
 
 class _Int8(_Linear):
@@ -254,7 +254,7 @@ class _Int8(_Linear):
         return cls.act_dtype != torch.bfloat16 or in_features % 16 == 0
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        self.q, scale = int8.quantize(weight)  # (out, in), (out,)
+        self.q, scale, _ = int8.quantize(weight)  # (out, in), (out,)
         self.scale = scale.to(self.act_dtype)
         self.b = bias
 
@@ -281,7 +281,7 @@ class _Int8Dynamic(_Linear):
     exact = False
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        q, scale = int8.quantize(weight)  # (out, in), (out,): the int8 weights of every int8 kind
+        q, scale, _ = int8.quantize(weight)  # (out, in), (out,): the int8 weights of every int8 kind
         zero = torch.zeros(len(scale), dtype=torch.long)
         make = getattr(torch, "_make_per_channel_quantized_tensor", None)  # q as it is: 5x faster than quantizing again
         with _quantized_engine(), warnings.catch_warnings():
