@@ -218,18 +218,20 @@ def test_timed_weights():
     decode = KT.timed_weights(lins, K.SHORT_ROWS - 1)
     assert [w is lin.weight.detach() or torch.equal(w, lin.weight) for (w, _), lin in zip(decode, lins)] == [True, True]
     assert torch.equal(decode[0][1], lins[0].bias) and decode[1][1] is None
-    for rows in (K.SHORT_ROWS, K.PREFILL_ROWS):  # a prompt's rows: one layer
-        (w, b), = KT.timed_weights(lins, rows)  # fmt: skip
-    assert w.shape == (KT.PREFILL_OUT_TIMED, 8) and torch.equal(w, lins[0].weight[:512]) and torch.equal(b, lins[0].bias[:512])
-    assert not w.requires_grad and not b.requires_grad
+    for rows, out in ((K.SHORT_ROWS, KT.SHORT_OUT_TIMED), (K.PREFILL_ROWS, KT.PREFILL_OUT_TIMED), (K.PREFILL_ROWS + 1, 512)):
+        (w, b), = KT.timed_weights(lins, rows)  # a prompt's rows: one layer  # fmt: skip
+        assert w.shape == (out, 8) and torch.equal(w, lins[0].weight[:out]) and torch.equal(b, lins[0].bias[:out])
+        assert not w.requires_grad and not b.requires_grad
     (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
-    assert b is None and KT.PREFILL_OUT_TIMED == 512
+    assert b is None and KT.PREFILL_OUT_TIMED == 512 and KT.SHORT_OUT_TIMED == 4096
+    (w, b), = KT.timed_weights([torch.nn.Linear(8, 3072)], K.SHORT_ROWS)  # fmt: skip
+    assert w.shape == (3072, 8)  # a whole block layer of GPT-2 124M (its c_fc), at a short prompt's rows
 
 
 def test_prompt_roles_whose_timed_slices_are_alike_are_measured_once(monkeypatch):
     """Two biased 600 x 8 layers give alike 512 x 8 slices at a prompt's rows: measured once, each role its own Choice,
     and so does one without a bias (the head's). With c_fc's GELU, with other candidates or at decode rows (every layer
-    timed), each on its own; at SHORT_ROWS (a prompt's fewest) alike ones are shared again."""
+    timed), each on its own; at SHORT_ROWS (a prompt's fewest; whole 600 x 8 layers) alike ones are shared again."""
     calls = []
     monkeypatch.setattr(KT, "measure", lambda role, lins, rows, cands, dtype: calls.append((role, rows)) or KT.Choice(role, rows, cands[0][0], {cands[0][0]: 1.0}))
     lin = lambda bias=True: [torch.nn.Linear(8, 600, bias=bias)]  # noqa: E731

@@ -51,6 +51,11 @@ SCOUT_OUT = 16
 # the kinds alike on each (oneDNN 1.1-1.7x ahead at 32 rows; MKL, oneDNN and F.linear within ~10 % at 256, their
 # order changing from run to run). Roles whose timed slices are alike are timed once (`measure_prompts`).
 PREFILL_OUT_TIMED = 512
+# ... but at SHORT_ROWS the kinds' speed depends on the whole weight: MKL's sgemm and F.linear pack it again each call,
+# and on a 2-core Zen 3 VM 124M's whole c_fc took them 2.3-3.6 ms at 32 rows against oneDNN's 1.9-2.0, where its
+# 512-row slice had all four within 15 % (0.39-0.46 ms) and runs chose MKL as often as oneDNN. So at SHORT_ROWS one
+# whole layer is timed, at most SHORT_OUT_TIMED output rows of it (the head's first rows): ~0.1 s more of 124M's choice.
+SHORT_OUT_TIMED = 4096
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: 3-7 ms a kind a round
 ROUNDS = (5, 20)
@@ -99,11 +104,11 @@ class Choice:
 
 
 def timed_weights(linears: list[nn.Linear], rows: int) -> Weights:
-    """(weight, bias) pairs to time: every layer given at decode; one layer, at most PREFILL_OUT_TIMED output
-    rows of it, for a prompt's rows, SHORT_ROWS or more (see PREFILL_OUT_TIMED)."""
+    """(weight, bias) pairs to time: every layer given at decode; one layer for a prompt's rows, at most
+    SHORT_OUT_TIMED output rows of it at SHORT_ROWS and PREFILL_OUT_TIMED at more (see those)."""
     if rows < SHORT_ROWS:
         return [_weight_bias(lin) for lin in linears]
-    return [_weight_bias(linears[0], PREFILL_OUT_TIMED)]
+    return [_weight_bias(linears[0], SHORT_OUT_TIMED if rows == SHORT_ROWS else PREFILL_OUT_TIMED)]
 
 
 def _weight_bias(lin: nn.Linear, out: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
