@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -255,3 +256,11 @@ def quiet_machine(monkeypatch):
     test machine runs (test_kernel_busy.py tests the meter and a busy machine's measurement)."""
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.0)
     monkeypatch.setattr(threads, "_shared", None)  # the engines' thread governor, made again on this quiet machine
+
+
+@pytest.fixture(autouse=True)
+def collector_unfrozen():
+    """The CLI freezes what it has loaded out of the cyclic collector (cli/common.py), for the life of its process;
+    the tests run many commands in one process, so each test's frozen objects are handed back to the collector."""
+    yield
+    gc.unfreeze()

@@ -62,3 +62,18 @@ def test_errors_are_one_clean_line():
     assert "Traceback" not in r.stderr
     assert r.stderr.strip().count("\n") == 0
     assert "org/no-such-model" in r.stderr and "local folder" in r.stderr
+
+
+def test_a_command_freezes_what_it_loaded_out_of_the_collector():
+    """What a command loads (torch's modules, the model) lives as long as it: frozen, so that no full collection
+    walks it again while the command runs or as it exits (cli/common.py)."""
+    import argparse
+    import gc
+
+    from gpt2kit.cli.common import load_model_and_tokenizer
+
+    gc.unfreeze()
+    assert gc.get_freeze_count() == 0
+    model, _ = load_model_and_tokenizer(argparse.Namespace(model="builtin", device="cpu", dtype="auto", adapter=None))
+    assert gc.is_tracked(model) and gc.get_freeze_count() > 1000
+    assert not any(o is model for o in gc.get_objects())  # in no generation the collector walks: frozen
