@@ -5,7 +5,7 @@
 # llama.cpp joins the batch-1 rows when tools/llamacpp.sh has built it. Nothing else may run meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ONLY="${ONLY:-generate eval serve train prepare kernels attention lora export}"
+ONLY="${ONLY:-generate eval serve train prepare kernels start attention lora export}"
 T="${THREADS:-2}"
 LLAMA=()
 if bash tools/llamacpp.sh --bin >/dev/null 2>&1; then LLAMA=(--llamacpp); fi
@@ -44,6 +44,10 @@ if has train; then
 fi
 if has prepare; then python benchmarks/prepare.py --workers "$T"; fi
 if has kernels; then python benchmarks/kernel_choice.py --threads "$T"; fi               # the first run's kernel measurement
+if has start; then                                                                       # a whole `gpt2kit generate` command, start to exit
+  python benchmarks/cold_start.py "${LLAMA[@]}"
+  python benchmarks/cold_start.py --model 124M "${LLAMA[@]}"
+fi
 if has attention; then python benchmarks/attention.py --threads "$T"; fi                 # attend.c and causal.c against SDPA
 if has lora; then python benchmarks/lora.py; fi
 if has export && [[ ${#LLAMA[@]} -gt 0 ]]; then                                          # gpt2kit against its own exports
