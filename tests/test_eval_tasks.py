@@ -145,6 +145,25 @@ def test_scoring_a_bf16_model_upcasts_the_head_where_its_copy_runs_float32(monke
         torch.testing.assert_close(scores.logprob, ref.logprob, rtol=0, atol=0.05)
 
 
+def test_the_scoring_head_finds_the_float32_weight_of_a_prompt_kernel_not_packed_yet():
+    """A copy packs its prompt kernels on their first call: a head whose prompt kind is `float32` and whose decode
+    kind is another hands its float32 weight over all the same (packing it then); of another prompt kind, nothing is
+    packed for the scoring head, which runs apart from the copy's own."""
+    from types import SimpleNamespace
+
+    from gpt2kit.eval import loglikelihood as LL
+    from gpt2kit.model.kernels import KernelLinear
+
+    lin = torch.nn.Linear(16, 40, bias=False).to(torch.bfloat16)
+    head = KernelLinear(lin, "linear", "float32", rows=4)
+    assert head.large is None
+    w32 = LL._float32_head(SimpleNamespace(lm_head=head))
+    assert w32.dtype == torch.float32 and torch.equal(w32, lin.weight.float()) and head.large.w is w32
+    head = KernelLinear(lin, "linear", "mkl", rows=4)
+    assert LL._float32_head(SimpleNamespace(lm_head=head)) is None and head.large is None
+    assert LL._float32_head(SimpleNamespace(lm_head=lin)) is None  # no copy: the model's own head
+
+
 def test_logit_head_argmax_tie_across_blocks_keeps_the_first_index():
     from gpt2kit.eval.logit_head import LogitHead
 

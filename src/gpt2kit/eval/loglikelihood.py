@@ -36,8 +36,7 @@ from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
 from gpt2kit.model.attention_plan import apply_causal, plan_causal
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.kernels import PREFILL_ROWS, inference_copy
-from gpt2kit.model.linear import KERNELS
+from gpt2kit.model.kernels import PREFILL_ROWS, KernelLinear, inference_copy
 
 # On the CPU a batch holds at most this many padded input tokens: at 2048 rows the matrix products already
 # run at the CPU's fp32 rate, and bigger batches only add fresh multi-MB activations that glibc maps (and
@@ -157,9 +156,10 @@ def scoring_copy(model):
 
 def _float32_head(scorer) -> torch.Tensor | None:
     """The (V, C) float32 head weight a scoring copy's `float32` kernel holds for many rows (a bf16 model on a CPU
-    that emulates bf16 products), else None."""
-    large = getattr(scorer.lm_head, "large", None)
-    return large.w if isinstance(large, KERNELS["float32"]) else None
+    that emulates bf16 products), else None. Only that kind's is packed here (a copy packs its prompt kernels on their
+    first call, and the scoring head runs apart from the copy's own)."""
+    head = scorer.lm_head
+    return head.prompt_kernel().w if isinstance(head, KernelLinear) and head.kinds[1] == "float32" else None
 
 
 def _batches(order: list[int], lengths: list[int], batch_size: int, max_tokens: int | None) -> Iterator[list[int]]:

@@ -87,13 +87,13 @@ class KernelLinear(nn.Module):
         self.small = kernel(small, hints[0])
         self.large = self.small if large == small else kernel(large, hints[1], now=large == self.one_kind)
         self.one = {small: self.small, large: self.large}.get(self.one_kind) or kernel(self.one_kind, 1)
-        # how `large` is packed on its first call, where it was not above: from the weight the copy shares
-        self._pack_large = None if self.large is not None else (large, linear.weight.detach(), bias, hints[1])
+        self._pack_large = None if self.large is not None else (large, linear.weight.detach(), bias, hints[1])  # its first call's
 
     def _kernel(self, x: torch.Tensor):
         n = x.numel()
-        if n <= self.small_numel:
-            return self.one if n <= self.in_features else self.small
+        return (self.one if n <= self.in_features else self.small) if n <= self.small_numel else self.prompt_kernel()
+
+    def prompt_kernel(self):  # `large`, packed now where it was not yet (from the weight the copy shares)
         if self.large is None:
             self.large, self._pack_large = make_kernel(*self._pack_large), None
         return self.large
