@@ -45,6 +45,16 @@ def test_quantize_is_the_specified_rounding_in_any_block_of_rows(monkeypatch, bl
     assert torch.equal(qsum, ref.sum(1).to(torch.int32)) and q.abs().max() == 127
 
 
+def test_quantize_runs_in_a_thread_that_never_entered_once():
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(int8.quantize(torch.ones(8, 8))))
+    t.start()
+    t.join()
+    assert len(out) == 1 and torch.equal(out[0].q, torch.full((8, 8), 127, dtype=torch.int8)) and out[0].qsum.tolist() == [1016] * 8
+
+
 # only a missing engine skips: an int8-dynamic kernel that fails its probe fails these tests
 needs_x86_engine = pytest.mark.skipif(
     L._quantized_engine_name() is None, reason="this torch build has no x86 quantized engine (fbgemm/x86)"
