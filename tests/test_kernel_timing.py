@@ -224,8 +224,21 @@ def test_timed_weights():
         assert not w.requires_grad and not b.requires_grad
     (w, b), = KT.timed_weights(lins[1:], K.PREFILL_ROWS)  # fmt: skip
     assert b is None and KT.PREFILL_OUT_TIMED == 512 and KT.SHORT_OUT_TIMED == 4096
-    (w, b), = KT.timed_weights([torch.nn.Linear(8, 3072)], K.SHORT_ROWS)  # fmt: skip
+    (w, b), = KT.timed_weights([torch.nn.Linear(8, 3072)], K.SHORT_ROWS, "mlp.c_fc")  # fmt: skip
     assert w.shape == (3072, 8)  # a whole block layer of GPT-2 124M (its c_fc), at a short prompt's rows
+    (w, b), = KT.timed_weights([torch.nn.Linear(8, 3072)], K.SHORT_ROWS, KT.HEAD_ROLE)  # fmt: skip
+    assert w.shape == (KT.PREFILL_OUT_TIMED, 8)  # not the head's
+
+
+def test_at_short_rows_a_block_layer_is_timed_whole_and_the_head_on_a_slice(monkeypatch):
+    sizes = []
+    real = KT.make_kernel
+    monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: sizes.append(len(w)) or real(kind, w, b, rows, like=like))
+    lin = [torch.nn.Linear(8, 600)]
+    for role in (KT.HEAD_ROLE, "attn.c_attn"):
+        c = KT.measure(role, lin, K.SHORT_ROWS, (["linear"], {}), torch.float32)
+        assert c.kind == "linear" and c.role == role
+    assert sizes == [KT.PREFILL_OUT_TIMED, 600]
 
 
 def test_prompt_roles_whose_timed_slices_are_alike_are_measured_once(monkeypatch):

@@ -54,7 +54,9 @@ PREFILL_OUT_TIMED = 512
 # ... but at SHORT_ROWS the kinds' speed depends on the whole weight: MKL's sgemm and F.linear pack it again each call,
 # and on a 2-core Zen 3 VM 124M's whole c_fc took them 2.3-3.6 ms at 32 rows against oneDNN's 1.9-2.0, where its
 # 512-row slice had all four within 15 % (0.39-0.46 ms) and runs chose MKL as often as oneDNN. So at SHORT_ROWS one
-# whole layer is timed, at most SHORT_OUT_TIMED output rows of it (the head's first rows): ~0.1 s more of 124M's choice.
+# whole layer is timed, at most SHORT_OUT_TIMED output rows of it: ~0.15 s more of 124M's choice. Not the head: its prompt
+# kernel runs only where a copy's logits are asked for every position (a decode runner's prefill asks for the last
+# row's, scoring runs a head of its own), and its rows would cost the most.
 SHORT_OUT_TIMED = 4096
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: 3-7 ms a kind a round
@@ -103,12 +105,13 @@ class Choice:
     cached: bool = False
 
 
-def timed_weights(linears: list[nn.Linear], rows: int) -> Weights:
+def timed_weights(linears: list[nn.Linear], rows: int, role: str = "") -> Weights:
     """(weight, bias) pairs to time: every layer given at decode; one layer for a prompt's rows, at most
-    SHORT_OUT_TIMED output rows of it at SHORT_ROWS and PREFILL_OUT_TIMED at more (see those)."""
+    SHORT_OUT_TIMED output rows of it at SHORT_ROWS (but the head's) and PREFILL_OUT_TIMED otherwise (see those)."""
     if rows < SHORT_ROWS:
         return [_weight_bias(lin) for lin in linears]
-    return [_weight_bias(linears[0], SHORT_OUT_TIMED if rows == SHORT_ROWS else PREFILL_OUT_TIMED)]
+    whole = rows == SHORT_ROWS and role != HEAD_ROLE
+    return [_weight_bias(linears[0], SHORT_OUT_TIMED if whole else PREFILL_OUT_TIMED)]
 
 
 def _weight_bias(lin: nn.Linear, out: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -151,7 +154,7 @@ def measure(
     kinds, rejected = cands
     g = torch.Generator().manual_seed(0)
     x = torch.randn(rows, linears[0].in_features, generator=g).to(dtype)  # (rows, in)
-    timed = timed_weights(linears, rows)
+    timed = timed_weights(linears, rows, role)
     w0, b0 = timed[0]
     ref = F.linear(x.float(), w0.float(), None if b0 is None else b0.float())  # (rows, out')
     gelu = role == GELU_ROLE  # c_fc's product is timed and checked with its GELU, which a kernel may fuse
@@ -190,7 +193,7 @@ def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int
     done: dict[tuple, Choice] = {}
     out = {}
     for (role, rows), (linears, cands) in todo.items():
-        w, _ = timed_weights(linears, rows)[0]
+        w, _ = timed_weights(linears, rows, role)[0]
         alike = (rows, tuple(w.shape), role == GELU_ROLE, tuple(cands[0]), None if rows >= SHORT_ROWS else role)
         if alike not in done:
             done[alike] = measure(role, linears, rows, cands, dtype)
