@@ -1,7 +1,7 @@
 """The int8 weights every int8 kernel multiplies (linear.py): one scale per output channel, w ~ scale[o] * q[o, i].
 
-int8, int8-dynamic and int8-gemv each start from the same (q, scale) of a weight. A kernel measurement makes all
-three from the same weights, and an int8 inference copy two (its decode and its prompt kernels), so within
+int8, int8-dynamic and int8-gemv each start from the same `Quantized` of a weight (q and scale; gemv.c's also its row
+sums). A kernel measurement makes all three from the same weights, and an int8 inference copy two (its decode and its prompt kernels), so within
 `once()` each weight is quantized once: GPT-2 124M's took ~5 ms a (3072, 768) matrix on a 2-core Zen 3 VM, ~0.2 s
 for every weight that a decode measurement packs, each time.
 """
