@@ -9,8 +9,9 @@ tokens, prints the text and exits; its wall time includes the interpreter's star
   - transformers: `AutoTokenizer` and `GPT2LMHeadModel.from_pretrained(FOLDER)`, `generate()` and `decode` in a
     `python -c` script (the folder holds the tokenizer's files: gpt2kit's save_pretrained writes them);
   - with --llamacpp, llama.cpp's `llama-simple` on an F32 GGUF export of the same folder (tools/llamacpp.sh builds it).
-The model is the built-in one or a random 124M GPT-2, saved once to a temporary folder. Every side runs once untimed,
-then the sides alternate --repeat times; medians, in seconds, go to benchmarks/results/cold_start.jsonl with each
+The model is the built-in one or a random 124M GPT-2, saved once to a temporary folder. Each command is timed by a
+fresh worker process (this script with --time, harness.alternate); every side runs once untimed, then the sides
+alternate --repeat times; medians, in seconds, go to benchmarks/results/cold_start.jsonl with each
 peer's time over gpt2kit's (`speedup`: over 1, gpt2kit finished first).
 """
 
@@ -19,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -43,13 +43,14 @@ print(tok.decode(out[0, ids.shape[1]:].tolist()))
 """
 
 
-def _seconds(argv: list[str]) -> dict:
-    """Wall seconds of one process, start to exit (its output discarded; a failure raises with its last lines)."""
+def time_command(argv: list[str]) -> dict:
+    """A side's worker (harness.alternate runs this script with --time): wall seconds of the command, start to exit
+    (its output discarded; a failure exits with its last lines)."""
     t0 = time.perf_counter()
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env=harness.worker_env())
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600)
     seconds = time.perf_counter() - t0
     if done.returncode != 0:
-        raise harness.WorkerFailed(f"{argv[:3]} exit {done.returncode}: " + " | ".join(done.stderr.strip().splitlines()[-3:]))
+        sys.exit(f"{argv[:3]} exit {done.returncode}: " + " | ".join(done.stderr.strip().splitlines()[-3:]))
     return {"seconds": seconds}
 
 
@@ -66,6 +67,9 @@ def _folder(model: str, out: str) -> str:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["--time"]:
+        print(json.dumps(time_command(sys.argv[2:])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=("builtin", "124M"), default="builtin")
     ap.add_argument("--new-tokens", type=int, default=32)
@@ -85,21 +89,15 @@ def main() -> int:
             from gpt2kit.export import export_gguf
 
             gguf = export_gguf(gpt2kit.from_pretrained(folder), Path(tmp) / "m-f32.gguf", type="f32")
-            root = Path(__file__).resolve().parents[1]
-            bindir = subprocess.run(["bash", str(root / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True,
-                                    check=True).stdout.strip()  # fmt: skip
-            sides["llama.cpp"] = [str(Path(bindir) / "llama-simple"), "-m", str(gguf), "-n", n, PROMPT]
-        for argv in sides.values():  # untimed: gpt2kit's kernel choice cached, every file in the page cache
-            _seconds(argv)
-        runs: dict[str, list[float]] = {name: [] for name in sides}
-        for _ in range(args.repeat):
-            for name, argv in sides.items():
-                runs[name].append(_seconds(argv)["seconds"])
-    figures = {name: statistics.median(r) for name, r in runs.items()}
+            sides["llama.cpp"] = [str(harness.llamacpp_bin() / "llama-simple"), "-m", str(gguf), "-n", n, PROMPT]
+        sides = {name: [__file__, "--time", *argv] for name, argv in sides.items()}
+        harness.alternate(sides, 1)  # untimed: gpt2kit's kernel choice cached, every file in the page cache
+        runs = harness.alternate(sides, args.repeat)
+    figures = {name: harness.median(r, "seconds") for name, r in runs.items()}
     ours = figures["gpt2kit generate"]
     line = harness.record(
         "cold_start", ["python", "benchmarks/cold_start.py", *sys.argv[1:]], int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count()),
-        {name: {"figure": round(f, 3), "unit": "s", "runs": [round(s, 3) for s in runs[name]]} for name, f in figures.items()},
+        {name: {"figure": round(f, 3), "unit": "s", "runs": [round(r["seconds"], 3) for r in runs[name]]} for name, f in figures.items()},
         None, model=args.model, new_tokens=args.new_tokens,
         speedup={name: round(f / ours, 3) for name, f in figures.items() if name != "gpt2kit generate"},
     )  # fmt: skip

@@ -216,13 +216,18 @@ def record(bench: str, command: list[str] | str, threads: int, sides: dict[str, 
     return line
 
 
+def llamacpp_bin() -> Path:
+    """The folder of llama.cpp's tools that tools/llamacpp.sh built (its --bin prints it; it fails where none is built)."""
+    root = Path(__file__).resolve().parents[1]
+    return Path(subprocess.run(["bash", str(root / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True,
+                               check=True).stdout.strip())  # fmt: skip
+
+
 def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: int = 0, repeats: int = 1) -> float:
     """tokens/s of llama.cpp's llama-bench on a GGUF file: decode (tg new_tokens from an empty context) when
     new_tokens > 0, else prompt processing (pp prompt_tokens). tools/llamacpp.sh builds it (its --bin prints
     the folder). Q8_0 runs with --repack 0: llama.cpp 11434's AMX repack of Q8_0 crashes (docs/export.md)."""
-    root = Path(__file__).resolve().parents[1]
-    bindir = Path(subprocess.run(["bash", str(root / "tools" / "llamacpp.sh"), "--bin"], capture_output=True, text=True,
-                                 check=True).stdout.strip())  # fmt: skip
+    bindir = llamacpp_bin()
     work = ["-p", str(prompt_tokens), "-n", str(new_tokens)]
     repack = ["--repack", "0"] if "q8_0" in Path(gguf).name.lower() else []
     cmd = [str(bindir / "llama-bench"), "-m", str(gguf), *work, "-r", str(repeats), "-t", str(threads), "-o", "json", *repack]
