@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.model import int8
+from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 from test_linear_kernels import CPU, RUNNABLE, _data
 
@@ -100,8 +101,11 @@ def test_int8_dynamic_takes_bf16_activations_and_answers_in_bf16():
 @pytest.mark.parametrize("kind", ["int8", "int8-f32"])
 @pytest.mark.parametrize("bias", [True, False])
 def test_int8_is_the_specified_quantisation(kind, bias):
-    if kind not in RUNNABLE:
-        pytest.skip(f"{kind} does not run on this CPU")
+    if not hasattr(torch, "_weight_int8pack_mm"):
+        pytest.skip("this torch build has no _weight_int8pack_mm")
+    if kind not in RUNNABLE:  # the op gives other numbers on this CPU (its probe says so): then it is never offered
+        assert kind not in K._candidates("int8", 1, CPU, torch.float32, 64, None)[0]
+        return
     w, b, x = _data()
     w[3] = 0.0  # an all-zero output channel: scale clamped, no division by zero
     b = b if bias else None

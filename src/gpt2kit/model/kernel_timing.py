@@ -188,8 +188,8 @@ PromptTodo = dict[tuple[str, int], tuple[list[nn.Linear], tuple[list[str], dict[
 def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int], Choice]:
     """`measure` for each (role, rows), once for the roles whose timed slices at a prompt's rows (SHORT_ROWS or more)
     are alike: the same shape, the GELU (c_fc's) or not, the same candidates; a bias or none (adding one took 1-2 %
-    of a 512 x 768 slice's product at 32 and 256 rows on a 2-core Zen 3 VM). GPT-2's attn.c_attn, attn.c_proj and
-    lm_head are all timed on the first's 512 x 768 slice. Fewer rows: each role alone."""
+    of a 512 x 768 slice's product at 32 and 256 rows on a 2-core Zen 3 VM). At PREFILL_ROWS GPT-2's attn.c_attn,
+    attn.c_proj and lm_head are all timed on the first's 512 x 768 slice. Fewer rows: each role alone."""
     done: dict[tuple, Choice] = {}
     out = {}
     for (role, rows), (linears, cands) in todo.items():
