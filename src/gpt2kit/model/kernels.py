@@ -91,7 +91,7 @@ class KernelLinear(nn.Module):
 
     def _kernel(self, x: torch.Tensor):
         n = x.numel()
-        return (self.one if n <= self.in_features else self.small) if n <= self.small_numel else self.prompt_kernel()
+        return self.one if n <= self.in_features else self.small if n <= self.small_numel else self.prompt_kernel()
 
     def prompt_kernel(self):  # `large`, packed now where it was not yet (from the weight the copy shares)
         if self.large is None:
