@@ -6,6 +6,7 @@ and LayerNorms are perturbed."""
 
 import dataclasses
 import json
+import types
 
 import pytest
 import torch
@@ -100,10 +101,30 @@ def test_whole_steps_are_timed_once_then_cached(tiny, unreplayable, monkeypatch)
     assert "a first generation times whole steps" in decode_step_status(tiny, 1, "auto")  # another batch: none yet
 
 
+class _Clock:
+    """A perf_counter for step_choice whose every reading advances by the current candidate's next step time
+    (`steps[kind]`, cycled): a step timed between two readings took that long."""
+
+    def __init__(self, monkeypatch, steps: dict[str, list[float]]):
+        self.now, self.kind, self.taken = 0.0, None, {k: 0 for k in steps}
+        real = step_choice._apply
+        monkeypatch.setattr(step_choice, "_apply", lambda r, m, v, kind: setattr(self, "kind", kind) or real(r, m, v, kind))
+        monkeypatch.setattr(step_choice, "time", types.SimpleNamespace(perf_counter=self))
+        self.steps = steps
+
+    def __call__(self) -> float:
+        if self.kind is not None:
+            ts = self.steps[self.kind]
+            self.now += ts[self.taken[self.kind] // 2 % len(ts)]  # two readings a step
+            self.taken[self.kind] += 1
+        return self.now
+
+
 def test_the_timing_records_the_replayed_step_once_as_an_engine_does(tiny, unreplayable, monkeypatch):
     """Each candidate's turns run on one cache of its own, which each turn extends: its step is recorded (the measured
     one's found unrecordable) in its first turn only, and replayed in the others (a recording costs ~20 ms where a
-    step costs a few); one prefill each, TURNS x STEPS timed steps and one untimed."""
+    step costs a few); one prefill each, a timed step a turn and one untimed. Steps that come apart stop the turns at
+    TURNS[0]."""
     recorded, real = [], StepGraph.record
     monkeypatch.setattr(StepGraph, "record", lambda *a, **k: recorded.append(1) or real(*a, **k))
     made, real_cache = [], step_choice.KVCache
@@ -112,10 +133,27 @@ def test_the_timing_records_the_replayed_step_once_as_an_engine_does(tiny, unrep
     for name in ("prefill", "decode"):
         real_call = getattr(DecodeRunner, name)
         monkeypatch.setattr(DecodeRunner, name, lambda self, *a, _r=real_call, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
+    _Clock(monkeypatch, {"measured": [2.0, 2.2], "replayed": [1.0, 1.1]})
     runner = DecodeRunner(tiny, batch=2)
-    assert set(runner.step.us) == {"measured", "replayed"} and (step_choice.TURNS, step_choice.STEPS) == (3, 2)
+    assert runner.step.kind == "replayed" and runner.step.us == {"measured": 2e3, "replayed": 1e3}  # medians of 2.0, 2.2, 2.0 and 1.0, 1.1, 1.0
     assert len(recorded) == 2 and len(made) == 2
-    assert calls.count("prefill") == 2 and calls.count("decode") == 2 * (1 + 3 * 2)
+    assert calls.count("prefill") == 2 and calls.count("decode") == 2 * (1 + step_choice.TURNS[0])
+
+
+def test_steps_that_overlap_are_timed_for_the_most_turns(tiny, unreplayable, monkeypatch):
+    """Candidates whose steps overlap take TURNS[1] turns each, and the lower median wins."""
+    calls = []
+    real_decode = DecodeRunner.decode
+    monkeypatch.setattr(DecodeRunner, "decode", lambda self, *a, **k: calls.append(1) or real_decode(self, *a, **k))
+    _Clock(monkeypatch, {"measured": [1.0, 1.3, 1.0], "replayed": [1.2, 0.9, 1.4]})
+    runner = DecodeRunner(tiny, batch=2)
+    assert len(calls) == 2 * (1 + step_choice.TURNS[1]) and runner.step.kind == "measured"
+
+
+@pytest.mark.parametrize(("a", "b", "apart"), [([1, 2], [3, 4], True), ([3, 4], [1, 2.5], True), ([1, 3], [2, 4], False),
+                                               ([1, 2], [2, 3], False)])  # fmt: skip
+def test_apart(a, b, apart):
+    assert step_choice._apart(a, b) is apart
 
 
 def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, unreplayable, monkeypatch):

@@ -35,8 +35,13 @@ from gpt2kit.model.linear import STEP_KINDS, make_kernel
 
 CANDIDATES = ("measured", "replayed")
 ENV = "GPT2KIT_DECODE_STEP"
-TURNS = 3  # turns per candidate, alternating; the median step of all counts
-STEPS = 2  # decode steps timed per turn; the first turn's come after one untimed (the replayed candidate records there)
+# turns per candidate, alternating, one decode step timed in each (the first after one untimed, where the replayed
+# candidate records): at least TURNS[0], then more, up to TURNS[1], until every step of one candidate was faster than
+# every step of the other (`_apart`: by chance alone at most 1 in 20 at three turns each). The median step counts.
+# On a 2-core Zen 3 VM the candidates' steps came apart in the first three turns for the built-in model (6.0-6.4
+# against 4.5-4.7 ms) and GPT-2 124M (20.8-23.2 against 18.7-20.5 ms): 124M's choice took ~0.15 s less than with the
+# 12 steps each it timed before.
+TURNS = (3, 8)
 
 
 @dataclasses.dataclass
@@ -139,24 +144,30 @@ def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
 
 
 def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]:
-    """Median seconds of one decode step per candidate: TURNS turns each, alternating, of STEPS steps, on a cache of
-    the runner's batch, one per candidate, that its first turn fills with a one-token prefill and one untimed step
-    (the replayed candidate's recording, once, as an engine's) and each turn extends."""
+    """Median seconds of one decode step per candidate: turns of one step each, alternating (TURNS), on a cache of the
+    runner's batch, one per candidate, that its first turn fills with a one-token prefill and one untimed step (the
+    replayed candidate's recording, once, as an engine's) and each turn extends."""
     steps: dict[str, list[float]] = {kind: [] for kind in CANDIDATES}
     tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
     caches: dict[str, KVCache] = {}
     try:
-        for turn in range(TURNS):
+        for turn in range(TURNS[1]):
+            if turn >= TURNS[0] and _apart(*steps.values()):
+                break
             for kind in CANDIDATES if turn % 2 == 0 else CANDIDATES[::-1]:
                 _apply(runner, model, variant, kind)
                 if kind not in caches:
-                    caches[kind] = cache = KVCache(model.config, batch, 2 + TURNS * STEPS, dtype=runner.cache_dtype)
+                    caches[kind] = cache = KVCache(model.config, batch, 2 + TURNS[1], dtype=runner.cache_dtype)
                     runner.prefill(tokens, cache, None, logits=False)
                     runner.decode(tokens, cache, None)
-                for _ in range(STEPS):
-                    t0 = time.perf_counter()
-                    runner.decode(tokens, caches[kind], None)
-                    steps[kind].append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                runner.decode(tokens, caches[kind], None)
+                steps[kind].append(time.perf_counter() - t0)
     finally:
         runner.graphs.clear()  # they point into this function's caches
     return {kind: statistics.median(t) for kind, t in steps.items()}
+
+
+def _apart(a: list[float], b: list[float]) -> bool:
+    """Whether every time in one list is below every time in the other."""
+    return max(a) < min(b) or max(b) < min(a)
