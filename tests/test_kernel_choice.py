@@ -32,7 +32,7 @@ def fixed_times_fixture(monkeypatch, tmp_path):
     available, the cache in tmp_path."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("GPT2KIT_KERNEL", raising=False)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: COST.get(type(ks[0]), 5.0))
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: COST.get(type(ks[0]), 5.0))
     monkeypatch.setattr(KT, "_pass", fake_pass(lambda k: COST.get(type(k), 5.0)))
     clock = iter(range(10**9))
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # 1 us per read
@@ -262,7 +262,7 @@ def test_measuring_leaves_the_global_random_stream_alone(model, fixed_times):
 def test_prefill_times_c_fc_with_its_gelu(model, fixed_times, monkeypatch):
     """c_fc (64 outputs here) is timed doing its product and GELU, which oneDNN fuses; every other role its product."""
     seen = []
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: seen.append((ks[0].w.shape[0], gelu)) or 1.0)
     K.plan_kernels(model, batch=1)
     assert {out for out, gelu in seen if gelu} == {64} and {out for out, gelu in seen if not gelu} == {48, 16, 96}
 

@@ -161,7 +161,7 @@ def test_the_one_row_kind_needs_room_for_a_third_copy_unless_it_is_the_prompts_k
 
     assert one_kinds(size) == {"linear"} and one_kinds(size - 1) == {"mkl"}
     monkeypatch.setitem(COST, L._Linear, 0.5)  # the prompts' kind is linear now
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: COST.get(type(ks[0]), 5.0))
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: COST.get(type(ks[0]), 5.0))
     fixed_times.unlink()
     copy = K.inference_copy(model, 2, one_row=True)
     heads = [m for m in copy.modules() if isinstance(m, KernelLinear)]

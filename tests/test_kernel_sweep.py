@@ -98,9 +98,12 @@ def test_the_sweep_makes_a_variant_from_a_kind_before_it_on_the_same_layer(model
 
 
 def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed_whole(monkeypatch):
-    """On a fake clock (a call takes its kind's cost a row of output): mkl at 100x linear's cost is estimated from
-    its second call on SCOUT_OUT rows, recorded, and never packed on the whole PREFILL_OUT_TIMED (512) rows; onednn at 5x is timed."""
+    """On a fake clock (a call takes its kind's fixed cost and its cost a row of output): mkl at 100x linear's cost is
+    estimated from calls on SCOUT_OUT rows (16, then 64: on the line through the two), recorded, and never packed on the
+    whole PREFILL_OUT_TIMED (512) rows; onednn at 5x, under the limit already at 16 rows, is timed; so is a kind whose
+    16-row call is mostly a fixed cost, which scaled up would be over the limit."""
     cost = {"linear": 1.0, "mkl": 100.0, "onednn": 5.0}  # microseconds per output row
+    fixed = {"linear": 0.0, "mkl": 0.0, "onednn": 0.0}  # ... and per call
     clock, made = {"t": 0.0}, []
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: clock["t"]))
 
@@ -109,20 +112,28 @@ def test_a_prompt_kind_far_slower_than_the_best_is_scouted_on_a_slice_not_packed
             self.kind, self.w, self.b = kind, w, b
 
         def __call__(self, x):
-            clock["t"] += cost[self.kind] * len(self.w) / 1e6
+            clock["t"] += (fixed[self.kind] + cost[self.kind] * len(self.w)) / 1e6
             return torch.nn.functional.linear(x, self.w, self.b)
 
     monkeypatch.setattr(KT, "make_kernel", lambda kind, w, b, rows, like=None: made.append((kind, len(w))) or Fake(kind, w, b))
     lins = [torch.nn.Linear(16, 5000)]
-    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
-    n = KT.PREFILL_OUT_TIMED
-    assert c.kind == "linear" and c.us["mkl"] == 100.0 * n and c.us["onednn"] == 5.0 * n and c.us["linear"] == float(n)
-    assert made == [("linear", n), ("mkl", KT.SCOUT_OUT), ("onednn", KT.SCOUT_OUT), ("onednn", n)]
-    cost.update(linear=64.0, mkl=10.5 * 64, onednn=1000.0)  # mkl 10.5x linear's 65.5 ms: scouted, as onednn
+    kinds = (["linear", "mkl", "onednn"], {})
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, kinds, torch.float32)
+    n, (few, more) = KT.PREFILL_OUT_TIMED, KT.SCOUT_OUT
+    assert c.kind == "linear" and c.us["mkl"] == pytest.approx(100.0 * n) and c.us["onednn"] == 5.0 * n and c.us["linear"] == float(n)
+    assert made == [("linear", n), ("mkl", few), ("mkl", more), ("onednn", few), ("onednn", n)]
+    cost.update(linear=64.0, mkl=10.5 * 64, onednn=1000.0)  # mkl 10.5x linear's 32.8 ms: scouted, as onednn
     made.clear()
-    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl", "onednn"], {}), torch.float32)
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, kinds, torch.float32)
     assert ("mkl", n) not in made and c.us["mkl"] == pytest.approx(10.5 * 64 * n)
-    cost.update(linear=0.3, mkl=4.5)  # ~2.3 ms estimated, 15x linear's: under SLOW_FIRST_CALL_US, packed and timed
+    cost.update(linear=0.3, mkl=3.5)  # ~1.8 ms estimated, 12x linear's: under SCOUT_FLOOR_US, packed and timed
     made.clear()
     c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "mkl"], {}), torch.float32)
-    assert ("mkl", n) in made and c.us["mkl"] == pytest.approx(4.5 * n)
+    assert ("mkl", n) in made and c.us["mkl"] == pytest.approx(3.5 * n)
+    cost.update(linear=0.4, onednn=0.1)
+    fixed.update(onednn=400.0)  # 16 and 64 rows: 12.9 and 3.3 ms scaled up (over 10x linear's 205 us); on the line: 451 us
+    made.clear()
+    c = KT.measure("attn.c_proj", lins, K.PREFILL_ROWS, (["linear", "onednn"], {}), torch.float32)
+    assert made == [("linear", n), ("onednn", few), ("onednn", more), ("onednn", n)]
+    assert c.kind == "linear" and c.us["onednn"] == pytest.approx(400.0 + 0.1 * n)
+    assert KT.SCOUT_FLOOR_US == 2_000

@@ -49,19 +49,27 @@ def test_time_takes_the_lower_quartile_of_a_budget(monkeypatch):
 
 
 def test_time_stops_at_a_first_timed_call_far_behind_the_best(monkeypatch):
-    """Where the first two timed calls are each over FAR_BEHIND (2) times the best kind's so far, the faster is the
-    figure; at 2x exactly, or with one call under it (the other a hiccup), timing goes on."""
+    """Where the check call (`first`) and the first timed call are each over FAR_BEHIND (2) times the best kind's so
+    far, the faster is the figure; at 2x exactly, or with one of them under it (the other a hiccup, or a kernel's set-up),
+    timing goes on."""
     now = {"t": 0.0}
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: now["t"]))
     calls, durations = [], []
     kernel = lambda x: calls.append(1) or now.update(t=now["t"] + durations[len(calls) - 1])  # noqa: E731
-    durations[:] = [0.0012, 0.001] + [0.001] * 10
-    assert KT._time([kernel], torch.zeros(1), best=499.0) == pytest.approx(1000.0) and len(calls) == 2
+    durations[:] = [0.0012] + [0.001] * 10
+    assert KT._time([kernel], torch.zeros(1), best=499.0, first=1100.0) == pytest.approx(1100.0) and len(calls) == 1
     calls.clear()
-    assert KT._time([kernel], torch.zeros(1), best=500.0) == pytest.approx(1000.0) and len(calls) == 3
+    assert KT._time([kernel], torch.zeros(1), best=499.0, first=1300.0) == pytest.approx(1200.0) and len(calls) == 1
+    calls.clear()
+    assert KT._time([kernel], torch.zeros(1), best=600.0, first=1300.0) == pytest.approx(1000.0) and len(calls) == 3
+    calls.clear()
+    assert KT._time([kernel], torch.zeros(1), best=499.0) == pytest.approx(1200.0) and len(calls) == 1  # no check call
     calls.clear()
     durations[:] = [0.005, 0.0004, 0.0004, 0.0004]  # a hiccup, then its own speed: timed on, the lower quartile
-    assert KT._time([kernel], torch.zeros(1), best=499.0) == pytest.approx(400.0) and len(calls) == 3
+    assert KT._time([kernel], torch.zeros(1), best=499.0, first=400.0) == pytest.approx(400.0) and len(calls) == 3
+    calls.clear()
+    durations[:] = [0.0004] * 20  # a slow check call (a kernel's set-up), then its own speed: timed for the budget
+    assert KT._time([kernel], torch.zeros(1), best=499.0, first=5000.0) == pytest.approx(400.0) and len(calls) == 8
     assert KT.FAR_BEHIND == 2.0
 
 
@@ -282,7 +290,7 @@ def test_measure_rejects_wrong_numbers_and_keeps_the_fastest_right_one(monkeypat
 
     monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
     monkeypatch.setitem(L.KERNELS, "onednn", Nan)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 2.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: 2.0)
     c = KT.measure("mlp.c_fc", _linears(), 3, (["linear", "mkl", "onednn"], {"bf16": "why"}), torch.float32)
     assert (c.role, c.rows, c.kind, c.us, c.cached) == ("mlp.c_fc", 3, "linear", {"linear": 2.0}, False)
     assert re.fullmatch(
@@ -301,7 +309,7 @@ def test_measure_checks_c_fc_with_its_gelu_which_a_kernel_may_fuse(monkeypatch):
             return torch.nn.functional.gelu(self(x))  # erf, not GPT-2's tanh: ~1e-3 off
 
     monkeypatch.setitem(L.KERNELS, "mkl", WrongGelu)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: 1.0)
     fc = KT.measure("mlp.c_fc", _linears(), 32, (["linear", "mkl"], {}), torch.float32)
     proj = KT.measure("mlp.c_proj", _linears(), 32, (["linear", "mkl"], {}), torch.float32)
     assert fc.rejected["mkl"].startswith(KT.WRONG) and fc.kind == "linear"
@@ -325,7 +333,7 @@ def test_measure_tolerance_is_loose_for_approximate_kernels_and_low_precision(mo
 
     monkeypatch.setitem(L.KERNELS, "bf16", FarOff)
     monkeypatch.setitem(L.KERNELS, "linear", Off)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: 1.0)
     assert "bf16" in KT.measure("r", _linears(), 2, (["bf16"], {}), torch.float32).rejected
     assert "linear" in KT.measure("r", _linears(), 2, (["linear"], {}), torch.float32).rejected
     bf16 = [lin.to(torch.bfloat16) for lin in _linears()]
@@ -357,7 +365,7 @@ def test_measure_skips_timing_a_kernel_whose_first_call_is_ten_times_slower(monk
     reads = iter([0.0, 1e-6, 1.0, 1.0 + 5.3e-6])  # first calls: linear 1 us, mkl 5.3 us > 10 x linear's 0.5 us
     timed = []
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(reads)))
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: timed.append(type(ks[0])) or 0.5)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: timed.append(type(ks[0])) or 0.5)
     c = KT.measure("r", _linears(), 2, (["linear", "mkl"], {}), torch.float32)
     assert timed == [L._Linear] and c.us["linear"] == 0.5 and c.us["mkl"] == pytest.approx(5.3) and c.kind == "linear"
     reads = iter([0.0, 1e-6, 0.0, 5e-6])  # exactly 10 x the best so far: still timed
@@ -375,10 +383,10 @@ def test_measure_times_the_kernels_of_every_given_layer_on_the_first(monkeypatch
     seen = []
     clock = iter(range(10**6))
     monkeypatch.setattr(KT, "time", SimpleNamespace(perf_counter=lambda: next(clock) / 1e6))  # first calls: 1 us
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: seen.append((len(ks), tuple(x.shape), x.dtype, best)) or 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: seen.append((len(ks), tuple(x.shape), x.dtype, best, first)) or 1.0)
     lins = _linears(3)
     KT.measure("r", lins, 5, (["mkl"], {}), torch.float32)
-    assert seen == [(3, (5, 16), torch.float32, float("inf"))]
+    assert seen == [(3, (5, 16), torch.float32, float("inf"), pytest.approx(1.0))]  # the check call's 1 us, as `first`
     c = KT.measure("r", _linears(2, bias=False), 5, (["mkl", "linear"], {}), torch.float32)
     assert c.us == {"mkl": 1.0, "linear": 1.0} and c.kind == "mkl"  # a tie keeps the first
-    assert seen[-1][-1] == 1.0  # linear is told mkl's time
+    assert seen[-1][-2] == 1.0  # linear is told mkl's time

@@ -101,7 +101,7 @@ def test_a_kernel_with_wrong_numbers_is_never_chosen(tiny, monkeypatch, tmp_path
             return torch.mm(x, self.wt)  # forgets the bias, and is "fast"
 
     monkeypatch.setitem(L.KERNELS, "mkl", DropsBias)
-    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None: 0.0 if isinstance(ks[0], DropsBias) else 1.0)
+    monkeypatch.setattr(KT, "_time", lambda ks, x, gelu=False, best=None, first=None: 0.0 if isinstance(ks[0], DropsBias) else 1.0)
     # no trial call on a slice: timed on the real clock against the fake 1 us best, a call a busy machine slows past
     # 50 ms would be recorded as far slower (never chosen) before its numbers are checked
     monkeypatch.setattr(KT, "_scout", lambda *a: None)

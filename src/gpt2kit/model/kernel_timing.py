@@ -26,9 +26,8 @@ ROLES = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head")
 HEAD_ROLE = "lm_head"  # one matrix, after the blocks
 GELU_ROLE = "mlp.c_fc"  # timed with its GELU, which a kernel may fuse (linear.py)
 PREFILL_ROWS = 256
-# A short prompt's rows (a chat turn, a served request), timed too: the best kind differs there. On a 2-core Zen 3 VM,
-# GPT-2 124M's products of 16-128 rows ran 1.1-1.6x faster with oneDNN's packed weights than with MKL's sgemm, which
-# packs the weight again on every call, while at 256 and 512 rows the two were within 12 % either way.
+# A short prompt's rows (a chat turn, a served request), timed too: on a 2-core Zen 3 VM 124M's products of 16-128 rows
+# ran 1.1-1.6x faster with oneDNN's packed weights than with MKL's sgemm; at 256 and 512 rows within 12 % either way.
 SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
 # per candidate and row count (at least 3 calls): on a 2-core Zen 3 VM the lower quartile of GPT-2 124M's prompt
@@ -36,27 +35,23 @@ WRONG = "output differs from the float32 reference"  # how a rejection for wrong
 # the kinds that win at 32 rows lie 10-60 % apart and those at 256 within ~10 % (either will do)
 TIME_BUDGET_S = 0.003
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
-# a prompt kind whose first two timed calls are each over this times the best so far is not timed further (one call
-# alone can meet a hiccup, or the end of a kernel's warm-up)
+# a prompt kind whose check call and first timed call are each over this times the best so far is timed no further
 FAR_BEHIND = 2.0
-# output rows of a prompt product's trial call, which tells whether a kind is worth calling whole: not where its estimate
-# is over 10x the best so far and over SLOW_FIRST_CALL_US. A call's own overhead is far from that, scaled up to
-# PREFILL_OUT_TIMED rows, but not from a few ms: oneDNN's 16-row calls took 110-150 us on a 2-core Zen 3 VM, ~4.7 ms
-# scaled up, against its 0.3 ms a 512-row call at 32 rows
-SCOUT_OUT = 16
-# At SHORT_ROWS and more a product is compute-bound: which kernel wins depends on the kernel's blocking, not on
-# the weight's memory traffic, so it is timed on one layer and on at most this many output rows of it.
-# That keeps the 50257-row head from dominating the first run (a full 256-row head product is ~10 GFLOP). On a 2-core
-# Zen 3 VM, GPT-2 124M's prompt measurements took ~0.9 s on 2048 rows, ~0.65 s on 1024 and ~0.5 s on 512, and ranked
-# the kinds alike on each (oneDNN 1.1-1.7x ahead at 32 rows; MKL, oneDNN and F.linear within ~10 % at 256, their
-# order changing from run to run). Roles whose timed slices are alike are timed once (`measure_prompts`).
+# output rows of a prompt product's two trial calls: a kind is not packed and called whole where its estimate (`_scout`)
+# is over 10x the best so far and over SCOUT_FLOOR_US. From 16 rows alone, oneDNN's 110-150 us calls scaled up to ~4.7 ms
+# at 512 rows on a 2-core Zen 3 VM (0.3 ms in truth); with a 50 ms floor, a bf16 model's emulated products (20-100x the
+# float32 copy's time) were called whole, ~0.6 s of the built-in model's first run.
+SCOUT_OUT = (16, 64)
+SCOUT_FLOOR_US = 2_000
+# At SHORT_ROWS and more a product is compute-bound, so it is timed on one layer and on at most this many output rows
+# of it (a full 256-row head product is ~10 GFLOP). On a 2-core Zen 3 VM, 124M's prompt measurements took ~0.9 s on
+# 2048 rows, ~0.65 s on 1024 and ~0.5 s on 512, and ranked the kinds alike on each (oneDNN 1.1-1.7x ahead at 32 rows;
+# MKL, oneDNN and F.linear within ~10 % at 256, in any order). Alike timed slices are timed once (`measure_prompts`).
 PREFILL_OUT_TIMED = 512
-# ... but at SHORT_ROWS the kinds' speed depends on the whole weight: MKL's sgemm and F.linear pack it again each call,
-# and on a 2-core Zen 3 VM 124M's whole c_fc took them 2.3-3.6 ms at 32 rows against oneDNN's 1.9-2.0, where its
-# 512-row slice had all four within 15 % (0.39-0.46 ms) and runs chose MKL as often as oneDNN. So at SHORT_ROWS one
-# whole layer is timed, at most SHORT_OUT_TIMED output rows of it: ~0.15 s more of 124M's choice. Not the head: its prompt
-# kernel runs only where a copy's logits are asked for every position (a decode runner's prefill asks for the last
-# row's, scoring runs a head of its own), and its rows would cost the most.
+# ... but at SHORT_ROWS the speed depends on the whole weight (MKL's sgemm and F.linear pack it again each call: 124M's
+# whole c_fc took them 2.3-3.6 ms at 32 rows against oneDNN's 1.9-2.0, its 512-row slice all four within 15 %), so one
+# whole layer is timed, at most SHORT_OUT_TIMED output rows: ~0.15 s more of 124M's choice. Not the head: its prompt
+# kernel runs only where a copy's logits are asked for every position (not a decode runner's), and costs the most.
 SHORT_OUT_TIMED = 4096
 # timed rounds of a decode measurement (after a warm-up round): at least, and at most while a role is contested and
 # ROUNDS_BUDGET_S (from the end of the first ones) lasts; 124M float32 on a 2-core Zen 3 VM: 3-7 ms a kind a round
@@ -70,22 +65,18 @@ FAR = 1.5
 # and F.linear were 1.3-2.3x behind gemv.c at decode, and gemv.c's prefetch variants within 1.0-1.12x of each other
 CLEAR = 1.25
 # ... and so is one the leader beat in so many rounds that a fair coin would come up so one-sided at most SURE of the
-# time (a sign test: 5 of 5 rounds, 7 of 8, ...), and, after TIE_ROUNDS rounds, one within TIE of it (either will do:
-# after 5, a round's noise of a few % left gemv-hw 1.0x gemv-l2 on one role that 20 rounds put 0.96x). So rounds past
-# the first go on only while a role's result is open: gemv.c's prefetch variants, 2-12 % apart on a 2-core Zen 3 VM,
-# took the whole ROUNDS_BUDGET_S every time before, and GPT-2 124M's decode rounds ~0.6 s.
+# time (a sign test: 5 of 5 rounds, 7 of 8, ...), and, after TIE_ROUNDS rounds, one within TIE of it (after 5, noise
+# left gemv-hw 1.0x gemv-l2 on a role that 20 rounds put 0.96x). Before, 124M's decode rounds took ~0.6 s.
 TIE = 1.02
 TIE_ROUNDS = 10
 SURE = 0.05
-# A decode sweep's pass reads this many times the largest cache (in its weights' bytes): the first blocks and a slice
-# of the head's rows that together hold that many (`swept`), not every layer, so that packing and timing each candidate
-# costs the same for any model size. Over every layer, choosing GPT-2 124M's float32 kernels took 11.4 s on a 2-core
-# Zen 3 VM (32 MiB L3), most of it packing each candidate's 494 MB; a 1.5B model packed 6.2 GB a candidate.
+# A decode sweep's pass reads this many times the largest cache (in its weights' bytes): the first blocks and a slice of
+# the head's rows (`swept`), so packing and timing each candidate costs the same for any model size. Over every layer,
+# 124M's float32 choice took 11.4 s on a 2-core Zen 3 VM (32 MiB L3), most of it packing each candidate's 494 MB.
 SWEEP_CACHES = 2
-# the head's slice holds this share of a pass's bytes (whole blocks of 64 rows), the blocks the rest: between two
-# reads of any weight the rest of the pass streams through the cache, so each is read from memory as in a step. On
-# that VM, GPT-2 124M float32: 2 blocks and 5,504 head rows, 74 MB a kind, where the blocks and the head each took
-# the whole budget before (3 blocks and 21,888 rows, 152 MB): packing and timing the candidates took half as long.
+# the head's slice holds this share of a pass's bytes (whole blocks of 64 rows), the blocks the rest, so each weight is
+# read from memory as in a step. On that VM, 124M float32: 2 blocks and 5,504 head rows, 74 MB a kind, where the blocks
+# and the head each took the whole budget before (152 MB): packing and timing the candidates took half as long.
 HEAD_SHARE = 0.25
 
 Weights = list[tuple[torch.Tensor, torch.Tensor | None]]  # (weight (out, in), bias (out,) or None) per layer
@@ -178,7 +169,7 @@ def measure(
             # a first call 10x slower than the best so far and slow in itself is not worth timing: int8 with
             # float32 activations takes seconds at 256 rows where the others take milliseconds (a short first
             # call is timed: it may be a kernel's one-time set-up, as for int8-dynamic)
-            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, gelu, best)
+            us[kind] = first_us if first_us > max(10 * best, SLOW_FIRST_CALL_US) else _time(ks, x, gelu, best, first_us)
     return _choose(role, rows, us, rejected)
 
 
@@ -202,18 +193,32 @@ def measure_prompts(todo: PromptTodo, dtype: torch.dtype) -> dict[tuple[str, int
 
 
 def _scout(kind: str, w: torch.Tensor, b: torch.Tensor | None, x: torch.Tensor, best: float) -> float | None:
-    """`kind`'s microseconds per call on all of w's rows, estimated from its second call on SCOUT_OUT of them, where
-    that is over 10x the best so far and over SLOW_FIRST_CALL_US (None: not so slow, or nothing to compare with):
-    such a kind is not worth packing and calling whole. bf16 through MKL on a CPU without bf16 products took 1.7 s a
-    call at 256 rows (124M c_fc, 2-core Zen 3 VM), against 7 ms for the float32 copy."""
-    if best == float("inf") or len(w) <= SCOUT_OUT:
+    """`kind`'s microseconds per call on all of w's rows where that is over 10x the best so far and over SCOUT_FLOOR_US
+    (None: not so slow, or nothing to compare with), estimated on the line through its calls on SCOUT_OUT rows (the faster
+    of two each, after one for its set-up), so a call's fixed cost is not scaled up; the second only where the first,
+    scaled up fixed cost and all, is over the limit. A hiccup in the smaller call only lowers the estimate."""
+    if best == float("inf") or len(w) <= SCOUT_OUT[1]:
         return None
-    k = make_kernel(kind, w[:SCOUT_OUT], None if b is None else b[:SCOUT_OUT], len(x))
-    k(x)  # its one-time set-up, if any
+    secs: list[float] = []
+    for out in SCOUT_OUT:
+        k = make_kernel(kind, w[:out], None if b is None else b[:out], len(x))
+        k(x)  # its one-time set-up, if any
+        secs.append(min(_timed_call(k, x) for _ in range(2)))
+        if len(secs) == 1:  # scaled up with the rows, fixed cost and all: over the time, so under the limit is enough
+            est = secs[0] * 1e6 * len(w) / out
+        else:
+            per_row = max(0.0, (secs[1] - secs[0]) / (SCOUT_OUT[1] - SCOUT_OUT[0]))
+            est = (secs[1] + per_row * (len(w) - out)) * 1e6
+        if est <= max(10 * best, SCOUT_FLOOR_US):
+            return None
+    return est
+
+
+def _timed_call(kernel, x: torch.Tensor) -> float:
+    """Seconds of one call of `kernel` on x."""
     t0 = time.perf_counter()
-    k(x)
-    est = (time.perf_counter() - t0) * 1e6 * len(w) / SCOUT_OUT
-    return est if est > max(10 * best, SLOW_FIRST_CALL_US) else None
+    kernel(x)
+    return time.perf_counter() - t0
 
 
 def _wrong_numbers(kind: str, y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype) -> str | None:
@@ -370,14 +375,13 @@ def _standing(role: str, rows: int, timed: dict[str, list[float]], still: set[st
     return Choice(role, rows, kind, us, rejected, paired)
 
 
-def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = float("inf")) -> float:
+def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = float("inf"), first: float = float("inf")) -> float:
     """Microseconds per call (the lower quartile: a busy machine's preemptions only lengthen calls, so the
     low end is the kernel's own speed), cycling through the layers' kernels, after one warm-up call of each but the
-    first (the caller's check called it, as timed: a second warm-up call cost ~40 ms of a 124M model's choice); with
-    `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse). Where the first two timed
-    calls are each over FAR_BEHIND times `best` (microseconds, the best kind's so far), the faster is the figure: bf16
-    products where torch emulates them took ~150 ms a call at 256 rows on a 2-core Zen 3 VM, against ~20 for float32
-    ones."""
+    first (the caller's check called it, as timed, in `first` microseconds: a second warm-up call cost ~40 ms of a
+    124M model's choice); with `gelu`, each call is the product and its GELU (c_fc's work, which a kernel may fuse).
+    Where the check call and the first timed one are each over FAR_BEHIND times `best` (microseconds, the best kind's
+    so far), the faster is the figure (a bf16 124M's emulated F.linear, 3-8x the float32 copy's time, up to 37 ms)."""
     calls = [k.gelu if gelu else k for k in kernels]
     for k in calls[1:]:
         k(x)
@@ -387,8 +391,8 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = floa
         calls[i % len(calls)](x)
         times.append(time.perf_counter() - t0)
         i += 1
-        if len(times) == 2 and min(times) * 1e6 > FAR_BEHIND * best:
-            return min(times) * 1e6
+        if len(times) == 1 and min(times[0] * 1e6, first) > FAR_BEHIND * best:
+            return min(times[0] * 1e6, first)
     return statistics.quantiles(times, n=4)[0] * 1e6
 
 
