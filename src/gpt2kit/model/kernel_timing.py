@@ -30,9 +30,8 @@ PREFILL_ROWS = 256
 # ran 1.1-1.6x faster with oneDNN's packed weights than with MKL's sgemm; at 256 and 512 rows within 12 % either way.
 SHORT_ROWS = 32
 WRONG = "output differs from the float32 reference"  # how a rejection for wrong numbers starts
-# per candidate and row count (at least 3 calls): on a 2-core Zen 3 VM the lower quartile of GPT-2 124M's prompt
-# products (32 and 256 rows, 512 outputs) came out 0-6 % apart with 3 and with 8 ms of calls (medians of 8 each), where
-# the kinds that win at 32 rows lie 10-60 % apart and those at 256 within ~10 % (either will do)
+# per candidate and row count (at least 3 calls): on a 2-core Zen 3 VM the lower quartile of 124M's prompt products came
+# out 0-6 % apart with 3 and 8 ms of calls, where the kinds lie 10-60 % apart at 32 rows and ~10 % at 256
 TIME_BUDGET_S = 0.003
 SLOW_FIRST_CALL_US = 50_000  # a first call slower than this (and 10x the best) is not timed further
 # a prompt kind whose check call and first timed call are each over this times the best so far is timed no further
