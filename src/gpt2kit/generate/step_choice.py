@@ -36,12 +36,13 @@ from gpt2kit.model.linear import STEP_KINDS, make_kernel
 CANDIDATES = ("measured", "replayed")
 ENV = "GPT2KIT_DECODE_STEP"
 # turns per candidate, alternating, one decode step timed in each (the first after one untimed, where the replayed
-# candidate records): at least TURNS[0], then more, up to TURNS[1], until every step of one candidate was faster than
-# every step of the other (`_apart`: by chance alone at most 1 in 20 at three turns each). The median step counts.
+# candidate records): at least TURNS[0], then more, up to TURNS[1] (the 12 steps in all timed before), until every step
+# of one candidate was faster than every step of the other (`_apart`: by chance alone at most 1 in 20 at three turns
+# each). The median step counts.
 # On a 2-core Zen 3 VM the candidates' steps came apart in the first three turns for the built-in model (6.0-6.4
 # against 4.5-4.7 ms) and GPT-2 124M (20.8-23.2 against 18.7-20.5 ms), and 124M's step choice took 0.23-0.26 s
 # against 0.32-0.34 s with two steps a turn for three turns (two runs each, timed by hand around `plan_step`).
-TURNS = (3, 8)
+TURNS = (3, 6)
 
 
 @dataclasses.dataclass
