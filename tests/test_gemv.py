@@ -298,3 +298,52 @@ def test_gelu_is_applied_to_each_output_as_it_is_stored(build, kind):
         torch.testing.assert_close(y, ref, atol=2e-6, rtol=2e-6)
     tail = plain[:, 1].to(BF).double() if kind == "bf16" else plain[:, 1]
     assert (y[:, 0].abs() < 1e-30).all() and torch.equal(y[:, 1], tail)  # the tails: 0 and x itself
+
+
+@_buildable
+def test_gelu_in_place_equals_torchs(build, monkeypatch):
+    """gemv.gelu_ (step.c's gk_gelu, the GELU after a prompt product that does not fuse it): GPT-2's GELU (tanh form)
+    of every element in place, float32 to its precision against a float64 reference and torch's own, bf16 rounded
+    once as torch's; lengths not a multiple of a vector or of the threads; both tails; a NaN stays NaN. A tensor that
+    is not contiguous, or that autograd tracks, goes to torch's."""
+    so, calls = gemv._build()[0], []
+    real_c = so.gk_gelu
+    monkeypatch.setattr(so, "gk_gelu", lambda *a: calls.append(a[1]) or real_c(*a))
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 3 * 1024 + 5):
+        x = torch.randn(n, generator=g) * 4
+        x[0] = -40.0 if n > 1 else x[0]
+        ref = F.gelu(x.double(), approximate="tanh")
+        y = x.clone()
+        assert gemv.gelu_(y) is y
+        torch.testing.assert_close(y.double(), ref, atol=2e-6, rtol=2e-6)
+        torch.testing.assert_close(y, F.gelu(x, approximate="tanh"), atol=2e-6, rtol=2e-6)
+        xb = x.to(BF)
+        assert (gemv.gelu_(xb.clone()).float() - F.gelu(xb, approximate="tanh").float()).abs().max() <= 2 ** -7 * xb.float().abs().max()
+    assert calls == [n for n in (1, 7, 3 * 1024 + 5) for _ in range(2)]  # float32 and bf16, all in C
+    nan = gemv.gelu_(torch.tensor([float("nan"), 1.0]))
+    assert nan[0].isnan() and nan[1].item() == pytest.approx(F.gelu(torch.tensor(1.0), approximate="tanh").item(), abs=1e-6)
+    x = torch.randn(6, 8, generator=g)
+    strided = x.clone().t()  # not contiguous: torch's, in place all the same
+    want = F.gelu(strided, approximate="tanh")
+    calls.clear()
+    assert gemv.gelu_(strided) is strided and torch.allclose(strided, want) and not calls
+    tracked = x.clone().requires_grad_() * 1.0  # autograd's: torch's, with its gradient
+    gemv.gelu_(tracked).sum().backward()
+    assert not calls
+
+
+@_buildable
+def test_a_kernel_without_a_fused_gelu_applies_gemv_gelu(build, monkeypatch):
+    """onednn-split's c_fc (and every kind's GELU that is not fused) goes through gemv.gelu_, with the product's
+    numbers: F.gelu of F.linear's."""
+    seen = []
+    real = gemv.gelu_
+    monkeypatch.setattr(gemv, "gelu_", lambda y: seen.append(y.shape) or real(y))
+    w, b, x = _data(50, 40, (3,))
+    for kind in ("linear", "mkl", "onednn-split"):
+        if not L.KERNELS[kind].available(CPU, torch.float32):
+            continue
+        y = L.make_kernel(kind, w, b, 3).gelu(x)
+        torch.testing.assert_close(y, F.gelu(F.linear(x, w, b), approximate="tanh"), atol=1e-5, rtol=1e-5)
+    assert seen and all(s == (3, 50) for s in seen)

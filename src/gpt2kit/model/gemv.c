@@ -42,14 +42,6 @@ static inline __attribute__((always_inline)) void prefetch_lines(const char *p, 
     for (int r = 0; r < lines; ++r) _mm_prefetch(p + 64 * r, _MM_HINT_T0);
 }
 
-/* GPT-2's GELU (tanh form) of one output, applied as it is stored where a product asks (`gelu`, c_fc's): 0.5 x (1 +
-   tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3), e^(-2u) = 2^t with t clamped to [-125, 125]:
-   float32's precision, and no cancellation for negative x. */
-static inline float gelu_tanh(float x) {
-  const float t = -2.0f * GK_LOG2E * 0.7978845608028654f * (x + 0.044715f * x * x * x);
-  return x / (1.0f + pow2(t < -125.0f ? -125.0f : t > 125.0f ? 125.0f : t));
-}
-
 /* The products: each thread takes whole blocks, its own contiguous share first, then blocks left in the others'
    (share.h). Every product takes the packed weight's arguments first (what gemv.py binds once), then x, y, M,
    threads, pf (the prefetch) and gelu (1: GPT-2's GELU applied to each output as it is stored, c_fc's work). */

@@ -7,7 +7,7 @@ stream, prefetched ahead: see gemv.c). It is a candidate like any other: kernels
 F.linear, MKL and oneDNN on the real shapes and keeps it only where it is fastest, and it is offered only
 where it built and gave F.linear's numbers on this machine.
 
-The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fopenmp, plus $GPT2KIT_GEMV_CFLAGS
+The build: the C compiler ($CC, else `cc`) with -O3 -march=native -fno-trapping-math -fopenmp, plus $GPT2KIT_GEMV_CFLAGS
 (e.g. "-mno-avx512f" builds the AVX2 kernels on an AVX-512 CPU, as the tests do), about a second, once per
 CPU (the library is cached under the user cache directory, named by a hash of the sources, the compiler, the
 flags and the CPU's flags, and written atomically). It needs AVX2 with FMA or AVX-512 (F, BW, VL), and then
@@ -112,9 +112,10 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
     if why := not_buildable():
         return None, why
     cc, flags = os.environ.get("CC", "cc"), sorted(cpu_flags())
-    # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load
+    # an intrinsic the compiler does not know must fail the build, not leave a library that cannot load; no operation
+    # traps (torch leaves the floating-point exceptions masked), so loops with a comparison in them vectorize (GELU's)
     cmd = [cc, "-O3", "-march=native", *shlex.split(os.environ.get(CFLAGS, "")), "-Werror=implicit-function-declaration",
-           "-fopenmp", "-fPIC"]  # fmt: skip
+           "-fno-trapping-math", "-fopenmp", "-fPIC"]  # fmt: skip
     code = b"".join(source.read_bytes() for source in (*_sources(), *HEADERS))
     digest = hashlib.sha256(code + " ".join([*cmd, *map(str, _sources()), *flags]).encode()).hexdigest()[:16]
     lib = machine.cache_dir() / "gemv" / f"gemv-{digest}.so"
@@ -144,7 +145,7 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
                             ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64, _P, _P], _I64),
                             ("gk_tape_inputs", [_P, _P, _P, _I64], None), ("gk_share_claims", [_I64, _INT, _P, _I64, _P], None),
                             ("gk_embed", [_P, _I64, _P, _P, _I64, _I64], _INT), ("gk_add", [_P, _P, _P, _I64, _INT], None),
-                            ("gk_convert", [_P, _P, _I64, _INT], None),
+                            ("gk_convert", [_P, _P, _I64, _INT], None), ("gk_gelu", [_P, _I64, _INT, _INT], None),
                             ("gk_layer_norm", [_P, _P, _P, _P, _I64, _I64, ctypes.c_double, _INT], None)):  # step.c's; fmt: skip
         fn = getattr(so, name)
         fn.argtypes, fn.restype = args, res
@@ -244,6 +245,18 @@ class Packed:
 
 
 ATTEND_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def gelu_(y: torch.Tensor) -> torch.Tensor:
+    """GPT-2's GELU (tanh form) of y, in place -> y: step.c's `gk_gelu` (the form gemv.c applies as it stores, to
+    float32's precision) where the library is built and y is a contiguous float32 or bf16 CPU tensor that autograd does
+    not track, else torch's. On a 2-core Zen 3 VM: 70 us against torch's 179 for a 32-token prompt's c_fc output of
+    GPT-2 124M ((32, 3072) float32), 0.59 against 1.45 ms at 256 tokens."""
+    so = _build()[0]
+    if so is None or y.device.type != "cpu" or y.dtype not in ATTEND_DTYPES or not y.is_contiguous() or y.requires_grad:
+        return torch.ops.aten.gelu_(y, approximate="tanh")
+    so.gk_gelu(y.data_ptr(), y.numel(), int(y.dtype == torch.bfloat16), torch.get_num_threads())
+    return y
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-/* The scalar math gemv.c, attend.c, causal.c and step.c share: bf16 in and out, and e^x as 2^n 2^f.
+/* The scalar math gemv.c, attend.c, causal.c and step.c share: bf16 in and out, e^x as 2^n 2^f, and GPT-2's GELU.
 
    2^t for t in [-126, 126]: t = n + f with n = round(t) (the 1.5 * 2^23 trick: a float's low mantissa bits then
    hold n) and f in [-0.5, 0.5], 2^n built as a float's exponent bits, 2^f by its Taylor series to f^7
@@ -52,6 +52,16 @@ static inline float pow2(float t) {  /* 2^t, t in [-126, 126] (the caller clamps
 static inline float exp_nonpositive(float x) {
   const float l = x * GK_LOG2E;
   return x < -87.0f ? 0.0f : pow2(l > -126.0f ? l : -126.0f);
+}
+
+/* GPT-2's GELU (tanh form) of x: 0.5 x (1 + tanh(u)) = x / (1 + e^(-2u)), u = sqrt(2 / pi) (x + 0.044715 x^3),
+   e^(-2u) = 2^t with t clamped to [-125, 125]: float32's precision, and no cancellation for negative x. gemv.c applies
+   it to each output as it is stored (c_fc's products); step.c's gk_gelu to a product's output in place. */
+static inline float gelu_tanh(float x) {
+  float t = -2.0f * GK_LOG2E * 0.7978845608028654f * (x + 0.044715f * x * x * x);
+  t = t < -125.0f ? -125.0f : t;  /* NaN stays NaN; a loop of it vectorizes where nothing traps (gemv.py builds so) */
+  t = t > 125.0f ? 125.0f : t;
+  return x / (1.0f + pow2(t));
 }
 
 #endif

@@ -55,7 +55,7 @@ class _Linear:
     def gelu(self, x: torch.Tensor) -> torch.Tensor:
         """GPT-2's GELU (tanh) of the product, c_fc's whole work, (..., in) -> (..., out): fused where a kernel can, else in
         place on it (a fresh (2048, 3072) output, page-faulted in per call, cost a 2048-token 124M forward 5-7 %, Zen 3)."""
-        return torch.ops.aten.gelu_(self(x), approximate="tanh")
+        return gemv.gelu_(self(x))
 
     @staticmethod
     def available(device: torch.device, dtype: torch.dtype) -> bool:
@@ -169,10 +169,10 @@ class _Bf16(_Linear):
 
 
 class _OneDnnSplit(_OneDnn):
-    """oneDNN's packed product, then torch's in-place GELU, not the post-op: on a 2-core Zen 3 VM (AVX2) the post-op's
-    GELU took 4.9 ms where torch's after the product took 1.8 (124M c_fc, 256 rows), so which runs is measured."""
+    """oneDNN's packed product, then an in-place GELU (gemv.gelu_), not the post-op: on a 2-core Zen 3 VM (AVX2) the
+    post-op's GELU took 4.9 ms where torch's after the product took 1.8 (124M c_fc, 256 rows), so which runs is measured."""
 
-    gelu_only = "oneDNN's product with torch's GELU after it: the same as onednn where no GELU follows"
+    gelu_only = "oneDNN's product with the GELU after it: the same as onednn where no GELU follows"
     varies = _OneDnn
     gelu = _Linear.gelu
 
