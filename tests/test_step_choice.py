@@ -156,6 +156,64 @@ def test_apart(a, b, apart):
     assert step_choice._apart(a, b) is apart
 
 
+def _plan_with(monkeypatch, head_us: dict[str, float], att_us: dict[str, float]):
+    """Every block product's decode figures 100 us a call for each kind, gemv.c's chosen; the head's `head_us` (its
+    fastest chosen) and the attention's `att_us` (the same): what `_lead` weighs."""
+    real = kernels.plan_kernels
+
+    def plan(model, batch=1, weights="auto", **kw):
+        out = []
+        for c in real(model, batch, weights, **kw):
+            if c.rows == batch:
+                us = dict(head_us) if c.role == "lm_head" else {k: 100.0 for k in c.us}
+                c = dataclasses.replace(c, kind=min(us, key=us.get) if c.role == "lm_head" else "gemv", us=us, rejected={})
+            out.append(c)
+        return out
+
+    monkeypatch.setattr(kernels, "plan_kernels", plan)
+    monkeypatch.setattr(decode, "plan_attention", lambda model, batch, f32: Choice("attention", batch, min(att_us, key=att_us.get), us=att_us))
+
+
+def test_a_step_its_measurements_put_barely_ahead_is_replayed_untimed(tiny, monkeypatch, tmp_path):
+    """The head's MKL 1 % ahead of gemv.c a call and SDPA 2 % ahead of attend.c: the measured step can be at most a
+    fraction of a per cent ahead (`_lead`), under SURE_LEAD: replayed, not timed, cached with why, and shown."""
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    _plan_with(monkeypatch, {"mkl": 100.0, "gemv": 101.0}, {"model": 100.0, "gemv": 102.0})
+    monkeypatch.setattr(step_choice, "_time", lambda *a: pytest.fail("timed"))
+    runner = DecodeRunner(tiny, batch=2)
+    assert runner.step.kind == "replayed" and not runner.step.us and "not timed" in runner.step.rejected["measured"]
+    assert runner.model.lm_head.kinds[0] == "gemv" and runner.attention.kind == "gemv"
+    got, want = _steps(runner, tiny)
+    assert _close(got, want) and any(isinstance(g, StepGraph) for g in runner.graphs.values())
+    again = DecodeRunner(tiny, batch=2)
+    assert again.step.cached and again.step.kind == "replayed"
+    assert "not timed" in decode_step_status(tiny, 2, "auto")
+
+
+def test_the_lead_weighs_each_replaced_kind_by_the_calls_a_step_makes(tiny, monkeypatch, tmp_path):
+    """`_lead`: (each replaced kind's time over its replacement's, times its calls a step: every block's, the head's
+    scaled from its timed slice to all of its rows; the attention's per call over KEYS_TIMED) over the measured step.
+    Over SURE_LEAD the steps are timed."""
+    from gpt2kit import machine
+
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(machine, "largest_cache_bytes", lambda: 1 << 20)  # the head timed on a slice of its rows
+    _plan_with(monkeypatch, {"mkl": 100.0, "gemv": 130.0}, {"model": 100.0, "gemv": 160.0})
+    timed = []
+    monkeypatch.setattr(step_choice, "_time", lambda *a: timed.append(1) or {"measured": 2.0, "replayed": 1.0})
+    runner = DecodeRunner(tiny, batch=2)
+    sweep, n, keys = kernels.decode_sweep(tiny), tiny.config.n_layer, len(step_choice.KEYS_TIMED)
+    head = sweep["vocab"] / sweep["head_rows"]
+    assert head > 10
+    step = 4 * n * 100.0 + head * 100.0 + n * 100.0 / keys
+    want = (head * 30.0 + n * 60.0 / keys) / step
+    measured = DecodeRunner(tiny, batch=2, step="measured")  # its measured kinds and attention, as `_lead` sees them
+    variant, replaced = step_choice._variant(measured)
+    assert replaced == ["attention model", "lm_head mkl"]
+    assert step_choice._lead(measured, tiny, variant) == pytest.approx(want)
+    assert want > step_choice.SURE_LEAD and timed == [1] and runner.step.kind == "replayed" and runner.step.us
+
+
 def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, unreplayable, monkeypatch):
     from gpt2kit import machine
 

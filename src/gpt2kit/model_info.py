@@ -95,6 +95,8 @@ def decode_step_status(model, batch: int, weights: str) -> str:
     if chosen and chosen.us:
         times = ", ".join(f"{kind} {us / 1e3:.2f} ms" for kind, us in chosen.us.items())
         line += f" (whole steps timed, {times}: kept {chosen.kind})"
+    elif chosen and "measured" in chosen.rejected:  # replayed untimed: the measurements left the other way no lead
+        line += f" (the measured kernels' step: {chosen.rejected['measured']})"
     elif runner.step:  # the measured kernels leave it unrecordable: a run of the model times it replayed too
         line += " (a first generation times whole steps replayed with gemv.c's kernels against these)"
     return line
