@@ -213,6 +213,30 @@ def test_scoring_runs_on_an_inference_copy_kept_while_the_weights_stay_the_same(
                                rtol=1e-5, atol=1e-5)  # fmt: skip
 
 
+def test_the_scoring_copy_runs_the_kinds_measured_at_scoring_rows(monkeypatch, tmp_path):
+    """A scoring copy's kernels are those measured for SCORING_ROWS rows (a window), not a short prompt's: with MKL
+    the fastest at SCORING_ROWS and oneDNN at every other count, every product runs MKL, and scores as the model."""
+    from gpt2kit.model import kernels
+    from gpt2kit.model.kernel_timing import Choice
+
+    monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
+    asked = []
+
+    def plan(model, batch=1, weights="auto", **kw):
+        asked.append(batch)
+        return [Choice(r, n, "mkl" if n == ll.SCORING_ROWS else "onednn", {"mkl": 1.0, "onednn": 1.0})
+                for r in kernels.ROLES for n in kernels.measured_rows(batch)]  # fmt: skip
+
+    monkeypatch.setattr(kernels, "plan_kernels", plan)
+    model = _model()
+    scorer = ll.scoring_copy(model)
+    assert asked == [ll.SCORING_ROWS] and ll.SCORING_ROWS == 1024
+    assert {m.kinds for _, _, m in kernels.role_slots(scorer, "attn.c_attn")} == {("mkl", "mkl")}
+    reqs = [([1, 2, 3, 4], [5, 6])]
+    torch.testing.assert_close(score_tokens(model, reqs).logprob, torch.tensor([_reference(model, *reqs[0])[0]], dtype=torch.float64),
+                               rtol=1e-5, atol=1e-5)  # fmt: skip
+
+
 def test_a_model_with_hooks_or_lora_layers_or_not_a_gpt_scores_as_it_is():
     from gpt2kit.model.lora import inject_lora
 

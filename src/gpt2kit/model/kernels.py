@@ -253,10 +253,10 @@ def one_row_kinds(model: GPT, choices: dict, prompts: dict, batch: int, weights:
 
 
 def measured_rows(batch: int) -> tuple[int, ...]:
-    """The row counts measured for a model decoding `batch` rows: the batch first, then SHORT_ROWS where the batch
-    is smaller, and PREFILL_ROWS. Those of SHORT_ROWS or more are a prompt's (`prompt_counts`)."""
+    """The row counts measured for a model decoding `batch` rows: the batch, then SHORT_ROWS and PREFILL_ROWS where it
+    is smaller (a larger batch, scoring's windows, stands for all its products: eval/loglikelihood.py)."""
     b = max(1, batch)
-    return tuple(dict.fromkeys((b, *([SHORT_ROWS] if b < SHORT_ROWS else []), PREFILL_ROWS)))
+    return (b, *(rows for rows in (SHORT_ROWS, PREFILL_ROWS) if b < rows))
 
 
 def prompt_counts(batch: int) -> tuple[int, ...]:
