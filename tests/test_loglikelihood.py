@@ -214,8 +214,9 @@ def test_scoring_runs_on_an_inference_copy_kept_while_the_weights_stay_the_same(
 
 
 def test_the_scoring_copy_runs_the_kinds_measured_at_scoring_rows(monkeypatch, tmp_path):
-    """A scoring copy's kernels are those measured for SCORING_ROWS rows (a window), not a short prompt's: with MKL
-    the fastest at SCORING_ROWS and oneDNN at every other count, every product runs MKL, and scores as the model."""
+    """A scoring copy's products of more than twice PREFILL_ROWS rows (a window's) run the kind measured for
+    SCORING_ROWS, shorter ones PREFILL_ROWS': with MKL the fastest at SCORING_ROWS and oneDNN at every other count,
+    each runs its own, and the scores are the model's."""
     from gpt2kit.model import kernels
     from gpt2kit.model.kernel_timing import Choice
 
@@ -230,8 +231,9 @@ def test_the_scoring_copy_runs_the_kinds_measured_at_scoring_rows(monkeypatch, t
     monkeypatch.setattr(kernels, "plan_kernels", plan)
     model = _model()
     scorer = ll.scoring_copy(model)
-    assert asked == [ll.SCORING_ROWS] and ll.SCORING_ROWS == 1024
-    assert {m.kinds for _, _, m in kernels.role_slots(scorer, "attn.c_attn")} == {("mkl", "mkl")}
+    assert asked == [kernels.PREFILL_ROWS, ll.SCORING_ROWS] and ll.SCORING_ROWS == 1024
+    c_attn = [m for _, _, m in kernels.role_slots(scorer, "attn.c_attn")]
+    assert {m.kinds for m in c_attn} == {("onednn", "mkl")} and c_attn[0].rows == 2 * kernels.PREFILL_ROWS
     reqs = [([1, 2, 3, 4], [5, 6])]
     torch.testing.assert_close(score_tokens(model, reqs).logprob, torch.tensor([_reference(model, *reqs[0])[0]], dtype=torch.float64),
                                rtol=1e-5, atol=1e-5)  # fmt: skip

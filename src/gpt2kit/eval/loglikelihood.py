@@ -36,7 +36,7 @@ from gpt2kit.errors import InputError
 from gpt2kit.eval.logit_head import LogitHead
 from gpt2kit.model.attention_plan import apply_causal, plan_causal
 from gpt2kit.model.gpt import GPT
-from gpt2kit.model.kernels import KernelLinear, inference_copy
+from gpt2kit.model.kernels import PREFILL_ROWS, KernelLinear, inference_copy
 
 # On the CPU a batch holds at most this many padded input tokens: at 2048 rows the matrix products already
 # run at the CPU's fp32 rate, and bigger batches only add fresh multi-MB activations that glibc maps (and
@@ -127,8 +127,9 @@ def score_tokens(
 
 
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> (its weights' stamp, its scoring copy)
-# The rows a scoring copy's kernels are measured for: a 1024-token window, as perplexity scores them (batched, 1024
-# rows a window and more). Which kernel is fastest moves with the rows: on a 2-core Zen 3 VM, 124M's c_attn took
+# The rows a scoring copy's kernels are measured for beside PREFILL_ROWS: products of up to twice PREFILL_ROWS (short
+# requests batched) run the kind measured for PREFILL_ROWS, longer ones (perplexity's windows: 1024 rows a window) the
+# kind measured for SCORING_ROWS. Which is fastest moves with the rows: on a 2-core Zen 3 VM, 124M's c_attn took
 # oneDNN 6.4 ms against MKL's 10.8 at 256 rows, 24.2 against 22.9 at 1024 and 113 against 94 at 4096, and oneDNN
 # was 10-20 % behind MKL on the other products from 1024 rows on (one layer, medians of seven calls).
 SCORING_ROWS = 1024
@@ -136,7 +137,7 @@ SCORING_ROWS = 1024
 
 def scoring_copy(model):
     """What scoring runs on. On the CPU, a GPT's inference copy (model/kernels.py: the same Block.forward, each
-    linear layer through the kernel this machine runs fastest for SCORING_ROWS rows, c_fc with its GELU; many
+    linear layer through the kernel this machine runs fastest for its rows (SCORING_ROWS), c_fc with its GELU; many
     queries attended as measured, attention_plan.plan_causal), kept while the model's weights stay the same
     (same tensors, unmodified). Anything else, a model with LoRA layers, or one with hooks (the copy would skip
     them): the model."""
@@ -147,7 +148,7 @@ def scoring_copy(model):
     if held is not None and held[0] == stamp:
         return held[1]
     try:
-        scorer = inference_copy(model, SCORING_ROWS, "auto")  # a model with LoRA layers: itself
+        scorer = inference_copy(model, PREFILL_ROWS, "auto", long_rows=SCORING_ROWS)  # a model with LoRA layers: itself
     except ValueError:  # hooks
         return model
     if scorer is model:

@@ -50,16 +50,13 @@ from gpt2kit.model.linear import KERNELS, make_kernel
 from gpt2kit.model.lora import has_lora
 
 WEIGHT_MODES = ("auto", "model", "bf16", "int8")
-# float32 first: where torch emulates bf16 its products are ~10-100x faster, and a first call that much slower than
-# the best so far is not timed further (kernel_timing.measure): a 124M bf16 model's first measurement took 49 s, not 10
+# float32 first: where torch emulates bf16 it is ~10-100x faster, so the slow kinds are judged against it (kernel_timing)
 EXACT = ("float32", "linear", "mkl", "onednn", "onednn-split", "gemv", "gemv-l2", "gemv-hw")
 APPROX = {"bf16": ("bf16", "bf16-onednn", "bf16-gemv", "bf16-gemv-l2", "bf16-gemv-hw"),
           "int8": ("int8", "int8-dynamic", "int8-gemv", "int8-gemv-l2", "int8-gemv-hw")}
-# offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower than
-# with bf16 ones wherever both run, and measuring it costs seconds on a 124M model)
+# offered only where the kernel it stands in for cannot run (int8 with float32 activations is ~10x slower)
 FALLBACK = {"int8": "int8-f32"}
-# The inference copy reuses the kernels the decode measurement packed for models of up to this many bytes of
-# weights; larger ones pack their winners again rather than hold two packed copies at once while measuring.
+# the copy reuses the decode measurement's packed kernels for models of up to this many bytes (larger: packed again)
 KEEP_PACKED_BYTES = 2 << 30
 log = logging.getLogger("gpt2kit.kernels")  # INFO: a measurement is about to run (the CLI shows it; a library user opts in)
 
@@ -208,12 +205,13 @@ def decode_sweep(model: GPT, weights: str = "auto") -> dict[str, int]:
 
 
 @int8.once()  # its int8 kinds share each weight's quantization with the measurement's and each other
-def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: bool = False) -> GPT:
+def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: bool = False, long_rows: int = 0) -> GPT:
     """A copy of `model` for inference that shares its embeddings, LayerNorms and (for `linear`) weights, with
     every nn.Linear replaced by a KernelLinear of the measured kinds, its modules called directly (direct.py).
     `one_row` (an engine of `batch` rows that may decode fewer): one row's products go to the kind measured for one
-    row where it differs from the batch's (`one_row_kinds`). 'model', and 'auto' for a model with LoRA layers,
-    return the model itself. Packed kernels hold a snapshot of the weights: build the copy after the weights are final."""
+    row where it differs from the batch's (`one_row_kinds`). `long_rows` (scoring's windows): products over twice
+    `batch` rows run the kind measured for `long_rows` rows, not the prompts'. 'model', and 'auto' for a model with LoRA
+    layers, return the model itself. Packed kernels hold a snapshot of the weights: build it once they are final."""
     if weights == "model" or (weights == "auto" and has_lora(model)):  # LoRA layers run as they are: exact, unpacked
         return model
     if has_lora(model):
@@ -225,6 +223,8 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: b
     small = max(1, batch)
     threshold = max(4, 2 * small)  # rows up to this use the decode-measured kernel
     prompts = prompt_kinds(choices, batch)
+    if long_rows:
+        prompts = {c.role: (c.kind, {long_rows: 1.0}) for c in plan_kernels(clone, long_rows, weights) if c.rows == long_rows}
     ones = one_row_kinds(clone, choices, prompts, small, weights, packed) if one_row and small > 1 else {}
     used = {c.kind for c in choices.values()} | {kind for kind, _ in prompts.values()} | set(ones.values())
     for key in [key for key in packed if key[0] not in used]:
@@ -234,7 +234,8 @@ def inference_copy(model: GPT, batch: int = 1, weights: str = "auto", one_row: b
         timed = {kind: t for kind, t in decode.us.items() if kind not in decode.rejected}
         for parent, name, lin in role_slots(clone, role):
             kinds = decode.kind, prompts[role][0]
-            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=(small, PREFILL_ROWS), timed=timed, one=ones.get(role)))
+            hints = (small, long_rows or PREFILL_ROWS)
+            setattr(parent, name, KernelLinear(lin, *kinds, threshold, packed, hints=hints, timed=timed, one=ones.get(role)))
     return call_directly(clone)
 
 
@@ -376,9 +377,8 @@ def read_choices() -> dict:
         return {}  # missing or unreadable: measure again
 
 
-# other processes' share of the CPU time over which a measurement is not cached: one busy core of two is 0.5; an idle
-# VM's own services ~0.01. On a 2-core Zen 3 VM with a test run beside it, gemv.c's products were timed many times
-# slower than F.linear's (the built-in model, one row): each call waits for a thread the other process holds the core of.
+# other processes' share of the CPU time over which a measurement is not cached (one busy core of two: 0.5; an idle VM
+# ~0.01): beside a test run, gemv.c's products were timed many times slower than F.linear's on a 2-core Zen 3 VM.
 BUSY_SHARE = 0.25
 
 
