@@ -20,6 +20,7 @@ import dataclasses
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -29,7 +30,7 @@ from gpt2kit.model import gemv
 from gpt2kit.model.attention_plan import KEYS_TIMED, apply_to_blocks
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import HEAD_ROLE, ROLES, Choice
-from gpt2kit.model.kernels import decode_sweep, machine_key, read_choices, role_slots, write_choices, write_measured
+from gpt2kit.model.kernels import decode_sweep, machine_key, read_choices, role_slots, write_measured
 from gpt2kit.model.kv_cache import KVCache
 from gpt2kit.model.linear import STEP_KINDS, make_kernel
 
@@ -91,20 +92,24 @@ def plan_step(runner, model: GPT, batch: int, weights: str, forced: str | None =
         table = store.setdefault(machine_key(), {})
         if key in table and table[key].get("kind") in CANDIDATES:
             choice = Choice(**{**table[key], "cached": True})
-        elif (lead := _lead(runner, model, variant)) is not None and lead <= SURE_LEAD:
-            why = f"at most {lead:.1%} faster by the products' and the attention's own measurements, not timed"
-            choice = Choice("decode step", batch, "replayed", rejected={"measured": why})
-            table[key] = {k: v for k, v in dataclasses.asdict(choice).items() if k != "cached"}
-            write_choices(store)
         else:
-            meter = machine.busy_meter()
-            ms = _time(runner, model, batch, variant)
-            choice = Choice("decode step", batch, min(ms, key=ms.get), us={k: round(v * 1e3, 1) for k, v in ms.items()})
+            choice, meter = _choose(runner, model, batch, variant)
             table[key] = {k: v for k, v in dataclasses.asdict(choice).items() if k != "cached"}
             write_measured(store, meter, "decode steps")
     _apply(runner, model, variant, choice.kind)
     variant.swaps.clear()  # the kernels of the candidate not kept
     return choice
+
+
+def _choose(runner, model: GPT, batch: int, variant: _Variant) -> tuple[Choice, Callable[[], float | None]]:
+    """The step's Choice made now, with the busy meter over its timing (write_measured's): replayed untimed where
+    `_lead` is within SURE_LEAD (nothing timed: no meter), else whole steps timed both ways (`_time`)."""
+    if (lead := _lead(runner, model, variant)) is not None and lead <= SURE_LEAD:
+        why = f"at most {lead:.1%} faster by the products' and the attention's own measurements, not timed"
+        return Choice("decode step", batch, "replayed", rejected={"measured": why}), lambda: None
+    meter = machine.busy_meter()
+    ms = _time(runner, model, batch, variant)
+    return Choice("decode step", batch, min(ms, key=ms.get), us={k: round(v * 1e3, 1) for k, v in ms.items()}), meter
 
 
 def _variant(runner) -> tuple[_Variant | None, list[str]]:
