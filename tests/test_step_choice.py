@@ -32,18 +32,19 @@ def tiny():
 
 @pytest.fixture
 def unreplayable(monkeypatch, tmp_path):
-    """Per-product and attention choices a step cannot be recorded with: the head MKL's (gemv timed slower), the
-    attention SDPA's; in a cache directory of its own."""
+    """Per-product and attention choices a step cannot be recorded with: the head MKL's (gemv timed 2x slower), the
+    attention SDPA's (attend.c 2x slower): far over SURE_LEAD of a step, so whole steps are timed; in a cache directory
+    of its own."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     real = kernels.plan_kernels
 
     def plan(model, batch=1, weights="auto", **kw):
         out = real(model, batch, weights, **kw)
-        return [dataclasses.replace(c, kind="mkl", us={**c.us, "mkl": 1.0, "gemv": 2.0, "gemv-l2": 3.0})
+        return [dataclasses.replace(c, kind="mkl", us={**c.us, "mkl": 100.0, "gemv": 200.0, "gemv-l2": 300.0})
                 if c.role == "lm_head" and c.rows == batch else c for c in out]  # fmt: skip
 
     monkeypatch.setattr(kernels, "plan_kernels", plan)
-    monkeypatch.setattr(decode, "plan_attention", lambda model, batch, f32: Choice("attention", batch, "model", us={"model": 1.0, "gemv": 2.0}))
+    monkeypatch.setattr(decode, "plan_attention", lambda model, batch, f32: Choice("attention", batch, "model", us={"model": 100.0, "gemv": 200.0}))
     return tmp_path
 
 
