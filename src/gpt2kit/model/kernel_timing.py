@@ -386,9 +386,7 @@ def _time(kernels: list, x: torch.Tensor, gelu: bool = False, best: float = floa
         k(x)
     times, deadline, i = [], time.perf_counter() + TIME_BUDGET_S, 0
     while len(times) < 3 or (time.perf_counter() < deadline and len(times) < 200):
-        t0 = time.perf_counter()
-        calls[i % len(calls)](x)
-        times.append(time.perf_counter() - t0)
+        times.append(_timed_call(calls[i % len(calls)], x))
         i += 1
         if len(times) == 1 and min(times[0] * 1e6, first) > FAR_BEHIND * best:
             return min(times[0] * 1e6, first)
