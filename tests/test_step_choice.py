@@ -18,7 +18,7 @@ from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.model import gemv, kernels
 from gpt2kit.model.kernel_timing import Choice
 from gpt2kit.model.kv_cache import KVCache
-from gpt2kit.model.linear import STEP_KINDS
+from gpt2kit.model.linear import KERNELS, STEP_KINDS
 from gpt2kit.model.step_graph import StepGraph
 from gpt2kit.model_info import decode_step_status
 
@@ -28,6 +28,12 @@ pytestmark = gemv_buildable()
 @pytest.fixture(scope="module")
 def tiny():
     return tiny_gpt(n_layer=2, n_embd=64, n_head=4, n_positions=64)
+
+
+@pytest.fixture(autouse=True)
+def prefetch_as_measured(monkeypatch):
+    """Each product's prefetch left as its own measurement chose: its choice over whole steps is test_step_prefetch.py's."""
+    monkeypatch.setenv("GPT2KIT_DECODE_PREFETCH", "measured")
 
 
 @pytest.fixture
@@ -63,13 +69,16 @@ def _close(got, want):
     return (got - want).abs().max().item() <= 1e-4 * want.abs().max().item()
 
 
-def test_replayed_swaps_in_gemv_kernels_and_attention_and_matches_the_forward(tiny, unreplayable, monkeypatch):
+@pytest.mark.parametrize("batch", [1, 2])
+def test_replayed_swaps_in_gemv_kernels_and_attention_and_matches_the_forward(tiny, unreplayable, monkeypatch, batch):
+    """At one row too, whose steps call each product's one-row kernel (the batch's own there)."""
     monkeypatch.setenv(step_choice.ENV, "replayed")
-    runner = DecodeRunner(tiny, batch=2)
+    runner = DecodeRunner(tiny, batch=batch)
     assert runner.step.kind == "replayed"
-    assert runner.model.lm_head.kinds[0] == "gemv"  # the faster gemv.c kind of the head's own measurement
+    head = runner.model.lm_head
+    assert head.kinds[0] == "gemv" and type(head.small) is type(head.one) is KERNELS["gemv"]  # the faster gemv.c kind of its measurement
     assert runner.attention.kind == "gemv" and all(b.attn.one_query is gemv.attend for b in runner.model.transformer.h)
-    got, want = _steps(runner, tiny)
+    got, want = _steps(runner, tiny, batch=batch)
     assert _close(got, want)
     assert any(isinstance(g, StepGraph) for g in runner.graphs.values())  # replayed, not run in Python
 
@@ -136,7 +145,7 @@ def test_the_timing_records_the_replayed_step_once_as_an_engine_does(tiny, unrep
         monkeypatch.setattr(DecodeRunner, name, lambda self, *a, _r=real_call, _n=name, **k: calls.append(_n) or _r(self, *a, **k))
     _Clock(monkeypatch, {"measured": [2.0, 2.2], "replayed": [1.0, 1.1]})
     runner = DecodeRunner(tiny, batch=2)
-    assert runner.step.kind == "replayed" and runner.step.us == {"measured": 2e3, "replayed": 1e3}  # medians of 2.0, 2.2, 2.0 and 1.0, 1.1, 1.0
+    assert runner.step.kind == "replayed" and runner.step.us == {"measured": 2e6, "replayed": 1e6}  # medians of 2.0, 2.2, 2.0 and 1.0, 1.1, 1.0
     assert len(recorded) == 2 and len(made) == 2
     assert calls.count("prefill") == 2 and calls.count("decode") == 2 * (1 + step_choice.TURNS[0])
 

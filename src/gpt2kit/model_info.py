@@ -57,6 +57,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
         "decode_step": decode_step_status(model, batch, weights),
+        "decode_prefetch": prefetch_status(model, batch, weights),
         "decode_sweep": decode_sweep(model, weights),
         "choices": [
             {"role": c.role, "rows": c.rows, "chosen": c.kind, "us": c.us, "paired": c.paired,
@@ -83,7 +84,8 @@ def decode_step_status(model, batch: int, weights: str) -> str:
     dtype = next(model.parameters()).dtype
     one_layer = GPT(model.config.replace(n_layer=1)).to(dtype).eval()
     chosen = cached_step(model, batch, weights)  # whole steps timed by a run of this model (generate/step_choice.py)
-    runner = DecodeRunner(one_layer, weights, batch=batch, max_len=4, step=chosen.kind if chosen else "measured")
+    runner = DecodeRunner(one_layer, weights, batch=batch, max_len=4, step=chosen.kind if chosen else "measured",
+                          prefetch="measured")  # fmt: skip
     if runner.no_graphs:
         return f"runs in Python: {runner.no_graphs}"
     cache = KVCache(one_layer.config, batch, 4, dtype=runner.cache_dtype)
@@ -100,6 +102,18 @@ def decode_step_status(model, batch: int, weights: str) -> str:
     elif runner.step:  # the measured kernels leave it unrecordable: a run of the model times it replayed too
         line += " (a first generation times whole steps replayed with gemv.c's kernels against these)"
     return line
+
+
+def prefetch_status(model, batch: int, weights: str) -> str:
+    """One line: how this model's replayed decode steps prefetch their weights (generate/step_prefetch.py), as a run
+    of it chose by timing whole steps, or that none has yet."""
+    from gpt2kit.generate.step_prefetch import cached_prefetch
+
+    chosen = cached_prefetch(model, batch, weights)
+    if chosen is None:
+        return "not chosen yet (a first generation whose steps replay times whole steps with each way)"
+    times = ", ".join(f"{way} {us / 1e3:.2f} ms" for way, us in chosen.us.items())
+    return f"{chosen.kind} (whole replayed steps timed, {times})"
 
 
 def _gib(nbytes: float) -> str:

@@ -26,6 +26,7 @@ import torch
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.step_choice import plan_step
+from gpt2kit.generate.step_prefetch import plan_prefetch
 from gpt2kit.model.attention_plan import apply_to_blocks, float32_cache_fits, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
@@ -48,12 +49,13 @@ class DecodeRunner:
     """Prefill and one-token decode for an Engine. weights: 'auto' (the fastest exact kernels, measured),
     'model' (the model's own modules, no copy), 'bf16' or 'int8' (approximate, measured). max_len: the
     cache's columns per row (sizes the cache for the attention choice; None: the model's context). step: how
-    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached).
-    huge_pages: the weights packed in 2 MiB pages (an engine that collapses its hot memory; hugepages.packing)."""
+    decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached);
+    prefetch: how a replayed step's products prefetch their weights ('measured', 'l1', 'l2' or 'none',
+    generate/step_prefetch.py; None: timed, or cached). huge_pages: the weights packed in 2 MiB pages (an engine that collapses its hot memory; hugepages.packing)."""
 
     def __init__(
         self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None,
-        huge_pages: bool = False,
+        huge_pages: bool = False, prefetch: str | None = None,
     ) -> None:
         if weights not in WEIGHT_MODES:
             raise ConfigError(f"decode weights must be one of {WEIGHT_MODES}, got {weights!r}.")
@@ -79,6 +81,8 @@ class DecodeRunner:
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
         # whether whole steps run faster replayed with gemv.c's kernels than with those measured one by one
         self.step = plan_step(self, model, batch, weights, step) if self.model is not model else None
+        # and how a replayed step's products prefetch their weights, timed over whole steps
+        self.prefetch = plan_prefetch(self, model, batch, weights, prefetch) if self.model is not model else None
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:

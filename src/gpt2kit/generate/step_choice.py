@@ -54,7 +54,7 @@ SURE_LEAD = 0.02
 @dataclasses.dataclass
 class _Variant:
     """How to switch a runner between the candidates: the measured attention kind, and the products to swap as
-    (module, its measured kinds and kernel, the replayed kinds and kernel), packed when first needed (`_pack`)."""
+    (module, its measured decode kernels, the replayed ones: `decode_kernels`), packed when first needed (`_pack`)."""
 
     attention: str
     kinds: dict[str, str]  # role -> the gemv.c kind that replaces its measured one
@@ -108,8 +108,8 @@ def _choose(runner, model: GPT, batch: int, variant: _Variant) -> tuple[Choice, 
         why = f"at most {lead:.1%} faster by the products' and the attention's own measurements, not timed"
         return Choice("decode step", batch, "replayed", rejected={"measured": why}), lambda: None
     meter = machine.busy_meter()
-    ms = _time(runner, model, batch, variant)
-    return Choice("decode step", batch, min(ms, key=ms.get), us={k: round(v * 1e3, 1) for k, v in ms.items()}), meter
+    us = {kind: round(s * 1e6, 1) for kind, s in _time(runner, model, batch, variant).items()}
+    return Choice("decode step", batch, min(us, key=us.get), us=us), meter
 
 
 def _variant(runner) -> tuple[_Variant | None, list[str]]:
@@ -164,7 +164,23 @@ def _pack(runner, model: GPT, variant: _Variant) -> None:
         for (_, _, lin), (_, _, mod) in zip(role_slots(model, role), role_slots(runner.model, role)):
             bias = None if lin.bias is None else lin.bias.detach()
             new = make_kernel(kind, lin.weight.detach(), bias, rows)
-            variant.swaps.append((mod, mod.kinds, mod.small, (kind, mod.kinds[1]), new))
+            variant.swaps.append((mod, decode_kernels(mod), with_decode_kernel(mod, kind, new)))
+
+
+def decode_kernels(mod) -> tuple:
+    """What a KernelLinear's decode steps run: (its kinds, its kernel for the batch's rows, one row's kind, one row's)."""
+    return mod.kinds, mod.small, mod.one_kind, mod.one
+
+
+def with_decode_kernel(mod, kind: str, kernel) -> tuple:
+    """mod's `decode_kernels` with `kernel` (a `kind`) for its batch's rows, and for one row where one row ran the
+    batch's kernel (an engine of one row: its steps call `one`)."""
+    one = (kind, kernel) if mod.one is mod.small else (mod.one_kind, mod.one)
+    return (kind, mod.kinds[1]), kernel, *one
+
+
+def set_decode_kernels(mod, kernels: tuple) -> None:
+    mod.kinds, mod.small, mod.one_kind, mod.one = kernels
 
 
 def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
@@ -172,8 +188,8 @@ def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
     replayed = kind == "replayed"
     if replayed:
         _pack(runner, model, variant)
-    for mod, kinds, small, new_kinds, new_small in variant.swaps:
-        mod.kinds, mod.small = (new_kinds, new_small) if replayed else (kinds, small)
+    for mod, measured, swapped in variant.swaps:
+        set_decode_kernels(mod, swapped if replayed else measured)
     attention = "gemv" if replayed else variant.attention
     apply_to_blocks(runner.model, attention)
     dtype = next(model.parameters()).dtype
@@ -182,28 +198,45 @@ def _apply(runner, model: GPT, variant: _Variant, kind: str) -> None:
 
 
 def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]:
-    """Median seconds of one decode step per candidate: turns of one step each, alternating (TURNS), on a cache of the
-    runner's batch, one per candidate, that its first turn fills with a one-token prefill and one untimed step (the
-    replayed candidate's recording, once, as an engine's) and each turn extends."""
-    steps: dict[str, list[float]] = {kind: [] for kind in CANDIDATES}
+    """Median seconds of one decode step per candidate (`turns`), on a cache of the runner's batch, one per candidate,
+    that its first turn fills with a one-token prefill and one untimed step (the replayed candidate's recording, once,
+    as an engine's) and each turn extends."""
     tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
     caches: dict[str, KVCache] = {}
+
+    def step(kind: str) -> float:
+        _apply(runner, model, variant, kind)
+        if kind not in caches:
+            caches[kind] = cache = KVCache(model.config, batch, 2 + TURNS[1], dtype=runner.cache_dtype)
+            runner.prefill(tokens, cache, None, logits=False)
+            runner.decode(tokens, cache, None)
+        t0 = time.perf_counter()
+        runner.decode(tokens, caches[kind], None)
+        return time.perf_counter() - t0
+
     try:
-        for turn in range(TURNS[1]):
-            if turn >= TURNS[0] and _apart(*steps.values()):
-                break
-            for kind in CANDIDATES if turn % 2 == 0 else CANDIDATES[::-1]:
-                _apply(runner, model, variant, kind)
-                if kind not in caches:
-                    caches[kind] = cache = KVCache(model.config, batch, 2 + TURNS[1], dtype=runner.cache_dtype)
-                    runner.prefill(tokens, cache, None, logits=False)
-                    runner.decode(tokens, cache, None)
-                t0 = time.perf_counter()
-                runner.decode(tokens, caches[kind], None)
-                steps[kind].append(time.perf_counter() - t0)
+        steps = turns(list(CANDIDATES), step)
     finally:
         runner.graphs.clear()  # they point into this function's caches
     return {kind: statistics.median(t) for kind, t in steps.items()}
+
+
+def turns(candidates: list[str], step: Callable[[str], float]) -> dict[str, list[float]]:
+    """{candidate: the seconds of each of its steps}: turns of one step each (`step(candidate)` runs one and says how long
+    it took), the candidates' order rotating turn by turn; at least TURNS[0] turns, then more, up to TURNS[1], while a
+    candidate's steps are not all apart from those of the lowest median (`_apart`); one apart from it runs no more."""
+    steps: dict[str, list[float]] = {kind: [] for kind in candidates}
+    live = list(candidates)
+    for turn in range(TURNS[1]):
+        if turn >= TURNS[0]:
+            lead = min(live, key=lambda kind: statistics.median(steps[kind]))
+            live = [kind for kind in live if kind == lead or not _apart(steps[lead], steps[kind])]
+            if len(live) == 1:
+                break
+        first = turn % len(live)
+        for kind in live[first:] + live[:first]:
+            steps[kind].append(step(kind))
+    return steps
 
 
 def _apart(a: list[float], b: list[float]) -> bool:

@@ -82,6 +82,25 @@ void gk_record(int32_t kind, int32_t n, const int64_t *args) {
   memcpy(o->a, args, (n < GK_MAX_ARGS ? n : GK_MAX_ARGS) * sizeof(int64_t));
 }
 
+/* The prefetch argument (gemv.c's `pf`) of each product on the tape, in order: read into pf (set 0) or written from it
+   (set 1), the first n of them; returns how many products the tape holds. A replay then reads each weight as written. */
+int64_t gk_tape_prefetch(struct gk_tape *t, int32_t *pf, int64_t n, int set) {
+  int64_t j = 0;
+  for (int64_t i = 0; i < t->n; ++i) {
+    const int32_t kind = t->ops[i].kind;
+    const int at = kind == GK_GEMV_F32 ? 8 : kind == GK_GEMV_BF16 ? 9 : kind == GK_GEMV_S8 ? 10 : -1;  /* tape.h */
+    if (at < 0) continue;
+    if (j < n) {
+      if (set)
+        t->ops[i].a[at] = pf[j];
+      else
+        pf[j] = (int32_t)t->ops[i].a[at];
+    }
+    ++j;
+  }
+  return j;
+}
+
 /* y (n, C) = w[idx] (rows of a (rows, C) table, elements of `size` bytes); -1 for an id outside the table. */
 int gk_embed(const void *w, int64_t rows, const int64_t *idx, void *y, int64_t n, int64_t row_bytes) {
   for (int64_t i = 0; i < n; ++i) {

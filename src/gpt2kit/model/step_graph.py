@@ -176,6 +176,19 @@ class StepGraph:
             raise InputError(f"a decode step's token id is outside the vocabulary: {tokens.flatten().tolist()}")
         return self.logits.clone()  # the recorded step's own buffer is the next replay's
 
+    def prefetches(self) -> list[int]:
+        """How each of the step's products prefetches its weight (gemv.PREFETCH's values), in step order."""
+        n = self._so.gk_tape_prefetch(self._tape, None, 0, 0)
+        pf = (ctypes.c_int32 * n)()
+        self._so.gk_tape_prefetch(self._tape, pf, n, 0)
+        return list(pf)
+
+    def set_prefetches(self, pf: list[int]) -> None:
+        """Replay each product with its prefetch from `pf` (one per product, in step order, as `prefetches` gives)."""
+        if len(pf) != self._so.gk_tape_prefetch(self._tape, None, 0, 0) or not set(pf) <= set(gemv.PREFETCH.values()):
+            raise ValueError(f"{len(pf)} prefetches {sorted(set(pf))} for a step of {len(self.prefetches())} products")
+        self._so.gk_tape_prefetch(self._tape, (ctypes.c_int32 * len(pf))(*pf), len(pf), 1)
+
 
 def _check(so: ctypes.CDLL, tape: int, K: int, ids: set[int]) -> str | None:
     """Why the recorded tape cannot replay later steps (None: it can): every attention a step's own (its cache

@@ -11,9 +11,9 @@
 #include <stdint.h>
 
 enum gk_kind {
-  GK_GEMV_F32 = 1,  /* gk_gemv_f32's 10 arguments */
-  GK_GEMV_BF16,     /* gk_gemv_bf16's 11 */
-  GK_GEMV_S8,       /* gk_gemv_s8's 12 */
+  GK_GEMV_F32 = 1,  /* gk_gemv_f32's 10 arguments, its prefetch (pf) the 9th (a[8]) */
+  GK_GEMV_BF16,     /* gk_gemv_bf16's 11, pf a[9] */
+  GK_GEMV_S8,       /* gk_gemv_s8's 12, pf a[10] */
   GK_ATTEND_F32,    /* gk_attend_f32's 16; K (argument 11) is the step's at replay */
   GK_ATTEND_BF16,   /* gk_attend_bf16's 16, the same */
   GK_EMBED,         /* gk_embed's 6 */
