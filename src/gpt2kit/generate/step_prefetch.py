@@ -92,17 +92,16 @@ def _step_kinds(runner) -> dict[str, str] | None:
 
 
 def _time(runner, batch: int) -> dict[str, float] | None:
-    """Median seconds of one decode step with each way (`turns`): one recording on a cache of the runner's batch (after
-    a one-token prefill), replayed with each way's prefetches written into it, each step extending the cache; None where
-    the step did not record."""
+    """Median seconds of one decode step with each way (`turns`): one step recorded into an empty cache of the runner's
+    batch, then replayed with each way's prefetches written into it, each step extending the cache; None where the step
+    did not record."""
     tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
-    steps = 2 + TURNS[1] * len(CANDIDATES)
+    steps = 1 + TURNS[1] * len(CANDIDATES)
     if steps > runner.model.config.n_positions:
         return None
     cache = KVCache(runner.model.config, batch, steps, dtype=runner.cache_dtype)
     try:
-        runner.prefill(tokens, cache, None, logits=False)
-        runner.decode(tokens, cache, None)  # recorded (the runner's only recording for this cache)
+        runner.decode(tokens, cache, None)  # the first column, recorded (the runner's only recording for this cache)
         graph = next((g for g in runner.graphs.values() if isinstance(g, StepGraph)), None)
         if graph is None:
             return None
