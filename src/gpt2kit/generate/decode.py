@@ -86,7 +86,10 @@ class DecodeRunner:
 
     @torch.inference_mode()
     def prefill(self, idx: torch.Tensor, cache: KVCache, mask: torch.Tensor | None, logits: bool = True) -> torch.Tensor | None:
-        """(B, T) ids (left-padded per `mask`) -> (B, V) next-token logits; fills the cache rows."""
+        """(B, T) ids (left-padded per `mask`) -> (B, V) next-token logits; fills the cache rows. A one-token prompt
+        (unconditional generation's <|endoftext|>) is a decode step, and is replayed where the step is."""
+        if logits and idx.shape[1] == 1 and mask is None:
+            return self.decode(idx, cache, None)
         h = self.model.hidden_states(idx, cache, mask)  # (B, T, C)
         return self.model.lm_head(h[:, -1]) if logits else None  # (B, V)
 
