@@ -1,12 +1,12 @@
-"""The one-time cost of choosing kernels by measurement (model/kernels.py, attention_plan.py, step_choice.py,
-step_prefetch.py), in a fresh cache.
+"""The one-time cost of choosing kernels by measurement (model/kernels.py, attention_plan.py, step_choice.py), in a
+fresh cache.
 
     python benchmarks/kernel_choice.py [--threads 2] [--repeat 3]
 
 For the built-in model and a random 124M GPT-2, what a user's run pays to get its one-row decode runner (the
 `DecodeRunner` that `gpt2kit generate` builds: the linear kernels' choice and the inference copy with the weights
-packed in the chosen layouts, then the attention's choice, where they differ whole decode steps timed both ways,
-and where the step replays whole steps timed with each way of prefetching the weights), with what its first PROMPT_TOKENS-token prompt takes beyond a second one (where the prompts' kernels are
+packed in the chosen layouts, then the attention's choice and, where they differ, whole decode steps timed both
+ways; how the steps prefetch their weights is timed on a run's own first steps, step_prefetch.py), with what its first PROMPT_TOKENS-token prompt takes beyond a second one (where the prompts' kernels are
 packed): in a fresh process with an empty cache folder (every candidate timed on the real weights, at the decode batch
 and at prefill rows), then in another fresh process with the choices cached. Their difference is the measurement's
 one-time cost; the cached time is what every run pays to pack the weights (in a fresh process, as a user's run: on a VM whose

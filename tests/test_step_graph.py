@@ -325,3 +325,27 @@ def test_a_server_s_steps_replay_in_its_worker_thread(tiny, monkeypatch):
     chunks = [json.loads(line[6:]) for line in streamed.splitlines() if line.startswith("data: {")]
     assert "".join(c["choices"][0]["text"] for c in chunks) == tok.decode(want)
     assert len(replays) >= 2 * (len(want) - 2)  # each request's steps after its first
+
+
+def test_a_one_token_prompt_is_a_replayed_decode_step(tiny, monkeypatch):
+    """A one-token prompt with logits asked for runs as a decode step: recorded, then replayed by the next such prompt
+    on the same cache, its logits the uncached forward's; a masked one, or one that only fills the cache, runs in Python."""
+    runner = _runner(tiny, "auto", 2, monkeypatch)
+    seq = torch.randint(0, tiny.config.vocab_size, (2, 4), generator=torch.Generator().manual_seed(3))
+    cache = KVCache(tiny.config, 2, 16, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        want = tiny(seq[:, :1])[0][:, -1]  # (B, V)
+        first = runner.prefill(seq[:, :1], cache, None)
+        [graph] = _graphs(runner)
+        replays = []
+        monkeypatch.setattr(StepGraph, "run", lambda self, *a, _r=StepGraph.run: replays.append(1) or _r(self, *a))
+        cache.reset()
+        again = runner.prefill(seq[:, :1], cache, None)
+        assert replays == [1] and _graphs(runner) == [graph]
+        cache.reset()
+        assert runner.prefill(seq[:, :1], cache, None, logits=False) is None and replays == [1]
+        cache.reset()
+        masked = runner.prefill(seq[:, :1], cache, torch.ones(2, 1, dtype=torch.long))
+        assert replays == [1]
+    for logits in (first, again, masked):
+        torch.testing.assert_close(logits, want, atol=1e-5, rtol=1e-5)

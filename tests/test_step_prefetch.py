@@ -12,7 +12,7 @@ import torch
 
 from conftest import gemv_buildable, tiny_gpt
 from gpt2kit.errors import ConfigError
-from gpt2kit.generate import step_prefetch
+from gpt2kit.generate import step_choice, step_prefetch
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.model import gemv, kernels
 from gpt2kit.model.kernel_timing import Choice
@@ -49,17 +49,26 @@ def mixed(monkeypatch, tmp_path):
     return tmp_path
 
 
-def _steps(runner, model, batch, start=3, T=9):
-    """Prefill, then decode a token a step -> (the steps' logits, the uncached forward's), both (steps, B, V); the
-    recordings made."""
+def _steps(runner, model, batch, T=9, cache=None):
+    """Prefill 3 tokens, then decode the rest of T a token a step -> (the steps' logits, the uncached forward's), both
+    (steps, B, V); the recordings the runner holds."""
     seq = torch.randint(0, model.config.vocab_size, (batch, T), generator=torch.Generator().manual_seed(0))
-    cache = KVCache(model.config, batch, 16, dtype=runner.cache_dtype)
+    cache = cache or KVCache(model.config, batch, T, dtype=runner.cache_dtype)
     with torch.inference_mode():
-        runner.prefill(seq[:, :start], cache, None)
-        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(start, T)]
-        full = model(seq)[0][:, start:].transpose(0, 1)  # (steps, B, V)
+        runner.prefill(seq[:, :3], cache, None)
+        steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(3, T)]
+        full = model(seq)[0][:, 3:].transpose(0, 1)  # (steps, B, V)
     graphs = [g for g in runner.graphs.values() if isinstance(g, StepGraph)]
     return torch.stack(steps), full, graphs
+
+
+TRIAL_STEPS = 1 + len(step_prefetch.CANDIDATES) * step_choice.TURNS[1]  # a recording, then every turn there can be
+
+
+def _mix(model) -> list[int]:
+    """MIX's prefetches, product by product in step order (each block's four, the head last)."""
+    order = [MIX[r] for r in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] * model.config.n_layer + [MIX["lm_head"]]
+    return [PF[k] for k in order]
 
 
 def _close(got, want):
@@ -105,53 +114,74 @@ def test_a_recorded_steps_prefetches_are_its_products_and_can_be_rewritten(tiny,
         runner.prefill(seq[:, :3], cache, None)
         runner.decode(seq[:, 3:4], cache, None)  # recorded
         [graph] = runner.graphs.values()
-        order = [MIX[r] for r in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] * tiny.config.n_layer + [MIX["lm_head"]]
-        assert graph.prefetches() == [PF[k] for k in order]  # every product in step order, as its kind prefetches
-        rewritten = [(i * 7) % 3 for i in range(len(order))]
+        assert graph.prefetches() == _mix(tiny)  # every product in step order, as its kind prefetches
+        rewritten = [(i * 7) % 3 for i in range(len(_mix(tiny)))]
         graph.set_prefetches(rewritten)
         assert graph.prefetches() == rewritten
         steps = [runner.decode(seq[:, t : t + 1], cache, None) for t in range(4, 8)]
         full = tiny(seq)[0][0, 4:]  # (4, V)
     assert _close(torch.cat(steps), full)  # a prefetch changes no number
-    for bad in ([0] * (len(order) - 1), [3] * len(order)):
+    for bad in ([0] * (len(rewritten) - 1), [3] * len(rewritten)):
         with pytest.raises(ValueError, match="prefetches"):
             graph.set_prefetches(bad)
 
 
 @pytest.mark.parametrize("batch", [1, 2])
-def test_whole_steps_are_timed_with_each_way_and_the_fastest_is_kept_and_cached(tiny, mixed, monkeypatch, batch):
+def test_the_ways_are_timed_on_the_first_steps_and_the_fastest_is_kept_and_cached(tiny, mixed, monkeypatch, batch):
     clock = _Clock(monkeypatch, {"measured": 3.0, "l1": 4.0, "l2": 3.5, "none": 2.0})
     runner = DecodeRunner(tiny, batch=batch)
+    assert isinstance(runner.prefetch, step_prefetch.Trial) and clock.ways == []  # nothing timed to build the runner
+    seq = torch.randint(0, tiny.config.vocab_size, (batch, 4 + TRIAL_STEPS), generator=torch.Generator().manual_seed(0))
+    a = KVCache(tiny.config, batch, seq.shape[1], dtype=runner.cache_dtype)
+    b = KVCache(tiny.config, batch, 8, dtype=runner.cache_dtype)
+    with torch.inference_mode():
+        want = tiny(seq)[0][:, 3:].transpose(0, 1)  # (steps, B, V)
+        runner.prefill(seq[:, :3], a, None)
+        runner.prefill(seq[:, :3], b, None)
+        got = [runner.decode(seq[:, t : t + 1], a, None) for t in (3, 4)]  # recorded, then the trial's first step
+        [trial] = [g for g in runner.graphs.values() if isinstance(g, StepGraph)]
+        for t in (3, 4):  # another recording, replayed meanwhile as recorded
+            runner.decode(seq[:, t : t + 1], b, None)
+        [other] = [g for g in runner.graphs.values() if isinstance(g, StepGraph) and g is not trial]
+        assert other.prefetches() == _mix(tiny) and isinstance(runner.prefetch, step_prefetch.Trial)
+        got += [runner.decode(seq[:, t : t + 1], a, None) for t in range(5, seq.shape[1])]
+    assert _close(torch.stack(got), want)  # the trial's steps, each exact
     c = runner.prefetch
-    assert c.kind == "none" and c.us == {"measured": 3e3, "l1": 4e3, "l2": 3.5e3, "none": 2e3} and not c.cached
-    # all four take the first TURNS[0] turns, then only the leader is left apart from none: timing stops
-    assert clock.ways.count("none") == step_prefetch.TURNS[0] and len(clock.ways) == 4 * step_prefetch.TURNS[0]
-    assert runner.graphs == {}  # the timing's recording points into its own cache: dropped
+    assert isinstance(c, Choice) and c.kind == "none" and c.us == {"measured": 3e3, "l1": 4e3, "l2": 3.5e3, "none": 2e3}
+    # all four take the first TURNS[0] turns, then only the leader is left apart from none: the turns end
+    timed = clock.ways[: 4 * step_choice.TURNS[0]]
+    assert sorted(timed) == sorted(["measured", "l1", "l2", "none"] * step_choice.TURNS[0])
     for role in MIX:
         for _, _, mod in kernels.role_slots(runner.model, role):
             assert mod.kinds[0] == "gemv-hw" and mod.one_kind == "gemv-hw" and type(mod.one) is KERNELS["gemv-hw"]
             assert mod.small.packed is mod.one.packed  # the measured kernel's packed weight, shared
-    got, want, graphs = _steps(runner, tiny, batch)
-    assert _close(got, want)
-    assert graphs and all(set(g.prefetches()) == {gemv.PREFETCH["none"]} for g in graphs)  # later recordings too
+    assert set(trial.prefetches()) == set(other.prefetches()) == {gemv.PREFETCH["none"]}  # both recordings, as chosen
+    runner.graphs.clear()
+    got, want, [graph] = _steps(runner, tiny, batch)  # a later recording: the chosen way
+    assert _close(got, want) and set(graph.prefetches()) == {gemv.PREFETCH["none"]}
     stored = json.loads((mixed / "kernels.json").read_text())
     [key] = [k for table in stored.values() for k in table if "decode prefetch" in k]
     assert f"| {batch} rows |" in key and "attn.c_proj gemv-l2" in key
     status = prefetch_status(tiny, batch, "auto")
     assert status.startswith("none (whole replayed steps timed, ") and "measured 3.00 ms" in status and "none 2.00 ms" in status
 
-    monkeypatch.setattr(step_prefetch, "_time", lambda *a: pytest.fail("timed again"))
     again = DecodeRunner(tiny, batch=batch)
     assert again.prefetch.cached and again.prefetch.kind == "none" and again.model.lm_head.kinds[0] == "gemv-hw"
+
+
+def _trial(runner, model, batch=1):
+    """The runner's decode steps until its trial ends -> the last recording."""
+    *_, graphs = _steps(runner, model, batch, T=3 + 1 + TRIAL_STEPS)
+    assert isinstance(runner.prefetch, Choice)
+    return graphs[-1]
 
 
 def test_the_measured_mix_is_kept_where_it_is_fastest(tiny, mixed, monkeypatch):
     _Clock(monkeypatch, {"measured": 1.0, "l1": 1.5, "l2": 1.5, "none": 1.5})
     runner = DecodeRunner(tiny, batch=1)
-    assert runner.prefetch.kind == "measured"
+    graph = _trial(runner, tiny)
+    assert runner.prefetch.kind == "measured" and len(set(graph.prefetches())) == 3  # the tape as recorded again
     assert {role: kernels.role_slots(runner.model, role)[0][2].kinds[0] for role in MIX} == MIX
-    got, want, [graph] = _steps(runner, tiny, 1)
-    assert _close(got, want) and len(set(graph.prefetches())) == 3
 
 
 def test_where_every_product_prefetches_alike_there_is_no_measured_candidate(tiny, mixed, monkeypatch):
@@ -160,6 +190,7 @@ def test_where_every_product_prefetches_alike_there_is_no_measured_candidate(tin
         Choice(role, rows, alike[role], {"gemv-l2": 1.0}) for role in kernels.ROLES for rows in kernels.measured_rows(batch)])  # fmt: skip
     clock = _Clock(monkeypatch, {"measured": 0.5, "l1": 2.0, "l2": 1.0, "none": 3.0})
     runner = DecodeRunner(tiny, batch=1)
+    _trial(runner, tiny)
     assert "measured" not in clock.ways and set(runner.prefetch.us) == {"l1", "l2", "none"} and runner.prefetch.kind == "l2"
 
 
@@ -177,14 +208,15 @@ def test_ways_whose_steps_overlap_are_timed_for_the_most_turns(tiny, mixed, monk
 
     monkeypatch.setattr(step_prefetch, "time", types.SimpleNamespace(perf_counter=advance))
     runner = DecodeRunner(tiny, batch=1)
-    T0, T1 = step_prefetch.TURNS
-    assert clock.ways.count("l1") == clock.ways.count("l2") == T0  # apart from the leader after TURNS[0]: out
-    assert clock.ways.count("measured") == clock.ways.count("none") == T1
+    _trial(runner, tiny)
+    T0, T1 = step_choice.TURNS
+    ways = clock.ways[:-1]  # the last: the chosen way written back
+    assert ways.count("l1") == ways.count("l2") == T0  # apart from the leader after TURNS[0]: out
+    assert ways.count("measured") == ways.count("none") == T1
     assert runner.prefetch.kind == "measured"  # medians 1.0 against 1.2
 
 
 def test_forced_ways_and_a_bad_one(tiny, mixed, monkeypatch):
-    monkeypatch.setattr(step_prefetch, "_time", lambda *a: pytest.fail("forced: nothing timed"))
     monkeypatch.setenv(step_prefetch.ENV, "l2")
     runner = DecodeRunner(tiny, batch=1)
     assert runner.prefetch.kind == "l2" and runner.model.lm_head.kinds[0] == "gemv-l2"
@@ -195,7 +227,6 @@ def test_forced_ways_and_a_bad_one(tiny, mixed, monkeypatch):
 
 
 def test_nothing_is_chosen_where_the_step_does_not_replay(tiny, mixed, monkeypatch):
-    monkeypatch.setattr(step_prefetch, "_time", lambda *a: pytest.fail("nothing replays: nothing timed"))
     monkeypatch.setenv("GPT2KIT_ATTENTION", "model")  # SDPA: the step runs in Python
     assert DecodeRunner(tiny, batch=1).prefetch is None
     monkeypatch.setenv("GPT2KIT_ATTENTION", "gemv")
@@ -208,6 +239,9 @@ def test_steps_timed_on_a_busy_machine_are_not_cached(tiny, mixed, monkeypatch):
     from gpt2kit import machine
 
     monkeypatch.setattr(machine, "busy_meter", lambda path=None: lambda: 0.5)  # others took half the CPU time
-    assert DecodeRunner(tiny, batch=1).prefetch.us
+    runner = DecodeRunner(tiny, batch=1)
+    _trial(runner, tiny)
+    assert runner.prefetch.us
     stored = json.loads((mixed / "kernels.json").read_text()) if (mixed / "kernels.json").exists() else {}
     assert not [k for table in stored.values() for k in table if "decode prefetch" in k]
+    assert isinstance(DecodeRunner(tiny, batch=1).prefetch, step_prefetch.Trial)  # nothing cached: timed again

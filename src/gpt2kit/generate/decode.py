@@ -26,7 +26,7 @@ import torch
 from gpt2kit import hugepages
 from gpt2kit.errors import ConfigError
 from gpt2kit.generate.step_choice import plan_step
-from gpt2kit.generate.step_prefetch import plan_prefetch
+from gpt2kit.generate.step_prefetch import Trial, plan_prefetch
 from gpt2kit.model.attention_plan import apply_to_blocks, float32_cache_fits, plan_attention
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernels import WEIGHT_MODES, inference_copy
@@ -79,9 +79,10 @@ class DecodeRunner:
         # count, or why that range's step could not be (its steps then run in Python); the GRAPHS_KEPT used last
         self.graphs: dict[tuple, StepGraph | str] = {}
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
+        self.prefetch = None  # how a replayed step prefetches its weights (below): nothing chosen while the step is
         # whether whole steps run faster replayed with gemv.c's kernels than with those measured one by one
         self.step = plan_step(self, model, batch, weights, step) if self.model is not model else None
-        # and how a replayed step's products prefetch their weights, timed over whole steps
+        # and how a replayed step's products prefetch their weights: chosen, or a Trial its first steps run
         self.prefetch = plan_prefetch(self, model, batch, weights, prefetch) if self.model is not model else None
 
     @torch.inference_mode()
@@ -111,6 +112,10 @@ class DecodeRunner:
         graph = self.graphs.pop(key, None)
         if graph is not None:
             self.graphs[key] = graph  # the most recently used last: the first is the one to drop
+            if isinstance(graph, StepGraph) and isinstance(self.prefetch, Trial):  # the prefetch's ways timed on it
+                logits = self.prefetch.run(graph, lambda: graph.run(tokens, plan))
+                self.prefetch = self.prefetch.choice or self.prefetch  # the Choice once the turns end
+                return logits
             return graph.run(tokens, plan) if isinstance(graph, StepGraph) else None
         logits, self.graphs[key] = StepGraph.record(self.model, tokens, cache, plan)
         while len(self.graphs) > GRAPHS_KEPT:

@@ -222,21 +222,42 @@ def _time(runner, model: GPT, batch: int, variant: _Variant) -> dict[str, float]
 
 
 def turns(candidates: list[str], step: Callable[[str], float]) -> dict[str, list[float]]:
-    """{candidate: the seconds of each of its steps}: turns of one step each (`step(candidate)` runs one and says how long
-    it took), the candidates' order rotating turn by turn; at least TURNS[0] turns, then more, up to TURNS[1], while a
-    candidate's steps are not all apart from those of the lowest median (`_apart`); one apart from it runs no more."""
-    steps: dict[str, list[float]] = {kind: [] for kind in candidates}
-    live = list(candidates)
-    for turn in range(TURNS[1]):
-        if turn >= TURNS[0]:
-            lead = min(live, key=lambda kind: statistics.median(steps[kind]))
-            live = [kind for kind in live if kind == lead or not _apart(steps[lead], steps[kind])]
-            if len(live) == 1:
-                break
-        first = turn % len(live)
-        for kind in live[first:] + live[:first]:
-            steps[kind].append(step(kind))
-    return steps
+    """{candidate: the seconds of each of its steps}: `Turns` driven to the end, `step(candidate)` running one step and
+    saying how long it took."""
+    t = Turns(candidates)
+    while (kind := t.next()) is not None:
+        t.add(step(kind))
+    return t.steps
+
+
+class Turns:
+    """Turns of one step each, the candidates' order rotating turn by turn: at least TURNS[0] turns, then more, up to
+    TURNS[1], while a candidate's steps are not all apart from those of the lowest median (`_apart`); one apart from it
+    runs no more. Driven a step at a time: `next()` names the candidate whose step runs next (None: done), `add` takes
+    that step's seconds; `steps` holds them, {candidate: [seconds]}."""
+
+    def __init__(self, candidates: list[str]) -> None:
+        self.steps: dict[str, list[float]] = {kind: [] for kind in candidates}
+        self.live, self.turn, self.order = list(candidates), 0, list(candidates)
+
+    def next(self) -> str | None:
+        if not self.order:
+            self.turn += 1
+            if self.turn >= TURNS[0]:
+                lead = self.leader()
+                self.live = [kind for kind in self.live if kind == lead or not _apart(self.steps[lead], self.steps[kind])]
+            if self.turn >= TURNS[1] or len(self.live) == 1:
+                return None
+            first = self.turn % len(self.live)
+            self.order = self.live[first:] + self.live[:first]
+        return self.order[0]
+
+    def add(self, seconds: float) -> None:
+        self.steps[self.order.pop(0)].append(seconds)
+
+    def leader(self) -> str:
+        """The live candidate of the lowest median step."""
+        return min(self.live, key=lambda kind: statistics.median(self.steps[kind]))
 
 
 def _apart(a: list[float], b: list[float]) -> bool:

@@ -7,11 +7,13 @@ step's stream does not. On a 2-core AMD EPYC VM (Zen 3, AVX2 alone, 32 MiB L3; t
 GPT-2 124M's products read at ~40 GB/s with each of the three over the sweep's 73 MB, and over a whole step's 494 MB
 at 32.4 GB/s with no prefetch against 28.8-29.5 with either; the sweep had given three of the five products a hint,
 and that step ran 3.5 % slower than one without (either hint on every product: 8 %).
-So once the step replays from a recording (model/step_graph.py), the runner records it once, then replays it with
-each way on every product and with each product's own measured way ("measured"), one step a turn, taking turns
-(step_choice.turns), and keeps the fastest: its products then use that way, so every later recording does too. The
-choice is cached with the kernel choices (kernels.json) under the model's shapes, dtype, weights, batch and the
-products' measured kinds; `gpt2kit info --kernels` shows it and GPT2KIT_DECODE_PREFETCH=measured|l1|l2|none forces one.
+So where a runner's step replays from a recording (model/step_graph.py), its first generation times the ways on its
+own steps as they run: one recording's replays take turns (step_choice.Turns), each with one way written into the
+tape for every product, or with each product's own measured way ("measured", where those differ), and the fastest
+is kept once the turns end (12-24 steps; the tokens are the same either way, only the reading differs). Its products
+then use that way, so every later recording does too. The choice is cached with the kernel choices (kernels.json)
+under the model's shapes, dtype, weights, batch and the products' measured kinds, so later runs take it from the
+start; `gpt2kit info --kernels` shows it and GPT2KIT_DECODE_PREFETCH=measured|l1|l2|none forces one.
 """
 
 from __future__ import annotations
@@ -20,17 +22,17 @@ import dataclasses
 import os
 import statistics
 import time
+from collections.abc import Callable
 
 import torch
 
 from gpt2kit import machine
 from gpt2kit.errors import ConfigError
-from gpt2kit.generate.step_choice import TURNS, set_decode_kernels, turns, with_decode_kernel
+from gpt2kit.generate.step_choice import Turns, set_decode_kernels, with_decode_kernel
 from gpt2kit.model import gemv
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.kernel_timing import ROLES, Choice
 from gpt2kit.model.kernels import machine_key, read_choices, role_slots, write_measured
-from gpt2kit.model.kv_cache import KVCache
 from gpt2kit.model.linear import KERNELS, STEP_KINDS, make_kernel, packing
 from gpt2kit.model.step_graph import StepGraph
 
@@ -53,10 +55,10 @@ def cached_prefetch(model: GPT, batch: int, weights: str) -> Choice | None:
     return Choice(**{**entry, "cached": True}) if entry else None
 
 
-def plan_prefetch(runner, model: GPT, batch: int, weights: str, forced: str | None = None) -> Choice | None:
-    """Choose, and apply to `runner` (a DecodeRunner over an inference copy of `model`, its step chosen), how its
-    decode steps' products prefetch their weights (`forced`, else GPT2KIT_DECODE_PREFETCH, else cached or timed now);
-    None where the step does not replay gemv.c's products alone."""
+def plan_prefetch(runner, model: GPT, batch: int, weights: str, forced: str | None = None) -> Choice | Trial | None:
+    """How `runner` (a DecodeRunner over an inference copy of `model`, its step chosen) prefetches its decode steps'
+    weights: `forced`, else GPT2KIT_DECODE_PREFETCH, else cached (each applied now), else a Trial that its replayed
+    steps run (`Trial.run`); None where the step does not replay gemv.c's products alone."""
     kinds = _step_kinds(runner)
     if kinds is None:
         return None
@@ -66,19 +68,10 @@ def plan_prefetch(runner, model: GPT, batch: int, weights: str, forced: str | No
         choice = Choice("decode prefetch", batch, forced)
     else:
         key = prefetch_key(model, batch, weights, kinds)
-        store = read_choices()
-        table = store.setdefault(machine_key(), {})
-        if key in table and table[key].get("kind") in CANDIDATES:
-            choice = Choice(**{**table[key], "cached": True})
-        else:
-            meter = machine.busy_meter()
-            seconds = _time(runner, batch)
-            if seconds is None:  # the step did not record: nothing replays, nothing to choose
-                return None
-            us = {way: round(s * 1e6, 1) for way, s in seconds.items()}
-            choice = Choice("decode prefetch", batch, min(us, key=us.get), us=us)
-            table[key] = {k: v for k, v in dataclasses.asdict(choice).items() if k != "cached"}
-            write_measured(store, meter, "decode prefetches")
+        entry = read_choices().get(machine_key(), {}).get(key)
+        if entry is None or entry.get("kind") not in CANDIDATES:
+            return Trial(runner, model, batch, key)
+        choice = Choice(**{**entry, "cached": True})
     _apply(runner, model, choice.kind)
     return choice
 
@@ -91,35 +84,52 @@ def _step_kinds(runner) -> dict[str, str] | None:
     return kinds if all(kind in STEP_KINDS for kind in kinds.values()) else None
 
 
-def _time(runner, batch: int) -> dict[str, float] | None:
-    """Median seconds of one decode step with each way (`turns`): one step recorded into an empty cache of the runner's
-    batch, then replayed with each way's prefetches written into it, each step extending the cache; None where the step
-    did not record."""
-    tokens = torch.zeros(batch, 1, dtype=torch.long)  # (B, 1)
-    steps = 1 + TURNS[1] * len(CANDIDATES)
-    if steps > runner.model.config.n_positions:
-        return None
-    cache = KVCache(runner.model.config, batch, steps, dtype=runner.cache_dtype)
-    try:
-        runner.decode(tokens, cache, None)  # the first column, recorded (the runner's only recording for this cache)
-        graph = next((g for g in runner.graphs.values() if isinstance(g, StepGraph)), None)
-        if graph is None:
-            return None
-        own = graph.prefetches()
-        ways = {how: [pf] * len(own) for how, pf in gemv.PREFETCH.items()}
-        if own not in ways.values():  # a mix: the products' own measured ways are a candidate of their own
-            ways = {"measured": own, **ways}
+class Trial:
+    """The ways timed on a runner's own replayed steps: the first recording replayed (`run`) takes them in turns
+    (step_choice.Turns), its tape rewritten for each; other recordings replay as recorded meanwhile. When the turns end,
+    `choice` holds the fastest, cached (unless other processes kept the CPU busy meanwhile: write_measured) and applied:
+    the runner's products, and every recording it holds."""
 
-        def step(way: str) -> float:
-            graph.set_prefetches(ways[way])
-            t0 = time.perf_counter()
-            runner.decode(tokens, cache, None)
-            return time.perf_counter() - t0
+    def __init__(self, runner, model: GPT, batch: int, key: str) -> None:
+        self.runner, self.model, self.batch, self.key = runner, model, batch, key
+        self.graph: StepGraph | None = None
+        self.ways: dict[str, list[int]] = {}
+        self.turns: Turns | None = None
+        self.choice: Choice | None = None
+        self.meter = machine.busy_meter()
 
-        timed = turns(list(ways), step)
-    finally:
-        runner.graphs.clear()  # they point into this function's cache
-    return {way: statistics.median(t) for way, t in timed.items()}
+    def run(self, graph: StepGraph, step: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """`step()`'s logits: graph's replay, timed with the next way where graph is the trial's (the first it sees)."""
+        if self.graph is None:
+            self.graph, own = graph, graph.prefetches()
+            self.ways = {how: [pf] * len(own) for how, pf in gemv.PREFETCH.items()}
+            if own not in self.ways.values():  # a mix: the products' own measured ways are a candidate of their own
+                self.ways = {"measured": own, **self.ways}
+            self.turns = Turns(list(self.ways))
+        if graph is not self.graph or self.choice is not None:
+            return step()
+        way = self.turns.next()
+        graph.set_prefetches(self.ways[way])
+        t0 = time.perf_counter()
+        logits = step()
+        self.turns.add(time.perf_counter() - t0)
+        if self.turns.next() is None:
+            self._finish()
+        return logits
+
+    def _finish(self) -> None:
+        us = {way: round(statistics.median(t) * 1e6, 1) for way, t in self.turns.steps.items()}
+        self.choice = Choice("decode prefetch", self.batch, min(us, key=us.get), us=us)
+        store = read_choices()
+        store.setdefault(machine_key(), {})[self.key] = {k: v for k, v in dataclasses.asdict(self.choice).items() if k != "cached"}
+        write_measured(store, self.meter, "decode prefetches")
+        _apply(self.runner, self.model, self.choice.kind)
+        self.graph.set_prefetches(self.ways[self.choice.kind])
+        if self.choice.kind != "measured":  # the recordings made meanwhile, with the products' own ways: each as chosen
+            pf = gemv.PREFETCH[self.choice.kind]
+            for graph in self.runner.graphs.values():
+                if isinstance(graph, StepGraph):
+                    graph.set_prefetches([pf] * len(graph.prefetches()))
 
 
 def _apply(runner, model: GPT, how: str) -> None:
