@@ -51,7 +51,8 @@ class DecodeRunner:
     cache's columns per row (sizes the cache for the attention choice; None: the model's context). step: how
     decode steps run where that is chosen ('measured' or 'replayed', generate/step_choice.py; None: timed, or cached);
     prefetch: how a replayed step's products prefetch their weights ('measured', 'l1', 'l2' or 'none',
-    generate/step_prefetch.py; None: timed, or cached). huge_pages: the weights packed in 2 MiB pages (an engine that collapses its hot memory; hugepages.packing)."""
+    generate/step_prefetch.py; None: timed on the first steps, or cached). huge_pages: the weights packed in 2 MiB
+    pages (an engine that collapses its hot memory; hugepages.packing)."""
 
     def __init__(
         self, model: GPT, weights: str = "auto", batch: int = 1, max_len: int | None = None, step: str | None = None,
@@ -79,7 +80,7 @@ class DecodeRunner:
         # count, or why that range's step could not be (its steps then run in Python); the GRAPHS_KEPT used last
         self.graphs: dict[tuple, StepGraph | str] = {}
         self.no_graphs = unavailable() if self.model is not model else "the model runs its own modules"
-        self.prefetch = None  # how a replayed step prefetches its weights (below): nothing chosen while the step is
+        self.prefetch = None  # how a replayed step prefetches its weights (below); None while the step is chosen
         # whether whole steps run faster replayed with gemv.c's kernels than with those measured one by one
         self.step = plan_step(self, model, batch, weights, step) if self.model is not model else None
         # and how a replayed step's products prefetch their weights: chosen, or a Trial its first steps run
