@@ -96,7 +96,7 @@ class Trial:
         self.ways: dict[str, list[int]] = {}
         self.turns: Turns | None = None
         self.choice: Choice | None = None
-        self.meter = machine.busy_meter()
+        self.meter = None  # how busy the machine was from the trial's first step (write_measured)
 
     def run(self, graph: StepGraph, step: Callable[[], torch.Tensor]) -> torch.Tensor:
         """`step()`'s logits: graph's replay, timed with the next way where graph is the trial's (the first it sees)."""
@@ -105,7 +105,7 @@ class Trial:
             self.ways = {how: [pf] * len(own) for how, pf in gemv.PREFETCH.items()}
             if own not in self.ways.values():  # a mix: the products' own measured ways are a candidate of their own
                 self.ways = {"measured": own, **self.ways}
-            self.turns = Turns(list(self.ways))
+            self.turns, self.meter = Turns(list(self.ways)), machine.busy_meter()
         if graph is not self.graph or self.choice is not None:
             return step()
         way = self.turns.next()
