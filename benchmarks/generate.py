@@ -22,7 +22,10 @@ compared. The same run measures the memory-read bandwidth before every round (th
 the bound: the best of those reads / bytes of weights read per step. The gpt2kit side builds its Engine as `gpt2kit generate
 --max-new-tokens N` does (huge pages "auto": on from 512 tokens); with --huge-pages a third side builds it
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
-the memory reads with 4 KiB and with 2 MiB pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
+the memory reads with 4 KiB and with 2 MiB pages. With --llamacpp too, llama.cpp runs twice: as a user runs it, its
+weights mapped from the GGUF file (the kernel maps the file in 2 MiB pages where its page cache holds them so:
+ext4 and xfs on recent kernels; `llamacpp_huge_share` says how much of it), and with `--load-mode none`, its
+weights read into its own memory ('llama.cpp, 4 KiB pages'); `like_for_like` pairs each engine on the same pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
 is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
 memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
 speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
@@ -51,6 +54,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import harness  # noqa: E402
 
 HUGE = "gpt2kit, huge pages"  # the side whose Engine moves the decode step's memory into huge pages (--huge-pages)
+LLAMA_4K = "llama.cpp, 4 KiB pages"  # with --llamacpp --huge-pages: llama.cpp's weights read into its own memory
 ALL_THREADS = "gpt2kit, all threads"  # with --busy: gpt2kit's steps on all the threads, busy cores or not
 SHAPES = {"124M": dict(), "355M": dict(n_layer=24, n_embd=1024, n_head=16), "1.5B": dict(n_layer=48, n_embd=1600, n_head=25)}
 
@@ -113,8 +117,9 @@ def llamacpp_worker(args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         f = export_gguf(gpt2kit.from_pretrained(args.folder), Path(tmp) / f"m-{gtype}.gguf", type=gtype)
         decode = args.new_tokens > 1
-        rate = harness.llama_bench(f, args.threads, args.new_tokens if decode else 0, 0 if decode else args.prompt_len)
-    return {"rate": rate, "gguf": gtype}
+        run = harness.llama_bench(f, args.threads, args.new_tokens if decode else 0, 0 if decode else args.prompt_len,
+                                  mmap=args.llamacpp_load == "mmap")
+    return {**run, "gguf": gtype}
 
 
 def weight_bytes(folder: str, weights: str, dtype: str) -> int:
@@ -149,6 +154,8 @@ def bench(args) -> None:
             sides["llama.cpp"] = [*common, "--side", "llama.cpp", "--weights", args.weights]
         if args.huge_pages and args.device == "cpu":  # gpt2kit again, its engine's hot memory in huge pages
             sides[HUGE] = [*sides["gpt2kit"], "--engine-huge-pages", "on"]
+            if "llama.cpp" in sides:  # and llama.cpp without its file's 2 MiB pages: each engine on both page sizes
+                sides[LLAMA_4K] = [*sides["llama.cpp"], "--llamacpp-load", "none"]
         if args.engine_rows:  # gpt2kit again, the B prompts decoded by an engine of more rows (a server's slots)
             sides[f"gpt2kit, engine of {args.engine_rows} rows"] = [*sides["gpt2kit"], "--engine-rows", str(args.engine_rows)]
         envs = {}
@@ -183,6 +190,10 @@ def bench(args) -> None:
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
         if "llama.cpp" in runs else None,
+        llamacpp_huge_share=harness.median(runs["llama.cpp"], "huge_share") if "llama.cpp" in runs and runs["llama.cpp"][0].get("huge_share") is not None else None,
+        like_for_like={pages: round(harness.paired_ratio(runs[ours], runs[peer], "rate"), 3)
+                       for pages, ours, peer in (("4 KiB pages", "gpt2kit", LLAMA_4K), ("2 MiB pages", HUGE, "llama.cpp"))}
+        if LLAMA_4K in runs else None,
         over_all_threads=round(figures["gpt2kit"] / figures[ALL_THREADS], 3) if ALL_THREADS in figures else None,
         bandwidth_gbs=None if bw_default is None else round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),
@@ -257,6 +268,7 @@ def main() -> None:
     ap.add_argument("--busy", type=int, default=0, help="other processes spinning on a core each while the sides run (a busy machine)")
     ap.add_argument("--busy-duty", type=float, default=1.0,
                     help="the share of each 10 ms the --busy processes spin, sleeping the rest (1: all the time)")
+    ap.add_argument("--llamacpp-load", default="mmap", choices=["mmap", "none"], help=argparse.SUPPRESS)
     ap.add_argument("--engine-huge-pages", default="auto", choices=harness.hugepages.HUGE_PAGE_MODES, help=argparse.SUPPRESS)
     ap.add_argument("--side", choices=["transformers", "gpt2kit", "llama.cpp"], help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)

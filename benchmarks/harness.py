@@ -223,16 +223,53 @@ def llamacpp_bin() -> Path:
                                check=True).stdout.strip())  # fmt: skip
 
 
-def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: int = 0, repeats: int = 1) -> float:
-    """tokens/s of llama.cpp's llama-bench on a GGUF file: decode (tg new_tokens from an empty context) when
-    new_tokens > 0, else prompt processing (pp prompt_tokens). tools/llamacpp.sh builds it (its --bin prints
-    the folder). Q8_0 runs with --repack 0: llama.cpp 11434's AMX repack of Q8_0 crashes (docs/export.md)."""
+def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: int = 0, repeats: int = 1,
+                mmap: bool = True) -> dict:
+    """llama.cpp's llama-bench on a GGUF file -> {"rate": tokens/s, "huge_share": ...}: decode (tg new_tokens from an
+    empty context) when new_tokens > 0, else prompt processing (pp prompt_tokens). tools/llamacpp.sh builds it (its
+    --bin prints the folder). Q8_0 runs with --repack 0: llama.cpp 11434's AMX repack of Q8_0 crashes (docs/export.md).
+
+    mmap: llama.cpp's default, the weights mapped from the file; the kernel then maps what it holds of the file in
+    2 MiB pages where its page cache has them (large folios: ext4 and xfs on recent kernels), as a user's llama.cpp
+    gets. False: `--load-mode none`, the weights read into memory of its own (4 KiB pages with THP "madvise").
+    huge_share: the share of the file's mapping in 2 MiB pages (smaps FilePmdMapped over Rss), read once while the
+    weights stream; None without mmap or where it could not be read."""
     bindir = llamacpp_bin()
-    work = ["-p", str(prompt_tokens), "-n", str(new_tokens)]
+    work = ["-p", str(prompt_tokens), "-n", str(new_tokens), "-lm", "mmap" if mmap else "none"]
     repack = ["--repack", "0"] if "q8_0" in Path(gguf).name.lower() else []
     cmd = [str(bindir / "llama-bench"), "-m", str(gguf), *work, "-r", str(repeats), "-t", str(threads), "-o", "json", *repack]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=1800, env=worker_env()).stdout
-    return json.loads(out)[0]["avg_ts"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=worker_env())
+    seen = (0, None)  # (Rss, share) of the reading with the most of the file mapped: the weights all streamed
+    while mmap and proc.poll() is None:
+        seen = max(seen, mapped_huge_share(proc.pid, Path(gguf).name), key=lambda r: r[0])
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=SMAPS_EVERY_S)
+    out, _ = proc.communicate(timeout=1800)
+    if proc.returncode:
+        raise subprocess.CalledProcessError(proc.returncode, cmd)
+    return {"rate": json.loads(out)[0]["avg_ts"], "huge_share": seen[1]}
+
+
+SMAPS_EVERY_S = 0.1
+
+
+def mapped_huge_share(pid: int, name: str) -> tuple[int, float | None]:
+    """(kB resident, share in 2 MiB pages) of process pid's mappings of a file called `name`: smaps' Rss and
+    FilePmdMapped over it; (0, None) where none is mapped or smaps cannot be read."""
+    rss = pmd = 0
+    inside = False
+    try:
+        with open(f"/proc/{pid}/smaps", encoding="utf-8") as f:
+            for line in f:
+                head = line.split(maxsplit=1)
+                if head and "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: address range ...
+                    inside = line.rstrip().endswith(name)
+                elif inside and head and head[0] in ("Rss:", "FilePmdMapped:"):
+                    kb = int(line.split()[1])
+                    rss, pmd = (rss + kb, pmd) if head[0] == "Rss:" else (rss, pmd + kb)
+    except OSError:
+        return 0, None
+    return (rss, round(pmd / rss, 3)) if rss else (0, None)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--bandwidth"]:

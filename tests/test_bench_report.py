@@ -80,3 +80,22 @@ def test_a_partly_busy_process_spins_its_duty_of_the_time():
     for duty in (0, 1.5):
         with pytest.raises(ValueError, match="duty"), harness.busy(1, duty):
             pass
+
+
+def test_the_share_of_a_file_mapped_in_huge_pages_is_read_from_smaps(tmp_path):
+    """llama.cpp's side reports how much of its GGUF file the kernel maps in 2 MiB pages: read here on this process's
+    own mapping of a file; a file it does not map reads as (0, None)."""
+    import mmap
+    import os
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import harness
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(os.urandom(4 << 20))
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[i] for i in range(0, len(m), 4096)) >= 0  # every page touched: resident
+        rss, share = harness.mapped_huge_share(os.getpid(), "weights.bin")
+        assert rss >= 4 << 10 and 0.0 <= share <= 1.0
+    assert harness.mapped_huge_share(os.getpid(), "weights.bin") == (0, None)
+    assert harness.mapped_huge_share(os.getpid(), "no-such-file.bin") == (0, None)

@@ -80,7 +80,7 @@ def main() -> None:
         )
         for t in ("f32", "f16", "q8_0"):
             f = export_gguf(model, Path(tmp) / f"m-{t}.gguf", type=t)
-            result["tok_per_s"][f"llama.cpp {t.upper()}"] = harness.llama_bench(f, args.threads, N, repeats=3)
+            result["tok_per_s"][f"llama.cpp {t.upper()}"] = harness.llama_bench(f, args.threads, N, repeats=3)["rate"]
     sides = {k: {"figure": round(v, 2), "unit": "tok/s"} for k, v in result["tok_per_s"].items()}
     ours_fig, best_peer = result["tok_per_s"]["gpt2kit fp32"], result["tok_per_s"]["llama.cpp F32"]
     harness.record("export_decode", ["python", "benchmarks/peers/export_decode.py", *sys.argv[1:]], args.threads, sides,
