@@ -2,6 +2,7 @@
 `F.linear` reference, the inference copy against the model's own forward, the cache and the override."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -181,6 +182,9 @@ def test_info_kernels_shows_the_measured_choice(capsys, tmp_path, monkeypatch):
     assert "lm_head" in out and "(cached)" in out and f"gemv.c:     {report['gemv']}" in out
     assert report["decode_step"].startswith(("replayed in C", "runs in Python: ")) and f"decode step: {report['decode_step']}" in out
     assert report["decode_prefetch"].startswith("not chosen yet") and f"decode prefetch: {report['decode_prefetch']}" in out  # no run yet
+    store = re.escape(str(tmp_path / "packed"))  # where the store is and what it holds (this run adds to it), or why not
+    assert re.fullmatch(rf"({store}: \d+ weights, \d+ of \d+ MiB|off: .+)", report["packed_store"])
+    assert re.search(rf"\npacked weights: ({store}: \d+ weights, \d+ of \d+ MiB|off: .+)\n", out)
     sw = report["decode_sweep"]  # the built-in model: 6 blocks of 1.77M float32 weights, a 50257 x 384 head
     budget, head_row = 2 * K.machine.largest_cache_bytes(), 384 * 4
     head_rows = min(50257, 64 * -(-budget // 4 // (64 * head_row)))  # a quarter of the pass, the blocks the rest

@@ -16,8 +16,10 @@ from pathlib import Path
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces `path`, on error it is removed."""
+def atomic_path(path: str | os.PathLike, sync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed. sync=False skips the
+    fsync, for a cache whose reader checks what it reads (a crash may then leave the new file damaged, never half
+    the old)."""
     path = Path(path)
     with naming(path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -28,8 +30,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             yield Path(tmp)
             # mkstemp makes 0600, and a writer may recreate the file (safetensors does): give it a normal mode now
             os.chmod(tmp, 0o666 & ~_umask())
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            if sync:
+                with open(tmp, "rb+") as f:
+                    os.fsync(f.fileno())
             os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

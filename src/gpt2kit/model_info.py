@@ -40,7 +40,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
     cache of one full-context row per batch row), and how much of the model the decode products are timed on."""
 
     from gpt2kit import hugepages
-    from gpt2kit.model import gemv
+    from gpt2kit.model import gemv, packed_store
     from gpt2kit.model.attention_plan import float32_cache_fits, plan_attention, plan_causal
     from gpt2kit.model.kernels import decode_sweep, kernel_cache_path, machine_key, plan_kernels, prompt_kinds
     from gpt2kit.pretrained import from_pretrained
@@ -56,6 +56,7 @@ def kernel_report(name_or_path: str = "builtin", batch: int = 1, dtype: str = "f
         "cache": str(kernel_cache_path()),
         "huge_pages": hugepages.status(),
         "gemv": gemv.status(),
+        "packed_store": packed_store.status(),
         "decode_step": decode_step_status(model, batch, weights),
         "decode_prefetch": prefetch_status(model, batch, weights),
         "decode_sweep": decode_sweep(model, weights),

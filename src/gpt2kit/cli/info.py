@@ -35,6 +35,7 @@ def run(args: argparse.Namespace) -> None:
         print(json.dumps(report, indent=2))
     elif args.kernels:
         print(f"machine:    {report['machine']}\ncache:      {report['cache']}\nhuge pages: {report['huge_pages']}\ngemv.c:     {report['gemv']}"
+              f"\npacked weights: {report['packed_store']}"
               f"\ndecode step: {report['decode_step']}\ndecode prefetch: {report['decode_prefetch']}")
         sw = report["decode_sweep"]
         print(f"decode products timed on the first {sw['blocks']} of {sw['n_layer']} blocks and {sw['head_rows']:,} of the head's "

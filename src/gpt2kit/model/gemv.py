@@ -39,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit import hugepages, machine
+from gpt2kit import machine
 from gpt2kit.atomic import atomic_path
+from gpt2kit.model import packed_store
 
 SOURCE = Path(__file__).with_name("gemv.c")
 ATTEND_SOURCE = Path(__file__).with_name("attend.c")  # one-query attention (`attend`), built into the same library
@@ -211,11 +212,18 @@ class Packed:
         self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
         kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
         rows, lanes = getattr(so, f"gk_rows_{kind}")(), getattr(so, f"gk_lanes_{kind}")()
-        w = weight.detach().to(dtype)
-        if self.k % lanes or self.n % rows:  # (N', K'): zero rows and columns to whole blocks (a copy: only where needed)
-            w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))
-        blocked = w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2)  # (N'/rows, K'/lanes, rows, lanes)
-        self.w = hugepages.empty(blocked.shape, dtype).copy_(blocked)
+        source = weight.detach()
+
+        def fill(out: torch.Tensor) -> None:  # out (N'/rows, K'/lanes, rows, lanes) = source in blocks
+            w = source.to(dtype)
+            if self.k % lanes or self.n % rows:  # (N', K'): zero rows and columns to whole blocks (a copy: only where needed)
+                w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))
+            out.copy_(w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2))
+
+        shape = (-(-self.n // rows), -(-self.k // lanes), rows, lanes)
+        # mapped from the packed-weight store where an earlier packing left it (in 2 MiB pages where the page cache
+        # holds it so), else packed now, in memory (in huge pages inside hugepages.packing(True)), and stored
+        self.w = packed_store.packed(source, shape, dtype, fill, f"gemv.c {kind}")
         self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
         size = (_I64(self.n), _I64(self.k))
         if dtype == torch.int8:

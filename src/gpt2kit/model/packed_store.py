@@ -1,0 +1,206 @@
+"""Packed weights kept on disk and mapped back from the page cache: a later run maps what an earlier one packed.
+
+A decode step streams every weight once, so where the packed weights sit decides its speed as much as their
+layout. llama.cpp maps its GGUF file, and Linux maps a file's page cache in 2 MiB pages where it holds the file in
+large folios (ext4 and xfs on recent kernels: `FilePmdMapped` in /proc/<pid>/smaps). Its weights then stream
+without a TLB miss every 4 KiB, and no fresh memory is faulted in to hold them. Fresh anonymous huge pages can cost
+far more where a virtual machine's host has taken back the guest's free 2 MiB blocks (hugepages.packing). On a
+2-core Zen 3 VM (AMD EPYC), 124M fp32, a `llama-bench` on its mapped file ran at 59-65 tok/s against 57-62 with the
+weights read into its own 4 KiB pages (`--load-mode none`, two runs each), and gpt2kit's decode at 63.5 tok/s
+with its packed weights in a mapped file against 59.5 in 4 KiB pages (medians of five alternating runs).
+
+gemv.c's packed weights (gemv.Packed) get the same here. The first run that packs a weight writes the packed
+bytes to the store and maps them from there; later runs, in any process, map them and pack nothing:
+  - the key is the content: xxh3-128 (the xxhash package) of the source weight's bytes and of what decides the
+    layout (the kind, dtypes, shapes, LAYOUT's version). So a weight changed in memory after loading (fine-tuned,
+    merged) is packed anew, never taken for the file's;
+  - each file ends with the xxh3-128 of its packed bytes, checked when it is mapped: a file cut short or damaged
+    (a crash, a full disk) is packed again and replaced;
+  - files are written under a temporary name and renamed, so a reader never sees one half-written;
+  - the store keeps to GPT2KIT_PACKED_STORE_GB (LIMIT_GB by default), removing the files used longest ago (a
+    file still mapped stays readable until its mapping goes).
+Weights under MIN_BYTES (a tiny model's) are packed in memory. GPT2KIT_PACKED_STORE=0 packs in memory every run,
+as does a store folder that cannot be written. `gpt2kit info --kernels` shows the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import mmap
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from gpt2kit import hugepages, machine
+from gpt2kit.atomic import atomic_path
+
+SWITCH = "GPT2KIT_PACKED_STORE"  # "0": pack in memory every run
+LIMIT = "GPT2KIT_PACKED_STORE_GB"  # the store's size, in GiB (LIMIT_GB unless set)
+LIMIT_GB = 8.0  # GPT-2 1.5B's float32 weights packed once, or 124M's in every kind a few times over
+LAYOUT = "gpt2kit packed v1"  # part of every key: a change of what a file holds makes every old key miss
+MIN_BYTES = 2 << 20  # smaller weights are packed in memory: a file each would cost more than it saves
+DIGEST = 16  # bytes of the trailer: xxh3-128 of the packed bytes
+SUFFIX = ".packed"
+
+
+def folder() -> Path:
+    """The store: packed/ in the user cache directory (machine.cache_dir)."""
+    return machine.cache_dir() / "packed"
+
+
+def unavailable() -> str | None:
+    """Why packed weights are not stored here (None: they are)."""
+    if os.environ.get(SWITCH) == "0":
+        return f"turned off ({SWITCH}=0)"
+    if _xxhash() is None:
+        return "the xxhash package is not installed (pip install xxhash)"
+    if limit_bytes() <= 0:
+        return f"its size is 0 ({LIMIT})"
+    return None
+
+
+def limit_bytes() -> int:
+    """The store's size cap, from GPT2KIT_PACKED_STORE_GB (a bad value falls back to LIMIT_GB)."""
+    try:
+        return int(float(os.environ.get(LIMIT, LIMIT_GB)) * (1 << 30))
+    except ValueError:
+        return int(LIMIT_GB * (1 << 30))
+
+
+@functools.cache
+def _xxhash():
+    try:
+        import xxhash
+    except ImportError:
+        return None
+    return xxhash
+
+
+def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[torch.Tensor], None],
+           layout: str) -> torch.Tensor:  # fmt: skip
+    """A tensor of `shape` and `dtype` holding what `fill(out)` writes into `out` from `source` (the weight it packs,
+    whole): mapped from the store where it holds this source packed this way (`layout` names the way), else packed
+    into memory (hugepages.empty), written to the store and mapped from there; packed in memory alone where nothing is
+    stored (`unavailable`, a small weight, a source that is a view of a larger tensor, a failed write)."""
+    nbytes = _nbytes(shape, dtype)
+    if nbytes < MIN_BYTES or unavailable() or not _whole(source):
+        return _in_memory(shape, dtype, fill)
+    path = folder() / f"{key(source, shape, dtype, layout)}{SUFFIX}"
+    found = _mapped(path, shape, dtype)
+    if found is not None:
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last to be removed
+        return found
+    out = _in_memory(shape, dtype, fill)
+    if not _write(path, out):
+        return out
+    _trim(path)
+    found = _mapped(path, shape, dtype)
+    return out if found is None else found
+
+
+def key(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> str:
+    """The store's name for `source` packed to `shape` and `dtype` the way `layout` says: xxh3-128, in hex."""
+    h = _xxhash().xxh3_128()
+    h.update(f"{LAYOUT} | {layout} | {source.dtype} {tuple(source.shape)} {source.stride()} -> {dtype} {tuple(shape)}".encode())
+    h.update(_bytes(source))
+    return h.hexdigest()
+
+
+def status() -> str:
+    """One line for `gpt2kit info --kernels`: where the store is and what it holds, or why there is none."""
+    if why := unavailable():
+        return f"off: {why}"
+    files = _files(folder())
+    used = sum(size for _, size, _ in files)
+    return f"{folder()}: {len(files)} weights, {used / (1 << 20):.0f} of {limit_bytes() / (1 << 20):.0f} MiB"
+
+
+def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    n = dtype.itemsize
+    for d in shape:
+        n *= d
+    return n
+
+
+def _whole(source: torch.Tensor) -> bool:
+    """Whether `source` is the whole of its memory in some order (a weight, or a transposed view of one, as a Hugging
+    Face checkpoint's Conv1D weights load), not a view of part of a tensor (a measurement's slice of the head)."""
+    storage = source.untyped_storage()
+    return source.device.type == "cpu" and source.storage_offset() == 0 and storage.nbytes() == source.numel() * source.element_size()
+
+
+def _bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of the memory of a CPU tensor `_whole` holds, as they lie (its strides say the order), without a copy."""
+    return memoryview(torch.empty(0, dtype=torch.uint8).set_(t.untyped_storage()).numpy())
+
+
+def _in_memory(shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[torch.Tensor], None]) -> torch.Tensor:
+    out = hugepages.empty(shape, dtype)
+    fill(out)
+    return out
+
+
+def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+    """The packed weight in `path`, mapped read-only, or None where there is none or it is not whole and intact
+    (its size, and the trailer's digest of its bytes)."""
+    nbytes = _nbytes(shape, dtype)
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size != nbytes + DIGEST:
+                return None
+            m = mmap.mmap(f.fileno(), nbytes + DIGEST, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED)
+    except (OSError, ValueError):
+        return None
+    view = memoryview(m)
+    if _xxhash().xxh3_128_digest(view[:nbytes]) != bytes(view[nbytes:]):
+        view.release()
+        m.close()
+        return None
+    view.release()
+    with warnings.catch_warnings():  # read-only memory: nothing writes a packed weight once it is packed
+        warnings.simplefilter("ignore", UserWarning)
+        data = torch.frombuffer(m, dtype=torch.uint8, count=nbytes)  # keeps `m` alive
+    return data.view(dtype).view(shape)
+
+
+def _write(path: Path, out: torch.Tensor) -> bool:
+    """Write `out`'s bytes and their digest to `path` (atomically); False where that failed (a read-only or full
+    disk): the weight is then used from memory."""
+    data = memoryview(out.reshape(-1).view(torch.uint8).numpy())  # (nbytes,): out is contiguous (hugepages.empty's)
+    try:
+        with atomic_path(path, sync=False) as tmp, open(tmp, "wb") as f:  # the digest checks it
+            f.write(data)
+            f.write(_xxhash().xxh3_128_digest(data))
+    except OSError:
+        return False
+    return True
+
+
+def _files(where: Path) -> list[tuple[Path, int, float]]:
+    """(path, size, last used) of each stored weight."""
+    found = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(where):
+            if entry.name.endswith(SUFFIX):
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    found.append((Path(entry.path), st.st_size, st.st_mtime))
+    return found
+
+
+def _trim(kept: Path) -> None:
+    """Remove the weights used longest ago until the store holds no more than its limit; `kept` (just written) stays."""
+    files = sorted(_files(kept.parent), key=lambda f: f[2])
+    used = sum(size for _, size, _ in files)
+    for path, size, _ in files:
+        if used <= limit_bytes():
+            break
+        if path != kept:
+            with contextlib.suppress(OSError):
+                path.unlink()
+                used -= size
