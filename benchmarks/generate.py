@@ -23,9 +23,11 @@ the bound: the best of those reads / bytes of weights read per step. The gpt2kit
 --max-new-tokens N` does (huge pages "auto": on from 512 tokens); with --huge-pages a third side builds it
 with huge pages on (`--huge-pages on`, what a server, a chat and long runs get), and the bound is the better of
 the memory reads with 4 KiB and with 2 MiB pages. With --llamacpp too, llama.cpp runs twice: as a user runs it, its
-weights mapped from the GGUF file (the kernel maps the file in 2 MiB pages where its page cache holds them so:
-ext4 and xfs on recent kernels; `llamacpp_huge_share` says how much of it), and with `--load-mode none`, its
-weights read into its own memory ('llama.cpp, 4 KiB pages'); `like_for_like` pairs each engine on the same pages. Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
+weights mapped from the GGUF file (the kernel maps a file in 2 MiB pages where its page cache holds it so: ext4 and
+xfs on recent kernels), and with `--load-mode none`, its weights read into 4 KiB pages of its own ('llama.cpp, 4 KiB
+pages'). gpt2kit maps its packed weights from its store's files the same way (src/gpt2kit/model/packed_store.py:
+where no earlier run did, the first gpt2kit process marks them, the second writes them, and later ones map them). `huge_share` is the median share of
+each side's mapped weights that the kernel mapped in 2 MiB pages (smaps' FilePmdMapped over Rss). Beside the ratio of medians to llama.cpp, `paired_to_llamacpp`
 is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
 memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
 speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
@@ -104,7 +106,13 @@ def worker(args) -> None:
     sync()
     dt = time.perf_counter() - t0
     rate = B * (P if N == 1 else N) / dt
-    print(json.dumps({"rate": rate, "seconds": dt, "tokens_sha": hashlib.sha256(str(tokens).encode()).hexdigest()[:16]}))
+    share = None
+    if args.side == "gpt2kit":  # how much of its packed weights, mapped from the store's files, sits in 2 MiB pages
+        from gpt2kit.model import packed_store
+
+        share = harness.mapped_huge_share(os.getpid(), packed_store.SUFFIX)[1]
+    print(json.dumps({"rate": rate, "seconds": dt, "tokens_sha": hashlib.sha256(str(tokens).encode()).hexdigest()[:16],
+                      "huge_share": share}))  # fmt: skip
 
 
 def llamacpp_worker(args) -> dict:
@@ -190,10 +198,7 @@ def bench(args) -> None:
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
         if "llama.cpp" in runs else None,
-        llamacpp_huge_share=harness.median(runs["llama.cpp"], "huge_share") if "llama.cpp" in runs and runs["llama.cpp"][0].get("huge_share") is not None else None,
-        like_for_like={pages: round(harness.paired_ratio(runs[ours], runs[peer], "rate"), 3)
-                       for pages, ours, peer in (("4 KiB pages", "gpt2kit", LLAMA_4K), ("2 MiB pages", HUGE, "llama.cpp"))}
-        if LLAMA_4K in runs else None,
+        huge_share={n: harness.median(rs, "huge_share") for n, rs in runs.items() if all(r.get("huge_share") is not None for r in rs)},
         over_all_threads=round(figures["gpt2kit"] / figures[ALL_THREADS], 3) if ALL_THREADS in figures else None,
         bandwidth_gbs=None if bw_default is None else round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),

@@ -1,6 +1,6 @@
-"""The packed-weight store (model/packed_store.py): a weight packed once is mapped from the page cache by later
-packings, with the same products; a changed weight, a damaged file, a store that is off or cannot be written, and
-a full store each behave as the module says."""
+"""The packed-weight store (model/packed_store.py): a weight packed twice is stored and mapped from the page cache by
+later packings, with the same products; a weight packed once, a changed weight, a damaged file, a store that is off
+or cannot be written, and a full store each behave as the module says."""
 
 import os
 from pathlib import Path
@@ -41,74 +41,89 @@ def mapped_from(t: torch.Tensor) -> str | None:
     return None
 
 
+def stored(w: torch.Tensor, b: torch.Tensor | None, dtype=torch.float32) -> gemv.Packed:
+    """Packed twice (as two runs would: the first marks the weight, the second stores it), the second packing."""
+    gemv.Packed(w, b, dtype)
+    return gemv.Packed(w, b, dtype)
+
+
+def packed_files(store: Path) -> list[Path]:
+    return sorted(store.glob(f"*{packed_store.SUFFIX}"))
+
+
 def product(p: gemv.Packed, w: torch.Tensor, b: torch.Tensor) -> None:
     x = torch.randn(3, w.shape[1], generator=torch.Generator().manual_seed(7))
     torch.testing.assert_close(p(x), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_a_weight_packed_once_is_mapped_from_the_store_by_the_next_packing(store, dtype):
+def test_a_weight_packed_twice_is_stored_and_mapped_by_the_next_packing(store, dtype):
     w, b = weight()
-    first = gemv.Packed(w, b, dtype)
-    [stored] = list(store.iterdir())
-    assert stored.stat().st_size == first.w.numel() * first.w.element_size() + packed_store.DIGEST
+    first = gemv.Packed(w, b, dtype)  # a weight's first packing: marked, kept in memory
+    assert mapped_from(first.w) is None and not packed_files(store) and len(list(store.glob("*.seen"))) == 1
+    second = gemv.Packed(w, b, dtype)
+    [path] = packed_files(store)
+    assert path.stat().st_size == second.w.numel() * second.w.element_size() + packed_store.DIGEST
+    assert not list(store.glob("*.seen"))  # the mark is replaced by the weight
     again = gemv.Packed(w.clone(), b, dtype)  # another tensor, the same values: the same key
-    assert mapped_from(again.w) == str(stored) and mapped_from(first.w) == str(stored)
-    assert torch.equal(again.w, first.w) and len(list(store.iterdir())) == 1
+    assert mapped_from(again.w) == str(path) == mapped_from(second.w)
+    assert torch.equal(again.w, first.w) and len(packed_files(store)) == 1
     if dtype == torch.float32:
         product(again, w, b)
 
 
 def test_the_packed_bytes_are_what_packing_in_memory_gives(monkeypatch):
     w, b = weight()
-    stored = gemv.Packed(w, b, torch.float32).w
+    kept = stored(w, b).w
     monkeypatch.setenv(packed_store.SWITCH, "0")
     in_memory = gemv.Packed(w, b, torch.float32).w
-    assert mapped_from(in_memory) is None and torch.equal(stored, in_memory)
+    assert mapped_from(kept) is not None and mapped_from(in_memory) is None and torch.equal(kept, in_memory)
 
 
 def test_a_changed_weight_is_packed_anew(store):
     w, b = weight()
-    gemv.Packed(w, b, torch.float32)
+    stored(w, b)
     w2 = w.clone()
     w2[3, 5] += 1.0  # one element: another key
-    p = gemv.Packed(w2, b, torch.float32)
-    assert len(list(store.iterdir())) == 2
+    p = stored(w2, b)
+    assert len(packed_files(store)) == 2 and mapped_from(p.w) is not None
     product(p, w2, b)
 
 
 def test_the_same_weight_packed_another_way_is_another_file(store):
     w, b = weight()
-    gemv.Packed(w, b, torch.float32)
-    gemv.Packed(w, b, torch.bfloat16)
-    assert len(list(store.iterdir())) == 2
+    stored(w, b, torch.float32)
+    stored(w, b, torch.bfloat16)
+    assert len(packed_files(store)) == 2
 
 
 @pytest.mark.parametrize("damage", ["a byte", "cut short"])
 def test_a_damaged_file_is_packed_again(store, damage):
     w, b = weight()
-    gemv.Packed(w, b, torch.float32)
-    [stored] = list(store.iterdir())
-    data = bytearray(stored.read_bytes())
+    stored(w, b)
+    [path] = packed_files(store)
+    data = bytearray(path.read_bytes())
     if damage == "a byte":
         data[103] ^= 0x40  # an exponent bit of a weight (float 25: row 1, column 9)
     else:
         data = data[: len(data) // 2]
-    stored.write_bytes(bytes(data))
-    p = gemv.Packed(w, b, torch.float32)
+    path.write_bytes(bytes(data))
+    p = gemv.Packed(w, b, torch.float32)  # not mapped: packed in memory (and marked)
+    assert mapped_from(p.w) is None
     product(p, w, b)
-    assert mapped_from(p.w) == str(stored)  # written again, intact, and mapped
-    assert stored.stat().st_size == p.w.numel() * 4 + packed_store.DIGEST
+    p = gemv.Packed(w, b, torch.float32)  # written again, intact, and mapped
+    assert mapped_from(p.w) == str(path) and path.stat().st_size == p.w.numel() * 4 + packed_store.DIGEST
+    product(p, w, b)
 
 
 def test_nothing_is_stored_when_turned_off_small_or_a_slice(store, monkeypatch):
     w, b = weight()
-    product(gemv.Packed(w[:16], b[:16], torch.float32), w[:16], b[:16])  # a view of part of a weight
+    product(stored(w[:16], b[:16]), w[:16], b[:16])  # a view of part of a weight
     monkeypatch.setattr(packed_store, "MIN_BYTES", 1 << 20)
-    gemv.Packed(w, b, torch.float32)  # 11 KiB
+    stored(w, b)  # 11 KiB
     monkeypatch.setattr(packed_store, "MIN_BYTES", 0)
     monkeypatch.setenv(packed_store.SWITCH, "0")
-    p = gemv.Packed(w, b, torch.float32)
+    p = stored(w, b)
     assert not store.exists() and mapped_from(p.w) is None
     assert packed_store.status().startswith("off: turned off")
 
@@ -117,7 +132,7 @@ def test_a_store_that_cannot_be_written_packs_in_memory(store):
     store.parent.mkdir(parents=True)
     store.write_text("a file where the folder goes")
     w, b = weight()
-    p = gemv.Packed(w, b, torch.float32)
+    p = stored(w, b)
     assert mapped_from(p.w) is None
     product(p, w, b)
 
@@ -125,15 +140,15 @@ def test_a_store_that_cannot_be_written_packs_in_memory(store):
 def test_the_store_keeps_to_its_limit_removing_what_was_used_longest_ago(store, monkeypatch):
     sizes = []
     for seed in range(3):
-        gemv.Packed(*weight(seed), torch.float32)
-        sizes.append(max(f.stat().st_size for f in store.iterdir()))
-    old = sorted(store.iterdir(), key=lambda f: f.stat().st_mtime)
+        stored(*weight(seed))
+        sizes.append(max(f.stat().st_size for f in packed_files(store)))
+    old = sorted(packed_files(store), key=lambda f: f.stat().st_mtime)
     for i, f in enumerate(old):
         os.utime(f, (1000 + i, 1000 + i))
     gemv.Packed(*weight(0), torch.float32)  # the oldest used again: the newest now
     monkeypatch.setenv(packed_store.LIMIT, str(2.5 * sizes[0] / (1 << 30)))  # room for two
-    gemv.Packed(*weight(3), torch.float32)
-    left = {f.name for f in store.iterdir()}
+    stored(*weight(3))
+    left = {f.name for f in packed_files(store)}
     assert len(left) == 2 and old[0].name in left and old[1].name not in left and old[2].name not in left
     assert "2 weights" in packed_store.status()
 
@@ -143,12 +158,12 @@ def test_a_transposed_weight_is_stored_by_its_memory_and_strides(store):
     and told apart from the same memory read the other way round."""
     w, b = weight(shape=(48, 48))
     t = w.t()  # the whole of w's memory, another order
-    p = gemv.Packed(t, b, torch.float32)
+    p = stored(t, b)
     again = gemv.Packed(w.clone().t(), b, torch.float32)
-    assert len(list(store.iterdir())) == 1 and mapped_from(again.w) == mapped_from(p.w) is not None
+    assert len(packed_files(store)) == 1 and mapped_from(again.w) == mapped_from(p.w) is not None
     product(again, t, b)
-    plain = gemv.Packed(w, b, torch.float32)  # the same bytes, untransposed: another weight
-    assert len(list(store.iterdir())) == 2
+    plain = stored(w, b)  # the same bytes, untransposed: another weight
+    assert len(packed_files(store)) == 2
     product(plain, w, b)
 
 
@@ -171,10 +186,31 @@ def test_an_engine_on_stored_weights_draws_the_tokens_one_packing_in_memory_draw
     monkeypatch.setenv(packed_store.SWITCH, "0")
     reference, _ = tokens()
     monkeypatch.delenv(packed_store.SWITCH)
-    stored, _ = tokens()
-    written = {f.name for f in store.iterdir()}
+    marked, _ = tokens()
+    assert not packed_files(store)
+    written, _ = tokens()
+    names = {f.name for f in packed_files(store)}
     mapped, engine = tokens()
-    assert reference == stored == mapped and written == {f.name for f in store.iterdir()} and written
+    assert reference == marked == written == mapped and names == {f.name for f in packed_files(store)} and names
     kernels = [m.one for m in engine.runner.model.modules() if isinstance(m, KernelLinear)]
     files = {mapped_from(k.packed.w) for k in kernels if hasattr(k, "packed")}
-    assert files and None not in files and {Path(f).name for f in files} <= written
+    assert files and None not in files and {Path(f).name for f in files} <= names
+
+
+def test_a_write_left_unfinished_long_ago_is_removed_by_the_next(store):
+    """A process killed while writing leaves its temporary file; the next write removes it once it is STALE_S old."""
+    stored(*weight(0))
+    old, new = store / ".x.packed.abc.tmp", store / ".y.packed.def.tmp"
+    old.write_bytes(b"half")
+    new.write_bytes(b"half")
+    os.utime(old, (1000, 1000))
+    stored(*weight(1))
+    assert not old.exists() and new.exists()
+
+
+def test_the_marks_of_weights_packed_once_keep_to_their_number(store, monkeypatch):
+    monkeypatch.setattr(packed_store, "MAX_MARKS", 2)
+    monkeypatch.setattr(packed_store, "PRUNE_EVERY", 1)
+    for seed in range(4):
+        gemv.Packed(*weight(seed), torch.float32)
+    assert len(list(store.glob("*.seen"))) == 2 and not packed_files(store)  # pruned to MAX_MARKS after each

@@ -9,8 +9,10 @@ far more where a virtual machine's host has taken back the guest's free 2 MiB bl
 weights read into its own 4 KiB pages (`--load-mode none`, two runs each), and gpt2kit's decode at 63.5 tok/s
 with its packed weights in a mapped file against 59.5 in 4 KiB pages (medians of five alternating runs).
 
-gemv.c's packed weights (gemv.Packed) get the same here. The first run that packs a weight writes the packed
-bytes to the store and maps them from there; later runs, in any process, map them and pack nothing:
+gemv.c's packed weights (gemv.Packed) get the same here. The first run that packs a weight marks it; the second
+writes the packed bytes to the store and maps them from there; later runs, in any process, map them and pack
+nothing. (A weight packed once, as each of a training run's checkpoints or a test's random model is, is never
+written: ~0.5 GB each for 124M.)
   - the key is the content: xxh3-128 (the xxhash package) of the source weight's bytes and of what decides the
     layout (the kind, dtypes, shapes, LAYOUT's version). So a weight changed in memory after loading (fine-tuned,
     merged) is packed anew, never taken for the file's;
@@ -29,6 +31,7 @@ import contextlib
 import functools
 import mmap
 import os
+import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -45,6 +48,9 @@ LAYOUT = "gpt2kit packed v1"  # part of every key: a change of what a file holds
 MIN_BYTES = 2 << 20  # smaller weights are packed in memory: a file each would cost more than it saves
 DIGEST = 16  # bytes of the trailer: xxh3-128 of the packed bytes
 SUFFIX = ".packed"
+MARK = ".seen"  # an empty file: a weight packed once, stored when it is packed again (`_seen_before`)
+MAX_MARKS, PRUNE_EVERY = 4096, 1024
+STALE_S = 3600  # a temporary file this old was left by a write that never finished
 
 
 def folder() -> Path:
@@ -84,8 +90,9 @@ def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fil
            layout: str) -> torch.Tensor:  # fmt: skip
     """A tensor of `shape` and `dtype` holding what `fill(out)` writes into `out` from `source` (the weight it packs,
     whole): mapped from the store where it holds this source packed this way (`layout` names the way), else packed
-    into memory (hugepages.empty), written to the store and mapped from there; packed in memory alone where nothing is
-    stored (`unavailable`, a small weight, a source that is a view of a larger tensor, a failed write)."""
+    into memory (hugepages.empty), and, where a run packed it before (`_seen_before`), written to the store and mapped
+    from there; packed in memory alone where nothing is stored (`unavailable`, a small weight, a source that is a view
+    of a larger tensor, a weight's first packing, a failed write)."""
     nbytes = _nbytes(shape, dtype)
     if nbytes < MIN_BYTES or unavailable() or not _whole(source):
         return _in_memory(shape, dtype, fill)
@@ -96,11 +103,48 @@ def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fil
             os.utime(path)  # used now: the last to be removed
         return found
     out = _in_memory(shape, dtype, fill)
-    if not _write(path, out):
+    if not _seen_before(path) or not _write(path, out):  # a weight packed once, as a training run's, is never written
         return out
     _trim(path)
     found = _mapped(path, shape, dtype)
     return out if found is None else found
+
+
+def _seen_before(path: Path) -> bool:
+    """Whether a run packed this weight before (its mark is there; the write that follows replaces it), else mark it
+    now. So only a weight packed twice is stored: a model a user runs again, not each of a training run's checkpoints
+    or a test's random model, which would write their packed weights (~0.5 GB for 124M) for nothing."""
+    mark = path.with_suffix(MARK)
+    if mark.exists():
+        with contextlib.suppress(OSError):
+            mark.unlink()
+        return True
+    global _marks_made
+    try:
+        mark.parent.mkdir(parents=True, exist_ok=True)
+        mark.touch()
+    except OSError:
+        return False
+    if _marks_made % PRUNE_EVERY == 0:
+        _prune_marks(mark.parent)
+    _marks_made += 1
+    return False
+
+
+_marks_made = 0  # marks this process made (`_prune_marks` runs at its first and every PRUNE_EVERY after)
+
+
+def _prune_marks(where: Path) -> None:
+    """Keep the MAX_MARKS newest marks (a weight's first packing), removing the rest."""
+    marks = []
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(where):
+            if entry.name.endswith(MARK):
+                with contextlib.suppress(OSError):
+                    marks.append((entry.stat().st_mtime, entry.path))
+    for _, path in sorted(marks)[: max(0, len(marks) - MAX_MARKS)]:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def key(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> str:
@@ -194,7 +238,13 @@ def _files(where: Path) -> list[tuple[Path, int, float]]:
 
 
 def _trim(kept: Path) -> None:
-    """Remove the weights used longest ago until the store holds no more than its limit; `kept` (just written) stays."""
+    """Remove the weights used longest ago until the store holds no more than its limit; `kept` (just written) stays.
+    A write's temporary file older than STALE_S (its process was killed mid-write) goes too."""
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(kept.parent):
+            with contextlib.suppress(OSError):
+                if entry.name.endswith(".tmp") and time.time() - entry.stat().st_mtime > STALE_S:
+                    os.unlink(entry.path)
     files = sorted(_files(kept.parent), key=lambda f: f[2])
     used = sum(size for _, size, _ in files)
     for path, size, _ in files:
