@@ -8,12 +8,12 @@ For the built-in model and a random 124M GPT-2, what a user's run pays to get it
 packed in the chosen layouts, then the attention's choice and, where they differ, whole decode steps timed both
 ways; how the steps prefetch their weights is timed on a run's own first steps, step_prefetch.py), with what its first PROMPT_TOKENS-token prompt takes beyond a second one (where the prompts' kernels are
 packed): in a fresh process with an empty cache folder (every candidate timed on the real weights, at the decode batch
-and at prefill rows), then in another fresh process with the choices cached, then in a third. Their difference is the
-measurement's one-time cost; the cached time is what the second run pays to pack the weights (in a fresh process, as a
-user's run: on a VM whose host backs memory only when it is first touched, packing 124M's two copies into fresh memory
-took ~1.2 s, and ~0.7 s again in the same process), and it writes gemv.c's packed weights to the packed-weight store
-(src/gpt2kit/model/packed_store.py: a weight packed twice is stored), which the third run, `stored`, and every later
-one map instead of packing them. For fp32 the cached runner is also made with its weights packed in 2 MiB pages
+and at prefill rows), then in another fresh process with the choices cached and the packed-weight store off. Their
+difference is the measurement's one-time cost; the cached time is what a run pays to pack the weights (in a fresh
+process, as a user's run: on a VM whose host backs memory only when it is first touched, packing 124M's two copies into
+fresh memory took ~1.2 s, and ~0.7 s again in the same process). Then two more processes with the store on
+(src/gpt2kit/model/packed_store.py: a weight packed twice is stored): `writing the store` packs gemv.c's weights and
+writes them (the first run marked them), and `stored` maps them, as every later run does. For fp32 the cached runner is also made with its weights packed in 2 MiB pages
 (`fp32 auto cached, 2 MiB pages`), as an engine that moves its hot memory into huge pages packs them (a server, a
 chat, a run of 512 tokens or more; src/gpt2kit/hugepages.py, `packing`). Building gemv.c, once per machine (and compiler), is timed apart (`gemv.c
 build`, before the first runner). For fp32 (`auto`), fp32 with `--weights int8`, and bf16; the configurations and
@@ -71,10 +71,11 @@ def worker(model_name: str, dtype: str, weights: str, threads: int, huge: bool =
     return {"build_ms": round(build * 1e3, 1), "runner_ms": round((runner_s + prefill[0] - prefill[1]) * 1e3, 1)}
 
 
-def _run(model_name: str, dtype: str, weights: str, threads: int, cache: str, huge: bool = False) -> dict:
-    """`worker` in a fresh process with its cache in `cache`."""
+def _run(model_name: str, dtype: str, weights: str, threads: int, cache: str, huge: bool = False, store: bool = True) -> dict:
+    """`worker` in a fresh process with its cache in `cache` (`store`: False, with the packed-weight store off)."""
     argv = [__file__, "--threads", str(threads), "--worker", model_name, dtype, weights, *(["--huge"] if huge else [])]
-    return harness.run_worker(argv, timeout=600, env=harness.worker_env(GPT2KIT_CACHE_DIR=cache))
+    env = harness.worker_env(GPT2KIT_CACHE_DIR=cache, **({} if store else {"GPT2KIT_PACKED_STORE": "0"}))
+    return harness.run_worker(argv, timeout=600, env=env)
 
 
 def main() -> int:
@@ -92,16 +93,17 @@ def main() -> int:
         for _ in range(args.repeat):
             for dtype, weights in CONFIGS:
                 with tempfile.TemporaryDirectory() as cache:
-                    first = _run(model_name, dtype, weights, args.threads, cache)
-                    cached = _run(model_name, dtype, weights, args.threads, cache)  # writes the packed-weight store
-                    stored = _run(model_name, dtype, weights, args.threads, cache)  # and every later run maps it
+                    first = _run(model_name, dtype, weights, args.threads, cache)  # measures; marks the weights
+                    cached = _run(model_name, dtype, weights, args.threads, cache, store=False)  # packs in memory
+                    writes = _run(model_name, dtype, weights, args.threads, cache)  # packs and writes the store
+                    stored = _run(model_name, dtype, weights, args.threads, cache)  # maps it, as every later run
                     if (dtype, weights) == CONFIGS[0]:  # the same runner, its weights packed in 2 MiB pages, as a collapsing engine's
                         runs.setdefault(f"{dtype} {weights} cached, 2 MiB pages", []).append(
                             _run(model_name, dtype, weights, args.threads, cache, huge=True)["runner_ms"])
                 name = f"{dtype} {weights}"
                 for side, ms in ((f"{name} one-time", first["runner_ms"] - cached["runner_ms"]), (f"{name} first run", first["runner_ms"]),
-                                 (f"{name} cached", cached["runner_ms"]), (f"{name} stored", stored["runner_ms"]),
-                                 ("gemv.c build", first["build_ms"])):  # fmt: skip
+                                 (f"{name} cached", cached["runner_ms"]), (f"{name} writing the store", writes["runner_ms"]),
+                                 (f"{name} stored", stored["runner_ms"]), ("gemv.c build", first["build_ms"])):  # fmt: skip
                     runs.setdefault(side, []).append(ms)
         sides = {side: {"figure": round(statistics.median(ms), 1), "unit": "ms", "runs": ms} for side, ms in runs.items()}
         line = harness.record("kernel_choice", ["python", "benchmarks/kernel_choice.py", *sys.argv[1:]], args.threads, sides,
