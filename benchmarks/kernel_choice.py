@@ -14,7 +14,7 @@ process, as a user's run: on a VM whose host backs memory only when it is first 
 fresh memory took ~1.2 s, and ~0.7 s again in the same process). Then two more processes with the store on
 (src/gpt2kit/model/packed_store.py: a weight packed twice is stored): `writing the store` packs gemv.c's weights and
 writes them (the first run marked them), and `stored` maps them, as every later run does. For fp32 the cached runner is also made with its weights packed in 2 MiB pages
-(`fp32 auto cached, 2 MiB pages`), as an engine that moves its hot memory into huge pages packs them (a server, a
+(`fp32 auto cached, 2 MiB pages`, the store off), as an engine that moves its hot memory into huge pages packs them (a server, a
 chat, a run of 512 tokens or more; src/gpt2kit/hugepages.py, `packing`). Building gemv.c, once per machine (and compiler), is timed apart (`gemv.c
 build`, before the first runner). For fp32 (`auto`), fp32 with `--weights int8`, and bf16; the configurations and
 the first and cached processes alternate, --repeat rounds, and the medians go to
@@ -99,7 +99,7 @@ def main() -> int:
                     stored = _run(model_name, dtype, weights, args.threads, cache)  # maps it, as every later run
                     if (dtype, weights) == CONFIGS[0]:  # the same runner, its weights packed in 2 MiB pages, as a collapsing engine's
                         runs.setdefault(f"{dtype} {weights} cached, 2 MiB pages", []).append(
-                            _run(model_name, dtype, weights, args.threads, cache, huge=True)["runner_ms"])
+                            _run(model_name, dtype, weights, args.threads, cache, huge=True, store=False)["runner_ms"])
                 name = f"{dtype} {weights}"
                 for side, ms in ((f"{name} one-time", first["runner_ms"] - cached["runner_ms"]), (f"{name} first run", first["runner_ms"]),
                                  (f"{name} cached", cached["runner_ms"]), (f"{name} writing the store", writes["runner_ms"]),
