@@ -214,3 +214,18 @@ def test_the_marks_of_weights_packed_once_keep_to_their_number(store, monkeypatc
     for seed in range(4):
         gemv.Packed(*weight(seed), torch.float32)
     assert len(list(store.glob("*.seen"))) == 2 and not packed_files(store)  # pruned to MAX_MARKS after each
+
+
+@pytest.mark.parametrize("value", ["eight", "-1", "nan", "inf"])
+def test_a_bad_store_size_is_a_clear_error(monkeypatch, value):
+    from gpt2kit.errors import ConfigError
+
+    monkeypatch.setenv(packed_store.LIMIT, value)
+    with pytest.raises(ConfigError, match=f"GPT2KIT_PACKED_STORE_GB must be a size in GiB, 0 or more .* got '{value}'"):
+        gemv.Packed(*weight(), torch.float32)
+
+
+def test_a_store_size_of_0_turns_it_off(store, monkeypatch):
+    monkeypatch.setenv(packed_store.LIMIT, "0")
+    p = stored(*weight())
+    assert mapped_from(p.w) is None and not store.exists() and packed_store.status() == "off: its size is 0 (GPT2KIT_PACKED_STORE_GB)"

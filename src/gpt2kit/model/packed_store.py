@@ -14,7 +14,7 @@ writes the packed bytes to the store and maps them from there; later runs, in an
 nothing. (A weight packed once, as each of a training run's checkpoints or a test's random model is, is never
 written: ~0.5 GB each for 124M.)
   - the key is the content: xxh3-128 (the xxhash package) of the source weight's bytes and of what decides the
-    layout (the kind, dtypes, shapes, LAYOUT's version). So a weight changed in memory after loading (fine-tuned,
+    layout (the kind, dtypes, shapes and strides, LAYOUT's version). So a weight changed in memory after loading (fine-tuned,
     merged) is packed anew, never taken for the file's;
   - each file ends with the xxh3-128 of its packed bytes, checked when it is mapped: a file cut short or damaged
     (a crash, a full disk) is packed again and replaced;
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import mmap
 import os
 import time
@@ -40,6 +41,7 @@ import torch
 
 from gpt2kit import hugepages, machine
 from gpt2kit.atomic import atomic_path
+from gpt2kit.errors import ConfigError
 
 SWITCH = "GPT2KIT_PACKED_STORE"  # "0": pack in memory every run
 LIMIT = "GPT2KIT_PACKED_STORE_GB"  # the store's size, in GiB (LIMIT_GB unless set)
@@ -70,11 +72,15 @@ def unavailable() -> str | None:
 
 
 def limit_bytes() -> int:
-    """The store's size cap, from GPT2KIT_PACKED_STORE_GB (a bad value falls back to LIMIT_GB)."""
+    """The store's size cap, from GPT2KIT_PACKED_STORE_GB (LIMIT_GB unless set; 0 turns the store off)."""
+    value = os.environ.get(LIMIT, str(LIMIT_GB))
     try:
-        return int(float(os.environ.get(LIMIT, LIMIT_GB)) * (1 << 30))
+        gib = float(value)
     except ValueError:
-        return int(LIMIT_GB * (1 << 30))
+        gib = math.nan
+    if not gib >= 0 or math.isinf(gib):
+        raise ConfigError(f"{LIMIT} must be a size in GiB, 0 or more (e.g. {LIMIT_GB:g}; 0 turns the store off), got {value!r}.")
+    return int(gib * (1 << 30))
 
 
 @functools.cache
