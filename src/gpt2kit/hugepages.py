@@ -348,7 +348,8 @@ def packing(huge: bool) -> Iterator[None]:
     as fresh huge pages can cost far more than they save: on a 2-core Zen 3 VM (AMD EPYC) whose host had taken back
     the guest's free 2 MiB blocks, packing GPT-2 124M's float32 kernels took 1.6 s in huge pages against 1.1 s in 4 KiB
     ones (benchmarks/kernel_choice.py, RESULTS.md), and 9.1 against 2.2 s in a slower hour, while a 128-token decode ran
-    at 30.5-39.9 tok/s with huge pages against 33.9-37.4 without (two runs of benchmarks/generate.py --huge-pages)."""
+    at 30.5-39.9 tok/s with huge pages against 33.9-37.4 without (two runs of benchmarks/generate.py --huge-pages).
+    gemv.c's packed weights are packed here only where the packed-weight store has none to map (model/packed_store.py)."""
     token = _PACK_HUGE.set(huge)
     try:
         yield
