@@ -99,8 +99,7 @@ def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fil
     into memory (hugepages.empty), and, where a run packed it before (`_seen_before`), written to the store and mapped
     from there; packed in memory alone where nothing is stored (`unavailable`, a small weight, a source that is a view
     of a larger tensor, a weight's first packing, a failed write)."""
-    nbytes = _nbytes(shape, dtype)
-    if nbytes < MIN_BYTES or unavailable() or not _whole(source):
+    if math.prod(shape) * dtype.itemsize < MIN_BYTES or unavailable() or not _whole(source):
         return _in_memory(shape, dtype, fill)
     path = folder() / f"{key(source, shape, dtype, layout)}{SUFFIX}"
     found = _mapped(path, shape, dtype)
@@ -112,7 +111,7 @@ def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fil
     if not _seen_before(path) or not _write(path, out):  # a weight packed once, as a training run's, is never written
         return out
     _trim(path)
-    found = _mapped(path, shape, dtype)
+    found = _mapped(path, shape, dtype, check=False)  # its digest was just taken from `out`
     return out if found is None else found
 
 
@@ -142,15 +141,10 @@ _marks_made = 0  # marks this process made (`_prune_marks` runs at its first and
 
 def _prune_marks(where: Path) -> None:
     """Keep the MAX_MARKS newest marks (a weight's first packing), removing the rest."""
-    marks = []
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(where):
-            if entry.name.endswith(MARK):
-                with contextlib.suppress(OSError):
-                    marks.append((entry.stat().st_mtime, entry.path))
-    for _, path in sorted(marks)[: max(0, len(marks) - MAX_MARKS)]:
+    marks = sorted(_entries(where, MARK), key=lambda f: f[2])
+    for path, _, _ in marks[: max(0, len(marks) - MAX_MARKS)]:
         with contextlib.suppress(OSError):
-            os.unlink(path)
+            path.unlink()
 
 
 def key(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, layout: str) -> str:
@@ -165,16 +159,9 @@ def status() -> str:
     """One line for `gpt2kit info --kernels`: where the store is and what it holds, or why there is none."""
     if why := unavailable():
         return f"off: {why}"
-    files = _files(folder())
+    files = _entries(folder(), SUFFIX)
     used = sum(size for _, size, _ in files)
     return f"{folder()}: {len(files)} weights, {used / (1 << 20):.0f} of {limit_bytes() / (1 << 20):.0f} MiB"
-
-
-def _nbytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
-    n = dtype.itemsize
-    for d in shape:
-        n *= d
-    return n
 
 
 def _whole(source: torch.Tensor) -> bool:
@@ -195,10 +182,10 @@ def _in_memory(shape: tuple[int, ...], dtype: torch.dtype, fill: Callable[[torch
     return out
 
 
-def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor | None:
+def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype, check: bool = True) -> torch.Tensor | None:
     """The packed weight in `path`, mapped read-only, or None where there is none or it is not whole and intact
-    (its size, and the trailer's digest of its bytes)."""
-    nbytes = _nbytes(shape, dtype)
+    (its size, and with `check` the trailer's digest of its bytes)."""
+    nbytes = math.prod(shape) * dtype.itemsize
     try:
         with open(path, "rb") as f:
             if os.fstat(f.fileno()).st_size != nbytes + DIGEST:
@@ -207,11 +194,11 @@ def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Ten
     except (OSError, ValueError):
         return None
     view = memoryview(m)
-    if _xxhash().xxh3_128_digest(view[:nbytes]) != bytes(view[nbytes:]):
-        view.release()
+    intact = not check or _xxhash().xxh3_128_digest(view[:nbytes]) == bytes(view[nbytes:])
+    view.release()
+    if not intact:
         m.close()
         return None
-    view.release()
     with warnings.catch_warnings():  # read-only memory: nothing writes a packed weight once it is packed
         warnings.simplefilter("ignore", UserWarning)
         data = torch.frombuffer(m, dtype=torch.uint8, count=nbytes)  # keeps `m` alive
@@ -231,12 +218,13 @@ def _write(path: Path, out: torch.Tensor) -> bool:
     return True
 
 
-def _files(where: Path) -> list[tuple[Path, int, float]]:
-    """(path, size, last used) of each stored weight."""
+def _entries(where: Path, suffix: str) -> list[tuple[Path, int, float]]:
+    """(path, size, last modified) of each file in `where` whose name ends with `suffix`: the stored weights (SUFFIX),
+    the marks (MARK), unfinished writes (".tmp")."""
     found = []
     with contextlib.suppress(OSError):
         for entry in os.scandir(where):
-            if entry.name.endswith(SUFFIX):
+            if entry.name.endswith(suffix):
                 with contextlib.suppress(OSError):
                     st = entry.stat()
                     found.append((Path(entry.path), st.st_size, st.st_mtime))
@@ -246,15 +234,14 @@ def _files(where: Path) -> list[tuple[Path, int, float]]:
 def _trim(kept: Path) -> None:
     """Remove the weights used longest ago until the store holds no more than its limit; `kept` (just written) stays.
     A write's temporary file older than STALE_S (its process was killed mid-write) goes too."""
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(kept.parent):
+    for path, _, modified in _entries(kept.parent, ".tmp"):
+        if time.time() - modified > STALE_S:
             with contextlib.suppress(OSError):
-                if entry.name.endswith(".tmp") and time.time() - entry.stat().st_mtime > STALE_S:
-                    os.unlink(entry.path)
-    files = sorted(_files(kept.parent), key=lambda f: f[2])
-    used = sum(size for _, size, _ in files)
+                path.unlink()
+    files = sorted(_entries(kept.parent, SUFFIX), key=lambda f: f[2])
+    used, limit = sum(size for _, size, _ in files), limit_bytes()
     for path, size, _ in files:
-        if used <= limit_bytes():
+        if used <= limit:
             break
         if path != kept:
             with contextlib.suppress(OSError):
