@@ -232,15 +232,16 @@ def llama_bench(gguf: Path, threads: int, new_tokens: int = 128, prompt_tokens: 
     mmap: llama.cpp's default, the weights mapped from the file; the kernel then maps what it holds of the file in
     2 MiB pages where its page cache has them (large folios: ext4 and xfs on recent kernels), as a user's llama.cpp
     gets. False: `--load-mode none`, the weights read into memory of its own (4 KiB pages with THP "madvise").
-    huge_share: the share of the file's mapping in 2 MiB pages (smaps FilePmdMapped over Rss), read once while the
-    weights stream; None without mmap or where it could not be read."""
+    huge_share: the share of the file's mapping in 2 MiB pages (smaps FilePmdMapped over Rss), read every SMAPS_EVERY_S
+    until the whole file is mapped (its first tokens), then left alone; None without mmap or where it could not be read."""
     bindir = llamacpp_bin()
     work = ["-p", str(prompt_tokens), "-n", str(new_tokens), "-lm", "mmap" if mmap else "none"]
     repack = ["--repack", "0"] if "q8_0" in Path(gguf).name.lower() else []
     cmd = [str(bindir / "llama-bench"), "-m", str(gguf), *work, "-r", str(repeats), "-t", str(threads), "-o", "json", *repack]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=worker_env())
     seen = (0, None)  # (Rss, share) of the reading with the most of the file mapped: the weights all streamed
-    while mmap and proc.poll() is None:
+    whole_kb = 0.99 * Path(gguf).stat().st_size / 1024
+    while mmap and proc.poll() is None and seen[0] < whole_kb:
         seen = max(seen, mapped_huge_share(proc.pid, Path(gguf).name), key=lambda r: r[0])
         with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=SMAPS_EVERY_S)
