@@ -83,8 +83,10 @@ class ScriptedRunner:
         plan = cache.plan(idx.shape[1], mask)
         return self._logits(plan.position_ids[:, -1]) if logits else None
 
-    def decode(self, tokens, cache, mask):
-        return self._logits(cache.plan(1, mask).position_ids[:, 0])
+    def decode(self, tokens, cache, mask, out=None):
+        """As DecodeRunner.decode: `out` (B, V' <= V) gets the logits' first V' columns and is returned."""
+        logits = self._logits(cache.plan(1, mask).position_ids[:, 0])
+        return logits if out is None else out.copy_(logits[:, : out.shape[1]])
 
 
 def save_hf_gpt2(folder: Path, seed: int = 0, **config) -> Path:

@@ -42,11 +42,11 @@ class Spy(ScriptedRunner):
         self.calls.append(("prefill", idx.tolist(), cache.batch_size, mask is not None, logits))
         return super().prefill(idx, cache, mask, logits)
 
-    def decode(self, tokens, cache, mask):
+    def decode(self, tokens, cache, mask, out=None):
         if mask is not None:
             assert mask.dtype == torch.long and mask.shape == tokens.shape, (mask.dtype, mask.shape)
         self.calls.append(("decode", tokens[:, 0].tolist(), cache.batch_size, None if mask is None else mask[:, 0].tolist()))
-        return super().decode(tokens, cache, mask)
+        return super().decode(tokens, cache, mask, out)
 
 
 def engine(model, script, table=TABLE, **kw):
@@ -74,9 +74,10 @@ class Flat:
         cache.plan(idx.shape[1], mask)
         return self._logits(idx.shape[0]) if logits else None
 
-    def decode(self, tokens, cache, mask):
+    def decode(self, tokens, cache, mask, out=None):
         cache.plan(1, mask)
-        return self._logits(tokens.shape[0])
+        logits = self._logits(tokens.shape[0])
+        return logits if out is None else out.copy_(logits[:, : out.shape[1]])
 
 
 def flat(model, **kw):

@@ -318,8 +318,7 @@ class Engine:
         mask = None
         if len(go_on) < hi - lo:  # idle rows inside the range: fed a masked dummy token
             mask = torch.tensor(real, dtype=torch.long, device=self.device)[:, None]  # (hi-lo, 1)
-        logits = self.runner.decode(tokens.to(self.device), self.cache.rows(lo, hi), mask)  # (hi-lo, V')
-        self._logits[lo:hi] = logits[:, : self.n_vocab]
+        self.runner.decode(tokens.to(self.device), self.cache.rows(lo, hi), mask, out=self._logits[lo:hi])  # (hi-lo, V)
         if mask is not None:  # the dummy writes used a column of each idle row: give it back
             for b in range(lo, hi):
                 if self._slots[b] is None:

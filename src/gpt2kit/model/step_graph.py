@@ -167,14 +167,17 @@ class StepGraph:
         so.gk_tape_free(tape)
         return logits, why
 
-    def run(self, tokens: torch.Tensor, plan: StepPlan) -> torch.Tensor:
-        """The step for tokens (B, 1) with `plan` (which `applies`) -> (B, V) logits, a tensor of their own."""
+    def run(self, tokens: torch.Tensor, plan: StepPlan, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The step for tokens (B, 1) with `plan` (which `applies`) -> (B, V) logits, a tensor of their own: `out`
+        (B, V' <= V), their first V' columns written there, or a new one."""
         positions = plan.position_ids  # (B, 1), as tokens: the replay copies B of each into the recording's own
         tokens, positions = (t if t.is_contiguous() else t.contiguous() for t in (tokens, positions))
         failed = self._so.gk_replay(self._tape, plan.n_keys, tokens.data_ptr(), positions.data_ptr())
         if failed:
             raise InputError(f"a decode step's token id is outside the vocabulary: {tokens.flatten().tolist()}")
-        return self.logits.clone()  # the recorded step's own buffer is the next replay's
+        if out is None:  # the recorded step's own buffer is the next replay's
+            return self.logits.clone()
+        return out.copy_(self.logits[:, : out.shape[1]])  # one copy, into memory already mapped
 
     def prefetches(self) -> list[int]:
         """How each of the step's products prefetches its weight (gemv.PREFETCH's values), in step order."""
