@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from conftest import bf16_in_build as _bf16_in
 from conftest import gemv_buildable, huge_kib, needs_gemv
 from gpt2kit import hugepages
-from gpt2kit.model import gemv, int8, packed_store
+from gpt2kit.model import gemv, packed_store
 from gpt2kit.model import linear as L
 
 CPU = torch.device("cpu")
@@ -285,8 +285,7 @@ def test_gelu_is_applied_to_each_output_as_it_is_stored(build, kind):
     b = b * 3  # outputs of a few units, and a far tail
     b[:2] = torch.tensor([-40.0, 40.0])
     if kind == "s8":
-        q, scale, qsum = int8.quantize(w)
-        p = gemv.Packed(q, b, torch.int8, scale=scale, qsum=qsum)
+        p = gemv.Packed(w, b, torch.int8)
     else:
         p = gemv.Packed(w, b, dtype, out_dtype=dtype)
     plain = p(x.to(p.in_dtype)).double() if kind != "bf16" else gemv.Packed(w, b, BF, out_dtype=torch.float32)(x.to(BF)).double()

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.model import gemv, packed_store
+from gpt2kit.model import gemv, int8, packed_store
 
 pytestmark = pytest.mark.skipif(gemv.unavailable(torch.float32) is not None or packed_store.unavailable() is not None,
                                 reason="gemv.c or the store is not available here")  # fmt: skip
@@ -78,6 +78,31 @@ def test_the_packed_bytes_are_what_packing_in_memory_gives(monkeypatch):
     monkeypatch.setenv(packed_store.SWITCH, "0")
     in_memory = gemv.Packed(w, b, torch.float32).w
     assert mapped_from(kept) is not None and mapped_from(in_memory) is None and torch.equal(kept, in_memory)
+
+
+def test_an_int8_weight_is_stored_with_its_scales_and_row_sums_and_not_quantized_again(store, monkeypatch):
+    """gemv.c's int8 weight keyed on the float weight it quantizes: a later packing maps q in blocks, the scales and
+    the row sums from the file, quantizes nothing, and multiplies as a packing in memory does."""
+    if gemv.unavailable(torch.int8) is not None:
+        pytest.skip(gemv.unavailable(torch.int8))
+    w, b = weight(shape=(40, 200))  # K of 4 64-lane blocks, the last one part-filled
+    x = torch.randn(3, 200, generator=torch.Generator().manual_seed(7))
+    monkeypatch.setenv(packed_store.SWITCH, "0")
+    plain = gemv.Packed(w, b, torch.int8)
+    monkeypatch.delenv(packed_store.SWITCH)
+    q, scale, qsum = int8.quantize(w)
+    assert torch.equal(plain.scale, scale) and torch.equal(plain.qsum, qsum) and torch.equal(plain.qsum, q.sum(1, dtype=torch.int32))
+    stored(w, b, torch.int8)
+    made = []
+    real = int8._quantize
+    monkeypatch.setattr(int8, "_quantize", lambda weight: made.append(weight.shape) or real(weight))
+    again = gemv.Packed(w.clone(), b, torch.int8)  # another tensor, the same values
+    [path] = packed_files(store)
+    assert not made and {mapped_from(t) for t in (again.w, again.scale, again.qsum)} == {str(path)}
+    assert path.stat().st_size == plain.w.numel() + 8 * 40 + packed_store.DIGEST
+    for mine, theirs in ((again.w, plain.w), (again.scale, plain.scale), (again.qsum, plain.qsum)):
+        assert torch.equal(mine, theirs)
+    assert torch.equal(again(x), plain(x))  # the products: test_gemv holds an in-memory packing to int8's scheme
 
 
 def test_a_changed_weight_is_packed_anew(store):

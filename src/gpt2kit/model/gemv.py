@@ -29,6 +29,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -41,7 +42,7 @@ import torch
 
 from gpt2kit import machine
 from gpt2kit.atomic import atomic_path
-from gpt2kit.model import packed_store
+from gpt2kit.model import int8, packed_store
 
 SOURCE = Path(__file__).with_name("gemv.c")
 ATTEND_SOURCE = Path(__file__).with_name("attend.c")  # one-query attention (`attend`), built into the same library
@@ -194,42 +195,45 @@ def status() -> str:
 
 class Packed:
     """A weight packed for gemv.c, with its bias in float32: call with x (..., K) in `in_dtype` -> (..., N) in
-    `out_dtype`. dtype float32 or bfloat16: the weight in that dtype, x too; int8: `weight` holds the int8 q
-    of w ~ scale[n] q[n, k] (`qsum`, sum_k q[n, k], where the caller has it), x is float32. out_dtype: float32, or bf16
-    for bf16 weights."""
+    `out_dtype`. dtype float32 or bfloat16: the weight in that dtype, x too. int8: the weight quantized
+    (int8.quantize: q with w ~ scale[n] q[n, k], and qsum, sum_k q[n, k]), x in float32. out_dtype: float32, or bf16
+    for bf16 weights. Packed from `weight` (N, K) in any dtype, or mapped from the packed-weight store where an earlier
+    run packed the same weight the same way: an int8 weight's file holds its scales and row sums too, so a stored
+    one is not quantized again."""
 
-    def __init__(
-        self,
-        weight: torch.Tensor,
-        bias: torch.Tensor | None,
-        dtype: torch.dtype,
-        out_dtype: torch.dtype = torch.float32,
-        scale: torch.Tensor | None = None,
-        qsum: torch.Tensor | None = None,
-    ) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, out_dtype: torch.dtype = torch.float32) -> None:
         so = _build()[0]
-        self.n, self.k = weight.shape
+        self.n, self.k = n, k = weight.shape
         self.in_dtype, self.out_dtype = torch.float32 if dtype == torch.int8 else dtype, out_dtype
         kind = {torch.float32: "f32", torch.bfloat16: "bf16", torch.int8: "s8"}[dtype]
         rows, lanes = getattr(so, f"gk_rows_{kind}")(), getattr(so, f"gk_lanes_{kind}")()
         source = weight.detach()
+        blocks = (-(-n // rows), -(-k // lanes), rows, lanes)  # (N'/rows, K'/lanes, rows, lanes)
 
-        def fill(out: torch.Tensor) -> None:  # out (N'/rows, K'/lanes, rows, lanes) = source in blocks
-            w = source.to(dtype)
-            if self.k % lanes or self.n % rows:  # (N', K'): zero rows and columns to whole blocks (a copy: only where needed)
-                w = torch.nn.functional.pad(w, (0, -self.k % lanes, 0, -self.n % rows))
+        def to_blocks(w: torch.Tensor, out: torch.Tensor) -> None:  # out (blocks) = w (N, K) in blocks
+            if k % lanes or n % rows:  # (N', K'): zero rows and columns to whole blocks (a copy: only where needed)
+                w = torch.nn.functional.pad(w, (0, -k % lanes, 0, -n % rows))
             out.copy_(w.reshape(-1, rows, w.shape[1] // lanes, lanes).transpose(1, 2))
 
-        shape = (-(-self.n // rows), -(-self.k // lanes), rows, lanes)
         # mapped from the packed-weight store where an earlier packing left it (in 2 MiB pages where the page cache
         # holds it so), else packed now, in memory (in huge pages inside hugepages.packing(True)), and stored
-        self.w = packed_store.packed(source, shape, dtype, fill, f"gemv.c {kind}")
-        self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
-        size = (_I64(self.n), _I64(self.k))
         if dtype == torch.int8:
-            self.scale = scale.detach().float().contiguous()  # (N,)
-            # (N,): sum_k q[n, k], for the unsigned activations' offset
-            self.qsum = (weight.sum(1, dtype=torch.int32) if qsum is None else qsum).contiguous()
+            at = math.prod(blocks)  # q's bytes, whole 64-byte blocks: the scales after them are aligned
+
+            def fill(out: torch.Tensor) -> None:  # out (at + 8N,) bytes: q in blocks, scale (N,) float32, qsum (N,) int32
+                q, scale, qsum = int8.quantize(source)
+                to_blocks(q, out[:at].view(torch.int8).view(blocks))
+                out[at : at + 4 * n].view(torch.float32).copy_(scale)
+                out[at + 4 * n :].view(torch.int32).copy_(qsum)
+
+            packed = packed_store.packed(source, (at + 8 * n,), torch.uint8, fill, "gemv.c s8, scale, qsum")
+            self.w = packed[:at].view(torch.int8).view(blocks)
+            self.scale, self.qsum = packed[at : at + 4 * n].view(torch.float32), packed[at + 4 * n :].view(torch.int32)  # (N,) each
+        else:
+            self.w = packed_store.packed(source, blocks, dtype, lambda out: to_blocks(source.to(dtype), out), f"gemv.c {kind}")
+        self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
+        size = (_I64(n), _I64(k))
+        if dtype == torch.int8:
             bound = (_ptr(self.w), _ptr(self.scale), _ptr(self.qsum), _ptr(self.b), *size)
         elif dtype == torch.bfloat16:
             bound = (_ptr(self.w), _ptr(self.b), _INT(out_dtype == torch.float32), *size)

@@ -237,8 +237,7 @@ class _Int8Gemv(_Gemv):
     compute_dtype = torch.int8
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows: int = 1) -> None:
-        q, scale, qsum = int8.quantize(weight)
-        self.packed = gemv.Packed(q, bias, torch.int8, scale=scale, qsum=qsum)
+        self.packed = gemv.Packed(weight, bias, torch.int8)  # quantized (int8.quantize) unless the store holds it
 
 
 class _Int8(_Linear):

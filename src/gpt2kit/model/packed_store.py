@@ -16,6 +16,8 @@ written: ~0.5 GB each for 124M.)
   - the key is the content: xxh3-128 (the xxhash package) of the source weight's bytes and of what decides the
     layout (the kind, dtypes, shapes and strides, LAYOUT's version). So a weight changed in memory after loading (fine-tuned,
     merged) is packed anew, never taken for the file's;
+  - what a file holds is the packing's to say (`fill`): gemv.c's int8 weight keys the float weight it rounds, and its
+    file holds the 8-bit blocks, the scales and the row sums, so a stored one is not rounded again;
   - each file ends with the xxh3-128 of its packed bytes, checked when it is mapped: a file cut short or damaged
     (a crash, a full disk) is packed again and replaced;
   - files are written under a temporary name and renamed, so a reader never sees one half-written;
