@@ -23,8 +23,9 @@ written: ~0.5 GB each for 124M.)
   - files are written under a temporary name and renamed, so a reader never sees one half-written;
   - the store keeps to GPT2KIT_PACKED_STORE_GB (LIMIT_GB by default), removing the files used longest ago (a
     file still mapped stays readable until its mapping goes).
-Weights under MIN_BYTES (a tiny model's) are packed in memory. GPT2KIT_PACKED_STORE=0 packs in memory every run,
-as does a store folder that cannot be written. `gpt2kit info --kernels` shows the store.
+Weights of under MIN_BYTES (a tiny model's; counted in the source weight's bytes, which the packing's work grows
+with) are packed in memory. GPT2KIT_PACKED_STORE=0 packs in memory every run, as does a store folder that cannot be
+written. `gpt2kit info --kernels` shows the store.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ SWITCH = "GPT2KIT_PACKED_STORE"  # "0": pack in memory every run
 LIMIT = "GPT2KIT_PACKED_STORE_GB"  # the store's size, in GiB (LIMIT_GB unless set)
 LIMIT_GB = 8.0  # GPT-2 1.5B's float32 weights packed once, or 124M's in every kind a few times over
 LAYOUT = "gpt2kit packed v1"  # part of every key: a change of what a file holds makes every old key miss
-MIN_BYTES = 2 << 20  # smaller weights are packed in memory: a file each would cost more than it saves
+MIN_BYTES = 2 << 20  # smaller source weights are packed in memory: a file each would cost more than it saves
 DIGEST = 16  # bytes of the trailer: xxh3-128 of the packed bytes
 SUFFIX = ".packed"
 MARK = ".seen"  # an empty file: a weight packed once, stored when it is packed again (`_seen_before`)
@@ -101,7 +102,7 @@ def packed(source: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype, fil
     into memory (hugepages.empty), and, where a run packed it before (`_seen_before`), written to the store and mapped
     from there; packed in memory alone where nothing is stored (`unavailable`, a small weight, a source that is a view
     of a larger tensor, a weight's first packing, a failed write)."""
-    if math.prod(shape) * dtype.itemsize < MIN_BYTES or unavailable() or not _whole(source):
+    if source.numel() * source.element_size() < MIN_BYTES or unavailable() or not _whole(source):
         return _in_memory(shape, dtype, fill)
     path = folder() / f"{key(source, shape, dtype, layout)}{SUFFIX}"
     found = _mapped(path, shape, dtype)
