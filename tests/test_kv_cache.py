@@ -155,3 +155,34 @@ def test_attention_recorded_over_the_cache_is_the_full_passes(model):
         torch.testing.assert_close(prompt, full[layer][0][:, :, :5, :5])
         torch.testing.assert_close(one, full[layer][0][:, :, 5:6, :6])
         torch.testing.assert_close(two, full[layer][0][:, :, 6:, :])
+
+
+@pytest.mark.parametrize("rows", [(0, 1), (1, 3), (0, 3)])
+def test_a_decode_step_s_plan_on_the_cpu_equals_the_general_one(rows, monkeypatch):
+    """plan(1) of aligned, unpadded CPU rows (`_one_column`, through numpy views of the counters) against the general
+    path on a twin cache: the same plan, counters, valid columns and host lengths, step after step, up to the full
+    row's error; padded rows take the general path."""
+    fast, slow = (KVCache(CFG, batch_size=3, max_len=8) for _ in range(2))
+    for cache in (fast, slow):  # the rows hold 3 prompt tokens; another row 5, padded
+        cache.rows(*rows).plan(3)
+        if rows != (0, 3):
+            cache.row(2 if rows == (0, 1) else 0).plan(5, torch.tensor([[0, 1, 1, 1, 1]]))
+    real, fast_plans = KVCache._one_column, []
+    monkeypatch.setattr(KVCache, "_one_column", lambda self: fast_plans.append(real(self)) or fast_plans[-1])
+    for step in range(5):
+        a = fast.rows(*rows).plan(1)
+        with monkeypatch.context() as m:
+            m.setattr(KVCache, "_one_column", lambda self: None)  # the twin takes the general path
+            b = slow.rows(*rows).plan(1)
+        assert a is fast_plans[-1] is not None
+        assert (a.col, a.n_keys, a.causal, a.cols, a.attn_mask) == (b.col, b.n_keys, b.causal, b.cols, b.attn_mask)
+        assert (a.col, a.n_keys, a.causal) == (3 + step, 4 + step, True)
+        assert torch.equal(a.position_ids, b.position_ids) and a.position_ids.shape == (rows[1] - rows[0], 1)
+        for name in ("valid", "lengths", "pos"):
+            assert torch.equal(getattr(fast, name), getattr(slow, name)), name
+        assert fast._host.values == slow._host.values
+    with pytest.raises(InputError, match="overflow"):  # the full rows: the general path's error
+        fast.rows(*rows).plan(1)
+    padded = KVCache(CFG, batch_size=1, max_len=8)
+    padded.plan(2, torch.tensor([[0, 1]]))
+    assert real(padded) is None  # padded rows: the general path

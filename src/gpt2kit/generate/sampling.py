@@ -333,16 +333,19 @@ def greedy_draw(logits: torch.Tensor) -> torch.Tensor:
 
 
 def greedy_tokens(
-    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None], rows: Sequence[int] | None = None
+    logits: torch.Tensor, biases: Sequence[dict[int, float]], banned: Sequence[torch.Tensor | None], rows: Sequence[int] | None = None,
+    host: np.ndarray | None = None,
 ) -> torch.Tensor:
     """(B, V) raw logits and n greedy rows of them that use no penalties (`rows`; default all B) -> (n,) long:
     what `process_logits` and `draw` give row by row (bias and banned ids, finite, argmax). On a CPU each row is
     one numpy argmax, over a copy only where the row has a bias or bans (4-26 us for 50257 logits, against the
     batched torch pass's 110-290: Zen 4 VM, warm / after a weight product); the batched pass decides whenever a
-    winner is not finite (NaN, inf, nothing drawable), and on other devices."""
+    winner is not finite (NaN, inf, nothing drawable), and on other devices. host: `logits.numpy()` of float32
+    CPU logits, made once by a caller that draws from the same buffer every step (the view took ~50 us a step
+    after a decode step's weight stream)."""
     rows = range(len(logits)) if rows is None else rows
-    if logits.device.type == "cpu" and logits.dtype == torch.float32:
-        drawn = _numpy_greedy(logits.numpy(), rows, biases, banned)
+    if host is not None or (logits.device.type == "cpu" and logits.dtype == torch.float32):
+        drawn = _numpy_greedy(logits.numpy() if host is None else host, rows, biases, banned)
         if drawn is not None:
             return torch.from_numpy(drawn)
     x = logits.index_select(0, torch.tensor(list(rows), device=logits.device)).float()  # (n, V): a copy, overwritten

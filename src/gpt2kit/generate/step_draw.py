@@ -10,6 +10,7 @@ device -> host transfer.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from gpt2kit.generate.logprobs import TokenLogprob, step_logprobs, unpack_step
@@ -17,12 +18,15 @@ from gpt2kit.generate.sampling import NO_TOKEN, draw, greedy_tokens, process_log
 from gpt2kit.generate.sequence import _Sequence
 
 
-def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tuple[list[int], list[TokenLogprob | None]]:
+def draw_step(
+    logits: torch.Tensor, active: list[tuple[int, _Sequence]], host: np.ndarray | None = None
+) -> tuple[list[int], list[TokenLogprob | None]]:
     """(B, V) logits and the active (row, sequence) pairs -> one token id per pair (NO_TOKEN where nothing can
-    be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked)."""
+    be drawn or the row's sampling failed: its `error` says why) and each pair's logprobs (None unless asked).
+    host: the logits' numpy view where they are float32 on the CPU (sampling.greedy_tokens)."""
     device, n = logits.device, len(active)
     greedy = [i for i, (_, s) in enumerate(active) if s.batchable_greedy]
-    drawn = _draw_greedy(logits, [active[i] for i in greedy])
+    drawn = _draw_greedy(logits, [active[i] for i in greedy], host)
     if drawn is not None and len(greedy) == n and all(s.params.logprobs is None for _, s in active):
         return drawn.tolist(), [None] * n  # one transfer
     toks: list[torch.Tensor | None] = [None] * n
@@ -59,13 +63,13 @@ def draw_step(logits: torch.Tensor, active: list[tuple[int, _Sequence]]) -> tupl
     return tokens, out
 
 
-def _draw_greedy(logits: torch.Tensor, rows: list[tuple[int, _Sequence]]) -> torch.Tensor | None:
+def _draw_greedy(logits: torch.Tensor, rows: list[tuple[int, _Sequence]], host: np.ndarray | None) -> torch.Tensor | None:
     """The greedy (row, sequence) pairs (plain, or with a logit bias or banned ids) in one pass: (m,) long, or
     None when there are none or the pass fails (each is then drawn alone, failing alone)."""
     if not rows:
         return None
     seqs = [s for _, s in rows]
     try:
-        return greedy_tokens(logits, [s.params.logit_bias for s in seqs], [s.banned for s in seqs], [b for b, _ in rows])
+        return greedy_tokens(logits, [s.params.logit_bias for s in seqs], [s.banned for s in seqs], [b for b, _ in rows], host)
     except Exception:  # noqa: BLE001 - the caller draws these rows one by one
         return None

@@ -26,8 +26,6 @@ import os
 import statistics
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -72,6 +70,7 @@ class ThreadGovernor:
         self._trial: dict[int, list[float]] = {}  # a busy machine's trial: seconds of each count's timed steps
         self._timing = False  # whether the running step is one of a trial's
         self.chosen: tuple[tuple[int, int], int, float] | None = None  # ((base, fewer), the faster, when chosen)
+        self._left_of, self._left = None, 0  # threads_left's last (base, share) and its answer
 
     def _read(self) -> float | None:
         """The other processes' share of the last window, read again once it is INTERVAL_S long."""
@@ -83,10 +82,14 @@ class ThreadGovernor:
     def _pick(self, base: int) -> int:
         """The count for the next step: `base` on a quiet machine; on a busy one, the two counts in turn while
         they are timed (`_timing`), then the faster one for RETRY_S."""
-        pair = (base, threads_left(base, self._read(), self.cpus))
+        share = self._read()
+        if (base, share) != self._left_of:  # threads_left of the same window is the same
+            self._left_of, self._left = (base, share), threads_left(base, share, self.cpus)
+        pair = (base, self._left)
         self._timing = False
         if pair[1] == base:
-            self._trial, self.chosen = {}, None
+            if self._trial or self.chosen is not None:
+                self._trial, self.chosen = {}, None
             return base
         if self.chosen is not None and self.chosen[0] == pair and time.monotonic() - self.chosen[2] < RETRY_S:
             return self.chosen[1]
@@ -99,10 +102,13 @@ class ThreadGovernor:
         self._trial = {}
         return self.chosen[1]
 
-    @contextmanager
-    def step(self, timed: bool = False) -> Iterator[int]:
-        """Run the block with the count `_pick` gives; yields it. `timed`: a decode step, whose time counts in a
-        busy machine's trial (a prefill's depends on its prompt)."""
+    def step(self, timed: bool = False) -> _Step:
+        """A context that runs its block with the count `_pick` gives, and yields it. `timed`: a decode step, whose
+        time counts in a busy machine's trial (a prefill's depends on its prompt). A class, not a generator: the engine
+        enters two a token, when the token's weight stream has just evicted what they run (~40 us each as a generator)."""
+        return _Step(self, timed)
+
+    def _enter(self) -> int:
         with self._lock:
             if not self._inside:
                 self._base = torch.get_num_threads()
@@ -110,18 +116,33 @@ class ThreadGovernor:
                 if self.threads != self._base:
                     torch.set_num_threads(self.threads)
             self._inside += 1
-        t0 = time.perf_counter()
-        try:
-            yield self.threads
-        finally:
-            spent = time.perf_counter() - t0
-            with self._lock:
-                self._inside -= 1
-                if not self._inside:
-                    if timed and self._timing:
-                        self._trial.setdefault(self.threads, []).append(spent)
-                    if self.threads != self._base:
-                        torch.set_num_threads(self._base)
+        return self.threads
+
+    def _exit(self, timed: bool, spent: float) -> None:
+        with self._lock:
+            self._inside -= 1
+            if not self._inside:
+                if timed and self._timing:
+                    self._trial.setdefault(self.threads, []).append(spent)
+                if self.threads != self._base:
+                    torch.set_num_threads(self._base)
+
+
+class _Step:
+    """One `ThreadGovernor.step`."""
+
+    __slots__ = ("governor", "timed", "t0")
+
+    def __init__(self, governor: ThreadGovernor, timed: bool) -> None:
+        self.governor, self.timed = governor, timed
+
+    def __enter__(self) -> int:
+        threads = self.governor._enter()
+        self.t0 = time.perf_counter()
+        return threads
+
+    def __exit__(self, *exc) -> None:
+        self.governor._exit(self.timed, time.perf_counter() - self.t0)
 
 
 _shared: ThreadGovernor | None = None

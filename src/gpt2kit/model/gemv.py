@@ -144,8 +144,8 @@ def _build() -> tuple[ctypes.CDLL | None, str]:
         fn.argtypes, fn.restype = [_P, _I64, _I64, _P, _P, _I64, _I64, _P, _P, _I64, _I64, _I64, _I64, _INT, _P, _P], None
     for name, args, res in (("gk_tape_new", [], _P), ("gk_tape_free", [_P], None), ("gk_tape_record_on", [_P], None),
                             ("gk_tape_length", [_P], _I64), ("gk_tapes_alive", [], _I64), ("gk_tape_op", [_P, _I64, _P], ctypes.c_int32),
-                            ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64, _P, _P], _I64),
-                            ("gk_tape_inputs", [_P, _P, _P, _I64], None), ("gk_tape_prefetch", [_P, _P, _I64, _INT], _I64), ("gk_share_claims", [_I64, _INT, _P, _I64, _P], None),
+                            ("gk_record", [ctypes.c_int32, ctypes.c_int32, _P], None), ("gk_replay", [_P, _I64, _P, _P, _P], _I64),
+                            ("gk_tape_inputs", [_P, _P, _P, _I64], None), ("gk_tape_output", [_P, _P], None), ("gk_tape_prefetch", [_P, _P, _I64, _INT], _I64), ("gk_share_claims", [_I64, _INT, _P, _I64, _P], None),
                             ("gk_embed", [_P, _I64, _P, _P, _I64, _I64], _INT), ("gk_add", [_P, _P, _P, _I64, _INT], None),
                             ("gk_convert", [_P, _P, _I64, _INT], None), ("gk_gelu", [_P, _I64, _INT, _INT], None),
                             ("gk_layer_norm", [_P, _P, _P, _P, _I64, _I64, ctypes.c_double, _INT], None)):  # step.c's; fmt: skip

@@ -103,10 +103,15 @@ class KVCache:
         self._make_views()
 
     def _make_views(self) -> None:
-        """The views every step reads, made once: k, v and each layer's (2, B, nh, T_max, hs) slice."""
+        """The views every step reads, made once: k, v and each layer's (2, B, nh, T_max, hs) slice; on the CPU, numpy
+        views of the counters and a (B, 1) buffer of a decode step's positions (`_one_column`)."""
         self.k, self.v = self.kv[:, 0], self.kv[:, 1]  # (L, B, nh, T_max, hs)
         self._layers = self.kv.unbind(0)
         self._row_views: dict[tuple[int, int], KVCache] = {}
+        self._step_positions = None
+        if self.kv.device.type == "cpu":
+            self._step_positions = torch.zeros(self.lengths.shape[0], 1, dtype=torch.long)  # (B, 1)
+            self._counters = (self.valid.numpy(), self.lengths.numpy(), self.pos.numpy(), self._step_positions.numpy())
 
     @property
     def batch_size(self) -> int:
@@ -157,6 +162,10 @@ class KVCache:
 
         attention_mask: (B, T), 1 for real tokens, 0 for (left) padding; None means all real.
         """
+        if T == 1 and attention_mask is None and self._step_positions is not None and not self.static:
+            plan = self._one_column()
+            if plan is not None:
+                return plan
         if self.seq_len + T > self.max_len:
             raise InputError(
                 f"KV cache overflow: {self.seq_len} cached + {T} new tokens > capacity {self.max_len}. "
@@ -192,6 +201,24 @@ class KVCache:
             cols = (before[0] + ar).expand(B, T)  # (B, T)
         return StepPlan(cols=cols, position_ids=position_ids, attn_mask=None if causal else self._mask(cols, K), n_keys=K,
                         col=before[0] if aligned else None, causal=causal)  # fmt: skip
+
+    def _one_column(self) -> StepPlan | None:
+        """`plan(1)` of a CPU cache whose rows are aligned and unpadded (a plain decode step; None otherwise), its
+        counters moved through numpy views: the same plan with no torch operation, which after a step's weight stream
+        finds its code evicted (~20-40 us an operation). Its position_ids are the cache's own (B, 1) buffer, which the
+        next such step overwrites."""
+        values, padded = self._host.values, self._host.padded
+        col = values[self._rows[0]]
+        if col + 1 > self.max_len or any(values[r] != col or padded[r] for r in self._rows):
+            return None
+        valid, lengths, pos, positions = self._counters
+        positions[:, 0] = pos  # aligned, unpadded rows: each row's next position
+        valid[:, col] = True
+        lengths += 1
+        pos += 1
+        for r in self._rows:
+            values[r] += 1
+        return StepPlan(cols=None, position_ids=self._step_positions, attn_mask=None, n_keys=col + 1, col=col, causal=True)
 
     def _mask(self, cols: torch.Tensor, K: int) -> torch.Tensor:
         """(B, T) write columns -> (B, 1, T, K) bool: each query sees the valid keys up to its own column."""

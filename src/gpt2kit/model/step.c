@@ -25,6 +25,7 @@ struct gk_tape {
   int64_t n, cap;
   int32_t failed;  /* an append found no memory: the tape is unusable */
   int64_t *tokens, *positions, rows;  /* the recorded step's own ids and positions, (rows) each: a replay's inputs */
+  int64_t logits;  /* where the recorded step's products wrote its logits (a replay may write them elsewhere) */
 };
 
 __thread struct gk_tape *gk_recording = NULL;
@@ -57,6 +58,9 @@ void gk_tape_inputs(struct gk_tape *t, int64_t *tokens, int64_t *positions, int6
   t->positions = positions;
   t->rows = rows;
 }
+
+/* Where the recorded step's logits are: a product that wrote there writes a replay's `out` instead, where it has one. */
+void gk_tape_output(struct gk_tape *t, void *logits) { t->logits = (int64_t)(intptr_t)logits; }
 
 /* Op i's kind, its arguments copied to args (GK_MAX_ARGS). */
 int32_t gk_tape_op(const struct gk_tape *t, int64_t i, int64_t *args) {
@@ -173,22 +177,24 @@ void gk_attend_bf16(const uint16_t *, int64_t, int64_t, uint16_t *, uint16_t *, 
                     uint16_t *, int64_t, int64_t, int64_t, int64_t, int, const uint16_t *, const uint16_t *);
 
 #define P(i) ((void *)(intptr_t)a[i])
+#define Y(i) (out && a[i] == t->logits ? out : P(i)) /* a product's output: `out` for the step's logits */
 
 /* The step for these ids and positions (the tape's `rows` of each): they are copied into the recorded step's own,
-   then the tape's ops run in order, each attention over the step's K keys (writing key K - 1). 0, or -1 - i where
+   then the tape's ops run in order, each attention over the step's K keys (writing key K - 1); the product that
+   makes the logits writes them to `out` (laid out as the recorded step's) where it is not NULL. 0, or -1 - i where
    op i failed (an embedding id outside its table) and the ops after it did not run. */
-int64_t gk_replay(const struct gk_tape *t, int64_t K, const int64_t *tokens, const int64_t *positions) {
+int64_t gk_replay(const struct gk_tape *t, int64_t K, const int64_t *tokens, const int64_t *positions, void *out) {
   memmove(t->tokens, tokens, t->rows * sizeof(int64_t));
   memmove(t->positions, positions, t->rows * sizeof(int64_t));
   for (int64_t i = 0; i < t->n; ++i) {
     const int64_t *a = t->ops[i].a;
     switch (t->ops[i].kind) {
-      case GK_GEMV_F32: gk_gemv_f32(P(0), P(1), a[2], a[3], P(4), P(5), a[6], (int)a[7], (int)a[8], (int)a[9]); break;
+      case GK_GEMV_F32: gk_gemv_f32(P(0), P(1), a[2], a[3], P(4), Y(5), a[6], (int)a[7], (int)a[8], (int)a[9]); break;
       case GK_GEMV_BF16:
-        gk_gemv_bf16(P(0), P(1), (int)a[2], a[3], a[4], P(5), P(6), a[7], (int)a[8], (int)a[9], (int)a[10]);
+        gk_gemv_bf16(P(0), P(1), (int)a[2], a[3], a[4], P(5), Y(6), a[7], (int)a[8], (int)a[9], (int)a[10]);
         break;
       case GK_GEMV_S8:
-        gk_gemv_s8(P(0), P(1), P(2), P(3), a[4], a[5], P(6), P(7), a[8], (int)a[9], (int)a[10], (int)a[11]);
+        gk_gemv_s8(P(0), P(1), P(2), P(3), a[4], a[5], P(6), Y(7), a[8], (int)a[9], (int)a[10], (int)a[11]);
         break;
       case GK_ATTEND_F32:
         gk_attend_f32(P(0), a[1], a[2], P(3), P(4), a[5], a[6], P(7), P(8), a[9], a[10], K, a[12], (int)a[13], P(14), P(15));
