@@ -198,7 +198,8 @@ def bench(args) -> None:
         ratio_to_llamacpp=round(figures["gpt2kit"] / figures["llama.cpp"], 3) if "llama.cpp" in figures else None,
         paired_to_llamacpp={n: round(harness.paired_ratio(runs[n], runs["llama.cpp"], "rate"), 3) for n in ("gpt2kit", HUGE) if n in runs}
         if "llama.cpp" in runs else None,
-        huge_share={n: harness.median(rs, "huge_share") for n, rs in runs.items() if all(r.get("huge_share") is not None for r in rs)},
+        huge_share={n: harness.median([r for r in rs if r.get("huge_share") is not None], "huge_share") for n, rs in runs.items()
+                    if any(r.get("huge_share") is not None for r in rs)},  # rounds that mapped (a first marks the weights)
         over_all_threads=round(figures["gpt2kit"] / figures[ALL_THREADS], 3) if ALL_THREADS in figures else None,
         bandwidth_gbs=None if bw_default is None else round(bw_default, 2), bytes_per_step=nbytes,
         bandwidth_huge_pages_gbs=None if bw_huge is None else round(bw_huge, 2),
