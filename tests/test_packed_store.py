@@ -83,8 +83,6 @@ def test_the_packed_bytes_are_what_packing_in_memory_gives(monkeypatch):
 def test_an_int8_weight_is_stored_with_its_scales_and_row_sums_and_not_quantized_again(store, monkeypatch):
     """gemv.c's int8 weight keyed on the float weight it quantizes: a later packing maps q in blocks, the scales and
     the row sums from the file, quantizes nothing, and multiplies as a packing in memory does."""
-    if gemv.unavailable(torch.int8) is not None:
-        pytest.skip(gemv.unavailable(torch.int8))
     w, b = weight(shape=(40, 200))  # K of 4 64-lane blocks, the last one part-filled
     x = torch.randn(3, 200, generator=torch.Generator().manual_seed(7))
     monkeypatch.setenv(packed_store.SWITCH, "0")

@@ -100,17 +100,17 @@ class DecodeRunner:
         """(B, 1) ids -> (B, V) logits, appending one column per row to the cache. out: (B, V' <= V) memory that
         gets the logits' first V' columns and is returned (an engine's own buffer: no fresh (B, V) a step)."""
         plan = cache.plan(1, mask)  # the engine's sampled ids are in range: no per-step id check
+        logits = None
         if self.no_graphs is None and mask is None and applies(plan, tokens):
             logits = self._replayed(tokens, cache, plan, out)
-            if logits is not None:
-                return logits
-        logits = self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
-        return logits if out is None else out.copy_(logits[:, : out.shape[1]])
+        if logits is None:
+            logits = self.model.lm_head(self.model.hidden_states(tokens, cache, plan=plan)[:, -1])  # (B, V)
+        return logits if out is None or logits is out else out.copy_(logits[:, : out.shape[1]])
 
     def _replayed(self, tokens: torch.Tensor, cache: KVCache, plan, out: torch.Tensor | None) -> torch.Tensor | None:
-        """The step's (B, V) logits (into `out`, as `decode`) replayed from the recording for these rows of this
-        cache, or run while recording it (the first such step); None where the step cannot be recorded (it then
-        runs in Python)."""
+        """The step's (B, V) logits (`out` itself where a replay wrote them there) replayed from the recording for
+        these rows of this cache, or run while recording it (the first such step); None where the step cannot be
+        recorded (it then runs in Python)."""
         kv = cache.kv  # the tape holds its address and strides
         key = (kv.data_ptr(), kv.shape, kv.stride(), kv.dtype, torch.get_num_threads())
         graph = self.graphs.pop(key, None)
@@ -124,7 +124,7 @@ class DecodeRunner:
         logits, self.graphs[key] = StepGraph.record(self.model, tokens, cache, plan)
         while len(self.graphs) > GRAPHS_KEPT:
             del self.graphs[next(iter(self.graphs))]
-        return logits if out is None else out.copy_(logits[:, : out.shape[1]])
+        return logits
 
     def hot_regions(self, cache: KVCache) -> list[hugepages.Region]:
         """The memory one prefill and one decode step into `cache` read (hugepages.referenced), after one such

@@ -70,7 +70,6 @@ class ThreadGovernor:
         self._trial: dict[int, list[float]] = {}  # a busy machine's trial: seconds of each count's timed steps
         self._timing = False  # whether the running step is one of a trial's
         self.chosen: tuple[tuple[int, int], int, float] | None = None  # ((base, fewer), the faster, when chosen)
-        self._left_of, self._left = None, 0  # threads_left's last (base, share) and its answer
 
     def _read(self) -> float | None:
         """The other processes' share of the last window, read again once it is INTERVAL_S long."""
@@ -82,14 +81,10 @@ class ThreadGovernor:
     def _pick(self, base: int) -> int:
         """The count for the next step: `base` on a quiet machine; on a busy one, the two counts in turn while
         they are timed (`_timing`), then the faster one for RETRY_S."""
-        share = self._read()
-        if (base, share) != self._left_of:  # threads_left of the same window is the same
-            self._left_of, self._left = (base, share), threads_left(base, share, self.cpus)
-        pair = (base, self._left)
+        pair = (base, threads_left(base, self._read(), self.cpus))
         self._timing = False
         if pair[1] == base:
-            if self._trial or self.chosen is not None:
-                self._trial, self.chosen = {}, None
+            self._trial, self.chosen = {}, None
             return base
         if self.chosen is not None and self.chosen[0] == pair and time.monotonic() - self.chosen[2] < RETRY_S:
             return self.chosen[1]

@@ -134,10 +134,11 @@ class StepGraph:
     """One recorded decode step of `model` (an inference copy) over `cache` (a view of B rows): `run(tokens, plan)`
     replays it for the next step with the same rows. Made by `record`, which runs that first step itself."""
 
-    def __init__(self, so: ctypes.CDLL, tape: int, keep: list, logits: torch.Tensor) -> None:
+    def __init__(self, so: ctypes.CDLL, tape: int, keep: list, logits: torch.Tensor, direct: bool = False) -> None:
         self._so, self._tape, self._keep = so, tape, keep  # keep: every buffer the tape points into
         self.logits = logits  # (B, V)
-        self.direct = False  # whether the tape's last op is the product that writes the logits (`run`'s `out`)
+        self.direct = direct  # whether the tape's last op is the product that writes the logits (`run`'s `out`)
+        self._into: torch.Tensor | None = None  # the last `out` found laid out as the logits (held: its id stays its)
         weakref.finalize(self, so.gk_tape_free, tape)
 
     @classmethod
@@ -161,9 +162,10 @@ class StepGraph:
         why = recorder.why or _check(so, tape, plan.n_keys, {own_tokens.data_ptr(), own_positions.data_ptr()})
         if why is None:  # the cache is kept too: no other memory takes its address while the tape points into it
             so.gk_tape_inputs(tape, own_tokens.data_ptr(), own_positions.data_ptr(), own_tokens.numel())
-            so.gk_tape_output(tape, logits.data_ptr())
-            graph = cls(so, tape, [*recorder.keep, cache.kv, own_tokens, own_positions], logits)
-            graph.direct = _made_by_the_last_product(so, tape, logits.data_ptr())
+            direct = _made_by_the_last_product(so, tape, logits.data_ptr())
+            if direct:
+                so.gk_tape_output(tape, logits.data_ptr())
+            graph = cls(so, tape, [*recorder.keep, cache.kv, own_tokens, own_positions], logits, direct)
             first = logits.clone()
             why = _compare(first, graph.run(own_tokens, plan))
             return (first, graph) if why is None else (first, f"its replay differs: {why}")
@@ -188,9 +190,15 @@ class StepGraph:
         return out.copy_(self.logits[:, : out.shape[1]])
 
     def _writes_into(self, out: torch.Tensor) -> bool:
-        """Whether the replay can write its logits into `out` directly: their dtype, shape and layout."""
+        """Whether the replay can write its logits into `out` directly: their dtype, shape and layout (checked once for
+        an engine's buffer, which it passes every step)."""
+        if out is self._into:
+            return True
         lg = self.logits
-        return self.direct and out.dtype == lg.dtype and out.shape == lg.shape and out.stride() == lg.stride() and out.device == lg.device
+        if self.direct and out.dtype == lg.dtype and out.shape == lg.shape and out.stride() == lg.stride() and out.device == lg.device:
+            self._into = out
+            return True
+        return False
 
     def prefetches(self) -> list[int]:
         """How each of the step's products prefetches its weight (gemv.PREFETCH's values), in step order."""
