@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.model import int8
+from gpt2kit.model import gemv, int8
 from gpt2kit.model import kernels as K
 from gpt2kit.model import linear as L
 from test_linear_kernels import CPU, RUNNABLE, _data
@@ -144,9 +144,44 @@ def test_the_int8_kinds_of_a_weight_share_one_quantization_within_once(monkeypat
         assert len(made) == 4 and torch.equal(s2, 2 * int8.quantize(w)[1])
     for k, kernel in zip(kinds, ks):  # and the kernels still multiply the weight's own int8 values
         assert (kernel(x) - F.linear(x, w, b)).abs().max() < 0.05 * F.linear(x, w, b).abs().max(), k
+    del ks, kernel  # int8-gemv's packing, which offers w's quantization while it lives (the next test)
     int8.quantize(w)
     int8.quantize(w)
     assert len(made) == 6
+
+
+@pytest.mark.skipif(gemv.unavailable(torch.int8) is not None, reason="gemv.c's int8 kernel is not available here")
+def test_a_live_gemv_packing_offers_its_quantization_to_the_int8_kernels_made_after_once(monkeypatch):
+    """An int8 prompt kernel packed on a copy's first prompt, after once(), takes q, scale and qsum from gemv.c's
+    packing of the same weight (which may be mapped from the store) as long as it lives: unblocked into new memory,
+    equal to rounding the weight, nothing rounded. A weight changed in place since, or whose packing is gone, is
+    rounded again."""
+    w = torch.randn(40, 200, generator=torch.Generator().manual_seed(3))  # blocks of rows and 64 lanes part-filled
+    b = torch.randn(40, generator=torch.Generator().manual_seed(4))
+    x = torch.randn(5, 200, generator=torch.Generator().manual_seed(5))
+    want, plain = int8._quantize(w), L.make_kernel("int8-dynamic", w, b)
+    packing = gemv.Packed(w, b, torch.int8)
+    made = []
+    real = int8._quantize
+    monkeypatch.setattr(int8, "_quantize", lambda w: made.append(tuple(w.shape)) or real(w))
+    got = int8.quantize(w.detach())  # a kernel's view of the weight: the same memory and version
+    assert not made
+    for mine, theirs in zip(got, want):
+        assert mine.dtype == theirs.dtype and torch.equal(mine, theirs)
+    assert got.q.is_contiguous() and got.q.untyped_storage().data_ptr() != packing.w.untyped_storage().data_ptr()
+    assert torch.equal(L.make_kernel("int8-dynamic", w, b)(x), plain(x)) and not made
+    int8.quantize(w.clone())  # another tensor, the same values: not the packing's weight
+    assert made == [(40, 200)]
+    w.mul_(1.0)  # a new version of the weight: the packing's values may no longer be its
+    int8.quantize(w)
+    assert made == [(40, 200)] * 2
+    other = torch.randn(8, 64)
+    held = gemv.Packed(other, None, torch.int8)
+    int8.quantize(other)
+    assert len(made) == 3  # packed in memory, so rounded once, and offered since
+    del held
+    int8.quantize(other)
+    assert len(made) == 4
 
 
 def test_once_keeps_at_most_kept_bytes_of_quantized_weights(monkeypatch):

@@ -94,9 +94,12 @@ def test_an_int8_weight_is_stored_with_its_scales_and_row_sums_and_not_quantized
     made = []
     real = int8._quantize
     monkeypatch.setattr(int8, "_quantize", lambda weight: made.append(weight.shape) or real(weight))
-    again = gemv.Packed(w.clone(), b, torch.int8)  # another tensor, the same values
+    source = w.clone()  # another tensor, the same values
+    again = gemv.Packed(source, b, torch.int8)
     [path] = packed_files(store)
     assert not made and {mapped_from(t) for t in (again.w, again.scale, again.qsum)} == {str(path)}
+    offered = int8.quantize(source)  # what an int8 prompt kernel packed later takes: the file's, unblocked
+    assert not made and all(torch.equal(mine, theirs) for mine, theirs in zip(offered, (q, scale, qsum)))
     assert path.stat().st_size == plain.w.numel() + 8 * 40 + packed_store.DIGEST
     for mine, theirs in ((again.w, plain.w), (again.scale, plain.scale), (again.qsum, plain.qsum)):
         assert torch.equal(mine, theirs)

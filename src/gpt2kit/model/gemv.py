@@ -199,7 +199,8 @@ class Packed:
     (int8.quantize: q with w ~ scale[n] q[n, k], and qsum, sum_k q[n, k]), x in float32. out_dtype: float32, or bf16
     for bf16 weights. Packed from `weight` (N, K) in any dtype, or mapped from the packed-weight store where an earlier
     run packed the same weight the same way: an int8 weight's file holds its scales and row sums too, so a stored
-    one is not quantized again."""
+    one is not quantized again, and while it lives it offers them, with q, to the weight's other int8 kinds
+    (int8.offer: the prompt kernels a copy packs on its first prompt)."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype, out_dtype: torch.dtype = torch.float32) -> None:
         so = _build()[0]
@@ -229,6 +230,8 @@ class Packed:
             packed = packed_store.packed(source, (at + 8 * n,), torch.uint8, fill, "gemv.c s8, scale, qsum")
             self.w = packed[:at].view(torch.int8).view(blocks)
             self.scale, self.qsum = packed[at : at + 4 * n].view(torch.float32), packed[at + 4 * n :].view(torch.int32)  # (N,) each
+            w, scale, qsum = self.w, self.scale, self.qsum  # q, scale and qsum for int8's other kinds (a prompt's)
+            int8.offer(source, self, lambda: int8.Quantized(_unblocked(w, n, k), scale.clone(), qsum.clone()))
         else:
             self.w = packed_store.packed(source, blocks, dtype, lambda out: to_blocks(source.to(dtype), out), f"gemv.c {kind}")
         self.b = None if bias is None else bias.detach().float().contiguous()  # (N,)
@@ -254,6 +257,12 @@ class Packed:
         y = torch.empty((*x.shape[:-1], self.n), dtype=self.out_dtype)  # (..., N)
         self._fn(*self._bound, x.data_ptr(), y.data_ptr(), x.numel() // self.k, torch.get_num_threads(), prefetch, gelu)
         return y
+
+
+def _unblocked(w: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """A weight packed in blocks, w (N'/rows, K'/lanes, rows, lanes), as the (n, k) matrix it was packed from, in new memory."""
+    blocks, lanes = w.shape[1], w.shape[3]
+    return torch.empty((n, k), dtype=w.dtype).copy_(w.transpose(1, 2).reshape(-1, blocks * lanes)[:n, :k])  # (n, k)
 
 
 ATTEND_DTYPES = (torch.float32, torch.bfloat16)

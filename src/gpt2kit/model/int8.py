@@ -3,14 +3,19 @@
 int8, int8-dynamic and int8-gemv each start from the same `Quantized` of a weight (q and scale; gemv.c's also its row
 sums). A kernel measurement makes all three from the same weights, and an int8 inference copy two (its decode and its prompt kernels), so within
 `once()` each weight is quantized once: GPT-2 124M's took ~5 ms a (3072, 768) matrix on a 2-core Zen 3 VM, ~0.2 s
-for every weight that a decode measurement packs, each time.
+for every weight that a decode measurement packs, each time. And a packing that holds a weight's q, scale and qsum
+already (gemv.c's, mapped from the packed-weight store or packed in memory) `offer`s them for as long as it lives: an
+int8 prompt kernel packed on a copy's first prompt, after `once()` is over, takes them from there rather than rounding
+the weight again.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import weakref
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -19,6 +24,8 @@ import torch
 # measurement packs (twice the largest cache) on CPUs with up to 256 MiB of it
 KEPT_BYTES = 512 << 20
 _local = threading.local()  # .kept: OrderedDict while `once()` runs in this thread, else absent
+# what packings that hold a weight's Quantized offer (`offer`): {weight's key: (weight, make)}, while they live
+_offered: dict[tuple, tuple[torch.Tensor, Callable[[], "Quantized"]]] = {}
 # rows of float32 quotients rounded at a time: a block that stays in the cache, reused, instead of a float32 temporary
 # of the whole weight in fresh memory (on a 2-core Zen 3 VM, 124M's int8 weights and their row sums took 0.17 s
 # this way against 0.31 s with one temporary)
@@ -46,19 +53,46 @@ def once():
 
 
 def quantize(weight: torch.Tensor) -> Quantized:
-    """(out, in) weight -> its Quantized (q, scale, qsum)."""
+    """(out, in) weight -> its Quantized (q, scale, qsum): kept within `once()`, offered (`offer`), else rounded now."""
     kept = getattr(_local, "kept", None)
+    key = _key(weight)
     if kept is None:
-        return _quantize(weight)
-    key = (weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, weight._version)
+        return _made(key, weight)
     if key in kept:
         kept.move_to_end(key)
         return kept[key][1]
-    made = _quantize(weight)
+    made = _made(key, weight)
     kept[key] = (weight, made)  # the weight held too: its memory cannot be another's while its key is kept
     while sum(v[1].q.numel() for v in kept.values()) > KEPT_BYTES:
         kept.popitem(last=False)
     return made
+
+
+def offer(weight: torch.Tensor, holder: object, make: Callable[[], Quantized]) -> None:
+    """While `holder` (a packing that holds `weight`'s q, scale and qsum in another layout) lives, `quantize(weight)`
+    returns `make()`, a new Quantized of them, rather than rounding the weight again; a weight changed in place since
+    (another version) is rounded. `make` must not hold `holder`, or it would never be freed. The entry holds `weight`,
+    so no other tensor can take its memory, and with it its key, while it lasts."""
+    key = _key(weight)
+    entry = (weight, make)
+    _offered[key] = entry
+    weakref.finalize(holder, _withdraw, key, entry)
+
+
+def _withdraw(key: tuple, entry: tuple) -> None:
+    if _offered.get(key) is entry:  # not a later holder's offer of the same weight
+        _offered.pop(key, None)
+
+
+def _key(weight: torch.Tensor) -> tuple:
+    """A weight's memory, shape, strides, dtype and version: the same key, the same values."""
+    return weight.data_ptr(), tuple(weight.shape), weight.stride(), weight.dtype, weight._version
+
+
+def _made(key: tuple, weight: torch.Tensor) -> Quantized:
+    """weight's Quantized: taken from an `offer` where there is one, else rounded now."""
+    offered = _offered.get(key)
+    return offered[1]() if offered is not None else _quantize(weight)
 
 
 def _quantize(weight: torch.Tensor) -> Quantized:
