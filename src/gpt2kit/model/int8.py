@@ -25,7 +25,7 @@ import torch
 KEPT_BYTES = 512 << 20
 _local = threading.local()  # .kept: OrderedDict while `once()` runs in this thread, else absent
 # what packings that hold a weight's Quantized offer (`offer`): {weight's key: (weight, make)}, while they live
-_offered: dict[tuple, tuple[torch.Tensor, Callable[[], "Quantized"]]] = {}
+_offered: dict[tuple, tuple[torch.Tensor, Callable[[], Quantized]]] = {}
 # rows of float32 quotients rounded at a time: a block that stays in the cache, reused, instead of a float32 temporary
 # of the whole weight in fresh memory (on a 2-core Zen 3 VM, 124M's int8 weights and their row sums took 0.17 s
 # this way against 0.31 s with one temporary)
