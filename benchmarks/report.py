@@ -78,8 +78,9 @@ def coverage(lines: list[dict]) -> str:
     if any(not {"amx_bf16", "avx512_bf16"} & set(line.get("cpu_flags", ["avx512_bf16"])) for line in cpus):
         out += ("\n\nOn a CPU without native bf16 the bf16 evaluation and training rows are not measured "
                 "(`benchmarks/cpu_suite.sh` leaves them out): both sides' products are emulated there, and their targets "
-                "are for native bf16. Its bf16 decode rows run gemv.c's AVX2 bf16 product, against transformers in fp32 "
-                "(`--hf-dtype fp32`) where the suite ran them.")  # fmt: skip
+                "are for native bf16. Its bf16 decode rows run gemv.c's AVX2 bf16 product; transformers' bf16 is emulated "
+                "there, so the suite runs it in fp32 beside them (`--hf-dtype fp32`), and a row whose command lacks "
+                "that flag ran it in emulated bf16.")  # fmt: skip
     return out + ("\n\nNot measured on: " + "; ".join(missing) + ".\n" if missing else "\n")
 
 
