@@ -3,12 +3,14 @@ later packings, with the same products; a weight packed once, a changed weight, 
 or cannot be written, and a full store each behave as the module says."""
 
 import os
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from gpt2kit import hugepages
 from gpt2kit.model import gemv, int8, packed_store
 
 pytestmark = pytest.mark.skipif(gemv.unavailable(torch.float32) is not None or packed_store.unavailable() is not None,
@@ -255,3 +257,68 @@ def test_a_store_size_of_0_turns_it_off(store, monkeypatch):
     monkeypatch.setenv(packed_store.LIMIT, "0")
     p = stored(*weight())
     assert mapped_from(p.w) is None and not store.exists() and packed_store.status() == "off: its size is 0 (GPT2KIT_PACKED_STORE_GB)"
+
+
+def mapping_of(t: torch.Tensor) -> dict[str, str]:
+    """The smaps fields (Rss:, FilePmdMapped:, VmFlags: ...) of the mapping that holds t's memory."""
+    at, fields, inside = t.data_ptr(), {}, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split(maxsplit=1)
+            if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: its address range ...
+                lo, hi = (int(x, 16) for x in head[0].split("-"))
+                inside = lo <= at < hi
+            elif inside:
+                fields[head[0]] = head[1].strip() if len(head) > 1 else ""
+    return fields
+
+
+def dropped(path: Path) -> None:
+    """path's pages let go by the page cache (written back first: it keeps dirty pages); nothing may map it."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def advised_read_is_huge(where: Path) -> bool:
+    """Whether this kernel and file system read a file from the disk into 2 MiB pages for a mapping advised so
+    (large folios: ext4, xfs on recent kernels)."""
+    import mmap
+
+    path = where / "probe"
+    path.write_bytes(os.urandom(8 << 20))
+    dropped(path)
+    with open(path, "rb") as f:
+        m = mmap.mmap(f.fileno(), 8 << 20, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED)
+    m.madvise(mmap.MADV_HUGEPAGE)
+    with warnings.catch_warnings():  # read-only memory, only read
+        warnings.simplefilter("ignore", UserWarning)
+        view = torch.frombuffer(m, dtype=torch.uint8)
+    view.sum()  # every page read in
+    huge = int(mapping_of(view)["FilePmdMapped:"].split()[0]) > 0
+    del view
+    m.close()
+    return huge
+
+
+@pytest.mark.skipif(hugepages.thp_mode() in (None, "never"), reason="no transparent huge pages here")
+def test_a_stored_weight_read_from_the_disk_comes_back_in_2_mib_pages(store, tmp_path):
+    """The store's mapping asks for huge pages before its first read, so a file the page cache let go (a reboot,
+    memory pressure) is read back into 2 MiB pages; a plain mapping would read it into 4 KiB ones, and every later
+    run would map those. Where the kernel or the file system reads no file into 2 MiB pages, only the advice is
+    checked."""
+    w, b = weight(shape=(8192, 256))  # 8 MiB packed: whole 2 MiB pages inside it
+    written = stored(w, b)
+    assert "hg" in mapping_of(written.w)["VmFlags:"].split()
+    [path] = packed_files(store)
+    del written
+    import gc
+
+    gc.collect()  # nothing maps the file now
+    dropped(path)
+    again = gemv.Packed(w, b, torch.float32)  # mapped, its digest's read faulting every page in from the disk
+    fields = mapping_of(again.w)
+    assert mapped_from(again.w) == str(path) and "hg" in fields["VmFlags:"].split()
+    if advised_read_is_huge(tmp_path):
+        assert int(fields["FilePmdMapped:"].split()[0]) >= 4096  # kB: at least two of its 2 MiB pages
+    product(again, w, b)

@@ -323,6 +323,16 @@ def _replace(libc, lo: int, hi: int, prot: int) -> bool:
     return moved
 
 
+def advise(buf: mmap.mmap) -> None:
+    """Ask Linux for 2 MiB pages for the mapping `buf`, before anything touches it (madvise MADV_HUGEPAGE; nothing
+    where there is no madvise or no THP). Anonymous memory is then faulted in as huge pages where the kernel can give
+    them. A file's pages that the page cache does not hold yet are read from the disk into 2 MiB folios and mapped
+    so (a file system with large folios: ext4 and xfs on recent kernels), where the plain mapping of a file read
+    from the disk gets 4 KiB ones, which every later mapping of it shares while the page cache keeps them."""
+    with contextlib.suppress(AttributeError, OSError):  # no madvise (not Linux) or no THP: 4 KiB pages
+        buf.madvise(mmap.MADV_HUGEPAGE)
+
+
 def anonymous(nbytes: int) -> tuple[mmap.mmap, int]:
     """(buffer, offset): nbytes of fresh private anonymous memory from `offset` on, which starts on a 2 MiB
     boundary, advised MADV_HUGEPAGE before anything is written to it, so that Linux backs it with 2 MiB pages
@@ -331,8 +341,7 @@ def anonymous(nbytes: int) -> tuple[mmap.mmap, int]:
     last reference to the buffer goes."""
     flags = getattr(mmap, "MAP_PRIVATE", 0) | getattr(mmap, "MAP_ANONYMOUS", 0)
     buf = mmap.mmap(-1, nbytes + HUGE_PAGE, flags=flags) if flags else mmap.mmap(-1, nbytes + HUGE_PAGE)
-    with contextlib.suppress(AttributeError, OSError):  # no madvise (not Linux) or no THP: 4 KiB pages
-        buf.madvise(mmap.MADV_HUGEPAGE)
+    advise(buf)
     address = ctypes.addressof(ctypes.c_char.from_buffer(buf))
     return buf, -address % HUGE_PAGE
 

@@ -196,6 +196,7 @@ def _mapped(path: Path, shape: tuple[int, ...], dtype: torch.dtype, check: bool 
             m = mmap.mmap(f.fileno(), nbytes + DIGEST, prot=mmap.PROT_READ, flags=mmap.MAP_SHARED)
     except (OSError, ValueError):
         return None
+    hugepages.advise(m)  # before the digest's read: a file read from the disk comes in 2 MiB folios
     view = memoryview(m)
     intact = not check or _xxhash().xxh3_128_digest(view[:nbytes]) == bytes(view[nbytes:])
     view.release()
