@@ -66,7 +66,7 @@ def _with_new_field(cls):
         ("serve", "gpt2kit.cli.serve", "ServeConfig"),
         ("eval", "gpt2kit.eval.runner", "EvalConfig"),
         ("scaling", "gpt2kit.scaling.ladder", "LadderConfig"),
-        ("generate", "gpt2kit.generate", "SamplingParams"),
+        ("generate", "gpt2kit.generate.params", "SamplingParams"),
     ],
 )
 def test_a_new_config_field_shows_up_in_help_by_itself(monkeypatch, command, module, name):

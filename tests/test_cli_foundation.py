@@ -42,6 +42,29 @@ def test_the_parser_loads_the_module_of_the_command_given_alone():
     assert "'gpt2kit.cli.info'" in one and "gpt2kit.cli.generate'" not in one and "--kernels" in out
 
 
+EVERY_HELP = """import contextlib, io, sys
+from gpt2kit.cli.__main__ import COMMANDS, main
+for name in COMMANDS:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        try:
+            main([name, "--help"])
+        except SystemExit:
+            pass
+    print(name, len(out.getvalue()), "torch" in sys.modules)"""
+
+
+def test_every_commands_help_loads_no_torch():
+    """`gpt2kit <command> --help` answers without importing torch (~1.5 s): the flags come from config dataclasses in
+    modules that import none, and the packages above them import their heavy modules on first use (lazy.py)."""
+    from gpt2kit.cli.__main__ import COMMANDS
+
+    r = subprocess.run([sys.executable, "-c", EVERY_HELP], capture_output=True, text=True, timeout=120)
+    lines = [ln.split() for ln in r.stdout.splitlines()]
+    assert [ln[0] for ln in lines] == list(COMMANDS), r.stdout + r.stderr
+    assert all(int(chars) > 200 and torch == "False" for _, chars, torch in lines), r.stdout
+
+
 def test_info_preset_reports_exact_parameters():
     r = gpt2kit("info", "gpt2-medium", "--json")
     assert r.returncode == 0, r.stderr

@@ -12,16 +12,16 @@ torch: the `gpt2kit` command decides how to start its process before anything he
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from typing import TYPE_CHECKING
+
+from gpt2kit.lazy import exports
 
 __version__ = "0.1.0"
 
 _WHERE = {
     "PRESETS": "gpt2kit.config", "GPTConfig": "gpt2kit.config",
     "Gpt2kitError": "gpt2kit.errors", "Gpt2kitWarning": "gpt2kit.errors",
-    "Engine": "gpt2kit.generate", "SamplingParams": "gpt2kit.generate", "TextGenerator": "gpt2kit.generate.text",
+    "Engine": "gpt2kit.generate.engine", "SamplingParams": "gpt2kit.generate.params", "TextGenerator": "gpt2kit.generate.text",
     "GPT": "gpt2kit.model", "KVCache": "gpt2kit.model",
     "from_pretrained": "gpt2kit.pretrained", "save_pretrained": "gpt2kit.pretrained",
     "Tokenizer": "gpt2kit.tokenizer",
@@ -32,24 +32,12 @@ __all__ = ["GPT", "GPTConfig", "Engine", "Gpt2kitError", "Gpt2kitWarning", "KVCa
 if TYPE_CHECKING:
     from gpt2kit.config import PRESETS, GPTConfig
     from gpt2kit.errors import Gpt2kitError, Gpt2kitWarning
-    from gpt2kit.generate import Engine, SamplingParams
+    from gpt2kit.generate.engine import Engine
+    from gpt2kit.generate.params import SamplingParams
     from gpt2kit.generate.text import TextGenerator
     from gpt2kit.model import GPT, KVCache
     from gpt2kit.pretrained import from_pretrained, save_pretrained
     from gpt2kit.tokenizer import Tokenizer
 
 
-def __getattr__(name: str):
-    """A public name (GPT, Engine, ...) or a submodule (gpt2kit.device, ...), imported when first asked for."""
-    if name in _WHERE:
-        value = getattr(importlib.import_module(_WHERE[name]), name)
-    elif importlib.util.find_spec(f"{__name__}.{name}") is not None:
-        value = importlib.import_module(f"{__name__}.{name}")
-    else:
-        raise AttributeError(f"module 'gpt2kit' has no attribute {name!r}")
-    globals()[name] = value  # looked up once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+__getattr__, __dir__ = exports(__name__, _WHERE)  # a public name (GPT, Engine, ...) or a submodule (gpt2kit.device)

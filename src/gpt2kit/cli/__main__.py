@@ -3,7 +3,8 @@
 Each command module defines `add_arguments(parser)` and `run(args) -> int | None` (its one line of help is in
 COMMANDS); it parses nothing by hand and holds no logic beyond turning flags into a library call. Options that a
 config dataclass describes are declared from it (cli/flags.py). Building the parser imports the module of the
-command given (and, through the config dataclasses, torch), not the others': `gpt2kit --help` imports neither.
+command given, not the others', and no torch: the config dataclasses live in modules that import none, and the
+packages above them import their heavy modules on first use (lazy.py), so `gpt2kit <command> --help` answers at once.
 What only running needs (the server, matplotlib, transformers, model weights) is imported inside `run`. Errors
 that gpt2kit raises on bad input (`Gpt2kitError`) print as one line on stderr with exit status 2, never as a
 traceback; so do the environment's (`OSError`: a full disk, a read-only folder, a file in a folder's place),
@@ -51,7 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser of every command, or with `command` (a name, or "" for none) of that one alone: the other
-    commands are listed with their help but their modules (and torch, which their configs import) stay unloaded."""
+    commands are listed with their help but their modules stay unloaded."""
     from gpt2kit import __version__
 
     parser = argparse.ArgumentParser(prog="gpt2kit", description="GPT-2, complete and fast: generate, train, evaluate, serve.")

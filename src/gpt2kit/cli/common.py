@@ -90,8 +90,7 @@ def adapter_specs(args: argparse.Namespace) -> list[tuple[str, str]]:
 def add_sampling_arguments(p: argparse.ArgumentParser, *, max_new_tokens: int = 100, top_k: int | None = 40) -> None:
     """The sampling flags (SamplingParams' fields) and the engine flags (GenerateOptions'), via cli/flags.py."""
     from gpt2kit.cli.flags import Flag, add_config_flags
-    from gpt2kit.generate import SamplingParams
-    from gpt2kit.generate.text import GenerateOptions
+    from gpt2kit.generate.params import GenerateOptions, SamplingParams
     from gpt2kit.hugepages import HUGE_PAGE_MODES, LONG_RUN_STEPS
 
     g = p.add_argument_group("sampling")

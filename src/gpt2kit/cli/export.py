@@ -16,7 +16,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from gpt2kit.export.gguf import GGUF_TYPES
+    from gpt2kit.export import GGUF_TYPES
 
     p.add_argument("format", choices=("gguf", "onnx"), help="gguf: one file for llama.cpp; onnx: a folder for onnxruntime")
     p.add_argument("--model", required=True, help="a preset (gpt2, ...), 'builtin', a hub id or a model folder")

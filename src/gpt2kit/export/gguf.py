@@ -29,10 +29,9 @@ import torch
 from gpt2kit.atomic import atomic_path
 from gpt2kit.config import GPT2_EOT_ID, GPT2_VOCAB_SIZE
 from gpt2kit.errors import ConfigError
+from gpt2kit.export import GGUF_TYPES
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.vocab_pad import unpadded
-
-GGUF_TYPES = ("f32", "f16", "q8_0")
 
 # Our parameter name (after "transformer.h.{i}.") -> llama.cpp's (after "blk.{i}.").
 BLOCK_NAMES = {

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import torch
 
-MAX_LOGPROBS = 20  # OpenAI's limit for chat top_logprobs (its legacy completions allow 5)
 PROMPT_CHUNK = 256  # prompt positions whose (rows, V) float32 log-softmax is materialised at once
 
 

@@ -11,13 +11,11 @@ The tokenizer is passed in (anything with `encode_ordinary`, `token_bytes_table`
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from gpt2kit.errors import ConfigError, GenerationError
-from gpt2kit.fields import check_types
 from gpt2kit.generate.engine import Completion, Engine
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import GenerateOptions, SamplingParams
 from gpt2kit.generate.scheduler import per_prompt_params
 from gpt2kit.hugepages import wants_huge_pages
 from gpt2kit.model.gpt import GPT
@@ -29,21 +27,6 @@ class TokenizerLike(Protocol):
     token_bytes_table: list[bytes]  # table[id] = that token's bytes, every id (built once by the tokenizer)
 
     def encode_ordinary(self, text: str) -> list[int]: ...
-
-
-@dataclass
-class GenerateOptions:
-    """Engine-level options (per run, not per request)."""
-
-    max_batch: int = 8  # sequences decoded together, at most (the engine holds as many as a call has)
-    weights: str = "auto"  # decode weights: auto (exact), model (the model's own modules), int8 (8-bit weights)
-    bos: bool = False  # prepend <|endoftext|> to every prompt (allows empty prompts: unconditional samples)
-    window_keep: int | None = None  # sliding window: tokens kept when the context is full (default: half)
-    huge_pages: str = "auto"  # the decode step's memory in 2 MiB pages: on, off, auto (runs of 512+ tokens)
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        wants_huge_pages(self.huge_pages, None)  # a bad value fails here, not at the first prompt
 
 
 class TextGenerator:
