@@ -18,7 +18,7 @@ from typing import IO
 
 from gpt2kit.errors import ConfigError, DataError
 from gpt2kit.generate.engine import Completion
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.generate.tasks import parse_examples
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, TokenizerLike
 from gpt2kit.model.gpt import GPT

@@ -32,7 +32,7 @@ def register():
     from gpt2kit.eval.loglikelihood import eval_mode, score_tokens
     from gpt2kit.eval.perplexity import window_requests
     from gpt2kit.generate.engine import Engine
-    from gpt2kit.generate.sampling import SamplingParams
+    from gpt2kit.generate.params import SamplingParams
     from gpt2kit.pretrained import from_pretrained
     from gpt2kit.tokenizer import Tokenizer
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from gpt2kit.errors import InputError
 from gpt2kit.generate.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTurn
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, TokenizerLike
 from gpt2kit.model.gpt import GPT
 

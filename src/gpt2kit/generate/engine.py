@@ -58,7 +58,8 @@ from gpt2kit.generate import threads
 from gpt2kit.generate.content_filter import VocabIndex
 from gpt2kit.generate.decode import DecodeRunner
 from gpt2kit.generate.logprobs import TokenLogprob
-from gpt2kit.generate.sampling import NO_TOKEN, SamplingParams
+from gpt2kit.generate.params import SamplingParams
+from gpt2kit.generate.sampling import NO_TOKEN
 from gpt2kit.generate.scheduler import Scheduler, contiguous_block, per_prompt_params, requests
 from gpt2kit.generate.sequence import Completion, TokenEvent, _Sequence, new_sequence, score_prompts
 from gpt2kit.generate.step_draw import draw_step

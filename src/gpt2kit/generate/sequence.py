@@ -13,7 +13,7 @@ from gpt2kit.errors import ConfigError, InputError
 from gpt2kit.generate.content_filter import BannedPhraseFilter, VocabIndex
 from gpt2kit.generate.detok import IncrementalDetokenizer
 from gpt2kit.generate.logprobs import TokenLogprob, prompt_logprobs
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.generate.stopping import FinishReason, StopStringMatcher
 
 if TYPE_CHECKING:

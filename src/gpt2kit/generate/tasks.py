@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from gpt2kit.errors import DataError, InputError
 from gpt2kit.generate.engine import Completion
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.generate.text import GenerateOptions, TextGenerator, TokenizerLike
 from gpt2kit.model.gpt import GPT
 

@@ -15,7 +15,8 @@ import torch
 
 from gpt2kit.config import GPT2_EOT_ID
 from gpt2kit.errors import InputError
-from gpt2kit.generate.sampling import SamplingParams, process_logits
+from gpt2kit.generate.params import SamplingParams
+from gpt2kit.generate.sampling import process_logits
 from gpt2kit.insight.tokens import token_label
 
 

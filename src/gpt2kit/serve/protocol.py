@@ -21,8 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from gpt2kit.errors import InputError
 from gpt2kit.generate.chat_template import DEFAULT_TEMPLATE, ChatTemplate, ChatTurn
-from gpt2kit.generate.params import MAX_LOGPROBS
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import MAX_LOGPROBS, SamplingParams
 from gpt2kit.serve.config import ServeConfig
 from gpt2kit.tokenizer import Tokenizer
 

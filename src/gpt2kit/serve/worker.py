@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from gpt2kit.errors import Gpt2kitError, InputError
 from gpt2kit.generate.engine import Engine
 from gpt2kit.generate.logprobs import TokenLogprob
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.generate.scheduler import Pending, Scheduler
 from gpt2kit.generate.sequence import TokenEvent
 from gpt2kit.generate.stopping import FinishReason

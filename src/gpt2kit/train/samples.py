@@ -13,7 +13,7 @@ import contextlib
 import torch
 
 from gpt2kit.generate.engine import generate
-from gpt2kit.generate.sampling import SamplingParams
+from gpt2kit.generate.params import SamplingParams
 from gpt2kit.model import GPT
 
 
