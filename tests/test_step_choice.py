@@ -38,15 +38,16 @@ def prefetch_as_measured(monkeypatch):
 
 @pytest.fixture
 def unreplayable(monkeypatch, tmp_path):
-    """Per-product and attention choices a step cannot be recorded with: the head MKL's (gemv timed 2x slower), the
-    attention SDPA's (attend.c 2x slower): far over SURE_LEAD of a step, so whole steps are timed; in a cache directory
-    of its own."""
+    """Per-product and attention choices a step cannot be recorded with: the head MKL's (gemv timed 2x slower, its
+    other prefetches slower still, so that `gemv` is the gemv.c kind a replayed step takes whatever the machine
+    measured), the attention SDPA's (attend.c 2x slower): far over SURE_LEAD of a step, so whole steps are timed; in
+    a cache directory of its own."""
     monkeypatch.setenv("GPT2KIT_CACHE_DIR", str(tmp_path))
     real = kernels.plan_kernels
 
     def plan(model, batch=1, weights="auto", **kw):
         out = real(model, batch, weights, **kw)
-        return [dataclasses.replace(c, kind="mkl", us={**c.us, "mkl": 100.0, "gemv": 200.0, "gemv-l2": 300.0})
+        return [dataclasses.replace(c, kind="mkl", us={**c.us, "mkl": 100.0, "gemv": 200.0, "gemv-l2": 300.0, "gemv-hw": 400.0})
                 if c.role == "lm_head" and c.rows == batch else c for c in out]  # fmt: skip
 
     monkeypatch.setattr(kernels, "plan_kernels", plan)
