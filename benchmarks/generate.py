@@ -31,7 +31,9 @@ each side's mapped weights that the kernel mapped in 2 MiB pages (smaps' FilePmd
 is the median of each round's ratio (gpt2kit and llama.cpp run back to back), which a drift of the machine's
 memory speed between rounds moves less. Likewise `fraction_of_round_bound` is the median over rounds of each round's
 speed over the bound from that round's own reads (taken just before it): how near each side came to the memory's
-speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. With --busy N, N other
+speed of the moment, where `fraction_of_bound` holds every round to the run's fastest read. The bound counts every
+weight byte as read from memory: where the CPU's last-level cache holds much of the weights (int8 124M reads
+124 MB a step; some server CPUs have several hundred MB of L3), a side can pass it, a fraction above 1. With --busy N, N other
 processes spin on a core each while every side runs (--busy-duty D: D of every 10 ms, sleeping the rest) (a user's machine is seldom idle): gpt2kit runs its steps with
 the cores they leave (generate/threads.py), and a side 'gpt2kit, all threads' runs with GPT2KIT_ADAPT_THREADS=0 for
 comparison; the memory is not probed then (a probe would share the cores too), so no bound is given. One JSON line per configuration goes to
