@@ -2,6 +2,8 @@
 later packings, with the same products; a weight packed once, a changed weight, a damaged file, a store that is off
 or cannot be written, and a full store each behave as the module says."""
 
+import gc
+import mmap
 import os
 import warnings
 from pathlib import Path
@@ -283,8 +285,6 @@ def dropped(path: Path) -> None:
 def advised_read_is_huge(where: Path) -> bool:
     """Whether this kernel and file system read a file from the disk into 2 MiB pages for a mapping advised so
     (large folios: ext4, xfs on recent kernels)."""
-    import mmap
-
     path = where / "probe"
     path.write_bytes(os.urandom(8 << 20))
     dropped(path)
@@ -312,8 +312,6 @@ def test_a_stored_weight_read_from_the_disk_comes_back_in_2_mib_pages(store, tmp
     assert "hg" in mapping_of(written.w)["VmFlags:"].split()
     [path] = packed_files(store)
     del written
-    import gc
-
     gc.collect()  # nothing maps the file now
     dropped(path)
     again = gemv.Packed(w, b, torch.float32)  # mapped, its digest's read faulting every page in from the disk
